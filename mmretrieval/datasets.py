@@ -1,0 +1,47 @@
+"""``ingest``: register a dataset: copy its manifest and media under ``data/raw/<name>/`` and DVC-track it."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mmretrieval import versioning
+from mmretrieval.config import Settings, check_dataset_name, get_settings
+from mmretrieval.io import atomic_dir
+from mmretrieval.media import path_problem
+from mmretrieval.schema import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def ingest(manifest: Path, name: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Copy the manifest and every file it names safely (relative, inside its folder) and ``dvc add`` the folder.
+
+    Rows whose file is unsafe or missing are kept in the manifest: ``validate`` quarantines them with the reason.
+    """
+    from tqdm import tqdm
+
+    settings = settings or get_settings()
+    check_dataset_name(name)
+    manifest = Path(manifest).resolve()
+    frame = read_manifest(manifest)  # structural problems stop here, before anything is copied
+    root = manifest.parent
+    dest = settings.raw_dir(name)
+    copied = 0
+    not_copied: list[str] = []
+    with atomic_dir(dest) as tmp:
+        shutil.copyfile(manifest, tmp / "manifest.csv")
+        for rel in tqdm(sorted(set(frame["path"]) - {""}), desc=f"ingest {name}", unit="file", leave=False):
+            if path_problem(rel, root) is not None:
+                not_copied.append(rel)
+                continue
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / rel, target)
+            copied += 1
+    version = versioning.track(settings.home, dest)
+    log.info("ingest %s: %d rows, %d files, data version %s", name, len(frame), copied, version[:12])
+    return {"dataset": name, "rows": len(frame), "files": copied, "not_copied": len(not_copied),
+            "data_version": version, "path": str(dest)}

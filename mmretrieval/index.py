@@ -1,0 +1,163 @@
+"""The only module that talks to pymilvus: collection schema, create, insert, index, load, search, aliases, drop.
+
+Works the same on a Milvus Lite file (``…/milvus.db``) and a Milvus server URI (``http://host:19530``). Each
+collection records what built it in its properties (``mmr.*``: model name/version, data version, state, previous
+collection of the alias, publish time).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmretrieval.errors import AliasNotFoundError, IndexStoreError
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+    from mmretrieval.config import IndexParams
+
+log = logging.getLogger(__name__)
+OUTPUT_FIELDS = ["id", "modality", "text", "path", "label", "metadata", "model_version", "data_version"]
+MAX_VARCHAR = 65_535
+
+
+def clip_utf8(text: str, limit: int) -> str:
+    """Cut a string so its UTF-8 encoding fits ``limit`` bytes (Milvus VARCHAR limits are in bytes)."""
+    raw = text.encode("utf-8")
+    return text if len(raw) <= limit else raw[:limit].decode("utf-8", errors="ignore")
+
+
+class MilvusIndex:
+    def __init__(self, uri: str, token: str = "") -> None:
+        self.uri = uri
+        self.token = token
+        self._client: MilvusClient | None = None
+
+    @property
+    def client(self) -> MilvusClient:
+        if self._client is None:
+            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+            from pymilvus import MilvusClient
+            from pymilvus.exceptions import MilvusException
+
+            if "://" not in self.uri:
+                Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._client = MilvusClient(uri=self.uri, token=self.token)
+            except (MilvusException, OSError) as e:
+                raise IndexStoreError(f"cannot open Milvus at {self.uri!r}: {e}") from e
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> MilvusIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- aliases -------------------------------------------------------------------------------------------
+    def resolve_alias(self, alias: str) -> str | None:
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return str(self.client.describe_alias(alias)["collection_name"])
+        except MilvusException:
+            return None
+
+    def require_alias(self, alias: str) -> str:
+        name = self.resolve_alias(alias)
+        if name is None:
+            raise AliasNotFoundError(f"no collection behind alias {alias!r} in {self.uri}: run `mmr publish` first")
+        return name
+
+    def point_alias(self, alias: str, collection: str) -> None:
+        if self.resolve_alias(alias) is None:
+            self.client.create_alias(collection, alias)
+        else:
+            self.client.alter_alias(collection, alias)
+
+    def aliases(self) -> list[str]:
+        return [str(a) for a in self.client.list_aliases().get("aliases", [])]
+
+    # --- collections ---------------------------------------------------------------------------------------
+    def collections(self, prefix: str = "") -> list[str]:
+        return sorted(c for c in self.client.list_collections() if c.startswith(prefix))
+
+    def exists(self, name: str) -> bool:
+        return bool(self.client.has_collection(name))
+
+    def properties(self, name: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.client.describe_collection(name).get("properties", {}).items()}
+
+    def set_properties(self, name: str, props: dict[str, str]) -> None:
+        self.client.alter_collection_properties(name, properties=props)
+
+    def create(self, name: str, dim: int, props: dict[str, str]) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("modality", DataType.VARCHAR, max_length=16)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("path", DataType.VARCHAR, max_length=4096)
+        schema.add_field("label", DataType.VARCHAR, max_length=512)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("model_version", DataType.VARCHAR, max_length=64)
+        schema.add_field("data_version", DataType.VARCHAR, max_length=64)
+        self.client.create_collection(name, schema=schema, consistency_level="Strong")
+        self.set_properties(name, props)
+
+    def drop(self, name: str) -> None:
+        self.client.drop_collection(name)
+
+    def dim(self, name: str) -> int:
+        for f in self.client.describe_collection(name)["fields"]:
+            if f["name"] == "vector":
+                return int(f["params"]["dim"])
+        raise IndexStoreError(f"collection {name!r} has no vector field")
+
+    def insert(self, name: str, rows: Sequence[dict[str, Any]], batch: int = 1000) -> Iterator[int]:
+        """Insert in batches, yielding the count after each batch (for progress bars)."""
+        for start in range(0, len(rows), batch):
+            chunk = [dict(r, text=clip_utf8(r["text"], MAX_VARCHAR), path=clip_utf8(r["path"], 4096),
+                          label=clip_utf8(r["label"], 512)) for r in rows[start:start + batch]]
+            self.client.insert(name, chunk)
+            yield start + len(chunk)
+        self.client.flush(name)
+
+    def build_index(self, name: str, params: IndexParams) -> None:
+        index = self.client.prepare_index_params()
+        index.add_index(field_name="vector", index_type=params.index_type, metric_type=params.metric_type,
+                        params=dict(params.build_params))
+        self.client.create_index(name, index)
+
+    def load(self, name: str) -> None:
+        state = str(self.client.get_load_state(name).get("state", ""))
+        if "Loaded" not in state:
+            self.client.load_collection(name)
+
+    def count(self, name: str) -> int:
+        res = self.client.query(name, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def search(self, name: str, vectors: Sequence[Sequence[float]], k: int, params: IndexParams,
+               expr: str = "", output_fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[dict[str, Any]]]:
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            res = self.client.search(
+                name, data=[list(map(float, v)) for v in vectors], limit=k, filter=expr,
+                output_fields=list(output_fields),
+                search_params={"metric_type": params.metric_type, "params": dict(params.search_params)},
+            )
+        except MilvusException as e:
+            raise IndexStoreError(f"search in {name!r} failed: {e.message if hasattr(e, 'message') else e}") from e
+        return [[{"id": h["id"], "score": float(h["distance"]), **h.get("entity", {})} for h in hits] for hits in res]

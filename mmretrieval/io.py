@@ -1,0 +1,59 @@
+"""Small file helpers shared by the stages: atomic output folders, JSON, parquet."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmretrieval.errors import DatasetNotFoundError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a scratch folder that replaces ``target`` only if the block finishes without an exception.
+
+    A crash or retry never leaves half a result in ``target``: the old content stays until the rename.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{what} not found at {path}: run the stage that writes it first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_parquet(path: Path, what: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{what} not found at {path}: run the stage that writes it first")
+    return pd.read_parquet(path)

@@ -1,0 +1,89 @@
+"""Media checks and decoding shared by validation, cleaning, training and querying.
+
+Each check returns ``None`` when the file is usable, else a :class:`Problem` (a reason code and a message).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from mmretrieval.errors import MediaError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from mmretrieval.config import ValidateParams
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str  # machine-readable code, e.g. "missing_file"
+    message: str  # for people
+
+
+def path_problem(rel: str, root: Path) -> Problem | None:
+    """Is ``rel`` a safe relative path to an existing file inside ``root``?"""
+    if not rel:
+        return Problem("empty_path", "path is empty")
+    p = PurePosixPath(rel.replace("\\", "/"))
+    if p.is_absolute() or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
+        return Problem("absolute_path", f"path {rel!r} is absolute; paths must be relative to the dataset root")
+    if ".." in p.parts:
+        return Problem("parent_path", f"path {rel!r} climbs out with '..'; paths must stay inside the dataset root")
+    full = root / p
+    if not full.is_file():
+        return Problem("missing_file", f"file {rel!r} does not exist under {root}")
+    if not full.resolve().is_relative_to(root.resolve()):
+        return Problem("path_escape", f"path {rel!r} resolves outside the dataset root (symlink?)")
+    return None
+
+
+def open_image(path: Path, max_pixels: int = 40_000_000) -> Image.Image:
+    """Open and fully decode an image as RGB, applying EXIF orientation. Raises :class:`MediaError`."""
+    from PIL import Image, ImageOps
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise MediaError(f"image {path.name} is {w}x{h}, above the {max_pixels}-pixel limit")
+            im.seek(0)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, im)
+            if im.mode == "I;16" or im.mode == "I":
+                import numpy as np
+
+                arr = np.asarray(im, dtype=np.float32)
+                im = Image.fromarray((arr / max(float(arr.max()), 1.0) * 255).astype("uint8"))
+            return im.convert("RGB")
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError(f"image {path.name} is a decompression bomb: {e}") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise MediaError(f"image {path.name} does not decode: {e}") from e
+
+
+def image_problem(path: Path, params: ValidateParams) -> Problem | None:
+    size = os.path.getsize(path)
+    if size == 0:
+        return Problem("empty_file", f"file {path.name} is empty (0 bytes)")
+    if size > params.max_file_bytes:
+        return Problem("file_too_large", f"file {path.name} is {size} bytes, above {params.max_file_bytes}")
+    try:
+        im = open_image(path, params.max_image_pixels)
+    except MediaError as e:
+        reason = "decompression_bomb" if "pixel limit" in str(e) or "bomb" in str(e) else "undecodable"
+        return Problem(reason, str(e))
+    if min(im.size) < params.min_image_side:
+        return Problem("image_too_small", f"image {path.name} is {im.size[0]}x{im.size[1]}, "
+                       f"below the {params.min_image_side}-pixel minimum side")
+    return None

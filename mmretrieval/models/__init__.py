@@ -1,0 +1,1 @@
+"""Model code: towers, the dual encoder, losses, and saving/loading (safetensors + JSON config)."""

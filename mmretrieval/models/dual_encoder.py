@@ -1,0 +1,200 @@
+"""The dual encoder: towers + projection heads into one shared space + a learnable temperature.
+
+Saved as a folder: ``config.json`` (:class:`ModelConfig`) and ``weights.safetensors`` (the trainable parts; a frozen
+text tower is referenced by ``text_model``, never copied). Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from mmretrieval.errors import ModelError
+from mmretrieval.models.towers import TextEncoder, build_image_backbone, load_backbone_weights
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+FORMAT_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    text_model: str
+    text_dim: int
+    image_backbone: str
+    image_size: int
+    embed_dim: int
+    init_temperature: float = 0.07
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ModelError(f"model config has unknown keys {sorted(unknown)}: made by a newer mmretrieval?")
+        raw = {**raw, "mean": tuple(raw.get("mean", IMAGENET_MEAN)), "std": tuple(raw.get("std", IMAGENET_STD))}
+        return cls(**raw)
+
+
+class DualEncoder(nn.Module):
+    """Trainable part: image backbone, image and text projection heads, logit scale."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.image_backbone, width = build_image_backbone(config.image_backbone)
+        self.image_proj = nn.Linear(width, config.embed_dim)
+        self.text_proj = nn.Sequential(
+            nn.Linear(config.text_dim, config.text_dim), nn.GELU(), nn.Linear(config.text_dim, config.embed_dim)
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised pixels -> (B, embed_dim) unit vectors."""
+        return nn.functional.normalize(self.image_proj(self.image_backbone(pixels)), dim=-1)
+
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, text_dim) sentence embeddings -> (B, embed_dim) unit vectors."""
+        return nn.functional.normalize(self.text_proj(features), dim=-1)
+
+
+def eval_transform(config: ModelConfig) -> Any:
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(config.image_size, antialias=True),
+        v2.CenterCrop(config.image_size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(config.mean), list(config.std)),
+    ])
+
+
+def train_transform(config: ModelConfig, policy: dict[str, Any]) -> Any:
+    """The augmentation ``policy`` (from the augment stage) followed by the eval resize/normalise."""
+    from torchvision.transforms import v2
+
+    if not policy:
+        return eval_transform(config)
+    steps: list[Any] = [v2.ToImage()]
+    if policy.get("rotation_degrees"):
+        steps.append(v2.RandomRotation(policy["rotation_degrees"]))
+    steps.append(v2.RandomResizedCrop(config.image_size, scale=tuple(policy["random_resized_crop"]["scale"]),
+                                      antialias=True))
+    if policy.get("horizontal_flip"):
+        steps.append(v2.RandomHorizontalFlip())
+    if policy.get("color_jitter"):
+        j = policy["color_jitter"]
+        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(config.mean), list(config.std))]
+    return v2.Compose(steps)
+
+
+class RetrievalModel:
+    """What embedding and querying need: both towers, preprocessing, batching. Outputs are numpy unit vectors."""
+
+    def __init__(self, net: DualEncoder, text: TextEncoder, device: str = "cpu") -> None:
+        self.net = net.to(device).eval()
+        self.text = text
+        self.device = device
+        self.config = net.config
+        self.transform = eval_transform(net.config)
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("text", "image")
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        feats = self.text.encode(texts, batch_size=batch_size).to(self.device)
+        return self.net.project_text(feats).float().cpu().numpy()
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        with torch.autocast(device_type="cuda", enabled=self.device.startswith("cuda")):
+            out = self.net.encode_image(pixels.to(self.device, non_blocking=True))
+        return out.float().cpu().numpy()
+
+    def encode_images(self, images: list[Image.Image], batch_size: int = 64) -> np.ndarray:
+        import numpy as np
+
+        parts = [
+            self.encode_pixels(torch.stack([self.transform(im) for im in images[i:i + batch_size]]))
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+    def save(self, folder: Path) -> None:
+        save(self.net, folder)
+
+
+def save(net: DualEncoder, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(net.config), indent=2), encoding="utf-8")
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(folder / "weights.safetensors"))
+
+
+def build(config: ModelConfig, image_weights: str = "") -> DualEncoder:
+    net = DualEncoder(config)
+    if image_weights:
+        load_backbone_weights(net.image_backbone, image_weights)
+    return net
+
+
+def load(folder: Path, device: str = "cpu") -> RetrievalModel:
+    """Load a saved model folder (config.json + weights.safetensors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cfg_path, weights = folder / "config.json", folder / "weights.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise ModelError(f"{folder} is not a saved mmretrieval model (needs config.json and weights.safetensors)")
+    config = ModelConfig.from_json(json.loads(cfg_path.read_text(encoding="utf-8")))
+    net = DualEncoder(config)
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as e:
+        raise ModelError(f"{weights} is not a valid safetensors file: {e}") from e
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ModelError(f"{weights} does not match the architecture in {cfg_path.name} "
+                         f"({config.image_backbone}, dim {config.embed_dim}): {first}") from e
+    text = TextEncoder(config.text_model, device=device)
+    if text.dim != config.text_dim:
+        raise ModelError(f"text model {config.text_model!r} gives {text.dim}-d vectors, the model expects "
+                         f"{config.text_dim}")
+    return RetrievalModel(net, text, device)
+
+
+def pick_device(setting: str) -> str:
+    if setting == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if setting == "cuda":
+        raise ModelError("MMR_DEVICE=cuda but no CUDA device is visible")
+    return "cpu"

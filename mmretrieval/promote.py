@@ -1,0 +1,101 @@
+"""Stage ``promote``: the champion/challenger gate, and rollback.
+
+The challenger becomes ``champion`` when its test metric reaches the floor and is no worse than the champion's (on
+the same test split) by more than the tolerance; the old champion becomes ``previous``. Every decision is written as
+tags on the challenger's MLflow run and appended to ``var/promotions/<dataset>.jsonl`` (MLflow keeps no alias
+history).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from mmretrieval import tracking
+from mmretrieval.config import GateParams, Settings, get_settings
+from mmretrieval.errors import ModelNotFoundError, TrainingError
+from mmretrieval.io import read_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str]
+
+
+def decide(gate: GateParams, challenger: dict[str, float], champion: dict[str, float] | None) -> Decision:
+    """Pure gate logic on two metric dicts."""
+    m = gate.metric
+    if m not in challenger:
+        raise TrainingError(f"gate metric {m!r} is not among the evaluation metrics {sorted(challenger)}")
+    value = challenger[m]
+    reasons = []
+    ok = value >= gate.floor
+    reasons.append(f"{m}={value:.4f} {'>=' if ok else '<'} floor {gate.floor}")
+    if champion is not None:
+        base = champion[m]
+        holds = value >= base - gate.tolerance
+        ok = ok and holds
+        reasons.append(f"{m}={value:.4f} vs champion {base:.4f} (tolerance {gate.tolerance}): "
+                       f"{'no regression' if holds else 'regression'}")
+    else:
+        reasons.append("no champion yet")
+    return Decision(ok, reasons)
+
+
+def _log(settings: Settings, dataset: str, entry: dict[str, Any]) -> None:
+    path = settings.var_dir / "promotions" / f"{dataset}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    settings = settings or get_settings()
+    gate = settings.params_for(dataset).gate
+    result = read_json(settings.stage_dir("reports", dataset) / "evaluate.json", f"evaluation of {dataset!r}")
+    challenger = result[tracking.CHALLENGER]
+    current = tracking.require_alias(settings, dataset, tracking.CHALLENGER)
+    if current.version != challenger["version"]:
+        raise TrainingError(f"evaluate.json scored v{challenger['version']} but the challenger is now "
+                            f"v{current.version}: run `mmr evaluate --dataset {dataset}` again")
+    champion = result.get(tracking.CHAMPION)
+    if champion and champion["version"] == challenger["version"]:
+        decision = Decision(False, [f"v{challenger['version']} is already the champion"])
+        promoted = False
+    else:
+        decision = decide(gate, challenger["metrics"], champion["metrics"] if champion else None)
+        promoted = decision.promote
+    if promoted:
+        if champion:
+            tracking.set_alias(settings, dataset, tracking.PREVIOUS, champion["version"])
+        tracking.set_alias(settings, dataset, tracking.CHAMPION, challenger["version"])
+    entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": dataset,
+             "action": "promote" if promoted else "reject", "challenger": challenger["version"],
+             "champion_before": champion["version"] if champion else None, "reasons": decision.reasons}
+    _log(settings, dataset, entry)
+    tracking.log_run(settings, challenger["run_id"], tags={"gate.decision": entry["action"],
+                                                           "gate.reasons": " | ".join(decision.reasons)})
+    log.info("promote %s: %s v%s (%s)", dataset, entry["action"], challenger["version"], "; ".join(decision.reasons))
+    return {"dataset": dataset, "promoted": promoted, "version": challenger["version"], "reasons": decision.reasons,
+            "champion": challenger["version"] if promoted else (champion or {}).get("version")}
+
+
+def rollback(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Point ``champion`` back at ``previous`` (and ``previous`` at the demoted version)."""
+    settings = settings or get_settings()
+    champion = tracking.require_alias(settings, dataset, tracking.CHAMPION)
+    previous = tracking.get_alias(settings, dataset, tracking.PREVIOUS)
+    if previous is None:
+        raise ModelNotFoundError(f"{settings.registered_model(dataset)!r} has no 'previous' version to roll back to")
+    tracking.set_alias(settings, dataset, tracking.CHAMPION, previous.version)
+    tracking.set_alias(settings, dataset, tracking.PREVIOUS, champion.version)
+    entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": dataset,
+             "action": "rollback", "champion_before": champion.version, "champion": previous.version}
+    _log(settings, dataset, entry)
+    return entry

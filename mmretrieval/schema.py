@@ -1,0 +1,140 @@
+"""The data contract: the one place that knows the manifest's column names.
+
+A manifest is a CSV (UTF-8, an optional BOM is accepted) with one row per item:
+
+==========  ========  ==================================================================================
+column      required  meaning
+==========  ========  ==================================================================================
+id          yes       unique, non-empty item id
+modality    yes       ``image``, ``audio`` or ``text``
+path        yes*      media file relative to the manifest's folder (*empty for ``text`` items)
+text        no        caption(s); several are joined with `` ||| ``
+label       no        class label; items with the same label are relevant to each other in evaluation
+split       no        ``train``, ``val``, ``test`` or empty (empty: assigned from a hash, see :func:`assign_split`)
+group       no        items with the same group always land in the same split (default: the id)
+sha256      no        expected file hash; filled in by ``clean``
+source      no        where the item came from (free text)
+==========  ========  ==================================================================================
+
+Extra columns are kept in ``metadata`` (a JSON object). Column order does not matter.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mmretrieval.errors import ManifestError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mmretrieval.config import SplitParams
+
+CAPTION_SEPARATOR = " ||| "
+REQUIRED_COLUMNS = ("id", "modality", "path")
+OPTIONAL_COLUMNS = ("text", "label", "split", "group", "sha256", "source")
+COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+# columns that stages add; a clean manifest has COLUMNS + these
+METADATA = "metadata"
+REASON = "reason"  # machine-readable reason code of a quarantined row
+MESSAGE = "message"  # human-readable reason
+
+
+class Modality(str, enum.Enum):
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+
+
+class Split(str, enum.Enum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+MODALITIES = tuple(m.value for m in Modality)
+SPLITS = tuple(s.value for s in Split)
+
+
+def split_captions(text: str) -> list[str]:
+    """``"a ||| b"`` -> ``["a", "b"]`` (empty parts dropped)."""
+    return [part.strip() for part in str(text or "").split(CAPTION_SEPARATOR.strip()) if part.strip()]
+
+
+def join_captions(captions: list[str]) -> str:
+    return CAPTION_SEPARATOR.join(captions)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """Read a manifest CSV into a frame with exactly :data:`COLUMNS` + ``metadata``, all strings.
+
+    Raises :class:`ManifestError` for an unreadable file, a non-UTF-8 file, missing required columns or no rows.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist")
+    try:
+        raw = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(
+            f"manifest {path} is not UTF-8 (byte {e.start}: {raw_byte(path, e.start)}); re-save it as UTF-8"
+        ) from e
+    import io
+
+    try:
+        df = pd.read_csv(io.StringIO(raw), dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ManifestError(f"manifest {path} is not a readable CSV: {e}") from e
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(
+            f"manifest {path} lacks required column(s) {missing}; it has {list(df.columns)}"
+        )
+    if df.empty:
+        raise ManifestError(f"manifest {path} has a header but no rows")
+    extra = [c for c in df.columns if c not in COLUMNS]
+    for c in OPTIONAL_COLUMNS:
+        if c not in df.columns:
+            df[c] = ""
+    df[METADATA] = (
+        df[extra].apply(lambda r: json.dumps(dict(r), ensure_ascii=False), axis=1) if extra else "{}"
+    )
+    out = df[list(COLUMNS) + [METADATA]].copy()
+    for c in ("id", "modality", "split"):
+        out[c] = out[c].str.strip()
+    out["modality"] = out["modality"].str.lower()
+    out["split"] = out["split"].str.lower()
+    return out.reset_index(drop=True)
+
+
+def raw_byte(path: Path, offset: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return repr(f.read(1))
+
+
+def assign_split(key: str, ratios: SplitParams) -> str:
+    """Deterministic split for an item whose split is empty: a hash of its group (or id) and the salt."""
+    digest = hashlib.sha256(f"{ratios.salt}:{key}".encode()).hexdigest()
+    u = int(digest[:12], 16) / float(16**12)
+    if u < ratios.train:
+        return Split.TRAIN.value
+    if u < ratios.train + ratios.val:
+        return Split.VAL.value
+    return Split.TEST.value
+
+
+def fill_splits(df: pd.DataFrame, ratios: SplitParams) -> pd.DataFrame:
+    """Assign a split to rows whose split is empty (other values are left for validation to judge)."""
+    out = df.copy()
+    empty = out["split"] == ""
+    keys = out["group"].where(out["group"] != "", out["id"])
+    out.loc[empty, "split"] = [assign_split(k, ratios) for k in keys[empty]]
+    return out

@@ -1,0 +1,188 @@
+"""The only module that talks to MLflow: runs, the model registry and its aliases, model download.
+
+One registered model per dataset (``mmr-<dataset>``). Aliases: ``challenger`` (newest trained), ``champion``
+(serving), ``previous`` (the champion before, for rollback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmretrieval.config import Settings
+from mmretrieval.errors import ModelNotFoundError, TrackingError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from mmretrieval.models.dual_encoder import RetrievalModel
+
+log = logging.getLogger(__name__)
+MODEL_ARTIFACT = "model"
+CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    run_id: str
+    source: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def client(settings: Settings) -> MlflowClient:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow import MlflowClient
+
+    if settings.mlflow_uri.startswith("sqlite:///"):
+        Path(settings.mlflow_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+def experiment_id(settings: Settings, dataset: str) -> str:
+    c = client(settings)
+    name = settings.registered_model(dataset)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = settings.mlflow_artifacts
+    if not location:  # a tracking server with its own artifact store
+        return str(c.create_experiment(name))
+    if "://" not in location:
+        Path(location).mkdir(parents=True, exist_ok=True)
+        location = Path(location).resolve().as_uri()
+    return str(c.create_experiment(name, artifact_location=f"{location}/{name}"))
+
+
+def git_sha(where: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+@contextlib.contextmanager
+def start_run(settings: Settings, dataset: str, run_name: str, tags: dict[str, str]) -> Iterator[Any]:
+    """An active MLflow run in the dataset's experiment; marked FAILED if the block raises."""
+    import mlflow
+
+    client(settings)
+    exp = experiment_id(settings, dataset)
+    with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags) as run:
+        yield run
+
+
+def register(settings: Settings, dataset: str, run_id: str) -> ModelRef:
+    """Register the run's ``model`` artifact folder as a new version of the dataset's model."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(settings)
+    name = settings.registered_model(dataset)
+    source = f"{c.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name, description=f"mmretrieval dual encoder for dataset {dataset!r}")
+    mv = c.create_model_version(name, source=source, run_id=run_id)
+    return ModelRef(name, str(mv.version), run_id, source)
+
+
+def set_alias(settings: Settings, dataset: str, alias: str, version: str) -> None:
+    client(settings).set_registered_model_alias(settings.registered_model(dataset), alias, version)
+
+
+def get_alias(settings: Settings, dataset: str, alias: str) -> ModelRef | None:
+    """The version behind an alias, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(settings)
+    name = settings.registered_model(dataset)
+    try:
+        mv = c.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return ModelRef(name, str(mv.version), str(mv.run_id), str(mv.source))
+
+
+def get_version(settings: Settings, name: str, version: str) -> ModelRef:
+    """A registered model version by model name (as recorded on a Milvus collection)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client(settings).get_model_version(name, version)
+    except MlflowException as e:
+        raise ModelNotFoundError(f"model {name!r} has no version {version!r}") from e
+    return ModelRef(name, str(mv.version), str(mv.run_id), str(mv.source))
+
+
+def require_alias(settings: Settings, dataset: str, alias: str) -> ModelRef:
+    ref = get_alias(settings, dataset, alias)
+    if ref is None:
+        hint = "run `mmr train` first" if alias == CHALLENGER else "run `mmr promote` after a passing evaluation"
+        raise ModelNotFoundError(f"model {settings.registered_model(dataset)!r} has no {alias!r} alias: {hint}")
+    return ref
+
+
+def log_run(settings: Settings, run_id: str, metrics: dict[str, float] | None = None,
+            tags: dict[str, str] | None = None, artifacts: list[Path] | None = None) -> None:
+    """Add metrics, tags and files to an existing (possibly finished) run."""
+    c = client(settings)
+    for k, v in (metrics or {}).items():
+        c.log_metric(run_id, k.replace("@", "_at_"), float(v))
+    for k, v in (tags or {}).items():
+        c.set_tag(run_id, k, v)
+    for path in artifacts or []:
+        c.log_artifact(run_id, str(path), artifact_path="reports")
+
+
+def tag_version(settings: Settings, ref: ModelRef, tags: dict[str, str]) -> None:
+    c = client(settings)
+    for k, v in tags.items():
+        c.set_model_version_tag(ref.name, ref.version, k, v)
+
+
+def download(settings: Settings, ref: ModelRef) -> Path:
+    """The model folder of a version, cached under ``var/model-cache`` (versions never change)."""
+    import mlflow
+
+    target = settings.var_dir / "model-cache" / ref.name / ref.version
+    if (target / "config.json").is_file():
+        return target
+    client(settings)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source))
+    except Exception as e:  # MLflow raises several unrelated types for a missing artifact
+        raise TrackingError(f"cannot download {ref.uri} from {ref.source}: {e}") from e
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(local, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+_LOADED: dict[tuple[str, str, str, str], RetrievalModel] = {}
+
+
+def load_model(settings: Settings, ref: ModelRef, device: str = "cpu") -> RetrievalModel:
+    """Load (once per process) the model of a registered version."""
+    from mmretrieval.models.dual_encoder import load
+
+    key = (settings.mlflow_uri, ref.name, ref.version, device)
+    if key not in _LOADED:
+        _LOADED[key] = load(download(settings, ref), device=device)
+    return _LOADED[key]

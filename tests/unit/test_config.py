@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from mmretrieval.config import Params, get_settings, load_params
+from mmretrieval.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repo_params_file_loads_and_only_uses_known_keys() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.gate.metric == "t2i_recall@10"
+    assert "demo" in params.datasets
+
+
+def test_unknown_key_names_the_key(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    p.write_text("train: {epocs: 3}\n")
+    with pytest.raises(ConfigError, match="epocs"):
+        load_params(p)
+
+
+def test_split_ratios_must_sum_to_one(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    p.write_text("split: {train: 0.9, val: 0.2, test: 0.1}\n")
+    with pytest.raises(ConfigError, match="sum to 1"):
+        load_params(p)
+
+
+def test_dataset_overrides_change_only_that_dataset() -> None:
+    params = Params(overrides={"demo": {"train": {"epochs": 3}}})
+    assert params.for_dataset("demo").train.epochs == 3
+    assert params.for_dataset("other").train.epochs == Params().train.epochs
+
+
+def test_environment_switches_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMR_MILVUS_URI", "http://milvus:19530")
+    monkeypatch.setenv("MMR_MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.delenv("MMR_MLFLOW_ARTIFACTS", raising=False)
+    s = get_settings(tmp_path)
+    assert s.milvus_uri == "http://milvus:19530"
+    assert s.mlflow_uri == "http://mlflow:5000"
+    assert s.mlflow_artifacts == ""  # the tracking server picks its artifact store
+
+
+def test_bad_dataset_name_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Bad-Name"):
+        get_settings(tmp_path).raw_dir("Bad-Name")

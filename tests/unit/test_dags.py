@@ -1,0 +1,53 @@
+"""DAG integrity: every DAG file imports cleanly, is configured sanely, and parses without heavy imports."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted((REPO / "dags").glob("*.py"))
+HEAVY = ["torch", "torchvision", "mlflow", "pymilvus", "great_expectations", "sentence_transformers", "pandas"]
+
+
+def test_dag_files_exist() -> None:
+    assert DAG_FILES
+
+
+def test_parsing_a_dag_file_imports_nothing_heavy() -> None:
+    code = (
+        "import json, runpy, sys\n"
+        f"for f in {json.dumps([str(f) for f in DAG_FILES])}:\n"
+        "    runpy.run_path(f)\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_dagbag_has_no_import_errors_and_tasks_have_retries_and_tags(tmp_path: Path) -> None:
+    code = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
+        "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},\n"
+        "  'dags': {d.dag_id: {'tags': sorted(d.tags), 'tasks': [t.task_id for t in d.tasks],\n"
+        "           'retries': [t.retries for t in d.tasks]} for d in bag.dags.values()}}))\n"
+    )
+    env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["errors"] == {}
+    dag = info["dags"]["mmr_pipeline"]
+    assert dag["tags"] == ["mmretrieval"]
+    assert dag["tasks"] == ["validate", "clean", "augment", "train", "evaluate", "promote", "embed", "publish"]
+    assert all(r >= 1 for r in dag["retries"])
+
+
+def test_library_never_imports_airflow() -> None:
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "mmretrieval").rglob("*.py")
+                 if any(line.lstrip().startswith(("import airflow", "from airflow"))
+                        for line in p.read_text(encoding="utf-8").splitlines())]
+    assert offenders == []

@@ -1,0 +1,30 @@
+import torch
+
+from mmretrieval.models.losses import symmetric_info_nce
+from mmretrieval.prep.text import normalize_caption, normalize_captions
+
+
+def test_info_nce_is_lower_for_aligned_pairs_than_for_shuffled_ones() -> None:
+    torch.manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    eye = torch.eye(8, dtype=torch.bool)
+    scale = torch.tensor(2.0)
+    aligned = symmetric_info_nce(x, x, scale, eye)
+    shuffled = symmetric_info_nce(x, x.roll(1, dims=0), scale, eye)
+    assert aligned < shuffled
+
+
+def test_info_nce_does_not_punish_shared_captions_as_negatives() -> None:
+    img = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.01]]), dim=-1)
+    txt = img.clone()
+    only_diag = symmetric_info_nce(img, txt, torch.tensor(3.0), torch.eye(2, dtype=torch.bool))
+    both = symmetric_info_nce(img, txt, torch.tensor(3.0), torch.ones(2, 2, dtype=torch.bool))
+    assert both < only_diag
+    assert both.item() == 0.0 or abs(both.item()) < 1e-6
+
+
+def test_captions_are_normalised_and_duplicates_merged() -> None:
+    assert normalize_caption("  A\u0301  dog\x00\tbarks \u200b ") == "\u00c1 dog barks"
+    assert normalize_caption("Hello", lowercase=True) == "hello"
+    assert normalize_captions(["A dog", "a  dog", "", "  ", "A cat"]) == ["A dog", "A cat"]
+    assert normalize_caption("مرحبا 👋") == "مرحبا 👋"  # right-to-left text and emoji survive

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from mmretrieval.config import SplitParams
+from mmretrieval.errors import ManifestError
+from mmretrieval.schema import assign_split, fill_splits, read_manifest, split_captions
+
+
+def write(tmp_path: Path, text: str, encoding: str = "utf-8") -> Path:
+    p = tmp_path / "manifest.csv"
+    p.write_bytes(text.encode(encoding))
+    return p
+
+
+def test_reads_the_shared_manifest_format_with_several_captions(tmp_path: Path) -> None:
+    p = write(tmp_path, "id,modality,path,text,label,split\n"
+                        "a,image,images/a.jpg,A dog . ||| A brown dog runs .,,\n")
+    df = read_manifest(p)
+    assert list(df.columns[:9]) == ["id", "modality", "path", "text", "label", "split", "group", "sha256", "source"]
+    assert split_captions(df.at[0, "text"]) == ["A dog .", "A brown dog runs ."]
+    assert df.at[0, "split"] == ""
+
+
+def test_missing_required_column_is_named(tmp_path: Path) -> None:
+    p = write(tmp_path, "id,path,text\na,x.jpg,hello\n")
+    with pytest.raises(ManifestError, match=r"\['modality'\]"):
+        read_manifest(p)
+
+
+def test_utf8_bom_is_accepted_and_non_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    p = write(tmp_path, "\ufeffid,modality,path\na,image,x.jpg\n")
+    assert read_manifest(p).at[0, "id"] == "a"
+    q = write(tmp_path, "id,modality,path,text\na,image,x.jpg,caf\xe9\n", encoding="latin-1")
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        read_manifest(q)
+
+
+def test_extra_and_reordered_columns_are_kept_as_metadata(tmp_path: Path) -> None:
+    p = write(tmp_path, "path,photographer,id,modality\nx.jpg,Ann,a,IMAGE\n")
+    df = read_manifest(p)
+    assert df.at[0, "modality"] == "image"
+    assert df.at[0, "metadata"] == '{"photographer": "Ann"}'
+
+
+def test_header_only_manifest_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="no rows"):
+        read_manifest(write(tmp_path, "id,modality,path\n"))
+
+
+def test_split_assignment_is_deterministic_follows_ratios_and_keeps_groups_together() -> None:
+    ratios = SplitParams(train=0.8, val=0.1, test=0.1)
+    splits = [assign_split(f"item{i}", ratios) for i in range(5000)]
+    assert splits == [assign_split(f"item{i}", ratios) for i in range(5000)]
+    share = splits.count("train") / len(splits)
+    assert 0.77 < share < 0.83
+    import pandas as pd
+
+    df = pd.DataFrame({"id": [f"x{i}" for i in range(50)], "group": ["g"] * 50, "split": [""] * 49 + ["test"]})
+    filled = fill_splits(df, ratios)
+    assert filled["split"].iloc[:49].nunique() == 1
+    assert filled.at[49, "split"] == "test"
