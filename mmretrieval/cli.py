@@ -39,21 +39,27 @@ def _default_dataset(settings: Any) -> str:
 
 
 def _search(args: argparse.Namespace, settings: Any) -> int:
+    """One search per text given (several amortise the model load); an image/audio query fuses with each text."""
     from mmretrieval.client import RetrievalClient
 
     dataset = args.dataset or _default_dataset(settings)
+    texts: list[str | None] = list(args.text) or [None]
     with RetrievalClient(dataset, settings=settings) as client:
-        hits = client.search(text=args.text, image=args.image, audio=args.audio, k=args.k, modality=args.modality,
-                             filter=args.filter or "")
-    if args.json:
-        for h in hits:
-            print(h.to_json())
-        return 0
-    if hits:
-        print(f"{'rank':>4}  {'score':>7}  {'modality':8}  {'path':40}  text")
-    for h in hits:
-        caption = h.text.split(" ||| ")[0] if h.text else (f"label {h.label}" if h.label else "")
-        print(f"{h.rank:>4}  {h.score:7.4f}  {h.modality:8}  {h.path[:40]:40}  {caption[:80]}")
+        for text in texts:
+            hits = client.search(text=text, image=args.image, audio=args.audio, k=args.k, modality=args.modality,
+                                 filter=args.filter or "")
+            if args.json:
+                for h in hits:
+                    print(h.to_json())
+                continue
+            if len(texts) > 1 or args.image or args.audio:
+                parts = [f'"{text}"' if text else "", f"image {args.image}" if args.image else "",
+                         f"audio {args.audio}" if args.audio else ""]
+                print("\nquery: " + " + ".join(p for p in parts if p))
+            print(f"{'rank':>4}  {'score':>7}  {'modality':8}  {'path':34}  {'label':5}  text")
+            for h in hits:
+                caption = h.text.split(" ||| ")[0] if h.text else ""
+                print(f"{h.rank:>4}  {h.score:7.4f}  {h.modality:8}  {h.path[:34]:34}  {h.label[:5]:5}  {caption[:70]}")
     return 0
 
 
@@ -87,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name")
 
     p = sub.add_parser("search", help="query the serving collection of a dataset")
-    p.add_argument("text", nargs="?", help="text query")
+    p.add_argument("text", nargs="*", help="text query (several: one search each)")
     p.add_argument("--image", type=Path, help="image file query")
     p.add_argument("--audio", type=Path, help="audio file query")
     p.add_argument("--k", type=int, default=10, help="number of hits (1-1000, default 10)")

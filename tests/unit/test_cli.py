@@ -15,7 +15,7 @@ def test_contract_flags_parse() -> None:
     p = build_parser()
     a = p.parse_args(["search", "a cat", "--image", "x.png", "--audio", "y.wav", "--k", "3", "--modality", "image",
                       "--json"])
-    assert (a.text, a.k, a.modality, a.json) == ("a cat", 3, "image", True)
+    assert (a.text, a.k, a.modality, a.json) == (["a cat"], 3, "image", True)
     a = p.parse_args(["evaluate", "--dataset", "demo", "--manifest", "m.csv"])
     assert a.manifest.name == "m.csv"
     assert p.parse_args(["promote", "--dataset", "d", "--rollback"]).rollback
