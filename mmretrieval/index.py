@@ -52,9 +52,14 @@ class MilvusIndex:
         return self._client
 
     def close(self) -> None:
+        """Close the connection; for a Lite file also stop its in-process server, which holds the file's lock."""
         if self._client is not None:
             self._client.close()
             self._client = None
+            if "://" not in self.uri:
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self.uri)
 
     def __enter__(self) -> MilvusIndex:
         return self

@@ -47,7 +47,8 @@ class TextEncoder:
             raise ModelError(f"text model {ref!r} at {path} does not load: {e}") from e
         self.model.eval()
         self.ref = ref
-        dim = self.model.get_sentence_embedding_dimension()
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = getter()
         if not dim:
             raise ModelError(f"text model {ref!r} does not report an embedding dimension")
         self.dim = int(dim)
