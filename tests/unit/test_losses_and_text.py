@@ -28,3 +28,12 @@ def test_captions_are_normalised_and_duplicates_merged() -> None:
     assert normalize_caption("Hello", lowercase=True) == "hello"
     assert normalize_captions(["A dog", "a  dog", "", "  ", "A cat"]) == ["A dog", "A cat"]
     assert normalize_caption("مرحبا 👋") == "مرحبا 👋"  # right-to-left text and emoji survive
+
+
+def test_triplet_loss_is_zero_when_every_negative_is_beyond_the_margin_and_positive_otherwise() -> None:
+    from mmretrieval.models.losses import triplet_hardest
+
+    eye = torch.eye(3)
+    assert triplet_hardest(eye, eye, torch.eye(3, dtype=torch.bool), margin=0.2).item() == 0.0
+    swapped = eye[[1, 0, 2]]
+    assert triplet_hardest(eye, swapped, torch.eye(3, dtype=torch.bool), margin=0.2).item() > 0.5
