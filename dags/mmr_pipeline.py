@@ -1,4 +1,4 @@
-"""mmr_pipeline: raw data -> validated -> clean -> augmented -> trained -> evaluated -> promoted -> embedded -> published.
+"""mmr_pipeline: raw -> validated -> clean -> augmented -> trained -> evaluated -> promoted -> embedded -> published.
 
 Configuration only: each task calls one library stage (``mmretrieval.stages.run_stage``) and passes its small JSON
 result on as XCom. Nothing heavy is imported when the scheduler parses this file.

@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET or the last ingested)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
 
+    p = sub.add_parser("serve", help="HTTP search service (FastAPI; OpenAPI docs at /docs)")
+    p.add_argument("--dataset", help="dataset name")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+
     p = sub.add_parser("info", help="what the serving alias of a dataset points to")
     p.add_argument("--dataset", help="dataset name")
     return parser
@@ -144,6 +149,10 @@ def dispatch(args: argparse.Namespace) -> int:
             from mmretrieval.orchestration import dag_test
 
             dag_test(dataset, settings)
+        elif verb == "serve":
+            from mmretrieval.service import serve
+
+            serve(dataset, args.host, args.port, settings)
         elif verb == "info":
             from mmretrieval.client import RetrievalClient
 

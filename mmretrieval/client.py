@@ -113,10 +113,13 @@ class RetrievalClient:
         if text is not None:
             parts.append((w.get("text", 1.0), model.encode_texts([text])[0]))
         if image is not None:
+            if "image" not in model.modalities:
+                raise QueryError(f"the model behind {self.alias!r} has no image tower; image queries need one")
             parts.append((w.get("image", 1.0), model.encode_images([_load_image(image)])[0]))
         if audio is not None:
             if "audio" not in model.modalities:
                 raise QueryError(f"the model behind {self.alias!r} has no audio tower; audio queries need one")
+            parts.append((w.get("audio", 1.0), model.encode_waves(_load_wave(model, audio)[None])[0]))
         vec = sum(weight * v for weight, v in parts)
         vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
         expr = " and ".join(e for e in (f'modality == "{modality}"' if modality else "", filter) if e)
@@ -127,6 +130,21 @@ class RetrievalClient:
                     text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
                     data_version=h["data_version"], metadata=h.get("metadata") or {})
                 for r, h in enumerate(hits, start=1)]
+
+
+def _load_wave(model: RetrievalModel, audio: Any) -> Any:
+    """A path or uploaded bytes as the model's fixed-length waveform tensor."""
+    import tempfile
+
+    if isinstance(audio, (bytes, bytearray)):
+        with tempfile.NamedTemporaryFile(suffix=".audio") as f:
+            f.write(audio)
+            f.flush()
+            return model.load_wave(Path(f.name))
+    path = Path(audio)
+    if not path.is_file():
+        raise MediaError(f"query audio {str(path)!r} does not exist")
+    return model.load_wave(path)
 
 
 def _load_image(image: Any) -> Image.Image:

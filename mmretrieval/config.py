@@ -47,6 +47,7 @@ class ValidateParams:
     max_image_pixels: int = 40_000_000  # decompression-bomb guard (PIL refuses above 2x this)
     max_file_bytes: int = 50_000_000
     max_caption_chars: int = 2_000
+    max_audio_seconds: float = 600.0  # longer clips are quarantined
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class AugmentParams:
     hflip: bool = True
     color_jitter: float = 0.2
     rotation_degrees: float = 10.0
+    audio_gain_db: float = 6.0  # random gain within ±this
+    audio_snr_db: float = 20.0  # white noise at about this signal-to-noise ratio (±5 dB)
+    audio_shift: float = 0.1  # random time shift, as a share of the clip
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ class ModelParams:
     image_size: int = 64
     embed_dim: int = 256
     init_temperature: float = 0.07
+    audio_tower: str = "cnn"  # used when the data has audio items: log-mel CNN trained from scratch
+    audio_sample_rate: int = 16_000  # every clip is resampled to this rate
+    audio_seconds: float = 2.0  # clips are cut / zero-padded to this length
+    n_mels: int = 64
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,9 @@ class TrainParams:
     num_workers: int = 0
     grad_clip: float = 1.0
     balance_labels: bool = True  # sample each label class as often as one unlabelled item
+    loss: str = "infonce"  # "infonce" (symmetric, multi-positive) or "triplet" (hardest in-batch negative)
+    margin: float = 0.2  # triplet margin
+    patience: int = 0  # stop after this many epochs without a better validation gate metric (0: never)
 
 
 @dataclass(frozen=True)
@@ -242,7 +253,7 @@ class Settings:
 
 
 def _artifacts(env: Any, root: Path) -> str:
-    """Artifact root for new experiments; empty for a tracking server, which then chooses (``--artifacts-destination``)."""
+    """Artifact root for new experiments; empty for a tracking server, which chooses (``--artifacts-destination``)."""
     if env.get("MMR_MLFLOW_ARTIFACTS"):
         return str(env["MMR_MLFLOW_ARTIFACTS"])
     uri = env.get("MMR_MLFLOW_TRACKING_URI") or env.get("MLFLOW_TRACKING_URI") or ""

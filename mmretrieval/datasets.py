@@ -33,7 +33,8 @@ def ingest(manifest: Path, name: str, settings: Settings | None = None) -> dict[
     not_copied: list[str] = []
     with atomic_dir(dest) as tmp:
         shutil.copyfile(manifest, tmp / "manifest.csv")
-        for rel in tqdm(sorted(set(frame["path"]) - {""}), desc=f"ingest {name}", unit="file", leave=False):
+        files = sorted(set(frame["path"]) - {""})
+        for rel in tqdm(files, desc=f"ingest {name}", unit="file", leave=False, disable=None):
             if path_problem(rel, root) is not None:
                 not_copied.append(rel)
                 continue

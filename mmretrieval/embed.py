@@ -66,20 +66,31 @@ def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CH
         idx = texts[start:start + bs]
         vectors[idx] = model.encode_texts([split_captions(t)[0] for t in clean.loc[idx, "text"]])
 
-    images = clean.index[clean["modality"] == Modality.IMAGE.value].to_numpy()
+    class Decoded(Dataset):  # type: ignore[type-arg]
+        """Reader: decodes and preprocesses one modality's files (in loader workers when configured)."""
 
-    class Pixels(Dataset):  # type: ignore[type-arg]
+        def __init__(self, rows: np.ndarray, modality: str) -> None:
+            self.rows, self.modality = rows, modality
+
         def __len__(self) -> int:
-            return len(images)
+            return len(self.rows)
 
         def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
-            i = int(images[k])
-            return model.transform(open_image(clean_dir / clean.at[i, "media"])), i
+            i = int(self.rows[k])
+            path = clean_dir / clean.at[i, "media"]
+            if self.modality == Modality.IMAGE.value:
+                return model.transform(open_image(path)), i
+            return model.load_wave(path), i
 
-    loader = DataLoader(Pixels(), batch_size=bs, num_workers=params.train.num_workers,
-                        pin_memory=device == "cuda")
-    for pixels, idx in tqdm(loader, desc=f"embed {dataset}", unit="batch", leave=False):
-        vectors[idx.numpy()] = model.encode_pixels(pixels)
+    for modality in (Modality.IMAGE.value, Modality.AUDIO.value):
+        rows = clean.index[clean["modality"] == modality].to_numpy()
+        if not len(rows):
+            continue
+        loader = DataLoader(Decoded(rows, modality), batch_size=bs, num_workers=params.train.num_workers,
+                            pin_memory=device == "cuda")
+        encode = model.encode_pixels if modality == Modality.IMAGE.value else model.encode_waves
+        for batch, idx in tqdm(loader, desc=f"embed {dataset} {modality}", unit="batch", leave=False, disable=None):
+            vectors[idx.numpy()] = encode(batch)
 
     norms = np.linalg.norm(vectors, axis=1)
     if not np.allclose(norms, 1.0, atol=1e-3):

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from mmretrieval import tracking
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import MediaError, TrainingError
 from mmretrieval.io import read_json, read_parquet, write_json
 from mmretrieval.media import open_image
-from mmretrieval.metrics import build_eval_set, both_directions
+from mmretrieval.metrics import EvalSet, both_directions, build_eval_set
 from mmretrieval.schema import Modality, Split, read_manifest, split_captions
 
 if TYPE_CHECKING:
     import pandas as pd
+    from PIL import Image
 
     from mmretrieval.models.dual_encoder import RetrievalModel
 
@@ -34,18 +38,35 @@ def captions_of(row: Any) -> list[str]:
     return caps or ([str(row["label"])] if row["label"] else [])
 
 
-def score(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: str,
-          ks: Sequence[int] = KS) -> dict[str, float]:
-    """Both-direction metrics for the image rows of ``frame`` (media paths relative to ``root``)."""
-    rows = frame[(frame["modality"] == Modality.IMAGE.value)]
-    ids, images, captions, labels = [], [], [], []
+@dataclass
+class Scored:
+    """Metrics plus what the report's figures need."""
+
+    metrics: dict[str, float]
+    eval_set: EvalSet
+    sim: np.ndarray  # (captions, items) cosine similarities
+    images: list[Image.Image]
+
+
+MEDIA_LETTER = {Modality.IMAGE.value: "i", Modality.AUDIO.value: "a"}
+
+
+def score_detailed(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: str,
+                   ks: Sequence[int] = KS, modality: str = Modality.IMAGE.value) -> Scored:
+    """Both-direction metrics between captions and the ``modality`` rows of ``frame`` (media relative to ``root``).
+
+    Keys: ``t2i_*``/``i2t_*`` for images, ``t2a_*``/``a2t_*`` for audio.
+    """
+    rows = frame[(frame["modality"] == modality)]
+    ids, media, captions, labels = [], [], [], []
     skipped = 0
     for _, row in rows.iterrows():
         caps = captions_of(row)
         if not caps:
             continue
         try:
-            images.append(open_image(root / row[media_column]))
+            media.append(open_image(root / row[media_column]) if modality == Modality.IMAGE.value
+                         else model.load_wave(root / row[media_column]))
         except (MediaError, OSError):
             skipped += 1
             continue
@@ -53,12 +74,39 @@ def score(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: 
         captions.append(caps)
         labels.append(str(row["label"]))
     if len(ids) < 2:
-        raise TrainingError(f"only {len(ids)} image item(s) with captions to evaluate on; need at least 2")
+        raise TrainingError(f"only {len(ids)} {modality} item(s) with captions to evaluate on; need at least 2")
     eval_set = build_eval_set(ids, captions, labels)
-    metrics = both_directions(model.encode_texts(eval_set.captions), model.encode_images(images), eval_set, ks)
-    metrics["items"] = float(len(ids))
-    metrics["skipped_undecodable"] = float(skipped)
-    return metrics
+    text_vecs = model.encode_texts(eval_set.captions)
+    if modality == Modality.IMAGE.value:
+        item_vecs = model.encode_images(media)
+    else:
+        import torch
+
+        item_vecs = np.concatenate([model.encode_waves(torch.stack(media[i:i + 64])) for i in range(0, len(media), 64)])
+    letter = MEDIA_LETTER[modality]
+    metrics = {k.replace("t2i_", f"t2{letter}_").replace("i2t_", f"{letter}2t_"): v
+               for k, v in both_directions(text_vecs, item_vecs, eval_set, ks).items()}
+    metrics[f"{modality}_items"] = float(len(ids))
+    metrics[f"{modality}_skipped_undecodable"] = float(skipped)
+    return Scored(metrics, eval_set, text_vecs @ item_vecs.T, media if modality == Modality.IMAGE.value else [])
+
+
+def score_all(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: str,
+              ks: Sequence[int] = KS) -> dict[str, Scored]:
+    """:func:`score_detailed` for every media modality of ``frame`` that the model has a tower for."""
+    present = [m for m in MEDIA_LETTER if m in set(frame["modality"]) and m in model.modalities]
+    if not present:
+        raise TrainingError(f"nothing to evaluate: no {list(MEDIA_LETTER)} rows the model can encode")
+    return {m: score_detailed(model, frame, root, media_column, ks, m) for m in present}
+
+
+def score(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: str,
+          ks: Sequence[int] = KS) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for scored in score_all(model, frame, root, media_column, ks).values():
+        merged |= scored.metrics
+    merged["items"] = sum(v for k, v in merged.items() if k.endswith("_items"))
+    return merged
 
 
 def test_frame(settings: Settings, dataset: str) -> tuple[pd.DataFrame, Path]:
@@ -78,6 +126,9 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         raise TrainingError(f"dataset {dataset!r} has no test rows: set split ratios in params.yaml or a split column")
     result: dict[str, Any] = {"dataset": dataset, "data_version": data_version, "split": "test",
                               "test_items": int(len(frame))}
+    figures: dict[str, Path] = {}
+    out = settings.stage_dir("reports", dataset)
+    out.mkdir(parents=True, exist_ok=True)
     for alias in (tracking.CHALLENGER, tracking.CHAMPION):
         ref = tracking.get_alias(settings, dataset, alias)
         if ref is None:
@@ -85,16 +136,26 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 tracking.require_alias(settings, dataset, alias)
             result[alias] = None
             continue
-        metrics = score(tracking.load_model(settings, ref, device), frame, root, "media")
+        per_modality = score_all(tracking.load_model(settings, ref, device), frame, root, "media")
+        metrics = {k: v for scored in per_modality.values() for k, v in scored.metrics.items()}
+        metrics["items"] = sum(v for k, v in metrics.items() if k.endswith("_items"))
         result[alias] = {"version": ref.version, "run_id": ref.run_id, "metrics": metrics}
-    out = settings.stage_dir("reports", dataset)
+        if alias == tracking.CHALLENGER:
+            from mmretrieval.report import recall_curve_png, retrieval_grid_png
+
+            for modality, scored in per_modality.items():
+                figures[f"{modality}: recall@K curve"] = recall_curve_png(
+                    out / f"recall_curve_{modality}.png", scored.sim, scored.eval_set)
+                if scored.images:
+                    figures[f"{modality}: example retrievals"] = retrieval_grid_png(
+                        out / f"retrievals_{modality}.png", scored.sim, scored.eval_set, scored.images)
     write_json(out / "evaluate.json", result)
     from mmretrieval.report import write_evaluation_html
 
-    html = write_evaluation_html(out / "evaluate.html", result)
+    html = write_evaluation_html(out / "evaluate.html", result, figures)
     challenger = result[tracking.CHALLENGER]
     tracking.log_run(settings, challenger["run_id"], metrics={f"test_{k}": v for k, v in challenger["metrics"].items()},
-                     artifacts=[out / "evaluate.json", html])
+                     artifacts=[out / "evaluate.json", html, *figures.values()])
     log.info("evaluate %s: challenger v%s %s", dataset, challenger["version"],
              {k: round(v, 3) for k, v in challenger["metrics"].items() if "recall" in k})
     return {"dataset": dataset, "challenger": challenger["version"],

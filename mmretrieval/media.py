@@ -87,3 +87,29 @@ def image_problem(path: Path, params: ValidateParams) -> Problem | None:
         return Problem("image_too_small", f"image {path.name} is {im.size[0]}x{im.size[1]}, "
                        f"below the {params.min_image_side}-pixel minimum side")
     return None
+
+
+def audio_problem(path: Path, params: ValidateParams) -> Problem | None:
+    """Decodes (WAV, FLAC, OGG, MP3 via libsndfile), has samples, no NaN, duration within bounds."""
+    import numpy as np
+    import soundfile as sf
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return Problem("empty_file", f"file {path.name} is empty (0 bytes)")
+    if size > params.max_file_bytes:
+        return Problem("file_too_large", f"file {path.name} is {size} bytes, above {params.max_file_bytes}")
+    try:
+        info = sf.info(str(path))
+        data, _ = sf.read(str(path), frames=int(min(info.frames, 600 * info.samplerate)), dtype="float32",
+                          always_2d=True)
+    except (RuntimeError, sf.LibsndfileError, OSError, ValueError) as e:
+        return Problem("undecodable", f"audio {path.name} does not decode: {e}")
+    if data.size == 0 or info.frames <= 0:
+        return Problem("empty_audio", f"audio {path.name} has no samples")
+    if not np.isfinite(data).all():
+        return Problem("nan_samples", f"audio {path.name} contains NaN or infinite samples")
+    seconds = info.frames / info.samplerate
+    if seconds > params.max_audio_seconds:
+        return Problem("audio_too_long", f"audio {path.name} lasts {seconds:.1f} s, above {params.max_audio_seconds}")
+    return None

@@ -84,3 +84,15 @@ def both_directions(text_vecs: np.ndarray, item_vecs: np.ndarray, eval_set: Eval
     t2i = retrieval_metrics(sim, eval_set.relevant, ks)
     i2t = retrieval_metrics(sim.T, eval_set.relevant.T, ks)
     return {f"t2i_{k}": v for k, v in t2i.items()} | {f"i2t_{k}": v for k, v in i2t.items()}
+
+
+def resolve_metric(name: str, metrics: dict[str, float]) -> str | None:
+    """The key for ``name`` in ``metrics``: as is, or its audio twin (``t2i_*`` -> ``t2a_*``, ``i2t_*`` -> ``a2t_*``)
+    for datasets without images. None when neither is there."""
+    if name in metrics:
+        return name
+    for image_prefix, audio_prefix in (("t2i_", "t2a_"), ("i2t_", "a2t_")):
+        twin = audio_prefix + name.removeprefix(image_prefix)
+        if name.startswith(image_prefix) and twin in metrics:
+            return twin
+    return None

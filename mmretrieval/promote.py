@@ -30,9 +30,11 @@ class Decision:
 
 def decide(gate: GateParams, challenger: dict[str, float], champion: dict[str, float] | None) -> Decision:
     """Pure gate logic on two metric dicts."""
-    m = gate.metric
-    if m not in challenger:
-        raise TrainingError(f"gate metric {m!r} is not among the evaluation metrics {sorted(challenger)}")
+    from mmretrieval.metrics import resolve_metric
+
+    m = resolve_metric(gate.metric, challenger)
+    if m is None or (champion is not None and m not in champion):
+        raise TrainingError(f"gate metric {gate.metric!r} is not among the evaluation metrics {sorted(challenger)}")
     value = challenger[m]
     reasons = []
     ok = value >= gate.floor

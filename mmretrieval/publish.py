@@ -103,7 +103,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                  "mmr.model_version": ref.version, "mmr.data_version": summary["data_version"],
                  "mmr.dim": str(summary["dim"]), "mmr.previous": serving or ""}
         ix.create(name, int(summary["dim"]), props)
-        with tqdm(total=len(rows), desc=f"publish {dataset}", unit="row", leave=False) as bar:
+        with tqdm(total=len(rows), desc=f"publish {dataset}", unit="row", leave=False, disable=None) as bar:
             done = 0
             for count in ix.insert(name, rows):
                 bar.update(count - done)
@@ -153,6 +153,7 @@ def rollback(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         current = ix.require_alias(alias)
         previous = ix.properties(current).get("mmr.previous", "")
         if not previous or not ix.exists(previous):
-            raise AliasNotFoundError(f"alias {alias!r} serves {current}, which has no previous collection to roll back to")
+            raise AliasNotFoundError(f"alias {alias!r} serves {current}, which has no previous collection to "
+                                     "roll back to")
         ix.point_alias(alias, previous)
     return {"dataset": dataset, "alias": alias, "collection": previous, "rolled_back_from": current}

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mmretrieval.metrics import EvalSet
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -22,13 +29,78 @@ def page(title: str, sections: list[tuple[str, str]]) -> str:
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{parts}</body></html>")
 
 
-def write_evaluation_html(path: Path, result: dict[str, Any]) -> Path:
+def _img_tag(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img alt='{html.escape(path.stem)}' style='max-width:100%' src='data:image/png;base64,{data}'>"
+
+
+def write_evaluation_html(path: Path, result: dict[str, Any], figures: dict[str, Path] | None = None) -> Path:
     models = [(alias, result[alias]) for alias in ("challenger", "champion") if result.get(alias)]
     keys = sorted({k for _, m in models for k in m["metrics"]})
     rows = [[k] + [f"{m['metrics'].get(k, float('nan')):.4f}" for _, m in models] for k in keys]
     header = ["metric"] + [f"{alias} (v{m['version']})" for alias, m in models]
     info = _table([[k, str(result.get(k))] for k in ("dataset", "data_version", "split", "test_items")],
                   ["field", "value"])
-    path.write_text(page(f"Evaluation of {result['dataset']}", [("Run", info), ("Metrics", _table(rows, header))]),
-                    encoding="utf-8")
+    sections = [("Run", info), ("Metrics", _table(rows, header))]
+    sections += [(title, _img_tag(p)) for title, p in (figures or {}).items()]
+    path.write_text(page(f"Evaluation of {result['dataset']}", sections), encoding="utf-8")
+    return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def recall_curve_png(path: Path, sim: np.ndarray, eval_set: EvalSet, max_k: int = 50) -> Path:
+    """Recall@K for K = 1..max_k in both directions."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, s, rel in (("text → image", sim, eval_set.relevant), ("image → text", sim.T, eval_set.relevant.T)):
+        keep = rel.any(axis=1)
+        order = np.argsort(-s[keep], axis=1)
+        first = np.take_along_axis(rel[keep], order, axis=1).argmax(axis=1) + 1
+        ks = np.arange(1, min(max_k, s.shape[1]) + 1)
+        ax.plot(ks, [(first <= k).mean() for k in ks], label=name)
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def retrieval_grid_png(path: Path, sim: np.ndarray, eval_set: EvalSet, images: list[Any], queries: int = 5,
+                       top: int = 5) -> Path:
+    """The top images for a few test captions; green frame = relevant, red = not."""
+    import numpy as np
+
+    plt = _pyplot()
+    q_idx = np.linspace(0, len(eval_set.captions) - 1, num=min(queries, len(eval_set.captions))).astype(int)
+    top = min(top, sim.shape[1])
+    fig, axes = plt.subplots(len(q_idx), top, figsize=(2 * top, 2.3 * len(q_idx)), dpi=80, squeeze=False)
+    for r, q in enumerate(q_idx):
+        for c, j in enumerate(np.argsort(-sim[q])[:top]):
+            ax = axes[r][c]
+            ax.imshow(images[j])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            color = "green" if eval_set.relevant[q, j] else "red"
+            for spine in ax.spines.values():
+                spine.set_edgecolor(color)
+                spine.set_linewidth(4)
+            ax.set_xlabel(f"{sim[q, j]:.2f}", fontsize=8)
+        axes[r][0].set_title(textwrap.shorten(eval_set.captions[q], 60), fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
     return path

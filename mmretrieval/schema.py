@@ -44,13 +44,13 @@ REASON = "reason"  # machine-readable reason code of a quarantined row
 MESSAGE = "message"  # human-readable reason
 
 
-class Modality(str, enum.Enum):
+class Modality(enum.StrEnum):
     TEXT = "text"
     IMAGE = "image"
     AUDIO = "audio"
 
 
-class Split(str, enum.Enum):
+class Split(enum.StrEnum):
     TRAIN = "train"
     VAL = "val"
     TEST = "test"

@@ -76,12 +76,18 @@ def git_sha(where: Path) -> str:
 
 
 @contextlib.contextmanager
-def start_run(settings: Settings, dataset: str, run_name: str, tags: dict[str, str]) -> Iterator[Any]:
-    """An active MLflow run in the dataset's experiment; marked FAILED if the block raises."""
+def start_run(settings: Settings, dataset: str, run_name: str, tags: dict[str, str],
+              run_id: str | None = None) -> Iterator[Any]:
+    """An active MLflow run in the dataset's experiment (``run_id``: continue that run); FAILED if the block raises."""
     import mlflow
 
     client(settings)
     exp = experiment_id(settings, dataset)
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id) as run:
+            mlflow.set_tag("resumed", "true")
+            yield run
+        return
     with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags) as run:
         yield run
 

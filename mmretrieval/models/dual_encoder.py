@@ -36,6 +36,10 @@ class ModelConfig:
     image_size: int
     embed_dim: int
     init_temperature: float = 0.07
+    audio_tower: str = ""  # "" (none) or "cnn" (log-mel CNN, models/audio.py)
+    audio_sample_rate: int = 16_000
+    audio_seconds: float = 2.0
+    n_mels: int = 64
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     format_version: int = FORMAT_VERSION
@@ -56,8 +60,16 @@ class DualEncoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.image_backbone, width = build_image_backbone(config.image_backbone)
-        self.image_proj = nn.Linear(width, config.embed_dim)
+        if config.image_backbone:
+            self.image_backbone, width = build_image_backbone(config.image_backbone)
+            self.image_proj = nn.Linear(width, config.embed_dim)
+        if config.audio_tower:
+            if config.audio_tower != "cnn":
+                raise ModelError(f"audio tower {config.audio_tower!r} is unknown; use 'cnn'")
+            from mmretrieval.models.audio import AudioCNN
+
+            self.audio_backbone = AudioCNN(config.audio_sample_rate, config.n_mels)
+            self.audio_proj = nn.Linear(self.audio_backbone.width, config.embed_dim)
         self.text_proj = nn.Sequential(
             nn.Linear(config.text_dim, config.text_dim), nn.GELU(), nn.Linear(config.text_dim, config.embed_dim)
         )
@@ -66,6 +78,13 @@ class DualEncoder(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, embed_dim) unit vectors."""
         return nn.functional.normalize(self.image_proj(self.image_backbone(pixels)), dim=-1)
+
+    def encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, T) waveforms at ``audio_sample_rate`` -> (B, embed_dim) unit vectors."""
+        return nn.functional.normalize(self.audio_proj(self.audio_backbone(wave)), dim=-1)
+
+    def encode(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
+        return self.encode_image(batch) if modality == "image" else self.encode_audio(batch)
 
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
         """(B, text_dim) sentence embeddings -> (B, embed_dim) unit vectors."""
@@ -121,7 +140,30 @@ class RetrievalModel:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return ("text", "image")
+        return ("text",) + (("image",) if self.config.image_backbone else ()) + (
+            ("audio",) if self.config.audio_tower else ())
+
+    @property
+    def audio_length(self) -> int:
+        return int(self.config.audio_sample_rate * self.config.audio_seconds)
+
+    def load_wave(self, path: Path) -> torch.Tensor:
+        """A file as the fixed-length waveform the audio tower takes (start of the clip, zero-padded)."""
+        from mmretrieval.models.audio import fit_length, load_audio
+
+        wave = load_audio(path, self.config.audio_sample_rate, self.config.audio_seconds)
+        return torch.from_numpy(fit_length(wave, self.audio_length))
+
+    @torch.no_grad()
+    def encode_waves(self, waves: torch.Tensor) -> np.ndarray:
+        return self.net.encode_audio(waves.to(self.device)).float().cpu().numpy()
+
+    def encode_audio_files(self, paths: list[Path], batch_size: int = 64) -> np.ndarray:
+        import numpy as np
+
+        parts = [self.encode_waves(torch.stack([self.load_wave(p) for p in paths[i:i + batch_size]]))
+                 for i in range(0, len(paths), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
@@ -158,7 +200,7 @@ def save(net: DualEncoder, folder: Path) -> None:
 
 def build(config: ModelConfig, image_weights: str = "") -> DualEncoder:
     net = DualEncoder(config)
-    if image_weights:
+    if image_weights and config.image_backbone:
         load_backbone_weights(net.image_backbone, image_weights)
     return net
 

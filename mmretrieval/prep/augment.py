@@ -27,6 +27,13 @@ def image_policy(p: AugmentParams) -> dict[str, Any]:
     }
 
 
+def audio_policy(p: AugmentParams) -> dict[str, Any]:
+    """The waveform augmentations the train loader applies to audio clips."""
+    if not p.enabled:
+        return {}
+    return {"gain_db": p.audio_gain_db, "snr_db": p.audio_snr_db, "shift": p.audio_shift, "random_crop": True}
+
+
 def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or get_settings()
     params = settings.params_for(dataset)
@@ -41,7 +48,8 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         "seed": params.augment.seed,
         "params": dataclasses.asdict(params.augment),
         "image": image_policy(params.augment),
-        "text": {},  # text and audio augmentations: see the data-quality and audio issues
+        "audio": audio_policy(params.augment),
+        "text": {},  # text augmentations: see the data-quality issue
         "train_rows": len(train),
     }
     out = settings.stage_dir("augmented", dataset)

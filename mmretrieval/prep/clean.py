@@ -60,7 +60,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         media: list[str] = [""] * len(rows)
         texts: list[str] = list(rows["text"])
         hashes: list[str] = list(rows["sha256"])
-        for i, row in tqdm(list(rows.iterrows()), desc=f"clean {dataset}", unit="item", leave=False):
+        for i, row in tqdm(list(rows.iterrows()), desc=f"clean {dataset}", unit="item", leave=False, disable=None):
             if reasons[i]:
                 continue
             captions = normalize_captions(split_captions(row["text"]), params.clean.lowercase)

@@ -66,7 +66,8 @@ def run_suite(df: pd.DataFrame, name: str) -> SuiteResult:
     suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_manifest"))
     for _, _, expectation in spec:
         suite.add_expectation(expectation)
-    validation = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{name}_manifest", data=batch, suite=suite))
+    definition = gx.ValidationDefinition(name=f"{name}_manifest", data=batch, suite=suite)
+    validation = ctx.validation_definitions.add(definition)
     result = validation.run(batch_parameters={"dataframe": df}, result_format="COMPLETE")
 
     row_reasons: dict[int, tuple[str, str]] = {}

@@ -15,7 +15,7 @@ from mmretrieval import versioning
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import ValidationFailed
 from mmretrieval.io import atomic_dir, write_json
-from mmretrieval.media import image_problem, path_problem
+from mmretrieval.media import audio_problem, image_problem, path_problem
 from mmretrieval.schema import MESSAGE, REASON, Modality, fill_splits, read_manifest, split_captions
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         problem = path_problem(row["path"], raw)
         if problem is None and row["modality"] == Modality.IMAGE.value:
             problem = image_problem(raw / row["path"], params.validate)
+        if problem is None and row["modality"] == Modality.AUDIO.value:
+            problem = audio_problem(raw / row["path"], params.validate)
         if problem is not None:
             reasons[int(i)] = (problem.reason, f"row {int(i) + 2} ({row['id']}): {problem.message}")
 

@@ -109,3 +109,45 @@ def test_republishing_unchanged_inputs_creates_nothing(demo: dict[str, str]) -> 
     out = mmr("publish", "--dataset", "demo", cwd=Path(demo["MMR_HOME"]), env=demo)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["changed"] is False
+
+
+def test_http_service_answers_searches_and_rejects_bad_requests_with_4xx(demo: dict[str, str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from mmretrieval.service import create_app
+
+    root = Path(demo["MMR_HOME"])
+    with TestClient(create_app("demo", settings_for(demo))) as http:
+        assert http.get("/health").json() == {"status": "ok"}
+        info = http.get("/info").json()
+        assert info["alias"] == "mmr_demo" and info["rows"] > 100
+        hits = http.post("/search", json={"text": "a rocket standing on a launchpad", "k": 3}).json()
+        assert hits[0]["id"] == "photo_rocket" and len(hits) == 3
+        with open(root / "sample/images/chelsea.png", "rb") as f:
+            up = http.post("/search/upload", files={"file": ("c.png", f, "image/png")}, data={"k": "2"})
+        assert up.status_code == 200 and up.json()[0]["id"] == "photo_chelsea"
+        assert http.post("/search", json={"text": "", "k": 3}).status_code == 422
+        assert http.post("/search", json={"text": "x" * 100_000}).status_code == 422
+        assert http.post("/search", json={"text": "cat", "k": 0}).status_code == 422
+        assert http.post("/search", json={"text": "cat", "k": 1_000_000}).status_code == 422
+        bad = http.post("/search", json={"text": "cat", "modality": "smell"})
+        assert bad.status_code == 400 and "smell" in bad.json()["detail"]
+        wrong = http.post("/search/upload", files={"file": ("a.txt", b"hello", "text/plain")})
+        assert wrong.status_code == 415
+        broken = http.post("/search/upload", files={"file": ("b.png", b"not a png", "image/png")})
+        assert broken.status_code == 400 and "does not decode" in broken.json()["detail"]
+
+
+def test_client_errors_name_the_bad_value(demo: dict[str, str]) -> None:
+    from mmretrieval.client import RetrievalClient
+    from mmretrieval.errors import AliasNotFoundError, QueryError
+
+    with RetrievalClient("demo", settings=settings_for(demo)) as client:
+        for kwargs, message in (({"text": "   "}, "empty"), ({"text": "x" * 100_000}, "100000 characters"),
+                                ({"text": "cat", "k": 0}, "got 0"), ({"text": "cat", "k": 10**6}, "1000000"),
+                                ({"text": "cat", "modality": "video"}, "video")):
+            with pytest.raises(QueryError, match=message):
+                client.search(**kwargs)
+    with RetrievalClient("nothing_here", settings=settings_for(demo)) as client:
+        with pytest.raises(AliasNotFoundError, match="mmr_nothing_here"):
+            client.search(text="cat")

@@ -3,7 +3,7 @@ import pytest
 from mmretrieval.cli import STAGE_HELP, build_parser, main
 
 
-@pytest.mark.parametrize("verb", [*STAGE_HELP, "ingest", "run", "search", "sample", "dag-test", "info"])
+@pytest.mark.parametrize("verb", [*STAGE_HELP, "ingest", "run", "search", "sample", "dag-test", "info", "serve"])
 def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([verb, "--help"])

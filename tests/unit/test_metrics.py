@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mmretrieval.metrics import build_eval_set, both_directions, retrieval_metrics
+from mmretrieval.metrics import both_directions, build_eval_set, retrieval_metrics
 
 
 def test_perfect_ranking_scores_one_everywhere() -> None:

