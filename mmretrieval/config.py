@@ -54,6 +54,7 @@ class ValidateParams:
 class CleanParams:
     lowercase: bool = False
     image_max_side: int = 256  # images are re-encoded as PNG no larger than this
+    near_duplicate_distance: int = 4  # images whose difference hashes differ in <= this many bits merge (-1: off)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
 Input: ``data/validated/<dataset>/rows.parquet``. Output ``data/clean/<dataset>/``:
 ``manifest.parquet`` (clean rows; ``path`` stays the raw relative path, ``media`` names the re-encoded file
-relative to this folder), ``quarantine.parquet`` (the original row plus
-``reason`` and ``message``), ``media/`` and ``report.json``. Every input row ends in exactly one of the two tables.
+relative to this folder), ``quarantine.parquet`` (the original row plus ``reason`` and ``message``),
+``duplicates.parquet`` (rows merged into a surviving duplicate: ``merged_into``, reason, distance), ``media/`` and
+``report.json``. Every input row ends in exactly one of the three tables: input = clean + quarantined + merged.
+Exact (sha256) and near-duplicate images (difference hash) collapse into the first of their group, which keeps the
+union of their captions; a group that spanned splits (leakage) is reported.
 """
 
 from __future__ import annotations
@@ -15,14 +18,18 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import MediaError, ValidationFailed
 from mmretrieval.io import atomic_dir, read_parquet, write_json
 from mmretrieval.media import open_image
+from mmretrieval.prep.dedup import ImageHash, dhash, find_duplicates
 from mmretrieval.prep.text import normalize_captions
 from mmretrieval.schema import MESSAGE, REASON, Modality, join_captions, split_captions
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +67,17 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         media: list[str] = [""] * len(rows)
         texts: list[str] = list(rows["text"])
         hashes: list[str] = list(rows["sha256"])
+        phashes: list[ImageHash | None] = [None] * len(rows)
+        limit = params.validate.max_caption_chars
         for i, row in tqdm(list(rows.iterrows()), desc=f"clean {dataset}", unit="item", leave=False, disable=None):
             if reasons[i]:
                 continue
             captions = normalize_captions(split_captions(row["text"]), params.clean.lowercase)
+            longest = max((len(c) for c in captions), default=0)
+            if longest > limit:
+                reasons[i], messages[i] = "caption_too_long", (
+                    f"{row['id']}: a caption has {longest} characters, above validate.max_caption_chars {limit}")
+                continue
             texts[i] = join_captions(captions)
             modality = row["modality"]
             if modality == Modality.TEXT.value:
@@ -78,6 +92,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 except MediaError as e:
                     reasons[i], messages[i] = "undecodable", f"{row['id']}: {e}"
                     continue
+                phashes[i] = dhash(im)
                 im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
                 name = media_name(row["id"], ".png")
                 im.save(tmp / "media" / name, format="PNG", optimize=False)
@@ -86,22 +101,29 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 shutil.copyfile(src, tmp / "media" / name)
             media[i] = f"media/{name}"
 
-        rows = rows.assign(text=texts, sha256=hashes, **{REASON: reasons, MESSAGE: messages})
+        rows = rows.assign(text=texts, sha256=hashes, media=media, **{REASON: reasons, MESSAGE: messages})
         bad = rows[REASON] != ""
-        clean = rows.assign(media=media).loc[~bad].drop(columns=[REASON, MESSAGE]).reset_index(drop=True)
-        quarantine = rows.loc[bad].reset_index(drop=True)
-        if len(clean) + len(quarantine) != len(rows):  # the accounting promise; cannot fail unless code is wrong
-            raise AssertionError(f"lost rows: {len(rows)} in, {len(clean)} clean + {len(quarantine)} quarantined")
+        duplicates, leakage = _merge_duplicates(rows, bad, phashes, params.clean.near_duplicate_distance)
+        merged = rows.index.isin(duplicates["row"]) if len(duplicates) else rows.index.isin([])
+        clean = rows.loc[~bad & ~merged].drop(columns=[REASON, MESSAGE]).reset_index(drop=True)
+        quarantine = rows.loc[bad].drop(columns=["media"]).reset_index(drop=True)
+        if len(clean) + len(quarantine) + len(duplicates) != len(rows):  # the accounting promise
+            raise AssertionError(f"lost rows: {len(rows)} in, {len(clean)} clean + {len(quarantine)} quarantined "
+                                 f"+ {len(duplicates)} merged")
         if clean.empty:
             raise ValidationFailed(f"dataset {dataset!r}: no row survived cleaning; see {out / 'quarantine.parquet'}")
         clean.to_parquet(tmp / "manifest.parquet", index=False)
         quarantine.to_parquet(tmp / "quarantine.parquet", index=False)
+        duplicates.drop(columns=["row"]).to_parquet(tmp / "duplicates.parquet", index=False)
         report = {
             "dataset": dataset,
             "data_version": data_version,
             "input": len(rows),
             "clean": len(clean),
             "quarantined": len(quarantine),
+            "merged_duplicates": len(duplicates),
+            "duplicates": dict(Counter(duplicates["reason"])),
+            "split_leakage_resolved": leakage,
             "reasons": dict(Counter(quarantine[REASON])),
             "modalities": {k: int(v) for k, v in clean["modality"].value_counts().items()},
             "splits": {k: int(v) for k, v in clean["split"].value_counts().items()},
@@ -110,8 +132,35 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         write_json(tmp / "report.json", report)
     log.info("clean %s: %d in = %d clean + %d quarantined %s", dataset, report["input"], report["clean"],
              report["quarantined"], report["reasons"])
-    return {k: report[k] for k in ("dataset", "data_version", "input", "clean", "quarantined", "reasons")} | {
+    keys = ("dataset", "data_version", "input", "clean", "quarantined", "merged_duplicates", "split_leakage_resolved",
+            "reasons")
+    return {k: report[k] for k in keys} | {
         "manifest": str(out / "manifest.parquet")}
+
+
+def _merge_duplicates(rows: pd.DataFrame, bad: pd.Series, phashes: list[ImageHash | None],
+                      max_distance: int) -> tuple[pd.DataFrame, int]:
+    """Collapse duplicate good rows into their group's first row (in place: captions united, split kept).
+
+    Returns the merged rows (``row``, ``id``, ``merged_into``, ``reason``, ``distance``, ``split``) and the number of
+    groups that spanned more than one split.
+    """
+    import pandas as pd
+
+    good = [i for i in range(len(rows)) if not bad.iat[i]]
+    hashes = [rows.at[i, "sha256"] for i in good]
+    merges = find_duplicates(hashes, [phashes[i] for i in good], max_distance)
+    records, groups = [], {}
+    for m in merges:
+        row, into = good[m.index], good[m.into]
+        groups.setdefault(into, set()).add(rows.at[row, "split"])
+        captions = split_captions(rows.at[into, "text"]) + split_captions(rows.at[row, "text"])
+        rows.at[into, "text"] = join_captions(normalize_captions(captions))
+        records.append({"row": row, "id": rows.at[row, "id"], "merged_into": rows.at[into, "id"], "reason": m.reason,
+                        "distance": m.distance, "split": rows.at[row, "split"]})
+    leakage = sum(1 for into, splits in groups.items() if splits - {rows.at[into, "split"]})
+    columns = ["row", "id", "merged_into", "reason", "distance", "split"]
+    return pd.DataFrame(records, columns=columns), leakage
 
 
 def read_data_version(stage_dir: Path) -> str:

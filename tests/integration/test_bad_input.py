@@ -70,3 +70,32 @@ def test_validation_refuses_raw_data_changed_since_it_was_versioned(workspace: P
     write_png(workspace / "data/raw/drift/images/ok0.png", color=(1, 2, 3))
     with pytest.raises(ValidationFailed, match="changed since it was tracked"):
         validate.run("drift")
+
+
+def test_duplicates_merge_with_their_captions_and_split_leakage_is_resolved(workspace: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    src = workspace.parent / "src"
+    rows = good_rows(src, 3)
+    im = Image.new("RGB", (80, 60), "white")
+    ImageDraw.Draw(im).rectangle([10, 10, 40, 50], fill="navy")
+    im.save(src / "images/orig.png")
+    im.save(src / "images/copy.png")  # same bytes
+    im.resize((160, 120)).save(src / "images/big.jpg", quality=90)  # near duplicate
+    rows += [
+        {"id": "orig", "modality": "image", "path": "images/orig.png", "text": "a navy bar", "split": "train"},
+        {"id": "copy", "modality": "image", "path": "images/copy.png", "text": "a blue block", "split": "test"},
+        {"id": "big", "modality": "image", "path": "images/big.jpg", "text": "a navy bar", "split": "val"},
+        {"id": "long", "modality": "image", "path": "images/ok0.png", "text": "word " * 20_000},
+    ]
+    ingest(write_manifest(src, rows), "dupes")
+    validate.run("dupes")
+    result = clean.run("dupes")
+    assert result["input"] == result["clean"] + result["quarantined"] + result["merged_duplicates"] == 7
+    assert result["merged_duplicates"] == 2 and result["split_leakage_resolved"] == 1
+    assert result["reasons"] == {"caption_too_long": 1}
+    dupes = pd.read_parquet(workspace / "data/clean/dupes/duplicates.parquet").set_index("id")
+    assert dupes.loc["copy", "reason"] == "exact_duplicate" and dupes.loc["big", "reason"] == "near_duplicate"
+    assert set(dupes["merged_into"]) == {"orig"}
+    survivor = pd.read_parquet(workspace / "data/clean/dupes/manifest.parquet").set_index("id").loc["orig"]
+    assert survivor["text"] == "a navy bar ||| a blue block" and survivor["split"] == "train"
