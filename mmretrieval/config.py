@@ -80,8 +80,8 @@ class ModelParams:
     init_temperature: float = 0.07
     audio_tower: str = "cnn"  # used when the data has audio items: log-mel CNN trained from scratch
     audio_sample_rate: int = 16_000  # every clip is resampled to this rate
-    audio_seconds: float = 2.0  # clips are cut / zero-padded to this length
-    n_mels: int = 64
+    audio_seconds: float = 1.5  # clips are cut / zero-padded to this length
+    n_mels: int = 40
 
 
 @dataclass(frozen=True)

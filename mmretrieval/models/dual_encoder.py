@@ -38,8 +38,8 @@ class ModelConfig:
     init_temperature: float = 0.07
     audio_tower: str = ""  # "" (none) or "cnn" (log-mel CNN, models/audio.py)
     audio_sample_rate: int = 16_000
-    audio_seconds: float = 2.0
-    n_mels: int = 64
+    audio_seconds: float = 1.5
+    n_mels: int = 40
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     format_version: int = FORMAT_VERSION

@@ -25,6 +25,7 @@ class SuiteResult:
     row_reasons: dict[int, tuple[str, str]]  # row index -> (reason, message), first failing expectation wins
     hard: list[str]  # messages of hard failures
     summary: list[dict[str, Any]]  # one entry per expectation, for the JSON report
+    html: str  # GX's own rendering of the validation result (data docs page)
 
 
 def _suite_spec() -> list[tuple[str, str, Any]]:
@@ -96,7 +97,11 @@ def run_suite(df: pd.DataFrame, name: str) -> SuiteResult:
         for i in rows:
             value = df.at[i, res.expectation_config.kwargs.get("column", "id")]
             row_reasons.setdefault(i, (reason, f"{message}: {value!r}"))
-    return SuiteResult(bool(result.success), row_reasons, hard, summary)
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    html = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+    return SuiteResult(bool(result.success), row_reasons, hard, summary, html)
 
 
 def _csv_rows(indices: list[int]) -> str:

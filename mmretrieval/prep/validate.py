@@ -1,7 +1,8 @@
 """Stage ``validate``: the GX suite on the manifest plus media checks, one verdict per row.
 
 Output ``data/validated/<dataset>/``: ``rows.parquet`` (every input row, splits assigned, ``reason``/``message``
-empty for good rows) and ``report.json``. Hard failures raise :class:`ValidationFailed` and write nothing.
+empty for good rows), ``report.json`` and ``data_docs.html`` (Great Expectations' rendering of the suite's result).
+Hard failures raise :class:`ValidationFailed` and write nothing.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     with atomic_dir(out) as tmp:
         rows.to_parquet(tmp / "rows.parquet", index=False)
         write_json(tmp / "report.json", report)
+        (tmp / "data_docs.html").write_text(suite.html, encoding="utf-8")
     log.info("validate %s: %d rows, %d valid, %d to quarantine %s", dataset, len(rows), report["valid"],
              report["quarantine"], counts)
     return {k: report[k] for k in ("dataset", "data_version", "rows", "valid", "quarantine", "reasons")} | {

@@ -36,6 +36,8 @@ def test_each_bad_row_is_quarantined_with_its_reason_and_counts_add_up(workspace
     assert report["rows"] == 10 and report["valid"] == 4
     assert report["reasons"] == {"absolute_path": 1, "parent_path": 1, "missing_file": 1, "undecodable": 1,
                                  "unknown_modality": 1, "unknown_split": 1}
+    docs = (workspace / "data/validated/bad/data_docs.html").read_text()
+    assert "expect_column_values_to_be_in_set" in docs or "values must belong to this set" in docs
     result = clean.run("bad")
     assert result["input"] == result["clean"] + result["quarantined"] == 10
     quarantine = pd.read_parquet(workspace / "data/clean/bad/quarantine.parquet")
