@@ -9,11 +9,12 @@ from typing import Any
 
 from mmretrieval import versioning
 from mmretrieval.config import Settings, check_dataset_name, get_settings
-from mmretrieval.io import atomic_dir
+from mmretrieval.io import atomic_dir, write_json
 from mmretrieval.media import path_problem
 from mmretrieval.schema import read_manifest
 
 log = logging.getLogger(__name__)
+NOT_COPIED = "not_copied.json"
 
 
 def ingest(manifest: Path, name: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -30,18 +31,21 @@ def ingest(manifest: Path, name: str, settings: Settings | None = None) -> dict[
     root = manifest.parent
     dest = settings.raw_dir(name)
     copied = 0
-    not_copied: list[str] = []
+    not_copied: dict[str, dict[str, str]] = {}
     with atomic_dir(dest) as tmp:
         shutil.copyfile(manifest, tmp / "manifest.csv")
         files = sorted(set(frame["path"]) - {""})
         for rel in tqdm(files, desc=f"ingest {name}", unit="file", leave=False, disable=None):
-            if path_problem(rel, root) is not None:
-                not_copied.append(rel)
+            problem = path_problem(rel, root)
+            if problem is not None:
+                not_copied[rel] = {"reason": problem.reason, "message": problem.message}
                 continue
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(root / rel, target)
             copied += 1
+        # why a file is absent from the raw copy (e.g. a symlink out of the source root): validate reports it
+        write_json(tmp / NOT_COPIED, not_copied)
     version = versioning.track(settings.home, dest)
     log.info("ingest %s: %d rows, %d files, data version %s", name, len(frame), copied, version[:12])
     return {"dataset": name, "rows": len(frame), "files": copied, "not_copied": len(not_copied),

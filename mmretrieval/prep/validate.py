@@ -7,6 +7,7 @@ Hard failures raise :class:`ValidationFailed` and write nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -14,9 +15,10 @@ from typing import Any
 
 from mmretrieval import versioning
 from mmretrieval.config import Settings, get_settings
+from mmretrieval.datasets import NOT_COPIED
 from mmretrieval.errors import ValidationFailed
 from mmretrieval.io import atomic_dir, write_json
-from mmretrieval.media import audio_problem, image_problem, path_problem
+from mmretrieval.media import Problem, audio_problem, image_problem, path_problem
 from mmretrieval.schema import MESSAGE, REASON, Modality, fill_splits, read_manifest, split_captions
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         raise ValidationFailed(f"dataset {dataset!r}: " + "; ".join(suite.hard))
 
     reasons = dict(suite.row_reasons)
+    not_copied_file = raw / NOT_COPIED
+    not_copied = json.loads(not_copied_file.read_text(encoding="utf-8")) if not_copied_file.is_file() else {}
     for i, row in df.iterrows():
         if i in reasons:
             continue
@@ -50,6 +54,9 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 reasons[int(i)] = ("empty_text", "a text item needs non-empty text")
             continue
         problem = path_problem(row["path"], raw)
+        if problem is not None and problem.reason == "missing_file" and row["path"] in not_copied:
+            seen = not_copied[row["path"]]
+            problem = Problem(seen["reason"], f"at ingest: {seen['message']}")
         if problem is None and row["modality"] == Modality.IMAGE.value:
             problem = image_problem(raw / row["path"], params.validate)
         if problem is None and row["modality"] == Modality.AUDIO.value:

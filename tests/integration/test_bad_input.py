@@ -101,3 +101,57 @@ def test_duplicates_merge_with_their_captions_and_split_leakage_is_resolved(work
     assert set(dupes["merged_into"]) == {"orig"}
     survivor = pd.read_parquet(workspace / "data/clean/dupes/manifest.parquet").set_index("id").loc["orig"]
     assert survivor["text"] == "a navy bar ||| a blue block" and survivor["split"] == "train"
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (a decompression bomb to anyone who decodes it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(
+        b"IEND", b"")
+
+
+def test_every_kind_of_bad_or_odd_file_gets_a_verdict_and_none_crashes(workspace: Path) -> None:
+    from PIL import Image
+
+    src = workspace.parent / "src"
+    img = src / "img"
+    img.mkdir(parents=True)
+    Image.new("RGB", (64, 48), (10, 120, 200)).save(img / "full.jpg", quality=95)
+    (img / "truncated.jpg").write_bytes((img / "full.jpg").read_bytes()[:200])
+    (img / "zero.jpg").write_bytes(b"")
+    (img / "text.jpg").write_text("I am a text file, not a JPEG")
+    (img / "bomb.png").write_bytes(png_declaring(30000, 30000))
+    Image.new("CMYK", (40, 40), (0, 200, 100, 0)).save(img / "cmyk.jpg")
+    Image.new("I;16", (40, 40), 40000).save(img / "deep.png")
+    Image.new("P", (40, 40), 3).save(img / "palette.png")
+    Image.new("RGBA", (40, 40), (200, 0, 0, 128)).save(img / "rgba.png")
+    frames = [Image.new("RGB", (40, 40), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(img / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    outside = workspace.parent / "secret.png"
+    write_png(outside)
+    (img / "link.png").symlink_to(outside)
+    names = ["full.jpg", "truncated.jpg", "zero.jpg", "text.jpg", "bomb.png", "cmyk.jpg", "deep.png", "palette.png",
+             "rgba.png", "anim.gif", "link.png"]
+    rows = [{"id": n.split(".")[0], "modality": "image", "path": f"img/{n}", "text": f"picture {n}"} for n in names]
+    rows += [{"id": "notext", "modality": "text", "path": "", "text": "   "},
+             {"id": "rtl", "modality": "text", "path": "", "text": "مرحبا بالعالم 👋\x07 ok"}]
+    ingest(write_manifest(src, rows), "odd")
+    report = validate.run("odd")
+    reasons = pd.read_parquet(workspace / "data/validated/odd/rows.parquet").set_index("id")["reason"].to_dict()
+    assert reasons == {"full": "", "truncated": "undecodable", "zero": "empty_file", "text": "undecodable",
+                       "bomb": "decompression_bomb", "cmyk": "", "deep": "", "palette": "", "rgba": "", "anim": "",
+                       "link": "path_escape", "notext": "empty_text", "rtl": ""}
+    assert report["valid"] == 7
+    result = clean.run("odd")
+    assert result["input"] == result["clean"] + result["quarantined"] + result["merged_duplicates"] == 13
+    clean_rows = pd.read_parquet(workspace / "data/clean/odd/manifest.parquet").set_index("id")
+    assert clean_rows.loc["rtl", "text"] == "مرحبا بالعالم 👋 ok"
+    for name in ("cmyk", "deep", "palette", "rgba", "anim"):
+        with Image.open(workspace / "data/clean/odd" / clean_rows.loc[name, "media"]) as im:
+            assert im.mode == "RGB"
