@@ -10,22 +10,19 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, Param, TaskGroup, dag, task
 
 CLEAN_DATA = Asset(name="mmr_clean_data")
 CHAMPION_MODEL = Asset(name="mmr_champion_model")
 SERVING_COLLECTION = Asset(name="mmr_serving_collection")
 
-STAGES: list[tuple[str, list[Asset]]] = [
-    ("validate", []),
-    ("clean", []),
-    ("augment", [CLEAN_DATA]),
-    ("train", []),
-    ("evaluate", []),
-    ("promote", [CHAMPION_MODEL]),
-    ("embed", []),
-    ("publish", [SERVING_COLLECTION]),
-]
+# task group -> its stages in order, each with the Assets it updates. A failure stops everything downstream:
+# a hard validation failure fails `prepare.validate` and training never starts.
+GROUPS: dict[str, list[tuple[str, list[Asset]]]] = {
+    "prepare": [("validate", []), ("clean", []), ("augment", [CLEAN_DATA])],
+    "model": [("train", []), ("evaluate", []), ("promote", [CHAMPION_MODEL])],
+    "serve": [("embed", []), ("publish", [SERVING_COLLECTION])],
+}
 
 
 def stage_task(verb: str, outlets: list[Asset]):  # noqa: ANN201 - returns an Airflow task factory
@@ -51,11 +48,13 @@ def stage_task(verb: str, outlets: list[Asset]):  # noqa: ANN201 - returns an Ai
 )
 def mmr_pipeline() -> None:
     previous = None
-    for verb, outlets in STAGES:
-        current = stage_task(verb, outlets)()
-        if previous is not None:
-            previous >> current
-        previous = current
+    for group_id, stages in GROUPS.items():
+        with TaskGroup(group_id):
+            for verb, outlets in stages:
+                current = stage_task(verb, outlets)()
+                if previous is not None:
+                    previous >> current
+                previous = current
 
 
 mmr_pipeline()

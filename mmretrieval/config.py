@@ -65,6 +65,8 @@ class AugmentParams:
     hflip: bool = True
     color_jitter: float = 0.2
     rotation_degrees: float = 10.0
+    text_variants: int = 1  # augmented copies of each training caption (random deletion / swap / insertion)
+    text_word_share: float = 0.1  # share of a caption's words each text operation touches
     audio_gain_db: float = 6.0  # random gain within ±this
     audio_snr_db: float = 20.0  # white noise at about this signal-to-noise ratio (±5 dB)
     audio_shift: float = 0.1  # random time shift, as a share of the clip

@@ -28,7 +28,7 @@ from mmretrieval.config import Params, Settings, get_settings
 from mmretrieval.errors import ConfigError, TrainingError
 from mmretrieval.io import read_json, read_parquet, write_json
 from mmretrieval.metrics import resolve_metric
-from mmretrieval.schema import Modality, Split
+from mmretrieval.schema import Modality, Split, split_captions
 
 log = logging.getLogger(__name__)
 LOSSES = ("infonce", "triplet")
@@ -44,6 +44,7 @@ def _items(frame: Any) -> tuple[list[str], list[str], list[str], list[list[str]]
     ids, modalities, media, caps, labels = [], [], [], [], []
     for _, row in frame[frame["modality"].isin(MEDIA)].iterrows():
         c = captions_of(row)
+        c += [a for a in split_captions(row.get("aug_text", "")) if a not in c]  # materialised text augmentation
         if c:
             ids.append(row["id"])
             modalities.append(row["modality"])

@@ -42,7 +42,8 @@ def test_dagbag_has_no_import_errors_and_tasks_have_retries_and_tags(tmp_path: P
     assert info["errors"] == {}
     dag = info["dags"]["mmr_pipeline"]
     assert dag["tags"] == ["mmretrieval"]
-    assert dag["tasks"] == ["validate", "clean", "augment", "train", "evaluate", "promote", "embed", "publish"]
+    assert dag["tasks"] == ["prepare.validate", "prepare.clean", "prepare.augment", "model.train", "model.evaluate",
+                            "model.promote", "serve.embed", "serve.publish"]
     assert all(r >= 1 for r in dag["retries"])
 
 

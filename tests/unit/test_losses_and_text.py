@@ -37,3 +37,15 @@ def test_triplet_loss_is_zero_when_every_negative_is_beyond_the_margin_and_posit
     assert triplet_hardest(eye, eye, torch.eye(3, dtype=torch.bool), margin=0.2).item() == 0.0
     swapped = eye[[1, 0, 2]]
     assert triplet_hardest(eye, swapped, torch.eye(3, dtype=torch.bool), margin=0.2).item() > 0.5
+
+
+def test_text_augmentation_is_seeded_and_keeps_short_captions() -> None:
+    from mmretrieval.config import AugmentParams
+    from mmretrieval.prep.augment import text_variants
+
+    p = AugmentParams(text_variants=2, text_word_share=0.2)
+    caps = ["a black dog runs along the sandy beach", "cat"]
+    first = text_variants("id1", caps, p)
+    assert first == text_variants("id1", caps, p)
+    assert 1 <= len(first) <= 2 and all(v != caps[0] for v in first)
+    assert "cat" not in first
