@@ -48,6 +48,9 @@ class ValidateParams:
     max_file_bytes: int = 50_000_000
     max_caption_chars: int = 2_000
     max_audio_seconds: float = 600.0  # longer clips are quarantined
+    min_audio_seconds: float = 0.05
+    max_audio_channels: int = 8
+    clipped_share: float = 0.05  # quarantine audio with more than this share of samples at full scale
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class CleanParams:
     lowercase: bool = False
     image_max_side: int = 256  # images are re-encoded as PNG no larger than this
     near_duplicate_distance: int = 4  # images whose difference hashes differ in <= this many bits merge (-1: off)
+    audio_sample_rate: int = 16_000  # audio is resampled to this rate, mixed to mono and saved as 16-bit WAV
+    audio_trim_db: float = 40.0  # leading/trailing audio quieter than peak minus this is trimmed
+    audio_target_dbfs: float = -20.0  # RMS loudness after normalisation
 
 
 @dataclass(frozen=True)

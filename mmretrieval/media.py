@@ -112,4 +112,39 @@ def audio_problem(path: Path, params: ValidateParams) -> Problem | None:
     seconds = info.frames / info.samplerate
     if seconds > params.max_audio_seconds:
         return Problem("audio_too_long", f"audio {path.name} lasts {seconds:.1f} s, above {params.max_audio_seconds}")
+    if seconds < params.min_audio_seconds:
+        return Problem("audio_too_short", f"audio {path.name} lasts {seconds:.3f} s, below {params.min_audio_seconds}")
+    if info.channels > params.max_audio_channels:
+        return Problem("too_many_channels", f"audio {path.name} has {info.channels} channels, above "
+                       f"{params.max_audio_channels}")
+    if not 4000 <= info.samplerate <= 192_000:
+        return Problem("bad_sample_rate", f"audio {path.name} has sample rate {info.samplerate} Hz")
+    peak = float(np.abs(data).max())
+    if float(np.sqrt(np.mean(data**2))) < 1e-4:
+        return Problem("silent_audio", f"audio {path.name} is silent (RMS below -80 dBFS)")
+    clipped = float(np.mean(np.abs(data) >= 0.999)) if peak >= 0.999 else 0.0
+    if clipped > params.clipped_share:
+        return Problem("clipped_audio", f"audio {path.name} has {clipped:.1%} of samples at full scale")
     return None
+
+
+def clean_audio(src: Path, dst: Path, sample_rate: int, trim_db: float, target_dbfs: float,
+                max_seconds: float) -> float:
+    """Decode, mix to mono, resample, trim silence, normalise loudness, write 16-bit WAV. Returns seconds kept."""
+    import librosa
+    import numpy as np
+    import soundfile as sf
+
+    from mmretrieval.models.audio import load_audio
+
+    wave = load_audio(src, sample_rate, max_seconds)
+    trimmed, _ = librosa.effects.trim(wave, top_db=trim_db)
+    if len(trimmed) >= int(0.05 * sample_rate):
+        wave = trimmed
+    rms = float(np.sqrt(np.mean(wave**2))) + 1e-12
+    wave = wave * (10 ** (target_dbfs / 20) / rms)
+    peak = float(np.abs(wave).max())
+    if peak > 0.99:
+        wave = wave * (0.99 / peak)
+    sf.write(str(dst), wave.astype(np.float32), sample_rate, subtype="PCM_16")
+    return len(wave) / sample_rate

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import MediaError, ValidationFailed
 from mmretrieval.io import atomic_dir, read_parquet, write_json
-from mmretrieval.media import open_image
+from mmretrieval.media import clean_audio, open_image
 from mmretrieval.prep.dedup import ImageHash, dhash, find_duplicates
 from mmretrieval.prep.text import normalize_captions
 from mmretrieval.schema import MESSAGE, REASON, Modality, join_captions, split_captions
@@ -96,9 +95,14 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
                 name = media_name(row["id"], ".png")
                 im.save(tmp / "media" / name, format="PNG", optimize=False)
-            else:  # audio: copied as is until the audio cleaning stage exists
-                name = media_name(row["id"], src.suffix.lower())
-                shutil.copyfile(src, tmp / "media" / name)
+            else:  # audio: mono, one sample rate, silence trimmed, loudness normalised, 16-bit WAV
+                name = media_name(row["id"], ".wav")
+                try:
+                    clean_audio(src, tmp / "media" / name, params.clean.audio_sample_rate, params.clean.audio_trim_db,
+                                params.clean.audio_target_dbfs, params.validate.max_audio_seconds)
+                except MediaError as e:
+                    reasons[i], messages[i] = "undecodable", f"{row['id']}: {e}"
+                    continue
             media[i] = f"media/{name}"
 
         rows = rows.assign(text=texts, sha256=hashes, media=media, **{REASON: reasons, MESSAGE: messages})

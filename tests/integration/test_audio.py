@@ -73,3 +73,35 @@ def test_an_audio_only_dataset_gates_on_the_audio_twin_of_the_gate_metric(worksp
     assert d.promote and "t2a_recall@10" in d.reasons[0]
     ingest(audio_source, "tones2")
     assert run_stage("validate", "tones2")["valid"] == 12
+
+
+def test_bad_audio_files_get_reasons_and_good_odd_ones_are_normalised(workspace: Path) -> None:
+    import soundfile as sf
+
+    src = workspace.parent / "src"
+    clips = src / "clips"
+    write_tone(clips / "ok.wav", 440.0)
+    sf.write(str(clips / "nosamples.wav"), np.zeros((0,), dtype=np.float32), 8000)
+    nan = np.sin(np.linspace(0, 100, 4000)).astype(np.float32)
+    nan[100] = np.nan
+    sf.write(str(clips / "nan.wav"), nan, 8000, subtype="FLOAT")
+    sf.write(str(clips / "silent.wav"), np.zeros(8000, dtype=np.float32), 8000)
+    sf.write(str(clips / "clipped.wav"), np.sign(np.sin(np.linspace(0, 300, 8000))).astype(np.float32), 8000)
+    (clips / "codec.ogg").write_bytes(b"OggS" + bytes(range(256)) * 4)
+    write_tone(clips / "wav_named.mp3", 330.0)  # wrong extension: decoded by content
+    write_tone(clips / "hifi.wav", 440.0, seconds=0.3, rate=96000, channels=8)
+    sf.write(str(clips / "long.flac"), (0.1 * np.sin(np.linspace(0, 9e5, 8000 * 610))).astype(np.float32), 8000)
+    names = ["ok.wav", "nosamples.wav", "nan.wav", "silent.wav", "clipped.wav", "codec.ogg", "wav_named.mp3",
+             "hifi.wav", "long.flac"]
+    rows = [{"id": n.split(".")[0], "modality": "audio", "path": f"clips/{n}", "text": f"sound {n}"} for n in names]
+    ingest(write_manifest(src, rows), "badaudio")
+    run_stage("validate", "badaudio")
+    reasons = pd.read_parquet(workspace / "data/validated/badaudio/rows.parquet").set_index("id")["reason"].to_dict()
+    assert reasons == {"ok": "", "nosamples": "empty_audio", "nan": "nan_samples", "silent": "silent_audio",
+                       "clipped": "clipped_audio", "codec": "undecodable", "wav_named": "", "hifi": "",
+                       "long": "audio_too_long"}
+    result = run_stage("clean", "badaudio")
+    assert result["input"] == result["clean"] + result["quarantined"] + result["merged_duplicates"] == 9
+    clean = pd.read_parquet(workspace / "data/clean/badaudio/manifest.parquet").set_index("id")
+    info = sf.info(str(workspace / "data/clean/badaudio" / clean.loc["hifi", "media"]))
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
