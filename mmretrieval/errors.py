@@ -29,59 +29,59 @@ class MMRError(Exception):
 
 
 class ConfigError(MMRError, ValueError):
-    pass
+    """A params.yaml key or value, or an environment override, that cannot be used."""
 
 
 class ManifestError(MMRError, ValueError):
-    pass
+    """A manifest that cannot be read at all (missing columns, not UTF-8, no rows)."""
 
 
 class ValidationFailed(MMRError, ValueError):
-    pass
+    """Hard validation failures: the pipeline stops before training."""
 
 
 class DatasetNotFoundError(MMRError, FileNotFoundError):
-    pass
+    """An unknown dataset or a stage output that does not exist yet."""
 
 
 class MediaError(MMRError, ValueError):
-    pass
+    """One media file that cannot be decoded or used."""
 
 
 class VersioningError(MMRError, RuntimeError):
-    pass
+    """A DVC command failed."""
 
 
 class TrackingError(MMRError, RuntimeError):
-    pass
+    """An MLflow run or registry operation failed."""
 
 
 class ModelNotFoundError(TrackingError, LookupError):
-    pass
+    """No such registered model, version or alias."""
 
 
 class ModelError(MMRError, RuntimeError):
-    pass
+    """A model that cannot be built, loaded or used as asked."""
 
 
 class TrainingError(MMRError, RuntimeError):
-    pass
+    """Training cannot run (empty split) or diverged (NaN loss)."""
 
 
 class IndexStoreError(MMRError, RuntimeError):
-    pass
+    """A Milvus operation failed."""
 
 
 class AliasNotFoundError(IndexStoreError, LookupError):
-    pass
+    """No collection behind a serving alias."""
 
 
 class PublishError(MMRError, RuntimeError):
-    pass
+    """A new collection failed its checks; the serving alias was left alone."""
 
 
 class QueryError(MMRError, ValueError):
-    pass
+    """A bad search request (empty text, k out of range, unknown modality, missing tower)."""
 
 
 __all__ = [

@@ -72,12 +72,18 @@ def open_image(path: Path, max_pixels: int = 40_000_000) -> Image.Image:
         raise MediaError(f"image {path.name} does not decode: {e}") from e
 
 
-def image_problem(path: Path, params: ValidateParams) -> Problem | None:
+def size_problem(path: Path, params: ValidateParams) -> Problem | None:
     size = os.path.getsize(path)
     if size == 0:
         return Problem("empty_file", f"file {path.name} is empty (0 bytes)")
     if size > params.max_file_bytes:
         return Problem("file_too_large", f"file {path.name} is {size} bytes, above {params.max_file_bytes}")
+    return None
+
+
+def image_problem(path: Path, params: ValidateParams) -> Problem | None:
+    if (problem := size_problem(path, params)) is not None:
+        return problem
     try:
         im = open_image(path, params.max_image_pixels)
     except MediaError as e:
@@ -94,11 +100,8 @@ def audio_problem(path: Path, params: ValidateParams) -> Problem | None:
     import numpy as np
     import soundfile as sf
 
-    size = os.path.getsize(path)
-    if size == 0:
-        return Problem("empty_file", f"file {path.name} is empty (0 bytes)")
-    if size > params.max_file_bytes:
-        return Problem("file_too_large", f"file {path.name} is {size} bytes, above {params.max_file_bytes}")
+    if (problem := size_problem(path, params)) is not None:
+        return problem
     try:
         info = sf.info(str(path))
         data, _ = sf.read(str(path), frames=int(min(info.frames, 600 * info.samplerate)), dtype="float32",

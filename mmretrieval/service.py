@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mmretrieval.client import MAX_K, MAX_TEXT, RetrievalClient
+from mmretrieval.client import MAX_K, MAX_TEXT, Hit, RetrievalClient
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import AliasNotFoundError, MediaError, MMRError, QueryError
 
@@ -36,19 +36,6 @@ def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
         modality: str | None = Field(None, description="only hits of this modality")
         filter: str = Field("", description="Milvus boolean expression")
 
-    class HitOut(BaseModel):
-        rank: int
-        id: str
-        score: float
-        modality: str
-        path: str
-        text: str
-        label: str
-        collection: str
-        model_version: str
-        data_version: str
-        metadata: dict[str, Any]
-
     @app.exception_handler(MMRError)
     async def mmr_error(_: Any, exc: MMRError) -> JSONResponse:
         status = 404 if isinstance(exc, AliasNotFoundError) else 400 if isinstance(exc, (QueryError, MediaError)) \
@@ -67,14 +54,13 @@ def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
     def info() -> dict[str, Any]:
         return client.info()
 
-    @app.post("/search", response_model=list[HitOut])
-    def search(req: SearchRequest) -> list[dict[str, Any]]:
-        hits = client.search(text=req.text, k=req.k, modality=req.modality, filter=req.filter)
-        return [h.__dict__ for h in hits]
+    @app.post("/search", response_model=list[Hit])
+    def search(req: SearchRequest) -> list[Hit]:
+        return client.search(text=req.text, k=req.k, modality=req.modality, filter=req.filter)
 
-    @app.post("/search/upload", response_model=list[HitOut])
+    @app.post("/search/upload", response_model=list[Hit])
     async def search_upload(file: UploadFile = File(...), text: str | None = Form(None),  # noqa: B008
-                            k: int = Form(10), modality: str | None = Form(None)) -> list[dict[str, Any]]:
+                            k: int = Form(10), modality: str | None = Form(None)) -> list[Hit]:
         if file.content_type not in IMAGE_TYPES:
             raise HTTPException(415, f"content type {file.content_type!r} is not supported; use one of {IMAGE_TYPES}")
         data = await file.read(MAX_UPLOAD_BYTES + 1)
@@ -82,8 +68,7 @@ def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
             raise HTTPException(413, f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
         if not data:
             raise HTTPException(400, "the uploaded file is empty")
-        hits = client.search(text=text, image=data, k=k, modality=modality)
-        return [h.__dict__ for h in hits]
+        return client.search(text=text, image=data, k=k, modality=modality)
 
     return app
 
