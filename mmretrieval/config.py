@@ -39,6 +39,7 @@ class SplitParams:
     val: float = 0.1
     test: float = 0.1
     salt: str = "mmr"  # changing it reshuffles every dataset's unassigned rows
+    reassign_without_train: bool = True  # a manifest with no train rows (e.g. all "test") gets hash splits instead
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,13 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         if problem is not None:
             reasons[int(i)] = (problem.reason, f"row {int(i) + 2} ({row['id']}): {problem.message}")
 
-    rows = fill_splits(df, params.split)
+    reassigned = bool(params.split.reassign_without_train and not (df["split"] == "train").any())
+    if reassigned:
+        log.warning("validate %s: the manifest has no train rows (splits %s); assigning splits from the ratios in "
+                    "params.yaml instead (split.reassign_without_train)", dataset, sorted(set(df["split"])))
+    rows = fill_splits(df.assign(split="") if reassigned else df, params.split)
+    if reassigned:  # keep the verdict on invalid split values
+        rows.loc[~df["split"].isin(["train", "val", "test", ""]), "split"] = df["split"]
     rows[REASON] = [reasons.get(i, ("", ""))[0] for i in range(len(rows))]
     rows[MESSAGE] = [reasons.get(i, ("", ""))[1] for i in range(len(rows))]
     bad = rows[REASON] != ""
@@ -80,6 +86,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         "quarantine": int(bad.sum()),
         "reasons": counts,
         "splits": {k: int(v) for k, v in rows.loc[~bad, "split"].value_counts().items()},
+        "splits_reassigned": reassigned,
         "expectations": suite.summary,
         "first_problems": rows.loc[bad, ["id", REASON, MESSAGE]].head(20).to_dict("records"),
         "seconds": round(time.monotonic() - started, 2),

@@ -155,3 +155,13 @@ def test_every_kind_of_bad_or_odd_file_gets_a_verdict_and_none_crashes(workspace
     for name in ("cmyk", "deep", "palette", "rgba", "anim"):
         with Image.open(workspace / "data/clean/odd" / clean_rows.loc[name, "media"]) as im:
             assert im.mode == "RGB"
+
+
+def test_a_manifest_without_train_rows_is_resplit_from_the_ratios(workspace: Path) -> None:
+    src = workspace.parent / "src"
+    rows = [dict(r, split="test") for r in good_rows(src, 20)]
+    ingest(write_manifest(src, rows), "alltest")
+    report = validate.run("alltest")
+    splits = pd.read_parquet(workspace / "data/validated/alltest/rows.parquet")["split"]
+    assert "train" in set(splits) and splits.isin(["train", "val", "test"]).all()
+    assert report["valid"] == 20
