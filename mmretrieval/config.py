@@ -48,6 +48,7 @@ class ValidateParams:
     max_image_pixels: int = 40_000_000  # decompression-bomb guard (PIL refuses above 2x this)
     max_file_bytes: int = 50_000_000
     max_caption_chars: int = 2_000
+    labels: tuple[str, ...] = ()  # allowed label values (empty: any); others are quarantined as unknown_label
     max_audio_seconds: float = 600.0  # longer clips are quarantined
     min_audio_seconds: float = 0.05
     max_audio_channels: int = 8

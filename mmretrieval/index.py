@@ -31,6 +31,8 @@ def clip_utf8(text: str, limit: int) -> str:
 
 
 class MilvusIndex:
+    _lite_users: dict[str, int] = {}  # open MilvusIndex objects per Lite file in this process
+
     def __init__(self, uri: str, token: str = "") -> None:
         self.uri = uri
         self.token = token
@@ -49,17 +51,22 @@ class MilvusIndex:
                 self._client = MilvusClient(uri=self.uri, token=self.token)
             except (MilvusException, OSError) as e:
                 raise IndexStoreError(f"cannot open Milvus at {self.uri!r}: {e}") from e
+            if "://" not in self.uri:
+                MilvusIndex._lite_users[self.uri] = MilvusIndex._lite_users.get(self.uri, 0) + 1
         return self._client
 
     def close(self) -> None:
-        """Close the connection; for a Lite file also stop its in-process server, which holds the file's lock."""
+        """Close the connection; the last user of a Lite file also stops its in-process server (the file's lock)."""
         if self._client is not None:
             self._client.close()
             self._client = None
             if "://" not in self.uri:
-                from milvus_lite.server_manager import server_manager_instance
+                users = MilvusIndex._lite_users.get(self.uri, 1) - 1
+                MilvusIndex._lite_users[self.uri] = users
+                if users <= 0:
+                    from milvus_lite.server_manager import server_manager_instance
 
-                server_manager_instance.release_server(self.uri)
+                    server_manager_instance.release_server(self.uri)
 
     def __enter__(self) -> MilvusIndex:
         return self

@@ -87,8 +87,19 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             log.info("publish %s: %s already serves model v%s on data %s", dataset, alias, ref.version,
                      summary["data_version"][:12])
             return {"dataset": dataset, "alias": alias, "collection": name, "changed": False}
-        if ix.exists(name):  # left by a crashed or failed run, never the serving one (checked above)
-            log.warning("publish %s: dropping half-built or stale collection %s", dataset, name)
+        if ix.exists(name):  # left by an earlier run, never the serving one (checked above)
+            props = ix.properties(name)
+            if props.get(STATE) == VERIFIED:  # built and checked, then killed before the swap: just swap
+                ix.load(name)
+                if ix.count(name) == len(emb):
+                    log.info("publish %s: %s was verified before a crash; swapping the alias", dataset, name)
+                    ix.point_alias(alias, name)
+                    dropped = _collect_garbage(ix, alias, keep=params.keep_collections)
+                    return {"dataset": dataset, "alias": alias, "collection": name, "changed": True,
+                            "previous": serving, "model": ref.name, "model_version": ref.version,
+                            "data_version": summary["data_version"], "checks": {"rows": len(emb), "reused": True},
+                            "dropped": dropped, "seconds": round(time.monotonic() - started, 2)}
+            log.warning("publish %s: dropping half-built collection %s", dataset, name)
             ix.drop(name)
 
         meta = clean.set_index("id").loc[emb["id"]]

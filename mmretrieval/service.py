@@ -1,5 +1,5 @@
 """HTTP service (FastAPI): ``mmr serve``. Endpoints: ``/health``, ``/info``, ``/search`` (JSON), ``/search/upload``
-(multipart image upload, optional text to fuse). OpenAPI at ``/docs``. Errors are 4xx with a ``detail`` reason.
+(multipart image or audio upload, optional text to fuse). OpenAPI at ``/docs``. Errors are 4xx with a ``detail`` reason.
 
 The service owns its Milvus connection for its lifetime. With a Milvus Lite file that means one process per file:
 publish while serving needs a Milvus server URI (see README, "Scaling out").
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
+AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/ogg", "audio/mpeg")
 
 
 def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
@@ -61,13 +62,16 @@ def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
     @app.post("/search/upload", response_model=list[Hit])
     async def search_upload(file: UploadFile = File(...), text: str | None = Form(None),  # noqa: B008
                             k: int = Form(10), modality: str | None = Form(None)) -> list[Hit]:
-        if file.content_type not in IMAGE_TYPES:
-            raise HTTPException(415, f"content type {file.content_type!r} is not supported; use one of {IMAGE_TYPES}")
+        if file.content_type not in IMAGE_TYPES + AUDIO_TYPES:
+            raise HTTPException(415, f"content type {file.content_type!r} is not supported; use an image "
+                                     f"{IMAGE_TYPES} or audio {AUDIO_TYPES} type")
         data = await file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
         if not data:
             raise HTTPException(400, "the uploaded file is empty")
+        if file.content_type in AUDIO_TYPES:
+            return client.search(text=text, audio=data, k=k, modality=modality)
         return client.search(text=text, image=data, k=k, modality=modality)
 
     return app

@@ -6,6 +6,7 @@ Each expectation carries a reason code; its unexpected rows are quarantined with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +29,12 @@ class SuiteResult:
     html: str  # GX's own rendering of the validation result (data docs page)
 
 
-def _suite_spec() -> list[tuple[str, str, Any]]:
+def _suite_spec(labels: Sequence[str] = ()) -> list[tuple[str, str, Any]]:
     import great_expectations.expectations as gxe
 
-    return [
+    label_rule = [("unknown_label", f"label must be one of {sorted(labels)} or empty",
+                   gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[*labels, ""]))] if labels else []
+    return label_rule + [
         ("missing_column", "the manifest must have columns id, modality, path",
          gxe.ExpectTableColumnsToMatchSet(column_set=list(REQUIRED_COLUMNS), exact_match=False)),
         ("empty_id", "id is empty", gxe.ExpectColumnValueLengthsToBeBetween(column="id", min_value=1)),
@@ -47,7 +50,7 @@ def _suite_spec() -> list[tuple[str, str, Any]]:
     ]
 
 
-def run_suite(df: pd.DataFrame, name: str) -> SuiteResult:
+def run_suite(df: pd.DataFrame, name: str, labels: Sequence[str] = ()) -> SuiteResult:
     """Validate the manifest frame with GX (ephemeral context, no files written)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
@@ -63,7 +66,7 @@ def run_suite(df: pd.DataFrame, name: str) -> SuiteResult:
     )
     ctx = gx.get_context(mode="ephemeral", project_config=config)
     batch = ctx.data_sources.add_pandas("mmr").add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
-    spec = _suite_spec()
+    spec = _suite_spec(labels)
     suite = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_manifest"))
     for _, _, expectation in spec:
         suite.add_expectation(expectation)

@@ -39,7 +39,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
 
     from mmretrieval.prep.expectations import run_suite
 
-    suite = run_suite(df, dataset)
+    suite = run_suite(df, dataset, params.validate.labels)
     if suite.hard:
         raise ValidationFailed(f"dataset {dataset!r}: " + "; ".join(suite.hard))
 

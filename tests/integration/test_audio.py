@@ -60,6 +60,13 @@ def test_audio_items_are_validated_trained_published_and_searchable(workspace: P
         assert len(client.search(text="a low tone", k=5, modality="audio")) == 5
         with pytest.raises(QueryError, match="no image tower"):
             client.search(image=audio_source.parent / "clips/high3.wav")
+        from fastapi.testclient import TestClient
+
+        from mmretrieval.service import create_app
+
+        with TestClient(create_app("tones")) as http, open(audio_source.parent / "clips/low4.wav", "rb") as f:
+            up = http.post("/search/upload", files={"file": ("q.wav", f, "audio/wav")}, data={"k": "1"})
+        assert up.status_code == 200 and up.json()[0]["id"] == "low4"
     quarantine = pd.read_parquet(workspace / "data/clean/tones/quarantine.parquet")
     assert set(quarantine["id"]) == {"empty", "fake"}
 

@@ -165,3 +165,15 @@ def test_a_manifest_without_train_rows_is_resplit_from_the_ratios(workspace: Pat
     splits = pd.read_parquet(workspace / "data/validated/alltest/rows.parquet")["split"]
     assert "train" in set(splits) and splits.isin(["train", "val", "test"]).all()
     assert report["valid"] == 20
+
+
+def test_labels_outside_the_configured_set_are_quarantined(workspace: Path) -> None:
+    (workspace / "params.yaml").write_text((workspace / "params.yaml").read_text()
+                                          + "\noverrides: {pets: {validate: {labels: [cat, dog]}}}\n")
+    src = workspace.parent / "src"
+    rows = [dict(r, label=lab) for r, lab in zip(good_rows(src, 3), ["cat", "bird", ""], strict=True)]
+    ingest(write_manifest(src, rows), "pets")
+    report = validate.run("pets")
+    assert report["reasons"] == {"unknown_label": 1}
+    row = pd.read_parquet(workspace / "data/validated/pets/rows.parquet").set_index("id").loc["ok1"]
+    assert row["reason"] == "unknown_label" and "'bird'" in row["message"]

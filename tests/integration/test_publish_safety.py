@@ -1,0 +1,47 @@
+"""A publish that dies at any step leaves the alias on the old collection; the next run repairs; reruns are no-ops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmretrieval import publish, tracking
+from mmretrieval.config import get_settings
+from mmretrieval.datasets import ingest
+from mmretrieval.index import MilvusIndex
+from mmretrieval.stages import run_all, run_stage
+from tests.integration.test_training import tiny_dataset
+
+
+class Killed(Exception):
+    pass
+
+
+def die(*_: object, **__: object) -> None:
+    raise Killed("process killed")
+
+
+def test_a_publish_killed_at_any_step_keeps_serving_the_old_collection(workspace: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    ingest(tiny_dataset(workspace.parent / "src"), "tiny")
+    first = run_all("tiny")["publish"]
+    s = get_settings()
+    run_stage("train", "tiny")
+    tracking.set_alias(s, "tiny", tracking.CHAMPION, "2")  # a new champion whose collection must be built
+    run_stage("embed", "tiny")
+    half = publish.collection_name("mmr_tiny", "2", first["data_version"])
+    for target, step in ((MilvusIndex, "insert"), (MilvusIndex, "build_index"), (publish, "verify"),
+                         (MilvusIndex, "point_alias")):
+        with monkeypatch.context() as patch:
+            patch.setattr(target, step, die)
+            with pytest.raises(Killed):
+                publish.run("tiny")
+        with MilvusIndex(s.milvus_uri) as ix:
+            assert ix.resolve_alias("mmr_tiny") == first["collection"], step  # still serving v1
+            expected = publish.VERIFIED if step == "point_alias" else publish.BUILDING
+            assert ix.properties(half)[publish.STATE] == expected, step
+    repaired = publish.run("tiny")
+    assert repaired["changed"] and repaired["collection"] == half and repaired["previous"] == first["collection"]
+    assert publish.run("tiny")["changed"] is False
+    assert publish.rollback("tiny")["collection"] == first["collection"]
