@@ -7,35 +7,33 @@ publish while serving needs a Milvus server URI (see README, "Scaling out").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from mmretrieval.client import MAX_K, MAX_TEXT, Hit, RetrievalClient
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import AliasNotFoundError, MediaError, MMRError, QueryError
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
 AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/ogg", "audio/mpeg")
 
 
-def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
-    from fastapi import FastAPI, File, Form, HTTPException, UploadFile
-    from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, Field
+class SearchRequest(BaseModel):
+    text: str = Field(..., min_length=1, max_length=MAX_TEXT, description="text query")
+    k: int = Field(10, ge=1, le=MAX_K)
+    modality: str | None = Field(None, description="only hits of this modality")
+    filter: str = Field("", description="Milvus boolean expression")
 
+
+def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     client = RetrievalClient(dataset, settings=settings)
     app = FastAPI(title="mmretrieval", version="0.1.0",
                   description=f"Multimodal search over the serving alias of dataset {dataset!r}.")
-
-    class SearchRequest(BaseModel):
-        text: str = Field(..., min_length=1, max_length=MAX_TEXT, description="text query")
-        k: int = Field(10, ge=1, le=MAX_K)
-        modality: str | None = Field(None, description="only hits of this modality")
-        filter: str = Field("", description="Milvus boolean expression")
 
     @app.exception_handler(MMRError)
     async def mmr_error(_: Any, exc: MMRError) -> JSONResponse:

@@ -153,7 +153,7 @@ def _merge_duplicates(rows: pd.DataFrame, bad: pd.Series, phashes: list[ImageHas
 
     good = [i for i in range(len(rows)) if not bad.iat[i]]
     hashes = [rows.at[i, "sha256"] for i in good]
-    merges = find_duplicates(hashes, [phashes[i] for i in good], max_distance)
+    merges = find_duplicates(hashes, [phashes[i] for i in good], max_distance, [str(rows.at[i, "label"]) for i in good])
     records, groups = [], {}
     for m in merges:
         row, into = good[m.index], good[m.into]

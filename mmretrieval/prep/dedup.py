@@ -18,12 +18,14 @@ if TYPE_CHECKING:
 
 
 MAX_COLOUR_DISTANCE = 24.0  # mean-RGB distance (0-255 scale) above which two images never count as near-duplicates
+MIN_SIDE = 64  # smaller images (icons, 32 px CIFAR, upscaled 8x8 digits) carry too little detail for a 64-bit hash
 
 
 @dataclass(frozen=True)
 class ImageHash:
     bits: int  # 64-bit difference hash: structure, blind to colour
     colour: tuple[float, float, float]  # mean RGB: tells a red square from a blue one
+    min_side: int = MIN_SIDE  # of the image hashed; below MIN_SIDE only exact duplicates count
 
 
 def dhash(image: Image.Image) -> ImageHash:
@@ -33,8 +35,8 @@ def dhash(image: Image.Image) -> ImageHash:
     small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     bits = (small[:, 1:] > small[:, :-1]).flatten()
     mean = np.asarray(image.convert("RGB").resize((8, 8), Image.Resampling.BOX), dtype=np.float64).mean(axis=(0, 1))
-    return ImageHash(int(sum(1 << i for i, b in enumerate(bits) if b)), (float(mean[0]), float(mean[1]),
-                                                                          float(mean[2])))
+    return ImageHash(int(sum(1 << i for i, b in enumerate(bits) if b)),
+                     (float(mean[0]), float(mean[1]), float(mean[2])), min(image.size))
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,11 @@ class Merge:
     distance: int  # Hamming distance of the image hashes (0 for exact)
 
 
-def find_duplicates(hashes: Sequence[str], phashes: Sequence[ImageHash | None], max_distance: int) -> list[Merge]:
-    """Rows with equal ``hashes`` (non-empty), or images whose difference hashes are within ``max_distance`` bits
-    and whose mean colours are close, are one group."""
+def find_duplicates(hashes: Sequence[str], phashes: Sequence[ImageHash | None], max_distance: int,
+                    labels: Sequence[str] | None = None) -> list[Merge]:
+    """Rows with equal ``hashes`` (non-empty), or images of at least MIN_SIDE pixels whose difference hashes are within
+    ``max_distance`` bits and whose mean colours are close, are one group. Rows with different non-empty
+    ``labels`` are never merged as near-duplicates."""
     n = len(hashes)
     parent = list(range(n))
 
@@ -69,7 +73,8 @@ def find_duplicates(hashes: Sequence[str], phashes: Sequence[ImageHash | None], 
                 union(first[h], i)
             else:
                 first[h] = i
-    images = [i for i, p in enumerate(phashes) if p is not None]
+    images = [i for i, p in enumerate(phashes) if p is not None and p.min_side >= MIN_SIDE]
+    labs = np.array(list(labels) if labels is not None else [""] * n, dtype=object)
     if max_distance >= 0 and len(images) > 1:
         codes = np.array([phashes[i].bits for i in images], dtype=np.uint64)  # type: ignore[union-attr]
         colours = np.array([phashes[i].colour for i in images])  # type: ignore[union-attr]
@@ -77,7 +82,9 @@ def find_duplicates(hashes: Sequence[str], phashes: Sequence[ImageHash | None], 
             x = np.bitwise_xor(codes[a + 1:], codes[a])
             dist = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
             close = np.linalg.norm(colours[a + 1:] - colours[a], axis=1) <= MAX_COLOUR_DISTANCE
-            for b in np.nonzero((dist <= max_distance) & close)[0]:
+            others = labs[images[a + 1:]] if len(images) > a + 1 else labs[:0]
+            same_label = (others == labs[images[a]]) | (others == "") | (labs[images[a]] == "")
+            for b in np.nonzero((dist <= max_distance) & close & same_label)[0]:
                 union(images[a], images[a + 1 + int(b)])
     merges = []
     for i in range(n):

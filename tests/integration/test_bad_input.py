@@ -79,11 +79,11 @@ def test_duplicates_merge_with_their_captions_and_split_leakage_is_resolved(work
 
     src = workspace.parent / "src"
     rows = good_rows(src, 3)
-    im = Image.new("RGB", (80, 60), "white")
-    ImageDraw.Draw(im).rectangle([10, 10, 40, 50], fill="navy")
+    im = Image.new("RGB", (128, 96), "white")
+    ImageDraw.Draw(im).rectangle([16, 16, 64, 80], fill="navy")
     im.save(src / "images/orig.png")
     im.save(src / "images/copy.png")  # same bytes
-    im.resize((160, 120)).save(src / "images/big.jpg", quality=90)  # near duplicate
+    im.resize((256, 192)).save(src / "images/big.jpg", quality=90)  # near duplicate
     rows += [
         {"id": "orig", "modality": "image", "path": "images/orig.png", "text": "a navy bar", "split": "train"},
         {"id": "copy", "modality": "image", "path": "images/copy.png", "text": "a blue block", "split": "test"},

@@ -13,7 +13,7 @@ def picture(shift: int = 0, size: int = 64) -> Image.Image:
 
 def test_resized_copy_is_a_near_duplicate_and_a_different_picture_is_not() -> None:
     original = picture()
-    resized = original.resize((150, 150)).resize((61, 61))
+    resized = original.resize((150, 150)).resize((67, 67))
     other = picture(shift=25).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     merges = find_duplicates(["h1", "h2", "h3"], [dhash(original), dhash(resized), dhash(other)], max_distance=4)
     assert [(m.index, m.into, m.reason) for m in merges] == [(1, 0, "near_duplicate")]
@@ -28,3 +28,10 @@ def test_exact_duplicates_merge_into_the_first_row_in_a_chain() -> None:
 def test_flat_images_of_different_colours_are_not_duplicates() -> None:
     red, blue = Image.new("RGB", (32, 32), (220, 20, 20)), Image.new("RGB", (32, 32), (20, 20, 220))
     assert find_duplicates(["a", "b"], [dhash(red), dhash(blue)], max_distance=4) == []
+
+
+def test_near_duplicates_with_different_labels_or_tiny_images_are_kept_apart() -> None:
+    a, b = dhash(picture()), dhash(picture().resize((67, 67)))
+    assert find_duplicates(["x", "y"], [a, b], max_distance=4, labels=["cat", "dog"]) == []
+    tiny = picture().resize((32, 32))
+    assert find_duplicates(["x", "y"], [dhash(tiny), dhash(tiny.resize((31, 31)))], max_distance=4) == []
