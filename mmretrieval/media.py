@@ -134,20 +134,10 @@ def audio_problem(path: Path, params: ValidateParams) -> Problem | None:
 def clean_audio(src: Path, dst: Path, sample_rate: int, trim_db: float, target_dbfs: float,
                 max_seconds: float) -> float:
     """Decode, mix to mono, resample, trim silence, normalise loudness, write 16-bit WAV. Returns seconds kept."""
-    import librosa
-    import numpy as np
     import soundfile as sf
 
-    from mmretrieval.models.audio import load_audio
+    from mmretrieval.models.audio import load_audio, normalize_wave
 
-    wave = load_audio(src, sample_rate, max_seconds)
-    trimmed, _ = librosa.effects.trim(wave, top_db=trim_db)
-    if len(trimmed) >= int(0.05 * sample_rate):
-        wave = trimmed
-    rms = float(np.sqrt(np.mean(wave**2))) + 1e-12
-    wave = wave * (10 ** (target_dbfs / 20) / rms)
-    peak = float(np.abs(wave).max())
-    if peak > 0.99:
-        wave = wave * (0.99 / peak)
-    sf.write(str(dst), wave.astype(np.float32), sample_rate, subtype="PCM_16")
+    wave = normalize_wave(load_audio(src, sample_rate, max_seconds), sample_rate, trim_db, target_dbfs)
+    sf.write(str(dst), wave, sample_rate, subtype="PCM_16")
     return len(wave) / sample_rate

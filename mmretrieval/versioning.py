@@ -20,8 +20,9 @@ def _dvc(home: Path, *args: str) -> str:
     cmd = [sys.executable, "-m", "dvc", *args]
     proc = subprocess.run(cmd, cwd=home, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise VersioningError(f"`dvc {' '.join(args)}` failed in {home}: {detail[-1] if detail else proc.returncode}")
+        lines = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+        detail = " | ".join(lines[-3:]) or f"exit {proc.returncode}"
+        raise VersioningError(f"`dvc {' '.join(args)}` failed in {home}: {detail}")
     return proc.stdout
 
 
@@ -35,7 +36,7 @@ def ensure_repo(home: Path) -> None:
 def track(home: Path, path: Path) -> str:
     """``dvc add`` a folder and return its data version."""
     ensure_repo(home)
-    _dvc(home, "add", "-q", str(path.relative_to(home)))
+    _dvc(home, "add", str(path.relative_to(home)))
     return read_version(path)
 
 

@@ -30,6 +30,7 @@ gate: {floor: 0.0}
 def make_workspace(root: Path, params: str = FAST_PARAMS) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(params, encoding="utf-8")
+    shutil.copyfile(REPO / "dvc.yaml", root / "dvc.yaml")  # DVC parses it on every `dvc add`, as in the repo
     subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True,
                    env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     return root

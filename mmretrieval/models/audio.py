@@ -37,6 +37,26 @@ def load_audio(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
     return wave.astype(np.float32)
 
 
+def normalize_wave(wave: np.ndarray, sample_rate: int, trim_db: float = 40.0,
+                   target_dbfs: float = -20.0) -> np.ndarray:
+    """Trim leading/trailing silence (quieter than peak - ``trim_db``) and scale to ``target_dbfs`` RMS (peak <= 0.99).
+
+    Cleaning applies it to stored clips and the model applies it to every clip it encodes, so queries and
+    evaluation files get the same treatment as the training data.
+    """
+    import librosa
+
+    trimmed, _ = librosa.effects.trim(wave, top_db=trim_db)
+    if len(trimmed) >= int(0.05 * sample_rate):
+        wave = trimmed
+    rms = float(np.sqrt(np.mean(wave**2))) + 1e-12
+    wave = wave * (10 ** (target_dbfs / 20) / rms)
+    peak = float(np.abs(wave).max())
+    if peak > 0.99:
+        wave = wave * (0.99 / peak)
+    return wave.astype(np.float32)
+
+
 def fit_length(wave: np.ndarray, length: int, offset: int = 0) -> np.ndarray:
     """Cut ``length`` samples starting at ``offset`` (clamped), zero-padding short clips at the end."""
     if len(wave) >= length:

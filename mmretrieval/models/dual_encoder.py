@@ -148,10 +148,12 @@ class RetrievalModel:
         return int(self.config.audio_sample_rate * self.config.audio_seconds)
 
     def load_wave(self, path: Path) -> torch.Tensor:
-        """A file as the fixed-length waveform the audio tower takes (start of the clip, zero-padded)."""
-        from mmretrieval.models.audio import fit_length, load_audio
+        """A file as the fixed-length waveform the audio tower takes: trimmed and loudness-normalised like the
+        cleaned training clips, then the start of the clip, zero-padded."""
+        from mmretrieval.models.audio import fit_length, load_audio, normalize_wave
 
-        wave = load_audio(path, self.config.audio_sample_rate, self.config.audio_seconds)
+        rate = self.config.audio_sample_rate
+        wave = normalize_wave(load_audio(path, rate, self.config.audio_seconds * 4), rate)
         return torch.from_numpy(fit_length(wave, self.audio_length))
 
     @torch.no_grad()

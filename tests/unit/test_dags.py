@@ -52,3 +52,13 @@ def test_library_never_imports_airflow() -> None:
                  if any(line.lstrip().startswith(("import airflow", "from airflow"))
                         for line in p.read_text(encoding="utf-8").splitlines())]
     assert offenders == []
+
+
+def test_dvc_yaml_defines_every_stage_for_every_dataset() -> None:
+    env = {"DVC_NO_ANALYTICS": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([str(Path(sys.executable).with_name("dvc")), "stage", "list"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+    assert names == [f"{verb}@demo" for verb in ("validate", "clean", "augment", "train", "evaluate", "promote",
+                                                  "embed", "publish")]
