@@ -21,6 +21,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 FAST_PARAMS = """
+datasets: [demo]
 model: {image_size: 32, embed_dim: 64}
 train: {epochs: 2, batch_size: 32}
 gate: {floor: 0.0}
