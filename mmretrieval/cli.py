@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "great_expectations", "alembic", "mlflow", "pymilvus", "sentence_transformers",
-                  "filelock", "transformers"):
+                  "filelock", "transformers", "faiss", "faiss.loader", "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return dispatch(args)

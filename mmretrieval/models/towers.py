@@ -39,7 +39,9 @@ class TextEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # "Loading weights" bars on every CLI call say nothing useful
         path = resolve_text_model(ref)
         try:
             self.model: SentenceTransformer = SentenceTransformer(str(path), device=device)
