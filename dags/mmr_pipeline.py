@@ -1,60 +1,103 @@
-"""mmr_pipeline: raw -> validated -> clean -> augmented -> trained -> evaluated -> promoted -> embedded -> published.
+"""mmretrieval DAGs. Configuration only: each task calls one library stage and passes its small JSON result on as
+XCom; nothing heavy is imported when the scheduler parses this file.
 
-Configuration only: each task calls one library stage (``mmretrieval.stages.run_stage``) and passes its small JSON
-result on as XCom. Nothing heavy is imported when the scheduler parses this file.
-Run one dataset: ``airflow dags test mmr_pipeline -c '{"dataset": "demo"}'`` (or ``mmr dag-test --dataset demo``).
+* ``mmr_pipeline``: the whole path for one dataset in one run (``make demo`` and the integration test use it):
+  prepare (validate -> clean -> augment) -> model (train -> evaluate -> promote) -> serve (embed -> publish).
+  A failure stops everything after it: a hard validation failure never trains.
+  Run: ``mmr dag-test --dataset demo`` or ``airflow dags test mmr_pipeline -c '{"dataset": "demo"}'``.
+* The same stages as three DAGs chained by Assets, for scheduled operation: ``mmr_prepare`` updates
+  ``mmr_clean_data``; ``mmr_model`` runs on it and updates ``mmr_champion_model``; ``mmr_serve`` runs on that and
+  updates ``mmr_serving_collection``. Each Asset event carries ``{"dataset": NAME}``, so the downstream DAG works
+  on the same dataset.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
 
-CLEAN_DATA = Asset(name="mmr_clean_data")
-CHAMPION_MODEL = Asset(name="mmr_champion_model")
-SERVING_COLLECTION = Asset(name="mmr_serving_collection")
+CLEAN_DATA = Asset(name="mmr_clean_data")  # validated, cleaned, augmented data of a dataset
+CHAMPION_MODEL = Asset(name="mmr_champion_model")  # the gate ran (promoted or kept the champion)
+SERVING_COLLECTION = Asset(name="mmr_serving_collection")  # the serving alias points at a verified collection
 
-# task group -> its stages in order, each with the Assets it updates. A failure stops everything downstream:
-# a hard validation failure fails `prepare.validate` and training never starts.
-GROUPS: dict[str, list[tuple[str, list[Asset]]]] = {
-    "prepare": [("validate", []), ("clean", []), ("augment", [CLEAN_DATA])],
-    "model": [("train", []), ("evaluate", []), ("promote", [CHAMPION_MODEL])],
-    "serve": [("embed", []), ("publish", [SERVING_COLLECTION])],
+DEFAULTS: dict[str, Any] = {
+    "start_date": pendulum.datetime(2026, 1, 1, tz="UTC"),
+    "catchup": False,
+    "max_active_runs": 1,  # Milvus Lite allows one process per file: never two publishes at once
+    "tags": ["mmretrieval"],
+    "params": {"dataset": Param("demo", type="string", pattern="^[a-z][a-z0-9_]{0,47}$")},
+    "default_args": {"retries": 2, "retry_delay": timedelta(seconds=30)},
 }
 
 
+def dataset_of(context: dict[str, Any]) -> str:
+    """The dataset of this run: from the Asset event that triggered it, else the run's ``dataset`` param."""
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in reversed(list(events)):
+            name = (getattr(event, "extra", None) or {}).get("dataset")
+            if name:
+                return str(name)
+    return str(context["params"]["dataset"])
+
+
 def stage_task(verb: str, outlets: list[Asset]):  # noqa: ANN201 - returns an Airflow task factory
+    """A task running one library stage; its Asset events carry the dataset name to the DAGs scheduled on them."""
+
     @task(task_id=verb, outlets=outlets)
-    def run(params: dict | None = None) -> dict:
+    def run(**context: Any) -> dict:
         from mmretrieval.stages import run_stage
 
-        return run_stage(verb, params["dataset"])
+        dataset = dataset_of(context)
+        result = run_stage(verb, dataset)
+        for asset in outlets:
+            context["outlet_events"][asset].extra = {"dataset": dataset}
+        return result
 
     return run
 
 
-@dag(
-    dag_id="mmr_pipeline",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,  # Milvus Lite allows one process per file: never two publishes at once
-    tags=["mmretrieval"],
-    params={"dataset": Param("demo", type="string", pattern="^[a-z][a-z0-9_]{0,47}$")},
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
-    doc_md=__doc__,
-)
+def chain_stages(stages: list[tuple[str, list[Asset]]], previous: Any = None) -> Any:
+    """Instantiate the stages in order, each downstream of the one before; returns the last task."""
+    for verb, outlets in stages:
+        current = stage_task(verb, outlets)()
+        if previous is not None:
+            previous >> current
+        previous = current
+    return previous
+
+
+PREPARE = [("validate", []), ("clean", []), ("augment", [CLEAN_DATA])]
+MODEL = [("train", []), ("evaluate", []), ("promote", [CHAMPION_MODEL])]
+SERVE = [("embed", []), ("publish", [SERVING_COLLECTION])]
+
+
+@dag(dag_id="mmr_pipeline", schedule=None, doc_md=__doc__, **DEFAULTS)
 def mmr_pipeline() -> None:
-    previous = None
-    for group_id, stages in GROUPS.items():
+    last = None
+    for group_id, stages in (("prepare", PREPARE), ("model", MODEL), ("serve", SERVE)):
         with TaskGroup(group_id):
-            for verb, outlets in stages:
-                current = stage_task(verb, outlets)()
-                if previous is not None:
-                    previous >> current
-                previous = current
+            last = chain_stages(stages, last)
+
+
+@dag(dag_id="mmr_prepare", schedule=None, doc_md=__doc__, **DEFAULTS)
+def mmr_prepare() -> None:
+    chain_stages(PREPARE)
+
+
+@dag(dag_id="mmr_model", schedule=[CLEAN_DATA], doc_md=__doc__, **DEFAULTS)
+def mmr_model() -> None:
+    chain_stages(MODEL)
+
+
+@dag(dag_id="mmr_serve", schedule=[CHAMPION_MODEL], doc_md=__doc__, **DEFAULTS)
+def mmr_serve() -> None:
+    chain_stages(SERVE)
 
 
 mmr_pipeline()
+mmr_prepare()
+mmr_model()
+mmr_serve()

@@ -17,6 +17,7 @@ def test_dag_files_exist() -> None:
 def test_parsing_a_dag_file_imports_nothing_heavy() -> None:
     code = (
         "import json, runpy, sys\n"
+        f"sys.path.insert(0, {str(REPO / 'dags')!r})  # as Airflow does for its DAG folder\n"
         f"for f in {json.dumps([str(f) for f in DAG_FILES])}:\n"
         "    runpy.run_path(f)\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
@@ -33,9 +34,11 @@ def test_dagbag_has_no_import_errors_and_tasks_have_retries_and_tags(tmp_path: P
         f"bag = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
         "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},\n"
         "  'dags': {d.dag_id: {'tags': sorted(d.tags), 'tasks': [t.task_id for t in d.tasks],\n"
-        "           'retries': [t.retries for t in d.tasks]} for d in bag.dags.values()}}))\n"
+        "           'retries': [t.retries for t in d.tasks], 'schedule': str(getattr(d.timetable, 'asset_condition',\n"
+        "           None))} for d in bag.dags.values()}}))\n"
     )
-    env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": "/usr/bin:/bin"}
+    env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": "/usr/bin:/bin",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags")}  # Airflow puts its DAG folder on sys.path
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     info = json.loads(out.stdout.strip().splitlines()[-1])
@@ -45,6 +48,13 @@ def test_dagbag_has_no_import_errors_and_tasks_have_retries_and_tags(tmp_path: P
     assert dag["tasks"] == ["prepare.validate", "prepare.clean", "prepare.augment", "model.train", "model.evaluate",
                             "model.promote", "serve.embed", "serve.publish"]
     assert all(r >= 1 for r in dag["retries"])
+    dags = info["dags"]
+    assert set(dags) == {"mmr_pipeline", "mmr_prepare", "mmr_model", "mmr_serve"}
+    assert dags["mmr_prepare"]["tasks"] == ["validate", "clean", "augment"]
+    assert dags["mmr_model"]["tasks"] == ["train", "evaluate", "promote"] and "mmr_clean_data" in dags["mmr_model"][
+        "schedule"]
+    assert dags["mmr_serve"]["tasks"] == ["embed", "publish"] and "mmr_champion_model" in dags["mmr_serve"]["schedule"]
+    assert all(all(r >= 1 for r in d["retries"]) and d["tags"] == ["mmretrieval"] for d in dags.values())
 
 
 def test_library_never_imports_airflow() -> None:
