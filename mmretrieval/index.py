@@ -125,7 +125,8 @@ class MilvusIndex:
         schema.add_field("model_version", DataType.VARCHAR, max_length=64)
         schema.add_field("data_version", DataType.VARCHAR, max_length=64)
         self.client.create_collection(name, schema=schema, consistency_level="Strong")
-        self.set_properties(name, props)
+        if props:
+            self.set_properties(name, props)
 
     def drop(self, name: str) -> None:
         self.client.drop_collection(name)
