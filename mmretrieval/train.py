@@ -244,7 +244,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             net.train()
             gen.manual_seed(p.seed * 100_003 + epoch)  # each epoch's order and captions depend only on (seed, epoch)
             rng = random.Random(p.seed * 100_003 + epoch)
-            losses = []
+            losses, seen, epoch_start = [], 0, time.monotonic()
             for modality, (batch, idx) in batches():
                 cap_t = torch.tensor([cap_index[rng.choice(caps[i])] for i in idx.tolist()], device=device)
                 lab = label_ids[idx.to(device)]
@@ -263,8 +263,11 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 opt.step()
                 sched.step()
                 losses.append(float(loss.item()))
+                seen += len(idx)
+            train_seconds = time.monotonic() - epoch_start
             record = {"loss": float(np.mean(losses)), "lr": float(sched.get_last_lr()[0]),
-                      "temperature": float(1 / net.logit_scale.exp().item())}
+                      "temperature": float(1 / net.logit_scale.exp().item()),
+                      "train_samples_per_s": seen / max(train_seconds, 1e-9)}
             if len(val_frame):
                 try:
                     val = score(RetrievalModel(net, text, device), val_frame, clean_dir, "media")
