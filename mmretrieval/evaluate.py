@@ -77,12 +77,7 @@ def score_detailed(model: RetrievalModel, frame: pd.DataFrame, root: Path, media
         raise TrainingError(f"only {len(ids)} {modality} item(s) with captions to evaluate on; need at least 2")
     eval_set = build_eval_set(ids, captions, labels)
     text_vecs = model.encode_texts(eval_set.captions)
-    if modality == Modality.IMAGE.value:
-        item_vecs = model.encode_images(media)
-    else:
-        import torch
-
-        item_vecs = np.concatenate([model.encode_waves(torch.stack(media[i:i + 64])) for i in range(0, len(media), 64)])
+    item_vecs = model.encode_images(media) if modality == Modality.IMAGE.value else model.encode_wave_list(media)
     letter = MEDIA_LETTER[modality]
     metrics = {k.replace("t2i_", f"t2{letter}_").replace("i2t_", f"{letter}2t_"): v
                for k, v in both_directions(text_vecs, item_vecs, eval_set, ks).items()}

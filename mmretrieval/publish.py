@@ -81,6 +81,11 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     alias = settings.alias(dataset)
     name = collection_name(alias, ref.version, summary["data_version"])
 
+    def swapped(serving: str | None, checks: dict[str, Any], dropped: list[str]) -> dict[str, Any]:
+        return {"dataset": dataset, "alias": alias, "collection": name, "changed": True, "previous": serving,
+                "model": ref.name, "model_version": ref.version, "data_version": summary["data_version"],
+                "checks": checks, "dropped": dropped, "seconds": round(time.monotonic() - started, 2)}
+
     with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
         serving = ix.resolve_alias(alias)
         if serving == name and ix.properties(name).get(STATE) == VERIFIED:
@@ -95,10 +100,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                     log.info("publish %s: %s was verified before a crash; swapping the alias", dataset, name)
                     ix.point_alias(alias, name)
                     dropped = _collect_garbage(ix, alias, keep=params.keep_collections)
-                    return {"dataset": dataset, "alias": alias, "collection": name, "changed": True,
-                            "previous": serving, "model": ref.name, "model_version": ref.version,
-                            "data_version": summary["data_version"], "checks": {"rows": len(emb), "reused": True},
-                            "dropped": dropped, "seconds": round(time.monotonic() - started, 2)}
+                    return swapped(serving, {"rows": len(emb), "reused": True}, dropped)
             log.warning("publish %s: dropping half-built collection %s", dataset, name)
             ix.drop(name)
 
@@ -126,9 +128,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         ix.set_properties(name, {STATE: VERIFIED, "mmr.published_at": now})
         ix.point_alias(alias, name)
         dropped = _collect_garbage(ix, alias, keep=params.keep_collections)
-    result = {"dataset": dataset, "alias": alias, "collection": name, "changed": True, "previous": serving,
-              "model": ref.name, "model_version": ref.version, "data_version": summary["data_version"],
-              "checks": checks, "dropped": dropped, "seconds": round(time.monotonic() - started, 2)}
+    result = swapped(serving, checks, dropped)
     log.info("publish %s: %s -> %s (%d rows, %s)", dataset, alias, name, checks["rows"], checks)
     return result
 

@@ -160,12 +160,15 @@ class RetrievalModel:
     def encode_waves(self, waves: torch.Tensor) -> np.ndarray:
         return self.net.encode_audio(waves.to(self.device)).float().cpu().numpy()
 
-    def encode_audio_files(self, paths: list[Path], batch_size: int = 64) -> np.ndarray:
+    def encode_wave_list(self, waves: list[torch.Tensor], batch_size: int = 64) -> np.ndarray:
+        """Fixed-length waveforms (from :meth:`load_wave`) -> unit vectors, in batches."""
         import numpy as np
 
-        parts = [self.encode_waves(torch.stack([self.load_wave(p) for p in paths[i:i + batch_size]]))
-                 for i in range(0, len(paths), batch_size)]
+        parts = [self.encode_waves(torch.stack(waves[i:i + batch_size])) for i in range(0, len(waves), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+    def encode_audio_files(self, paths: list[Path], batch_size: int = 64) -> np.ndarray:
+        return self.encode_wave_list([self.load_wave(p) for p in paths], batch_size)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
