@@ -69,7 +69,7 @@ def main() -> None:
 
     # --- publish: pipeline vs raw insert + index + load ----------------------------------------------------
     params = s.params_for(ds).index
-    _, emb = publish.load_embeddings(s, ds, ref)
+    _, vectors = publish.load_embeddings(s, publish.target(ds, s))
     with MilvusIndex(s.milvus_uri) as ix:
         name = publish.collection_name(s.alias(ds), ref.version, summary["data_version"])
         if ix.resolve_alias(s.alias(ds)) == name:  # force a rebuild: point the alias away, drop the collection
@@ -78,7 +78,6 @@ def main() -> None:
     t = time.perf_counter()
     publish.run(ds, s)
     pub_s = time.perf_counter() - t
-    vectors = np.stack(emb["vector"].to_numpy()).astype(np.float32)
     rows = [{"id": f"raw{i}", "modality": "image", "vector": v.tolist(), "text": "", "path": "", "label": "",
              "metadata": {}, "model_version": "0", "data_version": "0"} for i, v in enumerate(vectors)]
     with MilvusIndex(s.milvus_uri) as ix:

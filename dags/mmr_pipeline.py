@@ -2,7 +2,8 @@
 XCom; nothing heavy is imported when the scheduler parses this file.
 
 * ``mmr_pipeline``: the whole path for one dataset in one run (``make demo`` and the integration test use it):
-  prepare (validate -> clean -> augment) -> model (train -> evaluate -> promote) -> serve (embed -> publish).
+  prepare (validate -> clean -> augment) -> model (train -> evaluate -> promote) -> serve (embed_plan -> embed_shard
+  mapped over the pending shards -> embed -> publish_build -> publish_check -> publish, the alias swap).
   A failure stops everything after it: a hard validation failure never trains.
   Run: ``mmr dag-test --dataset demo`` or ``airflow dags test mmr_pipeline -c '{"dataset": "demo"}'``.
 * The same stages as three DAGs chained by Assets, for scheduled operation: ``mmr_prepare`` updates
@@ -71,15 +72,64 @@ def chain_stages(stages: list[tuple[str, list[Asset]]], previous: Any = None) ->
 
 PREPARE = [("validate", []), ("clean", []), ("augment", [CLEAN_DATA])]
 MODEL = [("train", []), ("evaluate", []), ("promote", [CHAMPION_MODEL])]
-SERVE = [("embed", []), ("publish", [SERVING_COLLECTION])]
+
+
+def serve_tasks(previous: Any = None) -> Any:
+    """embed (plan -> one mapped task per pending shard -> finish) -> publish (build -> check -> swap).
+
+    A failed check fails the run before the swap: the serving alias stays where it was.
+    """
+
+    @task
+    def embed_plan(**context: Any) -> list[int]:
+        from mmretrieval.embed import pending
+
+        return pending(dataset_of(context))
+
+    @task(max_active_tis_per_dagrun=4)
+    def embed_shard(shard: int, **context: Any) -> dict:
+        from mmretrieval.embed import run_shard
+
+        return run_shard(dataset_of(context), shard)
+
+    @task(task_id="embed", trigger_rule="none_failed")  # no pending shard skips the mapped task, not this one
+    def embed_finish(**context: Any) -> dict:
+        from mmretrieval.stages import run_stage
+
+        return run_stage("embed", dataset_of(context))  # checks completeness, moves the shards into place
+
+    @task
+    def publish_build(**context: Any) -> dict:
+        from mmretrieval.publish import build
+
+        return build(dataset_of(context))
+
+    @task
+    def publish_check(**context: Any) -> dict:
+        from mmretrieval.publish import check
+
+        return check(dataset_of(context))
+
+    plan = embed_plan()
+    if previous is not None:
+        previous >> plan
+    shards = embed_shard.expand(shard=plan)
+    finished = embed_finish()
+    shards >> finished
+    built = publish_build()
+    checked = publish_check()
+    finished >> built >> checked
+    return chain_stages([("publish", [SERVING_COLLECTION])], checked)  # the swap, once checked
 
 
 @dag(dag_id="mmr_pipeline", schedule=None, doc_md=__doc__, **DEFAULTS)
 def mmr_pipeline() -> None:
     last = None
-    for group_id, stages in (("prepare", PREPARE), ("model", MODEL), ("serve", SERVE)):
+    for group_id, stages in (("prepare", PREPARE), ("model", MODEL)):
         with TaskGroup(group_id):
             last = chain_stages(stages, last)
+    with TaskGroup("serve"):
+        serve_tasks(last)
 
 
 @dag(dag_id="mmr_prepare", schedule=None, doc_md=__doc__, **DEFAULTS)
@@ -94,7 +144,7 @@ def mmr_model() -> None:
 
 @dag(dag_id="mmr_serve", schedule=[CHAMPION_MODEL], doc_md=__doc__, **DEFAULTS)
 def mmr_serve() -> None:
-    chain_stages(SERVE)
+    serve_tasks()
 
 
 mmr_pipeline()

@@ -47,7 +47,7 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
     with RetrievalClient(dataset, settings=settings) as client:
         for text in texts:
             hits = client.search(text=text, image=args.image, audio=args.audio, k=args.k, modality=args.modality,
-                                 filter=args.filter or "")
+                                 filter=args.filter or "", fusion=args.fusion)
             if args.json:
                 for h in hits:
                     print(h.to_json())
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="number of hits (1-1000, default 10)")
     p.add_argument("--modality", help="only hits of this modality (image, text, audio)")
     p.add_argument("--filter", help='Milvus boolean expression, e.g. \'label == "7"\'')
+    p.add_argument("--fusion", choices=("vector", "late"), default="vector",
+                   help="how a text and an image/audio query combine: one search with the weighted sum of their "
+                        "vectors (default) or one search each, scores summed")
     p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET or the last ingested)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
 

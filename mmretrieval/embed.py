@@ -1,120 +1,268 @@
-"""Stage ``embed``: every clean item through the model an MLflow alias names (reader -> encoder -> writer).
+"""Stage ``embed``: every clean item through the model an MLflow alias names (reader -> encoder -> writer), in shards.
 
-Output ``data/embeddings/<dataset>/v<model_version>/``: ``part-*.parquet`` shards (id, modality, vector,
-model_version, data_version) and ``embed.json`` (model, data version, dimension, counts per modality). A rerun with
-the same model and data version finds the finished output and does nothing.
+The clean manifest is cut into shards of ``embed.shard_rows`` rows. Each shard is written on its own
+(``part-<k>.parquet``: id, modality, vector, model_version, data_version) into a work folder
+``data/embeddings/<dataset>/v<model_version>.partial/``, so a killed run resumes where it stopped and shards can be
+embedded by parallel workers (the Airflow DAG maps one task per shard). :func:`finish` checks completeness (every
+clean item embedded once, counts per modality, unit vectors, one dimension) and moves the folder to
+``v<model_version>/`` with ``embed.json``. A rerun with the same model and data version does nothing.
+
+Files are decoded and preprocessed in data-loader worker processes (``embed.num_workers``) while the model encodes
+the previous batch; on CUDA the image tower runs under autocast.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmretrieval import tracking
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import ModelError
-from mmretrieval.io import atomic_dir, read_json, read_parquet, write_json
+from mmretrieval.io import read_json, read_parquet, write_json
 from mmretrieval.schema import Modality, split_captions
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mmretrieval.models.dual_encoder import RetrievalModel
+
 log = logging.getLogger(__name__)
-SHARD_ROWS = 10_000
 
 
 def output_dir(settings: Settings, dataset: str, version: str) -> Path:
     return settings.stage_dir("embeddings", dataset) / f"v{version}"
 
 
-def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION) -> dict[str, Any]:
-    import pandas as pd
-    import torch
-    from torch.utils.data import DataLoader, Dataset
-    from tqdm import tqdm
+def shard_name(k: int) -> str:
+    return f"part-{k:05d}.parquet"
 
-    from mmretrieval.media import open_image
-    from mmretrieval.models.dual_encoder import pick_device
 
-    settings = settings or get_settings()
-    params = settings.params_for(dataset)
-    started = time.monotonic()
+@dataclass(frozen=True)
+class Plan:
+    """What one embedding run covers: the model, the data version and the shard cut of the clean manifest."""
+
+    dataset: str
+    ref: tracking.ModelRef
+    data_version: str
+    rows: int
+    shard_rows: int
+    final: Path
+    work: Path
+
+    @property
+    def shards(self) -> int:
+        return max(1, -(-self.rows // self.shard_rows))
+
+    def key(self) -> dict[str, Any]:
+        return {"model_version": self.ref.version, "data_version": self.data_version, "rows": self.rows,
+                "shard_rows": self.shard_rows}
+
+    def finished(self) -> dict[str, Any] | None:
+        """The summary of an earlier complete run of this plan, if there is one."""
+        done = self.final / "embed.json"
+        if done.is_file():
+            previous = read_json(done, "embedding summary")
+            if previous["data_version"] == self.data_version and previous["rows"] == self.rows:
+                return dict(previous)
+        return None
+
+    def pending(self) -> list[int]:
+        return [k for k in range(self.shards) if not (self.work / shard_name(k)).is_file()]
+
+
+def _clean(settings: Settings, dataset: str) -> tuple[pd.DataFrame, str]:
     clean_dir = settings.stage_dir("clean", dataset)
     clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
-    data_version = str(read_json(clean_dir / "report.json", "clean report")["data_version"])
-    ref = tracking.require_alias(settings, dataset, alias)
-    out = output_dir(settings, dataset, ref.version)
-    done = out / "embed.json"
-    if done.is_file():
-        previous = read_json(done, "embedding summary")
-        if previous["data_version"] == data_version and previous["rows"] == len(clean):
-            log.info("embed %s: v%s already embedded for data %s", dataset, ref.version, data_version[:12])
-            return previous | {"skipped": True}
+    return clean, str(read_json(clean_dir / "report.json", "clean report")["data_version"])
 
-    device = pick_device(settings.device)
-    model = tracking.load_model(settings, ref, device)
+
+def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION) -> Plan:
+    """Resolve the alias and prepare the work folder; finished shards of the same plan are kept (resume)."""
+    settings = settings or get_settings()
+    clean, data_version = _clean(settings, dataset)
+    ref = tracking.require_alias(settings, dataset, alias)
+    final = output_dir(settings, dataset, ref.version)
+    p = Plan(dataset, ref, data_version, len(clean), settings.params_for(dataset).embed.shard_rows, final,
+             final.with_name(final.name + ".partial"))
+    if p.finished() is None:
+        marker = p.work / "plan.json"
+        if marker.is_file() and read_json(marker, "embedding plan") != p.key():
+            log.info("embed %s: discarding shards of an older plan in %s", dataset, p.work)
+            shutil.rmtree(p.work)
+        p.work.mkdir(parents=True, exist_ok=True)
+        write_json(marker, p.key())
+    return p
+
+
+def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: RetrievalModel | None = None
+                ) -> dict[str, Any]:
+    """Embed shard ``k`` of the plan (skipped when its file exists) and write it atomically."""
+    import pandas as pd
+
+    settings = settings or get_settings()
+    target = p.work / shard_name(k)
+    if not 0 <= k < p.shards:
+        raise ValueError(f"shard {k} is outside 0..{p.shards - 1} of the {p.dataset!r} embedding plan")
+    if target.is_file():
+        return {"shard": k, "skipped": True}
+    clean, data_version = _clean(settings, p.dataset)
+    if data_version != p.data_version:
+        raise ModelError(f"clean data of {p.dataset!r} changed to {data_version[:12]} while embedding "
+                         f"{p.data_version[:12]}: plan again")
+    part = clean.iloc[k * p.shard_rows:(k + 1) * p.shard_rows].reset_index(drop=True)
+    if model is None:
+        model = load_model(settings, p)
+    started = time.monotonic()
+    vectors = encode_rows(part, settings.stage_dir("clean", p.dataset), model,
+                          settings.params_for(p.dataset).embed, desc=f"embed {p.dataset} shard {k}")
+    frame = pd.DataFrame({"id": part["id"].to_numpy(), "modality": part["modality"].to_numpy(),
+                          "vector": list(vectors), "model_version": p.ref.version, "data_version": p.data_version})
+    tmp = target.with_name(target.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(target)
+    return {"shard": k, "rows": len(part), "seconds": round(time.monotonic() - started, 2)}
+
+
+def load_model(settings: Settings, p: Plan) -> RetrievalModel:
+    from mmretrieval.models.dual_encoder import pick_device
+
+    model = tracking.load_model(settings, p.ref, pick_device(settings.device))
+    clean, _ = _clean(settings, p.dataset)
     unsupported = sorted(set(clean["modality"]) - set(model.modalities))
     if unsupported:
-        raise ModelError(f"model {ref.uri} has no tower for modality {unsupported}; "
+        raise ModelError(f"model {p.ref.uri} has no tower for modality {unsupported}; "
                          f"{int(clean['modality'].isin(unsupported).sum())} clean items need one")
-    vectors = np.zeros((len(clean), model.dim), dtype=np.float32)
-    bs = params.embed.batch_size
+    return model
 
-    texts = clean.index[clean["modality"] == Modality.TEXT.value]
+
+def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embed_params: Any,
+                desc: str = "embed") -> np.ndarray:
+    """Unit vectors for clean-manifest rows, in row order: texts in batches, files through a DataLoader."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    vectors = np.zeros((len(part), model.dim), dtype=np.float32)
+    bs = embed_params.batch_size
+    texts = np.flatnonzero((part["modality"] == Modality.TEXT.value).to_numpy())
     for start in range(0, len(texts), bs):
         idx = texts[start:start + bs]
-        vectors[idx] = model.encode_texts([split_captions(t)[0] for t in clean.loc[idx, "text"]])
-
-    class Decoded(Dataset):  # type: ignore[type-arg]
-        """Reader: decodes and preprocesses one modality's files (in loader workers when configured)."""
-
-        def __init__(self, rows: np.ndarray, modality: str) -> None:
-            self.rows, self.modality = rows, modality
-
-        def __len__(self) -> int:
-            return len(self.rows)
-
-        def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
-            i = int(self.rows[k])
-            path = clean_dir / clean.at[i, "media"]
-            if self.modality == Modality.IMAGE.value:
-                return model.transform(open_image(path)), i
-            return model.load_wave(path), i
-
+        vectors[idx] = model.encode_texts([split_captions(t)[0] for t in part["text"].to_numpy()[idx]])
     for modality in (Modality.IMAGE.value, Modality.AUDIO.value):
-        rows = clean.index[clean["modality"] == modality].to_numpy()
+        rows = np.flatnonzero((part["modality"] == modality).to_numpy())
         if not len(rows):
             continue
-        loader = DataLoader(Decoded(rows, modality), batch_size=bs, num_workers=params.train.num_workers,
-                            pin_memory=device == "cuda")
+        files = [clean_dir / m for m in part["media"].to_numpy()[rows]]
+        workers = min(embed_params.num_workers, max(0, len(rows) // bs))  # no worker start-up for one batch
+        loader = DataLoader(_Decoded(files, rows, modality, model), batch_size=bs, num_workers=workers,
+                            pin_memory=model.device.startswith("cuda"), prefetch_factor=4 if workers else None,
+                            persistent_workers=False)
         encode = model.encode_pixels if modality == Modality.IMAGE.value else model.encode_waves
-        for batch, idx in tqdm(loader, desc=f"embed {dataset} {modality}", unit="batch", leave=False, disable=None):
-            vectors[idx.numpy()] = encode(batch)
+        with torch.inference_mode():
+            for batch, idx in tqdm(loader, desc=f"{desc} {modality}", unit="batch", leave=False, disable=None):
+                vectors[idx.numpy()] = encode(batch)
+    return vectors
 
+
+class _Decoded:
+    """Reader for a DataLoader: decodes and preprocesses one modality's files (in worker processes when set)."""
+
+    def __init__(self, files: list[Path], rows: np.ndarray, modality: str, model: RetrievalModel) -> None:
+        self.files, self.rows, self.modality = files, rows, modality
+        self.transform, self.load_wave = model.transform, model.load_wave
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, k: int) -> tuple[Any, int]:
+        from mmretrieval.media import open_image
+
+        if self.modality == Modality.IMAGE.value:
+            return self.transform(open_image(self.files[k])), int(self.rows[k])
+        return self.load_wave(self.files[k]), int(self.rows[k])
+
+
+def finish(p: Plan, settings: Settings | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Check the shards against the clean manifest and publish the folder as ``v<version>/``."""
+    import pandas as pd
+
+    settings = settings or get_settings()
+    previous = p.finished()
+    if previous is not None:
+        return previous | {"skipped": True}
+    missing = p.pending()
+    if missing:
+        raise ModelError(f"embeddings of {p.dataset!r} are incomplete: shard(s) {missing} of {p.shards} missing")
+    clean, _ = _clean(settings, p.dataset)
+    frame = pd.concat([pd.read_parquet(p.work / shard_name(k)) for k in range(p.shards)], ignore_index=True)
+    if list(frame["id"]) != list(clean["id"]):
+        raise ModelError(f"embeddings of {p.dataset!r} hold {len(frame)} rows that do not match the "
+                         f"{len(clean)} clean items: embed again")
+    vectors = np.stack(frame["vector"].to_numpy()) if len(frame) else np.zeros((0, 0), dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1)
     if not np.allclose(norms, 1.0, atol=1e-3):
-        raise ModelError(f"{int((np.abs(norms - 1) > 1e-3).sum())} embeddings are not unit vectors (NaN input?)")
-    with atomic_dir(out) as tmp:
-        shards = []
-        for k, start in enumerate(range(0, len(clean), SHARD_ROWS)):
-            part = clean.iloc[start:start + SHARD_ROWS]
-            frame = pd.DataFrame({
-                "id": part["id"].to_numpy(), "modality": part["modality"].to_numpy(),
-                "vector": list(vectors[start:start + SHARD_ROWS]),
-                "model_version": ref.version, "data_version": data_version,
-            })
-            name = f"part-{k:05d}.parquet"
-            frame.to_parquet(tmp / name, index=False)
-            shards.append(name)
-        summary = {
-            "dataset": dataset, "model": ref.name, "model_version": ref.version, "model_uri": ref.uri,
-            "data_version": data_version, "dim": model.dim, "rows": len(clean),
-            "modalities": {k: int(v) for k, v in clean["modality"].value_counts().items()},
-            "shards": shards, "device": device, "seconds": round(time.monotonic() - started, 2),
-            "path": str(out),
-        }
-        write_json(tmp / "embed.json", summary)
-    log.info("embed %s: %d items with %s v%s in %.1fs", dataset, len(clean), ref.name, ref.version,
-             summary["seconds"])
+        raise ModelError(f"{int((np.abs(norms - 1) > 1e-3).sum())} embeddings of {p.dataset!r} are not unit "
+                         f"vectors (NaN input?)")
+    counts = {k: int(v) for k, v in frame["modality"].value_counts().items()}
+    expected = {k: int(v) for k, v in clean["modality"].value_counts().items()}
+    if counts != expected:
+        raise ModelError(f"embedded counts per modality {counts} differ from the clean counts {expected}")
+    summary = {
+        "dataset": p.dataset, "model": p.ref.name, "model_version": p.ref.version, "model_uri": p.ref.uri,
+        "data_version": p.data_version, "dim": int(vectors.shape[1]), "rows": p.rows, "modalities": counts,
+        "shards": [shard_name(k) for k in range(p.shards)], "shard_rows": p.shard_rows, "device": device,
+        "path": str(p.final),
+    }
+    write_json(p.work / "embed.json", summary)
+    (p.work / "plan.json").unlink()
+    old = p.final.with_name(p.final.name + ".old")
+    if p.final.exists():
+        p.final.rename(old)
+    p.work.rename(p.final)
+    shutil.rmtree(old, ignore_errors=True)
     return summary
+
+
+def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION) -> dict[str, Any]:
+    """Plan, embed every pending shard with one loaded model, finish."""
+    settings = settings or get_settings()
+    started = time.monotonic()
+    p = plan(dataset, settings, alias)
+    previous = p.finished()
+    if previous is not None:
+        log.info("embed %s: v%s already embedded for data %s", dataset, p.ref.version, p.data_version[:12])
+        return previous | {"skipped": True}
+    pending = p.pending()
+    model = load_model(settings, p) if pending else None
+    if len(pending) < p.shards:
+        log.info("embed %s: resuming, %d of %d shard(s) already done", dataset, p.shards - len(pending), p.shards)
+    for k in pending:
+        embed_shard(p, k, settings, model)
+    summary = finish(p, settings, device=model.device if model else "cpu")
+    summary["seconds"] = round(time.monotonic() - started, 2)
+    write_json(p.final / "embed.json", summary)
+    log.info("embed %s: %d items with %s v%s in %.1fs (%d shard(s))", dataset, p.rows, p.ref.name, p.ref.version,
+             summary["seconds"], p.shards)
+    return summary
+
+
+# One call per task of the serve DAG: plan -> one mapped task per pending shard -> finish.
+def pending(dataset: str, settings: Settings | None = None) -> list[int]:
+    """Shard numbers still to embed for the champion (empty when the embeddings are complete)."""
+    p = plan(dataset, settings)
+    return [] if p.finished() is not None else p.pending()
+
+
+def run_shard(dataset: str, shard: int, settings: Settings | None = None) -> dict[str, Any]:
+    return embed_shard(plan(dataset, settings), shard, settings)
+
+
+def finalize(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    return finish(plan(dataset, settings), settings)

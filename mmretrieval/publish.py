@@ -1,18 +1,26 @@
 """Stage ``publish``: a new versioned Milvus collection, checked, then the serving alias swapped to it.
 
-Collection name: ``<alias>__m<model_version>__d<data_version[:12]>``. Steps: create (state ``building``) -> insert
--> index -> load -> verify (row count, ANN recall@10 against exact search on a sample, a smoke query per modality)
--> state ``verified`` -> alias swap. A crash at any step leaves the alias on the old collection; the next run drops the
-half-built collection and starts again; a rerun with unchanged inputs changes nothing. Older collections beyond
-``index.keep_collections`` are dropped (never the serving one or its rollback target).
+Collection name: ``<alias>__m<model_version>__d<data_version[:12]>``. Three steps (the serve DAG runs them as
+three tasks; :func:`run` runs all):
+
+1. :func:`build` creates the collection (state ``building``), inserts, indexes and loads it;
+2. :func:`check` verifies it (row count, ANN recall@10 against exact search on a sample, a smoke query per
+   modality) and sets state ``verified``;
+3. :func:`swap` points the serving alias at it and drops collections beyond ``index.keep_collections`` (never the
+   serving one or its rollback target).
+
+A crash at any step leaves the alias on the old collection; the next run drops a half-built collection and starts
+again (a verified one is reused); a rerun with unchanged inputs changes nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +29,9 @@ from mmretrieval.config import IndexParams, Settings, get_settings
 from mmretrieval.errors import AliasNotFoundError, PublishError
 from mmretrieval.index import MilvusIndex
 from mmretrieval.io import read_json, read_parquet
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 SAMPLE_QUERIES = 200
@@ -31,15 +42,19 @@ def collection_name(alias: str, model_version: str, data_version: str) -> str:
     return f"{alias}__m{model_version}__d{data_version[:12]}"
 
 
-def load_embeddings(settings: Settings, dataset: str, ref: tracking.ModelRef) -> tuple[dict[str, Any], Any]:
+def load_embeddings(settings: Settings, t: Target) -> tuple[pd.DataFrame, np.ndarray]:
+    """The finished embedding shards of the target, and their vectors; the dimension checked before any insert."""
     import pandas as pd
 
     from mmretrieval.embed import output_dir
 
-    folder = output_dir(settings, dataset, ref.version)
-    summary = read_json(folder / "embed.json", f"embeddings of {dataset!r} with model v{ref.version}")
-    frame = pd.concat([pd.read_parquet(folder / s) for s in summary["shards"]], ignore_index=True)
-    return summary, frame
+    folder = output_dir(settings, t.dataset, t.ref.version)
+    frame = pd.concat([pd.read_parquet(folder / s) for s in t.summary["shards"]], ignore_index=True)
+    vectors = np.stack(frame["vector"].to_numpy()).astype(np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != int(t.summary["dim"]) or len(frame) != int(t.summary["rows"]):
+        raise PublishError(f"embeddings in {folder} hold {vectors.shape} vectors but their summary says "
+                           f"{t.summary['rows']} x {t.summary['dim']}-d: embed again")
+    return frame, vectors
 
 
 def verify(ix: MilvusIndex, name: str, ids: list[str], modalities: list[str], vectors: np.ndarray,
@@ -69,68 +84,124 @@ def verify(ix: MilvusIndex, name: str, ids: list[str], modalities: list[str], ve
     return {"rows": n, f"ann_recall@{k}": round(recall, 4), "smoke": smoke}
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Target:
+    """The collection the champion's embeddings belong in, and what serves now."""
+
+    dataset: str
+    alias: str
+    name: str
+    ref: tracking.ModelRef
+    summary: dict[str, Any]
+
+
+def target(dataset: str, settings: Settings) -> Target:
+    from mmretrieval.embed import output_dir
+
+    ref = tracking.require_alias(settings, dataset, tracking.CHAMPION)
+    summary = read_json(output_dir(settings, dataset, ref.version) / "embed.json",
+                        f"embeddings of {dataset!r} with model v{ref.version}")
+    alias = settings.alias(dataset)
+    return Target(dataset, alias, collection_name(alias, ref.version, summary["data_version"]), ref, summary)
+
+
+def build(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Step 1: create the versioned collection (state ``building``), insert, index, load. Nothing serves it yet.
+
+    A collection of the same name left by a killed run is dropped and rebuilt, unless it was verified already.
+    """
     from tqdm import tqdm
 
     settings = settings or get_settings()
     params = settings.params_for(dataset).index
-    started = time.monotonic()
-    ref = tracking.require_alias(settings, dataset, tracking.CHAMPION)
-    summary, emb = load_embeddings(settings, dataset, ref)
-    clean = read_parquet(settings.stage_dir("clean", dataset) / "manifest.parquet", f"clean manifest of {dataset!r}")
-    alias = settings.alias(dataset)
-    name = collection_name(alias, ref.version, summary["data_version"])
-
-    def swapped(serving: str | None, checks: dict[str, Any], dropped: list[str]) -> dict[str, Any]:
-        return {"dataset": dataset, "alias": alias, "collection": name, "changed": True, "previous": serving,
-                "model": ref.name, "model_version": ref.version, "data_version": summary["data_version"],
-                "checks": checks, "dropped": dropped, "seconds": round(time.monotonic() - started, 2)}
-
+    t = target(dataset, settings)
     with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
-        serving = ix.resolve_alias(alias)
-        if serving == name and ix.properties(name).get(STATE) == VERIFIED:
-            log.info("publish %s: %s already serves model v%s on data %s", dataset, alias, ref.version,
-                     summary["data_version"][:12])
-            return {"dataset": dataset, "alias": alias, "collection": name, "changed": False}
-        if ix.exists(name):  # left by an earlier run, never the serving one (checked above)
-            props = ix.properties(name)
-            if props.get(STATE) == VERIFIED:  # built and checked, then killed before the swap: just swap
-                ix.load(name)
-                if ix.count(name) == len(emb):
-                    log.info("publish %s: %s was verified before a crash; swapping the alias", dataset, name)
-                    ix.point_alias(alias, name)
-                    dropped = _collect_garbage(ix, alias, keep=params.keep_collections)
-                    return swapped(serving, {"rows": len(emb), "reused": True}, dropped)
-            log.warning("publish %s: dropping half-built collection %s", dataset, name)
-            ix.drop(name)
-
+        serving = ix.resolve_alias(t.alias)
+        if ix.exists(t.name):  # never dropped while serving: the serving one was verified before its swap
+            if ix.properties(t.name).get(STATE) == VERIFIED and ix.dim(t.name) == int(t.summary["dim"]):
+                log.info("publish %s: %s is built and verified already", dataset, t.name)
+                return {"collection": t.name, "built": False, "serving": serving}
+            log.warning("publish %s: dropping half-built collection %s", dataset, t.name)
+            ix.drop(t.name)
+        emb, vectors = load_embeddings(settings, t)
+        clean = read_parquet(settings.stage_dir("clean", dataset) / "manifest.parquet",
+                             f"clean manifest of {dataset!r}")
         meta = clean.set_index("id").loc[emb["id"]]
-        vectors = np.stack(emb["vector"].to_numpy()).astype(np.float32)
-        rows = [{"id": i, "modality": m, "vector": v.tolist(), "text": t, "path": p, "label": lab,
-                 "metadata": _metadata(md, media), "model_version": ref.version,
-                 "data_version": summary["data_version"]}
-                for i, m, v, t, p, lab, md, media in zip(
+        rows = [{"id": i, "modality": m, "vector": v.tolist(), "text": txt, "path": path, "label": lab,
+                 "metadata": _metadata(md, media), "model_version": t.ref.version,
+                 "data_version": t.summary["data_version"]}
+                for i, m, v, txt, path, lab, md, media in zip(
                     emb["id"], emb["modality"], vectors, meta["text"], meta["path"], meta["label"],
                     meta["metadata"], meta["media"], strict=True)]
-        props = {STATE: BUILDING, "mmr.dataset": dataset, "mmr.model_name": ref.name,
-                 "mmr.model_version": ref.version, "mmr.data_version": summary["data_version"],
-                 "mmr.dim": str(summary["dim"]), "mmr.previous": serving or ""}
-        ix.create(name, int(summary["dim"]), props)
+        props = {STATE: BUILDING, "mmr.dataset": dataset, "mmr.model_name": t.ref.name,
+                 "mmr.model_version": t.ref.version, "mmr.data_version": t.summary["data_version"],
+                 "mmr.dim": str(t.summary["dim"]), "mmr.previous": serving or ""}
+        ix.create(t.name, int(t.summary["dim"]), props)
         with tqdm(total=len(rows), desc=f"publish {dataset}", unit="row", leave=False, disable=None) as bar:
             done = 0
-            for count in ix.insert(name, rows):
+            for count in ix.insert(t.name, rows):
                 bar.update(count - done)
                 done = count
-        ix.build_index(name, params)
-        ix.load(name)
-        checks = verify(ix, name, list(emb["id"]), list(emb["modality"]), vectors, params)
+        ix.build_index(t.name, params)
+        ix.load(t.name)
+    return {"collection": t.name, "built": True, "rows": len(rows), "serving": serving}
+
+
+def check(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Step 2: verify the built collection (:func:`verify`) and mark it ``verified``; raises PublishError if not."""
+    settings = settings or get_settings()
+    params = settings.params_for(dataset).index
+    t = target(dataset, settings)
+    with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
+        if not ix.exists(t.name):
+            raise PublishError(f"collection {t.name} does not exist: run the publish build step first")
+        props = ix.properties(t.name)
+        if props.get(STATE) == VERIFIED:
+            return {"collection": t.name, "checks": json.loads(props.get("mmr.checks", "{}")), "verified": False}
+        emb, vectors = load_embeddings(settings, t)
+        ix.load(t.name)
+        checks = verify(ix, t.name, list(emb["id"]), list(emb["modality"]), vectors, params)
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        ix.set_properties(name, {STATE: VERIFIED, "mmr.published_at": now})
-        ix.point_alias(alias, name)
-        dropped = _collect_garbage(ix, alias, keep=params.keep_collections)
-    result = swapped(serving, checks, dropped)
-    log.info("publish %s: %s -> %s (%d rows, %s)", dataset, alias, name, checks["rows"], checks)
-    return result
+        ix.set_properties(t.name, {STATE: VERIFIED, "mmr.published_at": now, "mmr.checks": json.dumps(checks)})
+    return {"collection": t.name, "checks": checks, "verified": True}
+
+
+def swap(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Step 3: point the serving alias at the verified collection (created on the first publish); drop old ones."""
+    settings = settings or get_settings()
+    params = settings.params_for(dataset).index
+    t = target(dataset, settings)
+    with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
+        serving = ix.resolve_alias(t.alias)
+        if not ix.exists(t.name) or ix.properties(t.name).get(STATE) != VERIFIED:
+            raise PublishError(f"collection {t.name} is not verified: the alias {t.alias!r} stays on {serving}")
+        if serving == t.name:
+            return {"collection": t.name, "alias": t.alias, "changed": False, "previous": None, "dropped": []}
+        ix.set_properties(t.name, {"mmr.previous": serving or ""})  # the rollback target is what served last
+        ix.point_alias(t.alias, t.name)
+        dropped = _collect_garbage(ix, t.alias, keep=params.keep_collections)
+    log.info("publish %s: %s -> %s (was %s)", dataset, t.alias, t.name, serving)
+    return {"collection": t.name, "alias": t.alias, "changed": True, "previous": serving, "dropped": dropped}
+
+
+def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    """All three steps; a rerun with unchanged inputs changes nothing, a crash at any step never moves the alias."""
+    settings = settings or get_settings()
+    started = time.monotonic()
+    t = target(dataset, settings)
+    with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
+        if ix.resolve_alias(t.alias) == t.name and ix.properties(t.name).get(STATE) == VERIFIED:
+            log.info("publish %s: %s already serves model v%s on data %s", dataset, t.alias, t.ref.version,
+                     t.summary["data_version"][:12])
+            return {"dataset": dataset, "alias": t.alias, "collection": t.name, "changed": False}
+    built = build(dataset, settings)
+    checked = check(dataset, settings)
+    swapped = swap(dataset, settings)
+    checks = checked["checks"] if built["built"] else {**checked["checks"], "reused": True}
+    return {"dataset": dataset, "alias": t.alias, "collection": t.name, "changed": swapped["changed"],
+            "previous": swapped["previous"], "model": t.ref.name, "model_version": t.ref.version,
+            "data_version": t.summary["data_version"], "checks": checks, "dropped": swapped["dropped"],
+            "seconds": round(time.monotonic() - started, 2)}
 
 
 def _metadata(raw: str, media: str) -> dict[str, Any]:

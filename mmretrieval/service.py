@@ -59,7 +59,8 @@ def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
 
     @app.post("/search/upload", response_model=list[Hit])
     async def search_upload(file: UploadFile = File(...), text: str | None = Form(None),  # noqa: B008
-                            k: int = Form(10), modality: str | None = Form(None)) -> list[Hit]:
+                            k: int = Form(10), modality: str | None = Form(None),
+                            fusion: str = Form("vector")) -> list[Hit]:
         if file.content_type not in IMAGE_TYPES + AUDIO_TYPES:
             raise HTTPException(415, f"content type {file.content_type!r} is not supported; use an image "
                                      f"{IMAGE_TYPES} or audio {AUDIO_TYPES} type")
@@ -69,8 +70,8 @@ def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
         if not data:
             raise HTTPException(400, "the uploaded file is empty")
         if file.content_type in AUDIO_TYPES:
-            return client.search(text=text, audio=data, k=k, modality=modality)
-        return client.search(text=text, image=data, k=k, modality=modality)
+            return client.search(text=text, audio=data, k=k, modality=modality, fusion=fusion)
+        return client.search(text=text, image=data, k=k, modality=modality, fusion=fusion)
 
     return app
 

@@ -1,9 +1,11 @@
 """Stage ``train``: the dual encoder on the augmented training split, logged to MLflow and registered.
 
-The text tower is frozen, so every caption is encoded once and training runs the image tower and both projection
-heads. Each epoch is scored on the validation split; the best epoch's weights are kept and training stops early after
-``train.patience`` epochs without improvement. A checkpoint is written every epoch under
-``var/checkpoints/<dataset>/<fingerprint>/`` (weights in safetensors, optimiser state read back with
+With a frozen text tower (the default) every caption is encoded once and training runs the media towers and the
+projection heads; with ``model.text_trainable_layers > 0`` the top blocks of the text model train too (at
+``train.tuned_lr``, captions encoded every step), as do the top blocks of an ``st:`` image backbone with
+``model.image_trainable_layers > 0``. Each epoch is scored on the validation split; the best epoch's weights are
+kept and training stops early after ``train.patience`` epochs without improvement. A checkpoint is written every
+epoch under ``var/checkpoints/<dataset>/<fingerprint>/`` (weights in safetensors, optimiser state read back with
 ``weights_only=True``); a rerun with the same params and data resumes the killed run. The new version gets the
 ``challenger`` alias; ``evaluate`` and ``promote`` decide whether it serves.
 """
@@ -35,6 +37,23 @@ LOSSES = ("infonce", "triplet")
 
 
 MEDIA = (Modality.IMAGE.value, Modality.AUDIO.value)
+
+
+TUNED_PREFIXES = ("text_layers.", "image_layers.")  # DualEncoder's tuned blocks of pretrained towers
+
+
+def param_groups(net: Any, lr: float, tuned_lr: float) -> list[dict[str, Any]]:
+    """Trainable parameters: the tuned blocks of pretrained towers at ``tuned_lr``, everything else at ``lr``."""
+    named = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
+    tuned = [q for name, q in named if name.startswith(TUNED_PREFIXES)]
+    groups = [{"params": [q for name, q in named if not name.startswith(TUNED_PREFIXES)], "lr": lr}]
+    return groups + ([{"params": tuned, "lr": tuned_lr}] if tuned else [])
+
+
+def audio_aug_masks(policy: dict[str, Any]) -> tuple[int, float]:
+    """SpecAugment mask sizes (mel bands, share of frames) from the augmentation policy; (0, 0.0) when off."""
+    audio = policy.get("audio", {})
+    return int(audio.get("freq_mask", 0)), float(audio.get("time_mask", 0.0))
 
 
 def _items(frame: Any) -> tuple[list[str], list[str], list[str], list[list[str]], list[str]]:
@@ -138,17 +157,31 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     torch.manual_seed(p.seed)
     np.random.seed(p.seed)
     device = pick_device(settings.device)
-    text = TextEncoder(mp.text_model, device=device)
+    text = TextEncoder(mp.text_model, device=device, trainable_layers=mp.text_trainable_layers)
+    with_images = Modality.IMAGE.value in present
     config = ModelConfig(
         text_model=mp.text_model, text_dim=text.dim, embed_dim=mp.embed_dim, init_temperature=mp.init_temperature,
-        image_backbone=mp.image_backbone if Modality.IMAGE.value in present else "", image_size=mp.image_size,
+        image_backbone=mp.image_backbone if with_images else "", image_size=mp.image_size,
+        text_trainable_layers=mp.text_trainable_layers,
+        image_trainable_layers=mp.image_trainable_layers if with_images else 0,
         audio_tower=mp.audio_tower if Modality.AUDIO.value in present else "",
-        audio_sample_rate=mp.audio_sample_rate, audio_seconds=mp.audio_seconds, n_mels=mp.n_mels)
-    net = build(config, mp.image_weights).to(device)
+        audio_sample_rate=mp.audio_sample_rate, audio_seconds=mp.audio_seconds, n_mels=mp.n_mels,
+        audio_norm=mp.audio_norm)
+    net = build(config, mp.image_weights, text=text, device=device).to(device)
+    config = net.config  # an "st:" image backbone brings its own image size and normalisation
+    if config.audio_tower and audio_aug_masks(policy):
+        net.audio_backbone.frontend.masks = audio_aug_masks(policy)  # SpecAugment, active in training mode only
 
     vocab = sorted({c for cs in caps for c in cs})
     cap_index = {c: i for i, c in enumerate(vocab)}
-    text_feats = text.encode(vocab).to(device)  # (V, text_dim), frozen tower: once
+    text_feats = text.encode(vocab).to(device) if text.frozen else None  # (V, text_dim), frozen tower: once
+
+    def caption_features(cap_t: torch.Tensor) -> torch.Tensor:
+        """(B,) caption indices -> (B, text_dim): cached when frozen, else a forward pass through the tuned tower."""
+        if text_feats is not None:
+            return text_feats[cap_t]
+        return text.forward([vocab[j] for j in cap_t.tolist()])
+
     label_index = {lab: k for k, lab in enumerate(sorted(set(labels) - {""}))}
     label_ids = torch.tensor([label_index.get(lab, -1) for lab in labels], device=device)  # -1: no label
     transform = train_transform(config, policy.get("image", {}))
@@ -167,7 +200,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
 
         def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
             from mmretrieval.media import open_image
-            from mmretrieval.models.audio import augment_wave, fit_length, load_audio
+            from mmretrieval.models.audio import augment_wave, change_speed, fit_length, load_audio
 
             i = self.members[k]
             if modalities[i] == Modality.IMAGE.value:
@@ -179,6 +212,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             wave = self.cache[i]
             rng = np.random.default_rng((p.seed, i, int(torch.randint(0, 2**31, (1,)).item())))
             if audio_aug:
+                wave = change_speed(wave, 1 + rng.uniform(-1, 1) * audio_aug.get("speed", 0.0))
                 offset = int(rng.integers(0, max(1, len(wave) - audio_len + 1)))
                 wave = augment_wave(fit_length(wave, audio_len, offset), rng, audio_aug["gain_db"],
                                     audio_aug["snr_db"], audio_aug["shift"])
@@ -212,7 +246,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 except StopIteration:
                     del iterators[m]
 
-    opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=p.lr, weight_decay=p.weight_decay)
+    opt = torch.optim.AdamW(param_groups(net, p.lr, p.tuned_lr), weight_decay=p.weight_decay)
     total = max(1, p.epochs * sum(len(dl) for dl in loaders.values()))
     warmup = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -251,7 +285,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 positives = (cap_t[:, None] == cap_t[None, :]) | ((lab[:, None] == lab[None, :]) & (lab[:, None] >= 0))
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
                     img = net.encode(modality, batch.to(device, non_blocking=True)).float()
-                    txt = net.project_text(text_feats[cap_t]).float()
+                    txt = net.project_text(caption_features(cap_t)).float()
                 loss = (symmetric_info_nce(img, txt, net.logit_scale, positives) if p.loss == "infonce"
                         else triplet_hardest(img, txt, positives, p.margin))
                 if not torch.isfinite(loss):

@@ -1,7 +1,9 @@
 """The dual encoder: towers + projection heads into one shared space + a learnable temperature.
 
-Saved as a folder: ``config.json`` (:class:`ModelConfig`) and ``weights.safetensors`` (the trainable parts; a frozen
-text tower is referenced by ``text_model``, never copied). Loading never unpickles anything.
+Saved as a folder: ``config.json`` (:class:`ModelConfig`) and ``weights.safetensors`` (the trainable parts).
+Pretrained towers are referenced, never copied: the text model by ``text_model``, a CLIP-style image encoder by
+``image_backbone: "st:<folder>"``; of those only the top blocks that were fine-tuned (``text_trainable_layers``,
+``image_trainable_layers``) are saved. Loading never unpickles anything.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ import torch
 from torch import nn
 
 from mmretrieval.errors import ModelError
-from mmretrieval.models.towers import TextEncoder, build_image_backbone, load_backbone_weights
+from mmretrieval.models.towers import (
+    ST_PREFIX,
+    PretrainedImageTower,
+    TextEncoder,
+    build_image_backbone,
+    load_backbone_weights,
+    load_sentence_transformer,
+    resolve_text_model,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,10 +46,13 @@ class ModelConfig:
     image_size: int
     embed_dim: int
     init_temperature: float = 0.07
+    text_trainable_layers: int = 0  # top blocks of the text model trained and saved (0: frozen, features cached)
+    image_trainable_layers: int = 0  # the same for an "st:" image backbone (a torchvision one trains entirely)
     audio_tower: str = ""  # "" (none) or "cnn" (log-mel CNN, models/audio.py)
     audio_sample_rate: int = 16_000
     audio_seconds: float = 1.5
     n_mels: int = 40
+    audio_norm: str = "clip"  # log-mel normalisation (models/audio.py); "clip" for models saved before "band"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     format_version: int = FORMAT_VERSION
@@ -55,25 +68,54 @@ class ModelConfig:
 
 
 class DualEncoder(nn.Module):
-    """Trainable part: image backbone, image and text projection heads, logit scale."""
+    """Trainable part: image backbone, image and text projection heads, logit scale, tuned pretrained blocks.
 
-    def __init__(self, config: ModelConfig) -> None:
+    Pretrained towers (the text model when it is tuned, an ``st:`` image backbone) are held outside the module tree:
+    the state dict, which :func:`save` writes, holds only what training changes (``text_layers``/``image_layers``:
+    the tuned top blocks, the same modules the pretrained model runs), while ``.to()`` still moves them. An ``st:``
+    backbone dictates the preprocessing: ``config.image_size``/``mean``/``std`` become its processor's.
+    """
+
+    def __init__(self, config: ModelConfig, text: TextEncoder | None = None, device: str = "cpu") -> None:
         super().__init__()
-        self.config = config
-        if config.image_backbone:
+        self.pretrained: list[nn.Module] = []  # a plain list: not registered, so not in the state dict
+        if config.text_trainable_layers:
+            text = text or TextEncoder(config.text_model, device, config.text_trainable_layers)
+            if len(text.tuned) != config.text_trainable_layers:
+                raise ModelError(f"text tower has {len(text.tuned)} tuned layers, the model config expects "
+                                 f"{config.text_trainable_layers}")
+            self.text_layers = text.tuned
+            self.pretrained.append(text.model)
+        if config.image_backbone.startswith(ST_PREFIX):
+            tower = pretrained_image_tower(config, text, device)
+            self.image_backbone: Any = tower
+            self.image_layers = tower.tuned
+            if tower.model not in self.pretrained:
+                self.pretrained.append(tower.model)
+            self.image_proj = nn.Linear(tower.width, config.embed_dim)
+            config = dataclasses.replace(config, image_size=tower.image_size, mean=tower.mean, std=tower.std)
+        elif config.image_backbone:
             self.image_backbone, width = build_image_backbone(config.image_backbone)
             self.image_proj = nn.Linear(width, config.embed_dim)
+        self.config = config
         if config.audio_tower:
             if config.audio_tower != "cnn":
                 raise ModelError(f"audio tower {config.audio_tower!r} is unknown; use 'cnn'")
             from mmretrieval.models.audio import AudioCNN
 
-            self.audio_backbone = AudioCNN(config.audio_sample_rate, config.n_mels)
+            self.audio_backbone = AudioCNN(config.audio_sample_rate, config.n_mels, norm=config.audio_norm)
             self.audio_proj = nn.Linear(self.audio_backbone.width, config.embed_dim)
         self.text_proj = nn.Sequential(
             nn.Linear(config.text_dim, config.text_dim), nn.GELU(), nn.Linear(config.text_dim, config.embed_dim)
         )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DualEncoder:
+        """Device moves and casts reach the pretrained models held outside the module tree too."""
+        for model in self.pretrained:
+            model._apply(fn)
+        super()._apply(fn, recurse)
+        return self
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, embed_dim) unit vectors."""
@@ -89,6 +131,17 @@ class DualEncoder(nn.Module):
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
         """(B, text_dim) sentence embeddings -> (B, embed_dim) unit vectors."""
         return nn.functional.normalize(self.text_proj(features), dim=-1)
+
+
+def pretrained_image_tower(config: ModelConfig, text: TextEncoder | None, device: str) -> PretrainedImageTower:
+    """The ``st:`` image backbone; it shares the text tower's model when both name the same folder."""
+    ref, what = config.image_backbone.removeprefix(ST_PREFIX), f"image backbone {config.image_backbone!r}"
+    path = resolve_text_model(ref, what)
+    if text is not None and text.path.resolve() == path.resolve():
+        model = text.model
+    else:
+        model, _ = load_sentence_transformer(ref, device, what)
+    return PretrainedImageTower(ref, model, config.image_trainable_layers)
 
 
 def eval_transform(config: ModelConfig) -> Any:
@@ -203,8 +256,13 @@ def save(net: DualEncoder, folder: Path) -> None:
     save_file(state, str(folder / "weights.safetensors"))
 
 
-def build(config: ModelConfig, image_weights: str = "") -> DualEncoder:
-    net = DualEncoder(config)
+def build(config: ModelConfig, image_weights: str = "", text: TextEncoder | None = None,
+          device: str = "cpu") -> DualEncoder:
+    """A new dual encoder; ``text`` (when given) is the text tower whose model it may share or tune."""
+    if image_weights and config.image_backbone.startswith(ST_PREFIX):
+        raise ModelError(f"model.image_weights ({image_weights!r}) initialises torchvision backbones only; "
+                         f"image backbone {config.image_backbone!r} is pretrained already")
+    net = DualEncoder(config, text=text, device=device)
     if image_weights and config.image_backbone:
         load_backbone_weights(net.image_backbone, image_weights)
     return net
@@ -219,21 +277,21 @@ def load(folder: Path, device: str = "cpu") -> RetrievalModel:
     if not cfg_path.is_file() or not weights.is_file():
         raise ModelError(f"{folder} is not a saved mmretrieval model (needs config.json and weights.safetensors)")
     config = ModelConfig.from_json(json.loads(cfg_path.read_text(encoding="utf-8")))
-    net = DualEncoder(config)
     try:
         state = load_file(str(weights))
     except SafetensorError as e:
         raise ModelError(f"{weights} is not a valid safetensors file: {e}") from e
+    text = TextEncoder(config.text_model, device=device, trainable_layers=config.text_trainable_layers)
+    if text.dim != config.text_dim:
+        raise ModelError(f"text model {config.text_model!r} gives {text.dim}-d vectors, the model expects "
+                         f"{config.text_dim}")
+    net = DualEncoder(config, text=text, device=device)
     try:
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(state, strict=True)  # tuned text/image blocks land inside the pretrained models
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise ModelError(f"{weights} does not match the architecture in {cfg_path.name} "
                          f"({config.image_backbone}, dim {config.embed_dim}): {first}") from e
-    text = TextEncoder(config.text_model, device=device)
-    if text.dim != config.text_dim:
-        raise ModelError(f"text model {config.text_model!r} gives {text.dim}-d vectors, the model expects "
-                         f"{config.text_dim}")
     return RetrievalModel(net, text, device)
 
 

@@ -34,7 +34,8 @@ def audio_policy(p: AugmentParams) -> dict[str, Any]:
     """The waveform augmentations the train loader applies to audio clips."""
     if not p.enabled:
         return {}
-    return {"gain_db": p.audio_gain_db, "snr_db": p.audio_snr_db, "shift": p.audio_shift, "random_crop": True}
+    return {"gain_db": p.audio_gain_db, "snr_db": p.audio_snr_db, "shift": p.audio_shift, "speed": p.audio_speed,
+            "freq_mask": p.audio_freq_mask, "time_mask": p.audio_time_mask, "random_crop": True}
 
 
 TEXT_OPS = ("delete", "swap", "insert")

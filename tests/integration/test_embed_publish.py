@@ -1,0 +1,128 @@
+"""Sharded, resumable embedding; publish steps and dimension checks; queries answering during a publish and swap."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mmretrieval import embed, publish, tracking
+from mmretrieval.client import RetrievalClient
+from mmretrieval.config import get_settings
+from mmretrieval.datasets import ingest
+from mmretrieval.errors import PublishError
+from mmretrieval.io import read_json, write_json
+from mmretrieval.stages import run_all, run_stage
+from tests.conftest import FAST_PARAMS
+from tests.integration.test_training import tiny_dataset
+
+
+@pytest.fixture
+def sharded(workspace: Path) -> Path:
+    (workspace / "params.yaml").write_text(FAST_PARAMS + "embed: {shard_rows: 5, num_workers: 0}\n", encoding="utf-8")
+    ingest(tiny_dataset(workspace.parent / "src"), "tiny")
+    for verb in ("validate", "clean", "augment", "train", "evaluate", "promote"):
+        run_stage(verb, "tiny")
+    return workspace
+
+
+def test_a_killed_embedding_resumes_from_its_finished_shards(sharded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = embed.encode_rows
+    calls: list[int] = []
+
+    def dies_on_third_shard(part: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(part))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(part, *args, **kwargs)
+
+    monkeypatch.setattr(embed, "encode_rows", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        embed.run("tiny")
+    p = embed.plan("tiny")
+    assert p.shards == 4 and p.pending() == [2, 3] and not p.final.exists()
+
+    calls.clear()
+    summary = embed.run("tiny")
+    assert calls == [5, 1]  # only the two missing shards ran (16 items: 5 + 5 + 5 + 1)
+    assert summary["rows"] == 16 and summary["modalities"] == {"image": 16} and len(summary["shards"]) == 4
+    assert not p.work.exists() and (p.final / "embed.json").is_file()
+    calls.clear()
+    assert embed.run("tiny")["skipped"] is True and calls == []
+
+
+def test_shards_of_an_older_plan_are_discarded(sharded: Path) -> None:
+    p = embed.plan("tiny")
+    embed.embed_shard(p, 0)
+    write_json(p.work / "plan.json", {**p.key(), "data_version": "something-else"})
+    assert embed.plan("tiny").pending() == [0, 1, 2, 3]
+
+
+def test_the_dag_steps_embed_shard_by_shard_then_build_check_and_swap(sharded: Path) -> None:
+    shards = embed.pending("tiny")
+    assert shards == [0, 1, 2, 3]
+    for k in shards:
+        embed.run_shard("tiny", k)
+    assert embed.pending("tiny") == []
+    assert embed.finalize("tiny")["rows"] == 16
+    with pytest.raises(PublishError, match="not verified"):
+        publish.swap("tiny")  # nothing swaps before the check
+    built = publish.build("tiny")
+    assert built["built"] and built["rows"] == 16 and built["serving"] is None
+    with pytest.raises(PublishError, match="not verified"):
+        publish.swap("tiny")
+    assert publish.check("tiny")["checks"]["rows"] == 16
+    swapped = publish.swap("tiny")
+    assert swapped["changed"] and swapped["previous"] is None
+    assert publish.run("tiny")["changed"] is False
+
+
+def test_embeddings_whose_dimension_disagrees_with_their_summary_are_refused(sharded: Path) -> None:
+    summary = run_stage("embed", "tiny")
+    path = Path(summary["path"]) / "embed.json"
+    write_json(path, {**read_json(path, "summary"), "dim": summary["dim"] + 1})
+    with pytest.raises(PublishError, match=r"-d: embed again"):
+        publish.run("tiny")
+
+
+def test_queries_keep_answering_while_a_new_collection_is_published_and_swapped(workspace: Path) -> None:
+    """Milvus Lite: one process owns the file, so the service and the publisher share it (see README)."""
+    ingest(tiny_dataset(workspace.parent / "src"), "tiny")
+    first = run_all("tiny")["publish"]
+    s = get_settings()
+    run_stage("train", "tiny")
+    tracking.set_alias(s, "tiny", tracking.CHAMPION, "2")
+    run_stage("embed", "tiny")
+    seen: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def query_loop() -> None:
+        with RetrievalClient("tiny") as client:
+            while not stop.is_set():
+                try:
+                    hits = client.search(text="a red square", k=3)
+                    assert len(hits) == 3
+                    seen.append(hits[0].collection)
+                except BaseException as e:  # noqa: BLE001 - collected for the assertion below
+                    errors.append(e)
+                    return
+
+    worker = threading.Thread(target=query_loop)
+    worker.start()
+    try:
+        while not seen and not errors and worker.is_alive():
+            stop.wait(0.05)  # serving before the publish starts
+        second = publish.run("tiny")
+        while not seen or seen[-1] != second["collection"]:
+            if errors or not worker.is_alive():
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        worker.join(60)
+    assert errors == []
+    assert seen[0] == first["collection"] and seen[-1] == second["collection"]
+    assert set(seen) == {first["collection"], second["collection"]}

@@ -1,0 +1,48 @@
+"""Audio front end: padding does not move the band normalisation; SpecAugment masks; speed change."""
+
+import numpy as np
+import torch
+
+from mmretrieval.models.audio import LogMel, change_speed, spec_augment
+
+
+def tone_burst(seconds: float = 0.4, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 440 * t) * np.hanning(len(t))).astype(np.float32)
+
+
+def test_band_normalisation_of_the_speech_frames_does_not_depend_on_padding() -> None:
+    wave = tone_burst()
+    front = LogMel(16000, n_mels=40, norm="band").eval()
+    short = front(torch.from_numpy(np.pad(wave, (0, 8000)))[None])[0, 0]
+    long = front(torch.from_numpy(np.pad(wave, (0, 24000)))[None])[0, 0]
+    frames = 15  # the burst's frames (0.4 s at a 20 ms hop, minus the edge)
+    assert torch.allclose(short[:, :frames], long[:, :frames], atol=1e-3)
+
+
+def test_clip_normalisation_is_shifted_by_padding() -> None:  # why "band" is the default
+    wave = tone_burst()
+    front = LogMel(16000, n_mels=40, norm="clip").eval()
+    short = front(torch.from_numpy(np.pad(wave, (0, 8000)))[None])[0, 0]
+    long = front(torch.from_numpy(np.pad(wave, (0, 24000)))[None])[0, 0]
+    assert not torch.allclose(short[:, :15], long[:, :15], atol=1e-2)
+
+
+def test_spec_augment_zeroes_bands_and_frames_only_in_training_mode() -> None:
+    torch.manual_seed(0)
+    mel = torch.ones(8, 40, 100)
+    masked = spec_augment(mel, max_bands=6, max_time_share=0.1)
+    zero_share = float((masked == 0).float().mean())
+    assert 0 < zero_share < 0.5
+    front = LogMel(16000, n_mels=40)
+    front.masks = (6, 0.1)
+    x = torch.from_numpy(np.pad(tone_burst(), (0, 8000)))[None]
+    assert torch.equal(front.eval()(x), front.eval()(x))  # evaluation is deterministic
+    assert not torch.equal(front.train()(x), front.eval()(x))
+
+
+def test_change_speed_resamples_the_length() -> None:
+    wave = tone_burst(1.0)
+    assert abs(len(change_speed(wave, 1.1)) - len(wave) / 1.1) <= 2
+    assert abs(len(change_speed(wave, 0.9)) - len(wave) / 0.9) <= 2
+    assert change_speed(wave, 1.0) is wave
