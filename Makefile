@@ -4,6 +4,10 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A real Milvus standalone server for tests (PyPI `milvus`, which pins an old pymilvus: hence its own venv)
+MILVUS_VENV := .venv-milvus
+MILVUS_STAMP := $(MILVUS_VENV)/.installed
+MILVUS_PORT ?= 19530
 export MMR_HOME ?= $(CURDIR)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -12,11 +16,13 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-unit lint clean-state help
+.PHONY: setup demo test test-unit test-milvus-server milvus-server-venv milvus-server lint clean-state help
 
 help:
 	@echo "make demo   - set up .venv, run the whole pipeline on the bundled sample through Airflow, search it"
-	@echo "make test   - set up .venv and run all tests (unit + integration)"
+	@echo "make test   - set up .venv and .venv-milvus, run all tests (unit + integration, a real Milvus server included)"
+	@echo "make test-milvus-server - only the tests against a real Milvus server"
+	@echo "make milvus-server      - run a Milvus server on 127.0.0.1:$(MILVUS_PORT) (data in var/milvus-server)"
 	@echo "make lint   - ruff"
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -28,11 +34,25 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 setup: $(STAMP)
 
+$(MILVUS_STAMP): constraints-milvus.txt
+	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
+	$(PY) -m venv $(MILVUS_VENV)
+	$(MILVUS_VENV)/bin/pip install -q -c constraints-milvus.txt milvus==2.3.5 'setuptools<81' 'marshmallow<4'
+	@touch $(MILVUS_STAMP)
+
+milvus-server-venv: $(MILVUS_STAMP)
+
+milvus-server: milvus-server-venv
+	$(MILVUS_VENV)/bin/python scripts/milvus_server.py --base-dir var/milvus-server --port $(MILVUS_PORT)
+
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
-	$(BIN)/pytest -q tests
+test: setup milvus-server-venv
+	MMR_REQUIRE_MILVUS_SERVER=1 $(BIN)/pytest -q tests
+
+test-milvus-server: setup milvus-server-venv
+	MMR_REQUIRE_MILVUS_SERVER=1 $(BIN)/pytest -q -m milvus_server tests/integration/test_milvus_server.py
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit

@@ -1,8 +1,17 @@
 """The only module that talks to pymilvus: collection schema, create, insert, index, load, search, aliases, drop.
 
-Works the same on a Milvus Lite file (``…/milvus.db``) and a Milvus server URI (``http://host:19530``). Each
-collection records what built it in its properties (``mmr.*``: model name/version, data version, state, previous
-collection of the alias, publish time).
+Works the same on a Milvus Lite file (``…/milvus.db``) and a Milvus server URI (``http://host:19530``; tested against
+a real 2.3.5 standalone server by ``tests/integration/test_milvus_server.py``). Each collection records what built it
+in its properties (``mmr.*``: model name/version, data version, state, previous collection of the alias, publish
+time). Where the two differ, this module makes them behave alike:
+
+- a missing alias is ``None`` on both, but any other failure (server down, timeout) is an :class:`IndexStoreError`,
+  never mistaken for "no alias" (a publish would otherwise forget its rollback target);
+- a 2.3 server keeps a stale entry for an alias whose collection was dropped (``describe_alias`` says it does not
+  exist, ``create_alias`` says it does): :meth:`MilvusIndex.point_alias` falls back to ``alter_alias``;
+- dropping a collection that an alias still points at is refused here (Lite and 2.3 drop the alias silently, 2.4+
+  refuse): point or drop the alias first;
+- row counts use Strong consistency, so fresh inserts count on a server.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ if TYPE_CHECKING:
     from mmretrieval.config import IndexParams
 
 log = logging.getLogger(__name__)
+MISSING_ALIAS = ("not found", "not exist")  # server: "alias not found"; Lite: "alias '…' does not exist"
 OUTPUT_FIELDS = ["id", "modality", "text", "path", "label", "metadata", "model_version", "data_version"]
 MAX_VARCHAR = 65_535
 
@@ -41,9 +51,12 @@ class MilvusIndex:
     @property
     def client(self) -> MilvusClient:
         if self._client is None:
-            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
             from pymilvus import MilvusClient
             from pymilvus.exceptions import MilvusException
+
+            # after the import: importing pymilvus resets its logger to WARNING, which prints a traceback for every
+            # expected miss (an alias that does not exist yet) on a server
+            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 
             if "://" not in self.uri:
                 Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
@@ -76,12 +89,15 @@ class MilvusIndex:
 
     # --- aliases -------------------------------------------------------------------------------------------
     def resolve_alias(self, alias: str) -> str | None:
+        """The collection behind ``alias``, ``None`` when there is no such alias."""
         from pymilvus.exceptions import MilvusException
 
         try:
             return str(self.client.describe_alias(alias)["collection_name"])
-        except MilvusException:
-            return None
+        except MilvusException as e:
+            if any(word in str(e).lower() for word in MISSING_ALIAS):
+                return None
+            raise IndexStoreError(f"cannot read alias {alias!r} in {self.uri}: {_message(e)}") from e
 
     def require_alias(self, alias: str) -> str:
         name = self.resolve_alias(alias)
@@ -90,10 +106,27 @@ class MilvusIndex:
         return name
 
     def point_alias(self, alias: str, collection: str) -> None:
-        if self.resolve_alias(alias) is None:
-            self.client.create_alias(collection, alias)
-        else:
+        """Create ``alias`` on ``collection`` or move it there (one atomic step for readers)."""
+        from pymilvus.exceptions import MilvusException
+
+        if self.resolve_alias(alias) is not None:
             self.client.alter_alias(collection, alias)
+            return
+        try:
+            self.client.create_alias(collection, alias)
+        except MilvusException as e:  # a 2.3 server still knows the alias of a dropped collection: move it instead
+            if "already exist" not in str(e).lower():
+                raise IndexStoreError(f"cannot point alias {alias!r} at {collection!r}: {_message(e)}") from e
+            log.info("alias %s is stale on %s (its collection was dropped); moving it to %s", alias, self.uri,
+                     collection)
+            self.client.alter_alias(collection, alias)
+
+    def drop_alias(self, alias: str) -> None:
+        """Remove ``alias`` (the collection stays); a missing alias is fine."""
+        self.client.drop_alias(alias)
+
+    def aliases_of(self, collection: str) -> list[str]:
+        return [str(a) for a in self.client.list_aliases(collection_name=collection).get("aliases", [])]
 
     def aliases(self) -> list[str]:
         return [str(a) for a in self.client.list_aliases().get("aliases", [])]
@@ -129,6 +162,11 @@ class MilvusIndex:
             self.set_properties(name, props)
 
     def drop(self, name: str) -> None:
+        """Drop a collection that no alias points at (a dropped collection must never take an alias with it)."""
+        serving = self.aliases_of(name)
+        if serving:
+            raise IndexStoreError(f"collection {name!r} still serves alias(es) {serving} in {self.uri}: point them at "
+                                  "another collection or drop them first")
         self.client.drop_collection(name)
 
     def dim(self, name: str) -> int:
@@ -158,7 +196,7 @@ class MilvusIndex:
             self.client.load_collection(name)
 
     def count(self, name: str) -> int:
-        res = self.client.query(name, filter="", output_fields=["count(*)"])
+        res = self.client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(res[0]["count(*)"])
 
     def search(self, name: str, vectors: Sequence[Sequence[float]], k: int, params: IndexParams,
@@ -172,5 +210,9 @@ class MilvusIndex:
                 search_params={"metric_type": params.metric_type, "params": dict(params.search_params)},
             )
         except MilvusException as e:
-            raise IndexStoreError(f"search in {name!r} failed: {e.message if hasattr(e, 'message') else e}") from e
+            raise IndexStoreError(f"search in {name!r} failed: {_message(e)}") from e
         return [[{"id": h["id"], "score": float(h["distance"]), **h.get("entity", {})} for h in hits] for hits in res]
+
+
+def _message(error: Exception) -> str:
+    return str(getattr(error, "message", None) or error)

@@ -1,0 +1,209 @@
+"""Publish and search against a real Milvus standalone server by URI (not Milvus Lite).
+
+The server is the PyPI package ``milvus==2.3.5`` in its own virtualenv (``make milvus-server-venv``), started once for
+this module by ``scripts/milvus_server.py`` on a free port; its data is deleted afterwards. Without ``.venv-milvus``
+these tests skip, unless ``MMR_REQUIRE_MILVUS_SERVER=1`` (then they fail).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mmretrieval import publish, tracking
+from mmretrieval.client import RetrievalClient
+from mmretrieval.config import get_settings
+from mmretrieval.datasets import ingest
+from mmretrieval.errors import IndexStoreError
+from mmretrieval.index import MilvusIndex
+from mmretrieval.stages import run_all, run_stage
+from tests.conftest import REPO
+from tests.integration.test_publish_safety import Killed, die
+from tests.integration.test_training import tiny_dataset
+
+pytestmark = [pytest.mark.integration, pytest.mark.milvus_server]
+
+SERVER_PYTHON = REPO / ".venv-milvus" / "bin" / "python"
+SERVER_SCRIPT = REPO / "scripts" / "milvus_server.py"
+START_TIMEOUT = 240.0  # documented 10-46 s; generous for a loaded 2-core CI runner
+KILL_AFTER = 3  # seconds: a loaded 2.3.5 standalone never stops gracefully (scripts/milvus_server.py) and we delete it
+STOP_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_server_venv() -> None:
+    if SERVER_PYTHON.exists():
+        return
+    reason = f"{SERVER_PYTHON} is missing: run `make milvus-server-venv` to test against a real Milvus server"
+    if os.environ.get("MMR_REQUIRE_MILVUS_SERVER") == "1":
+        pytest.fail(f"MMR_REQUIRE_MILVUS_SERVER=1 but {reason}")
+    pytest.skip(reason)
+
+
+def wait_until_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> str:
+    """The URI from the script's ``READY http://…`` line; fails with the log tail if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("READY "):
+                return line.split()[1]
+        if proc.poll() is not None:
+            pytest.fail(f"the Milvus server exited with status {proc.returncode}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"the Milvus server was not ready within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the script (it stops Milvus cleanly); SIGKILL to its process group if that hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session (start_new_session): the script and milvus only
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running Milvus standalone server for this module; yields its URI ``http://127.0.0.1:<port>``."""
+    require_server_venv()
+    base = tmp_path_factory.mktemp("milvus-server")
+    log = base / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(SERVER_PYTHON), str(SERVER_SCRIPT), "--base-dir", str(base / "data"), "--port", str(free_port()),
+             "--stop-timeout", str(KILL_AFTER)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield wait_until_ready(proc, log, START_TIMEOUT)
+    finally:
+        stop_server(proc)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def empty(uri: str) -> None:
+    """Drop every alias, then every collection (aliases first: see MilvusIndex.drop)."""
+    with MilvusIndex(uri) as ix:
+        for alias in ix.aliases():
+            ix.drop_alias(alias)
+        for name in ix.collections():
+            ix.drop(name)
+
+
+@pytest.fixture
+def server_workspace(workspace: Path, milvus_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The usual isolated workspace, with Milvus on the shared server (emptied before and after each test)."""
+    monkeypatch.setenv("MMR_MILVUS_URI", milvus_server)
+    empty(milvus_server)
+    yield workspace
+    empty(milvus_server)
+
+
+@pytest.fixture
+def published(server_workspace: Path) -> dict[str, object]:
+    """The tiny dataset through every stage, model v1 published on the server; the publish stage's result."""
+    ingest(tiny_dataset(server_workspace.parent / "src"), "tiny")
+    return run_all("tiny")["publish"]
+
+
+def champion_v2_embedded() -> None:
+    """Train model v2, make it the champion and embed with it (its collection is not built yet)."""
+    run_stage("train", "tiny")
+    tracking.set_alias(get_settings(), "tiny", tracking.CHAMPION, "2")
+    run_stage("embed", "tiny")
+
+
+def serving(uri: str) -> str | None:
+    with MilvusIndex(uri) as ix:
+        return ix.resolve_alias("mmr_tiny")
+
+
+def published_image(item: str) -> Path:
+    return get_settings().home.parent / "src" / "images" / f"{item}.png"
+
+
+def test_the_pipeline_publishes_on_the_server_and_the_client_searches_through_the_alias(
+        published: dict[str, object], milvus_server: str) -> None:
+    assert get_settings().milvus_uri == milvus_server
+    assert published["changed"] is True and published["model_version"] == "1"
+    collection = str(published["collection"])
+    with MilvusIndex(milvus_server) as ix:
+        assert ix.resolve_alias("mmr_tiny") == collection
+        props = ix.properties(collection)
+        assert props[publish.STATE] == publish.VERIFIED and props["mmr.model_version"] == "1"
+        assert ix.count(collection) == published["checks"]["rows"] == 16
+    with RetrievalClient("tiny") as client:
+        info = client.info()
+        hits = client.search(text="a red square", k=5)
+        by_image = client.search(image=published_image("red0"), k=3, modality="image")
+    assert info["collection"] == collection and info["rows"] == 16 and info["model_version"] == "1"
+    assert len(hits) == 5 and [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    assert {h.model_version for h in hits} == {"1"} and {h.collection for h in hits} == {collection}
+    assert by_image[0].id == "red0" and by_image[0].score > 0.99  # the query item itself comes first
+    assert publish.run("tiny")["changed"] is False  # a rerun with the same inputs changes nothing
+
+
+def test_a_killed_publish_keeps_serving_the_old_collection_and_the_repaired_one_swaps_until_rollback(
+        published: dict[str, object], milvus_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = str(published["collection"])
+    champion_v2_embedded()
+    half = publish.collection_name("mmr_tiny", "2", str(published["data_version"]))
+    for target, step in ((MilvusIndex, "insert"), (MilvusIndex, "build_index"), (publish, "verify"),
+                         (MilvusIndex, "point_alias")):
+        with monkeypatch.context() as patch:
+            patch.setattr(target, step, die)
+            with pytest.raises(Killed):
+                publish.run("tiny")
+        with MilvusIndex(milvus_server) as ix:
+            assert ix.resolve_alias("mmr_tiny") == first, step  # still serving v1
+            expected = publish.VERIFIED if step == "point_alias" else publish.BUILDING
+            assert ix.properties(half)[publish.STATE] == expected, step
+    repaired = publish.run("tiny")
+    assert repaired["changed"] and repaired["collection"] == half and repaired["previous"] == first
+    assert publish.run("tiny")["changed"] is False
+    with RetrievalClient("tiny") as client:  # one client across the swap: it follows the alias
+        assert {h.model_version for h in client.search(text="a blue square", k=3)} == {"2"}
+        back = publish.rollback("tiny")
+        assert back["collection"] == first and back["rolled_back_from"] == half
+        assert {h.model_version for h in client.search(text="a blue square", k=3)} == {"1"}
+    assert serving(milvus_server) == first
+
+
+def test_an_alias_whose_collection_was_dropped_behind_our_back_can_be_pointed_again(server_workspace: Path,
+                                                                                    milvus_server: str) -> None:
+    # A 2.3 server keeps a stale alias entry after its collection is dropped: describe says "not found",
+    # create says "already exists". MilvusIndex.point_alias must still work.
+    with MilvusIndex(milvus_server) as ix:
+        ix.create("stale_a", 4, {})
+        ix.create("stale_b", 4, {})
+        ix.point_alias("stale", "stale_a")
+        ix.client.drop_collection("stale_a")  # what another tool might do; MilvusIndex.drop refuses
+        assert ix.resolve_alias("stale") is None
+        ix.point_alias("stale", "stale_b")
+        assert ix.resolve_alias("stale") == "stale_b"
+
+
+def test_dropping_a_collection_that_serves_an_alias_is_refused(server_workspace: Path, milvus_server: str) -> None:
+    with MilvusIndex(milvus_server) as ix:
+        ix.create("served", 4, {"mmr.state": "verified"})
+        ix.point_alias("serving_alias", "served")
+        with pytest.raises(IndexStoreError, match="'served' still serves alias"):
+            ix.drop("served")
+        assert ix.exists("served") and ix.resolve_alias("serving_alias") == "served"
+        ix.drop_alias("serving_alias")
+        ix.drop("served")
+        assert not ix.exists("served")
