@@ -97,7 +97,7 @@ class ModelParams:
     audio_sample_rate: int = 16_000  # every clip is resampled to this rate
     audio_seconds: float = 1.5  # clips are cut / zero-padded to this length
     n_mels: int = 40
-    audio_norm: str = "band"  # log-mel normalisation: "band" (per-band mean over speech frames) or "clip"
+    audio_norm: str = "clip"  # log-mel normalisation: "clip" (one mean/std) or "band" (per-band mean, speech frames)
 
 
 @dataclass(frozen=True)

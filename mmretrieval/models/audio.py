@@ -73,18 +73,19 @@ ACTIVE = 40 / (10 / np.log(10))  # frames within 40 dB of the loudest frame coun
 class LogMel(nn.Module):
     """Waveform -> log-mel spectrogram, normalised per clip so loudness, microphone and padding do not matter.
 
-    ``norm="band"`` (default): the log power is floored at 80 dB below the clip's peak, then each mel band's mean
+    ``norm="clip"`` (default): one mean/std over the whole log-mel spectrogram of the clip. ``norm="band"``: the log
+    power is floored at 80 dB below the clip's peak, then each mel band's mean
     over the *active* frames (within 40 dB of the loudest) is subtracted (cepstral mean normalisation: removes the
     channel/voice colouring of an unseen speaker) and the result is scaled by the active frames' standard deviation;
-    zero-padding after a short clip therefore does not shift the statistics. ``norm="clip"``: one mean/std over
-    the whole spectrogram (models saved before the band norm existed).
+    zero-padding after a short clip therefore does not shift the statistics. On unseen FSDD speakers neither won
+    clearly in our runs (docs/benchmarks.md), so the simpler one stays the default.
 
     ``masks`` (set by the training loop from the augmentation policy; used only in training mode) applies
     SpecAugment: two frequency masks of up to ``freq`` bands and two time masks of up to ``time`` share of the frames.
     """
 
     def __init__(self, sample_rate: int, n_mels: int = 40, n_fft: int = 512, hop_seconds: float = 0.02,
-                 norm: str = "band") -> None:
+                 norm: str = "clip") -> None:
         super().__init__()
         import librosa
 
@@ -138,7 +139,7 @@ class AudioCNN(nn.Module):
     """Log-mel front end (20 ms hop) and four conv blocks (about 0.6 M parameters at the default widths)."""
 
     def __init__(self, sample_rate: int, n_mels: int = 40, widths: tuple[int, ...] = (24, 48, 96, 192),
-                 norm: str = "band") -> None:
+                 norm: str = "clip") -> None:
         super().__init__()
         self.frontend = LogMel(sample_rate, n_mels, norm=norm)
         layers: list[nn.Module] = []

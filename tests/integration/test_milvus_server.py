@@ -157,11 +157,52 @@ def test_the_pipeline_publishes_on_the_server_and_the_client_searches_through_th
     assert publish.run("tiny")["changed"] is False  # a rerun with the same inputs changes nothing
 
 
+QUERIER = """
+import pathlib, sys, time
+from mmretrieval.client import RetrievalClient
+stop = pathlib.Path(sys.argv[1])
+with RetrievalClient("tiny") as client:
+    while not stop.exists():
+        hits = client.search(text="a red square", k=3)
+        print(hits[0].collection, len(hits), flush=True)
+        time.sleep(0.02)
+"""
+
+
+class Querier:
+    """Another process querying the serving alias in a loop (what a service does), recording what answered."""
+
+    def __init__(self, stop: Path) -> None:
+        import sys
+        import threading
+
+        self.stop = stop
+        self.proc = subprocess.Popen([sys.executable, "-c", QUERIER, str(stop)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.answers: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.answers.extend(
+            line.split()[0] for line in self.proc.stdout if line.strip().endswith(" 3")))  # type: ignore[union-attr]
+        self.reader.start()
+
+    def wait_for(self, collection: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while collection not in self.answers[-1:] and time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.1)
+
+    def finish(self) -> tuple[int, str]:
+        self.stop.touch()
+        _, err = self.proc.communicate(timeout=60)
+        self.reader.join(10)
+        return self.proc.returncode, err
+
+
 def test_a_killed_publish_keeps_serving_the_old_collection_and_the_repaired_one_swaps_until_rollback(
         published: dict[str, object], milvus_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     first = str(published["collection"])
     champion_v2_embedded()
     half = publish.collection_name("mmr_tiny", "2", str(published["data_version"]))
+    querier = Querier(get_settings().home / "stop-querier")  # a second process serving queries throughout
+    querier.wait_for(first)
     for target, step in ((MilvusIndex, "insert"), (MilvusIndex, "build_index"), (publish, "verify"),
                          (MilvusIndex, "point_alias")):
         with monkeypatch.context() as patch:
@@ -174,6 +215,10 @@ def test_a_killed_publish_keeps_serving_the_old_collection_and_the_repaired_one_
             assert ix.properties(half)[publish.STATE] == expected, step
     repaired = publish.run("tiny")
     assert repaired["changed"] and repaired["collection"] == half and repaired["previous"] == first
+    querier.wait_for(half)
+    code, err = querier.finish()
+    assert code == 0, err[-2000:]  # not one query failed while publishes were killed, repaired and swapped
+    assert querier.answers[0] == first and querier.answers[-1] == half and set(querier.answers) == {first, half}
     assert publish.run("tiny")["changed"] is False
     with RetrievalClient("tiny") as client:  # one client across the swap: it follows the alias
         assert {h.model_version for h in client.search(text="a blue square", k=3)} == {"2"}

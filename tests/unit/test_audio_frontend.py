@@ -20,7 +20,7 @@ def test_band_normalisation_of_the_speech_frames_does_not_depend_on_padding() ->
     assert torch.allclose(short[:, :frames], long[:, :frames], atol=1e-3)
 
 
-def test_clip_normalisation_is_shifted_by_padding() -> None:  # why "band" is the default
+def test_clip_normalisation_is_shifted_by_padding() -> None:  # what "band" avoids
     wave = tone_burst()
     front = LogMel(16000, n_mels=40, norm="clip").eval()
     short = front(torch.from_numpy(np.pad(wave, (0, 8000)))[None])[0, 0]
