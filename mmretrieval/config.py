@@ -78,9 +78,9 @@ class AugmentParams:
     audio_gain_db: float = 6.0  # random gain within ±this
     audio_snr_db: float = 20.0  # white noise at about this signal-to-noise ratio (±5 dB)
     audio_shift: float = 0.1  # random time shift, as a share of the clip
-    audio_speed: float = 0.1  # random speed (tempo and pitch) change within ±this share
-    audio_freq_mask: int = 6  # SpecAugment: two masks of up to this many mel bands (0: off)
-    audio_time_mask: float = 0.1  # SpecAugment: two masks of up to this share of the frames (0: off)
+    audio_speed: float = 0.0  # random speed (tempo and pitch) change within ±this share (off: mixed results, see docs)
+    audio_freq_mask: int = 0  # SpecAugment: two masks of up to this many mel bands (0: off)
+    audio_time_mask: float = 0.0  # SpecAugment: two masks of up to this share of the frames (0: off)
 
 
 @dataclass(frozen=True)
