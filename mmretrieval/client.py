@@ -55,6 +55,8 @@ class RetrievalClient:
         self.alias = alias or self.settings.alias(dataset)
         self.index = MilvusIndex(uri or self.settings.milvus_uri, self.settings.milvus_token)
         self._model: tuple[str, RetrievalModel] | None = None
+        self._loaded = ""  # the collection last made ready for search (one load check per alias move, not per query)
+        self._params = self.settings.params_for(dataset).index
 
     def close(self) -> None:
         self.index.close()
@@ -130,20 +132,28 @@ class RetrievalClient:
                 raise QueryError(f"the model behind {self.alias!r} has no audio tower; audio queries need one")
             parts.append((w.get("audio", 1.0), model.encode_waves(_load_wave(model, audio)[None])[0]))
         expr = " and ".join(e for e in (f'modality == "{modality}"' if modality else "", filter) if e)
-        self.index.load(collection)
-        params = self.settings.params_for(self.dataset).index
         if fusion == "late" and len(parts) > 1:
-            depth = min(MAX_K, FUSION_DEPTH * k)
-            results = self.index.search(collection, [v for _, v in parts], depth, params, expr=expr)
+            results = self._search(collection, [v for _, v in parts], min(MAX_K, FUSION_DEPTH * k), expr)
             hits = late_fusion([weight for weight, _ in parts], results, k)
         else:
             vec = sum(weight * v for weight, v in parts)
-            vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
-            hits = self.index.search(collection, [vec], k, params, expr=expr)[0]
+            hits = self._search(collection, [vec / max(float(np.linalg.norm(vec)), 1e-12)], k, expr)[0]
         return [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
                     text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
                     data_version=h["data_version"], metadata=h.get("metadata") or {})
                 for r, h in enumerate(hits, start=1)]
+
+
+    def _search(self, collection: str, vectors: list[Any], k: int, expr: str) -> list[list[dict[str, Any]]]:
+        """Search, making sure the collection is loaded once per alias move (and again if someone released it)."""
+        if collection != self._loaded:
+            self.index.load(collection)
+            self._loaded = collection
+        try:
+            return self.index.search(collection, vectors, k, self._params, expr=expr)
+        except IndexStoreError:
+            self.index.load(collection)
+            return self.index.search(collection, vectors, k, self._params, expr=expr)
 
 
 def late_fusion(weights: list[float], results: list[list[dict[str, Any]]], k: int) -> list[dict[str, Any]]:

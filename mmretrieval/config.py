@@ -126,7 +126,7 @@ class GateParams:
 @dataclass(frozen=True)
 class EmbedParams:
     batch_size: int = 64
-    num_workers: int = 2  # data-loader processes decoding files while the model encodes
+    num_workers: int = 1  # data-loader processes decoding while the model encodes (2 cores: 1 measured best)
     shard_rows: int = 10_000  # rows per output shard (the unit of resume and of the DAG's mapped tasks)
 
 
