@@ -47,3 +47,10 @@ def test_environment_switches_stores(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_bad_dataset_name_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Bad-Name"):
         get_settings(tmp_path).raw_dir("Bad-Name")
+
+
+def test_embedding_shards_need_at_least_one_row(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    p.write_text("embed: {shard_rows: 0}\n")
+    with pytest.raises(ConfigError, match="shard_rows"):
+        load_params(p)
