@@ -73,7 +73,7 @@ def main() -> None:
     with MilvusIndex(s.milvus_uri) as ix:
         name = publish.collection_name(s.alias(ds), ref.version, summary["data_version"])
         if ix.resolve_alias(s.alias(ds)) == name:  # force a rebuild: point the alias away, drop the collection
-            ix.client.drop_alias(s.alias(ds))
+            ix.drop_alias(s.alias(ds))
             ix.drop(name)
     t = time.perf_counter()
     publish.run(ds, s)
