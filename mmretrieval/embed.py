@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,7 @@ class Plan:
     shard_rows: int
     final: Path
     work: Path
+    clean: pd.DataFrame = field(repr=False, compare=False)  # the clean manifest this plan cuts, read once
 
     @property
     def shards(self) -> int:
@@ -90,7 +91,7 @@ def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.C
     ref = tracking.require_alias(settings, dataset, alias)
     final = output_dir(settings, dataset, ref.version)
     p = Plan(dataset, ref, data_version, len(clean), settings.params_for(dataset).embed.shard_rows, final,
-             final.with_name(final.name + ".partial"))
+             final.with_name(final.name + ".partial"), clean)
     if p.finished() is None:
         marker = p.work / "plan.json"
         if marker.is_file() and read_json(marker, "embedding plan") != p.key():
@@ -112,11 +113,7 @@ def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: Retrie
         raise ValueError(f"shard {k} is outside 0..{p.shards - 1} of the {p.dataset!r} embedding plan")
     if target.is_file():
         return {"shard": k, "skipped": True}
-    clean, data_version = _clean(settings, p.dataset)
-    if data_version != p.data_version:
-        raise ModelError(f"clean data of {p.dataset!r} changed to {data_version[:12]} while embedding "
-                         f"{p.data_version[:12]}: plan again")
-    part = clean.iloc[k * p.shard_rows:(k + 1) * p.shard_rows].reset_index(drop=True)
+    part = p.clean.iloc[k * p.shard_rows:(k + 1) * p.shard_rows].reset_index(drop=True)
     if model is None:
         model = load_model(settings, p)
     started = time.monotonic()
@@ -134,7 +131,7 @@ def load_model(settings: Settings, p: Plan) -> RetrievalModel:
     from mmretrieval.models.dual_encoder import pick_device
 
     model = tracking.load_model(settings, p.ref, pick_device(settings.device))
-    clean, _ = _clean(settings, p.dataset)
+    clean = p.clean
     unsupported = sorted(set(clean["modality"]) - set(model.modalities))
     if unsupported:
         raise ModelError(f"model {p.ref.uri} has no tower for modality {unsupported}; "
@@ -189,18 +186,20 @@ class _Decoded:
         return self.load_wave(self.files[k]), int(self.rows[k])
 
 
-def finish(p: Plan, settings: Settings | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Check the shards against the clean manifest and publish the folder as ``v<version>/``."""
+def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[str, Any]:
+    """Check the shards against the clean manifest and publish the folder as ``v<version>/``.
+
+    ``started`` (a ``time.monotonic()`` value) adds the run's wall time to the summary as ``seconds``.
+    """
     import pandas as pd
 
-    settings = settings or get_settings()
     previous = p.finished()
     if previous is not None:
         return previous | {"skipped": True}
     missing = p.pending()
     if missing:
         raise ModelError(f"embeddings of {p.dataset!r} are incomplete: shard(s) {missing} of {p.shards} missing")
-    clean, _ = _clean(settings, p.dataset)
+    clean = p.clean
     frame = pd.concat([pd.read_parquet(p.work / shard_name(k)) for k in range(p.shards)], ignore_index=True)
     if list(frame["id"]) != list(clean["id"]):
         raise ModelError(f"embeddings of {p.dataset!r} hold {len(frame)} rows that do not match the "
@@ -220,6 +219,8 @@ def finish(p: Plan, settings: Settings | None = None, device: str = "cpu") -> di
         "shards": [shard_name(k) for k in range(p.shards)], "shard_rows": p.shard_rows, "device": device,
         "path": str(p.final),
     }
+    if started is not None:
+        summary["seconds"] = round(time.monotonic() - started, 2)
     write_json(p.work / "embed.json", summary)
     (p.work / "plan.json").unlink()
     old = p.final.with_name(p.final.name + ".old")
@@ -245,9 +246,7 @@ def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CH
         log.info("embed %s: resuming, %d of %d shard(s) already done", dataset, p.shards - len(pending), p.shards)
     for k in pending:
         embed_shard(p, k, settings, model)
-    summary = finish(p, settings, device=model.device if model else "cpu")
-    summary["seconds"] = round(time.monotonic() - started, 2)
-    write_json(p.final / "embed.json", summary)
+    summary = finish(p, device=model.device if model else "cpu", started=started)
     log.info("embed %s: %d items with %s v%s in %.1fs (%d shard(s))", dataset, p.rows, p.ref.name, p.ref.version,
              summary["seconds"], p.shards)
     return summary
@@ -265,4 +264,4 @@ def run_shard(dataset: str, shard: int, settings: Settings | None = None) -> dic
 
 
 def finalize(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
-    return finish(plan(dataset, settings), settings)
+    return finish(plan(dataset, settings))

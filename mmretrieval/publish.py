@@ -15,10 +15,13 @@ again (a verified one is reused); a rerun with unchanged inputs changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,27 +108,32 @@ def target(dataset: str, settings: Settings) -> Target:
     return Target(dataset, alias, collection_name(alias, ref.version, summary["data_version"]), ref, summary)
 
 
-def build(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Step 1: create the versioned collection (state ``building``), insert, index, load. Nothing serves it yet.
+class _Publication:
+    """One publish of the champion's embeddings: the target, the open index, and the embeddings read at most once."""
 
-    A collection of the same name left by a killed run is dropped and rebuilt, unless it was verified already.
-    """
-    from tqdm import tqdm
+    def __init__(self, dataset: str, settings: Settings, ix: MilvusIndex) -> None:
+        self.dataset, self.settings, self.ix = dataset, settings, ix
+        self.t = target(dataset, settings)
+        self.params = settings.params_for(dataset).index
 
-    settings = settings or get_settings()
-    params = settings.params_for(dataset).index
-    t = target(dataset, settings)
-    with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
+    @functools.cached_property
+    def embeddings(self) -> tuple[pd.DataFrame, np.ndarray]:
+        return load_embeddings(self.settings, self.t)
+
+    def build(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        ix, t = self.ix, self.t
         serving = ix.resolve_alias(t.alias)
         if ix.exists(t.name):  # never dropped while serving: the serving one was verified before its swap
             if ix.properties(t.name).get(STATE) == VERIFIED and ix.dim(t.name) == int(t.summary["dim"]):
-                log.info("publish %s: %s is built and verified already", dataset, t.name)
+                log.info("publish %s: %s is built and verified already", self.dataset, t.name)
                 return {"collection": t.name, "built": False, "serving": serving}
-            log.warning("publish %s: dropping half-built collection %s", dataset, t.name)
+            log.warning("publish %s: dropping half-built collection %s", self.dataset, t.name)
             ix.drop(t.name)
-        emb, vectors = load_embeddings(settings, t)
-        clean = read_parquet(settings.stage_dir("clean", dataset) / "manifest.parquet",
-                             f"clean manifest of {dataset!r}")
+        emb, vectors = self.embeddings
+        clean = read_parquet(self.settings.stage_dir("clean", self.dataset) / "manifest.parquet",
+                             f"clean manifest of {self.dataset!r}")
         meta = clean.set_index("id").loc[emb["id"]]
         rows = [{"id": i, "modality": m, "vector": v.tolist(), "text": txt, "path": path, "label": lab,
                  "metadata": _metadata(md, media), "model_version": t.ref.version,
@@ -133,45 +141,35 @@ def build(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 for i, m, v, txt, path, lab, md, media in zip(
                     emb["id"], emb["modality"], vectors, meta["text"], meta["path"], meta["label"],
                     meta["metadata"], meta["media"], strict=True)]
-        props = {STATE: BUILDING, "mmr.dataset": dataset, "mmr.model_name": t.ref.name,
+        props = {STATE: BUILDING, "mmr.dataset": self.dataset, "mmr.model_name": t.ref.name,
                  "mmr.model_version": t.ref.version, "mmr.data_version": t.summary["data_version"],
                  "mmr.dim": str(t.summary["dim"]), "mmr.previous": serving or ""}
         ix.create(t.name, int(t.summary["dim"]), props)
-        with tqdm(total=len(rows), desc=f"publish {dataset}", unit="row", leave=False, disable=None) as bar:
+        with tqdm(total=len(rows), desc=f"publish {self.dataset}", unit="row", leave=False, disable=None) as bar:
             done = 0
             for count in ix.insert(t.name, rows):
                 bar.update(count - done)
                 done = count
-        ix.build_index(t.name, params)
+        ix.build_index(t.name, self.params)
         ix.load(t.name)
-    return {"collection": t.name, "built": True, "rows": len(rows), "serving": serving}
+        return {"collection": t.name, "built": True, "rows": len(rows), "serving": serving}
 
-
-def check(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Step 2: verify the built collection (:func:`verify`) and mark it ``verified``; raises PublishError if not."""
-    settings = settings or get_settings()
-    params = settings.params_for(dataset).index
-    t = target(dataset, settings)
-    with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
+    def check(self) -> dict[str, Any]:
+        ix, t = self.ix, self.t
         if not ix.exists(t.name):
             raise PublishError(f"collection {t.name} does not exist: run the publish build step first")
         props = ix.properties(t.name)
         if props.get(STATE) == VERIFIED:
             return {"collection": t.name, "checks": json.loads(props.get("mmr.checks", "{}")), "verified": False}
-        emb, vectors = load_embeddings(settings, t)
+        emb, vectors = self.embeddings
         ix.load(t.name)
-        checks = verify(ix, t.name, list(emb["id"]), list(emb["modality"]), vectors, params)
+        checks = verify(ix, t.name, list(emb["id"]), list(emb["modality"]), vectors, self.params)
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         ix.set_properties(t.name, {STATE: VERIFIED, "mmr.published_at": now, "mmr.checks": json.dumps(checks)})
-    return {"collection": t.name, "checks": checks, "verified": True}
+        return {"collection": t.name, "checks": checks, "verified": True}
 
-
-def swap(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Step 3: point the serving alias at the verified collection (created on the first publish); drop old ones."""
-    settings = settings or get_settings()
-    params = settings.params_for(dataset).index
-    t = target(dataset, settings)
-    with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
+    def swap(self) -> dict[str, Any]:
+        ix, t = self.ix, self.t
         serving = ix.resolve_alias(t.alias)
         if not ix.exists(t.name) or ix.properties(t.name).get(STATE) != VERIFIED:
             raise PublishError(f"collection {t.name} is not verified: the alias {t.alias!r} stays on {serving}")
@@ -179,24 +177,52 @@ def swap(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             return {"collection": t.name, "alias": t.alias, "changed": False, "previous": None, "dropped": []}
         ix.set_properties(t.name, {"mmr.previous": serving or ""})  # the rollback target is what served last
         ix.point_alias(t.alias, t.name)
-        dropped = _collect_garbage(ix, t.alias, keep=params.keep_collections)
-    log.info("publish %s: %s -> %s (was %s)", dataset, t.alias, t.name, serving)
-    return {"collection": t.name, "alias": t.alias, "changed": True, "previous": serving, "dropped": dropped}
+        dropped = _collect_garbage(ix, t.alias, keep=self.params.keep_collections)
+        log.info("publish %s: %s -> %s (was %s)", self.dataset, t.alias, t.name, serving)
+        return {"collection": t.name, "alias": t.alias, "changed": True, "previous": serving, "dropped": dropped}
+
+
+@contextlib.contextmanager
+def _publication(dataset: str, settings: Settings | None) -> Iterator[_Publication]:
+    settings = settings or get_settings()
+    with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
+        yield _Publication(dataset, settings, ix)
+
+
+def build(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Step 1: create the versioned collection (state ``building``), insert, index, load. Nothing serves it yet.
+
+    A collection of the same name left by a killed run is dropped and rebuilt, unless it was verified already.
+    """
+    with _publication(dataset, settings) as pub:
+        return pub.build()
+
+
+def check(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Step 2: verify the built collection (:func:`verify`) and mark it ``verified``; raises PublishError if not."""
+    with _publication(dataset, settings) as pub:
+        return pub.check()
+
+
+def swap(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Step 3: point the serving alias at the verified collection (created on the first publish); drop old ones."""
+    with _publication(dataset, settings) as pub:
+        return pub.swap()
 
 
 def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
-    """All three steps; a rerun with unchanged inputs changes nothing, a crash at any step never moves the alias."""
-    settings = settings or get_settings()
+    """All three steps on one connection, the embeddings read once; a rerun with unchanged inputs changes nothing,
+    a crash at any step never moves the alias."""
     started = time.monotonic()
-    t = target(dataset, settings)
-    with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
-        if ix.resolve_alias(t.alias) == t.name and ix.properties(t.name).get(STATE) == VERIFIED:
+    with _publication(dataset, settings) as pub:
+        t = pub.t
+        if pub.ix.resolve_alias(t.alias) == t.name and pub.ix.properties(t.name).get(STATE) == VERIFIED:
             log.info("publish %s: %s already serves model v%s on data %s", dataset, t.alias, t.ref.version,
                      t.summary["data_version"][:12])
             return {"dataset": dataset, "alias": t.alias, "collection": t.name, "changed": False}
-    built = build(dataset, settings)
-    checked = check(dataset, settings)
-    swapped = swap(dataset, settings)
+        built = pub.build()
+        checked = pub.check()
+        swapped = pub.swap()
     checks = checked["checks"] if built["built"] else {**checked["checks"], "reused": True}
     return {"dataset": dataset, "alias": t.alias, "collection": t.name, "changed": swapped["changed"],
             "previous": swapped["previous"], "model": t.ref.name, "model_version": t.ref.version,
@@ -205,8 +231,6 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
 
 
 def _metadata(raw: str, media: str) -> dict[str, Any]:
-    import json
-
     meta = json.loads(raw or "{}")
     meta["clean_media"] = media
     return meta

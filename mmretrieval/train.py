@@ -169,7 +169,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         audio_norm=mp.audio_norm)
     net = build(config, mp.image_weights, text=text, device=device).to(device)
     config = net.config  # an "st:" image backbone brings its own image size and normalisation
-    if config.audio_tower and audio_aug_masks(policy):
+    if config.audio_tower:
         net.audio_backbone.frontend.masks = audio_aug_masks(policy)  # SpecAugment, active in training mode only
 
     vocab = sorted({c for cs in caps for c in cs})

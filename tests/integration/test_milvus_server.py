@@ -26,7 +26,7 @@ from mmretrieval.errors import IndexStoreError
 from mmretrieval.index import MilvusIndex
 from mmretrieval.stages import run_all, run_stage
 from tests.conftest import REPO
-from tests.integration.test_publish_safety import Killed, die
+from tests.integration.test_publish_safety import kill_publish_at_each_step
 from tests.integration.test_training import tiny_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.milvus_server]
@@ -203,16 +203,7 @@ def test_a_killed_publish_keeps_serving_the_old_collection_and_the_repaired_one_
     half = publish.collection_name("mmr_tiny", "2", str(published["data_version"]))
     querier = Querier(get_settings().home / "stop-querier")  # a second process serving queries throughout
     querier.wait_for(first)
-    for target, step in ((MilvusIndex, "insert"), (MilvusIndex, "build_index"), (publish, "verify"),
-                         (MilvusIndex, "point_alias")):
-        with monkeypatch.context() as patch:
-            patch.setattr(target, step, die)
-            with pytest.raises(Killed):
-                publish.run("tiny")
-        with MilvusIndex(milvus_server) as ix:
-            assert ix.resolve_alias("mmr_tiny") == first, step  # still serving v1
-            expected = publish.VERIFIED if step == "point_alias" else publish.BUILDING
-            assert ix.properties(half)[publish.STATE] == expected, step
+    kill_publish_at_each_step(monkeypatch, milvus_server, serving=first, half_built=half)
     repaired = publish.run("tiny")
     assert repaired["changed"] and repaired["collection"] == half and repaired["previous"] == first
     querier.wait_for(half)

