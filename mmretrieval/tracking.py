@@ -48,7 +48,12 @@ def client(settings: Settings) -> MlflowClient:
 
     if settings.mlflow_uri.startswith("sqlite:///"):
         Path(settings.mlflow_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.mlflow_uri)
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(settings.mlflow_uri)  # for the fluent API (runs); it also writes the environment...
+    if user_uri is None:  # ...where settings built later for another workspace would read it as the user's choice
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
     return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
 
 
