@@ -1,9 +1,10 @@
-"""Audio front end: padding does not move the band normalisation; SpecAugment masks; speed change."""
+"""Audio front end and augmentation: padding does not move the band normalisation; SpecAugment masks; speed
+change; waveform augmentation leaves the padding silent and does not wrap the clip around."""
 
 import numpy as np
 import torch
 
-from mmretrieval.models.audio import LogMel, change_speed, spec_augment
+from mmretrieval.models.audio import LogMel, augment_wave, change_speed, fit_length, spec_augment
 
 
 def tone_burst(seconds: float = 0.4, rate: int = 16000) -> np.ndarray:
@@ -46,3 +47,22 @@ def test_change_speed_resamples_the_length() -> None:
     assert abs(len(change_speed(wave, 1.1)) - len(wave) / 1.1) <= 2
     assert abs(len(change_speed(wave, 0.9)) - len(wave) / 0.9) <= 2
     assert change_speed(wave, 1.0) is wave
+
+
+def test_noise_is_added_to_the_clip_and_the_padding_stays_silent() -> None:
+    wave = tone_burst(0.4)
+    noisy = fit_length(augment_wave(wave, np.random.default_rng(0), gain_db=0, snr_db=20), 24000)
+    assert np.abs(noisy[: len(wave)] - wave).max() > 1e-3  # noise on the clip
+    assert not noisy[len(wave):].any()  # digital silence after it, as at query time
+    assert np.array_equal(augment_wave(wave, np.random.default_rng(0), gain_db=0, snr_db=0), wave)  # 0: no noise
+
+
+def test_time_shift_adds_leading_silence_or_cuts_the_start_without_wrapping() -> None:
+    wave = tone_burst(0.4) + 0.01  # no exact zeros inside the clip
+    for seed in range(20):
+        out = augment_wave(wave, np.random.default_rng(seed), gain_db=0, snr_db=0, shift=0.2)
+        n = len(out) - len(wave)
+        if n >= 0:
+            assert not out[:n].any() and np.array_equal(out[n:], wave)  # delayed
+        else:
+            assert np.array_equal(out, wave[-n:])  # start cut, nothing moved to the end
