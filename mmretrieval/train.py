@@ -56,6 +56,12 @@ def audio_aug_masks(policy: dict[str, Any]) -> tuple[int, float]:
     return int(audio.get("freq_mask", 0)), float(audio.get("time_mask", 0.0))
 
 
+def selection_key(val_metric: float | None, loss: float) -> tuple[float, float]:
+    """Epochs compare by this key, the largest is kept: the validation gate metric when selection uses it (None:
+    too few validation items, or none), ties (small validation parts saturate) going to the lower training loss."""
+    return (val_metric if val_metric is not None else 0.0, -loss)
+
+
 def _items(frame: Any) -> tuple[list[str], list[str], list[str], list[list[str]], list[str]]:
     """Trainable rows: media items (image, audio) with captions or labels."""
     from mmretrieval.evaluate import captions_of
@@ -214,11 +220,9 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             if audio_aug:
                 wave = change_speed(wave, 1 + rng.uniform(-1, 1) * audio_aug.get("speed", 0.0))
                 offset = int(rng.integers(0, max(1, len(wave) - audio_len + 1)))
-                wave = augment_wave(fit_length(wave, audio_len, offset), rng, audio_aug["gain_db"],
-                                    audio_aug["snr_db"], audio_aug["shift"])
-            else:
-                wave = fit_length(wave, audio_len)
-            return torch.from_numpy(np.ascontiguousarray(wave)), i
+                wave = augment_wave(wave[offset:offset + audio_len], rng, audio_aug["gain_db"], audio_aug["snr_db"],
+                                    audio_aug["shift"])
+            return torch.from_numpy(np.ascontiguousarray(fit_length(wave, audio_len))), i
 
     gen = torch.Generator()
     label_count = {lab: labels.count(lab) for lab in label_index}
@@ -253,6 +257,10 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
 
     gate_metric = params.gate.metric
+    select_on_val = len(val_frame) >= p.min_val_items
+    if len(val_frame) and not select_on_val:
+        log.info("train %s: %d validation items < train.min_val_items (%d): validation metrics are logged, the "
+                 "epoch with the lowest training loss is kept", dataset, len(val_frame), p.min_val_items)
     ckpt = Checkpoint(settings.var_dir / "checkpoints" / dataset / fingerprint(params, data_version))
     best_key: tuple[float, float] | None = None
     best_epoch, best_val, stale, first_epoch = 0, -1.0, 0, 1
@@ -311,9 +319,9 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             history.append(record)
             mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in record.items()}, step=epoch)
             resolved = resolve_metric(gate_metric, {k.removeprefix("val_"): v for k, v in record.items()})
-            val_metric = record.get(f"val_{resolved}") if resolved else None
-            # select on the validation gate metric; ties (small val sets saturate) go to the lower training loss
-            key = (val_metric if val_metric is not None else 0.0, -record["loss"])
+            val_value = record.get(f"val_{resolved}") if resolved else None
+            val_metric = val_value if select_on_val else None  # what selection and early stopping use
+            key = selection_key(val_metric, record["loss"])
             if best_key is None or key > best_key:
                 best_key, best_epoch = key, epoch
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -325,8 +333,8 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 "epoch": epoch, "best_key": list(best_key), "best_epoch": best_epoch, "best_val": best_val,
                 "stale": stale, "history": history, "run_id": mlrun.info.run_id})
             log.info("train %s epoch %d/%d: loss %.4f, val %s %s", dataset, epoch, p.epochs, record["loss"],
-                     gate_metric, f"{val_metric:.4f}" if val_metric is not None else "n/a")
-            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_metric if val_metric is not None else -1:.3f}")
+                     gate_metric, f"{val_value:.4f}" if val_value is not None else "n/a")
+            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_value if val_value is not None else -1:.3f}")
             if p.patience and val_metric is not None and stale >= p.patience:
                 log.info("train %s: early stop after epoch %d (no better val %s for %d epochs)", dataset, epoch,
                          gate_metric, stale)
