@@ -235,7 +235,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         if p.balance_labels and len(set(weights)) > 1:
             sampler: Any = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(members), generator=gen)
         else:  # already balanced: a permutation sees every item each epoch (drawing with replacement leaves ~37 %
-            # out; on an unseen FSDD speaker that cost 0.15 of R@1, docs/benchmarks.md)
+            # of them out of each epoch)
             sampler = torch.utils.data.RandomSampler(range(len(members)), generator=gen)
         loaders[modality] = DataLoader(Media(members), batch_size=min(p.batch_size, len(members)), sampler=sampler,
                                        drop_last=len(members) > p.batch_size, num_workers=p.num_workers,
