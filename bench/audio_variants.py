@@ -10,7 +10,9 @@ AdamW 1e-3 with one-cycle. Prints a JSON line per run: held-out a→t R@1 and cl
 
 ``augment``: "pipeline" (gain ±6 dB, noise at ``snr`` dB over the clip only, non-circular shift ±``shift``: what
 ``augment.audio_*`` set), "none", or "legacy" (the first two sessions' augmentation: noise over the zero padding too
-and a circular shift; kept to reproduce the table in docs/benchmarks.md).
+and a circular shift; kept to reproduce the table in docs/benchmarks.md). ``warp``: vocal-tract-length perturbation
+(random stretch of the spectrum within ±warp, training only). ``save``: an .npz of every clip's vector, the word
+vectors, labels and speakers, for post-hoc scoring.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ def legacy_augment(wave: np.ndarray, rng: np.random.Generator, length: int, snr_
 
 def run(waves: list[np.ndarray], labels: np.ndarray, speakers: np.ndarray, words: torch.Tensor, held: str,
         augment: str = "pipeline", snr: float = 0.0, shift: float = 0.0, speed: float = 0.0,
-        masks: tuple[int, float] = (0, 0.0), norm: str = "clip", epochs: int = 8, seed: int = 0,
-        widths: tuple[int, ...] = (24, 48, 96, 192), seconds: float = 1.5) -> dict[str, Any]:
+        masks: tuple[int, float] = (0, 0.0), warp: float = 0.0, norm: str = "clip", epochs: int = 8, seed: int = 0,
+        widths: tuple[int, ...] = (24, 48, 96, 192), seconds: float = 1.5, save: str = "") -> dict[str, Any]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train, test = np.flatnonzero(speakers != held), np.flatnonzero(speakers == held)
     net = AudioCNN(RATE, 40, widths=tuple(widths), norm=norm)
     net.frontend.masks = tuple(masks)
+    net.frontend.warp = warp
     proj = nn.Linear(net.width, 256)
     head = nn.Sequential(nn.Linear(words.shape[1], words.shape[1]), nn.GELU(), nn.Linear(words.shape[1], 256))
     scale = nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
@@ -84,16 +87,26 @@ def run(waves: list[np.ndarray], labels: np.ndarray, speakers: np.ndarray, words
             sched.step()
     net.eval()
     with torch.no_grad():
-        audio = torch.cat([nn.functional.normalize(proj(net(torch.stack(
-            [torch.from_numpy(fit_length(waves[i], length)) for i in test[k:k + 128]]))), dim=-1)
-            for k in range(0, len(test), 128)])
+        keep = np.arange(len(waves)) if save else test  # save: every clip's vector, for post-hoc scoring
+        vectors = torch.cat([nn.functional.normalize(proj(net(torch.stack(
+            [torch.from_numpy(fit_length(waves[i], length)) for i in keep[k:k + 128]]))), dim=-1)
+            for k in range(0, len(keep), 128)])
+        if save:
+            np.savez(save, audio=vectors.numpy(), words=nn.functional.normalize(head(words), dim=-1).numpy(),
+                     labels=labels, speakers=speakers, held=held)
+        audio = vectors[test] if save else vectors
         sims = (audio @ nn.functional.normalize(head(words), dim=-1).T).numpy()  # (clips, 10)
+        centred = nn.functional.normalize(audio - audio.mean(0), dim=-1)
+        sims_c = (centred @ nn.functional.normalize(head(words), dim=-1).T).numpy()
     truth = labels[test]
-    r1 = float((sims.argmax(1) == truth).mean())
+    r1, r1_c = float((sims.argmax(1) == truth).mean()), float((sims_c.argmax(1) == truth).mean())
     p10 = float(np.mean([(truth[np.argsort(-sims[:, d])[:10]] == d).mean() for d in range(10)]))
+    p10_c = float(np.mean([(truth[np.argsort(-sims_c[:, d])[:10]] == d).mean() for d in range(10)]))
     return {"held": held, "augment": augment, "snr": snr, "shift": shift, "speed": speed, "masks": list(masks),
-            "norm": norm, "epochs": epochs, "seed": seed, "widths": list(widths), "a2t_recall@1": round(r1, 3),
-            "t2a_precision@10": round(p10, 3), "seconds": round(time.perf_counter() - started)}
+            "warp": warp, "norm": norm, "epochs": epochs, "seed": seed, "widths": list(widths),
+            "a2t_recall@1": round(r1, 3), "t2a_precision@10": round(p10, 3),
+            "centred_a2t_recall@1": round(r1_c, 3), "centred_t2a_precision@10": round(p10_c, 3),
+            "seconds": round(time.perf_counter() - started)}
 
 
 def main() -> None:

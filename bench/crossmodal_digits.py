@@ -99,11 +99,11 @@ def main() -> None:
     clean = pd.read_parquet(s.stage_dir("clean", "digits") / "manifest.parquet")
     test = clean[clean["split"] == "test"]
     with RetrievalClient("digits", settings=s) as client:
-        model = client._model_for(client.index.require_alias(client.alias))  # the serving model
+        model, centre = client._model_for(client.index.require_alias(client.alias))  # the serving model
         clean_dir = s.stage_dir("clean", "digits")
         audio = test[test["modality"] == "audio"]
         images = test[test["modality"] == "image"]
-        a_vecs = model.encode_audio_files([clean_dir / m for m in audio["media"]])
+        a_vecs = centre.apply(model.encode_audio_files([clean_dir / m for m in audio["media"]]), "audio")
         from mmretrieval.media import open_image
 
         i_vecs = model.encode_images([open_image(clean_dir / m) for m in images["media"]])

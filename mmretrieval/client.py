@@ -1,4 +1,7 @@
-"""The query client: alias -> collection -> the model version that built it -> encode -> search -> typed hits."""
+"""The query client: alias -> collection -> the model version that built it -> encode -> search -> typed hits.
+
+Query vectors of a modality the collection was centred on (``mmr.centre``) are centred on the same corpus mean.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmretrieval import tracking
+from mmretrieval.centring import PROPERTY as CENTRE_PROPERTY
+from mmretrieval.centring import Centring
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import IndexStoreError, MediaError, QueryError
 from mmretrieval.index import MilvusIndex
@@ -54,7 +59,7 @@ class RetrievalClient:
         self.dataset = dataset
         self.alias = alias or self.settings.alias(dataset)
         self.index = MilvusIndex(uri or self.settings.milvus_uri, self.settings.milvus_token)
-        self._model: tuple[str, RetrievalModel] | None = None
+        self._model: tuple[str, RetrievalModel, Centring] | None = None
         self._loaded = ""  # the collection last made ready for search (one load check per alias move, not per query)
         self._params = self.settings.params_for(dataset).index
 
@@ -74,9 +79,11 @@ class RetrievalClient:
         return {"alias": self.alias, "collection": name, "model": props.get("mmr.model_name"),
                 "model_version": props.get("mmr.model_version"), "data_version": props.get("mmr.data_version"),
                 "dim": self.index.dim(name), "rows": self.index.count(name),
-                "published_at": props.get("mmr.published_at")}
+                "published_at": props.get("mmr.published_at"),
+                "centred": Centring.from_property(props.get(CENTRE_PROPERTY), f"collection {name}").modalities}
 
-    def _model_for(self, collection: str) -> RetrievalModel:
+    def _model_for(self, collection: str) -> tuple[RetrievalModel, Centring]:
+        """The model that built ``collection`` and the corpus means its vectors were centred on (cached)."""
         if self._model is None or self._model[0] != collection:
             from mmretrieval.models.dual_encoder import pick_device
 
@@ -89,8 +96,9 @@ class RetrievalClient:
             if model.dim != self.index.dim(collection):
                 raise IndexStoreError(f"model {ref.uri} makes {model.dim}-d vectors but {collection!r} holds "
                                       f"{self.index.dim(collection)}-d vectors")
-            self._model = (collection, model)
-        return self._model[1]
+            centre = Centring.from_property(props.get(CENTRE_PROPERTY), f"collection {collection!r}")
+            self._model = (collection, model, centre)
+        return self._model[1], self._model[2]
 
     def search(self, text: str | None = None, image: Any = None, audio: Any = None, *, k: int = 10,
                modality: str | None = None, filter: str = "", weights: dict[str, float] | None = None,
@@ -118,19 +126,20 @@ class RetrievalClient:
         if fusion not in FUSIONS:
             raise QueryError(f"unknown fusion {fusion!r}; use one of {list(FUSIONS)}")
         collection = self.index.require_alias(self.alias)
-        model = self._model_for(collection)
+        model, centre = self._model_for(collection)
         parts: list[tuple[float, np.ndarray]] = []
         w = weights or {}
         if text is not None:
-            parts.append((w.get("text", 1.0), model.encode_texts([text])[0]))
+            parts.append((w.get("text", 1.0), centre.apply(model.encode_texts([text])[0], "text")))
         if image is not None:
             if "image" not in model.modalities:
                 raise QueryError(f"the model behind {self.alias!r} has no image tower; image queries need one")
-            parts.append((w.get("image", 1.0), model.encode_images([_load_image(image)])[0]))
+            parts.append((w.get("image", 1.0), centre.apply(model.encode_images([_load_image(image)])[0], "image")))
         if audio is not None:
             if "audio" not in model.modalities:
                 raise QueryError(f"the model behind {self.alias!r} has no audio tower; audio queries need one")
-            parts.append((w.get("audio", 1.0), model.encode_waves(_load_wave(model, audio)[None])[0]))
+            wave = _load_wave(model, audio)[None]
+            parts.append((w.get("audio", 1.0), centre.apply(model.encode_waves(wave)[0], "audio")))
         expr = " and ".join(e for e in (f'modality == "{modality}"' if modality else "", filter) if e)
         if fusion == "late" and len(parts) > 1:
             results = self._search(collection, [v for _, v in parts], min(MAX_K, FUSION_DEPTH * k), expr)

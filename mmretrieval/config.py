@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mmretrieval.errors import ConfigError
+from mmretrieval.schema import MODALITIES
 
 DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -141,6 +142,8 @@ class IndexParams:
     min_recall: float = 0.9  # publish fails if ANN recall@10 against exact search on a sample is below this
     keep_collections: int = 2  # collections kept per alias (serving + rollback); older ones are dropped
     alias_prefix: str = "mmr_"
+    centre: tuple[str, ...] = ("audio",)  # modalities centred on the corpus mean at publish/query/evaluate time
+    centre_min_items: int = 20  # a modality with fewer items in the corpus is not centred
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,9 @@ def load_params(path: Path | None) -> Params:
                           f"got {params.embed}")
     for name in params.datasets:
         check_dataset_name(name)
+    unknown = sorted(set(params.index.centre) - set(MODALITIES))
+    if unknown:
+        raise ConfigError(f"{path}: index.centre names unknown modalities {unknown}; use some of {list(MODALITIES)}")
     return params
 
 

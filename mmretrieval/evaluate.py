@@ -2,6 +2,10 @@
 
 Output ``data/reports/<dataset>/evaluate.json`` (+ ``evaluate.html``); metrics are also logged on the challenger's
 MLflow run with a ``test_`` prefix. :func:`evaluate_manifest` scores a dataset's champion on any manifest.
+
+Vectors of the modalities in ``index.centre`` are centred on the mean of the evaluated items of that modality, as
+publishing centres them on the collection's (:mod:`mmretrieval.centring`); the uncentred metrics are kept beside
+them with a ``raw_`` prefix.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmretrieval import tracking
-from mmretrieval.config import Settings, get_settings
+from mmretrieval import centring, tracking
+from mmretrieval.config import IndexParams, Settings, get_settings
 from mmretrieval.errors import MediaError, TrainingError
 from mmretrieval.io import read_json, read_parquet, write_json
 from mmretrieval.media import open_image
@@ -52,10 +56,13 @@ MEDIA_LETTER = {Modality.IMAGE.value: "i", Modality.AUDIO.value: "a"}
 
 
 def score_detailed(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: str,
-                   ks: Sequence[int] = KS, modality: str = Modality.IMAGE.value) -> Scored:
+                   ks: Sequence[int] = KS, modality: str = Modality.IMAGE.value,
+                   index: IndexParams | None = None) -> Scored:
     """Both-direction metrics between captions and the ``modality`` rows of ``frame`` (media relative to ``root``).
 
-    Keys: ``t2i_*``/``i2t_*`` for images, ``t2a_*``/``a2t_*`` for audio.
+    Keys: ``t2i_*``/``i2t_*`` for images, ``t2a_*``/``a2t_*`` for audio. With ``index`` (the serving settings),
+    the modalities in ``index.centre`` are centred on the evaluated items' means and the uncentred metrics are
+    added as ``raw_*``.
     """
     rows = frame[(frame["modality"] == modality)]
     ids, media, captions, labels = [], [], [], []
@@ -79,26 +86,38 @@ def score_detailed(model: RetrievalModel, frame: pd.DataFrame, root: Path, media
     text_vecs = model.encode_texts(eval_set.captions)
     item_vecs = model.encode_images(media) if modality == Modality.IMAGE.value else model.encode_wave_list(media)
     letter = MEDIA_LETTER[modality]
-    metrics = {k.replace("t2i_", f"t2{letter}_").replace("i2t_", f"{letter}2t_"): v
-               for k, v in both_directions(text_vecs, item_vecs, eval_set, ks).items()}
+
+    def named(t: np.ndarray, i: np.ndarray, prefix: str = "") -> dict[str, float]:
+        return {prefix + k.replace("t2i_", f"t2{letter}_").replace("i2t_", f"{letter}2t_"): v
+                for k, v in both_directions(t, i, eval_set, ks).items()}
+
+    metrics: dict[str, float] = {}
+    if index is not None and index.centre:
+        kinds = [Modality.TEXT.value] * len(text_vecs) + [modality] * len(item_vecs)
+        centre = centring.fit(np.concatenate([text_vecs, item_vecs]), kinds, index.centre, index.centre_min_items)
+        if centre.means:
+            metrics |= named(text_vecs, item_vecs, "raw_")
+            text_vecs = centre.apply(text_vecs, Modality.TEXT.value)
+            item_vecs = centre.apply(item_vecs, modality)
+    metrics |= named(text_vecs, item_vecs)
     metrics[f"{modality}_items"] = float(len(ids))
     metrics[f"{modality}_skipped_undecodable"] = float(skipped)
     return Scored(metrics, eval_set, text_vecs @ item_vecs.T, media if modality == Modality.IMAGE.value else [])
 
 
 def score_all(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: str,
-              ks: Sequence[int] = KS) -> dict[str, Scored]:
+              ks: Sequence[int] = KS, index: IndexParams | None = None) -> dict[str, Scored]:
     """:func:`score_detailed` for every media modality of ``frame`` that the model has a tower for."""
     present = [m for m in MEDIA_LETTER if m in set(frame["modality"]) and m in model.modalities]
     if not present:
         raise TrainingError(f"nothing to evaluate: no {list(MEDIA_LETTER)} rows the model can encode")
-    return {m: score_detailed(model, frame, root, media_column, ks, m) for m in present}
+    return {m: score_detailed(model, frame, root, media_column, ks, m, index) for m in present}
 
 
 def score(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: str,
-          ks: Sequence[int] = KS) -> dict[str, float]:
+          ks: Sequence[int] = KS, index: IndexParams | None = None) -> dict[str, float]:
     merged: dict[str, float] = {}
-    for scored in score_all(model, frame, root, media_column, ks).values():
+    for scored in score_all(model, frame, root, media_column, ks, index).values():
         merged |= scored.metrics
     merged["items"] = sum(v for k, v in merged.items() if k.endswith("_items"))
     return merged
@@ -131,7 +150,8 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 tracking.require_alias(settings, dataset, alias)
             result[alias] = None
             continue
-        per_modality = score_all(tracking.load_model(settings, ref, device), frame, root, "media")
+        per_modality = score_all(tracking.load_model(settings, ref, device), frame, root, "media",
+                                 index=settings.params_for(dataset).index)
         metrics = {k: v for scored in per_modality.values() for k, v in scored.metrics.items()}
         metrics["items"] = sum(v for k, v in metrics.items() if k.endswith("_items"))
         result[alias] = {"version": ref.version, "run_id": ref.run_id, "metrics": metrics}
@@ -168,6 +188,6 @@ def evaluate_manifest(dataset: str, manifest: Path, settings: Settings | None = 
     frame = read_manifest(manifest)
     ref = tracking.require_alias(settings, dataset, alias)
     model = tracking.load_model(settings, ref, pick_device(settings.device))
-    metrics = score(model, frame, manifest.parent, "path")
+    metrics = score(model, frame, manifest.parent, "path", index=settings.params_for(dataset).index)
     return {"dataset": dataset, "manifest": str(manifest), "model": ref.name, "model_version": ref.version,
             "alias": alias, **{k: round(v, 4) for k, v in metrics.items()}}

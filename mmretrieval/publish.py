@@ -3,7 +3,9 @@
 Collection name: ``<alias>__m<model_version>__d<data_version[:12]>``. Three steps (the serve DAG runs them as
 three tasks; :func:`run` runs all):
 
-1. :func:`build` creates the collection (state ``building``), inserts, indexes and loads it;
+1. :func:`build` creates the collection (state ``building``), inserts, indexes and loads it; the vectors of the
+   modalities in ``index.centre`` are centred on their corpus mean first (:mod:`mmretrieval.centring`), and the
+   means are stored on the collection for the queries;
 2. :func:`check` verifies it (row count, ANN recall@10 against exact search on a sample, a smoke query per
    modality) and sets state ``verified``;
 3. :func:`swap` points the serving alias at it and drops collections beyond ``index.keep_collections`` (never the
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmretrieval import tracking
+from mmretrieval import centring, tracking
 from mmretrieval.config import IndexParams, Settings, get_settings
 from mmretrieval.errors import AliasNotFoundError, PublishError
 from mmretrieval.index import MilvusIndex
@@ -131,7 +133,11 @@ class _Publication:
                 return {"collection": t.name, "built": False, "serving": serving}
             log.warning("publish %s: dropping half-built collection %s", self.dataset, t.name)
             ix.drop(t.name)
-        emb, vectors = self.embeddings
+        emb, raw = self.embeddings
+        centre = centring.fit(raw, list(emb["modality"]), self.params.centre, self.params.centre_min_items)
+        vectors = centre.apply_rows(raw, list(emb["modality"]))
+        if centre.means:
+            log.info("publish %s: %s vectors centred on the corpus mean", self.dataset, centre.modalities)
         clean = read_parquet(self.settings.stage_dir("clean", self.dataset) / "manifest.parquet",
                              f"clean manifest of {self.dataset!r}")
         meta = clean.set_index("id").loc[emb["id"]]
@@ -143,7 +149,8 @@ class _Publication:
                     meta["metadata"], meta["media"], strict=True)]
         props = {STATE: BUILDING, "mmr.dataset": self.dataset, "mmr.model_name": t.ref.name,
                  "mmr.model_version": t.ref.version, "mmr.data_version": t.summary["data_version"],
-                 "mmr.dim": str(t.summary["dim"]), "mmr.previous": serving or ""}
+                 "mmr.dim": str(t.summary["dim"]), "mmr.previous": serving or "",
+                 centring.PROPERTY: centre.to_property()}
         ix.create(t.name, int(t.summary["dim"]), props)
         with tqdm(total=len(rows), desc=f"publish {self.dataset}", unit="row", leave=False, disable=None) as bar:
             done = 0
@@ -161,7 +168,9 @@ class _Publication:
         props = ix.properties(t.name)
         if props.get(STATE) == VERIFIED:
             return {"collection": t.name, "checks": json.loads(props.get("mmr.checks", "{}")), "verified": False}
-        emb, vectors = self.embeddings
+        emb, raw = self.embeddings
+        stored = centring.Centring.from_property(props.get(centring.PROPERTY), f"collection {t.name}")
+        vectors = stored.apply_rows(raw, list(emb["modality"]))  # what build inserted
         ix.load(t.name)
         checks = verify(ix, t.name, list(emb["id"]), list(emb["modality"]), vectors, self.params)
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

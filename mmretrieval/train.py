@@ -313,7 +313,8 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                       "train_samples_per_s": seen / max(train_seconds, 1e-9)}
             if len(val_frame):
                 try:
-                    val = score(RetrievalModel(net, text, device), val_frame, clean_dir, "media")
+                    val = score(RetrievalModel(net, text, device), val_frame, clean_dir, "media",
+                                index=params.index)
                     record |= {f"val_{k}": v for k, v in val.items() if "@" in k or "rank" in k}
                 except TrainingError:
                     pass  # fewer than two usable validation items: select on loss

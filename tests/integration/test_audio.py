@@ -44,19 +44,23 @@ def audio_source(workspace: Path) -> Path:
 
 def test_audio_items_are_validated_trained_published_and_searchable(workspace: Path, audio_source: Path) -> None:
     (workspace / "params.yaml").write_text((workspace / "params.yaml").read_text()
-                                          + "\noverrides: {tones: {train: {epochs: 3}, model: {audio_seconds: 0.5}}}\n")
+                                          + "\noverrides: {tones: {train: {epochs: 3}, model: {audio_seconds: 0.5},"
+                                          " index: {centre_min_items: 2}}}\n")
     ingest(audio_source, "tones")
     results = run_all("tones")
     assert results["validate"]["reasons"] == {"empty_file": 1, "undecodable": 1}
     assert results["clean"]["clean"] == 12 and results["clean"]["quarantined"] == 2
     assert "t2a_recall@1" in results["evaluate"]["metrics"] and "a2t_recall@1" in results["evaluate"]["metrics"]
+    assert "raw_a2t_recall@1" in results["evaluate"]["metrics"]  # centred on the test clips, uncentred kept beside
     assert results["publish"]["checks"]["rows"] == 12
     from mmretrieval.client import RetrievalClient
     from mmretrieval.errors import QueryError
 
     with RetrievalClient("tones") as client:
+        assert client.info()["centred"] == ["audio"]
         hits = client.search(audio=audio_source.parent / "clips/high3.wav", k=3)
-        assert hits[0].id == "high3" and hits[0].modality == "audio"
+        # the query is centred on the same corpus mean as the stored clip: it finds that clip at cosine ~1
+        assert hits[0].id == "high3" and hits[0].modality == "audio" and hits[0].score > 0.999
         assert len(client.search(text="a low tone", k=5, modality="audio")) == 5
         with pytest.raises(QueryError, match="no image tower"):
             client.search(image=audio_source.parent / "clips/high3.wav")
