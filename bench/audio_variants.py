@@ -11,8 +11,10 @@ AdamW 1e-3 with one-cycle. Prints a JSON line per run: held-out a→t R@1 and cl
 ``augment``: "pipeline" (gain ±6 dB, noise at ``snr`` dB over the clip only, non-circular shift ±``shift``: what
 ``augment.audio_*`` set), "none", or "legacy" (the first two sessions' augmentation: noise over the zero padding too
 and a circular shift; kept to reproduce the table in docs/benchmarks.md). ``warp``: vocal-tract-length perturbation
-(random stretch of the spectrum within ±warp, training only). ``save``: an .npz of every clip's vector, the word
-vectors, labels and speakers, for post-hoc scoring.
+(random stretch of the spectrum within ±warp, training only); ``cepstra``: MFCCs instead of log-mel bands; ``mixup``:
+Beta(mixup, mixup) mixing of pairs of clips and their targets; ``dropout`` before the projection. ``save``: an .npz
+of every clip's vector, the word vectors, labels and speakers, for post-hoc scoring. Each run also prints the
+metrics with the held-out clips' vectors centred on their mean (``centred_*``: what ``index.centre`` does).
 """
 
 from __future__ import annotations
@@ -28,10 +30,61 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmretrieval.models.audio import AudioCNN, augment_wave, change_speed, fit_length, load_audio, normalize_wave
+from mmretrieval.models.audio import (
+    AudioCNN,
+    LogMel,
+    augment_wave,
+    change_speed,
+    fit_length,
+    load_audio,
+    normalize_wave,
+    spec_augment,
+)
 from mmretrieval.models.towers import TextEncoder
 
 RATE = 16_000
+
+
+def warp_frequencies(spec: torch.Tensor, max_warp: float) -> torch.Tensor:
+    """Stretch each clip's (B, bins, frames) spectrum along frequency by a random factor in [1 - max_warp,
+    1 + max_warp] (vocal tract length perturbation): bin k takes the interpolated value of bin k / factor."""
+    b, bins, _ = spec.shape
+    factor = 1 + (torch.rand(b, 1) * 2 - 1) * max_warp
+    source = (torch.arange(bins).float() / factor).clamp(max=bins - 1)  # (B, bins)
+    low = source.floor().long()
+    high = (low + 1).clamp(max=bins - 1)
+    frac = (source - low).unsqueeze(-1)
+
+    def pick(idx: torch.Tensor) -> torch.Tensor:
+        return spec.gather(1, idx.unsqueeze(-1).expand(-1, -1, spec.shape[2]))
+
+    return pick(low) * (1 - frac) + pick(high) * frac
+
+
+class VariantLogMel(LogMel):
+    """The pipeline's clip-normalised front end plus two variants measured only here: ``warp`` (training only,
+    see :func:`warp_frequencies`) and ``cepstra`` (keep that many DCT-II coefficients of the log-mel bands: MFCCs,
+    the spectral envelope without the pitch harmonics)."""
+
+    def __init__(self, n_mels: int, warp: float, cepstra: int) -> None:
+        super().__init__(RATE, n_mels)
+        self.warp = warp
+        import scipy.fft
+
+        self.dct = torch.from_numpy(scipy.fft.dct(np.eye(n_mels), type=2, norm="ortho", axis=0)[:cepstra]).float() \
+            if cepstra else None
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True).abs() ** 2
+        if self.training and self.warp > 0:
+            spec = warp_frequencies(spec, self.warp)
+        mel = torch.log(self.fb @ spec + 1e-6)
+        if self.dct is not None:
+            mel = self.dct @ mel
+        mel = (mel - mel.mean(dim=(1, 2), keepdim=True)) / (mel.std(dim=(1, 2), keepdim=True) + 1e-5)
+        if self.training and (self.masks[0] or self.masks[1]):
+            mel = spec_augment(mel, *self.masks)
+        return mel.unsqueeze(1)
 
 
 def legacy_augment(wave: np.ndarray, rng: np.random.Generator, length: int, snr_db: float) -> np.ndarray:
@@ -45,14 +98,17 @@ def legacy_augment(wave: np.ndarray, rng: np.random.Generator, length: int, snr_
 def run(waves: list[np.ndarray], labels: np.ndarray, speakers: np.ndarray, words: torch.Tensor, held: str,
         augment: str = "pipeline", snr: float = 0.0, shift: float = 0.0, speed: float = 0.0,
         masks: tuple[int, float] = (0, 0.0), warp: float = 0.0, norm: str = "clip", epochs: int = 8, seed: int = 0,
-        widths: tuple[int, ...] = (24, 48, 96, 192), seconds: float = 1.5, save: str = "") -> dict[str, Any]:
+        widths: tuple[int, ...] = (24, 48, 96, 192), seconds: float = 1.5, save: str = "", n_mels: int = 40,
+        cepstra: int = 0, mixup: float = 0.0, dropout: float = 0.0) -> dict[str, Any]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train, test = np.flatnonzero(speakers != held), np.flatnonzero(speakers == held)
-    net = AudioCNN(RATE, 40, widths=tuple(widths), norm=norm)
+    net = AudioCNN(RATE, n_mels, widths=tuple(widths), norm=norm)
+    if warp or cepstra:
+        net.frontend = VariantLogMel(n_mels, warp, cepstra)
     net.frontend.masks = tuple(masks)
-    net.frontend.warp = warp
     proj = nn.Linear(net.width, 256)
+    drop = nn.Dropout(dropout)
     head = nn.Sequential(nn.Linear(words.shape[1], words.shape[1]), nn.GELU(), nn.Linear(words.shape[1], 256))
     scale = nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
     params = [*net.parameters(), *proj.parameters(), *head.parameters(), scale]
@@ -76,16 +132,23 @@ def run(waves: list[np.ndarray], labels: np.ndarray, speakers: np.ndarray, words
                 else:
                     w = fit_length(w, length)
                 batch.append(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
-            audio = nn.functional.normalize(proj(net(torch.stack(batch))), dim=-1)
+            x, y = torch.stack(batch), torch.from_numpy(labels[idx])
+            lam, perm = 1.0, torch.arange(len(idx))
+            if mixup:  # mix the waveforms of pairs of clips, and their targets by the same share
+                lam, perm = float(rng.beta(mixup, mixup)), torch.randperm(len(idx))
+                x = lam * x + (1 - lam) * x[perm]
+            audio = nn.functional.normalize(proj(drop(net(x))), dim=-1)
             text = nn.functional.normalize(head(words), dim=-1)
             logits = scale.exp().clamp(max=100) * audio @ text.T  # (B, 10)
-            loss = nn.functional.cross_entropy(logits, torch.from_numpy(labels[idx]))
+            ce = nn.functional.cross_entropy
+            loss = lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm])
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
     net.eval()
+    drop.eval()
     with torch.no_grad():
         keep = np.arange(len(waves)) if save else test  # save: every clip's vector, for post-hoc scoring
         vectors = torch.cat([nn.functional.normalize(proj(net(torch.stack(
@@ -103,7 +166,8 @@ def run(waves: list[np.ndarray], labels: np.ndarray, speakers: np.ndarray, words
     p10 = float(np.mean([(truth[np.argsort(-sims[:, d])[:10]] == d).mean() for d in range(10)]))
     p10_c = float(np.mean([(truth[np.argsort(-sims_c[:, d])[:10]] == d).mean() for d in range(10)]))
     return {"held": held, "augment": augment, "snr": snr, "shift": shift, "speed": speed, "masks": list(masks),
-            "warp": warp, "norm": norm, "epochs": epochs, "seed": seed, "widths": list(widths),
+            "warp": warp, "n_mels": n_mels, "cepstra": cepstra, "mixup": mixup, "dropout": dropout,
+            "norm": norm, "epochs": epochs, "seed": seed, "widths": list(widths),
             "a2t_recall@1": round(r1, 3), "t2a_precision@10": round(p10, 3),
             "centred_a2t_recall@1": round(r1_c, 3), "centred_t2a_precision@10": round(p10_c, 3),
             "seconds": round(time.perf_counter() - started)}

@@ -82,8 +82,6 @@ class LogMel(nn.Module):
 
     ``masks`` (set by the training loop from the augmentation policy; used only in training mode) applies
     SpecAugment: two frequency masks of up to ``freq`` bands and two time masks of up to ``time`` share of the frames.
-    ``warp`` (likewise training only) stretches each clip's linear spectrum by a random factor within ±warp before
-    the mel filterbank (vocal tract length perturbation: another voice's formants, same timing).
     """
 
     def __init__(self, sample_rate: int, n_mels: int = 40, n_fft: int = 512, hop_seconds: float = 0.02,
@@ -95,7 +93,6 @@ class LogMel(nn.Module):
             raise ValueError(f"audio normalisation {norm!r} is unknown; use one of {FRONTENDS}")
         self.norm = norm
         self.masks: tuple[int, float] = (0, 0.0)
-        self.warp = 0.0
         self.n_fft, self.hop = n_fft, max(1, int(sample_rate * hop_seconds))
         fb = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)  # (n_mels, n_fft // 2 + 1)
         self.register_buffer("fb", torch.from_numpy(fb).float(), persistent=False)
@@ -104,8 +101,6 @@ class LogMel(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, T) waveform -> (B, 1, n_mels, frames)."""
         spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True).abs() ** 2
-        if self.training and self.warp > 0:
-            spec = warp_frequencies(spec, self.warp)
         power = self.fb @ spec  # (B, n_mels, frames)
         if self.norm == "clip":
             mel = torch.log(power + 1e-6)
@@ -122,19 +117,6 @@ class LogMel(nn.Module):
         if self.training and (self.masks[0] or self.masks[1]):
             mel = spec_augment(mel, *self.masks)
         return mel.unsqueeze(1)
-
-
-def warp_frequencies(spec: torch.Tensor, max_warp: float) -> torch.Tensor:
-    """Stretch each clip's (B, bins, frames) spectrum along frequency by a random factor in [1 - max_warp,
-    1 + max_warp]: bin k takes the (interpolated) value of bin k / factor; bins past the top are clamped to it."""
-    b, bins, _ = spec.shape
-    factor = 1 + (torch.rand(b, 1, device=spec.device) * 2 - 1) * max_warp
-    source = (torch.arange(bins, device=spec.device).float() / factor).clamp(max=bins - 1)  # (B, bins)
-    low = source.floor().long()
-    high = (low + 1).clamp(max=bins - 1)
-    frac = (source - low).unsqueeze(-1)
-    pick = lambda idx: spec.gather(1, idx.unsqueeze(-1).expand(-1, -1, spec.shape[2]))  # noqa: E731
-    return pick(low) * (1 - frac) + pick(high) * frac
 
 
 def spec_augment(mel: torch.Tensor, max_bands: int, max_time_share: float, count: int = 2) -> torch.Tensor:
