@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=text, description=text)
         p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET or the last ingested)")
         if verb == "evaluate":
-            p.add_argument("--manifest", type=Path, help="score the dataset's champion on this manifest instead")
+            p.add_argument("--manifest", type=Path,
+                           help="score the dataset's champion on this manifest instead (vectors of the index.centre "
+                                "modalities centred on this manifest's items; uncentred metrics as raw_*)")
             p.add_argument("--alias", default="champion", help="model alias to score with --manifest")
         if verb in ("promote", "publish"):
             p.add_argument("--rollback", action="store_true",

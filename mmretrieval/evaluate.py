@@ -160,7 +160,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
 
             for modality, scored in per_modality.items():
                 figures[f"{modality}: recall@K curve"] = recall_curve_png(
-                    out / f"recall_curve_{modality}.png", scored.sim, scored.eval_set)
+                    out / f"recall_curve_{modality}.png", scored.sim, scored.eval_set, media=modality)
                 if scored.images:
                     figures[f"{modality}: example retrievals"] = retrieval_grid_png(
                         out / f"retrievals_{modality}.png", scored.sim, scored.eval_set, scored.images)
@@ -181,7 +181,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
 
 def evaluate_manifest(dataset: str, manifest: Path, settings: Settings | None = None,
                       alias: str = tracking.CHAMPION) -> dict[str, Any]:
-    """Score the dataset's ``alias`` model on every image row of any manifest (media relative to it)."""
+    """Score the dataset's ``alias`` model on every image and audio row of any manifest (media relative to it)."""
     from mmretrieval.models.dual_encoder import pick_device
 
     settings = settings or get_settings()

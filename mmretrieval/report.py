@@ -56,13 +56,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def recall_curve_png(path: Path, sim: np.ndarray, eval_set: EvalSet, max_k: int = 50) -> Path:
-    """Recall@K for K = 1..max_k in both directions."""
+def recall_curve_png(path: Path, sim: np.ndarray, eval_set: EvalSet, max_k: int = 50, media: str = "image") -> Path:
+    """Recall@K for K = 1..max_k in both directions (``media``: what the items are, for the legend)."""
     import numpy as np
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for name, s, rel in (("text → image", sim, eval_set.relevant), ("image → text", sim.T, eval_set.relevant.T)):
+    for name, s, rel in ((f"text → {media}", sim, eval_set.relevant), (f"{media} → text", sim.T, eval_set.relevant.T)):
         keep = rel.any(axis=1)
         order = np.argsort(-s[keep], axis=1)
         first = np.take_along_axis(rel[keep], order, axis=1).argmax(axis=1) + 1
