@@ -154,17 +154,20 @@ def run(waves: list[np.ndarray], labels: np.ndarray, speakers: np.ndarray, words
         vectors = torch.cat([nn.functional.normalize(proj(net(torch.stack(
             [torch.from_numpy(fit_length(waves[i], length)) for i in keep[k:k + 128]]))), dim=-1)
             for k in range(0, len(keep), 128)])
+        word_vecs = nn.functional.normalize(head(words), dim=-1)
         if save:
-            np.savez(save, audio=vectors.numpy(), words=nn.functional.normalize(head(words), dim=-1).numpy(),
-                     labels=labels, speakers=speakers, held=held)
+            np.savez(save, audio=vectors.numpy(), words=word_vecs.numpy(), labels=labels, speakers=speakers, held=held)
         audio = vectors[test] if save else vectors
-        sims = (audio @ nn.functional.normalize(head(words), dim=-1).T).numpy()  # (clips, 10)
-        centred = nn.functional.normalize(audio - audio.mean(0), dim=-1)
-        sims_c = (centred @ nn.functional.normalize(head(words), dim=-1).T).numpy()
     truth = labels[test]
-    r1, r1_c = float((sims.argmax(1) == truth).mean()), float((sims_c.argmax(1) == truth).mean())
-    p10 = float(np.mean([(truth[np.argsort(-sims[:, d])[:10]] == d).mean() for d in range(10)]))
-    p10_c = float(np.mean([(truth[np.argsort(-sims_c[:, d])[:10]] == d).mean() for d in range(10)]))
+
+    def scores(clips: torch.Tensor) -> tuple[float, float]:
+        """a->t R@1 and class-level t->a P@10 of held-out clip vectors against the ten words."""
+        sims = (clips @ word_vecs.T).numpy()  # (clips, 10)
+        r1 = float((sims.argmax(1) == truth).mean())
+        return r1, float(np.mean([(truth[np.argsort(-sims[:, d])[:10]] == d).mean() for d in range(10)]))
+
+    r1, p10 = scores(audio)
+    r1_c, p10_c = scores(nn.functional.normalize(audio - audio.mean(0), dim=-1))
     return {"held": held, "augment": augment, "snr": snr, "shift": shift, "speed": speed, "masks": list(masks),
             "warp": warp, "n_mels": n_mels, "cepstra": cepstra, "mixup": mixup, "dropout": dropout,
             "norm": norm, "epochs": epochs, "seed": seed, "widths": list(widths),
