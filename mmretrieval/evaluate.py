@@ -11,7 +11,7 @@ them with a ``raw_`` prefix.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from mmretrieval.config import IndexParams, Settings, get_settings
 from mmretrieval.errors import MediaError, TrainingError
 from mmretrieval.io import read_json, read_parquet, write_json
 from mmretrieval.media import open_image
-from mmretrieval.metrics import EvalSet, both_directions, build_eval_set
+from mmretrieval.metrics import CHANCE_SUFFIX, EvalSet, both_directions, build_eval_set
 from mmretrieval.schema import Modality, Split, read_manifest, split_captions
 
 if TYPE_CHECKING:
@@ -55,6 +55,30 @@ class Scored:
 MEDIA_LETTER = {Modality.IMAGE.value: "i", Modality.AUDIO.value: "a"}
 
 
+def gather(frame: pd.DataFrame, root: Path, media_column: str, modality: str, load: Callable[[Path], Any]
+           ) -> tuple[list[str], list[Any], list[list[str]], list[str], int]:
+    """The ``modality`` rows of ``frame`` that have captions, their media decoded by ``load`` (path -> object):
+    ids, media, captions, labels, and the number of rows skipped because their file did not decode.
+    Raises :class:`TrainingError` when fewer than two items are left."""
+    ids, media, captions, labels = [], [], [], []
+    skipped = 0
+    for _, row in frame[frame["modality"] == modality].iterrows():
+        caps = captions_of(row)
+        if not caps:
+            continue
+        try:
+            media.append(load(root / row[media_column]))
+        except (MediaError, OSError):
+            skipped += 1
+            continue
+        ids.append(row["id"])
+        captions.append(caps)
+        labels.append(str(row["label"]))
+    if len(ids) < 2:
+        raise TrainingError(f"only {len(ids)} {modality} item(s) with captions to evaluate on; need at least 2")
+    return ids, media, captions, labels, skipped
+
+
 def score_detailed(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: str,
                    ks: Sequence[int] = KS, modality: str = Modality.IMAGE.value,
                    index: IndexParams | None = None) -> Scored:
@@ -64,27 +88,23 @@ def score_detailed(model: RetrievalModel, frame: pd.DataFrame, root: Path, media
     the modalities in ``index.centre`` are centred on the evaluated items' means and the uncentred metrics are
     added as ``raw_*``.
     """
-    rows = frame[(frame["modality"] == modality)]
-    ids, media, captions, labels = [], [], [], []
-    skipped = 0
-    for _, row in rows.iterrows():
-        caps = captions_of(row)
-        if not caps:
-            continue
-        try:
-            media.append(open_image(root / row[media_column]) if modality == Modality.IMAGE.value
-                         else model.load_wave(root / row[media_column]))
-        except (MediaError, OSError):
-            skipped += 1
-            continue
-        ids.append(row["id"])
-        captions.append(caps)
-        labels.append(str(row["label"]))
-    if len(ids) < 2:
-        raise TrainingError(f"only {len(ids)} {modality} item(s) with captions to evaluate on; need at least 2")
+    load = open_image if modality == Modality.IMAGE.value else model.load_wave
+    ids, media, captions, labels, skipped = gather(frame, root, media_column, modality, load)
     eval_set = build_eval_set(ids, captions, labels)
     text_vecs = model.encode_texts(eval_set.captions)
     item_vecs = model.encode_images(media) if modality == Modality.IMAGE.value else model.encode_wave_list(media)
+    metrics, text_vecs, item_vecs = metrics_from_vectors(text_vecs, item_vecs, eval_set, modality, ks, index)
+    metrics[f"{modality}_items"] = float(len(ids))
+    metrics[f"{modality}_skipped_undecodable"] = float(skipped)
+    return Scored(metrics, eval_set, text_vecs @ item_vecs.T, media if modality == Modality.IMAGE.value else [])
+
+
+def metrics_from_vectors(text_vecs: np.ndarray, item_vecs: np.ndarray, eval_set: EvalSet, modality: str,
+                         ks: Sequence[int] = KS, index: IndexParams | None = None
+                         ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Both-direction metrics (each with its chance level) of (captions, D) text and (items, D) ``modality`` unit
+    vectors, named ``t2i_*``/``i2t_*`` or ``t2a_*``/``a2t_*``; centred as :func:`score_detailed` says. Returns the
+    metrics and the vectors they were computed on."""
     letter = MEDIA_LETTER[modality]
 
     def named(t: np.ndarray, i: np.ndarray, prefix: str = "") -> dict[str, float]:
@@ -96,13 +116,12 @@ def score_detailed(model: RetrievalModel, frame: pd.DataFrame, root: Path, media
         kinds = [Modality.TEXT.value] * len(text_vecs) + [modality] * len(item_vecs)
         centre = centring.fit(np.concatenate([text_vecs, item_vecs]), kinds, index.centre, index.centre_min_items)
         if centre.means:
-            metrics |= named(text_vecs, item_vecs, "raw_")
+            metrics |= {k: v for k, v in named(text_vecs, item_vecs, "raw_").items()
+                        if not k.endswith(CHANCE_SUFFIX)}
             text_vecs = centre.apply(text_vecs, Modality.TEXT.value)
             item_vecs = centre.apply(item_vecs, modality)
     metrics |= named(text_vecs, item_vecs)
-    metrics[f"{modality}_items"] = float(len(ids))
-    metrics[f"{modality}_skipped_undecodable"] = float(skipped)
-    return Scored(metrics, eval_set, text_vecs @ item_vecs.T, media if modality == Modality.IMAGE.value else [])
+    return metrics, text_vecs, item_vecs
 
 
 def score_all(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ class Decision:
 
 def decide(gate: GateParams, challenger: dict[str, float], champion: dict[str, float] | None) -> Decision:
     """Pure gate logic on two metric dicts."""
-    from mmretrieval.metrics import resolve_metric
+    from mmretrieval.metrics import CHANCE_SUFFIX, resolve_metric
 
     m = resolve_metric(gate.metric, challenger)
     if m is None or (champion is not None and m not in champion):
@@ -39,6 +40,19 @@ def decide(gate: GateParams, challenger: dict[str, float], champion: dict[str, f
     reasons = []
     ok = value >= gate.floor
     reasons.append(f"{m}={value:.4f} {'>=' if ok else '<'} floor {gate.floor}")
+    chance = challenger.get(m + CHANCE_SUFFIX)
+    queries = challenger.get(m.split("_", 1)[0] + "_queries")
+    if chance is None or not queries:
+        raise TrainingError(f"the evaluation reports no chance level or query count for {m!r}: evaluate the "
+                            "challenger again")
+    noise = gate.chance_z * math.sqrt(chance * (1 - chance) / queries)
+    required = chance + max(gate.margin_over_chance, noise)
+    beats = value >= required
+    ok = ok and beats
+    error = math.sqrt(chance * (1 - chance) / queries)
+    reasons.append(f"{m}={value:.4f} {'beats' if beats else 'does not beat'} its chance level {chance:.4f} "
+                   f"(random ranking, {int(queries)} queries): needs >= {required:.4f}, i.e. + max(margin "
+                   f"{gate.margin_over_chance}, {gate.chance_z} x chance's standard error {error:.4f})")
     if champion is not None:
         base = champion[m]
         holds = value >= base - gate.tolerance

@@ -36,9 +36,17 @@ def _img_tag(path: Path) -> str:
 
 def write_evaluation_html(path: Path, result: dict[str, Any], figures: dict[str, Path] | None = None) -> Path:
     models = [(alias, result[alias]) for alias in ("challenger", "champion") if result.get(alias)]
-    keys = sorted({k for _, m in models for k in m["metrics"]})
-    rows = [[k] + [f"{m['metrics'].get(k, float('nan')):.4f}" for _, m in models] for k in keys]
-    header = ["metric"] + [f"{alias} (v{m['version']})" for alias, m in models]
+    from mmretrieval.metrics import CHANCE_SUFFIX
+
+    keys = sorted({k for _, m in models for k in m["metrics"] if not k.endswith(CHANCE_SUFFIX)})
+    chance = models[0][1]["metrics"] if models else {}
+
+    def fmt(value: float | None) -> str:
+        return "" if value is None else f"{value:.4f}"
+
+    rows = [[k] + [fmt(m["metrics"].get(k, float("nan"))) for _, m in models] + [fmt(chance.get(k + CHANCE_SUFFIX))]
+            for k in keys]
+    header = ["metric"] + [f"{alias} (v{m['version']})" for alias, m in models] + ["chance (random ranking)"]
     info = _table([[k, str(result.get(k))] for k in ("dataset", "data_version", "split", "test_items")],
                   ["field", "value"])
     sections = [("Run", info), ("Metrics", _table(rows, header))]

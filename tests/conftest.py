@@ -20,11 +20,12 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Fast by design: a small from-scratch image tower (the pretrained default has its own tests in test_pretrained_cnn.py)
 FAST_PARAMS = """
 datasets: [demo]
-model: {image_size: 32, embed_dim: 64}
+model: {image_backbone: resnet18, image_size: 32, embed_dim: 64, text_head: mlp, image_dropout: 0.0}
 train: {epochs: 2, batch_size: 32}
-gate: {floor: 0.0}
+gate: {floor: 0.0, margin_over_chance: -1.0, chance_z: 0.0}  # these tests check the plumbing, not quality
 """
 
 

