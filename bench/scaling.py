@@ -54,7 +54,7 @@ def bench_embed(sizes: list[int], work: Path) -> list[dict[str, float]]:
     mp = s.params.model
     text = TextEncoder(mp.text_model)
     config = ModelConfig(text_model=mp.text_model, text_dim=text.dim, image_backbone=mp.image_backbone,
-                         image_size=mp.image_size, embed_dim=mp.embed_dim)
+                         image_size=mp.image_size, embed_dim=mp.embed_dim or 384)
     model = RetrievalModel(build(config), text)
     photos = synthetic_photos(work / "photos", max(sizes))
     import torch
@@ -133,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     from mmretrieval.config import get_settings
 
-    dim = get_settings().params.model.embed_dim
+    dim = get_settings().params.model.embed_dim or 384  # 0: the text model's (MiniLM)
     with tempfile.TemporaryDirectory(prefix="mmr-scale-") as tmp:
         work = Path(tmp)
         result = {"embed": bench_embed(args.embed_sizes, work) if args.embed_sizes else [],

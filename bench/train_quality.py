@@ -4,7 +4,7 @@
         --params-yaml 'split: {train: 0.7, val: 0.1, test: 0.2}' --set train.epochs=30
 
 Runs ingest -> validate -> clean -> augment -> train -> evaluate in a temporary MMR_HOME (real DVC, GX, MLflow),
-prints the test metrics of the trained model, the gallery size, chance level and the training time.
+prints the test metrics of the trained model, the gallery size, their chance levels and the training time.
 """
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ def main() -> None:
     result = stages.run_stage("evaluate", args.name, settings)
     m = result["metrics"]
     items = m["items"]
+    shown = ("recall@1", "recall@5", "recall@10", "hit_rate@1", "hit_rate@10", "precision@10", "mrr", "median_rank")
     out = {"dataset": args.name, "workspace": str(home), "model": params["model"], "train": params["train"],
-           "best_epoch": trained["best_epoch"], "test_items": items, "chance_r10": round(min(1, 10 / items), 4),
-           **{k: m[k] for k in m if k.split("_", 1)[-1] in ("recall@1", "recall@5", "recall@10", "precision@10",
-                                                             "median_rank")}, **timings}
+           "best_epoch": trained["best_epoch"], "test_items": items,
+           **{k: m[k] for k in m if k.split("_", 1)[-1] in shown},
+           "chance": {k.removesuffix("_chance"): m[k] for k in m if k.removesuffix("_chance").split("_", 1)[-1] in shown
+                      and k.endswith("_chance")}, **timings}
     print(json.dumps(out, indent=1))
 
 

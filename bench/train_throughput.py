@@ -35,7 +35,7 @@ def main() -> None:
 
     mp, bs = p.model, p.train.batch_size
     net = build(ModelConfig(text_model=mp.text_model, text_dim=384, image_backbone=mp.image_backbone,
-                            image_size=mp.image_size, embed_dim=mp.embed_dim))
+                            image_size=mp.image_size, embed_dim=mp.embed_dim or 384))
     opt = torch.optim.AdamW(net.parameters(), lr=p.train.lr)
     pixels, text = torch.randn(bs, 3, mp.image_size, mp.image_size), torch.randn(bs, 384)
     positives = torch.eye(bs, dtype=torch.bool)

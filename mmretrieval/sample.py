@@ -3,6 +3,8 @@
 * 19 photos shipped inside the scikit-image and scikit-learn wheels, each with three captions written for this
   project (``mmretrieval/sample/photos.csv``; licences there: CC0/public domain, and CC BY 2.0 for the two
   scikit-learn photos). All photos go to the ``train`` split so that the demo can find them.
+* ``queries.csv``: eight more descriptions of eight of those photos, written for this project and never used in
+  training (held out): the demo searches with them, so its results show what the model makes of new sentences.
 * Handwritten digits from scikit-learn's bundled ``load_digits`` (8x8, upscaled to 32x32), labelled 0-9 with two
   captions per class; their split is left empty, so the platform assigns it.
 """
@@ -61,10 +63,14 @@ def build(out: Path, digits_per_class: int = 30) -> dict[str, Any]:
         rows.append({"id": name, "modality": "image", "path": f"images/{name}.png",
                      "text": CAPTION_SEPARATOR.join(captions), "label": str(d), "split": "",
                      "source": "sklearn:load_digits (BSD-3-Clause)"})
+    import shutil
+
+    shutil.copyfile(Path(__file__).parent / "sample" / "queries.csv", out / "queries.csv")
     manifest = out / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["id", "modality", "path", "text", "label", "split", "source"])
         writer.writeheader()
         writer.writerows(rows)
-    return {"manifest": str(manifest), "items": len(rows), "photos": len(rows) - sum(seen.values()),
+    return {"manifest": str(manifest), "queries": str(out / "queries.csv"),
+            "items": len(rows), "photos": len(rows) - sum(seen.values()),
             "digits": sum(seen.values())}

@@ -15,8 +15,11 @@ $BIN/mmr dag-test --dataset demo 2>&1 | grep -E "mmretrieval|Marking task|ERROR|
 $BIN/mmr info --dataset demo >/dev/null  # fails loudly if the pipeline did not publish
 
 echo "== 4/4 searching the published collection"
-$BIN/mmr search "a facial photo of a tabby cat" "a rocket standing on a launchpad" "a handwritten digit seven" \
-  "the number 3 written by hand" "galaxies in dark space" --dataset demo --k 5
+echo "-- descriptions of the bundled photos written for this demo and never trained on (build/sample/queries.csv):"
+mapfile -t queries < <(tail -n +2 build/sample/queries.csv | cut -d, -f1 | head -n 5)
+$BIN/mmr search "${queries[@]}" --dataset demo --k 3
+echo "-- handwritten digits (a class name finds its class):"
+$BIN/mmr search "a handwritten digit seven" "the number 3 written by hand" --dataset demo --k 5
 $BIN/mmr search --image build/sample/images/chelsea.png --dataset demo --k 3
 
 echo

@@ -1,7 +1,7 @@
 """The whole platform on the bundled sample through `airflow dags test`, against real DVC, GX, MLflow and Milvus Lite.
 
-Measured on the 2-core dev machine (see docs/benchmarks.md): photo captions find their photo in the top 5 for
-about 95 % of the 57 queries; the assertion keeps a margin below that.
+The demo's held-out descriptions (``sample/queries.csv``, never trained on) are the quality check; the assertion keeps
+a margin below what was measured (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO, make_workspace, mmr
 
 pytestmark = pytest.mark.integration
-HIT_RATE_FLOOR = 0.8
+HELD_OUT_TOP5, HELD_OUT_TOP1 = 6, 4  # of the 8 held-out descriptions (measured: see docs/benchmarks.md)
 
 
 @pytest.fixture(scope="module")
@@ -65,25 +65,27 @@ def test_mlflow_has_the_run_the_registered_model_and_its_champion(demo: dict[str
     assert run.data.tags["gate.decision"] == "promote"
 
 
-def test_sample_captions_find_their_photo_in_the_top_5(demo: dict[str, str]) -> None:
+def test_held_out_descriptions_find_their_photo(demo: dict[str, str]) -> None:
+    """Sentences written for the demo and never trained on (sample/queries.csv) find the photo they describe."""
     import csv
 
     from mmretrieval.client import RetrievalClient
 
     s = settings_for(demo)
+    with open(Path(demo["MMR_HOME"]) / "sample" / "queries.csv", encoding="utf-8") as f:
+        queries = list(csv.DictReader(f))
     with open(Path(demo["MMR_HOME"]) / "sample" / "manifest.csv", encoding="utf-8") as f:
-        photos = [r for r in csv.DictReader(f) if r["id"].startswith("photo_")]
-    hits = total = 0
+        trained = {c.casefold() for r in csv.DictReader(f) for c in r["text"].split(" ||| ")}
+    assert not {q["query"].casefold() for q in queries} & trained  # held out indeed
     with RetrievalClient("demo", settings=s) as client:
-        for row in photos:
-            for caption in row["text"].split(" ||| "):
-                total += 1
-                hits += row["id"] in [h.id for h in client.search(text=caption, k=5, modality="image")]
+        ranks = []
+        for q in queries:
+            ids = [h.id for h in client.search(text=q["query"], k=5, modality="image")]
+            ranks.append(ids.index(q["expected"]) + 1 if q["expected"] in ids else None)
         digit = client.search(text="a handwritten digit seven", k=5)
-    rate = hits / total
-    print(f"top-5 hit rate of photo captions: {hits}/{total} = {rate:.3f}")
-    assert rate >= HIT_RATE_FLOOR
-    assert digit[0].label == "7"
+    print(f"held-out descriptions: ranks {ranks}")
+    assert sum(r is not None for r in ranks) >= HELD_OUT_TOP5 and sum(r == 1 for r in ranks) >= HELD_OUT_TOP1
+    assert [h.label for h in digit].count("7") >= 4
 
 
 def test_search_cli_prints_json_lines_with_the_contract_fields(demo: dict[str, str]) -> None:
