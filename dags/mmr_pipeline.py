@@ -1,15 +1,24 @@
-"""mmretrieval DAGs. Configuration only: each task calls one library stage and passes its small JSON result on as
-XCom; nothing heavy is imported when the scheduler parses this file.
+"""mmretrieval DAGs. Configuration only: each task calls one library function through ``plugins/mmr_airflow.py``;
+nothing heavy is imported when the scheduler parses this file.
 
-* ``mmr_pipeline``: the whole path for one dataset in one run (``make demo`` and the integration test use it):
-  prepare (validate -> clean -> augment) -> model (train -> evaluate -> promote) -> serve (embed_plan -> embed_shard
-  mapped over the pending shards -> embed -> publish_build -> publish_check -> publish, the alias swap).
-  A failure stops everything after it: a hard validation failure never trains.
+* ``mmr_pipeline``: the whole path in one run (``make demo`` and the integration test use it): prepare (validate ->
+  clean -> augment) -> model (train -> evaluate -> promote) -> serve (embed_plan -> embed_shard mapped over the
+  pending shards -> embed -> publish_build -> publish_check -> publish, the alias swap). A failure stops everything
+  after it: a hard validation failure never trains.
   Run: ``mmr dag-test --dataset demo`` or ``airflow dags test mmr_pipeline -c '{"dataset": "demo"}'``.
 * The same stages as three DAGs chained by Assets, for scheduled operation: ``mmr_prepare`` updates
   ``mmr_clean_data``; ``mmr_model`` runs on it and updates ``mmr_champion_model``; ``mmr_serve`` runs on that and
-  updates ``mmr_serving_collection``. Each Asset event carries ``{"dataset": NAME}``, so the downstream DAG works
-  on the same dataset.
+  updates ``mmr_serving_collection``. Only these three emit the Assets (``mmr_pipeline`` emits none, so it never
+  starts a second chain). Each event carries ``{"dataset": NAME}``; a run works on every dataset of the events it
+  consumed (tasks mapped over them), so two datasets prepared back to back are both trained and served.
+
+Every run pins its inputs: ``evaluate`` and ``promote`` act on the model version their ``train`` registered;
+``embed_plan`` resolves the champion once and every later serve task works on that model and data version (a
+champion promoted meanwhile is served by the next run, never mixed into this one).
+
+Datasets are given by the ``dataset`` param (``all``: every dataset in params.yaml). DAGs start paused on a fresh
+Airflow home: ``airflow dags unpause mmr_model`` and ``mmr_serve`` before the first ``mmr_prepare`` run (an event
+sent to a paused DAG starts nothing); ``mmr dag-test`` needs none of that.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
+from mmr_airflow import MILVUS_WRITER_POOL, MmrHook, datasets_of, run_library
 
 CLEAN_DATA = Asset(name="mmr_clean_data")  # validated, cleaned, augmented data of a dataset
 CHAMPION_MODEL = Asset(name="mmr_champion_model")  # the gate ran (promoted or kept the champion)
@@ -27,124 +37,155 @@ SERVING_COLLECTION = Asset(name="mmr_serving_collection")  # the serving alias p
 DEFAULTS: dict[str, Any] = {
     "start_date": pendulum.datetime(2026, 1, 1, tz="UTC"),
     "catchup": False,
-    "max_active_runs": 1,  # Milvus Lite allows one process per file: never two publishes at once
+    "max_active_runs": 1,
     "tags": ["mmretrieval"],
-    "params": {"dataset": Param("demo", type="string", pattern="^[a-z][a-z0-9_]{0,47}$")},
-    "default_args": {"retries": 2, "retry_delay": timedelta(seconds=30)},
+    "params": {"dataset": Param("demo", type="string", pattern="^(all|[a-z][a-z0-9_]{0,47})$")},
+    "default_args": {"retries": 2, "retry_delay": timedelta(seconds=30), "execution_timeout": timedelta(hours=6)},
 }
 
 
-def dataset_of(context: dict[str, Any]) -> str:
-    """The dataset of this run: from the Asset event that triggered it, else the run's ``dataset`` param."""
-    for events in (context.get("triggering_asset_events") or {}).values():
-        for event in reversed(list(events)):
-            name = (getattr(event, "extra", None) or {}).get("dataset")
-            if name:
-                return str(name)
-    return str(context["params"]["dataset"])
+def stage(verb: str, dataset: str, **inputs: Any) -> dict:
+    from mmretrieval.stages import run_stage
+
+    return run_library(run_stage, verb, dataset, MmrHook().get_settings(), **inputs)
 
 
-def stage_task(verb: str, outlets: list[Asset]):  # noqa: ANN201 - returns an Airflow task factory
-    """A task running one library stage; its Asset events carry the dataset name to the DAGs scheduled on them."""
-
-    @task(task_id=verb, outlets=outlets)
-    def run(**context: Any) -> dict:
-        from mmretrieval.stages import run_stage
-
-        dataset = dataset_of(context)
-        result = run_stage(verb, dataset)
-        for asset in outlets:
-            context["outlet_events"][asset].extra = {"dataset": dataset}
-        return result
-
-    return run
+def emit(context: dict[str, Any], outlets: list[Asset], dataset: str) -> None:
+    for asset in outlets:
+        context["outlet_events"][asset].extra = {"dataset": dataset}
 
 
-def chain_stages(stages: list[tuple[str, list[Asset]]], previous: Any = None) -> Any:
-    """Instantiate the stages in order, each downstream of the one before; returns the last task."""
-    for verb, outlets in stages:
-        current = stage_task(verb, outlets)()
-        if previous is not None:
-            previous >> current
-        previous = current
-    return previous
-
-
-PREPARE = [("validate", []), ("clean", []), ("augment", [CLEAN_DATA])]
-MODEL = [("train", []), ("evaluate", []), ("promote", [CHAMPION_MODEL])]
-
-
-def serve_tasks(previous: Any = None) -> Any:
-    """embed (plan -> one mapped task per pending shard -> finish) -> publish (build -> check -> swap).
-
-    A failed check fails the run before the swap: the serving alias stays where it was.
-    """
+def prepare_tasks(outlets: list[Asset]) -> Any:
+    @task
+    def datasets(**context: Any) -> list[str]:
+        return datasets_of(context)
 
     @task
-    def embed_plan(**context: Any) -> list[int]:
-        from mmretrieval.embed import pending
+    def validate(dataset: str) -> str:
+        stage("validate", dataset)
+        return dataset
 
-        return pending(dataset_of(context))
+    @task
+    def clean(dataset: str) -> str:
+        stage("clean", dataset)
+        return dataset
+
+    @task(outlets=outlets)
+    def augment(dataset: str, **context: Any) -> str:
+        stage("augment", dataset)
+        emit(context, outlets, dataset)
+        return dataset
+
+    return augment.expand(dataset=clean.expand(dataset=validate.expand(dataset=datasets())))
+
+
+def model_tasks(datasets: Any, outlets: list[Asset]) -> Any:
+    @task
+    def train(dataset: str) -> dict:
+        return stage("train", dataset)
+
+    @task
+    def evaluate(trained: dict) -> dict:
+        return stage("evaluate", trained["dataset"], version=trained["model_version"])
+
+    @task(outlets=outlets)
+    def promote(evaluated: dict, **context: Any) -> str:
+        stage("promote", evaluated["dataset"], version=evaluated["model_version"])
+        emit(context, outlets, evaluated["dataset"])
+        return str(evaluated["dataset"])
+
+    return promote.expand(evaluated=evaluate.expand(trained=train.expand(dataset=datasets)))
+
+
+def serve_tasks(datasets: Any, outlets: list[Asset]) -> None:
+    """embed (plan -> one mapped task per pending shard of every dataset -> finish) -> publish (build -> check ->
+    swap). A failed check fails the run before the swap: the serving alias stays where it was."""
+
+    @task
+    def embed_plan(dataset: str) -> dict:
+        from mmretrieval.embed import start
+
+        return {"dataset": dataset, **run_library(start, dataset, MmrHook().get_settings())}
+
+    @task
+    def shard_work(plans: list[dict]) -> list[dict]:
+        return [plan | {"shard": k} for plan in plans for k in plan["shards"]]
 
     @task(max_active_tis_per_dagrun=4)
-    def embed_shard(shard: int, **context: Any) -> dict:
+    def embed_shard(work: dict) -> dict:
+        from mmretrieval.contracts import Pinned
         from mmretrieval.embed import run_shard
 
-        return run_shard(dataset_of(context), shard)
+        return run_library(run_shard, work["dataset"], work["shard"], MmrHook().get_settings(), Pinned.of(work))
 
-    @task(task_id="embed", trigger_rule="none_failed")  # no pending shard skips the mapped task, not this one
-    def embed_finish(**context: Any) -> dict:
-        from mmretrieval.stages import run_stage
+    @task(task_id="embed", trigger_rule="none_failed")  # no pending shard skips embed_shard, not this one
+    def embed_finish(plan: dict) -> dict:
+        from mmretrieval.contracts import Pinned
 
-        return run_stage("embed", dataset_of(context))  # checks completeness, moves the shards into place
+        return stage("embed", plan["dataset"], pinned=Pinned.of(plan))  # completeness check, then into place
 
-    @task
-    def publish_build(**context: Any) -> dict:
+    @task(pool=MILVUS_WRITER_POOL)
+    def publish_build(plan: dict) -> dict:
+        from mmretrieval.contracts import Pinned
         from mmretrieval.publish import build
 
-        return build(dataset_of(context))
+        return run_library(build, plan["dataset"], MmrHook().get_settings(), Pinned.of(plan))
 
-    @task
-    def publish_check(**context: Any) -> dict:
+    @task(pool=MILVUS_WRITER_POOL)
+    def publish_check(plan: dict) -> dict:
+        from mmretrieval.contracts import Pinned
         from mmretrieval.publish import check
 
-        return check(dataset_of(context))
+        return run_library(check, plan["dataset"], MmrHook().get_settings(), Pinned.of(plan))
 
-    plan = embed_plan()
-    if previous is not None:
-        previous >> plan
-    shards = embed_shard.expand(shard=plan)
-    finished = embed_finish()
+    @task(task_id="publish", pool=MILVUS_WRITER_POOL, outlets=outlets)
+    def publish_swap(plan: dict, **context: Any) -> dict:
+        from mmretrieval.contracts import Pinned
+
+        result = stage("publish", plan["dataset"], pinned=Pinned.of(plan))
+        emit(context, outlets, plan["dataset"])
+        return result
+
+    plans = embed_plan.expand(dataset=datasets)
+    shards = embed_shard.expand(work=shard_work(plans))
+    finished = embed_finish.expand(plan=plans)
     shards >> finished
-    built = publish_build()
-    checked = publish_check()
-    finished >> built >> checked
-    return chain_stages([("publish", [SERVING_COLLECTION])], checked)  # the swap, once checked
+    built = publish_build.expand(plan=plans)
+    checked = publish_check.expand(plan=plans)
+    finished >> built >> checked >> publish_swap.expand(plan=plans)
 
 
 @dag(dag_id="mmr_pipeline", schedule=None, doc_md=__doc__, **DEFAULTS)
 def mmr_pipeline() -> None:
-    last = None
-    for group_id, stages in (("prepare", PREPARE), ("model", MODEL)):
-        with TaskGroup(group_id):
-            last = chain_stages(stages, last)
+    with TaskGroup("prepare"):
+        prepared = prepare_tasks([])
+    with TaskGroup("model"):
+        modelled = model_tasks(prepared, [])
     with TaskGroup("serve"):
-        serve_tasks(last)
+        serve_tasks(modelled, [])
 
 
 @dag(dag_id="mmr_prepare", schedule=None, doc_md=__doc__, **DEFAULTS)
 def mmr_prepare() -> None:
-    chain_stages(PREPARE)
+    prepare_tasks([CLEAN_DATA])
 
 
 @dag(dag_id="mmr_model", schedule=[CLEAN_DATA], doc_md=__doc__, **DEFAULTS)
 def mmr_model() -> None:
-    chain_stages(MODEL)
+    @task
+    def datasets(**context: Any) -> list[str]:
+        return datasets_of(context)
+
+    model_tasks(datasets(), [CHAMPION_MODEL])
 
 
 @dag(dag_id="mmr_serve", schedule=[CHAMPION_MODEL], doc_md=__doc__, **DEFAULTS)
 def mmr_serve() -> None:
-    serve_tasks()
+    @task
+    def datasets(**context: Any) -> list[str]:
+        return datasets_of(context)
+
+    serve_tasks(datasets(), [SERVING_COLLECTION])
 
 
 mmr_pipeline()

@@ -24,7 +24,8 @@ import numpy as np
 
 from mmretrieval import tracking
 from mmretrieval.config import Settings, get_settings
-from mmretrieval.errors import ModelError
+from mmretrieval.contracts import Pinned
+from mmretrieval.errors import ModelError, PinnedInputChanged
 from mmretrieval.io import read_json, read_parquet, write_json
 from mmretrieval.schema import Modality, split_captions
 
@@ -84,11 +85,20 @@ def _clean(settings: Settings, dataset: str) -> tuple[pd.DataFrame, str]:
     return clean, str(read_json(clean_dir / "report.json", "clean report")["data_version"])
 
 
-def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION) -> Plan:
-    """Resolve the alias and prepare the work folder; finished shards of the same plan are kept (resume)."""
+def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION,
+         pinned: Pinned | None = None) -> Plan:
+    """Resolve the alias (or take the ``pinned`` model version) and prepare the work folder; finished shards of the
+    same plan are kept (resume). Raises :class:`PinnedInputChanged` when the clean data is no longer the pinned one.
+    """
     settings = settings or get_settings()
     clean, data_version = _clean(settings, dataset)
-    ref = tracking.require_alias(settings, dataset, alias)
+    if pinned is not None:
+        if pinned.data_version != data_version:
+            raise PinnedInputChanged(f"the clean data of {dataset!r} changed during this run (pinned data version "
+                                     f"{pinned.data_version[:12]}, now {data_version[:12]}): start a new run")
+        ref = tracking.get_version(settings, settings.registered_model(dataset), pinned.model_version)
+    else:
+        ref = tracking.require_alias(settings, dataset, alias)
     final = output_dir(settings, dataset, ref.version)
     p = Plan(dataset, ref, data_version, len(clean), settings.params_for(dataset).embed.shard_rows, final,
              final.with_name(final.name + ".partial"), clean)
@@ -231,11 +241,12 @@ def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[s
     return summary
 
 
-def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION) -> dict[str, Any]:
-    """Plan, embed every pending shard with one loaded model, finish."""
+def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION,
+        pinned: Pinned | None = None) -> dict[str, Any]:
+    """Plan, embed every pending shard with one loaded model, finish (with ``pinned``: that model and data)."""
     settings = settings or get_settings()
     started = time.monotonic()
-    p = plan(dataset, settings, alias)
+    p = plan(dataset, settings, alias, pinned)
     previous = p.finished()
     if previous is not None:
         log.info("embed %s: v%s already embedded for data %s", dataset, p.ref.version, p.data_version[:12])
@@ -252,16 +263,24 @@ def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CH
     return summary
 
 
-# One call per task of the serve DAG: plan -> one mapped task per pending shard -> finish.
+# One call per task of the serve DAG: start (resolves and pins) -> one mapped task per pending shard -> finish.
+def start(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Resolve the champion once and pin it with the data version: ``{"model_version", "data_version", "shards"}``
+    (the shards still to embed; empty when the embeddings are complete)."""
+    p = plan(dataset, settings)
+    shards = [] if p.finished() is not None else p.pending()
+    return {"model_version": p.ref.version, "data_version": p.data_version, "shards": shards}
+
+
 def pending(dataset: str, settings: Settings | None = None) -> list[int]:
     """Shard numbers still to embed for the champion (empty when the embeddings are complete)."""
-    p = plan(dataset, settings)
-    return [] if p.finished() is not None else p.pending()
+    return list(start(dataset, settings)["shards"])
 
 
-def run_shard(dataset: str, shard: int, settings: Settings | None = None) -> dict[str, Any]:
-    return embed_shard(plan(dataset, settings), shard, settings)
+def run_shard(dataset: str, shard: int, settings: Settings | None = None, pinned: Pinned | None = None
+              ) -> dict[str, Any]:
+    return embed_shard(plan(dataset, settings, pinned=pinned), shard, settings)
 
 
-def finalize(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
-    return finish(plan(dataset, settings))
+def finalize(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> dict[str, Any]:
+    return finish(plan(dataset, settings, pinned=pinned))

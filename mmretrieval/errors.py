@@ -16,6 +16,7 @@ Every error is an :class:`MMRError` and also subclasses the builtin it resembles
     ├── IndexStoreError        (RuntimeError)  Milvus problems
     │   └── AliasNotFoundError (LookupError)   no collection behind a serving alias
     ├── PublishError           (RuntimeError)  a new collection failed its checks; the alias was left alone
+    ├── PinnedInputChanged     (RuntimeError)  a run's pinned model or data version is no longer what it finds
     └── QueryError             (ValueError)    a bad search request (empty text, k out of range, …)
 
 Messages name the bad value and, where there is one, what to do about it.
@@ -80,6 +81,11 @@ class PublishError(MMRError, RuntimeError):
     """A new collection failed its checks; the serving alias was left alone."""
 
 
+class PinnedInputChanged(MMRError, RuntimeError):
+    """An input a run pinned in its first task (model version, data version) changed under it: the run stops
+    rather than mix two versions."""
+
+
 class QueryError(MMRError, ValueError):
     """A bad search request (empty text, k out of range, unknown modality, missing tower)."""
 
@@ -94,6 +100,7 @@ __all__ = [
     "MediaError",
     "ModelError",
     "ModelNotFoundError",
+    "PinnedInputChanged",
     "PublishError",
     "QueryError",
     "TrackingError",

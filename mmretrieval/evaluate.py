@@ -148,7 +148,14 @@ def test_frame(settings: Settings, dataset: str) -> tuple[pd.DataFrame, Path]:
     return clean[clean["split"] == Split.TEST.value], clean_dir
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def evaluation_file(settings: Settings, dataset: str, version: str) -> Path:
+    """Where the evaluation of one model version is kept (``evaluate.json`` holds the latest one)."""
+    return settings.stage_dir("reports", dataset) / "evaluations" / f"v{version}.json"
+
+
+def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
+    """Score the ``challenger`` (or exactly model ``version``, the one a train step of this run registered) and the
+    champion on the test split; each version's result is also kept on its own (:func:`evaluation_file`)."""
     from mmretrieval.models.dual_encoder import pick_device
 
     settings = settings or get_settings()
@@ -164,6 +171,8 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     for alias in (tracking.CHALLENGER, tracking.CHAMPION):
         ref = tracking.get_alias(settings, dataset, alias)
+        if alias == tracking.CHALLENGER and version is not None:
+            ref = tracking.get_version(settings, settings.registered_model(dataset), version)
         if ref is None:
             if alias == tracking.CHALLENGER:
                 tracking.require_alias(settings, dataset, alias)
@@ -184,6 +193,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                     figures[f"{modality}: example retrievals"] = retrieval_grid_png(
                         out / f"retrievals_{modality}.png", scored.sim, scored.eval_set, scored.images)
     write_json(out / "evaluate.json", result)
+    write_json(evaluation_file(settings, dataset, result[tracking.CHALLENGER]["version"]), result)
     from mmretrieval.report import write_evaluation_html
 
     html = write_evaluation_html(out / "evaluate.html", result, figures)
@@ -192,7 +202,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                      artifacts=[out / "evaluate.json", html, *figures.values()])
     log.info("evaluate %s: challenger v%s %s", dataset, challenger["version"],
              {k: round(v, 3) for k, v in challenger["metrics"].items() if "recall" in k})
-    return {"dataset": dataset, "challenger": challenger["version"],
+    return {"dataset": dataset, "challenger": challenger["version"], "model_version": challenger["version"],
             "champion": (result[tracking.CHAMPION] or {}).get("version"),
             "metrics": {k: round(v, 4) for k, v in challenger["metrics"].items()},
             "report": str(out / "evaluate.json")}

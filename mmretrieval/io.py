@@ -39,10 +39,19 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically: a temp file of this writer's own (parallel writers of the same file never
+    share one), then a rename; readers see the old or the new file, never half of one."""
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -16,6 +16,7 @@ from mmretrieval.config import Settings
 from mmretrieval.errors import MMRError
 
 DAG_ID = "mmr_pipeline"
+WRITER_POOL = "mmr_milvus_writer"  # the pool of plugins/mmr_airflow.py
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -47,6 +48,9 @@ def dag_test(dataset: str, settings: Settings, airflow_home: Path | None = None)
     db = Path(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///"))
     if not db.exists():
         subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+        # index writers share a one-slot pool (plugins/mmr_airflow.py: Milvus Lite allows one process per file)
+        subprocess.run([airflow, "pools", "set", WRITER_POOL, "1", "writers of the Milvus index"], env=env,
+                       check=True, stdout=subprocess.DEVNULL)
     proc = subprocess.run([airflow, "dags", "test", DAG_ID, "-c", json.dumps({"dataset": dataset})], env=env)
     if proc.returncode != 0:
         raise MMRError(f"`airflow dags test {DAG_ID}` failed for dataset {dataset!r} (exit {proc.returncode})")

@@ -71,17 +71,31 @@ def _log(settings: Settings, dataset: str, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
+    """Decide on the evaluated challenger, or on exactly model ``version`` (the one this run trained and evaluated):
+    its own evaluation is read, so two runs of one dataset never judge each other's model."""
+    from mmretrieval.evaluate import evaluation_file
+
     settings = settings or get_settings()
     gate = settings.params_for(dataset).gate
-    result = read_json(settings.stage_dir("reports", dataset) / "evaluate.json", f"evaluation of {dataset!r}")
+    if version is not None:
+        result = read_json(evaluation_file(settings, dataset, version), f"evaluation of {dataset!r} model v{version}")
+    else:
+        result = read_json(settings.stage_dir("reports", dataset) / "evaluate.json", f"evaluation of {dataset!r}")
+        current = tracking.require_alias(settings, dataset, tracking.CHALLENGER)
+        if current.version != result[tracking.CHALLENGER]["version"]:
+            raise TrainingError(f"evaluate.json scored v{result[tracking.CHALLENGER]['version']} but the challenger "
+                                f"is now v{current.version}: run `mmr evaluate --dataset {dataset}` again")
     challenger = result[tracking.CHALLENGER]
-    current = tracking.require_alias(settings, dataset, tracking.CHALLENGER)
-    if current.version != challenger["version"]:
-        raise TrainingError(f"evaluate.json scored v{challenger['version']} but the challenger is now "
-                            f"v{current.version}: run `mmr evaluate --dataset {dataset}` again")
     champion = result.get(tracking.CHAMPION)
-    if champion and champion["version"] == challenger["version"]:
+    now = tracking.get_alias(settings, dataset, tracking.CHAMPION)
+    then, current = (champion["version"] if champion else None), (now.version if now else None)
+    if current != then:
+        decision = Decision(False, [f"the champion changed since v{challenger['version']} was evaluated (then "
+                                    f"v{then}, now v{current}): evaluate v{challenger['version']} again to compare "
+                                    "it with the new champion"])
+        promoted = False
+    elif champion and champion["version"] == challenger["version"]:
         decision = Decision(False, [f"v{challenger['version']} is already the champion"])
         promoted = False
     else:

@@ -31,7 +31,8 @@ import numpy as np
 
 from mmretrieval import centring, tracking
 from mmretrieval.config import IndexParams, Settings, get_settings
-from mmretrieval.errors import AliasNotFoundError, PublishError
+from mmretrieval.contracts import Pinned
+from mmretrieval.errors import AliasNotFoundError, PinnedInputChanged, PublishError
 from mmretrieval.index import MilvusIndex
 from mmretrieval.io import read_json, read_parquet
 
@@ -100,12 +101,19 @@ class Target:
     summary: dict[str, Any]
 
 
-def target(dataset: str, settings: Settings) -> Target:
+def target(dataset: str, settings: Settings, pinned: Pinned | None = None) -> Target:
+    """The champion's collection, or with ``pinned`` the collection of exactly that model and data version."""
     from mmretrieval.embed import output_dir
 
-    ref = tracking.require_alias(settings, dataset, tracking.CHAMPION)
+    if pinned is None:
+        ref = tracking.require_alias(settings, dataset, tracking.CHAMPION)
+    else:
+        ref = tracking.get_version(settings, settings.registered_model(dataset), pinned.model_version)
     summary = read_json(output_dir(settings, dataset, ref.version) / "embed.json",
                         f"embeddings of {dataset!r} with model v{ref.version}")
+    if pinned is not None and summary["data_version"] != pinned.data_version:
+        raise PinnedInputChanged(f"the embeddings of {dataset!r} with model v{ref.version} are of data version "
+                                 f"{summary['data_version'][:12]}, this run pinned {pinned.data_version[:12]}")
     alias = settings.alias(dataset)
     return Target(dataset, alias, collection_name(alias, ref.version, summary["data_version"]), ref, summary)
 
@@ -113,9 +121,9 @@ def target(dataset: str, settings: Settings) -> Target:
 class _Publication:
     """One publish of the champion's embeddings: the target, the open index, and the embeddings read at most once."""
 
-    def __init__(self, dataset: str, settings: Settings, ix: MilvusIndex) -> None:
+    def __init__(self, dataset: str, settings: Settings, ix: MilvusIndex, pinned: Pinned | None = None) -> None:
         self.dataset, self.settings, self.ix = dataset, settings, ix
-        self.t = target(dataset, settings)
+        self.t = target(dataset, settings, pinned)
         self.params = settings.params_for(dataset).index
 
     @functools.cached_property
@@ -192,38 +200,38 @@ class _Publication:
 
 
 @contextlib.contextmanager
-def _publication(dataset: str, settings: Settings | None) -> Iterator[_Publication]:
+def _publication(dataset: str, settings: Settings | None, pinned: Pinned | None = None) -> Iterator[_Publication]:
     settings = settings or get_settings()
     with MilvusIndex(settings.milvus_uri, settings.milvus_token) as ix:
-        yield _Publication(dataset, settings, ix)
+        yield _Publication(dataset, settings, ix, pinned)
 
 
-def build(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def build(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> dict[str, Any]:
     """Step 1: create the versioned collection (state ``building``), insert, index, load. Nothing serves it yet.
 
     A collection of the same name left by a killed run is dropped and rebuilt, unless it was verified already.
     """
-    with _publication(dataset, settings) as pub:
+    with _publication(dataset, settings, pinned) as pub:
         return pub.build()
 
 
-def check(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def check(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> dict[str, Any]:
     """Step 2: verify the built collection (:func:`verify`) and mark it ``verified``; raises PublishError if not."""
-    with _publication(dataset, settings) as pub:
+    with _publication(dataset, settings, pinned) as pub:
         return pub.check()
 
 
-def swap(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def swap(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> dict[str, Any]:
     """Step 3: point the serving alias at the verified collection (created on the first publish); drop old ones."""
-    with _publication(dataset, settings) as pub:
+    with _publication(dataset, settings, pinned) as pub:
         return pub.swap()
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> dict[str, Any]:
     """All three steps on one connection, the embeddings read once; a rerun with unchanged inputs changes nothing,
-    a crash at any step never moves the alias."""
+    a crash at any step never moves the alias. ``pinned``: publish exactly that model and data version."""
     started = time.monotonic()
-    with _publication(dataset, settings) as pub:
+    with _publication(dataset, settings, pinned) as pub:
         t = pub.t
         if pub.ix.resolve_alias(t.alias) == t.name and pub.ix.properties(t.name).get(STATE) == VERIFIED:
             log.info("publish %s: %s already serves model v%s on data %s", dataset, t.alias, t.ref.version,

@@ -1,54 +1,73 @@
 """The stage verbs, in pipeline order. The CLI, ``dvc.yaml`` and the Airflow DAG all call these same functions.
 
-Each takes ``(dataset, settings=None)`` and returns a small JSON-able dict (paths, counts, metrics, versions).
+Each stage's ``run(dataset, settings=None, **inputs)`` returns a small JSON-able dict (paths, counts, metrics,
+versions). ``inputs`` are what an earlier step of the same run pinned: ``evaluate`` and ``promote`` take the
+``version`` their run's ``train`` registered; ``embed`` and ``publish`` take the ``pinned`` model and data version
+(:class:`~mmretrieval.contracts.Pinned`) resolved once at the start of serving.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from mmretrieval.config import Settings, get_settings
+from mmretrieval.contracts import Pinned
 
 log = logging.getLogger(__name__)
 
-# verb -> module whose run(dataset, settings) implements it
-STAGES: dict[str, str] = {
-    "validate": "mmretrieval.prep.validate",
-    "clean": "mmretrieval.prep.clean",
-    "augment": "mmretrieval.prep.augment",
-    "train": "mmretrieval.train",
-    "evaluate": "mmretrieval.evaluate",
-    "promote": "mmretrieval.promote",
-    "embed": "mmretrieval.embed",
-    "publish": "mmretrieval.publish",
-}
+STAGES = ("validate", "clean", "augment", "train", "evaluate", "promote", "embed", "publish")
 
 
 def stage(verb: str) -> Callable[..., dict[str, Any]]:
-    """The ``run`` function of a stage verb (imported lazily: heavy modules load only when used)."""
-    if verb not in STAGES:
+    """The ``run`` function of a stage verb (imported on use: heavy modules load only when their stage runs)."""
+    if verb == "validate":
+        from mmretrieval.prep.validate import run
+    elif verb == "clean":
+        from mmretrieval.prep.clean import run
+    elif verb == "augment":
+        from mmretrieval.prep.augment import run
+    elif verb == "train":
+        from mmretrieval.train import run
+    elif verb == "evaluate":
+        from mmretrieval.evaluate import run
+    elif verb == "promote":
+        from mmretrieval.promote import run
+    elif verb == "embed":
+        from mmretrieval.embed import run
+    elif verb == "publish":
+        from mmretrieval.publish import run
+    else:
         raise KeyError(f"unknown stage {verb!r}; stages: {list(STAGES)}")
-    fn: Callable[..., dict[str, Any]] = importlib.import_module(STAGES[verb]).run
-    return fn
+    return run
 
 
-def run_stage(verb: str, dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run_stage(verb: str, dataset: str, settings: Settings | None = None, **inputs: Any) -> dict[str, Any]:
     """Run one stage and keep its result in ``data/reports/<dataset>/stages/<verb>.json`` (audit trail, DVC out)."""
     from mmretrieval.io import write_json
 
     settings = settings or get_settings()
     started = time.monotonic()
-    result = stage(verb)(dataset, settings)
+    result = stage(verb)(dataset, settings, **inputs)
     write_json(settings.stage_dir("reports", dataset) / "stages" / f"{verb}.json", result)
     log.info("%s %s done in %.1fs", verb, dataset, time.monotonic() - started)
     return result
 
 
 def run_all(dataset: str, settings: Settings | None = None) -> dict[str, dict[str, Any]]:
-    """Every stage in order, without Airflow (``mmr run``)."""
+    """Every stage in order, without Airflow (``mmr run``). Like the DAG, it evaluates and promotes the version its
+    own training registered, and embeds and publishes the champion it resolved once, whatever else runs meanwhile."""
     settings = settings or get_settings()
-    return {verb: run_stage(verb, dataset, settings) for verb in STAGES}
+    results = {verb: run_stage(verb, dataset, settings) for verb in ("validate", "clean", "augment", "train")}
+    version = str(results["train"]["model_version"])
+    for verb in ("evaluate", "promote"):
+        results[verb] = run_stage(verb, dataset, settings, version=version)
+    from mmretrieval.embed import start
+
+    started = start(dataset, settings)
+    pinned = Pinned(started["model_version"], started["data_version"])
+    for verb in ("embed", "publish"):
+        results[verb] = run_stage(verb, dataset, settings, pinned=pinned)
+    return results

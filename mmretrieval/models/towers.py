@@ -42,17 +42,12 @@ def resolve_text_model(ref: str, what: str = "") -> Path:
 def load_sentence_transformer(ref: str, device: str, what: str) -> tuple[SentenceTransformer, Path]:
     """A local sentence-transformers model (offline), in eval mode with every parameter frozen; ``what`` names the
     setting in errors."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # "Loading weights" bars on every CLI call say nothing useful
     path = resolve_text_model(ref, what)
     try:
-        model = SentenceTransformer(str(path), device=device)
+        model = SentenceTransformer(str(path), device=device, local_files_only=True)  # offline, without touching
+        # the process's HF_HUB_OFFLINE
     except (OSError, ValueError) as e:
         raise ModelError(f"{what} at {path} does not load: {e}") from e
     model.eval()

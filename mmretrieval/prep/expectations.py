@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 HARD_REASONS = frozenset({"duplicate_id", "missing_column"})
 ABSOLUTE_OR_DRIVE = r"^(/|\\|[A-Za-z]:)"
-PARENT_SEGMENT = r"(^|[/\\])\.\.([/\\]|$)"
+PARENT_SEGMENT = r"(?:^|[/\\])\.\.(?:[/\\]|$)"  # non-capturing: pandas warns about match groups
 
 
 @dataclass(frozen=True)

@@ -77,13 +77,16 @@ def test_audio_items_are_validated_trained_published_and_searchable(workspace: P
 
 def test_an_audio_only_dataset_gates_on_the_audio_twin_of_the_gate_metric(workspace: Path,
                                                                           audio_source: Path) -> None:
-    from mmretrieval.config import GateParams
-    from mmretrieval.promote import decide
-
-    d = decide(GateParams(metric="t2i_recall@10", floor=0.1), {"t2a_recall@10": 0.5, "a2t_recall@10": 0.4}, None)
-    assert d.promote and "t2a_recall@10" in d.reasons[0]
+    (workspace / "params.yaml").write_text((workspace / "params.yaml").read_text()
+                                          + "\noverrides: {tones2: {train: {epochs: 1}, model: {audio_seconds: 0.5},"
+                                          " gate: {metric: t2i_recall@10}}}\n")
     ingest(audio_source, "tones2")
-    assert run_stage("validate", "tones2")["valid"] == 12
+    for verb in ("validate", "clean", "augment", "train", "evaluate"):
+        run_stage(verb, "tones2")
+    decision = run_stage("promote", "tones2")
+    assert decision["promoted"] is True
+    assert decision["reasons"][0].startswith("t2a_recall@10=")  # the image metric's audio twin decided
+    assert any("chance level" in r for r in decision["reasons"])
 
 
 def test_bad_audio_files_get_reasons_and_good_odd_ones_are_normalised(workspace: Path) -> None:

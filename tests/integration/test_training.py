@@ -31,10 +31,7 @@ def tiny_dataset(src: Path, per_color: int = 4) -> Path:
 
 def registered_versions(ws: Path) -> list[str]:
     s = get_settings(ws)
-    try:
-        return [v.version for v in tracking.client(s).search_model_versions(f"name='{s.registered_model('tiny')}'")]
-    except Exception:  # noqa: BLE001 - no registered model yet
-        return []
+    return [v.version for v in tracking.client(s).search_model_versions(f"name='{s.registered_model('tiny')}'")]
 
 
 def test_training_registers_a_challenger_that_evaluates_and_promotes(prepared: Path) -> None:

@@ -17,7 +17,7 @@ def test_dag_files_exist() -> None:
 def test_parsing_a_dag_file_imports_nothing_heavy() -> None:
     code = (
         "import json, runpy, sys\n"
-        f"sys.path.insert(0, {str(REPO / 'dags')!r})  # as Airflow does for its DAG folder\n"
+        f"sys.path[:0] = [{str(REPO / 'dags')!r}, {str(REPO / 'plugins')!r}]  # as Airflow does for its folders\n"
         f"for f in {json.dumps([str(f) for f in DAG_FILES])}:\n"
         "    runpy.run_path(f)\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
@@ -38,24 +38,26 @@ def test_dagbag_has_no_import_errors_and_tasks_have_retries_and_tags(tmp_path: P
         "           None))} for d in bag.dags.values()}}))\n"
     )
     env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": "/usr/bin:/bin",
-           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags")}  # Airflow puts its DAG folder on sys.path
+           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),  # Airflow puts its DAG and plugins folders on sys.path
+           "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["errors"] == {}
     dag = info["dags"]["mmr_pipeline"]
     assert dag["tags"] == ["mmretrieval"]
-    assert dag["tasks"] == ["prepare.validate", "prepare.clean", "prepare.augment", "model.train", "model.evaluate",
-                            "model.promote", "serve.embed_plan", "serve.embed_shard", "serve.embed",
-                            "serve.publish_build", "serve.publish_check", "serve.publish"]
+    assert dag["tasks"] == ["prepare.datasets", "prepare.validate", "prepare.clean", "prepare.augment", "model.train",
+                            "model.evaluate", "model.promote", "serve.embed_plan", "serve.shard_work",
+                            "serve.embed_shard", "serve.embed", "serve.publish_build", "serve.publish_check",
+                            "serve.publish"]
     assert all(r >= 1 for r in dag["retries"])
     dags = info["dags"]
     assert set(dags) == {"mmr_pipeline", "mmr_prepare", "mmr_model", "mmr_serve"}
-    assert dags["mmr_prepare"]["tasks"] == ["validate", "clean", "augment"]
-    assert dags["mmr_model"]["tasks"] == ["train", "evaluate", "promote"] and "mmr_clean_data" in dags["mmr_model"][
-        "schedule"]
-    assert dags["mmr_serve"]["tasks"] == ["embed_plan", "embed_shard", "embed", "publish_build", "publish_check",
-                                          "publish"]
+    assert dags["mmr_prepare"]["tasks"] == ["datasets", "validate", "clean", "augment"]
+    assert dags["mmr_model"]["tasks"] == ["datasets", "train", "evaluate", "promote"]
+    assert "mmr_clean_data" in dags["mmr_model"]["schedule"]
+    assert dags["mmr_serve"]["tasks"] == ["datasets", "embed_plan", "shard_work", "embed_shard", "embed",
+                                          "publish_build", "publish_check", "publish"]
     assert "mmr_champion_model" in dags["mmr_serve"]["schedule"]
     assert all(all(r >= 1 for r in d["retries"]) and d["tags"] == ["mmretrieval"] for d in dags.values())
 

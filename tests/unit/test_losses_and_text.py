@@ -15,12 +15,17 @@ def test_info_nce_is_lower_for_aligned_pairs_than_for_shuffled_ones() -> None:
 
 
 def test_info_nce_does_not_punish_shared_captions_as_negatives() -> None:
-    img = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.01]]), dim=-1)
-    txt = img.clone()
-    only_diag = symmetric_info_nce(img, txt, torch.tensor(3.0), torch.eye(2, dtype=torch.bool))
-    both = symmetric_info_nce(img, txt, torch.tensor(3.0), torch.ones(2, 2, dtype=torch.bool))
-    assert both < only_diag
-    assert both.item() == 0.0 or abs(both.item()) < 1e-6
+    """Items 0 and 1 carry the same caption: with the multi-positive mask, caption 1 near image 0 is no longer a
+    negative, so the loss drops; image 2 lies near caption 0 and stays a real negative, so the loss is not zero."""
+    img = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.05, 0.0], [0.9, 0.0, 0.4]]), dim=-1)
+    txt = torch.nn.functional.normalize(torch.tensor([[1.0, 0.02, 0.0], [1.0, 0.02, 0.0], [0.0, 0.0, 1.0]]), dim=-1)
+    scale = torch.tensor(3.0)
+    only_diag = symmetric_info_nce(img, txt, scale, torch.eye(3, dtype=torch.bool))
+    shared = torch.eye(3, dtype=torch.bool)
+    shared[0, 1] = shared[1, 0] = True
+    multi = symmetric_info_nce(img, txt, scale, shared)
+    assert multi < only_diag - 0.3
+    assert multi > 0.1
 
 
 def test_captions_are_normalised_and_duplicates_merged() -> None:

@@ -1,0 +1,34 @@
+"""Stage files are written atomically, also by parallel writers (the mapped embed_shard tasks share plan.json)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from mmretrieval.io import write_json
+
+
+def test_parallel_writers_of_one_file_never_leave_a_torn_or_missing_file(tmp_path: Path) -> None:
+    target = tmp_path / "plan.json"
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for i in range(200):
+                write_json(target, {"writer": k, "i": i, "pad": "x" * 5000})
+        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    seen = 0
+    while any(t.is_alive() for t in threads):
+        if target.exists():
+            assert json.loads(target.read_text())["pad"] == "x" * 5000
+            seen += 1
+    for t in threads:
+        t.join()
+    assert not errors and seen > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]  # no temp file left behind
