@@ -68,7 +68,8 @@ def test_audio_items_are_validated_trained_published_and_searchable(workspace: P
 
         from mmretrieval.service import create_app
 
-        with TestClient(create_app("tones")) as http, open(audio_source.parent / "clips/low4.wav", "rb") as f:
+        with TestClient(create_app("tones"), base_url="http://127.0.0.1") as http, \
+                open(audio_source.parent / "clips/low4.wav", "rb") as f:
             up = http.post("/search/upload", files={"file": ("q.wav", f, "audio/wav")}, data={"k": "1"})
         assert up.status_code == 200 and up.json()[0]["id"] == "low4"
     quarantine = pd.read_parquet(workspace / "data/clean/tones/quarantine.parquet")
