@@ -236,6 +236,7 @@ class DatasetState:
     reason: str = "not loaded yet"
     serving: dict[str, str] = field(default_factory=dict)
     thumbs: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
+    thumbs_lock: threading.Lock = field(default_factory=threading.Lock)
     probed_at: float = 0.0
 
 
@@ -588,11 +589,13 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
     def thumbnail(state: DatasetState, item_id: str) -> Response:
         collection = state.serving.get("collection") or state.client.index.require_alias(state.client.alias)
         key = (collection, item_id)
-        if key not in state.thumbs:
-            if len(state.thumbs) >= THUMB_CACHE:
+        with state.thumbs_lock:
+            cached = state.thumbs.get(key, b"")
+        data = make_thumbnail(settings, state, collection, item_id) if cached == b"" else cached
+        with state.thumbs_lock:
+            while len(state.thumbs) >= THUMB_CACHE:
                 state.thumbs.pop(next(iter(state.thumbs)))
-            state.thumbs[key] = make_thumbnail(settings, state, collection, item_id)
-        data = state.thumbs[key]
+            state.thumbs[key] = data
         if data is None:
             raise HTTPException(404, "no image item with this id in the serving collection")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -77,10 +77,10 @@ def png(width: int, height: int) -> bytes:
 
 
 @pytest.mark.parametrize(("size", "problem"), [
-    ((64, 48), None), ((50000, 1), "at least 8"), ((4000, 100), "20 times"), ((8000, 6000), "pixels"),
+    ((64, 48), None), ((50000, 1), "at least 8"), ((4000, 100), "20 times"), ((2000, 1000), "pixels"),
 ])
 def test_the_image_header_is_checked_without_decoding(size: tuple[int, int], problem: str | None) -> None:
-    found = image_header_problem(png(*size), 40_000_000 if size != (8000, 6000) else 1_000_000, 8, 20.0)
+    found = image_header_problem(png(*size), 40_000_000 if size != (2000, 1000) else 1_000_000, 8, 20.0)
     assert (found is None) if problem is None else (found is not None and problem in found)
     assert image_header_problem(b"not an image", 1000, 8, 20.0) is None  # the decoder explains
 
