@@ -52,7 +52,7 @@ def open_image(source: Path | bytes, max_pixels: int = 40_000_000) -> Image.Imag
 
     Image.MAX_IMAGE_PIXELS = max_pixels
     # bytes accepted here: replaced by issue-12's decoder at merge
-    path = source if isinstance(source, Path) else Path("the uploaded image")
+    path = Path("the uploaded image") if isinstance(source, bytes) else Path(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             w, h = im.size
