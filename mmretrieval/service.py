@@ -155,7 +155,7 @@ ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ITEM_ID, pattern=
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: Annotated[Text, Field(min_length=1, max_length=MAX_TEXT, pattern=r"\S", description="text query")]
+    text: Annotated[Text, Field(min_length=1, max_length=MAX_TEXT, description="text query (blank: 400)")]
     k: int = Field(10, ge=1, le=MAX_K, description="number of hits")
     modality: Modality | None = Field(None, description="only hits of this modality")
     filter: Annotated[Text, Field(max_length=MAX_FILTER, description=(
@@ -635,7 +635,7 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
                   openapi_extra={"requestBody": {"content": {"multipart/form-data": {"encoding": {
                       "file": {"contentType": ", ".join(IMAGE_TYPES + AUDIO_TYPES)}}}}}})
         def upload_route(file: UploadFile = File(..., description="an image or audio file"),  # noqa: B008
-                         text: Annotated[Text | None, Form(min_length=1, max_length=MAX_TEXT, pattern=r"\S",
+                         text: Annotated[Text | None, Form(min_length=1, max_length=MAX_TEXT,
                                                            description="text to fuse with the file")] = None,
                          k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
                          modality: Annotated[Literal["text", "image", "audio", ""], Form(
