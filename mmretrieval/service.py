@@ -631,9 +631,7 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
             return search(state, req)
 
         @app.post(f"{prefix}/search/upload", response_model=list[Hit], dependencies=guarded, tags=[tag],
-                  operation_id=f"{op}search_upload", responses=errors(*auth_codes, 404, 415, 422, 503),
-                  openapi_extra={"requestBody": {"content": {"multipart/form-data": {"encoding": {
-                      "file": {"contentType": ", ".join(IMAGE_TYPES + AUDIO_TYPES)}}}}}})
+                  operation_id=f"{op}search_upload", responses=errors(*auth_codes, 404, 415, 422, 503))
         def upload_route(file: UploadFile = File(..., description="an image or audio file"),  # noqa: B008
                          text: Annotated[Text | None, Form(min_length=1, max_length=MAX_TEXT,
                                                            description="text to fuse with the file")] = None,
