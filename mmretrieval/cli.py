@@ -143,8 +143,11 @@ def dispatch(args: argparse.Namespace) -> int:
     elif verb == "search":
         return _search(args, settings)
     elif verb == "serve":
-        from mmretrieval.service import serve
+        from mmretrieval.service import RedactingFilter, Redactor, ServiceConfig, serve
 
+        redact = RedactingFilter(Redactor.for_settings(settings, ServiceConfig.from_env()))
+        for handler in logging.getLogger().handlers:  # every log line of the serving process, libraries' included
+            handler.addFilter(redact)
         serve(args.dataset or [_default_dataset(settings)], args.host, args.port, settings,
               insecure_no_auth=args.insecure_no_auth)
     else:

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import traceback
@@ -110,10 +111,13 @@ class ServiceConfig:
 class Redactor:
     """Removes secrets (Milvus password or token, API keys) and absolute paths from a message."""
 
-    PATH = re.compile(r"(?<![\w:/.~-])(?:/[^\s'\"/:,;()\[\]]+)+/?")
+    # absolute file paths under the usual roots (URL paths such as /health/live are left alone)
+    PATH = re.compile(r"(?<![\w:/.~…-])/(?:home|root|tmp|work|usr|opt|var|srv|mnt|data|etc|proc|run|private|Users|"
+                      r"Volumes|nix|snap|lib|lib64|bin|sbin|media|scratch|workspace|app)(?:/[^\s'\"/:,;()\[\]]+)+/?")
 
-    def __init__(self, secrets: Sequence[str]) -> None:
+    def __init__(self, secrets: Sequence[str], paths: Sequence[str] = ()) -> None:
         self.secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+        self.paths = sorted({p.rstrip("/") for p in paths if len(p.rstrip("/")) > 1}, key=len, reverse=True)
 
     @classmethod
     def for_settings(cls, settings: Settings, config: ServiceConfig) -> Redactor:
@@ -121,13 +125,32 @@ class Redactor:
         parts = urlsplit(settings.milvus_uri) if "://" in settings.milvus_uri else None
         if parts is not None and parts.password:
             secrets += [parts.password, f"{parts.username}:{parts.password}"]
-        return cls(secrets)
+        return cls(secrets, [str(settings.home), str(Path(__file__).resolve().parents[1]), sys.prefix])
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "***")
+        for path in self.paths:  # wherever they live: the workspace, the code, the environment
+            text = text.replace(path + "/", "…/").replace(path, "…")
         text = self.PATH.sub(lambda m: "…/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter for the handlers of a serving process: each record (its traceback included) is rendered
+    once and passed through a :class:`Redactor`, so libraries that log a path or a URI (Milvus Lite names its file)
+    cannot leak them. Installed by ``mmr serve`` (the CLI) on the root handlers; the library never installs it."""
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        record.msg, record.args, record.exc_info, record.exc_text = self.redact(text), (), None, None
+        return True
 
 
 # --- request and response models -------------------------------------------------------------------------------
@@ -760,4 +783,4 @@ def serve(datasets: str | Sequence[str], host: str = "127.0.0.1", port: int = 80
         if config.trusted_hosts == LOOPBACK:
             log.warning("MMR_TRUSTED_HOSTS is not set: only requests addressed to localhost/127.0.0.1 are answered")
     uvicorn.run(create_app(datasets, settings, config), host=host, port=port, log_level="info",
-                timeout_graceful_shutdown=5)
+                log_config=None, timeout_graceful_shutdown=5)  # uvicorn logs through the process's own handlers

@@ -275,3 +275,45 @@ def test_the_openapi_documents_every_status_and_an_enum_modality(http: TestClien
     modality = spec["components"]["schemas"]["SearchRequest"]["properties"]["modality"]
     assert {"enum": ["text", "image", "audio"], "type": "string"} in modality["anyOf"]
     assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+
+
+def test_a_second_server_on_a_locked_lite_file_is_live_but_not_ready(app_and_http: tuple[Any, TestClient],
+                                                                     published_tiny: Settings) -> None:
+    """This process holds the Lite file (the module's application): ``mmr serve`` in another process starts,
+    answers /health/live, and says why it is not ready, without the file's absolute path."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.conftest import BIN
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MMR_HOME": str(published_tiny.home), "MMR_API_KEYS": KEY}
+    proc = subprocess.Popen([str(BIN / "mmr"), "serve", "--dataset", "tiny", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                live = httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert live.status_code == 200
+        ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=30)
+        assert ready.status_code == 503 and ready.json()["datasets"]["tiny"] != "ready"
+        search = httpx.post(f"http://127.0.0.1:{port}/search", json={"text": "cat"}, headers={"X-API-Key": KEY},
+                            timeout=30)
+        assert search.status_code == 503 and search.json()["request_id"]
+        assert str(published_tiny.home) not in ready.text + search.text
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert str(published_tiny.home) not in out and KEY not in out
+    print(ready.json()["datasets"]["tiny"])

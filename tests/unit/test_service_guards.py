@@ -50,7 +50,8 @@ def test_secrets_and_absolute_paths_are_redacted(tmp_path: Path, monkeypatch: py
                   f"{tmp_path}/var/milvus.db and '/usr/lib/x.so': lone \ud800")
     assert "Hunter2-secret" not in text and "Token-secret" not in text and KEY not in text
     assert str(tmp_path) not in text and "/usr/lib" not in text
-    assert "…/milvus.db" in text and "…/x.so" in text and "milvus.internal:19530" in text
+    assert "…/var/milvus.db" in text and "…/x.so" in text and "milvus.internal:19530" in text
+    assert redact("GET /health/live and /datasets/demo/search") == "GET /health/live and /datasets/demo/search"
     text.encode("utf-8")  # always valid UTF-8
     assert safe_uri("http://svc:pw@host:19530") == "http://host:19530"
     assert safe_uri(str(tmp_path / "var" / "milvus.db")) == "milvus.db"
