@@ -468,8 +468,9 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
             try:
                 info = state.client.info()
                 state.client.search(text="probe", k=1)
-            except MMRError as e:
-                state.ready, state.reason = False, redact(str(e))
+            except Exception as e:  # noqa: BLE001 - any failure means not ready, never a service that cannot start
+                state.ready, state.reason = False, redact(str(e) if isinstance(e, MMRError) else
+                                                          f"{type(e).__name__}: {e}")
                 log.warning("dataset %s is not ready: %s", state.name, state.reason)
             else:
                 state.ready, state.reason = True, "ready"
