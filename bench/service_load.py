@@ -59,6 +59,7 @@ def phase(url: str, clients: int, seconds: float, make: Callable[[int, int], dic
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     health: list[float] = []
+    health_at: list[float] = []  # seconds into the phase when each probe was sent
     lock = threading.Lock()
 
     def worker(c: int) -> None:
@@ -79,6 +80,7 @@ def phase(url: str, clients: int, seconds: float, make: Callable[[int, int], dic
                 t = time.perf_counter()
                 http.get("/health/live")
                 health.append(time.perf_counter() - t)
+                health_at.append(t - started)
                 time.sleep(0.05)
 
     threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)] + [threading.Thread(target=prober)]
@@ -91,7 +93,9 @@ def phase(url: str, clients: int, seconds: float, make: Callable[[int, int], dic
         t.join()
     elapsed = time.perf_counter() - started
     return {"requests": len(latencies), "qps": round(len(latencies) / elapsed, 1), **pct(latencies),
-            "statuses": dict(statuses), "health_live": {"probes": len(health), **pct(health)}}
+            "statuses": dict(statuses), "health_live": {"probes": len(health), **pct(health),
+                                                        "slowest_at_s": round(health_at[int(np.argmax(health))], 2)
+                                                        if health else None}}
 
 
 def main() -> None:
