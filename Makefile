@@ -16,13 +16,14 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-unit test-milvus-server milvus-server-venv milvus-server lint clean-state help
+.PHONY: setup demo test test-unit test-milvus-server milvus-server-venv milvus-server browser lint clean-state help
 
 help:
 	@echo "make demo   - set up .venv, run the whole pipeline on the bundled sample through Airflow, search it"
 	@echo "make test   - set up .venv and .venv-milvus, run all tests (unit + integration, a real Milvus server included)"
 	@echo "make test-milvus-server - only the tests against a real Milvus server"
 	@echo "make milvus-server      - run a Milvus server on 127.0.0.1:$(MILVUS_PORT) (data in var/milvus-server)"
+	@echo "make browser - install Debian's chromium and chromium-driver (the search page test; needs root or sudo)"
 	@echo "make lint   - ruff"
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -48,8 +49,14 @@ milvus-server: milvus-server-venv
 demo: setup
 	bash scripts/demo.sh
 
-test: setup milvus-server-venv
-	MMR_REQUIRE_MILVUS_SERVER=1 $(BIN)/pytest -q tests
+# The search page test drives Debian's Chromium through its chromedriver (never a downloaded browser); idempotent.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then echo "chromium and chromedriver present"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; fi
+
+test: setup milvus-server-venv browser
+	MMR_REQUIRE_MILVUS_SERVER=1 MMR_REQUIRE_BROWSER=1 $(BIN)/pytest -q tests
 
 test-milvus-server: setup milvus-server-venv
 	MMR_REQUIRE_MILVUS_SERVER=1 $(BIN)/pytest -q -m milvus_server tests/integration/test_milvus_server.py

@@ -24,6 +24,12 @@ STAGE_HELP = {
 }
 
 
+# libraries whose routine messages (and local paths: Milvus Lite names its file) stay out of the CLI's log
+QUIET_LOGGERS = {name: logging.WARNING for name in (
+    "httpx", "urllib3", "great_expectations", "alembic", "mlflow", "pymilvus", "sentence_transformers", "filelock",
+    "transformers", "faiss", "faiss.loader", "milvus_lite")} | {"grpc._server": logging.CRITICAL}
+
+
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
@@ -107,10 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET or the last ingested)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
 
-    p = sub.add_parser("serve", help="HTTP search service (FastAPI; OpenAPI docs at /docs)")
-    p.add_argument("--dataset", help="dataset name")
-    p.add_argument("--host", default="127.0.0.1")
+    p = sub.add_parser("serve", help="HTTP search service and search page (FastAPI; OpenAPI docs at /docs)")
+    p.add_argument("--dataset", action="append", help="dataset to serve; repeat to serve several (the first is the "
+                   "default of the routes without /datasets/NAME)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other address "
+                   "needs API keys, see MMR_API_KEYS)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="serve a non-loopback address without API keys: anyone who reaches the port can search")
 
     p = sub.add_parser("info", help="what the serving alias of a dataset points to")
     p.add_argument("--dataset", help="dataset name")
@@ -132,6 +142,14 @@ def dispatch(args: argparse.Namespace) -> int:
         _print(ingest(args.manifest, args.name, settings))
     elif verb == "search":
         return _search(args, settings)
+    elif verb == "serve":
+        from mmretrieval.service import RedactingFilter, Redactor, ServiceConfig, serve
+
+        redact = RedactingFilter(Redactor.for_settings(settings, ServiceConfig.from_env()))
+        for handler in logging.getLogger().handlers:  # every log line of the serving process, libraries' included
+            handler.addFilter(redact)
+        serve(args.dataset or [_default_dataset(settings)], args.host, args.port, settings,
+              insecure_no_auth=args.insecure_no_auth)
     else:
         dataset = args.dataset or _default_dataset(settings)
         if verb == "evaluate" and args.manifest:
@@ -154,10 +172,6 @@ def dispatch(args: argparse.Namespace) -> int:
             from mmretrieval.orchestration import dag_test
 
             dag_test(dataset, settings)
-        elif verb == "serve":
-            from mmretrieval.service import serve
-
-            serve(dataset, args.host, args.port, settings)
         elif verb == "info":
             from mmretrieval.client import RetrievalClient
 
@@ -179,9 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars on every call say nothing
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "great_expectations", "alembic", "mlflow", "pymilvus", "sentence_transformers",
-                  "filelock", "transformers", "faiss", "faiss.loader", "milvus_lite"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
     try:
         return dispatch(args)
     except MMRError as e:

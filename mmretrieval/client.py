@@ -5,8 +5,8 @@ Query vectors of a modality the collection was centred on (``mmr.centre``) are c
 
 from __future__ import annotations
 
-import io
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,7 +101,8 @@ class RetrievalClient:
         return self._model[1], self._model[2]
 
     def search(self, text: str | None = None, image: Any = None, audio: Any = None, *, k: int = 10,
-               modality: str | None = None, filter: str = "", weights: dict[str, float] | None = None,
+               modality: str | None = None, filter: str = "", labels: Sequence[str] = (),
+               where: Mapping[str, str] | None = None, weights: dict[str, float] | None = None,
                fusion: str = "vector") -> list[Hit]:
         """Nearest items to the query. Several query parts (text, image, audio) are fused by ``fusion``:
 
@@ -140,7 +141,8 @@ class RetrievalClient:
                 raise QueryError(f"the model behind {self.alias!r} has no audio tower; audio queries need one")
             wave = _load_wave(model, audio)[None]
             parts.append((w.get("audio", 1.0), centre.apply(model.encode_waves(wave)[0], "audio")))
-        expr = " and ".join(e for e in (f'modality == "{modality}"' if modality else "", filter) if e)
+        where_expr = filter_expr(filter, labels, where)
+        expr = " and ".join(e for e in (f'modality == "{modality}"' if modality else "", where_expr) if e)
         if fusion == "late" and len(parts) > 1:
             results = self._search(collection, [v for _, v in parts], min(MAX_K, FUSION_DEPTH * k), expr)
             hits = late_fusion([weight for weight, _ in parts], results, k)
@@ -163,6 +165,16 @@ class RetrievalClient:
         except IndexStoreError:
             self.index.load(collection)
             return self.index.search(collection, vectors, k, self._params, expr=expr)
+
+
+def filter_expr(filter: str, labels: Sequence[str], where: Mapping[str, str] | None) -> str:  # replaced by issue-12
+    """``filter`` and'ed with ``label in [...]`` and ``metadata["k"] == "v"`` (values JSON-quoted)."""
+    parts = [f"({filter})"] if filter.strip() else []
+    if labels:
+        parts.append(f"label in {json.dumps(list(labels), ensure_ascii=False)}")
+    for key, value in (where or {}).items():
+        parts.append(f"metadata[{json.dumps(key, ensure_ascii=False)}] == {json.dumps(value, ensure_ascii=False)}")
+    return " and ".join(parts)
 
 
 def late_fusion(weights: list[float], results: list[list[dict[str, Any]]], k: int) -> list[dict[str, Any]]:
@@ -203,11 +215,7 @@ def _load_image(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, (bytes, bytearray)):
-        try:
-            with Image.open(io.BytesIO(image)) as im:
-                return im.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise MediaError(f"the uploaded image does not decode: {e}") from e
+        return open_image(bytes(image))
     path = Path(image)
     if not path.is_file():
         raise MediaError(f"query image {str(path)!r} does not exist")

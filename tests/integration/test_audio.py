@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +65,25 @@ def test_audio_items_are_validated_trained_published_and_searchable(workspace: P
         assert len(client.search(text="a low tone", k=5, modality="audio")) == 5
         with pytest.raises(QueryError, match="no image tower"):
             client.search(image=audio_source.parent / "clips/high3.wav")
+        import soundfile as sf
         from fastapi.testclient import TestClient
 
         from mmretrieval.service import create_app
 
-        with TestClient(create_app("tones")) as http, open(audio_source.parent / "clips/low4.wav", "rb") as f:
+        with TestClient(create_app("tones"), base_url="http://127.0.0.1") as http, \
+                open(audio_source.parent / "clips/low4.wav", "rb") as f:
             up = http.post("/search/upload", files={"file": ("q.wav", f, "audio/wav")}, data={"k": "1"})
+            nan = io.BytesIO()
+            sf.write(nan, np.full(8000, np.nan, dtype=np.float32), 8000, format="WAV", subtype="FLOAT")
+            header_only = io.BytesIO()
+            sf.write(header_only, np.zeros(0, dtype=np.float32), 8000, format="WAV")
+            hostile = {"png as audio": b"\x89PNG\r\n\x1a\n" + bytes(200), "NaN samples": nan.getvalue(),
+                       "no samples": header_only.getvalue()}
+            refused = {name: http.post("/search/upload", files={"file": ("h.wav", data, "audio/wav; codecs=1")})
+                       for name, data in hostile.items()}
         assert up.status_code == 200 and up.json()[0]["id"] == "low4"
+        for name, r in refused.items():  # through the audio decoder: a 400 with a reason, never a 500
+            assert r.status_code == 400 and "audio" in r.json()["detail"], (name, r.text)
     quarantine = pd.read_parquet(workspace / "data/clean/tones/quarantine.parquet")
     assert set(quarantine["id"]) == {"empty", "fake"}
 
