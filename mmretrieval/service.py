@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from mmretrieval.client import MAX_K, MAX_TEXT, Hit, RetrievalClient
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import AliasNotFoundError, MediaError, MMRError, QueryError
+from mmretrieval.media import open_image
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
@@ -26,7 +27,9 @@ class SearchRequest(BaseModel):
     text: str = Field(..., min_length=1, max_length=MAX_TEXT, description="text query")
     k: int = Field(10, ge=1, le=MAX_K)
     modality: str | None = Field(None, description="only hits of this modality")
-    filter: str = Field("", description="Milvus boolean expression")
+    filter: str = Field("", description="raw Milvus boolean expression, combined with the others by `and`")
+    labels: list[str] = Field(default_factory=list, description="only hits with one of these labels")
+    where: dict[str, str] = Field(default_factory=dict, description="only hits whose metadata has key == value")
 
 
 def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
@@ -55,12 +58,14 @@ def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
 
     @app.post("/search", response_model=list[Hit])
     def search(req: SearchRequest) -> list[Hit]:
-        return client.search(text=req.text, k=req.k, modality=req.modality, filter=req.filter)
+        return client.search(text=req.text, k=req.k, modality=req.modality, filter=req.filter, labels=req.labels,
+                             where=req.where)
 
     @app.post("/search/upload", response_model=list[Hit])
     async def search_upload(file: UploadFile = File(...), text: str | None = Form(None),  # noqa: B008
                             k: int = Form(10), modality: str | None = Form(None),
-                            fusion: str = Form("vector")) -> list[Hit]:
+                            fusion: str = Form("vector"), filter: str = Form(""),
+                            label: list[str] | None = Form(None)) -> list[Hit]:  # noqa: B008 - FastAPI form fields
         if file.content_type not in IMAGE_TYPES + AUDIO_TYPES:
             raise HTTPException(415, f"content type {file.content_type!r} is not supported; use an image "
                                      f"{IMAGE_TYPES} or audio {AUDIO_TYPES} type")
@@ -69,9 +74,11 @@ def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
             raise HTTPException(413, f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
         if not data:
             raise HTTPException(400, "the uploaded file is empty")
+        restrict: dict[str, Any] = {"modality": modality, "filter": filter, "labels": label or []}
         if file.content_type in AUDIO_TYPES:
-            return client.search(text=text, audio=data, k=k, modality=modality, fusion=fusion)
-        return client.search(text=text, image=data, k=k, modality=modality, fusion=fusion)
+            return client.search(text=text, audio=data, k=k, fusion=fusion, **restrict)
+        # the one decoder, as for every other entry point (bit depth, transparency, EXIF orientation, size limits)
+        return client.search(text=text, image=open_image(data), k=k, fusion=fusion, **restrict)
 
     return app
 
