@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return dispatch(args)
     except MMRError as e:
-        print(f"mmr: error: {e}", file=sys.stderr)
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        print(f"mmr: error: {'; '.join(lines)}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("mmr: interrupted", file=sys.stderr)

@@ -252,7 +252,8 @@ class MilvusIndex:
         except MilvusException as e:
             message = _message(e)
             if expr and any(word in message.lower() for word in FILTER_WORDS):
-                raise FilterError(f"the filter {expr!r} is not a valid Milvus expression: {message}") from e
+                reason = message.strip().splitlines()[0] if message.strip() else "rejected"  # no caret diagram
+                raise FilterError(f"the filter {expr!r} is not a valid Milvus expression: {reason}") from e
             raise IndexStoreError(f"search in {name!r} failed: {message}") from e
         return [[{"id": h["id"], "score": float(h["distance"]), **h.get("entity", {})} for h in hits] for hits in res]
 
