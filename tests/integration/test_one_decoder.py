@@ -70,7 +70,7 @@ def merged_into(root: Path) -> dict[str, str]:
 
 def test_every_kind_passes_validation_and_is_cleaned_to_the_pixels_the_decoder_promises(
         served: dict[str, object]) -> None:
-    root, src, expected = Path(served["root"]), Path(served["src"]), served["expected"]
+    root, expected = Path(served["root"]), served["expected"]
     assert isinstance(expected, dict)
     verdict = pd.read_parquet(root / "data/validated/kinds/rows.parquet").set_index("id")["reason"]
     assert (verdict == "").all(), verdict[verdict != ""].to_dict()
@@ -190,7 +190,8 @@ def test_a_malformed_filter_is_the_users_error_without_reload_or_retry(served: d
     out = mmr("search", "a red square", "--dataset", "kinds", "--filter", "label == ", cwd=root,
               env={"MMR_HOME": str(root)})
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("mmr: error: the filter 'label ==' is not a valid Milvus expression: ")
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("mmr: error: the filter 'label ==' is not a valid Milvus expression: ")
 
 
 def test_k_beyond_ef_and_beyond_the_collection_returns_every_row(served: dict[str, object]) -> None:
