@@ -27,7 +27,7 @@ from mmretrieval.index import MilvusIndex
 from mmretrieval.stages import run_all, run_stage
 from tests.conftest import REPO
 from tests.integration.test_backend_parity import check_depth, check_filters, check_limits
-from tests.integration.test_publish_safety import kill_publish_at_each_step
+from tests.integration.test_publish_safety import kill_publish_at_each_step, publish_with_a_row_past_the_limits
 from tests.integration.test_training import tiny_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.milvus_server]
@@ -260,3 +260,8 @@ def test_rows_beyond_the_schema_limits_are_refused_naming_the_row_on_the_server(
     empty(milvus_server)
     check_limits(milvus_server)
     empty(milvus_server)
+
+
+def test_a_row_the_server_would_refuse_stops_publish_in_one_line_and_leaves_nothing_half_built(
+        server_workspace: Path) -> None:
+    publish_with_a_row_past_the_limits(server_workspace)
