@@ -48,11 +48,13 @@ def limit_problem(row: pd.Series) -> Problem | None:
         value = str(row[column])
         if "\x00" in value:
             return Problem("nul_character", f"{column} contains a NUL character")
-        # text: each caption is held to validate.max_caption_chars by clean; the index keeps a cut display copy
-        limit = VARCHAR_LIMITS.get(column) if column != "text" else None
+        limit = VARCHAR_LIMITS.get(column)
         size = len(value.encode("utf-8"))
         if limit is not None and size > limit:
-            return Problem("field_too_long", f"{column} is {size} bytes, above the index's {limit}-byte limit")
+            # text: the reason clean gives a caption above validate.max_caption_chars (captions merged from
+            # duplicates later are cut in the index's display copy, never in training)
+            reason = "caption_too_long" if column == "text" else "field_too_long"
+            return Problem(reason, f"{column} is {size} bytes, above the index's {limit}-byte limit")
     metadata = str(row[METADATA])
     if "\\u0000" in metadata or "\x00" in metadata:
         return Problem("nul_character", "an extra column's value contains a NUL character")
