@@ -46,6 +46,7 @@ JSON_MAX_BYTES = 65_536  # a server refuses a JSON field above this ("json field
 METADATA_RESERVE = 1_024  # of JSON_MAX_BYTES, kept for what publish adds to an item's metadata (clean_media)
 HNSW_TYPES = ("HNSW", "HNSW_SQ", "HNSW_PQ", "HNSW_PRQ")
 IVF_TYPES = ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN")
+MAX_NPROBE = 65_536  # Milvus' upper bound for nprobe
 FILTER_WORDS = ("expr", "parse", "column", "field", "operand", "operator", "invalid", "literal", "token")
 
 
@@ -246,9 +247,8 @@ class MilvusIndex:
             search["ef"] = max(int(search.get("ef", 0)), k)
         try:
             res = self._search(name, data, k, expr, output_fields, params.metric_type, search)
-            nlist = int(params.build_params.get("nlist", 0))
-            if kind in IVF_TYPES and nlist > int(search.get("nprobe", 8)) and any(len(h) < k for h in res):
-                res = self._search(name, data, k, expr, output_fields, params.metric_type, search | {"nprobe": nlist})
+            if kind in IVF_TYPES and any(len(h) < k for h in res):  # the probed lists held fewer than k rows
+                res = self._probe_all(name, data, k, expr, output_fields, params, search) or res
         except MilvusException as e:
             message = _message(e)
             if expr and any(word in message.lower() for word in FILTER_WORDS):
@@ -256,6 +256,20 @@ class MilvusIndex:
                 raise FilterError(f"the filter {expr!r} is not a valid Milvus expression: {reason}") from e
             raise IndexStoreError(f"search in {name!r} failed: {message}") from e
         return [[{"id": h["id"], "score": float(h["distance"]), **h.get("entity", {})} for h in hits] for hits in res]
+
+    def _probe_all(self, name: str, data: list[list[float]], k: int, expr: str, output_fields: Sequence[str],
+                   params: IndexParams, search: dict[str, Any]) -> Any:
+        """Search again probing every list: Milvus' largest ``nprobe`` (a server may hold it to ``nlist``)."""
+        from pymilvus.exceptions import MilvusException
+
+        for nprobe in (MAX_NPROBE, int(params.build_params.get("nlist", 0))):
+            if nprobe > int(search.get("nprobe", 0)):
+                try:
+                    return self._search(name, data, k, expr, output_fields, params.metric_type,
+                                        search | {"nprobe": nprobe})
+                except MilvusException as e:
+                    log.debug("nprobe %d refused on %s: %s", nprobe, self.uri, _message(e))
+        return None
 
     def _search(self, name: str, data: list[list[float]], k: int, expr: str, output_fields: Sequence[str],
                 metric: str, search: dict[str, Any]) -> Any:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from mmretrieval.client import MAX_K, MAX_TEXT, Hit, RetrievalClient
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import AliasNotFoundError, MediaError, MMRError, QueryError
+from mmretrieval.filters import parse_where
 from mmretrieval.media import open_image
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -65,7 +66,8 @@ def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
     async def search_upload(file: UploadFile = File(...), text: str | None = Form(None),  # noqa: B008
                             k: int = Form(10), modality: str | None = Form(None),
                             fusion: str = Form("vector"), filter: str = Form(""),
-                            label: list[str] | None = Form(None)) -> list[Hit]:  # noqa: B008 - FastAPI form fields
+                            label: list[str] | None = Form(None),  # noqa: B008 - FastAPI form fields
+                            where: list[str] | None = Form(None)) -> list[Hit]:  # noqa: B008 - "key=value" items
         if file.content_type not in IMAGE_TYPES + AUDIO_TYPES:
             raise HTTPException(415, f"content type {file.content_type!r} is not supported; use an image "
                                      f"{IMAGE_TYPES} or audio {AUDIO_TYPES} type")
@@ -74,7 +76,8 @@ def create_app(dataset: str, settings: Settings | None = None) -> FastAPI:
             raise HTTPException(413, f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
         if not data:
             raise HTTPException(400, "the uploaded file is empty")
-        restrict: dict[str, Any] = {"modality": modality, "filter": filter, "labels": label or []}
+        restrict: dict[str, Any] = {"modality": modality, "filter": filter, "labels": label or [],
+                                    "where": parse_where(where or [])}
         if file.content_type in AUDIO_TYPES:
             return client.search(text=text, audio=data, k=k, fusion=fusion, **restrict)
         # the one decoder, as for every other entry point (bit depth, transparency, EXIF orientation, size limits)

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 
 ROWS, EF, DIM = 60, 16, 8
 PARAMS = IndexParams(search_params={"ef": EF})
+IVF = IndexParams(index_type="IVF_FLAT", build_params={"nlist": 16}, search_params={"nprobe": 1})
 
 
 def make_rows(n: int = ROWS) -> list[dict[str, Any]]:
@@ -30,29 +31,30 @@ def make_rows(n: int = ROWS) -> list[dict[str, Any]]:
              "model_version": "1", "data_version": "d"} for i in range(n)]
 
 
-def filled(ix: MilvusIndex, name: str = "parity") -> list[dict[str, Any]]:
+def filled(ix: MilvusIndex, name: str = "parity", params: IndexParams = PARAMS) -> list[dict[str, Any]]:
     rows = make_rows()
     if ix.exists(name):
         ix.drop(name)
     ix.create(name, DIM, {})
     list(ix.insert(name, rows))
-    ix.build_index(name, PARAMS)
+    ix.build_index(name, params)
     ix.load(name)
     return rows
 
 
-def check_depth(uri: str) -> None:
-    """k = 1, ef - 1, ef, ef + 1, rows, rows + 1: every one gets min(k, rows) distinct hits, best first."""
+def check_depth(uri: str, params: IndexParams = PARAMS) -> None:
+    """k = 1, ef - 1, ef, ef + 1, rows, rows + 1: every one gets min(k, rows) distinct hits, best first (HNSW; and
+    an IVF index probing one list)."""
     with MilvusIndex(uri) as ix:
-        rows = filled(ix)
+        rows = filled(ix, params=params)
         query = [rows[0]["vector"]]
         for k in (1, EF - 1, EF, EF + 1, ROWS, ROWS + 1, 1000):
-            hits = ix.search("parity", query, k, PARAMS, output_fields=["id"])[0]
+            hits = ix.search("parity", query, k, params, output_fields=["id"])[0]
             assert len(hits) == min(k, ROWS), f"k={k}: {len(hits)} hits"
             assert len({h["id"] for h in hits}) == len(hits) and hits[0]["id"] == "item000"
             scores = [h["score"] for h in hits]
             assert scores == sorted(scores, reverse=True)
-        images = ix.search("parity", query, ROWS + 1, PARAMS, expr='modality == "image"', output_fields=["id"])[0]
+        images = ix.search("parity", query, ROWS + 1, params, expr='modality == "image"', output_fields=["id"])[0]
         assert len(images) == sum(r["modality"] == "image" for r in rows)
 
 
@@ -116,6 +118,7 @@ def lite(tmp_path: Path) -> str:
 
 def test_search_depth_covers_k_at_the_edges_of_ef_and_of_the_collection_on_lite(lite: str) -> None:
     check_depth(lite)
+    check_depth(lite, IVF)
 
 
 def test_filters_mean_what_they_say_on_lite(lite: str) -> None:

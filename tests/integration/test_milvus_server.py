@@ -26,7 +26,7 @@ from mmretrieval.errors import IndexStoreError
 from mmretrieval.index import MilvusIndex
 from mmretrieval.stages import run_all, run_stage
 from tests.conftest import REPO
-from tests.integration.test_backend_parity import check_depth, check_filters, check_limits
+from tests.integration.test_backend_parity import IVF, check_depth, check_filters, check_limits
 from tests.integration.test_publish_safety import kill_publish_at_each_step, publish_with_a_row_past_the_limits
 from tests.integration.test_training import tiny_dataset
 
@@ -249,6 +249,7 @@ def test_dropping_a_collection_that_serves_an_alias_is_refused(server_workspace:
 def test_search_depth_covers_k_at_the_edges_of_ef_and_of_the_collection_on_the_server(milvus_server: str) -> None:
     empty(milvus_server)
     check_depth(milvus_server)
+    check_depth(milvus_server, IVF)
 
 
 def test_filters_mean_what_they_say_on_the_server(milvus_server: str) -> None:

@@ -148,6 +148,13 @@ def test_a_modality_and_a_user_or_filter_never_leak_other_modalities(served: dic
         assert text_only.status_code == 200 and text_only.json() == []
         labels = http.post("/search", json={"text": "a red square", "k": 50, "labels": ["red", "green"]})
         assert sorted({h["label"] for h in labels.json()}) == ["green", "red"]
+        media = hits[0].metadata["clean_media"]
+        one = http.post("/search", json={"text": "a red square", "k": 50, "where": {"clean_media": media}})
+        assert [h["id"] for h in one.json()] == [hits[0].id]
+        with open(next((Path(served["src"]) / "kinds" / "RGBA").iterdir()), "rb") as f:
+            up = http.post("/search/upload", files={"file": ("a.png", f, "image/png")},
+                           data={"k": "50", "label": ["red", "green"], "where": [f"clean_media={media}"]})
+        assert up.status_code == 200 and [h["id"] for h in up.json()] == [hits[0].id]
     out = mmr("search", "a red square", "--dataset", "kinds", "--k", "50", "--modality", "text", "--filter", either,
               "--json", cwd=root, env={"MMR_HOME": str(root)})
     assert out.returncode == 0 and out.stdout.strip() == "", out.stderr[-2000:]
