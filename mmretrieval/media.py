@@ -33,6 +33,7 @@ DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 TRUE_COLOUR = ("CMYK", "YCbCr", "LAB", "HSV")
 UINT16_MAX = 65_535
+ORIENTATION = 0x0112  # the EXIF orientation tag
 INT32_MIN, INT32_SPAN = -(2**31), 2**32 - 1
 
 
@@ -86,12 +87,12 @@ def open_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_I
 
 def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Decoded:
     """:func:`open_image`, also saying whether decoding flattened a varied source to a (near) constant image."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if isinstance(source, Image.Image):
         name = "the query image"
         _check_size(source.size, name, max_pixels)
-        return _convert(ImageOps.exif_transpose(source), name)
+        return _oriented(source, name)
     if isinstance(source, (bytes, bytearray, memoryview)):
         name, opened = "the uploaded image", io.BytesIO(bytes(source))
     else:
@@ -103,9 +104,10 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
         with im:
             _check_size(im.size, name, max_pixels)
             im.seek(0)  # the first frame of an animation or a multi-page file
+            orientation = _take_orientation(im)  # before load(): Pillow's TIFF loader would apply it, not always
             im.load()
             _check_size(im.size, name, max_pixels)  # formats with several sizes (ICO) pick one when loading
-            return _convert(ImageOps.exif_transpose(im), name)
+            return _oriented(im, name, orientation)
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
@@ -123,6 +125,43 @@ def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
         raise MediaError(f"{name} is {w}x{h}, a side above the {MAX_IMAGE_SIDE}-pixel limit")
     if w * h > max_pixels:
         raise MediaError(f"{name} is {w}x{h} = {w * h} pixels, above the {max_pixels}-pixel limit")
+
+
+def _take_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1 = as stored), removed from ``im`` so that nothing but :func:`_oriented` applies it
+    (Pillow's TIFF loader transposes on load but silently leaves ``I;16B`` images as stored)."""
+    exif = im.getexif()
+    value = exif.get(ORIENTATION, 1)
+    exif.pop(ORIENTATION, None)
+    tags = getattr(im, "tag_v2", None)
+    if tags is not None and ORIENTATION in tags:
+        del tags[ORIENTATION]
+        stored = getattr(im, "_tile_size", None)  # Pillow's TIFF reader pre-swapped the size for orientations 5-8
+        if isinstance(stored, tuple) and len(stored) == 2:
+            im._size = stored
+    try:
+        return int(value)
+    except (TypeError, ValueError):  # a malformed orientation value: shown as stored
+        return 1
+
+
+def _oriented(im: Image.Image, name: str, orientation: int | None = None) -> Decoded:
+    """Convert to RGB, then apply the EXIF orientation to the RGB result (conversion is per pixel, so the order does
+    not change a value)."""
+    from PIL import Image
+
+    if orientation is None:
+        try:
+            orientation = int(im.getexif().get(ORIENTATION, 1))
+        except (TypeError, ValueError):
+            orientation = 1
+    decoded = _convert(im, name)
+    turn = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}.get(orientation)
+    if turn is None:
+        return decoded
+    return Decoded(decoded.image.transpose(turn), decoded.flattened, decoded.source)
 
 
 def _convert(im: Image.Image, name: str) -> Decoded:

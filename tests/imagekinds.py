@@ -150,6 +150,29 @@ def _exif_rotated(p: Path) -> np.ndarray:
     return np.rot90(stored, k=-1).copy()
 
 
+# what a camera stores for a picture ``u`` (H, W[, C]) viewed upright, per EXIF orientation (the decoder undoes it)
+STORED = {1: lambda u: u, 2: lambda u: u[:, ::-1], 3: lambda u: u[::-1, ::-1], 4: lambda u: u[::-1],
+          5: lambda u: np.swapaxes(u, 0, 1), 6: lambda u: np.rot90(u, k=1),
+          7: lambda u: np.swapaxes(u[::-1, ::-1], 0, 1), 8: lambda u: np.rot90(u, k=-1)}
+
+
+def write_oriented(p: Path, orientation: int, deep: bool = False) -> np.ndarray:
+    """An image stored as a camera held at ``orientation`` writes it, tagged so; returns the upright pixels.
+    ``deep``: a 16-bit big-endian TIFF (Pillow's TIFF reader leaves those as stored), else 8-bit RGB."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright16 = RAMP16.copy()
+    upright16[:5] = 0  # a dark band on top: rotations and flips are told apart
+    if deep:
+        stored = np.ascontiguousarray(STORED[orientation](upright16))
+        Image.frombytes("I;16B", stored.shape[::-1], stored.astype(">u2").tobytes()).save(p, exif=exif)
+        return gray(upright16 / 65535)
+    upright = rgb_ramp()
+    upright[:5] = 0
+    Image.fromarray(np.ascontiguousarray(STORED[orientation](upright)), "RGB").save(p, exif=exif)
+    return upright
+
+
 def _first_frame(p: Path) -> np.ndarray:
     first = Image.fromarray(RAMP16).convert("I")
     second = Image.new("I", (W, H), 0)
@@ -177,6 +200,8 @@ KINDS: dict[str, tuple[str, Callable[[Path], np.ndarray]]] = {
     "I": ("int32.tif", _mode_i),
     "F": ("float32.tif", _mode_f),
     "EXIF_6": ("rotated.tif", _exif_rotated),
+    "EXIF_5_I;16B": ("rotated16.tif", lambda p: write_oriented(p, 5, deep=True)),
+    "EXIF_8_png": ("rotated.png", lambda p: write_oriented(p, 8)),
     "multipage": ("pages.tif", _first_frame),
 }
 

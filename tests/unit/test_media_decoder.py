@@ -11,7 +11,7 @@ from PIL import Image
 from mmretrieval.config import ValidateParams
 from mmretrieval.errors import MediaError
 from mmretrieval.media import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, decode_image, image_problem, open_image
-from tests.imagekinds import KINDS, RAMP8, RAMP16, H, W, write_kind
+from tests.imagekinds import KINDS, RAMP8, RAMP16, H, W, write_kind, write_oriented
 from tests.integration.test_bad_input import png_declaring
 
 
@@ -29,6 +29,16 @@ def test_no_mode_counts_as_flattened_when_it_decodes_faithfully(kind: str, tmp_p
     path, _ = write_kind(kind, tmp_path)
     assert decode_image(path).flattened is False
     assert image_problem(path, ValidateParams()) is None
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["rgb_png", "16bit_be_tiff"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_undone_whatever_the_bit_depth(tmp_path: Path, orientation: int,
+                                                                 deep: bool) -> None:
+    path = tmp_path / ("o.tif" if deep else "o.png")
+    upright = write_oriented(path, orientation, deep)
+    assert np.array_equal(np.asarray(open_image(path)), upright)
+    assert np.array_equal(np.asarray(open_image(path.read_bytes())), upright)
 
 
 def test_a_16_bit_and_an_8_bit_copy_of_one_picture_decode_alike(tmp_path: Path) -> None:
