@@ -159,9 +159,11 @@ def _oriented(im: Image.Image, name: str, orientation: int | None = None) -> Dec
     turn = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
             8: Image.Transpose.ROTATE_90}.get(orientation)
-    if turn is None:
-        return decoded
-    return Decoded(decoded.image.transpose(turn), decoded.flattened, decoded.source)
+    out = decoded.image.transpose(turn) if turn is not None else decoded.image
+    # the result is upright: no orientation may travel with it (decoding it again must change nothing)
+    out.info = {k: v for k, v in out.info.items() if k not in ("exif", "xmp", "XML:com.adobe.xmp")}
+    out.getexif().pop(ORIENTATION, None)
+    return Decoded(out, decoded.flattened, decoded.source)
 
 
 def _convert(im: Image.Image, name: str) -> Decoded:

@@ -25,6 +25,16 @@ def test_every_mode_decodes_to_the_pixels_its_range_and_transparency_promise(kin
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
+def test_decoding_a_decoded_image_changes_nothing(kind: str, tmp_path: Path) -> None:
+    """An entry point that decodes once more (the HTTP upload hands the decoded image to the client) gets the same
+    pixels: no orientation or transparency is applied twice."""
+    path, expected = write_kind(kind, tmp_path)
+    once = open_image(path)
+    assert np.array_equal(np.asarray(open_image(once)), expected)
+    assert np.array_equal(np.asarray(open_image(open_image(once))), expected)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_no_mode_counts_as_flattened_when_it_decodes_faithfully(kind: str, tmp_path: Path) -> None:
     path, _ = write_kind(kind, tmp_path)
     assert decode_image(path).flattened is False
