@@ -89,9 +89,13 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
     """:func:`open_image`, also saying whether decoding flattened a varied source to a (near) constant image."""
     from PIL import Image
 
-    if isinstance(source, Image.Image):
+    if isinstance(source, Image.Image):  # taken as Pillow decodes it: its TIFF reader applies (most) orientations
         name = "the query image"
         _check_size(source.size, name, max_pixels)
+        try:
+            source.load()  # before reading the orientation: a lazy TIFF is turned by Pillow while loading
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise MediaError(f"{name} does not decode: {e}") from e
         return _oriented(source, name)
     if isinstance(source, (bytes, bytearray, memoryview)):
         name, opened = "the uploaded image", io.BytesIO(bytes(source))

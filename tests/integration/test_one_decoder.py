@@ -84,12 +84,14 @@ def test_every_kind_passes_validation_and_is_cleaned_to_the_pixels_the_decoder_p
         assert np.array_equal(np.asarray(open_image(raw)), pixels), kind  # validate / evaluate --manifest read this
 
 
-def query_forms(path: Path) -> dict[str, object]:
-    with Image.open(path) as im:
-        im.load()
-        pil = im.copy()
-        pil.info.update(im.info)
-    return {"path": path, "str": str(path), "bytes": path.read_bytes(), "pil": pil}
+def query_forms(path: Path, kind: str) -> dict[str, object]:
+    forms: dict[str, object] = {"path": path, "str": str(path), "bytes": path.read_bytes()}
+    if kind != "EXIF_5_I;16B":  # Pillow's own TIFF loader drops this orientation unapplied: a PIL object of it is
+        with Image.open(path) as im:  # already wrong before mmretrieval sees it (path and bytes are right)
+            im.load()
+            forms["pil"] = im.copy()
+            forms["pil"].info.update(im.info)  # type: ignore[attr-defined]
+    return forms
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -105,7 +107,7 @@ def test_each_file_finds_its_own_item_with_the_same_hits_through_every_query_ent
     settings = get_settings(root)
     answers: dict[str, list[tuple[str, float]]] = {}
     with RetrievalClient("kinds", settings=settings) as client:
-        for form, value in query_forms(path).items():
+        for form, value in query_forms(path, kind).items():
             answers[form] = [(h.id, h.score) for h in client.search(image=value, k=25)]
     with TestClient(create_app("kinds", settings)) as http:
         with open(path, "rb") as f:

@@ -130,6 +130,13 @@ def test_a_pil_image_gets_the_same_treatment_as_its_file(tmp_path: Path) -> None
     assert np.array_equal(deep[..., 0], np.rint(RAMP16 / 65535 * 255).astype(np.uint8))
 
 
+@pytest.mark.parametrize("kind", ["EXIF_6", "EXIF_8_png"])
+def test_a_lazily_opened_pil_image_is_turned_once(kind: str, tmp_path: Path) -> None:
+    path, expected = write_kind(kind, tmp_path)
+    with Image.open(path) as lazy:  # not loaded yet: Pillow's TIFF reader turns it while loading
+        assert np.array_equal(np.asarray(open_image(lazy)), expected)
+
+
 def test_undecodable_bytes_name_the_upload() -> None:
     with pytest.raises(MediaError, match="the uploaded image does not decode"):
         open_image(b"not an image at all")
