@@ -34,26 +34,41 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
-def _default_dataset(settings: Any) -> str:
-    """MMR_DATASET, else the most recently ingested dataset."""
+DESTRUCTIVE = ("promote", "publish", "run", "dag-test")  # they move a champion or a serving alias: --dataset required
+
+
+def _dataset(args: argparse.Namespace, settings: Any) -> str:
+    """``--dataset``; for a verb that is not :data:`DESTRUCTIVE`, else ``$MMR_DATASET``, else the only ingested
+    dataset. Never a guess: several datasets and no choice is an error listing them."""
+    if args.dataset:
+        return str(args.dataset)
+    if args.verb in DESTRUCTIVE:
+        what = f"{args.verb} --rollback" if getattr(args, "rollback", False) else args.verb
+        raise MMRError(f"`mmr {what}` changes what is served: pass --dataset NAME (it never picks a default)")
     if os.environ.get("MMR_DATASET"):
         return os.environ["MMR_DATASET"]
-    tracked = sorted((settings.data_dir / "raw").glob("*.dvc"), key=lambda p: p.stat().st_mtime)
-    if not tracked:
+    names = sorted(p.name.removesuffix(".dvc") for p in (settings.data_dir / "raw").glob("*.dvc"))
+    if not names:
         raise MMRError("no dataset given and none ingested: pass --dataset NAME or run `mmr ingest` first")
-    return tracked[-1].name.removesuffix(".dvc")
+    if len(names) > 1:
+        raise MMRError(f"no dataset given and {len(names)} are ingested ({', '.join(names)}): pass --dataset NAME "
+                       "(or set MMR_DATASET)")
+    return names[0]
 
 
 def _search(args: argparse.Namespace, settings: Any) -> int:
     """One search per text given (several amortise the model load); an image/audio query fuses with each text."""
     from mmretrieval.client import RetrievalClient
+    from mmretrieval.filters import parse_where
 
-    dataset = args.dataset or _default_dataset(settings)
+    dataset = _dataset(args, settings)
+    where = parse_where(args.where or [])
     texts: list[str | None] = list(args.text) or [None]
     with RetrievalClient(dataset, settings=settings) as client:
         for text in texts:
             hits = client.search(text=text, image=args.image, audio=args.audio, k=args.k, modality=args.modality,
-                                 filter=args.filter or "", fusion=args.fusion)
+                                 filter=args.filter or "", labels=args.label or [], where=where,
+                                 fusion=args.fusion)
             if args.json:
                 for h in hits:
                     print(h.to_json())
@@ -83,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for verb, text in STAGE_HELP.items():
         p = sub.add_parser(verb, help=text, description=text)
-        p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET or the last ingested)")
+        p.add_argument("--dataset", help="dataset name (required)" if verb in DESTRUCTIVE else
+                       "dataset name (default: $MMR_DATASET, else the only ingested dataset)")
         if verb == "evaluate":
             p.add_argument("--manifest", type=Path,
                            help="score the dataset's champion on this manifest instead (vectors of the index.centre "
@@ -95,10 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "point the serving alias back at the previous collection")
 
     p = sub.add_parser("run", help="all stages in order for one dataset, without Airflow")
-    p.add_argument("--dataset", help="dataset name")
+    p.add_argument("--dataset", help="dataset name (required)")
 
     p = sub.add_parser("dag-test", help="run the Airflow DAG locally (`airflow dags test`, SQLite)")
-    p.add_argument("--dataset", help="dataset name")
+    p.add_argument("--dataset", help="dataset name (required)")
 
     p = sub.add_parser("search", help="query the serving collection of a dataset")
     p.add_argument("text", nargs="*", help="text query (several: one search each)")
@@ -106,11 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", type=Path, help="audio file query")
     p.add_argument("--k", type=int, default=10, help="number of hits (1-1000, default 10)")
     p.add_argument("--modality", help="only hits of this modality (image, text, audio)")
-    p.add_argument("--filter", help='Milvus boolean expression, e.g. \'label == "7"\'')
+    p.add_argument("--label", action="append", metavar="LABEL",
+                   help="only hits with this label (repeat for any of several: --label 7 --label 1)")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE",
+                   help="only hits whose metadata (the manifest's extra columns) has KEY equal to VALUE (repeatable)")
+    p.add_argument("--filter", help='raw Milvus boolean expression, e.g. \'label == "7" or label == "1"\'; '
+                   "combined with the other restrictions by `and`")
     p.add_argument("--fusion", choices=("vector", "late"), default="vector",
                    help="how a text and an image/audio query combine: one search with the weighted sum of their "
                         "vectors (default) or one search each, scores summed")
-    p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET or the last ingested)")
+    p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
 
     p = sub.add_parser("serve", help="HTTP search service and search page (FastAPI; OpenAPI docs at /docs)")
@@ -123,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve a non-loopback address without API keys: anyone who reaches the port can search")
 
     p = sub.add_parser("info", help="what the serving alias of a dataset points to")
-    p.add_argument("--dataset", help="dataset name")
+    p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
     return parser
 
 
@@ -148,10 +169,10 @@ def dispatch(args: argparse.Namespace) -> int:
         redact = RedactingFilter(Redactor.for_settings(settings, ServiceConfig.from_env()))
         for handler in logging.getLogger().handlers:  # every log line of the serving process, libraries' included
             handler.addFilter(redact)
-        serve(args.dataset or [_default_dataset(settings)], args.host, args.port, settings,
-              insecure_no_auth=args.insecure_no_auth)
+        datasets = args.dataset or [_dataset(argparse.Namespace(dataset=None, verb=verb), settings)]
+        serve(datasets, args.host, args.port, settings, insecure_no_auth=args.insecure_no_auth)
     else:
-        dataset = args.dataset or _default_dataset(settings)
+        dataset = _dataset(args, settings)
         if verb == "evaluate" and args.manifest:
             from mmretrieval.evaluate import evaluate_manifest
 
@@ -198,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return dispatch(args)
     except MMRError as e:
-        print(f"mmr: error: {e}", file=sys.stderr)
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        print(f"mmr: error: {'; '.join(lines)}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("mmr: interrupted", file=sys.stderr)

@@ -16,6 +16,7 @@ from mmretrieval.centring import PROPERTY as CENTRE_PROPERTY
 from mmretrieval.centring import Centring
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import IndexStoreError, MediaError, QueryError
+from mmretrieval.filters import build_filter
 from mmretrieval.index import MilvusIndex
 from mmretrieval.schema import MODALITIES
 
@@ -104,11 +105,19 @@ class RetrievalClient:
                modality: str | None = None, filter: str = "", labels: Sequence[str] = (),
                where: Mapping[str, str] | None = None, weights: dict[str, float] | None = None,
                fusion: str = "vector") -> list[Hit]:
-        """Nearest items to the query. Several query parts (text, image, audio) are fused by ``fusion``:
+        """The ``k`` (1..:data:`MAX_K`) nearest items to the query, best first; fewer only when fewer items match.
+
+        ``image`` is a path, raw bytes or a PIL image (decoded by :func:`mmretrieval.media.open_image`); ``audio``
+        a path or raw bytes. Restrictions combine with ``and`` (see :func:`mmretrieval.filters.build_filter`):
+        ``modality``, ``labels`` (any of them), ``where`` (metadata key == value, each) and ``filter`` (a raw
+        Milvus expression, kept in parentheses). Several query parts (text, image, audio) are fused by ``fusion``:
 
         * ``"vector"`` (early fusion): one search with the weighted sum of the parts' unit vectors;
         * ``"late"``: one search per part (``FUSION_DEPTH`` x k candidates each), then each candidate's score is the
           weighted sum of its per-part scores (a part that did not return it contributes its lowest returned score).
+
+        Raises :class:`QueryError` for a bad request (a filter Milvus cannot parse included: no retry),
+        :class:`MediaError` for a query file that cannot be used, :class:`IndexStoreError` for Milvus failures.
         """
         import numpy as np
 
@@ -141,8 +150,7 @@ class RetrievalClient:
                 raise QueryError(f"the model behind {self.alias!r} has no audio tower; audio queries need one")
             wave = _load_wave(model, audio)[None]
             parts.append((w.get("audio", 1.0), centre.apply(model.encode_waves(wave)[0], "audio")))
-        where_expr = filter_expr(filter, labels, where)
-        expr = " and ".join(e for e in (f'modality == "{modality}"' if modality else "", where_expr) if e)
+        expr = build_filter(modality, filter, labels, where)
         if fusion == "late" and len(parts) > 1:
             results = self._search(collection, [v for _, v in parts], min(MAX_K, FUSION_DEPTH * k), expr)
             hits = late_fusion([weight for weight, _ in parts], results, k)
@@ -162,19 +170,11 @@ class RetrievalClient:
             self._loaded = collection
         try:
             return self.index.search(collection, vectors, k, self._params, expr=expr)
+        except QueryError:  # the request is wrong (a filter Milvus cannot parse): nothing to reload or retry
+            raise
         except IndexStoreError:
             self.index.load(collection)
             return self.index.search(collection, vectors, k, self._params, expr=expr)
-
-
-def filter_expr(filter: str, labels: Sequence[str], where: Mapping[str, str] | None) -> str:  # replaced by issue-12
-    """``filter`` and'ed with ``label in [...]`` and ``metadata["k"] == "v"`` (values JSON-quoted)."""
-    parts = [f"({filter})"] if filter.strip() else []
-    if labels:
-        parts.append(f"label in {json.dumps(list(labels), ensure_ascii=False)}")
-    for key, value in (where or {}).items():
-        parts.append(f"metadata[{json.dumps(key, ensure_ascii=False)}] == {json.dumps(value, ensure_ascii=False)}")
-    return " and ".join(parts)
 
 
 def late_fusion(weights: list[float], results: list[list[dict[str, Any]]], k: int) -> list[dict[str, Any]]:
@@ -208,14 +208,13 @@ def _load_wave(model: RetrievalModel, audio: Any) -> Any:
 
 
 def _load_image(image: Any) -> Image.Image:
+    """A query image (path, uploaded bytes or PIL image) via :func:`~mmretrieval.media.open_image`."""
     from PIL import Image
 
     from mmretrieval.media import open_image
 
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (bytes, bytearray)):
-        return open_image(bytes(image))
+    if isinstance(image, (Image.Image, bytes, bytearray)):
+        return open_image(image)
     path = Path(image)
     if not path.is_file():
         raise MediaError(f"query image {str(path)!r} does not exist")

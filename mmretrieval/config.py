@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mmretrieval.errors import ConfigError
+from mmretrieval.media import MAX_IMAGE_PIXELS
 from mmretrieval.schema import MODALITIES
 
 DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -46,7 +47,7 @@ class SplitParams:
 @dataclass(frozen=True)
 class ValidateParams:
     min_image_side: int = 8
-    max_image_pixels: int = 40_000_000  # decompression-bomb guard (PIL refuses above 2x this)
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # decompression-bomb guard, checked on the header before decoding
     max_file_bytes: int = 50_000_000
     max_caption_chars: int = 2_000
     labels: tuple[str, ...] = ()  # allowed label values (empty: any); others are quarantined as unknown_label

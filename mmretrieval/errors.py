@@ -18,6 +18,7 @@ Every error is an :class:`MMRError` and also subclasses the builtin it resembles
     ├── PublishError           (RuntimeError)  a new collection failed its checks; the alias was left alone
     ├── PinnedInputChanged     (RuntimeError)  a run's pinned model or data version is no longer what it finds
     └── QueryError             (ValueError)    a bad search request (empty text, k out of range, …)
+        └── FilterError        (ValueError)    a filter expression Milvus cannot parse (HTTP 400, no retry)
 
 Messages name the bad value and, where there is one, what to do about it.
 """
@@ -90,10 +91,15 @@ class QueryError(MMRError, ValueError):
     """A bad search request (empty text, k out of range, unknown modality, missing tower)."""
 
 
+class FilterError(QueryError):
+    """A filter expression Milvus cannot parse (unknown field, syntax): the user's error, never retried."""
+
+
 __all__ = [
     "AliasNotFoundError",
     "ConfigError",
     "DatasetNotFoundError",
+    "FilterError",
     "IndexStoreError",
     "MMRError",
     "ManifestError",

@@ -11,17 +11,24 @@ time). Where the two differ, this module makes them behave alike:
   exist, ``create_alias`` says it does): :meth:`MilvusIndex.point_alias` falls back to ``alter_alias``;
 - dropping a collection that an alias still points at is refused here (Lite and 2.3 drop the alias silently, 2.4+
   refuse): point or drop the alias first;
-- row counts use Strong consistency, so fresh inserts count on a server.
+- row counts use Strong consistency, so fresh inserts count on a server;
+- the field limits (:data:`VARCHAR_LIMITS`, :data:`JSON_MAX_BYTES`) are defined here once, used to create every
+  collection and read by validation, so a row that would not fit is refused before training, not at publish (Lite
+  does not enforce the JSON size; a server does);
+- HNSW's ``ef`` is raised to at least the number of hits asked for (Lite otherwise returns at most ``ef`` hits, a
+  server errs or cuts), and a filter Milvus cannot parse is a :class:`FilterError` (the user's error), not a failure
+  of the store.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmretrieval.errors import AliasNotFoundError, IndexStoreError, QueryError
+from mmretrieval.errors import AliasNotFoundError, FilterError, IndexStoreError
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -32,8 +39,15 @@ log = logging.getLogger(__name__)
 MISSING_ALIAS = ("not found", "not exist")  # server: "alias not found"; Lite: "alias '…' does not exist"
 OUTPUT_FIELDS = ["id", "modality", "text", "path", "label", "metadata", "model_version", "data_version"]
 MAX_VARCHAR = 65_535
-# how Milvus Lite and servers word a filter they cannot parse or type-check  # replaced by issue-12 at merge
-BAD_FILTER = ("cannot parse expression", "failed to create query plan", "invalid expression", " at column ")
+# The collection schema's limits, in UTF-8 bytes: the one place that defines them (create() and validation read them)
+VARCHAR_LIMITS = {"id": 512, "modality": 16, "text": MAX_VARCHAR, "path": 4096, "label": 512,
+                  "model_version": 64, "data_version": 64}
+JSON_MAX_BYTES = 65_536  # a server refuses a JSON field above this ("json field exceeds max length"); Lite does not
+METADATA_RESERVE = 1_024  # of JSON_MAX_BYTES, kept for what publish adds to an item's metadata (clean_media)
+HNSW_TYPES = ("HNSW", "HNSW_SQ", "HNSW_PQ", "HNSW_PRQ")
+IVF_TYPES = ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN")
+MAX_NPROBE = 65_536  # Milvus' upper bound for nprobe
+FILTER_WORDS = ("expr", "parse", "column", "field", "operand", "operator", "invalid", "literal", "token")
 
 
 def clip_utf8(text: str, limit: int) -> str:
@@ -151,15 +165,16 @@ class MilvusIndex:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
-        schema.add_field("modality", DataType.VARCHAR, max_length=16)
+        limit = VARCHAR_LIMITS
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=limit["id"])
+        schema.add_field("modality", DataType.VARCHAR, max_length=limit["modality"])
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR)
-        schema.add_field("path", DataType.VARCHAR, max_length=4096)
-        schema.add_field("label", DataType.VARCHAR, max_length=512)
+        schema.add_field("text", DataType.VARCHAR, max_length=limit["text"])
+        schema.add_field("path", DataType.VARCHAR, max_length=limit["path"])
+        schema.add_field("label", DataType.VARCHAR, max_length=limit["label"])
         schema.add_field("metadata", DataType.JSON)
-        schema.add_field("model_version", DataType.VARCHAR, max_length=64)
-        schema.add_field("data_version", DataType.VARCHAR, max_length=64)
+        schema.add_field("model_version", DataType.VARCHAR, max_length=limit["model_version"])
+        schema.add_field("data_version", DataType.VARCHAR, max_length=limit["data_version"])
         self.client.create_collection(name, schema=schema, consistency_level="Strong")
         if props:
             self.set_properties(name, props)
@@ -179,11 +194,25 @@ class MilvusIndex:
         raise IndexStoreError(f"collection {name!r} has no vector field")
 
     def insert(self, name: str, rows: Sequence[dict[str, Any]], batch: int = 1000) -> Iterator[int]:
-        """Insert in batches, yielding the count after each batch (for progress bars)."""
+        """Insert in batches, yielding the count after each batch (for progress bars).
+
+        Every row is checked against the schema's limits first (:func:`row_problem`), on Lite as on a server; a row
+        that does not fit, or a batch Milvus refuses, raises :class:`IndexStoreError` naming the row's id.
+        """
+        from pymilvus.exceptions import MilvusException
+
+        for row in rows:
+            if (problem := row_problem(row)) is not None:
+                raise IndexStoreError(f"row {str(row.get('id'))[:80]!r} does not fit collection {name!r}: {problem}")
         for start in range(0, len(rows), batch):
-            chunk = [dict(r, text=clip_utf8(r["text"], MAX_VARCHAR), path=clip_utf8(r["path"], 4096),
-                          label=clip_utf8(r["label"], 512)) for r in rows[start:start + batch]]
-            self.client.insert(name, chunk)
+            # the text field is a display copy of the captions (merged duplicates may exceed it): cut, not refused
+            chunk = [dict(r, text=clip_utf8(r["text"], VARCHAR_LIMITS["text"])) if isinstance(r.get("text"), str)
+                     else dict(r) for r in rows[start:start + batch]]
+            try:
+                self.client.insert(name, chunk)
+            except MilvusException as e:
+                raise IndexStoreError(f"insert into {name!r} failed for the batch of rows {start + 1}-"
+                                      f"{start + len(chunk)} ({_culprit(chunk, str(e))}): {_message(e)}") from e
             yield start + len(chunk)
         self.client.flush(name)
 
@@ -204,19 +233,81 @@ class MilvusIndex:
 
     def search(self, name: str, vectors: Sequence[Sequence[float]], k: int, params: IndexParams,
                expr: str = "", output_fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[dict[str, Any]]]:
+        """The ``k`` nearest rows to each vector (every row when the collection holds fewer), best first.
+
+        The index's search depth is raised to cover ``k`` (HNSW ``ef`` >= k; IVF: all lists probed when a search
+        comes back short). Raises :class:`FilterError` for an expression Milvus cannot parse (no retry helps) and
+        :class:`IndexStoreError` for anything else.
+        """
         from pymilvus.exceptions import MilvusException
 
+        data = [list(map(float, v)) for v in vectors]
+        search = dict(params.search_params)
+        kind = params.index_type.upper()
+        if kind in HNSW_TYPES:
+            search["ef"] = max(int(search.get("ef", 0)), k)
         try:
-            res = self.client.search(
-                name, data=[list(map(float, v)) for v in vectors], limit=k, filter=expr,
-                output_fields=list(output_fields),
-                search_params={"metric_type": params.metric_type, "params": dict(params.search_params)},
-            )
+            res = self._search(name, data, k, expr, output_fields, params.metric_type, search)
+            if kind in IVF_TYPES and any(len(h) < k for h in res):  # the probed lists held fewer than k rows
+                res = self._probe_all(name, data, k, expr, output_fields, params, search) or res
         except MilvusException as e:
-            if expr and any(m in _message(e).lower() for m in BAD_FILTER):  # replaced by issue-12 at merge
-                raise QueryError(f"the filter expression is not valid: {_message(e)[:300]}") from e
-            raise IndexStoreError(f"search in {name!r} failed: {_message(e)}") from e
+            message = _message(e)
+            if expr and any(word in message.lower() for word in FILTER_WORDS):
+                reason = message.strip().splitlines()[0] if message.strip() else "rejected"  # no caret diagram
+                raise FilterError(f"the filter {expr!r} is not a valid Milvus expression: {reason}") from e
+            raise IndexStoreError(f"search in {name!r} failed: {message}") from e
         return [[{"id": h["id"], "score": float(h["distance"]), **h.get("entity", {})} for h in hits] for hits in res]
+
+    def _probe_all(self, name: str, data: list[list[float]], k: int, expr: str, output_fields: Sequence[str],
+                   params: IndexParams, search: dict[str, Any]) -> Any:
+        """Search again probing every list: Milvus' largest ``nprobe`` (a server may hold it to ``nlist``)."""
+        from pymilvus.exceptions import MilvusException
+
+        for nprobe in (MAX_NPROBE, int(params.build_params.get("nlist", 0))):
+            if nprobe > int(search.get("nprobe", 0)):
+                try:
+                    return self._search(name, data, k, expr, output_fields, params.metric_type,
+                                        search | {"nprobe": nprobe})
+                except MilvusException as e:
+                    log.debug("nprobe %d refused on %s: %s", nprobe, self.uri, _message(e))
+        return None
+
+    def _search(self, name: str, data: list[list[float]], k: int, expr: str, output_fields: Sequence[str],
+                metric: str, search: dict[str, Any]) -> Any:
+        return self.client.search(name, data=data, limit=k, filter=expr, output_fields=list(output_fields),
+                                  search_params={"metric_type": metric, "params": search})
+
+
+def row_problem(row: Mapping[str, Any]) -> str | None:
+    """Why ``row`` does not fit the collection schema (``None`` if it does): a string field longer than its
+    :data:`VARCHAR_LIMITS` in UTF-8 bytes, a NUL character in a string, metadata above :data:`JSON_MAX_BYTES`."""
+    for field_name, limit in VARCHAR_LIMITS.items():
+        value = row.get(field_name)
+        if field_name == "text" and isinstance(value, str):
+            value = clip_utf8(value, limit)  # insert() cuts the display copy of the captions
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            return f"field {field_name!r} contains a NUL character"
+        size = len(value.encode("utf-8"))
+        if size > limit:
+            return f"field {field_name!r} is {size} bytes, above its {limit}-byte limit"
+    if "metadata" in row:
+        size = len(json.dumps(row["metadata"], ensure_ascii=False).encode("utf-8"))
+        if size > JSON_MAX_BYTES:
+            return f"metadata is {size} bytes of JSON, above the {JSON_MAX_BYTES}-byte limit"
+        if "\\u0000" in json.dumps(row["metadata"]):
+            return "metadata contains a NUL character"
+    return None
+
+
+def _culprit(chunk: Sequence[Mapping[str, Any]], message: str) -> str:
+    """The id of the row a Milvus error is about, where the message lets us tell; else the batch's first and last."""
+    for row in chunk:
+        rid = str(row.get("id", ""))
+        if rid and rid[:40] in message:
+            return f"row {rid[:80]!r}"
+    return f"ids {str(chunk[0].get('id'))[:80]!r} .. {str(chunk[-1].get('id'))[:80]!r}"
 
 
 def safe_uri(uri: str) -> str:

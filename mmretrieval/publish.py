@@ -32,7 +32,7 @@ import numpy as np
 from mmretrieval import centring, tracking
 from mmretrieval.config import IndexParams, Settings, get_settings
 from mmretrieval.contracts import Pinned
-from mmretrieval.errors import AliasNotFoundError, PinnedInputChanged, PublishError
+from mmretrieval.errors import AliasNotFoundError, IndexStoreError, PinnedInputChanged, PublishError
 from mmretrieval.index import MilvusIndex
 from mmretrieval.io import read_json, read_parquet
 
@@ -162,9 +162,14 @@ class _Publication:
         ix.create(t.name, int(t.summary["dim"]), props)
         with tqdm(total=len(rows), desc=f"publish {self.dataset}", unit="row", leave=False, disable=None) as bar:
             done = 0
-            for count in ix.insert(t.name, rows):
-                bar.update(count - done)
-                done = count
+            try:
+                for count in ix.insert(t.name, rows):
+                    bar.update(count - done)
+                    done = count
+            except IndexStoreError as e:  # a row the schema refuses: no half-built collection is left behind
+                ix.drop(t.name)
+                raise PublishError(f"publish {self.dataset}: {e}; the alias {t.alias!r} stays on {serving} "
+                                   "(validation checks these limits: validate the data again)") from e
         ix.build_index(t.name, self.params)
         ix.load(t.name)
         return {"collection": t.name, "built": True, "rows": len(rows), "serving": serving}

@@ -87,11 +87,13 @@ def read_manifest(path: Path) -> pd.DataFrame:
         ) from e
     import io
 
+    header = _header(raw, path)
     try:
         df = pd.read_csv(io.StringIO(raw), dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ManifestError(f"manifest {path} is not a readable CSV: {e}") from e
-    df.columns = [str(c).strip() for c in df.columns]
+    if len(header) == len(df.columns):  # pandas renamed repeats (text.1); the header as written is what counts
+        df.columns = [column_key(c) if column_key(c) in COLUMNS else c.strip() for c in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(
@@ -112,6 +114,37 @@ def read_manifest(path: Path) -> pd.DataFrame:
     out["modality"] = out["modality"].str.lower()
     out["split"] = out["split"].str.lower()
     return out.reset_index(drop=True)
+
+
+def column_key(name: str) -> str:
+    """What a header name means: Unicode-normalised (NFKC), invisible format characters (zero-width space, BOM)
+    removed, whitespace stripped, case-folded. ``" Text\u200b"`` -> ``"text"``."""
+    import unicodedata
+
+    name = unicodedata.normalize("NFKC", str(name))
+    return "".join(ch for ch in name if unicodedata.category(ch) != "Cf").strip().casefold()
+
+
+def _header(raw: str, path: Path) -> list[str]:
+    """The header row as written. Raises :class:`ManifestError` when two names mean the same column
+    (:func:`column_key`), e.g. ``text`` and ``text `` or ``id`` twice, naming them and their positions."""
+    import csv
+    import io
+
+    try:
+        header = next(csv.reader(io.StringIO(raw)), [])
+    except csv.Error as e:
+        raise ManifestError(f"manifest {path} is not a readable CSV: {e}") from e
+    seen: dict[str, list[int]] = {}
+    for position, name in enumerate(header, start=1):
+        if column_key(name):
+            seen.setdefault(column_key(name), []).append(position)
+    clashes = {key: spots for key, spots in seen.items() if len(spots) > 1}
+    if clashes:
+        shown = "; ".join(" and ".join(f"{header[p - 1]!r} (column {p})" for p in spots) for spots in clashes.values())
+        raise ManifestError(f"manifest {path} has header names that mean the same column once whitespace and case "
+                            f"are ignored: {shown}; rename or remove the repeats")
+    return header
 
 
 def raw_byte(path: Path, offset: int) -> str:

@@ -11,17 +11,59 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmretrieval import versioning
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.datasets import NOT_COPIED
 from mmretrieval.errors import ValidationFailed
+from mmretrieval.index import JSON_MAX_BYTES, METADATA_RESERVE, VARCHAR_LIMITS
 from mmretrieval.io import atomic_dir, write_json
 from mmretrieval.media import Problem, audio_problem, image_problem, path_problem
-from mmretrieval.schema import MESSAGE, REASON, Modality, fill_splits, read_manifest, split_captions
+from mmretrieval.schema import MESSAGE, METADATA, REASON, Modality, fill_splits, read_manifest, split_captions
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
+
+
+def _check_ids(df: pd.DataFrame, dataset: str) -> None:
+    """Ids are Milvus primary keys: each must fit :data:`~mmretrieval.index.VARCHAR_LIMITS` ``["id"]`` UTF-8 bytes
+    and hold no NUL. A bad id stops the run (an id names an item everywhere; it is not quietly dropped)."""
+    limit = VARCHAR_LIMITS["id"]
+    bad = [(int(i) + 2, str(v)) for i, v in df["id"].items() if len(str(v).encode("utf-8")) > limit or "\x00" in v]
+    if bad:
+        shown = ", ".join(f"row {r}: {v[:40]!r}{'…' if len(v) > 40 else ''} ({len(v.encode('utf-8'))} bytes"
+                          f"{', NUL' if chr(0) in v else ''})" for r, v in bad[:5])
+        raise ValidationFailed(f"dataset {dataset!r}: {len(bad)} id(s) do not fit the index's {limit}-byte primary "
+                               f"key or hold a NUL character: {shown}; shorten them in the manifest")
+
+
+def limit_problem(row: pd.Series) -> Problem | None:
+    """A row whose fields would not fit the collection schema (the limits of :mod:`mmretrieval.index`): a string
+    field longer than its limit in UTF-8 bytes, a NUL character, metadata JSON above the JSON field's limit (less
+    the room publish needs for what it adds)."""
+    for column in ("path", "label", "text", "group", "source"):
+        value = str(row[column])
+        if "\x00" in value:
+            return Problem("nul_character", f"{column} contains a NUL character")
+        limit = VARCHAR_LIMITS.get(column)
+        size = len(value.encode("utf-8"))
+        if limit is not None and size > limit:
+            # text: the reason clean gives a caption above validate.max_caption_chars (captions merged from
+            # duplicates later are cut in the index's display copy, never in training)
+            reason = "caption_too_long" if column == "text" else "field_too_long"
+            return Problem(reason, f"{column} is {size} bytes, above the index's {limit}-byte limit")
+    metadata = str(row[METADATA])
+    if "\\u0000" in metadata or "\x00" in metadata:
+        return Problem("nul_character", "an extra column's value contains a NUL character")
+    size = len(metadata.encode("utf-8"))
+    if size > JSON_MAX_BYTES - METADATA_RESERVE:
+        return Problem("metadata_too_large", f"the extra columns make {size} bytes of metadata JSON, above the "
+                       f"index's limit of {JSON_MAX_BYTES - METADATA_RESERVE} (JSON field {JSON_MAX_BYTES} bytes, "
+                       f"{METADATA_RESERVE} kept for publish)")
+    return None
 
 
 def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -43,7 +85,11 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     if suite.hard:
         raise ValidationFailed(f"dataset {dataset!r}: " + "; ".join(suite.hard))
 
+    _check_ids(df, dataset)
     reasons = dict(suite.row_reasons)
+    for i, row in df.iterrows():
+        if i not in reasons and (limit := limit_problem(row)) is not None:
+            reasons[int(i)] = (limit.reason, f"row {int(i) + 2} ({row['id']}): {limit.message}")
     not_copied_file = raw / NOT_COPIED
     not_copied = json.loads(not_copied_file.read_text(encoding="utf-8")) if not_copied_file.is_file() else {}
     for i, row in df.iterrows():

@@ -132,3 +132,48 @@ def test_bad_audio_files_get_reasons_and_good_odd_ones_are_normalised(workspace:
     clean = pd.read_parquet(workspace / "data/clean/badaudio/manifest.parquet").set_index("id")
     info = sf.info(str(workspace / "data/clean/badaudio" / clean.loc["hifi", "media"]))
     assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+
+
+def with_data_size(path: Path, size: int, riff: int | None = None) -> Path:
+    """Rewrite the WAV's ``data`` chunk size (and the RIFF size) as a careless or streaming writer leaves them."""
+    import struct
+
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"data")
+    raw[at + 4:at + 8] = struct.pack("<I", size)
+    if riff is not None:
+        raw[4:8] = struct.pack("<I", riff)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_float_audio_above_full_scale_and_wavs_whose_header_lies_are_read_not_quarantined(workspace: Path) -> None:
+    import soundfile as sf
+
+    src = workspace.parent / "src"
+    clips = src / "clips"
+    clips.mkdir(parents=True)
+    t = np.arange(8000) / 8000
+    sine = np.sin(2 * np.pi * 440 * t)
+    sf.write(str(clips / "hot.wav"), (3.0 * sine).astype(np.float32), 8000, subtype="FLOAT")  # the issue's case
+    noise = np.random.default_rng(0).normal(0, 0.6, (8000, 2))  # stereo, peaks near 2.5
+    sf.write(str(clips / "hot_noise.wav"), noise, 8000, subtype="DOUBLE")
+    sf.write(str(clips / "square_pcm.wav"), np.sign(sine).astype(np.float32), 8000, subtype="PCM_16")
+    for name, size, riff in (("zero.wav", 0, None), ("streamed.wav", 0xFFFFFFFF, 0xFFFFFFFF)):
+        sf.write(str(clips / name), (0.5 * sine).astype(np.float32), 8000, subtype="PCM_16")  # one second
+        with_data_size(clips / name, size, riff)
+    sf.write(str(clips / "hollow.wav"), np.zeros(0, dtype=np.float32), 8000, subtype="PCM_16")
+    with_data_size(clips / "hollow.wav", 0)  # declares nothing and holds nothing: still empty
+    names = ["hot.wav", "hot_noise.wav", "square_pcm.wav", "zero.wav", "streamed.wav", "hollow.wav"]
+    rows = [{"id": n.split(".")[0], "modality": "audio", "path": f"clips/{n}", "text": f"sound {n}"} for n in names]
+    ingest(write_manifest(src, rows), "oddaudio")
+    run_stage("validate", "oddaudio")
+    reasons = pd.read_parquet(workspace / "data/validated/oddaudio/rows.parquet").set_index("id")["reason"].to_dict()
+    assert reasons == {"hot": "", "hot_noise": "", "square_pcm": "clipped_audio", "zero": "", "streamed": "",
+                       "hollow": "empty_audio"}
+    result = run_stage("clean", "oddaudio")
+    assert result["input"] == result["clean"] + result["quarantined"] + result["merged_duplicates"] == 6
+    clean = pd.read_parquet(workspace / "data/clean/oddaudio/manifest.parquet").set_index("id")
+    for name in ("zero", "streamed", "hot"):  # the whole second is there, at the clean rate (16 kHz)
+        wave, rate = sf.read(str(workspace / "data/clean/oddaudio" / clean.loc[name, "media"]))
+        assert rate == 16000 and abs(len(wave) - 16000) < 800 and np.abs(wave).max() <= 0.99

@@ -177,3 +177,55 @@ def test_labels_outside_the_configured_set_are_quarantined(workspace: Path) -> N
     assert report["reasons"] == {"unknown_label": 1}
     row = pd.read_parquet(workspace / "data/validated/pets/rows.parquet").set_index("id").loc["ok1"]
     assert row["reason"] == "unknown_label" and "'bird'" in row["message"]
+
+
+def test_rows_beyond_the_index_limits_are_caught_at_validation_not_at_publish(workspace: Path) -> None:
+    """The limits come from the collection schema (mmretrieval.index); ids stop the run, other fields quarantine."""
+    src = workspace.parent / "src"
+    rows = good_rows(src, 3)
+    columns = ["id", "modality", "path", "text", "label", "split", "notes"]
+    for rel in ("long_label", "huge_notes", "nul_text", "nul_notes", "ok_notes"):
+        write_png(src / "images" / f"{rel}.png", color=(len(rel) * 9, 10, 10))
+    rows += [
+        {"id": "long_label", "modality": "image", "path": "images/long_label.png", "text": "x", "label": "é" * 300},
+        {"id": "huge_notes", "modality": "image", "path": "images/huge_notes.png", "text": "x", "notes": "n" * 70_000},
+        {"id": "nul_text", "modality": "image", "path": "images/nul_text.png", "text": "a\x00b"},
+        {"id": "nul_notes", "modality": "image", "path": "images/nul_notes.png", "text": "x", "notes": "a\x00b"},
+        {"id": "ok_notes", "modality": "image", "path": "images/ok_notes.png", "text": "x", "notes": "n" * 60_000},
+        {"id": "words", "modality": "text", "path": "", "text": " ||| ".join(["w" * 1000] * 70)},  # short captions
+    ]
+    ingest(write_manifest(src, rows, columns), "limits")
+    validate.run("limits")
+    verdict = pd.read_parquet(workspace / "data/validated/limits/rows.parquet").set_index("id")
+    assert verdict["reason"].to_dict() == {"ok0": "", "ok1": "", "ok2": "", "long_label": "field_too_long",
+                                           "huge_notes": "metadata_too_large", "nul_text": "nul_character",
+                                           "nul_notes": "nul_character", "ok_notes": "",
+                                           "words": "caption_too_long"}
+    assert "label is 600 bytes, above the index's 512-byte limit" in verdict.loc["long_label", "message"]
+    assert "70013 bytes of metadata JSON" in verdict.loc["huge_notes", "message"]
+
+    long_id = "i" * 665
+    write_manifest(src, good_rows(src, 2) + [{"id": long_id, "modality": "text", "path": "", "text": "hello"}])
+    ingest(src / "manifest.csv", "longid")
+    with pytest.raises(ValidationFailed, match=r"512-byte primary key.*row 4: 'i{40}'… \(665 bytes\)"):
+        validate.run("longid")
+    out = mmr("validate", "--dataset", "longid", cwd=workspace)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("mmr: error: dataset 'longid': 1 id(s) do not fit")
+    assert not (workspace / "data/validated/longid").exists()
+
+
+@pytest.mark.parametrize("header", ["id,modality,path,text,text ", "id,modality,path,text,text", "id,id,modality,path"])
+def test_colliding_header_names_are_refused_at_ingest_naming_them(workspace: Path, header: str) -> None:
+    src = workspace.parent / "src"
+    src.mkdir()
+    width = header.count(",") + 1
+    (src / "manifest.csv").write_text(header + "\n" + ",".join(["a", "text", "", "hello", "again"][:width]) + "\n")
+    out = mmr("ingest", str(src / "manifest.csv"), "--name", "clash", cwd=workspace)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("mmr: error: manifest") and "mean the same column" in last
+    names = header.split(",")
+    repeated = next(n for n in names if names.count(n) > 1 or n.strip() != n)
+    assert repr(repeated) in last
+    assert not (workspace / "data/raw/clash").exists()

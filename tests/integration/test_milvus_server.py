@@ -26,7 +26,8 @@ from mmretrieval.errors import IndexStoreError
 from mmretrieval.index import MilvusIndex
 from mmretrieval.stages import run_all, run_stage
 from tests.conftest import REPO
-from tests.integration.test_publish_safety import kill_publish_at_each_step
+from tests.integration.test_backend_parity import IVF, check_depth, check_filters, check_limits
+from tests.integration.test_publish_safety import kill_publish_at_each_step, publish_with_a_row_past_the_limits
 from tests.integration.test_training import tiny_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.milvus_server]
@@ -243,3 +244,25 @@ def test_dropping_a_collection_that_serves_an_alias_is_refused(server_workspace:
         ix.drop_alias("serving_alias")
         ix.drop("served")
         assert not ix.exists("served")
+
+
+def test_search_depth_covers_k_at_the_edges_of_ef_and_of_the_collection_on_the_server(milvus_server: str) -> None:
+    empty(milvus_server)
+    check_depth(milvus_server)
+    check_depth(milvus_server, IVF)
+
+
+def test_filters_mean_what_they_say_on_the_server(milvus_server: str) -> None:
+    empty(milvus_server)
+    check_filters(milvus_server)
+
+
+def test_rows_beyond_the_schema_limits_are_refused_naming_the_row_on_the_server(milvus_server: str) -> None:
+    empty(milvus_server)
+    check_limits(milvus_server)
+    empty(milvus_server)
+
+
+def test_a_row_the_server_would_refuse_stops_publish_in_one_line_and_leaves_nothing_half_built(
+        server_workspace: Path) -> None:
+    publish_with_a_row_past_the_limits(server_workspace)

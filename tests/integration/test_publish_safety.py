@@ -51,3 +51,33 @@ def test_a_publish_killed_at_any_step_keeps_serving_the_old_collection(workspace
     assert repaired["changed"] and repaired["collection"] == half and repaired["previous"] == first["collection"]
     assert publish.run("tiny")["changed"] is False
     assert publish.rollback("tiny")["collection"] == first["collection"]
+
+
+def publish_with_a_row_past_the_limits(workspace: Path) -> None:
+    """Every stage up to embed, then a clean row's metadata edited past the index's JSON limit (after validation,
+    which would have quarantined it): `mmr publish` fails with one line naming the row and leaves no collection."""
+    import json
+    import re
+
+    import pandas as pd
+
+    from tests.conftest import mmr
+
+    ingest(tiny_dataset(workspace.parent / "src"), "tiny")
+    for verb in ("validate", "clean", "augment", "train", "evaluate", "promote", "embed"):
+        run_stage(verb, "tiny")
+    manifest = workspace / "data/clean/tiny/manifest.parquet"
+    clean = pd.read_parquet(manifest)
+    clean.loc[2, "metadata"] = json.dumps({"notes": "n" * 70_000})
+    clean.to_parquet(manifest, index=False)
+    out = mmr("publish", "--dataset", "tiny", cwd=workspace)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("mmr: error: publish tiny: row ") and repr(clean.at[2, "id"]) in last
+    assert re.search(r"metadata is 700\d\d bytes of JSON, above the 65536-byte limit", last)
+    with MilvusIndex(get_settings().milvus_uri) as ix:
+        assert ix.resolve_alias("mmr_tiny") is None and ix.collections("mmr_tiny") == []
+
+
+def test_a_row_milvus_would_refuse_stops_publish_in_one_line_and_leaves_nothing_half_built(workspace: Path) -> None:
+    publish_with_a_row_past_the_limits(workspace)

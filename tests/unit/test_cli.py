@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from mmretrieval.cli import STAGE_HELP, build_parser, main
@@ -29,3 +31,37 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path, monkeypatch, capsys) ->
     assert err[-1].startswith("mmr: error: no dataset given")
     assert main(["validate", "--dataset", "Bad-Name"]) == 2
     assert "Bad-Name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["publish"], ["promote"], ["publish", "--rollback"], ["promote", "--rollback"],
+                                  ["run"], ["dag-test"]])
+def test_verbs_that_change_what_is_served_never_pick_a_default_dataset(argv: list[str], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MMR_HOME", str(tmp_path))
+    monkeypatch.setenv("MMR_DATASET", "demo")  # not even this: the flag is required
+    (tmp_path / "data/raw").mkdir(parents=True)
+    (tmp_path / "data/raw/demo.dvc").write_text("outs: []\n")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mmr: error: `mmr {' '.join(argv)}` changes what is "
+                   "served: pass --dataset NAME (it never picks a default)"]
+
+
+def test_search_without_a_dataset_refuses_when_several_exist_and_uses_the_only_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MMR_HOME", str(tmp_path))
+    monkeypatch.setenv("MMR_MILVUS_URI", str(tmp_path / "milvus.db"))
+    monkeypatch.delenv("MMR_DATASET", raising=False)
+    raw = tmp_path / "data/raw"
+    raw.mkdir(parents=True)
+    (raw / "photos.dvc").write_text("outs: []\n")
+    (raw / "testdata.dvc").write_text("outs: []\n")  # ingested last: once the silent default
+    assert main(["search", "a cat"]) == 2
+    assert capsys.readouterr().err.strip() == ("mmr: error: no dataset given and 2 are ingested (photos, testdata): "
+                                               "pass --dataset NAME (or set MMR_DATASET)")
+    (raw / "testdata.dvc").unlink()
+    assert main(["search", "a cat"]) == 2  # nothing published here: the error names the dataset it used
+    assert "mmr_photos" in capsys.readouterr().err
+    assert main(["info"]) == 2
+    assert "mmr_photos" in capsys.readouterr().err

@@ -60,3 +60,25 @@ def test_split_assignment_is_deterministic_follows_ratios_and_keeps_groups_toget
     filled = fill_splits(df, ratios)
     assert filled["split"].iloc[:49].nunique() == 1
     assert filled.at[49, "split"] == "test"
+
+
+@pytest.mark.parametrize(("header", "named"), [
+    ("id,modality,path,text,text \n", r"'text' \(column 4\) and 'text ' \(column 5\)"),  # trailing space
+    ("id,modality,path,text,text\n", r"'text' \(column 4\) and 'text' \(column 5\)"),  # exact repeat (pandas: text.1)
+    ("id,id,modality,path\n", r"'id' \(column 1\) and 'id' \(column 2\)"),
+    ("id,modality,path,Label,label\n", r"'Label' \(column 4\) and 'label' \(column 5\)"),  # case
+    ("id,modality,path,photographer,PHOTOGRAPHER\xa0\n", "'photographer'"),  # extra columns too, NBSP
+    ("id,modality,path,text,te\u200bxt\n", "'text'"),  # an invisible zero-width space
+    ("id,modality,path,text,\uff54ext\n", "'text'"),  # a full-width letter (NFKC)
+])
+def test_header_names_that_mean_the_same_column_are_refused_naming_them(tmp_path: Path, header: str,
+                                                                         named: str) -> None:
+    width = header.count(",") + 1
+    p = write(tmp_path, header + ",".join(["a", "text", ""] + ["x"] * (width - 3)) + "\n")
+    with pytest.raises(ManifestError, match=f"mean the same column.*{named}"):
+        read_manifest(p)
+
+
+def test_known_columns_are_found_whatever_their_case_and_spacing(tmp_path: Path) -> None:
+    df = read_manifest(write(tmp_path, " ID ,Modality,PATH,Text\u200b,Source\na,text,,hello,web\n"))
+    assert (df.at[0, "id"], df.at[0, "text"], df.at[0, "source"], df.at[0, "metadata"]) == ("a", "hello", "web", "{}")

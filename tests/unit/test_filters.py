@@ -1,0 +1,54 @@
+"""Filter expressions built from structured parts (mmretrieval.filters): parentheses, quoting, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmretrieval.errors import QueryError
+from mmretrieval.filters import build_filter, parse_where, quote
+
+
+def test_the_modality_restriction_and_a_user_or_stay_apart() -> None:
+    assert build_filter("text", 'label == "7" or label == "1"') == \
+        'modality == "text" and (label == "7" or label == "1")'
+
+
+def test_labels_and_metadata_become_quoted_conditions() -> None:
+    assert build_filter(labels=["7", "1", "7"]) == 'label in ["7", "1"]'
+    assert build_filter(labels=["7"]) == 'label == "7"'
+    assert build_filter("image", "", ["cat"], {"source": "flickr", "photographer id": "12"}) == (
+        'modality == "image" and label == "cat" and metadata["source"] == "flickr" '
+        'and metadata["photographer id"] == "12"')
+    assert build_filter() == ""
+    assert build_filter(expr='  label == "x"  ') == 'label == "x"'
+
+
+@pytest.mark.parametrize(("value", "literal"), [
+    ('say "hi"', r'"say \"hi\""'),
+    ("back\\slash", r'"back\\slash"'),
+    ('" or modality != "', r'"\" or modality != \""'),  # an injection attempt stays one string
+    ("line\nbreak\ttab", r'"line\nbreak\ttab"'),
+    ("bell\x07", r'"bell\u0007"'),
+    ("ünïcödé 猫", '"ünïcödé 猫"'),
+])
+def test_every_value_is_one_escaped_string_literal(value: str, literal: str) -> None:
+    assert quote(value) == literal
+    assert build_filter(labels=[value]) == f"label == {literal}"
+
+
+def test_where_items_split_at_the_first_equals_sign() -> None:
+    assert parse_where(["source=flickr", "formula=a=b", "empty="]) == {"source": "flickr", "formula": "a=b",
+                                                                        "empty": ""}
+
+
+@pytest.mark.parametrize(("call", "words"), [
+    (lambda: parse_where(["no-equals"]), "'no-equals' is not KEY=VALUE"),
+    (lambda: parse_where(["=v"]), "'=v' is not KEY=VALUE"),
+    (lambda: build_filter(where={" ": "v"}), "needs a key"),
+    (lambda: build_filter(labels=["a\x00b"]), "NUL"),
+    (lambda: build_filter(expr="x" * 5000), "5000 characters"),
+    (lambda: build_filter(labels=[str(i) for i in range(1001)]), "1001 labels"),
+])
+def test_unusable_filter_parts_are_query_errors_naming_them(call, words: str) -> None:  # noqa: ANN001
+    with pytest.raises(QueryError, match=words):
+        call()
