@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 HARD_REASONS = frozenset({"duplicate_id", "missing_column"})
-ABSOLUTE_OR_DRIVE = r"^(/|\\|[A-Za-z]:)"
+ABSOLUTE_OR_DRIVE = r"^(?:/|\\|[A-Za-z]:)"
 PARENT_SEGMENT = r"(?:^|[/\\])\.\.(?:[/\\]|$)"  # non-capturing: pandas warns about match groups
 
 
