@@ -59,6 +59,8 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
             print(f"{'rank':>4}  {'score':>7}  {'modality':8}  {'path':34}  {'label':5}  text")
             for h in hits:
                 caption = h.text.split(" ||| ")[0] if h.text else ""
+                if h.best_time_s is not None:  # video: where in the clip the query matched best
+                    caption = f"[best at {h.best_time_s:.1f} s] {caption}"
                 print(f"{h.rank:>4}  {h.score:7.4f}  {h.modality:8}  {h.path[:34]:34}  {h.label[:5]:5}  {caption[:70]}")
     return 0
 
