@@ -31,7 +31,11 @@ def caption(digit: int, direction: str) -> str:
 
 def clip_frames(image: np.ndarray, direction: str, frames: int = 16, size: int = 96, glyph: int = 32) -> np.ndarray:
     """(frames, size, size, 3) uint8 RGB: the 8x8 ``image`` scaled to ``glyph`` pixels, dark ink on white, moving
-    from one edge to the other in ``direction`` (one of :data:`DIRECTIONS`) at constant speed."""
+    from one edge towards the other in ``direction`` (one of :data:`DIRECTIONS`) at constant speed.
+
+    Frame ``i`` shows the position at time ``i / frames`` of the clip, so the position at any sampled time of the
+    reversed clip equals the position at the mirrored time of this one: uniform samples of a clip and of its
+    reverse are the same set of frames."""
     from PIL import Image
 
     if direction not in DIRECTIONS:
@@ -41,7 +45,7 @@ def clip_frames(image: np.ndarray, direction: str, frames: int = 16, size: int =
     travel = size - glyph
     out = np.full((frames, size, size, 3), 255, dtype=np.uint8)
     for i in range(frames):
-        step = round(travel * i / max(1, frames - 1))
+        step = round(travel * i / frames)
         along = {"up": travel - step, "down": step, "left": travel - step, "right": step}[direction]
         y, x = (along, travel // 2) if direction in ("up", "down") else (travel // 2, along)
         out[i, y:y + glyph, x:x + glyph] = sprite[..., None]

