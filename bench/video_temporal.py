@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, nargs="+", default=[40], help="one result per value (features computed once)")
     ap.add_argument("--frames", type=int, default=8, help="K")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="{}", help='JSON overrides of params.yaml\'s model section, e.g. '
+                    '\'{"image_dropout": 0.0}\'')
+    ap.add_argument("--pools", nargs="+", default=["mean", "attention"])
     ap.add_argument("--work", type=Path)
     args = ap.parse_args()
 
@@ -54,10 +57,11 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="mmr-temporal-"))
     s = get_settings(work)
-    cache = work / f"features-{args.train_digits}-{args.test_digits}-{args.frames}-{args.seed}.pt"
+    caches = {"train": work / f"features-train-{args.test_digits}-{args.train_digits}-{args.frames}-{args.seed}.pt",
+              "test": work / f"features-test-{args.test_digits}-{args.frames}-{args.seed}.pt"}
     images, targets = digit_images()
     order = np.random.default_rng(args.seed).permutation(len(images))
-    train_idx, test_idx = order[:args.train_digits], order[args.train_digits:args.train_digits + args.test_digits]
+    test_idx, train_idx = order[:args.test_digits], order[args.test_digits:args.test_digits + args.train_digits]
     started = time.monotonic()
     train_rows = write_clips(work / "train", images, targets, train_idx, frames=16, size=64)
     test_rows = write_clips(work / "test", images, targets, test_idx, frames=16, size=64)  # same bytes on a rerun
@@ -66,11 +70,12 @@ def main() -> None:
 
     text = TextEncoder(s.params.model.text_model)
     results: dict[str, dict[str, float]] = {}
-    feats: dict[str, torch.Tensor] = torch.load(cache) if cache.is_file() else {}
-    for epochs, pool in [(e, pool) for e in args.epochs for pool in ("mean", "attention")]:
+    feats: dict[str, torch.Tensor] = {k: torch.load(c) for k, c in caches.items() if c.is_file()}
+    for epochs, pool in [(e, pool) for e in args.epochs for pool in args.pools]:
         p = dataclasses.replace(s.params.train, epochs=epochs, seed=args.seed)
         torch.manual_seed(args.seed)
-        mp = dataclasses.replace(s.params.model, video_pool=pool, video_frames=args.frames)
+        mp = dataclasses.replace(s.params.model, video_pool=pool, video_frames=args.frames,
+                                 **json.loads(args.model))
         net = build(model_config(mp, text.dim, ["video"]), text=text)
         sets = {}
         for name, rows in (("train", train_rows), ("test", test_rows)):
@@ -80,7 +85,7 @@ def main() -> None:
                 t0 = time.monotonic()
                 feats[name] = data.cached_video_features(net, items, list(range(len(rows))), work, "cpu")
                 results.setdefault("_timing", {})[f"{name}_features_s"] = round(time.monotonic() - t0, 1)
-                torch.save(feats, cache)
+                torch.save(feats[name], caches[name])
             sets[name] = items
         items, members = sets["train"], list(range(len(train_rows)))
         captions = data.CaptionBank(items.captions, text, "cpu")
@@ -108,9 +113,21 @@ def main() -> None:
         results[key] = {k: round(v, 4) for k, v in metrics.items()
                         if k.split("_", 1)[1] in ("hit_rate@1", "hit_rate@1_chance", "hit_rate@5", "mrr", "queries")}
         results[key]["train_seconds"] = round(train_s, 1)
+        top = (texts @ vids.T).argmax(axis=1)  # each caption's first clip: right, wrong direction or wrong digit
+        found = [test.captions[j][0] for j in top]
+        results[key]["t2v_top1_wrong_direction"] = sum(f != q and f.split()[1] == q.split()[1]
+                                                       for f, q in zip(found, eval_set.captions, strict=True))
+        results[key]["t2v_top1_wrong_digit"] = sum(f.split()[1] != q.split()[1]
+                                                   for f, q in zip(found, eval_set.captions, strict=True))
+        with torch.no_grad():
+            train_vids = net.project_video(feats["train"][0]).numpy()
+            train_set = build_eval_set(items.ids, items.captions, items.labels)
+            train_texts = net.project_text(text.encode(train_set.captions)).numpy()
+        fit, _, _ = metrics_from_vectors(train_texts, train_vids, train_set, "video")
+        results[key]["train_t2v_hit_rate@1"] = round(fit["t2v_hit_rate@1"], 4)
         print(key, results[key], flush=True)
     results["_setup"] = {"train_clips": len(train_rows), "test_clips": len(test_rows), "K": args.frames,
-                         "backbone": s.params.model.image_backbone,
+                         "backbone": s.params.model.image_backbone, "model_overrides": json.loads(args.model),
                          "write_clips_s": round(write_s, 1), "direction_blind_ceiling_t2v_hit_rate@1": 0.5}
     print(json.dumps(results, indent=2))
 

@@ -3,8 +3,9 @@
 * ``mean``: the average of the frame features. Blind to order: a clip and the same clip played backwards pool to
   the same vector, so "moving up" and "moving down" cannot be told apart.
 * ``attention``: the mean plus a learned correction from one small pre-norm transformer block over the frames
-  (features reduced to ``dim``, learned position encodings per frame slot, self-attention, then a mean over the
-  slots and a projection back to the feature width). The correction starts at zero (its output layer is
+  (each slot: the frame's features and their change from the previous frame, both reduced to ``dim``, plus a
+  learned position encoding; self-attention, then a mean over the slots and a projection back to the feature
+  width). The correction starts at zero (its output layer is
   zero-initialised), so training starts from mean pooling; a single frame as a query (image -> video) stays in the
   space of the pooled clips.
 """
@@ -32,6 +33,7 @@ class TemporalPool(nn.Module):
         self.kind, self.frames = kind, frames
         if kind == "attention":
             self.reduce = nn.Linear(width, dim)
+            self.motion = nn.Linear(width, dim)  # the change from the previous frame: direction made explicit
             self.position = nn.Parameter(torch.randn(frames, dim) * 0.02)  # (K, dim) learned position encodings
             self.block = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
             self.expand = nn.Linear(dim, width)
@@ -45,5 +47,6 @@ class TemporalPool(nn.Module):
             return mean
         if frames.shape[1] != self.frames:
             raise ValueError(f"the temporal module was trained on {self.frames} frames per clip, got {frames.shape[1]}")
-        h = self.block(self.reduce(frames) + self.position)  # (B, K, dim)
+        change = torch.cat([torch.zeros_like(frames[:, :1]), frames[:, 1:] - frames[:, :-1]], dim=1)  # (B, K, width)
+        h = self.block(self.reduce(frames) + self.motion(change) + self.position)  # (B, K, dim)
         return mean + self.expand(h.mean(dim=1))  # (B, width)
