@@ -144,8 +144,9 @@ def test_mmr_run_takes_generated_clips_to_search_hits_that_say_when_they_matched
     rows = write_clips(src / "clips", images, targets, range(6), frames=8, size=64)
     for i, r in enumerate(rows):
         r["split"] = "test" if i < 4 else "train"
-    # a frame of a clip as the query (image -> video), taken at the third of the K = 4 sampled times (1.25 s)
-    frame = read_frames(src / "clips/digit0003_left.mp4", times=[1.25]).images[0]
+    # a frame of a clip as the query (image -> video): the clips last 1 s (8 frames at 8 fps), so the K = 4 sampled
+    # times are 0.125, 0.375, 0.625 and 0.875 s; the query is the frame at the third
+    frame = read_frames(src / "clips/digit0003_left.mp4", times=[0.625]).images[0]
     frame.save(src / "frame.png")
     manifest = write_manifest(src, rows)
     assert mmr("ingest", str(manifest), "--name", "vid", cwd=video_workspace).returncode == 0
@@ -168,7 +169,7 @@ def test_mmr_run_takes_generated_clips_to_search_hits_that_say_when_they_matched
     # clips of the same digit image come first (its mirror, moving right, holds the same frames); the clip itself
     # matched at the frame's own time
     assert "clip_0003_left" in hits and all(i.startswith("clip_0003_") for i in hits)
-    assert hits["clip_0003_left"]["best_time_s"] == 1.25
+    assert hits["clip_0003_left"]["best_time_s"] == 0.625
     assert "frames" not in hits["clip_0003_left"]["metadata"]  # per-frame vectors give the time, are not returned
 
 
