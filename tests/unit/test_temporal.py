@@ -72,3 +72,20 @@ def test_a_hit_carries_best_time_s_in_its_json() -> None:
 
     hit = Hit(1, "c", 0.9, "video", "c.mp4", "", "", "col", "1", "d", {}, best_time_s=2.5)
     assert json.loads(hit.to_json())["best_time_s"] == 2.5
+
+
+def test_a_trainable_image_tower_encodes_clips_and_their_frames_into_the_shared_space() -> None:
+    """Video on a from-scratch backbone (no cached features): (B, K, 3, S, S) frames -> clip and frame unit vectors."""
+    from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig
+
+    config = ModelConfig(text_model="unused", text_dim=16, image_backbone="resnet18", image_size=32, embed_dim=8,
+                         text_head="linear", video_pool="attention", video_frames=3)
+    net = DualEncoder(config).eval()
+    pixels = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        clips = net.encode_video(pixels)
+        frames = net.project_image(net.frame_features(pixels).flatten(0, 1))
+    assert clips.shape == (2, 8) and frames.shape == (6, 8)
+    assert torch.allclose(clips.norm(dim=1), torch.ones(2), atol=1e-5)
+    with pytest.raises(ValueError, match="3 frames"):
+        net.temporal(torch.randn(1, 4, net.temporal.reduce.in_features))
