@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, help="image file query")
     p.add_argument("--audio", type=Path, help="audio file query")
     p.add_argument("--k", type=int, default=10, help="number of hits (1-1000, default 10)")
-    p.add_argument("--modality", help="only hits of this modality (image, text, audio)")
+    p.add_argument("--modality", help="only hits of this modality (image, text, audio, video)")
     p.add_argument("--filter", help='Milvus boolean expression, e.g. \'label == "7"\'')
     p.add_argument("--fusion", choices=("vector", "late"), default="vector",
                    help="how a text and an image/audio query combine: one search with the weighted sum of their "
