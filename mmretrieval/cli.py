@@ -80,6 +80,8 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
             print(f"{'rank':>4}  {'score':>7}  {'modality':8}  {'path':34}  {'label':5}  text")
             for h in hits:
                 caption = h.text.split(" ||| ")[0] if h.text else ""
+                if h.best_time_s is not None:  # video: where in the clip the query matched best
+                    caption = f"[best at {h.best_time_s:.1f} s] {caption}"
                 print(f"{h.rank:>4}  {h.score:7.4f}  {h.modality:8}  {h.path[:34]:34}  {h.label[:5]:5}  {caption[:70]}")
     return 0
 
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, help="image file query")
     p.add_argument("--audio", type=Path, help="audio file query")
     p.add_argument("--k", type=int, default=10, help="number of hits (1-1000, default 10)")
-    p.add_argument("--modality", help="only hits of this modality (image, text, audio)")
+    p.add_argument("--modality", help="only hits of this modality (image, text, audio, video)")
     p.add_argument("--label", action="append", metavar="LABEL",
                    help="only hits with this label (repeat for any of several: --label 7 --label 1)")
     p.add_argument("--where", action="append", metavar="KEY=VALUE",

@@ -46,6 +46,7 @@ class Hit:
     model_version: str
     data_version: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    best_time_s: float | None = None  # video hits: time (seconds) of the sampled frame nearest to the query
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -157,9 +158,10 @@ class RetrievalClient:
         else:
             vec = sum(weight * v for weight, v in parts)
             hits = self._search(collection, [vec / max(float(np.linalg.norm(vec)), 1e-12)], k, expr)[0]
+        query = sum(weight * v for weight, v in parts)
         return [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
                     text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
-                    data_version=h["data_version"], metadata=h.get("metadata") or {})
+                    data_version=h["data_version"], **_moment(h.get("metadata") or {}, query))
                 for r, h in enumerate(hits, start=1)]
 
 
@@ -175,6 +177,18 @@ class RetrievalClient:
         except IndexStoreError:
             self.index.load(collection)
             return self.index.search(collection, vectors, k, self._params, expr=expr)
+
+
+def _moment(metadata: dict[str, Any], query: Any) -> dict[str, Any]:
+    """Hit fields from stored metadata: the per-frame vectors of a video are used (``best_time_s``), not returned."""
+    from mmretrieval.video import FRAMES_KEY, best_time
+
+    packed = metadata.get(FRAMES_KEY)
+    if not packed:
+        return {"metadata": metadata}
+    when = best_time(packed, query)
+    return {"metadata": {k: v for k, v in metadata.items() if k != FRAMES_KEY},
+            "best_time_s": None if when is None else round(when, 3)}
 
 
 def late_fusion(weights: list[float], results: list[list[dict[str, Any]]], k: int) -> list[dict[str, Any]]:

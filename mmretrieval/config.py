@@ -55,6 +55,8 @@ class ValidateParams:
     min_audio_seconds: float = 0.05
     max_audio_channels: int = 8
     clipped_share: float = 0.05  # quarantine audio with more than this share of samples at full scale
+    max_video_seconds: float = 600.0  # longer videos are quarantined (video_too_long)
+    max_video_pixels: int = 3840 * 2160  # larger frames are quarantined (video_too_large)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class ModelParams:
     audio_seconds: float = 1.5  # clips are cut / zero-padded to this length
     n_mels: int = 40
     audio_norm: str = "clip"  # log-mel normalisation: "clip" (one mean/std) or "band" (per-band mean, speech frames)
+    video_frames: int = 8  # K: frames sampled per video by seeking (uniform timestamps), each through the image tower
+    video_pool: str = "attention"  # frame vectors -> clip: "mean" or "attention" (order-aware, models/temporal.py)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ embedded by parallel workers (the Airflow DAG maps one task per shard). :func:`f
 clean item embedded once, counts per modality, unit vectors, one dimension) and moves the folder to
 ``v<model_version>/`` with ``embed.json``. A rerun with the same model and data version does nothing.
 
+Video rows also carry ``frame_times`` (seconds) and ``frame_vectors`` (K x dim: each sampled frame as an image), which
+publishing stores with the clip so that a hit can say where in the clip the query matched best.
+
 Files are decoded and preprocessed in data-loader worker processes (``embed.num_workers``) while the model encodes
 the previous batch; on CUDA the image tower runs under autocast.
 """
@@ -127,10 +130,15 @@ def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: Retrie
     if model is None:
         model = load_model(settings, p)
     started = time.monotonic()
+    frames: dict[int, tuple[list[float], np.ndarray]] = {}
     vectors = encode_rows(part, settings.stage_dir("clean", p.dataset), model,
-                          settings.params_for(p.dataset).embed, desc=f"embed {p.dataset} shard {k}")
+                          settings.params_for(p.dataset).embed, desc=f"embed {p.dataset} shard {k}", frames=frames)
     frame = pd.DataFrame({"id": part["id"].to_numpy(), "modality": part["modality"].to_numpy(),
                           "vector": list(vectors), "model_version": p.ref.version, "data_version": p.data_version})
+    if frames:
+        frame["frame_times"] = [frames[j][0] if j in frames else [] for j in range(len(part))]
+        frame["frame_vectors"] = [frames[j][1].ravel() if j in frames else np.zeros(0, np.float32)
+                                  for j in range(len(part))]
     tmp = target.with_name(target.name + ".tmp")
     frame.to_parquet(tmp, index=False)
     tmp.replace(target)
@@ -150,8 +158,10 @@ def load_model(settings: Settings, p: Plan) -> RetrievalModel:
 
 
 def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embed_params: Any,
-                desc: str = "embed") -> np.ndarray:
-    """Unit vectors for clean-manifest rows, in row order: texts in batches, files through a DataLoader."""
+                desc: str = "embed", frames: dict[int, tuple[list[float], np.ndarray]] | None = None) -> np.ndarray:
+    """(rows, dim) unit vectors for clean-manifest rows, in row order: texts in batches, files through a
+    DataLoader. Video rows (K frames each, sampled by seeking) also fill ``frames[row] = (times in seconds,
+    (K, dim) frame unit vectors)`` when ``frames`` is given."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -162,11 +172,13 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
     for start in range(0, len(texts), bs):
         idx = texts[start:start + bs]
         vectors[idx] = model.encode_texts([split_captions(t)[0] for t in part["text"].to_numpy()[idx]])
-    for modality in (Modality.IMAGE.value, Modality.AUDIO.value):
+    for modality in (Modality.IMAGE.value, Modality.AUDIO.value, Modality.VIDEO.value):
         rows = np.flatnonzero((part["modality"] == modality).to_numpy())
         if not len(rows):
             continue
         files = [clean_dir / m for m in part["media"].to_numpy()[rows]]
+        if modality == Modality.VIDEO.value:  # K frames per clip: a batch of clips is K times the images
+            bs = max(1, embed_params.batch_size // model.config.video_frames)
         workers = min(embed_params.num_workers, max(0, len(rows) // bs))  # no worker start-up for one batch
         loader = DataLoader(_Decoded(files, rows, modality, model), batch_size=bs, num_workers=workers,
                             pin_memory=model.device.startswith("cuda"), prefetch_factor=4 if workers else None,
@@ -174,6 +186,13 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
         encode = model.encode_pixels if modality == Modality.IMAGE.value else model.encode_waves
         with torch.inference_mode():
             for batch, idx in tqdm(loader, desc=f"{desc} {modality}", unit="batch", leave=False, disable=None):
+                if modality == Modality.VIDEO.value:
+                    (pixels, times), rows_ = batch, idx.numpy()
+                    vectors[rows_], per_frame = model.encode_video_pixels(pixels)
+                    if frames is not None:
+                        for j, row in enumerate(rows_):
+                            frames[int(row)] = ([round(float(t), 3) for t in times[j]], per_frame[j])
+                    continue
                 vectors[idx.numpy()] = encode(batch)
     return vectors
 
@@ -183,7 +202,7 @@ class _Decoded:
 
     def __init__(self, files: list[Path], rows: np.ndarray, modality: str, model: RetrievalModel) -> None:
         self.files, self.rows, self.modality = files, rows, modality
-        self.transform, self.load_wave = model.transform, model.load_wave
+        self.transform, self.load_wave, self.load_frames = model.transform, model.load_wave, model.load_frames
 
     def __len__(self) -> int:
         return len(self.files)
@@ -193,6 +212,8 @@ class _Decoded:
 
         if self.modality == Modality.IMAGE.value:
             return self.transform(open_image(self.files[k])), int(self.rows[k])
+        if self.modality == Modality.VIDEO.value:
+            return self.load_frames(self.files[k]), int(self.rows[k])
         return self.load_wave(self.files[k]), int(self.rows[k])
 
 

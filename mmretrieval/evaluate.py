@@ -52,7 +52,7 @@ class Scored:
     images: list[Image.Image]
 
 
-MEDIA_LETTER = {Modality.IMAGE.value: "i", Modality.AUDIO.value: "a"}
+MEDIA_LETTER = {Modality.IMAGE.value: "i", Modality.AUDIO.value: "a", Modality.VIDEO.value: "v"}
 
 
 def gather(frame: pd.DataFrame, root: Path, media_column: str, modality: str, load: Callable[[Path], Any]
@@ -84,15 +84,20 @@ def score_detailed(model: RetrievalModel, frame: pd.DataFrame, root: Path, media
                    index: IndexParams | None = None) -> Scored:
     """Both-direction metrics between captions and the ``modality`` rows of ``frame`` (media relative to ``root``).
 
-    Keys: ``t2i_*``/``i2t_*`` for images, ``t2a_*``/``a2t_*`` for audio. With ``index`` (the serving settings),
-    the modalities in ``index.centre`` are centred on the evaluated items' means and the uncentred metrics are
-    added as ``raw_*``.
+    Keys: ``t2i_*``/``i2t_*`` for images, ``t2a_*``/``a2t_*`` for audio, ``t2v_*``/``v2t_*`` for video. With
+    ``index`` (the serving settings), the modalities in ``index.centre`` are centred on the evaluated items' means
+    and the uncentred metrics are added as ``raw_*``.
     """
     load = open_image if modality == Modality.IMAGE.value else model.load_wave
+    if modality == Modality.VIDEO.value:
+        load = model.load_frames_only
     ids, media, captions, labels, skipped = gather(frame, root, media_column, modality, load)
     eval_set = build_eval_set(ids, captions, labels)
     text_vecs = model.encode_texts(eval_set.captions)
-    item_vecs = model.encode_images(media) if modality == Modality.IMAGE.value else model.encode_wave_list(media)
+    if modality == Modality.VIDEO.value:
+        item_vecs = model.encode_video_list(media)
+    else:
+        item_vecs = model.encode_images(media) if modality == Modality.IMAGE.value else model.encode_wave_list(media)
     metrics, text_vecs, item_vecs = metrics_from_vectors(text_vecs, item_vecs, eval_set, modality, ks, index)
     metrics[f"{modality}_items"] = float(len(ids))
     metrics[f"{modality}_skipped_undecodable"] = float(skipped)

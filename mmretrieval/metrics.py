@@ -165,10 +165,10 @@ def both_directions(text_vecs: np.ndarray, item_vecs: np.ndarray, eval_set: Eval
 
 def resolve_metric(name: str, metrics: dict[str, float]) -> str | None:
     """The key for ``name`` in ``metrics``: as is, or its audio twin (``t2i_*`` -> ``t2a_*``, ``i2t_*`` -> ``a2t_*``)
-    for datasets without images. None when neither is there."""
+    for datasets without images, else its video twin (``t2v_*``, ``v2t_*``). None when none is there."""
     if name in metrics:
         return name
-    for image_prefix, audio_prefix in (("t2i_", "t2a_"), ("i2t_", "a2t_")):
+    for image_prefix, audio_prefix in (("t2i_", "t2a_"), ("i2t_", "a2t_"), ("t2i_", "t2v_"), ("i2t_", "v2t_")):
         twin = audio_prefix + name.removeprefix(image_prefix)
         if name.startswith(image_prefix) and twin in metrics:
             return twin

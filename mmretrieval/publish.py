@@ -155,6 +155,12 @@ class _Publication:
                 for i, m, v, txt, path, lab, md, media in zip(
                     emb["id"], emb["modality"], vectors, meta["text"], meta["path"], meta["label"],
                     meta["metadata"], meta["media"], strict=True)]
+        if "frame_times" in emb.columns:  # video: per-frame vectors ride along, so hits can say where they matched
+            from mmretrieval.video import FRAMES_KEY, pack_frames
+
+            for row, times, flat in zip(rows, emb["frame_times"], emb["frame_vectors"], strict=True):
+                if isinstance(times, (list, np.ndarray)) and len(times):
+                    row["metadata"][FRAMES_KEY] = pack_frames(times, flat, int(t.summary["dim"]))
         props = {STATE: BUILDING, "mmr.dataset": self.dataset, "mmr.model_name": t.ref.name,
                  "mmr.model_version": t.ref.version, "mmr.data_version": t.summary["data_version"],
                  "mmr.dim": str(t.summary["dim"]), "mmr.previous": serving or "",

@@ -7,6 +7,9 @@
   training (held out): the demo searches with them, so its results show what the model makes of new sentences.
 * Handwritten digits from scikit-learn's bundled ``load_digits`` (8x8, upscaled to 32x32), labelled 0-9 with two
   captions per class; their split is left empty, so the platform assigns it.
+* A few short video clips (H.264 MP4, made here): three of those digits moving up, down, left and right
+  (``mmretrieval.moving_digits``, captions such as "a seven moving up"), in the ``train`` split so the demo can show a
+  video hit and the time at which it matched.
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ def _package_file(package: str, name: str) -> Path:
     return Path(str(module.__file__)).parent / sub / name
 
 
+VIDEO_DIGITS = (7, 3, 1)  # digits of the demo's clips, one digit image each, four directions
+
+
 def build(out: Path, digits_per_class: int = 30) -> dict[str, Any]:
-    """Write ``out/manifest.csv`` and ``out/images/`` (PNG). Deterministic: same packages, same bytes."""
+    """Write ``out/manifest.csv``, ``out/images/`` (PNG) and ``out/videos/`` (MP4). Deterministic: same packages,
+    same bytes."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -63,6 +70,11 @@ def build(out: Path, digits_per_class: int = 30) -> dict[str, Any]:
         rows.append({"id": name, "modality": "image", "path": f"images/{name}.png",
                      "text": CAPTION_SEPARATOR.join(captions), "label": str(d), "split": "",
                      "source": "sklearn:load_digits (BSD-3-Clause)"})
+    from mmretrieval.moving_digits import write_clips
+
+    firsts = [next(k for k, t in enumerate(digits.target) if int(t) == d) for d in VIDEO_DIGITS]
+    clips = write_clips(out / "videos", digits.images, digits.target, firsts, frames=16, size=64)
+    rows += [r | {"split": "train", "source": "generated from sklearn:load_digits (BSD-3-Clause)"} for r in clips]
     import shutil
 
     shutil.copyfile(Path(__file__).parent / "sample" / "queries.csv", out / "queries.csv")
@@ -72,5 +84,5 @@ def build(out: Path, digits_per_class: int = 30) -> dict[str, Any]:
         writer.writeheader()
         writer.writerows(rows)
     return {"manifest": str(manifest), "queries": str(out / "queries.csv"),
-            "items": len(rows), "photos": len(rows) - sum(seen.values()),
-            "digits": sum(seen.values())}
+            "items": len(rows), "photos": len(rows) - sum(seen.values()) - len(clips),
+            "digits": sum(seen.values()), "videos": len(clips)}

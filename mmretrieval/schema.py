@@ -6,7 +6,7 @@ A manifest is a CSV (UTF-8, an optional BOM is accepted) with one row per item:
 column      required  meaning
 ==========  ========  ==================================================================================
 id          yes       unique, non-empty item id
-modality    yes       ``image``, ``audio`` or ``text``
+modality    yes       ``image``, ``audio``, ``video`` or ``text``
 path        yes*      media file relative to the manifest's folder (*empty for ``text`` items)
 text        no        caption(s); several are joined with `` ||| ``
 label       no        class label; items with the same label are relevant to each other in evaluation
@@ -48,6 +48,7 @@ class Modality(enum.StrEnum):
     TEXT = "text"
     IMAGE = "image"
     AUDIO = "audio"
+    VIDEO = "video"  # MP4, MKV, WebM, MOV, AVI (PyAV): K frames through the image tower (mmretrieval.video)
 
 
 class Split(enum.StrEnum):

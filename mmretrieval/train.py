@@ -63,7 +63,8 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str]) -> Any:
     from mmretrieval.models.dual_encoder import ModelConfig
     from mmretrieval.models.efficientnet import is_pretrained_cnn, provenance
 
-    with_images = Modality.IMAGE.value in present
+    with_video = Modality.VIDEO.value in present
+    with_images = Modality.IMAGE.value in present or with_video  # video frames go through the image tower
     source = {}
     if with_images and is_pretrained_cnn(mp.image_backbone):
         origin = provenance(mp.image_backbone)
@@ -78,7 +79,8 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str]) -> Any:
         image_head=mp.image_head, text_head=mp.text_head, image_dropout=mp.image_dropout,
         audio_tower=mp.audio_tower if Modality.AUDIO.value in present else "",
         audio_sample_rate=mp.audio_sample_rate, audio_seconds=mp.audio_seconds, n_mels=mp.n_mels,
-        audio_norm=mp.audio_norm, **source)
+        audio_norm=mp.audio_norm, video_pool=mp.video_pool if with_video else "", video_frames=mp.video_frames,
+        **source)
 
 
 def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -135,6 +137,11 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             dataset_, workers, encoders[modality] = data.FeatureDataset(feats, members, items.captions), 0, \
                 net.project_image
             members = dataset_.members  # items with several captions are drawn once per caption
+        elif modality == Modality.VIDEO.value and net.image_frozen:  # K frames per clip through the backbone, once
+            feats = data.cached_video_features(net, items, members, clean_dir, device)
+            dataset_, workers, encoders[modality] = data.FeatureDataset(feats, members, items.captions), 0, \
+                net.project_video
+            members = dataset_.members
         else:
             transform = train_transform(config, policy.get("image", {}))
             dataset_ = data.MediaDataset(items, members, clean_dir, config, transform, policy.get("audio", {}), p.seed)

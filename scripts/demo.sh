@@ -21,6 +21,8 @@ $BIN/mmr search "${queries[@]}" --dataset demo --k 3
 echo "-- handwritten digits (a class name finds its class):"
 $BIN/mmr search "a handwritten digit seven" "the number 3 written by hand" --dataset demo --k 5
 $BIN/mmr search --image build/sample/images/chelsea.png --dataset demo --k 3
+echo "-- video clips (generated moving digits; each hit says at which time in the clip the query matched best):"
+$BIN/mmr search "a seven moving up" --dataset demo --k 3 --modality video
 
 echo
 $BIN/mmr info --dataset demo

@@ -70,6 +70,8 @@ class ModelConfig:
     image_interpolation: str = "bilinear"
     image_weights_source: str = ""  # pretrained CNN: "<package>==<version> <file>", the weights it started from
     image_weights_sha256: str = ""  # ...and their sha256, checked when the model loads
+    video_pool: str = ""  # "" (no video), "mean" or "attention" (models/temporal.py): K frame features -> clip
+    video_frames: int = 8  # K: frames sampled per clip by seeking (mmretrieval/video.py)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -139,6 +141,12 @@ class DualEncoder(nn.Module):
 
             self.audio_backbone = AudioCNN(config.audio_sample_rate, config.n_mels, norm=config.audio_norm)
             self.audio_proj = nn.Linear(self.audio_backbone.width, config.embed_dim)
+        if config.video_pool:
+            if not width:
+                raise ModelError("video needs an image backbone: its frames go through the image tower")
+            from mmretrieval.models.temporal import TemporalPool
+
+            self.temporal = TemporalPool(config.video_pool, width, config.video_frames)
         self.text_proj = make_head(config.text_head, config.text_dim, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
 
@@ -179,7 +187,22 @@ class DualEncoder(nn.Module):
         """(B, T) waveforms at ``audio_sample_rate`` -> (B, embed_dim) unit vectors."""
         return nn.functional.normalize(self.audio_proj(self.audio_backbone(wave)), dim=-1)
 
+    def project_video(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, K, width) frame features -> (B, embed_dim) clip unit vectors (temporal pooling, then the image head)."""
+        return self.project_image(self.temporal(features))
+
+    def frame_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, K, 3, S, S) frames -> (B, K, width) backbone features."""
+        b, k = pixels.shape[:2]
+        return self.image_features(pixels.flatten(0, 1)).reshape(b, k, -1)
+
+    def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, K, 3, S, S) normalised frames -> (B, embed_dim) clip unit vectors."""
+        return self.project_video(self.frame_features(pixels))
+
     def encode(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
+        if modality == "video":
+            return self.encode_video(batch)
         return self.encode_image(batch) if modality == "image" else self.encode_audio(batch)
 
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
@@ -258,7 +281,7 @@ class RetrievalModel:
     @property
     def modalities(self) -> tuple[str, ...]:
         return ("text",) + (("image",) if self.config.image_backbone else ()) + (
-            ("audio",) if self.config.audio_tower else ())
+            ("audio",) if self.config.audio_tower else ()) + (("video",) if self.config.video_pool else ())
 
     @property
     def audio_length(self) -> int:
@@ -305,6 +328,36 @@ class RetrievalModel:
             self.encode_pixels(torch.stack([self.transform(im) for im in images[i:i + batch_size]]))
             for i in range(0, len(images), batch_size)
         ]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+    def load_frames(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """A video file as (K, 3, S, S) preprocessed frames sampled by seeking, and their (K,) times in seconds."""
+        from mmretrieval.video import read_frames
+
+        short = int(self.config.image_size / self.config.image_crop_pct)
+        frames = read_frames(path, self.config.video_frames, short_side=short)
+        return torch.stack([self.transform(im) for im in frames.images]), torch.tensor(frames.times)
+
+    def load_frames_only(self, path: Path) -> torch.Tensor:
+        """(K, 3, S, S) preprocessed frames of a video (:meth:`load_frames` without the times)."""
+        return self.load_frames(path)[0]
+
+    @torch.no_grad()
+    def encode_video_pixels(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(B, K, 3, S, S) frames -> (B, embed_dim) clip unit vectors and (B, K, embed_dim) frame unit vectors
+        (each frame as an image: what a query is compared with to say where in the clip it matched)."""
+        with torch.autocast(device_type="cuda", enabled=self.device.startswith("cuda")):
+            feats = self.net.frame_features(pixels.to(self.device, non_blocking=True)).float()
+            clips = self.net.project_video(feats)
+            frames = self.net.project_image(feats.flatten(0, 1)).reshape(*feats.shape[:2], -1)
+        return clips.float().cpu().numpy(), frames.float().cpu().numpy()
+
+    def encode_video_list(self, clips: list[torch.Tensor], batch_size: int = 8) -> np.ndarray:
+        """(K, 3, S, S) frame stacks (from :meth:`load_frames`) -> (N, embed_dim) clip unit vectors."""
+        import numpy as np
+
+        parts = [self.encode_video_pixels(torch.stack(clips[i:i + batch_size]))[0]
+                 for i in range(0, len(clips), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
     def save(self, folder: Path) -> None:

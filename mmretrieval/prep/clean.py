@@ -95,6 +95,13 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                 im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
                 name = media_name(row["id"], ".png")
                 im.save(tmp / "media" / name, format="PNG", optimize=False)
+            elif modality == Modality.VIDEO.value:  # the original file is kept; what probing found goes to metadata
+                name = media_name(row["id"], src.suffix.lower())
+                try:
+                    rows.at[i, "metadata"] = keep_video(src, tmp / "media" / name, rows.at[i, "metadata"])
+                except MediaError as e:
+                    reasons[i], messages[i] = getattr(e, "reason", "undecodable"), f"{row['id']}: {e}"
+                    continue
             else:  # audio: mono, one sample rate, silence trimmed, loudness normalised, 16-bit WAV
                 name = media_name(row["id"], ".wav")
                 try:
@@ -140,6 +147,19 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             "reasons")
     return {k: report[k] for k in keys} | {
         "manifest": str(out / "manifest.parquet")}
+
+
+def keep_video(src: Path, dst: Path, metadata: str) -> str:
+    """Copy the original video to ``dst``; returns ``metadata`` (JSON) with ``video``: duration_s, fps, width,
+    height, codec, has_audio, rotation, variable_frame_rate. Raises :class:`MediaError` (a ``BadVideo``)."""
+    import json
+    import shutil
+
+    from mmretrieval.video import probe
+
+    info = probe(src)
+    shutil.copyfile(src, dst)
+    return json.dumps(json.loads(metadata or "{}") | {"video": info.as_dict()}, ensure_ascii=False)
 
 
 def _merge_duplicates(rows: pd.DataFrame, bad: pd.Series, phashes: list[ImageHash | None],

@@ -107,6 +107,10 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             problem = image_problem(raw / row["path"], params.validate)
         if problem is None and row["modality"] == Modality.AUDIO.value:
             problem = audio_problem(raw / row["path"], params.validate)
+        if problem is None and row["modality"] == Modality.VIDEO.value:
+            from mmretrieval.video import video_problem
+
+            problem = video_problem(raw / row["path"], params.validate, params.model.video_frames)
         if problem is not None:
             reasons[int(i)] = (problem.reason, f"row {int(i) + 2} ({row['id']}): {problem.message}")
 

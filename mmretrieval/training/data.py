@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig
     from mmretrieval.models.towers import TextEncoder
 
-MEDIA = (Modality.IMAGE.value, Modality.AUDIO.value)
+MEDIA = (Modality.IMAGE.value, Modality.AUDIO.value, Modality.VIDEO.value)
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,10 @@ class MediaDataset(Dataset):  # type: ignore[type-arg]
         from mmretrieval.models.audio import augment_wave, change_speed, fit_length, load_audio
 
         i = self.members[k]
+        if self.items.modalities[i] == Modality.VIDEO.value:  # a trained backbone: frames decoded once, not augmented
+            if i not in self.cache:
+                self.cache[i] = video_pixels(self.clean_dir / self.items.media[i], self.config)
+            return self.cache[i], i
         if self.items.modalities[i] == Modality.IMAGE.value:
             if i not in self.cache:
                 self.cache[i] = open_image(self.clean_dir / self.items.media[i])
@@ -190,6 +194,30 @@ def cached_image_features(net: DualEncoder, items: TrainItems, members: list[int
     if mirror:
         views.append(backbone_features(net, images, transform, device, mirror=True))
     return torch.stack(views)
+
+
+def video_pixels(path: Path, config: ModelConfig) -> torch.Tensor:
+    """(K, 3, S, S) evaluation-preprocessed frames of a clip, sampled by seeking (``config.video_frames``)."""
+    from mmretrieval.models.dual_encoder import eval_transform
+    from mmretrieval.video import read_frames
+
+    transform = eval_transform(config)
+    frames = read_frames(path, config.video_frames, short_side=int(config.image_size / config.image_crop_pct))
+    return torch.stack([transform(im) for im in frames.images])
+
+
+@torch.no_grad()
+def cached_video_features(net: DualEncoder, items: TrainItems, members: list[int], clean_dir: Path, device: str,
+                          batch_size: int = 8) -> torch.Tensor:
+    """(1, len(members), K, width): each clip's K frames through the frozen backbone once (one view: a mirrored
+    clip would swap left and right, which captions may name)."""
+    parts = []
+    for start in range(0, len(members), batch_size):
+        pixels = torch.stack([video_pixels(clean_dir / items.media[i], net.config)
+                              for i in members[start:start + batch_size]]).to(device)
+        with torch.autocast(device_type="cuda", enabled=device.startswith("cuda")):
+            parts.append(net.frame_features(pixels).float().cpu())
+    return torch.cat(parts)[None]
 
 
 def sampler(items: TrainItems, members: list[int], balance_labels: bool, gen: torch.Generator

@@ -93,6 +93,8 @@ class Validator:
             if modality not in set(frame["modality"]) or modality not in probe.modalities:
                 continue
             load = open_image if modality == Modality.IMAGE.value else probe.load_wave
+            if modality == Modality.VIDEO.value:
+                load = probe.load_frames_only
             try:
                 ids, media, caps, labels, _ = gather(frame, clean_dir, "media", modality, load)
             except TrainingError:
@@ -100,6 +102,10 @@ class Validator:
             eval_set = build_eval_set(ids, caps, labels)
             if modality == Modality.IMAGE.value and net.image_frozen:
                 media = backbone_features(net, media, eval_transform(net.config), device)
+            if modality == Modality.VIDEO.value and net.image_frozen:  # (N, K, width), computed once
+                with torch.no_grad():
+                    media = torch.cat([net.frame_features(torch.stack(media[i:i + 8]).to(device)).float().cpu()
+                                       for i in range(0, len(media), 8)])
             self.parts.append((modality, eval_set, media, text.encode(eval_set.captions)))
         net.train()
 
@@ -115,7 +121,11 @@ class Validator:
         metrics: dict[str, float] = {}
         for modality, eval_set, media, caption_features in self.parts:
             texts = net.project_text(caption_features.to(self.device)).float().cpu().numpy()
-            if modality == Modality.AUDIO.value:
+            if modality == Modality.VIDEO.value:
+                items = (net.project_video(media.to(self.device)) if isinstance(media, torch.Tensor) else
+                         torch.cat([net.encode_video(torch.stack(media[i:i + 8]).to(self.device))
+                                    for i in range(0, len(media), 8)])).float().cpu()
+            elif modality == Modality.AUDIO.value:
                 items = torch.cat([net.encode_audio(torch.stack(media[i:i + 64]).to(self.device)).float().cpu()
                                    for i in range(0, len(media), 64)])
             elif isinstance(media, torch.Tensor):
