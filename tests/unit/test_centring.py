@@ -61,6 +61,6 @@ def test_params_refuse_an_unknown_modality_to_centre(tmp_path) -> None:
     from mmretrieval.config import load_params
 
     path = tmp_path / "params.yaml"
-    path.write_text("index: {centre: [audio, video]}\n")
-    with pytest.raises(ConfigError, match="video"):
+    path.write_text("index: {centre: [audio, smell]}\n")
+    with pytest.raises(ConfigError, match="smell"):
         load_params(path)
