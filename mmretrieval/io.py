@@ -38,6 +38,14 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON atomically: a temp file of this writer's own (parallel writers of the same file never
     share one), then a rename; readers see the old or the new file, never half of one."""

@@ -16,7 +16,6 @@ Preprocessing is the backbone's own (timm's ``pretrained_cfg``): input side 224/
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import os
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from mmretrieval.errors import ConfigError, ModelError
+from mmretrieval.io import sha256_file
 
 
 @dataclass(frozen=True)
@@ -70,19 +70,11 @@ def source_file(name: str) -> Path:
     return Path(getattr(module, s.locator).get_model_file_path())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def provenance(name: str) -> dict[str, str]:
     """Which weights a backbone starts from: ``{"package", "version", "file", "sha256"}``."""
     s, path = spec(name), source_file(name)
     return {"package": s.distribution, "version": importlib.metadata.version(s.distribution), "file": path.name,
-            "sha256": _sha256(path)}
+            "sha256": sha256_file(path)}
 
 
 def to_timm_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -127,7 +119,7 @@ def converted_weights(name: str, expected_sha256: str = "") -> Path:
     from safetensors.torch import save_file
 
     src = source_file(name)
-    digest = _sha256(src)
+    digest = sha256_file(src)
     if expected_sha256 and digest != expected_sha256:
         raise ModelError(f"image backbone {name!r}: the installed {spec(name).distribution} ships weights with "
                          f"sha256 {digest[:12]}…, the model was trained from {expected_sha256[:12]}…")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import MediaError, ValidationFailed
-from mmretrieval.io import atomic_dir, read_parquet, write_json
+from mmretrieval.io import atomic_dir, read_parquet, sha256_file, write_json
 from mmretrieval.media import clean_audio, open_image
 from mmretrieval.prep.dedup import ImageHash, dhash, find_duplicates
 from mmretrieval.prep.text import normalize_captions
@@ -37,14 +37,6 @@ def media_name(item_id: str, suffix: str) -> str:
     """A file-system-safe, collision-free file name for an item id."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", item_id)[:80]
     return f"{safe}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}{suffix}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -84,7 +76,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                     reasons[i], messages[i] = "empty_text", f"{row['id']}: text is empty after normalisation"
                 continue
             src = raw / row["path"]
-            hashes[i] = _sha256(src)
+            hashes[i] = sha256_file(src)
             if modality == Modality.IMAGE.value:
                 try:
                     im = open_image(src, params.validate.max_image_pixels)
