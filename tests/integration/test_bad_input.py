@@ -28,7 +28,7 @@ def test_each_bad_row_is_quarantined_with_its_reason_and_counts_add_up(workspace
         {"id": "up", "modality": "image", "path": "../outside.png", "text": "x"},
         {"id": "gone", "modality": "image", "path": "images/missing.png", "text": "x"},
         {"id": "corrupt", "modality": "image", "path": "images/corrupt.jpg", "text": "x"},
-        {"id": "weird", "modality": "video", "path": "images/ok0.png", "text": "x"},
+        {"id": "weird", "modality": "smell", "path": "images/ok0.png", "text": "x"},
         {"id": "badsplit", "modality": "image", "path": "images/ok1.png", "text": "x", "split": "holdout"},
     ]
     ingest(write_manifest(src, rows), "bad")
