@@ -66,6 +66,14 @@ def live(published_tiny: Settings) -> Iterator[Live]:
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     for name, level in QUIET_LOGGERS.items():  # as `mmr serve` does (cli.main)
         logging.getLogger(name).setLevel(level)
+    # uvicorn's own loggers as a fresh `mmr serve` process has them: an earlier in-process uvicorn or dictConfig of
+    # the test session may have left them disabled, non-propagating or above INFO
+    uvicorn_state = {}
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        uvicorn_state[name] = (logger.level, logger.propagate, logger.disabled, list(logger.handlers))
+        logger.setLevel(logging.NOTSET)
+        logger.propagate, logger.disabled, logger.handlers = True, False, []
     port = free_port()
     app = create_app("tiny", published_tiny, ServiceConfig(api_keys=(KEY,)))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", log_config=None))
@@ -84,6 +92,10 @@ def live(published_tiny: Settings) -> Iterator[Live]:
         root.setLevel(old_level)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+        for name, (level, propagate, disabled, handlers) in uvicorn_state.items():
+            logger = logging.getLogger(name)
+            logger.setLevel(level)
+            logger.propagate, logger.disabled, logger.handlers = propagate, disabled, handlers
 
 
 def png_bytes(side: int, seed: int) -> bytes:
