@@ -1,4 +1,4 @@
-"""mmretrieval: multimodal (text, image, audio) retrieval as a versioned, gated batch data platform.
+"""mmretrieval: multimodal (text, image, audio, video) retrieval as a versioned, gated batch data platform.
 
 Heavy dependencies load lazily; importing this package is cheap. Public entry points::
 
