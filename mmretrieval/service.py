@@ -69,7 +69,7 @@ MAX_ITEM_ID = 256
 THUMB_SIDE = 256
 THUMB_CACHE = 4096
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-Modality = Literal["text", "image", "audio"]
+Modality = Literal["text", "image", "audio", "video"]
 Fusion = Literal["vector", "late"]
 
 
@@ -660,7 +660,7 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
                          text: Annotated[Text | None, Form(min_length=1, max_length=MAX_TEXT,
                                                            description="text to fuse with the file")] = None,
                          k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
-                         modality: Annotated[Literal["text", "image", "audio", ""], Form(
+                         modality: Annotated[Literal["text", "image", "audio", "video", ""], Form(
                              description="only hits of this modality; empty: any")] = "",
                          fusion: Annotated[Fusion, Form()] = "vector",
                          filter: Annotated[Text, Form(max_length=MAX_FILTER)] = "",

@@ -92,7 +92,7 @@
         .then((r) => r.blob()).then((b) => { const url = URL.createObjectURL(b); thumbs.push(url); img.src = url; })
         .catch(() => { thumb.textContent = "no preview"; });
     } else {
-      thumb.textContent = hit.modality === "audio" ? "♪" : "¶";
+      thumb.textContent = { audio: "♪", video: "▶" }[hit.modality] || "¶";
       thumb.setAttribute("aria-hidden", "true");
     }
     const body = document.createElement("div");
@@ -106,6 +106,9 @@
     const rows = [["label", hit.label || "–"], ["score", hit.score.toFixed(4)], ["modality", hit.modality],
       ["id", hit.id], ["collection", hit.collection], ["model", `v${hit.model_version}`],
       ["data", String(hit.data_version).slice(0, 12)]];
+    if (hit.best_time_s !== null && hit.best_time_s !== undefined) {  // video: where in the clip the query matched
+      rows.splice(2, 0, ["best at", `${hit.best_time_s.toFixed(1)} s`]);
+    }
     for (const [k, v] of rows) {
       const dt = document.createElement("dt"), dd = document.createElement("dd");
       dt.textContent = k;

@@ -282,7 +282,7 @@ def test_the_openapi_documents_every_status_and_an_enum_modality(http: TestClien
     assert {"200", "400", "401", "403", "404", "413", "422", "500", "503"} <= set(search["responses"])
     assert {"415"} <= set(spec["paths"]["/search/upload"]["post"]["responses"])
     modality = spec["components"]["schemas"]["SearchRequest"]["properties"]["modality"]
-    assert {"enum": ["text", "image", "audio"], "type": "string"} in modality["anyOf"]
+    assert {"enum": ["text", "image", "audio", "video"], "type": "string"} in modality["anyOf"]
     assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
 
 
