@@ -42,13 +42,18 @@ def filled(ix: MilvusIndex, name: str = "parity", params: IndexParams = PARAMS) 
     return rows
 
 
-def check_depth(uri: str, params: IndexParams = PARAMS) -> None:
+DEPTHS = (1, EF - 1, EF, EF + 1, ROWS, ROWS + 1, 1000)
+EXPECTED_DEPTHS = [min(k, ROWS) for k in DEPTHS]
+TEXT_ROWS = sum(1 for i in range(ROWS) if i % 3 == 0)  # make_rows: every third row is text
+
+
+def check_depth(uri: str, params: IndexParams = PARAMS) -> list[int]:
     """k = 1, ef - 1, ef, ef + 1, rows, rows + 1: every one gets min(k, rows) distinct hits, best first (HNSW; and
     an IVF index probing one list)."""
     with MilvusIndex(uri) as ix:
         rows = filled(ix, params=params)
         query = [rows[0]["vector"]]
-        for k in (1, EF - 1, EF, EF + 1, ROWS, ROWS + 1, 1000):
+        for k in DEPTHS:
             hits = ix.search("parity", query, k, params, output_fields=["id"])[0]
             assert len(hits) == min(k, ROWS), f"k={k}: {len(hits)} hits"
             assert len({h["id"] for h in hits}) == len(hits) and hits[0]["id"] == "item000"
@@ -56,9 +61,10 @@ def check_depth(uri: str, params: IndexParams = PARAMS) -> None:
             assert scores == sorted(scores, reverse=True)
         images = ix.search("parity", query, ROWS + 1, params, expr='modality == "image"', output_fields=["id"])[0]
         assert len(images) == sum(r["modality"] == "image" for r in rows)
+        return [len(ix.search("parity", query, k, params, output_fields=["id"])[0]) for k in DEPTHS]
 
 
-def check_filters(uri: str) -> None:
+def check_filters(uri: str) -> int:
     """The modality restriction holds whatever the user's expression says; labels and metadata match exactly."""
     with MilvusIndex(uri) as ix:
         rows = filled(ix)
@@ -81,9 +87,10 @@ def check_filters(uri: str) -> None:
         for bad in ('label == ', 'nofield == "1"', 'label in [', "modality == 'text' or"):
             with pytest.raises(FilterError, match="not a valid Milvus expression"):
                 ix.search("parity", query, 5, PARAMS, expr=build_filter("text", bad))
+        return len(ids(build_filter("text")))  # every text row passes a bare modality restriction
 
 
-def check_limits(uri: str) -> None:
+def check_limits(uri: str) -> int:
     """Rows beyond the schema's limits are refused before anything is inserted, naming the row; alike on both."""
     long_id = "x" * 665
     cases = [
@@ -109,6 +116,7 @@ def check_limits(uri: str) -> None:
                                                   r"\(ids 'item000' \.\. 'item002'\)"):
             list(ix.insert("limits", rows))
         ix.drop("limits")
+        return len(cases) + 1  # refusals seen
 
 
 @pytest.fixture
@@ -117,13 +125,12 @@ def lite(tmp_path: Path) -> str:
 
 
 def test_search_depth_covers_k_at_the_edges_of_ef_and_of_the_collection_on_lite(lite: str) -> None:
-    check_depth(lite)
-    check_depth(lite, IVF)
+    assert check_depth(lite) == check_depth(lite, IVF) == EXPECTED_DEPTHS
 
 
 def test_filters_mean_what_they_say_on_lite(lite: str) -> None:
-    check_filters(lite)
+    assert check_filters(lite) == TEXT_ROWS
 
 
 def test_rows_beyond_the_schema_limits_are_refused_naming_the_row_on_lite(lite: str) -> None:
-    check_limits(lite)
+    assert check_limits(lite) == 6

@@ -26,7 +26,14 @@ from mmretrieval.errors import IndexStoreError
 from mmretrieval.index import MilvusIndex
 from mmretrieval.stages import run_all, run_stage
 from tests.conftest import REPO
-from tests.integration.test_backend_parity import IVF, check_depth, check_filters, check_limits
+from tests.integration.test_backend_parity import (
+    EXPECTED_DEPTHS,
+    IVF,
+    TEXT_ROWS,
+    check_depth,
+    check_filters,
+    check_limits,
+)
 from tests.integration.test_publish_safety import kill_publish_at_each_step, publish_with_a_row_past_the_limits
 from tests.integration.test_training import tiny_dataset
 
@@ -248,18 +255,17 @@ def test_dropping_a_collection_that_serves_an_alias_is_refused(server_workspace:
 
 def test_search_depth_covers_k_at_the_edges_of_ef_and_of_the_collection_on_the_server(milvus_server: str) -> None:
     empty(milvus_server)
-    check_depth(milvus_server)
-    check_depth(milvus_server, IVF)
+    assert check_depth(milvus_server) == check_depth(milvus_server, IVF) == EXPECTED_DEPTHS
 
 
 def test_filters_mean_what_they_say_on_the_server(milvus_server: str) -> None:
     empty(milvus_server)
-    check_filters(milvus_server)
+    assert check_filters(milvus_server) == TEXT_ROWS
 
 
 def test_rows_beyond_the_schema_limits_are_refused_naming_the_row_on_the_server(milvus_server: str) -> None:
     empty(milvus_server)
-    check_limits(milvus_server)
+    assert check_limits(milvus_server) == 6
     empty(milvus_server)
 
 
