@@ -271,4 +271,4 @@ def test_rows_beyond_the_schema_limits_are_refused_naming_the_row_on_the_server(
 
 def test_a_row_the_server_would_refuse_stops_publish_in_one_line_and_leaves_nothing_half_built(
         server_workspace: Path) -> None:
-    publish_with_a_row_past_the_limits(server_workspace)
+    assert publish_with_a_row_past_the_limits(server_workspace).startswith("mmr: error: publish tiny: row ")

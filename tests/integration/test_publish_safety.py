@@ -53,7 +53,7 @@ def test_a_publish_killed_at_any_step_keeps_serving_the_old_collection(workspace
     assert publish.rollback("tiny")["collection"] == first["collection"]
 
 
-def publish_with_a_row_past_the_limits(workspace: Path) -> None:
+def publish_with_a_row_past_the_limits(workspace: Path) -> str:
     """Every stage up to embed, then a clean row's metadata edited past the index's JSON limit (after validation,
     which would have quarantined it): `mmr publish` fails with one line naming the row and leaves no collection."""
     import json
@@ -77,7 +77,8 @@ def publish_with_a_row_past_the_limits(workspace: Path) -> None:
     assert re.search(r"metadata is 700\d\d bytes of JSON, above the 65536-byte limit", last)
     with MilvusIndex(get_settings().milvus_uri) as ix:
         assert ix.resolve_alias("mmr_tiny") is None and ix.collections("mmr_tiny") == []
+    return last
 
 
 def test_a_row_milvus_would_refuse_stops_publish_in_one_line_and_leaves_nothing_half_built(workspace: Path) -> None:
-    publish_with_a_row_past_the_limits(workspace)
+    assert publish_with_a_row_past_the_limits(workspace).startswith("mmr: error: publish tiny: row ")
