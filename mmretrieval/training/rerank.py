@@ -1,0 +1,246 @@
+"""Training the cross-attention re-ranker on hard negatives mined by the trained dual encoder, and the losses that
+distil it back into a dual encoder.
+
+Everything here works on frozen features (backbone feature maps, token states), so an epoch costs only the
+re-ranker's own layers:
+
+* :func:`mine_hard_negatives`: for each query, the items the dual encoder ranks highest among those that are *not*
+  relevant: the mistakes a second stage exists to fix;
+* :func:`candidate_lists`: one training list per query: a relevant item first, then its hard negatives;
+* :func:`listwise_loss`: softmax cross-entropy over a list, the relevant item at position 0 (ListNet/InfoNCE over
+  the candidates, what the re-ranker is asked at query time: order these N);
+* :func:`distill_kl`: KL(teacher || student) between the two score distributions over each query's candidate list,
+  at a temperature: the student learns the teacher's *ranking* of hard negatives, not its raw scores;
+* :func:`train_reranker`: the seeded loop (AdamW, warm-up + cosine), optionally checkpointed after each epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmretrieval.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+
+def mine_hard_negatives(sim: np.ndarray, relevant: np.ndarray, n: int) -> np.ndarray:
+    """(Q, G) dual-encoder scores and (Q, G) bool relevance -> (Q, n) gallery indices of each query's n
+    highest-scored non-relevant items, best first. Raises :class:`TrainingError` when a query has fewer than n
+    non-relevant items (shrink n or grow the gallery)."""
+    if sim.shape != relevant.shape:
+        raise TrainingError(f"scores {sim.shape} and relevance {relevant.shape} differ in shape")
+    spare = int((~relevant).sum(axis=1).min()) if len(relevant) else 0
+    if n < 1 or n > spare:
+        raise TrainingError(f"{n} hard negatives asked, but some query has only {spare} non-relevant items")
+    masked = np.where(relevant, -np.inf, sim)
+    part = np.argpartition(-masked, n - 1, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(masked, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def candidate_lists(relevant: np.ndarray, negatives: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(Q, G) bool relevance and (Q, n) hard negatives -> (Q, 1 + n) lists: one relevant item (drawn by ``rng``
+    when a query has several) at position 0, then the negatives. Queries without a relevant item raise."""
+    if not relevant.any(axis=1).all():
+        raise TrainingError("a training query has no relevant item: it cannot be given a candidate list")
+    positives = np.array([rng.choice(np.flatnonzero(row)) for row in relevant])
+    return np.concatenate([positives[:, None], negatives], axis=1)
+
+
+def listwise_loss(logits: torch.Tensor) -> torch.Tensor:
+    """(Q, C) logits of candidate lists whose relevant item is column 0 -> scalar softmax cross-entropy."""
+    return nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)) over each row of (Q, C) candidate-list scores, averaged over
+    rows and scaled by T^2 (Hinton et al.) so the gradient size does not depend on T. The teacher gets no gradient.
+    Zero exactly when the two distributions agree."""
+    if student.shape != teacher.shape:
+        raise TrainingError(f"student scores {tuple(student.shape)} and teacher scores {tuple(teacher.shape)} differ")
+    log_p_student = nn.functional.log_softmax(student / temperature, dim=-1)
+    p_teacher = nn.functional.softmax(teacher.detach() / temperature, dim=-1)
+    return nn.functional.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
+
+
+@dataclass(frozen=True)
+class RerankData:
+    """Frozen inputs of re-ranker training (CPU tensors).
+
+    ``tokens`` (Q, L, text_dim) and ``token_mask`` (Q, L) per query caption; ``maps`` (V, G, backbone_dim, H, W)
+    backbone feature maps per view (eval crop, mirror) and gallery item; ``relevant`` (Q, G) bool; ``dual``
+    (Q, G) dual-encoder cosines (the first stage's scores, also a re-ranker input).
+    """
+
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+    maps: torch.Tensor
+    relevant: np.ndarray
+    dual: np.ndarray
+
+
+@dataclass(frozen=True)
+class RerankSchedule:
+    epochs: int = 10
+    negatives: int = 15  # hard negatives per list (list length = 1 + negatives)
+    batch_size: int = 32  # queries per step
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    seed: int = 0
+
+
+def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
+                   on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train ``net`` (a :class:`~mmretrieval.models.reranker.CrossReranker`) listwise on lists of one relevant item
+    and ``p.negatives`` hard negatives mined by the dual encoder; each epoch redraws the positives and each list's
+    view. Returns the mean loss per epoch; ``on_epoch(epoch, loss)`` runs after each (e.g. to checkpoint).
+    Raises :class:`TrainingError` when the loss stops being finite."""
+    torch.manual_seed(p.seed)
+    rng = np.random.default_rng(p.seed)
+    negatives = mine_hard_negatives(data.dual, data.relevant, p.negatives)
+    steps = p.epochs * -(-len(negatives) // p.batch_size)
+    opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=p.lr, weight_decay=p.weight_decay)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, steps)))))
+    dual = torch.from_numpy(data.dual).float()
+    losses: list[float] = []
+    for epoch in range(1, p.epochs + 1):
+        started, parts = time.monotonic(), []
+        lists = torch.from_numpy(candidate_lists(data.relevant, negatives, rng))  # (Q, C)
+        order = torch.from_numpy(rng.permutation(len(lists)))
+        net.train()
+        for start in range(0, len(order), p.batch_size):
+            q = order[start:start + p.batch_size]
+            cand = lists[q]  # (B, C)
+            b, c = cand.shape
+            view = torch.from_numpy(rng.integers(0, data.maps.shape[0], size=b)).repeat_interleave(c)
+            maps = data.maps[view, cand.reshape(-1)].float()  # (B*C, backbone_dim, H, W)
+            tokens = data.tokens[q].float().repeat_interleave(c, 0)
+            mask = data.token_mask[q].repeat_interleave(c, 0)
+            logits = net(tokens, mask, net.project_regions(maps), dual[q[:, None], cand].reshape(-1)).view(b, c)
+            loss = listwise_loss(logits)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"re-ranker loss became {loss.item()} at epoch {epoch}: lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            parts.append(float(loss.item()))
+        losses.append(float(np.mean(parts)))
+        log.info("re-ranker epoch %d/%d: loss %.4f (%.1f s)", epoch, p.epochs, losses[-1], time.monotonic() - started)
+        if on_epoch:
+            on_epoch(epoch, losses[-1])
+    net.eval()
+    return losses
+
+
+@torch.no_grad()
+def rerank_matrix(net: Any, tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor, sim: np.ndarray,
+                  depth: int, text_queries: bool = True, batch: int = 4096) -> np.ndarray:
+    """Scores after re-ranking each query's top ``depth`` (by ``sim``) with ``net``; the rest keep the dual order
+    below them. ``tokens`` (T, L, text_dim) / ``token_mask`` (T, L) of the T captions, ``regions`` (I, R, d)
+    projected regions of the I items, ``sim`` (T, I) dual cosines. With ``text_queries`` the queries are the
+    captions (returns (T, I)), else the items (returns (I, T), to be read with the transposed relevance)."""
+    queries = sim if text_queries else sim.T
+    depth = min(depth, queries.shape[1])
+    top = np.argsort(-queries, axis=1, kind="stable")[:, :depth]  # (Q, depth)
+    q_idx = np.repeat(np.arange(len(queries)), depth)
+    c_idx = top.reshape(-1)
+    t_idx, i_idx = (q_idx, c_idx) if text_queries else (c_idx, q_idx)
+    scores = []
+    for s in range(0, len(t_idx), batch):
+        t, i = torch.from_numpy(t_idx[s:s + batch]), torch.from_numpy(i_idx[s:s + batch])
+        scores.append(net(tokens[t], token_mask[t], regions[i], torch.from_numpy(sim[t_idx[s:s + batch],
+                                                                                      i_idx[s:s + batch]])))
+    rescored = torch.cat(scores).numpy().reshape(len(queries), depth)
+    out = queries - queries.max() - 1.0 + rescored.min() - 1.0  # everything below the re-ranked top
+    np.put_along_axis(out, top, rescored, axis=1)
+    return out
+
+
+def save_checkpoint(net: Any, folder: Path, epoch: int) -> None:
+    """The re-ranker's weights after ``epoch`` (safetensors) so a killed run can resume there."""
+    from mmretrieval.models.reranker import save
+
+    save(net, folder, {"epoch": epoch})
+
+
+@dataclass(frozen=True)
+class DistillData:
+    """Frozen inputs of student training (CPU tensors): ``sentences`` (Q, text_dim) sentence embeddings of the query
+    captions, ``pooled`` (V, G, width) pooled backbone features per view and item, ``owner`` (Q,) the item each
+    caption describes, ``lists`` (Q, C) candidate lists (item indices; column 0 relevant) and ``teacher`` (Q, C)
+    the re-ranker's logits over them."""
+
+    sentences: torch.Tensor
+    pooled: torch.Tensor
+    owner: torch.Tensor
+    lists: torch.Tensor
+    teacher: torch.Tensor
+
+
+@torch.no_grad()
+def teacher_logits(net: Any, data: RerankData, lists: np.ndarray, batch: int = 2048) -> torch.Tensor:
+    """(Q, C) re-ranker logits over each query's candidate list (eval crop view), in eval mode."""
+    net.eval()
+    regions = torch.cat([net.project_regions(data.maps[0, s:s + 256].float()) for s in range(0, data.maps.shape[1],
+                                                                                              256)])
+    q_idx = np.repeat(np.arange(len(lists)), lists.shape[1])
+    c_idx = lists.reshape(-1)
+    out = []
+    for s in range(0, len(q_idx), batch):
+        q, c = torch.from_numpy(q_idx[s:s + batch]), torch.from_numpy(c_idx[s:s + batch])
+        out.append(net(data.tokens[q].float(), data.token_mask[q], regions[c],
+                       torch.from_numpy(data.dual[q_idx[s:s + batch], c_idx[s:s + batch]])))
+    return torch.cat(out).view(lists.shape)
+
+
+def train_student(student: Any, data: DistillData, p: RerankSchedule, kl_weight: float = 1.0,
+                  temperature: float = 1.0) -> list[float]:
+    """Fine-tune a dual encoder's heads (``student``: :class:`~mmretrieval.models.dual_encoder.DualEncoder` with a
+    frozen backbone) with in-batch symmetric InfoNCE plus ``kl_weight`` x :func:`distill_kl` between its scores
+    (logit scale x cosine) and the teacher's over each caption's candidate list. Returns the mean loss per epoch."""
+    from mmretrieval.models.losses import symmetric_info_nce
+
+    torch.manual_seed(p.seed)
+    rng = np.random.default_rng(p.seed)
+    params = [q for q in student.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
+    losses: list[float] = []
+    student.train()
+    for epoch in range(1, p.epochs + 1):
+        parts = []
+        order = torch.from_numpy(rng.permutation(len(data.sentences)))
+        for start in range(0, len(order), p.batch_size):
+            q = order[start:start + p.batch_size]
+            view = torch.from_numpy(rng.integers(0, data.pooled.shape[0], size=len(q)))
+            texts = student.project_text(data.sentences[q])  # (B, D)
+            items = student.project_image(data.pooled[view, data.owner[q]])  # (B, D)
+            positives = data.owner[q][:, None] == data.owner[q][None, :]
+            loss = symmetric_info_nce(items, texts, student.logit_scale, positives)
+            cand = data.lists[q]  # (B, C)
+            cand_vecs = student.project_image(data.pooled[view[:, None].expand_as(cand), cand])  # (B, C, D)
+            scores = student.logit_scale.exp().clamp(max=100) * torch.einsum("bd,bcd->bc", texts, cand_vecs)
+            loss = loss + kl_weight * distill_kl(scores, data.teacher[q], temperature)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"student loss became {loss.item()} at epoch {epoch}: lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            parts.append(float(loss.item()))
+        losses.append(float(np.mean(parts)))
+        log.info("student epoch %d/%d: loss %.4f", epoch, p.epochs, losses[-1])
+    student.eval()
+    return losses
