@@ -2,8 +2,8 @@
 XCom; nothing heavy is imported when the scheduler parses this file.
 
 * ``mmr_pipeline``: the whole path for one dataset in one run (``make demo`` and the integration test use it):
-  prepare (validate -> clean -> augment) -> model (train -> evaluate -> promote) -> serve (embed_plan -> embed_shard
-  mapped over the pending shards -> embed -> publish_build -> publish_check -> publish, the alias swap).
+  prepare (validate -> clean -> augment) -> model (train -> evaluate -> rerank -> promote) -> serve (embed_plan ->
+  embed_shard mapped over the pending shards -> embed -> publish_build -> publish_check -> publish, the alias swap).
   A failure stops everything after it: a hard validation failure never trains.
   Run: ``mmr dag-test --dataset demo`` or ``airflow dags test mmr_pipeline -c '{"dataset": "demo"}'``.
 * The same stages as three DAGs chained by Assets, for scheduled operation: ``mmr_prepare`` updates
@@ -71,7 +71,7 @@ def chain_stages(stages: list[tuple[str, list[Asset]]], previous: Any = None) ->
 
 
 PREPARE = [("validate", []), ("clean", []), ("augment", [CLEAN_DATA])]
-MODEL = [("train", []), ("evaluate", []), ("promote", [CHAMPION_MODEL])]
+MODEL = [("train", []), ("evaluate", []), ("rerank", []), ("promote", [CHAMPION_MODEL])]
 
 
 def serve_tasks(previous: Any = None) -> Any:

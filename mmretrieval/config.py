@@ -157,6 +157,16 @@ class RerankParams:
 
 
 @dataclass(frozen=True)
+class DistillParams:
+    epochs: int = 10  # stage distill: the student's heads, fine-tuned from the teacher's dual encoder
+    batch_size: int = 64
+    lr: float = 0.0003
+    kl_weight: float = 1.0  # InfoNCE + kl_weight x KL(re-ranker || student) over each caption's candidate list
+    temperature: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class EmbedParams:
     batch_size: int = 64
     num_workers: int = 1  # data-loader processes decoding while the model encodes (2 cores: 1 measured best)
@@ -188,6 +198,7 @@ class Params:
     gate: GateParams = field(default_factory=GateParams)
     embed: EmbedParams = field(default_factory=EmbedParams)
     rerank: RerankParams = field(default_factory=RerankParams)
+    distill: DistillParams = field(default_factory=DistillParams)
     index: IndexParams = field(default_factory=IndexParams)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 

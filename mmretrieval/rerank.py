@@ -147,29 +147,40 @@ def _images(frame: Any, root: Path) -> tuple[list[str], list[Any], list[list[str
     return ids, media, captions
 
 
+def split_inputs(model: RetrievalModel, clean: Any, clean_dir: Path, split: str) -> tuple[Any, ...]:
+    """The frozen inputs of one split's images with captions: (eval set, (V, N, C, H, W) feature maps: the
+    evaluation crop, and for the train split its mirror image too, (Q, L, dim) token states, (Q, L) token mask,
+    (Q, D) dual text vectors, (N, D) dual image vectors)."""
+    import torch
+
+    from mmretrieval.metrics import build_eval_set
+    from mmretrieval.models.reranker import token_states
+
+    ids, media, caps = _images(clean[clean["split"] == split], clean_dir)
+    es = build_eval_set(ids, caps, [""] * len(ids))
+    views = [feature_maps(model, media)] + ([feature_maps(model, media, mirror=True)]
+                                           if split == Split.TRAIN.value else [])
+    tokens, mask = token_states(model.text.model, es.captions)
+    return es, torch.stack(views), tokens, mask, model.encode_texts(es.captions), pooled(model, views[0])
+
+
 def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     import torch
 
-    from mmretrieval.metrics import build_eval_set, retrieval_metrics
-    from mmretrieval.models.reranker import CrossReranker, RerankerConfig, save, token_states
+    from mmretrieval.metrics import retrieval_metrics
+    from mmretrieval.models.reranker import CrossReranker, RerankerConfig, save
     from mmretrieval.training.rerank import RerankData, RerankSchedule, rerank_matrix, train_reranker
 
     settings = settings or get_settings()
     p = settings.params_for(dataset).rerank
+    if not p.enabled:
+        return {"dataset": dataset, "skipped": "rerank.enabled is false"}
     started = time.monotonic()
     ref = tracking.require_alias(settings, dataset, tracking.CHALLENGER)
     model = tracking.load_model(settings, ref, "cpu")
     clean_dir = settings.stage_dir("clean", dataset)
     clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
-    parts = {}
-    for split in (Split.TRAIN.value, Split.TEST.value):
-        ids, media, caps = _images(clean[clean["split"] == split], clean_dir)
-        es = build_eval_set(ids, caps, [""] * len(ids))
-        views = [feature_maps(model, media)] + ([feature_maps(model, media, mirror=True)]
-                                               if split == Split.TRAIN.value else [])
-        tokens, mask = token_states(model.text.model, es.captions)
-        parts[split] = (es, torch.stack(views), tokens, mask, model.encode_texts(es.captions),
-                        pooled(model, views[0]))
+    parts = {split: split_inputs(model, clean, clean_dir, split) for split in (Split.TRAIN.value, Split.TEST.value)}
     es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TRAIN.value]
     cfg = RerankerConfig(text_dim=tokens.shape[-1], backbone_dim=maps.shape[2], regions=maps.shape[3] * maps.shape[4],
                          region_dim=p.region_dim, layers=p.layers, heads=p.heads, dropout=p.dropout,
@@ -281,3 +292,51 @@ def serving_reranker(settings: Settings, ref: tracking.ModelRef) -> CrossReranke
                              f"{ref.uri}")
     _LOADED[key] = net
     return net
+
+
+def regions_dir(folder: Path) -> Path:
+    """Where an embedding folder (``v<N>/`` or its ``.partial`` work folder) keeps its region store."""
+    return folder / "regions"
+
+
+def embed_regions(settings: Settings, ref: tracking.ModelRef, model: RetrievalModel, part: Any, clean_dir: Path,
+                  folder: Path, k: int) -> int:
+    """Embed stage, shard ``k``: the image rows of ``part`` (a slice of the clean manifest) through the backbone
+    and the re-ranker's region projection into region shard ``k`` of ``regions_dir(folder)``, when version ``ref``
+    has a re-ranker that passed its gate. Returns the rows written (0 without such a re-ranker)."""
+    import torch
+
+    from mmretrieval.media import open_image
+    from mmretrieval.regions import write_shard
+
+    net = serving_reranker(settings, ref)
+    if net is None:
+        return 0
+    images = part[part["modality"] == Modality.IMAGE.value]
+    ids = list(images["id"])
+    if ids:
+        maps = feature_maps(model, [open_image(clean_dir / m) for m in images["media"]])
+        with torch.no_grad():
+            regions = torch.cat([net.project_regions(maps[s:s + 64].float()) for s in range(0, len(maps), 64)])
+        array = regions.numpy()
+    else:
+        array = np.zeros((0, net.config.regions, net.config.region_dim), dtype=np.float16)
+    write_shard(regions_dir(folder), k, ids, array)
+    return len(ids)
+
+
+def finish_regions(settings: Settings, ref: tracking.ModelRef, folder: Path, shards: int, image_ids: list[str]
+                   ) -> dict[str, Any] | None:
+    """Embed stage, finish: seal the region store of ``folder`` (every shard there, every image id in it) and
+    return its summary, or None when version ``ref`` serves without a re-ranker. Raises :class:`ModelError`."""
+    from mmretrieval.regions import RegionStore, finish
+
+    if serving_reranker(settings, ref) is None:
+        return None
+    meta = finish(regions_dir(folder), shards, {"model": ref.name, "model_version": ref.version})
+    lacking = RegionStore(regions_dir(folder)).missing(image_ids)
+    if lacking or meta["rows"] != len(image_ids):
+        raise ModelError(f"region store of {folder} has {meta['rows']} rows for {len(image_ids)} images "
+                         f"(missing e.g. {lacking[:3]}): embed again")
+    return {"rows": meta["rows"], "bytes_per_item": meta["bytes_per_item"],
+            "bytes_at_1m_items": meta["bytes_per_item"] * 1_000_000}

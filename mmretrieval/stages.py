@@ -22,6 +22,7 @@ STAGES: dict[str, str] = {
     "augment": "mmretrieval.prep.augment",
     "train": "mmretrieval.train",
     "evaluate": "mmretrieval.evaluate",
+    "rerank": "mmretrieval.rerank",  # the challenger's cross-attention re-ranker (when rerank.enabled)
     "promote": "mmretrieval.promote",
     "embed": "mmretrieval.embed",
     "publish": "mmretrieval.publish",
