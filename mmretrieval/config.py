@@ -147,6 +147,8 @@ class RerankParams:
     use_dual_score: bool = True  # the score adds a learned multiple of the dual encoder's cosine
     epochs: int = 8
     negatives: int = 15  # hard negatives per training list, mined by the trained dual encoder
+    folds: int = 5  # hard negatives and dual scores from heads cross-fitted on this many folds of the train split
+    # (the dual encoder has memorised its training photos); 0: the trained dual encoder's own scores
     batch_size: int = 32
     lr: float = 0.0005
     seed: int = 0

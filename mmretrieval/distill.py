@@ -34,7 +34,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     import torch
 
     from mmretrieval.models.dual_encoder import RetrievalModel, load
-    from mmretrieval.rerank import serving_reranker, split_inputs
+    from mmretrieval.rerank import serving_reranker, split_inputs, training_scores
     from mmretrieval.training.rerank import (
         DistillData,
         RerankData,
@@ -58,7 +58,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     clean_dir = settings.stage_dir("clean", dataset)
     clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
     es, maps, tokens, mask, text_vecs, item_vecs = split_inputs(model, clean, clean_dir, Split.TRAIN.value)
-    dual = text_vecs @ item_vecs.T
+    dual = training_scores(model, es, maps, text_vecs, item_vecs, p)  # the lists the teacher learnt on
     lists = candidate_lists(es.relevant, mine_hard_negatives(dual, es.relevant, p.negatives),
                             np.random.default_rng(d.seed))
     teach = teacher_logits(teacher, RerankData(tokens, mask, maps, es.relevant, dual), lists)

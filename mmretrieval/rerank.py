@@ -164,6 +164,21 @@ def split_inputs(model: RetrievalModel, clean: Any, clean_dir: Path, split: str)
     return es, torch.stack(views), tokens, mask, model.encode_texts(es.captions), pooled(model, views[0])
 
 
+def training_scores(model: RetrievalModel, es: Any, maps: torch.Tensor, text_vecs: np.ndarray,
+                    item_vecs: np.ndarray, p: RerankParams) -> np.ndarray:
+    """(Q, G) first-stage scores of the training captions and images that the re-ranker learns from: cross-fitted
+    over ``p.folds`` folds (:func:`~mmretrieval.training.rerank.out_of_fold_scores`), or with ``folds`` 0 the
+    trained dual encoder's own cosines."""
+    import torch
+
+    from mmretrieval.training.rerank import out_of_fold_scores
+
+    if not p.folds:
+        return text_vecs @ item_vecs.T
+    return out_of_fold_scores(maps.float().mean(dim=(3, 4)), model.text.encode(es.captions),
+                              torch.from_numpy(es.relevant.argmax(axis=1)), p.folds, seed=p.seed)
+
+
 def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     import torch
 
@@ -182,6 +197,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
     parts = {split: split_inputs(model, clean, clean_dir, split) for split in (Split.TRAIN.value, Split.TEST.value)}
     es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TRAIN.value]
+    train_dual = training_scores(model, es, maps, text_vecs, item_vecs, p)
     cfg = RerankerConfig(text_dim=tokens.shape[-1], backbone_dim=maps.shape[2], regions=maps.shape[3] * maps.shape[4],
                          region_dim=p.region_dim, layers=p.layers, heads=p.heads, dropout=p.dropout,
                          use_dual_score=p.use_dual_score)
@@ -190,7 +206,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     ckpt = settings.var_dir / "checkpoints" / dataset / f"rerank-v{ref.version}"
     schedule = RerankSchedule(p.epochs, p.negatives, p.batch_size, p.lr, seed=p.seed)
     t_train = time.monotonic()
-    losses = train_reranker(net, RerankData(tokens, mask, maps, es.relevant, text_vecs @ item_vecs.T), schedule,
+    losses = train_reranker(net, RerankData(tokens, mask, maps, es.relevant, train_dual), schedule,
                             on_epoch=lambda epoch, _: save(net, ckpt, {"epoch": epoch}))
     train_seconds = time.monotonic() - t_train
 

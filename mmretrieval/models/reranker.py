@@ -43,6 +43,8 @@ class RerankerConfig:
     heads: int = 4
     dropout: float = 0.1
     use_dual_score: bool = True  # add dual_weight * (dual encoder cosine) to the cross-attention logit
+    basis_dim: int = 128  # region features are first reduced to their top principal components (fitted once on
+    # the training maps, :meth:`CrossReranker.fit_basis`; a fixed buffer), 0: the learned projection sees all channels
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -80,7 +82,10 @@ class CrossReranker(nn.Module):
             raise ModelError(f"re-ranker region_dim {config.region_dim} is not divisible by heads {config.heads}")
         self.config = config
         d = config.region_dim
-        self.region_proj = nn.Linear(config.backbone_dim, d)  # run at embed time; its output is stored in fp16
+        width = min(config.basis_dim, config.backbone_dim) if config.basis_dim else config.backbone_dim
+        self.register_buffer("region_mean", torch.zeros(config.backbone_dim))
+        self.register_buffer("region_basis", torch.eye(config.backbone_dim)[:, :width].contiguous())
+        self.region_proj = nn.Linear(width, d)  # run at embed time; its output is stored in fp16
         self.region_pos = nn.Parameter(torch.zeros(config.regions, d))  # where each cell sits in the image
         self.text_proj = nn.Linear(config.text_dim, d)
         self.blocks = nn.ModuleList(CrossBlock(d, config.heads, config.dropout) for _ in range(config.layers))
@@ -99,7 +104,27 @@ class CrossReranker(nn.Module):
             raise ModelError(f"feature map grid {tuple(feature_map.shape[2:])} has "
                              f"{feature_map.shape[2] * feature_map.shape[3]} cells; the re-ranker was trained on "
                              f"{self.config.regions}")
-        return self.region_proj(feature_map.flatten(2).transpose(1, 2))
+        return self.region_proj(self.reduce(feature_map))
+
+    def reduce(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, backbone_dim, H, W) -> (B, H * W, basis_dim) cells on the fixed principal-component basis (no
+        parameters: training computes it once per image)."""
+        cells = feature_map.float().flatten(2).transpose(1, 2)  # (B, R, backbone_dim)
+        return (cells - self.region_mean) @ self.region_basis
+
+    @torch.no_grad()
+    def fit_basis(self, feature_maps: torch.Tensor, max_cells: int = 20_000, seed: int = 0) -> None:
+        """Fit the region basis: mean and top ``basis_dim`` principal directions of the cells of (N,
+        backbone_dim, H, W) training feature maps (a seeded sample of at most ``max_cells`` cells)."""
+        if not self.config.basis_dim:
+            return
+        cells = feature_maps.float().flatten(2).transpose(1, 2).reshape(-1, self.config.backbone_dim)
+        g = torch.Generator().manual_seed(seed)
+        cells = cells[torch.randperm(len(cells), generator=g)[:max_cells]]
+        mean = cells.mean(0)
+        _, _, v = torch.linalg.svd(cells - mean, full_matrices=False)
+        self.region_mean.copy_(mean)
+        self.region_basis.copy_(v[: self.region_basis.shape[1]].T)
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor,
                 dual: torch.Tensor | None = None, region_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -177,7 +202,7 @@ def token_states(model: Any, texts: list[str], batch_size: int = 128) -> tuple[t
 
     states, masks = [], []
     for start in range(0, len(texts), batch_size):
-        features = batch_to_device(model.tokenize(texts[start:start + batch_size]), model.device)
+        features = batch_to_device(_tokenize(model, texts[start:start + batch_size]), model.device)
         out = model(features)
         states.append(out["token_embeddings"].float().cpu())
         masks.append(out["attention_mask"].bool().cpu())
@@ -195,6 +220,11 @@ def encode_with_tokens(model: Any, texts: list[str]) -> tuple[torch.Tensor, torc
     token states, (N, L) bool mask), CPU float32. The dual encoder needs the first, the re-ranker the others."""
     from sentence_transformers.util import batch_to_device
 
-    out = model(batch_to_device(model.tokenize(texts), model.device))
+    out = model(batch_to_device(_tokenize(model, texts), model.device))
     return (out["sentence_embedding"].float().cpu(), out["token_embeddings"].float().cpu(),
             out["attention_mask"].bool().cpu())
+
+
+def _tokenize(model: Any, texts: list[str]) -> dict[str, Any]:
+    """The model's tokenizer output (``preprocess`` in sentence-transformers >= 5, ``tokenize`` before)."""
+    return dict((getattr(model, "preprocess", None) or model.tokenize)(texts))

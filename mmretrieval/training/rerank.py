@@ -113,6 +113,10 @@ def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, steps)))))
     dual = torch.from_numpy(data.dual).float()
+    net.fit_basis(data.maps[0], seed=p.seed)
+    with torch.no_grad():  # the fixed part of the region projection, once per view and image
+        reduced = torch.stack([torch.cat([net.reduce(view[s:s + 64]) for s in range(0, len(view), 64)])
+                               for view in data.maps])  # (V, G, R, basis_dim)
     losses: list[float] = []
     for epoch in range(1, p.epochs + 1):
         started, parts = time.monotonic(), []
@@ -124,10 +128,12 @@ def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
             cand = lists[q]  # (B, C)
             b, c = cand.shape
             view = torch.from_numpy(rng.integers(0, data.maps.shape[0], size=b)).repeat_interleave(c)
-            maps = data.maps[view, cand.reshape(-1)].float()  # (B*C, backbone_dim, H, W)
+            # each (view, item) of the batch is projected once, however many lists it appears in
+            keys, where = torch.unique(view * data.maps.shape[1] + cand.reshape(-1), return_inverse=True)
+            regions = net.region_proj(reduced[keys // data.maps.shape[1], keys % data.maps.shape[1]])[where]
             tokens = data.tokens[q].float().repeat_interleave(c, 0)
             mask = data.token_mask[q].repeat_interleave(c, 0)
-            logits = net(tokens, mask, net.project_regions(maps), dual[q[:, None], cand].reshape(-1)).view(b, c)
+            logits = net(tokens, mask, regions, dual[q[:, None], cand].reshape(-1)).view(b, c)
             loss = listwise_loss(logits)
             if not torch.isfinite(loss):
                 raise TrainingError(f"re-ranker loss became {loss.item()} at epoch {epoch}: lower the learning rate")
@@ -244,3 +250,52 @@ def train_student(student: Any, data: DistillData, p: RerankSchedule, kl_weight:
         log.info("student epoch %d/%d: loss %.4f", epoch, p.epochs, losses[-1])
     student.eval()
     return losses
+
+
+def out_of_fold_scores(pooled: torch.Tensor, sentences: torch.Tensor, owner: torch.Tensor, folds: int = 5,
+                       epochs: int = 20, lr: float = 1e-3, dropout: float = 0.2, seed: int = 0,
+                       batch_size: int = 64) -> np.ndarray:
+    """(Q, G) dual-encoder cosines of each training caption with the images of *its own fold*, from linear image
+    heads (the default dual encoder's recipe: dropout, linear head into the frozen text space, symmetric InfoNCE,
+    AdamW) each trained on the other folds; cosines across folds are -2 (below any cosine: never a candidate).
+
+    Why: the dual encoder trained on all training photos has memorised them (train t->i R@1 ~ 99 % on Flickr8k's
+    340 photos against ~16 % on unseen ones), so its training-set rankings have no hard negatives above the
+    positive and its cosines say "relevant" with a confidence it never has at query time. Cross-fitting gives the
+    re-ranker training lists that look like the test-time candidate lists.
+
+    Args: ``pooled`` (V, G, width) pooled backbone features per view (view 0: the evaluation crop); ``sentences``
+    (Q, text_dim) sentence embeddings of the captions; ``owner`` (Q,) the image each caption describes.
+    """
+    from mmretrieval.models.losses import symmetric_info_nce
+
+    g = pooled.shape[1]
+    if folds < 2 or g < 2 * folds:
+        raise TrainingError(f"{folds} folds over {g} training images: need folds >= 2 and 2 images per fold")
+    rng = np.random.default_rng(seed)
+    fold_of = torch.from_numpy(rng.permutation(g) % folds)
+    texts = nn.functional.normalize(sentences.float(), dim=-1)
+    out = np.full((len(sentences), g), -2.0, dtype=np.float32)
+    for f in range(folds):
+        torch.manual_seed(seed * 1000 + f)
+        head = nn.Linear(pooled.shape[2], sentences.shape[1])
+        scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+        opt = torch.optim.AdamW([*head.parameters(), scale], lr=lr, weight_decay=1e-4)
+        train_q = torch.nonzero(fold_of[owner] != f).squeeze(1)
+        for _ in range(epochs):
+            order = train_q[torch.from_numpy(rng.permutation(len(train_q)))]
+            for start in range(0, len(order), batch_size):
+                q = order[start:start + batch_size]
+                view = torch.from_numpy(rng.integers(0, pooled.shape[0], size=len(q)))
+                feats = nn.functional.dropout(pooled[view, owner[q]].float(), dropout, True)
+                items = nn.functional.normalize(head(feats), dim=-1)
+                loss = symmetric_info_nce(items, texts[q], scale, owner[q][:, None] == owner[q][None, :])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            held = torch.nonzero(fold_of == f).squeeze(1)
+            vecs = nn.functional.normalize(head(pooled[0, held].float()), dim=-1)
+            held_q = torch.nonzero(fold_of[owner] == f).squeeze(1)
+            out[np.ix_(held_q.numpy(), held.numpy())] = (texts[held_q] @ vecs.T).numpy()
+    return out

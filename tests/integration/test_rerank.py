@@ -17,7 +17,7 @@ from mmretrieval.errors import PublishError, QueryError
 from mmretrieval.stages import run_stage
 from tests.integration.test_pretrained_cnn import DEFAULT_TOWER
 
-RERANK = {"enabled": True, "negatives": 3, "epochs": 2, "batch_size": 8, "bootstrap": 200, "depth": 4}
+RERANK = {"enabled": True, "negatives": 3, "folds": 2, "epochs": 2, "batch_size": 8, "bootstrap": 200, "depth": 4}
 
 
 def set_params(ws: Path, rerank: dict[str, object]) -> None:

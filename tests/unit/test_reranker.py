@@ -141,3 +141,20 @@ def test_rerank_matrix_only_reorders_the_top_depth() -> None:
     out = rerank_matrix(net, tokens, mask, regions, sim, depth=2)
     assert set(np.argsort(-out[0])[:2]) == {0, 3}  # the dual top 2, in the re-ranker's order
     assert np.argsort(-out[0])[2:].tolist() == [2, 1]  # the rest keep the dual order below
+
+
+def test_out_of_fold_scores_only_compare_captions_with_unseen_images_of_their_fold() -> None:
+    from mmretrieval.training.rerank import out_of_fold_scores
+
+    g = torch.Generator().manual_seed(0)
+    pooled = torch.randn(1, 8, 6, generator=g)
+    owner = torch.arange(8).repeat_interleave(2)  # two captions per image
+    sentences = torch.randn(16, 4, generator=g)
+    scores = out_of_fold_scores(pooled, sentences, owner, folds=2, epochs=2, batch_size=4)
+    assert scores.shape == (16, 8)
+    inside = scores > -2
+    assert (inside.sum(axis=1) == 4).all()  # each caption meets the 4 images of its own fold...
+    assert inside[np.arange(16), owner.numpy()].all()  # ...its own image among them
+    assert (np.abs(scores[inside]) <= 1 + 1e-5).all()
+    with pytest.raises(TrainingError, match="3 folds over 4"):
+        out_of_fold_scores(pooled[:, :4], sentences, owner, folds=3)
