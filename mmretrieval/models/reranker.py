@@ -143,6 +143,8 @@ class CrossReranker(nn.Module):
         if tokens.shape[:2] != token_mask.shape or tokens.shape[0] != regions.shape[0]:
             raise ModelError(f"tokens {tuple(tokens.shape)}, token mask {tuple(token_mask.shape)} and regions "
                              f"{tuple(regions.shape)} disagree on pairs or length")
+        used = token_mask.any(dim=0)  # positions that are padding in every pair cost nothing
+        tokens, token_mask = tokens[:, used], token_mask[:, used]
         regions = regions.float() + self.region_pos[: regions.shape[1]]
         pad = None if region_mask is None else ~region_mask
         x = self.text_proj(tokens.float())
