@@ -264,6 +264,15 @@ def register_reranker(settings: Settings, ref: tracking.ModelRef, folder: Path, 
     tracking.log_run(settings, ref.run_id, metrics={f"test_{k}": v for k, v in metrics.items()}, artifacts=[report])
     tracking.tag_version(settings, ref, {GATE_TAG: PASS if decision.promote else REFUSE,
                                          "reranker.reasons": " | ".join(decision.reasons)[:4000]})
+    import shutil  # a rerun replaces the version's re-ranker: forget what this process and the cache hold
+
+    _LOADED.pop((settings.mlflow_uri, ref.name, ref.version), None)
+    shutil.rmtree(reranker_cache(settings, ref), ignore_errors=True)
+
+
+def reranker_cache(settings: Settings, ref: tracking.ModelRef) -> Path:
+    """Where the re-ranker of a version is kept after download."""
+    return settings.var_dir / "model-cache" / ref.name / f"{ref.version}-{ARTIFACT}"
 
 
 def _log_decision(settings: Settings, dataset: str, version: str, decision: GateDecision) -> None:
@@ -291,7 +300,7 @@ def serving_reranker(settings: Settings, ref: tracking.ModelRef) -> CrossReranke
     mv = tracking.client(settings).get_model_version(ref.name, ref.version)
     net = None
     if (mv.tags or {}).get(GATE_TAG) == PASS:
-        target = settings.var_dir / "model-cache" / ref.name / f"{ref.version}-{ARTIFACT}"
+        target = reranker_cache(settings, ref)
         if not (target / "config.json").is_file():
             try:
                 local = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=ARTIFACT,

@@ -90,3 +90,25 @@ def test_publish_refuses_a_region_store_that_lacks_an_image(tmp_path: Path) -> N
     assert check_regions(tmp_path, ["a"])["images"] == 1
     with pytest.raises(PublishError, match="'b'"):
         check_regions(tmp_path, ["a", "b"])
+
+
+def test_distilled_student_is_registered_as_a_challenger_of_its_teacher(prepared: Path) -> None:
+    from mmretrieval.distill import run as distill
+    from mmretrieval.errors import ModelError
+
+    set_params(prepared, {"min_gain": 1.0})
+    run_stage("train", "tiny")
+    run_stage("rerank", "tiny")  # refused: nothing to distil from
+    with pytest.raises(ModelError, match="no re-ranker that passed its gate"):
+        distill("tiny")
+    set_params(prepared, {"min_gain": -1.0})
+    run_stage("rerank", "tiny")
+    settings = get_settings(prepared)
+    teacher = tracking.require_alias(settings, "tiny", tracking.CHALLENGER)
+    result = distill("tiny")
+    student = tracking.require_alias(settings, "tiny", tracking.CHALLENGER)
+    assert result["teacher_version"] == teacher.version and student.version == result["model_version"]
+    assert int(student.version) == int(teacher.version) + 1
+    mv = tracking.client(settings).get_model_version(student.name, student.version)
+    assert mv.tags["distilled_from"] == teacher.version
+    assert run_stage("evaluate", "tiny")["challenger"] == student.version  # the same gate as every model
