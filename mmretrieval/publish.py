@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SAMPLE_QUERIES = 200
 STATE, VERIFIED, BUILDING = "mmr.state", "verified", "building"
+REGIONS = "mmr.regions"  # collection property: the folder of its region store (re-ranking), when it has one
 
 
 def collection_name(alias: str, model_version: str, data_version: str) -> str:
@@ -165,6 +167,8 @@ class _Publication:
                  "mmr.model_version": t.ref.version, "mmr.data_version": t.summary["data_version"],
                  "mmr.dim": str(t.summary["dim"]), "mmr.previous": serving or "",
                  centring.PROPERTY: centre.to_property()}
+        if t.summary.get("regions"):  # the re-ranker's region store of these embeddings (mmretrieval.rerank)
+            props[REGIONS] = t.summary["regions"]["path"]
         ix.create(t.name, int(t.summary["dim"]), props)
         with tqdm(total=len(rows), desc=f"publish {self.dataset}", unit="row", leave=False, disable=None) as bar:
             done = 0
@@ -192,6 +196,8 @@ class _Publication:
         vectors = stored.apply_rows(raw, list(emb["modality"]))  # what build inserted
         ix.load(t.name)
         checks = verify(ix, t.name, list(emb["id"]), list(emb["modality"]), vectors, self.params)
+        if props.get(REGIONS):
+            checks["regions"] = check_regions(Path(props[REGIONS]), list(emb.loc[emb["modality"] == "image", "id"]))
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         ix.set_properties(t.name, {STATE: VERIFIED, "mmr.published_at": now, "mmr.checks": json.dumps(checks)})
         return {"collection": t.name, "checks": checks, "verified": True}
@@ -256,6 +262,21 @@ def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = 
             "previous": swapped["previous"], "model": t.ref.name, "model_version": t.ref.version,
             "data_version": t.summary["data_version"], "checks": checks, "dropped": swapped["dropped"],
             "seconds": round(time.monotonic() - started, 2)}
+
+
+def check_regions(folder: Path, image_ids: list[str]) -> dict[str, Any]:
+    """Every image row of the collection has its regions in the store at ``folder``; raises :class:`PublishError`."""
+    from mmretrieval.errors import ModelError
+    from mmretrieval.regions import RegionStore
+
+    try:
+        store = RegionStore(folder)
+    except ModelError as e:
+        raise PublishError(f"the collection's region store is unusable: {e}") from e
+    lacking = store.missing(image_ids)
+    if lacking:
+        raise PublishError(f"{len(lacking)} image row(s) have no regions in {folder}, e.g. {lacking[:3]}: embed again")
+    return {"images": len(image_ids), "bytes_per_item": store.meta["bytes_per_item"]}
 
 
 def _metadata(raw: str, media: str) -> dict[str, Any]:

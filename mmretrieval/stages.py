@@ -1,9 +1,10 @@
 """The stage verbs, in pipeline order. The CLI, ``dvc.yaml`` and the Airflow DAG all call these same functions.
 
 Each stage's ``run(dataset, settings=None, **inputs)`` returns a small JSON-able dict (paths, counts, metrics,
-versions). ``inputs`` are what an earlier step of the same run pinned: ``evaluate`` and ``promote`` take the
-``version`` their run's ``train`` registered; ``embed`` and ``publish`` take the ``pinned`` model and data version
-(:class:`~mmretrieval.contracts.Pinned`) resolved once at the start of serving.
+versions). ``inputs`` are what an earlier step of the same run pinned: ``evaluate``, ``rerank`` (that version's
+cross-attention re-ranker) and ``promote`` take the ``version`` their run's ``train`` registered; ``embed`` and
+``publish`` take the ``pinned`` model and data version (:class:`~mmretrieval.contracts.Pinned`) resolved once at the
+start of serving.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mmretrieval.contracts import Pinned
 
 log = logging.getLogger(__name__)
 
-STAGES = ("validate", "clean", "augment", "train", "evaluate", "promote", "embed", "publish")
+STAGES = ("validate", "clean", "augment", "train", "evaluate", "rerank", "promote", "embed", "publish")
 
 
 def stage(verb: str) -> Callable[..., dict[str, Any]]:
@@ -33,6 +34,8 @@ def stage(verb: str) -> Callable[..., dict[str, Any]]:
         from mmretrieval.train import run
     elif verb == "evaluate":
         from mmretrieval.evaluate import run
+    elif verb == "rerank":  # the challenger's cross-attention re-ranker (when rerank.enabled)
+        from mmretrieval.rerank import run
     elif verb == "promote":
         from mmretrieval.promote import run
     elif verb == "embed":
@@ -62,7 +65,7 @@ def run_all(dataset: str, settings: Settings | None = None) -> dict[str, dict[st
     settings = settings or get_settings()
     results = {verb: run_stage(verb, dataset, settings) for verb in ("validate", "clean", "augment", "train")}
     version = str(results["train"]["model_version"])
-    for verb in ("evaluate", "promote"):
+    for verb in ("evaluate", "rerank", "promote"):
         results[verb] = run_stage(verb, dataset, settings, version=version)
     from mmretrieval.embed import start
 
