@@ -26,11 +26,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmretrieval.errors import ConfigError
 from mmretrieval.media import MAX_IMAGE_PIXELS
 from mmretrieval.schema import MODALITIES
+
+if TYPE_CHECKING:
+    from mmretrieval.layout import Layout
 
 DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -314,11 +317,12 @@ class Settings:
     def var_dir(self) -> Path:
         return self.home / "var"
 
-    def raw_dir(self, dataset: str) -> Path:
-        return self.data_dir / "raw" / check_dataset_name(dataset)
+    def layout(self, dataset: str) -> Layout:
+        """Every path of ``dataset``'s stages (:mod:`mmretrieval.layout`); raises :class:`ConfigError` for a bad
+        dataset name."""
+        from mmretrieval.layout import Layout
 
-    def stage_dir(self, stage: str, dataset: str) -> Path:
-        return self.data_dir / stage / check_dataset_name(dataset)
+        return Layout(self.data_dir, self.var_dir, dataset)
 
     def alias(self, dataset: str) -> str:
         """The serving alias of a dataset's collection."""

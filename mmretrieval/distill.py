@@ -23,7 +23,7 @@ import mmretrieval
 from mmretrieval import tracking
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import ModelError
-from mmretrieval.io import read_json, read_parquet
+from mmretrieval.layout import read_clean
 from mmretrieval.schema import Split
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         raise ModelError(f"{ref.uri} has no re-ranker that passed its gate to distil from: run `mmr rerank` "
                          "(with rerank.enabled) first")
     model = tracking.load_model(settings, ref, "cpu")
-    clean_dir = settings.stage_dir("clean", dataset)
-    clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
+    source = read_clean(settings.layout(dataset))
+    clean, clean_dir = source.frame, source.root
     es, maps, tokens, mask, text_vecs, item_vecs = split_inputs(model, clean, clean_dir, Split.TRAIN.value)
     dual = training_scores(model, es, maps, text_vecs, item_vecs, p)  # the lists the teacher learnt on
     lists = candidate_lists(es.relevant, mine_hard_negatives(dual, es.relevant, p.negatives),
@@ -69,7 +69,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     losses = train_student(student, data, RerankSchedule(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr,
                                                          seed=d.seed), d.kl_weight, d.temperature)
     train_seconds = time.monotonic() - t_train
-    data_version = str(read_json(clean_dir / "report.json", "clean report")["data_version"])
+    data_version = source.data_version
     code_version = tracking.git_sha(Path(mmretrieval.__file__).resolve().parent)
     tags = {"dataset": dataset, "data_version": data_version, "git_sha": code_version, "stage": "distill",
             "teacher_version": ref.version}

@@ -35,7 +35,8 @@ from mmretrieval.config import IndexParams, Settings, get_settings
 from mmretrieval.contracts import Pinned
 from mmretrieval.errors import AliasNotFoundError, IndexStoreError, PinnedInputChanged, PublishError
 from mmretrieval.index import MilvusIndex
-from mmretrieval.io import read_json, read_parquet
+from mmretrieval.io import read_json
+from mmretrieval.layout import read_clean
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,9 +55,7 @@ def load_embeddings(settings: Settings, t: Target) -> tuple[pd.DataFrame, np.nda
     """The finished embedding shards of the target, and their vectors; the dimension checked before any insert."""
     import pandas as pd
 
-    from mmretrieval.embed import output_dir
-
-    folder = output_dir(settings, t.dataset, t.ref.version)
+    folder = settings.layout(t.dataset).embeddings(t.ref.version)
     frame = pd.concat([pd.read_parquet(folder / s) for s in t.summary["shards"]], ignore_index=True)
     vectors = np.stack(frame["vector"].to_numpy()).astype(np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != int(t.summary["dim"]) or len(frame) != int(t.summary["rows"]):
@@ -105,13 +104,11 @@ class Target:
 
 def target(dataset: str, settings: Settings, pinned: Pinned | None = None) -> Target:
     """The champion's collection, or with ``pinned`` the collection of exactly that model and data version."""
-    from mmretrieval.embed import output_dir
-
     if pinned is None:
         ref = tracking.require_alias(settings, dataset, tracking.CHAMPION)
     else:
         ref = tracking.get_version(settings, settings.registered_model(dataset), pinned.model_version)
-    summary = read_json(output_dir(settings, dataset, ref.version) / "embed.json",
+    summary = read_json(settings.layout(dataset).embedding_summary(ref.version),
                         f"embeddings of {dataset!r} with model v{ref.version}")
     if pinned is not None and summary["data_version"] != pinned.data_version:
         raise PinnedInputChanged(f"the embeddings of {dataset!r} with model v{ref.version} are of data version "
@@ -148,8 +145,7 @@ class _Publication:
         vectors = centre.apply_rows(raw, list(emb["modality"]))
         if centre.means:
             log.info("publish %s: %s vectors centred on the corpus mean", self.dataset, centre.modalities)
-        clean = read_parquet(self.settings.stage_dir("clean", self.dataset) / "manifest.parquet",
-                             f"clean manifest of {self.dataset!r}")
+        clean = read_clean(self.settings.layout(self.dataset)).frame
         meta = clean.set_index("id").loc[emb["id"]]
         rows = [{"id": i, "modality": m, "vector": v.tolist(), "text": txt, "path": path, "label": lab,
                  "metadata": _metadata(md, media), "model_version": t.ref.version,

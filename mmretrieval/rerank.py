@@ -33,7 +33,8 @@ import numpy as np
 from mmretrieval import tracking
 from mmretrieval.config import RerankParams, Settings, get_settings
 from mmretrieval.errors import ConfigError, ModelError, TrackingError, TrainingError
-from mmretrieval.io import read_parquet, write_json
+from mmretrieval.io import write_json
+from mmretrieval.layout import read_clean
 from mmretrieval.schema import Modality, Split
 
 if TYPE_CHECKING:
@@ -196,8 +197,9 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     ref = (tracking.get_version(settings, settings.registered_model(dataset), version) if version is not None
            else tracking.require_alias(settings, dataset, tracking.CHALLENGER))
     model = tracking.load_model(settings, ref, "cpu")
-    clean_dir = settings.stage_dir("clean", dataset)
-    clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
+    layout = settings.layout(dataset)
+    source = read_clean(layout)
+    clean, clean_dir = source.frame, source.root
     parts = {split: split_inputs(model, clean, clean_dir, split) for split in (Split.TRAIN.value, Split.TEST.value)}
     es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TRAIN.value]
     train_dual = training_scores(model, es, maps, text_vecs, item_vecs, p)
@@ -206,7 +208,7 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
                          use_dual_score=p.use_dual_score)
     torch.manual_seed(p.seed)
     net = CrossReranker(cfg)
-    ckpt = settings.var_dir / "checkpoints" / dataset / f"rerank-v{ref.version}"
+    ckpt = layout.checkpoints(f"rerank-v{ref.version}")
     schedule = RerankSchedule(p.epochs, p.negatives, p.batch_size, p.lr, seed=p.seed)
     t_train = time.monotonic()
     losses = train_reranker(net, RerankData(tokens, mask, maps, es.relevant, train_dual), schedule,
@@ -241,13 +243,12 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
                                                                "interval": [decision.low, decision.high],
                                                                "reasons": decision.reasons},
               "reranker": {"config": cfg.__dict__, "parameters": sum(q.numel() for q in net.parameters())}}
-    out = settings.stage_dir("reports", dataset)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "rerank.json", report)
+    out = layout.rerank_report
+    write_json(out, report)
     with tempfile.TemporaryDirectory() as tmp:
         save(net, Path(tmp) / ARTIFACT, {"dual_encoder": ref.name, "dual_encoder_version": ref.version,
                                          "gate": PASS if decision.promote else REFUSE})
-        register_reranker(settings, ref, Path(tmp) / ARTIFACT, metrics, decision, out / "rerank.json")
+        register_reranker(settings, ref, Path(tmp) / ARTIFACT, metrics, decision, out)
     _log_decision(settings, dataset, ref.version, decision)
     import shutil
 
@@ -256,7 +257,7 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     return {"dataset": dataset, "model_version": ref.version, "passed": decision.promote,
             "reasons": decision.reasons, "train_seconds": round(train_seconds, 1),
             "metrics": {k: round(v, 4) for k, v in metrics.items() if "hit_rate" in k or "recall" in k},
-            "latency": latency, "seconds": round(time.monotonic() - started, 1), "report": str(out / "rerank.json")}
+            "latency": latency, "seconds": round(time.monotonic() - started, 1), "report": str(out)}
 
 
 def register_reranker(settings: Settings, ref: tracking.ModelRef, folder: Path, metrics: dict[str, float],
@@ -279,7 +280,7 @@ def reranker_cache(settings: Settings, ref: tracking.ModelRef) -> Path:
 
 
 def _log_decision(settings: Settings, dataset: str, version: str, decision: GateDecision) -> None:
-    path = settings.var_dir / "promotions" / f"{dataset}.jsonl"
+    path = settings.layout(dataset).promotions_log
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": dataset,
              "action": "reranker-pass" if decision.promote else "reranker-refuse", "model_version": version,

@@ -751,7 +751,7 @@ def make_thumbnail(settings: Settings, state: DatasetState, collection: str, ite
     if not rows or rows[0].get("modality") != "image":
         return None
     rel = str((rows[0].get("metadata") or {}).get("clean_media") or "")
-    root = settings.stage_dir("clean", state.name)
+    root = settings.layout(state.name).clean
     if not rel or path_problem(rel, root) is not None:
         return None
     try:

@@ -54,7 +54,7 @@ def run_stage(verb: str, dataset: str, settings: Settings | None = None, **input
     settings = settings or get_settings()
     started = time.monotonic()
     result = stage(verb)(dataset, settings, **inputs)
-    write_json(settings.stage_dir("reports", dataset) / "stages" / f"{verb}.json", result)
+    write_json(settings.layout(dataset).stage_result(verb), result)
     log.info("%s %s done in %.1fs", verb, dataset, time.monotonic() - started)
     return result
 

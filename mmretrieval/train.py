@@ -33,6 +33,7 @@ from mmretrieval import tracking
 from mmretrieval.config import ModelParams, Settings, get_settings
 from mmretrieval.errors import ConfigError, TrainingError
 from mmretrieval.io import read_json, read_parquet
+from mmretrieval.layout import read_clean
 from mmretrieval.metrics import resolve_metric
 from mmretrieval.schema import Modality, Split
 from mmretrieval.training.checkpoint import Checkpoint, fingerprint
@@ -103,10 +104,11 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     if p.epochs < 1 or p.batch_size < 2:
         raise ConfigError(f"train.epochs ({p.epochs}) must be >= 1 and train.batch_size ({p.batch_size}) >= 2")
     started = time.monotonic()
-    aug_dir, clean_dir = settings.stage_dir("augmented", dataset), settings.stage_dir("clean", dataset)
-    train_frame = read_parquet(aug_dir / "manifest.parquet", f"augmented training split of {dataset!r}")
-    policy = read_json(aug_dir / "policy.json", "augmentation policy")
-    clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
+    layout = settings.layout(dataset)
+    train_frame = read_parquet(layout.training_manifest, f"augmented training split of {dataset!r}")
+    policy = read_json(layout.augmentation_policy, "augmentation policy")
+    source = read_clean(layout)
+    clean, clean_dir = source.frame, source.root
     val_frame = clean[clean["split"] == Split.VAL.value]
     items = data.TrainItems.from_frame(train_frame)
     if len(items) < 2:
@@ -164,7 +166,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                  "epoch with the lowest training loss is kept", dataset, len(val_frame), p.min_val_items)
 
     # resume a killed run of the same job
-    ckpt = Checkpoint(settings.var_dir / "checkpoints" / dataset / fingerprint(params, data_version))
+    ckpt = Checkpoint(layout.checkpoints(fingerprint(params, data_version)))
     selector = EpochSelector(p.patience)
     best_state: dict[str, Any] = {}
     history: list[dict[str, float]] = []

@@ -70,7 +70,8 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or get_settings()
     params = settings.params_for(dataset)
     started = time.monotonic()
-    raw = settings.raw_dir(dataset)
+    layout = settings.layout(dataset)
+    raw = layout.raw
     data_version = versioning.read_version(raw)
     if versioning.is_modified(settings.home, raw):
         raise ValidationFailed(
@@ -141,12 +142,11 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         "first_problems": rows.loc[bad, ["id", REASON, MESSAGE]].head(20).to_dict("records"),
         "seconds": round(time.monotonic() - started, 2),
     }
-    out = settings.stage_dir("validated", dataset)
-    with atomic_dir(out) as tmp:
-        rows.to_parquet(tmp / "rows.parquet", index=False)
-        write_json(tmp / "report.json", report)
-        (tmp / "data_docs.html").write_text(suite.html, encoding="utf-8")
+    with atomic_dir(layout.validated) as tmp:  # files named as in the layout, the folder renamed into place
+        rows.to_parquet(tmp / layout.validated_rows.name, index=False)
+        write_json(tmp / layout.validation_report.name, report)
+        (tmp / layout.data_docs.name).write_text(suite.html, encoding="utf-8")
     log.info("validate %s: %d rows, %d valid, %d to quarantine %s", dataset, len(rows), report["valid"],
              report["quarantine"], counts)
     return {k: report[k] for k in ("dataset", "data_version", "rows", "valid", "quarantine", "reasons")} | {
-        "report": str(out / "report.json")}
+        "report": str(layout.validation_report)}
