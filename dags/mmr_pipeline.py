@@ -111,7 +111,7 @@ def serve_tasks(datasets: Any, outlets: list[Asset]) -> None:
     def embed_plan(dataset: str) -> dict:
         from mmretrieval.embed import start
 
-        return {"dataset": dataset, **run_library(start, dataset, MmrHook().get_settings())}
+        return {"dataset": dataset, **run_library(start, dataset, MmrHook().get_settings()).to_json()}
 
     @task
     def shard_work(plans: list[dict]) -> list[dict]:

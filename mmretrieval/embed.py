@@ -27,7 +27,7 @@ import numpy as np
 
 from mmretrieval import tracking
 from mmretrieval.config import Settings, get_settings
-from mmretrieval.contracts import Pinned
+from mmretrieval.contracts import EmbedStart, Pinned
 from mmretrieval.errors import ModelError, PinnedInputChanged
 from mmretrieval.io import read_json, write_json
 from mmretrieval.layout import SUMMARY, read_clean
@@ -289,12 +289,12 @@ def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CH
 
 
 # One call per task of the serve DAG: start (resolves and pins) -> one mapped task per pending shard -> finish.
-def start(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def start(dataset: str, settings: Settings | None = None) -> EmbedStart:
     """Resolve the champion once and pin it with the data version: ``{"model_version", "data_version", "shards"}``
     (the shards still to embed; empty when the embeddings are complete)."""
     p = plan(dataset, settings)
     shards = [] if p.finished() is not None else p.pending()
-    return {"model_version": p.ref.version, "data_version": p.data_version, "shards": shards}
+    return EmbedStart(p.ref.version, p.data_version, shards)
 
 
 def pending(dataset: str, settings: Settings | None = None) -> list[int]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from mmretrieval import centring, tracking
 from mmretrieval.config import IndexParams, Settings, get_settings
+from mmretrieval.contracts import EvaluateResult
 from mmretrieval.errors import MediaError, TrainingError
 from mmretrieval.io import write_json
 from mmretrieval.layout import read_clean
@@ -148,7 +149,7 @@ def score(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: 
     return merged
 
 
-def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> EvaluateResult:
     """Score the ``challenger`` (or exactly model ``version``, the one a train step of this run registered) and the
     champion on the test split; each version's result is also kept on its own (``Layout.evaluation``)."""
     from mmretrieval.models.dual_encoder import pick_device
@@ -198,10 +199,9 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
                      artifacts=[layout.evaluation_latest, html, *figures.values()])
     log.info("evaluate %s: challenger v%s %s", dataset, challenger["version"],
              {k: round(v, 3) for k, v in challenger["metrics"].items() if "recall" in k})
-    return {"dataset": dataset, "challenger": challenger["version"], "model_version": challenger["version"],
-            "champion": (result[tracking.CHAMPION] or {}).get("version"),
-            "metrics": {k: round(v, 4) for k, v in challenger["metrics"].items()},
-            "report": str(layout.evaluation_latest)}
+    return EvaluateResult(dataset, challenger["version"], challenger["version"],
+                          (result[tracking.CHAMPION] or {}).get("version"),
+                          {k: round(v, 4) for k, v in challenger["metrics"].items()}, str(layout.evaluation_latest))
 
 
 def evaluate_manifest(dataset: str, manifest: Path, settings: Settings | None = None,

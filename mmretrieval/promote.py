@@ -17,6 +17,7 @@ from typing import Any
 
 from mmretrieval import tracking
 from mmretrieval.config import GateParams, Settings, get_settings
+from mmretrieval.contracts import PromoteResult
 from mmretrieval.errors import ModelNotFoundError, TrainingError
 from mmretrieval.io import read_json
 
@@ -71,7 +72,7 @@ def _log(settings: Settings, dataset: str, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> PromoteResult:
     """Decide on the evaluated challenger, or on exactly model ``version`` (the one this run trained and evaluated):
     its own evaluation is read, so two runs of one dataset never judge each other's model."""
     settings = settings or get_settings()
@@ -111,8 +112,8 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     tracking.log_run(settings, challenger["run_id"], tags={"gate.decision": entry["action"],
                                                            "gate.reasons": " | ".join(decision.reasons)})
     log.info("promote %s: %s v%s (%s)", dataset, entry["action"], challenger["version"], "; ".join(decision.reasons))
-    return {"dataset": dataset, "promoted": promoted, "version": challenger["version"], "reasons": decision.reasons,
-            "champion": challenger["version"] if promoted else (champion or {}).get("version")}
+    return PromoteResult(dataset, promoted, challenger["version"], decision.reasons,
+                         challenger["version"] if promoted else (champion or {}).get("version"))
 
 
 def rollback(dataset: str, settings: Settings | None = None) -> dict[str, Any]:

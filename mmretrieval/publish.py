@@ -32,7 +32,7 @@ import numpy as np
 
 from mmretrieval import centring, tracking
 from mmretrieval.config import IndexParams, Settings, get_settings
-from mmretrieval.contracts import Pinned
+from mmretrieval.contracts import Pinned, PublishResult
 from mmretrieval.errors import AliasNotFoundError, IndexStoreError, PinnedInputChanged, PublishError
 from mmretrieval.index import MilvusIndex
 from mmretrieval.io import read_json
@@ -240,7 +240,7 @@ def swap(dataset: str, settings: Settings | None = None, pinned: Pinned | None =
         return pub.swap()
 
 
-def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> PublishResult:
     """All three steps on one connection, the embeddings read once; a rerun with unchanged inputs changes nothing,
     a crash at any step never moves the alias. ``pinned``: publish exactly that model and data version."""
     started = time.monotonic()
@@ -249,15 +249,14 @@ def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = 
         if pub.ix.resolve_alias(t.alias) == t.name and pub.ix.properties(t.name).get(STATE) == VERIFIED:
             log.info("publish %s: %s already serves model v%s on data %s", dataset, t.alias, t.ref.version,
                      t.summary["data_version"][:12])
-            return {"dataset": dataset, "alias": t.alias, "collection": t.name, "changed": False}
+            return PublishResult(dataset, t.alias, t.name, changed=False)
         built = pub.build()
         checked = pub.check()
         swapped = pub.swap()
     checks = checked["checks"] if built["built"] else {**checked["checks"], "reused": True}
-    return {"dataset": dataset, "alias": t.alias, "collection": t.name, "changed": swapped["changed"],
-            "previous": swapped["previous"], "model": t.ref.name, "model_version": t.ref.version,
-            "data_version": t.summary["data_version"], "checks": checks, "dropped": swapped["dropped"],
-            "seconds": round(time.monotonic() - started, 2)}
+    return PublishResult(dataset, t.alias, t.name, swapped["changed"], swapped["previous"], t.ref.name,
+                         t.ref.version, t.summary["data_version"], checks, swapped["dropped"],
+                         round(time.monotonic() - started, 2))
 
 
 def check_regions(folder: Path, image_ids: list[str]) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """The stage verbs, in pipeline order. The CLI, ``dvc.yaml`` and the Airflow DAG all call these same functions.
 
-Each stage's ``run(dataset, settings=None, **inputs)`` returns a small JSON-able dict (paths, counts, metrics,
-versions). ``inputs`` are what an earlier step of the same run pinned: ``evaluate``, ``rerank`` (that version's
-cross-attention re-ranker) and ``promote`` take the ``version`` their run's ``train`` registered; ``embed`` and
-``publish`` take the ``pinned`` model and data version (:class:`~mmretrieval.contracts.Pinned`) resolved once at the
-start of serving.
+Each stage's ``run(dataset, settings=None, **inputs)`` returns its typed result (:mod:`mmretrieval.contracts`:
+``ValidateResult`` ... ``PublishResult``; embed and rerank still a JSON dict) of paths, counts, metrics and versions;
+:func:`run_stage` keeps its JSON form and returns it. ``inputs`` are what an earlier step of the same run pinned:
+``evaluate``, ``rerank`` (that version's cross-attention re-ranker) and ``promote`` take the ``version`` their run's
+``train`` registered; ``embed`` and ``publish`` take the ``pinned`` model and data version
+(:class:`~mmretrieval.contracts.Pinned`) resolved once at the start of serving.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 from mmretrieval.config import Settings, get_settings
-from mmretrieval.contracts import Pinned
+from mmretrieval.contracts import StageResult
 
 log = logging.getLogger(__name__)
 
 STAGES = ("validate", "clean", "augment", "train", "evaluate", "rerank", "promote", "embed", "publish")
 
 
-def stage(verb: str) -> Callable[..., dict[str, Any]]:
+def stage(verb: str) -> Callable[..., StageResult | dict[str, Any]]:
     """The ``run`` function of a stage verb (imported on use: heavy modules load only when their stage runs)."""
     if verb == "validate":
         from mmretrieval.prep.validate import run
@@ -54,6 +55,8 @@ def run_stage(verb: str, dataset: str, settings: Settings | None = None, **input
     settings = settings or get_settings()
     started = time.monotonic()
     result = stage(verb)(dataset, settings, **inputs)
+    if isinstance(result, StageResult):
+        result = result.to_json()
     write_json(settings.layout(dataset).stage_result(verb), result)
     log.info("%s %s done in %.1fs", verb, dataset, time.monotonic() - started)
     return result
@@ -70,7 +73,7 @@ def run_all(dataset: str, settings: Settings | None = None) -> dict[str, dict[st
     from mmretrieval.embed import start
 
     started = start(dataset, settings)
-    pinned = Pinned(started["model_version"], started["data_version"])
+    pinned = started.pinned
     for verb in ("embed", "publish"):
         results[verb] = run_stage(verb, dataset, settings, pinned=pinned)
     return results

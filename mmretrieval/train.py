@@ -31,6 +31,7 @@ import numpy as np
 import mmretrieval
 from mmretrieval import tracking
 from mmretrieval.config import ModelParams, Settings, get_settings
+from mmretrieval.contracts import TrainResult
 from mmretrieval.errors import ConfigError, TrainingError
 from mmretrieval.io import read_json, read_parquet
 from mmretrieval.layout import read_clean
@@ -84,7 +85,7 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str]) -> Any:
         **source)
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None) -> TrainResult:
     import mlflow
     import torch
     from tqdm import tqdm
@@ -228,6 +229,5 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     final = history[best_epoch - 1]
     log.info("train %s: registered %s v%s (best epoch %d of %d)", dataset, ref.name, ref.version, best_epoch,
              len(history))
-    return {"dataset": dataset, "data_version": data_version, "run_id": run_id, "model": ref.name,
-            "model_version": ref.version, "best_epoch": best_epoch, "epochs_run": len(history),
-            "metrics": {k: round(v, 4) for k, v in final.items()}, "seconds": round(time.monotonic() - started, 1)}
+    return TrainResult(dataset, data_version, run_id, ref.name, ref.version, best_epoch, len(history),
+                       {k: round(v, 4) for k, v in final.items()}, round(time.monotonic() - started, 1))

@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 from mmretrieval.config import AugmentParams, Settings, get_settings
+from mmretrieval.contracts import AugmentResult
 from mmretrieval.io import atomic_dir, write_json
 from mmretrieval.layout import read_clean
 from mmretrieval.schema import Split, join_captions, split_captions
@@ -73,7 +74,7 @@ def text_variants(row_id: str, captions: list[str], p: AugmentParams) -> list[st
     return out
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None) -> AugmentResult:
     settings = settings or get_settings()
     params = settings.params_for(dataset)
     layout = settings.layout(dataset)
@@ -99,5 +100,4 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     with atomic_dir(layout.augmented) as tmp:  # files named as in the layout, the folder renamed into place
         train.to_parquet(tmp / layout.training_manifest.name, index=False)
         write_json(tmp / layout.augmentation_policy.name, policy)
-    return {"dataset": dataset, "data_version": data_version, "train_rows": len(train),
-            "policy": str(layout.augmentation_policy)}
+    return AugmentResult(dataset, data_version, len(train), str(layout.augmentation_policy))

@@ -17,9 +17,10 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mmretrieval.config import Settings, get_settings
+from mmretrieval.contracts import CleanResult
 from mmretrieval.errors import MediaError, ValidationFailed
 from mmretrieval.io import atomic_dir, read_parquet, sha256_file, write_json
 from mmretrieval.layout import read_data_version
@@ -40,7 +41,7 @@ def media_name(item_id: str, suffix: str) -> str:
     return f"{safe}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}{suffix}"
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None) -> CleanResult:
     from tqdm import tqdm
 
     settings = settings or get_settings()
@@ -135,10 +136,9 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         write_json(tmp / layout.clean_report.name, report)
     log.info("clean %s: %d in = %d clean + %d quarantined %s", dataset, report["input"], report["clean"],
              report["quarantined"], report["reasons"])
-    keys = ("dataset", "data_version", "input", "clean", "quarantined", "merged_duplicates", "split_leakage_resolved",
-            "reasons")
-    return {k: report[k] for k in keys} | {
-        "manifest": str(layout.clean_manifest)}
+    return CleanResult(dataset, data_version, report["input"], report["clean"], report["quarantined"],
+                       report["merged_duplicates"], report["split_leakage_resolved"], report["reasons"],
+                       str(layout.clean_manifest))
 
 
 def keep_video(src: Path, dst: Path, metadata: str) -> str:

@@ -11,10 +11,11 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mmretrieval import versioning
 from mmretrieval.config import Settings, get_settings
+from mmretrieval.contracts import ValidateResult
 from mmretrieval.datasets import NOT_COPIED
 from mmretrieval.errors import ValidationFailed
 from mmretrieval.index import JSON_MAX_BYTES, METADATA_RESERVE, VARCHAR_LIMITS
@@ -66,7 +67,7 @@ def limit_problem(row: pd.Series) -> Problem | None:
     return None
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
     settings = settings or get_settings()
     params = settings.params_for(dataset)
     started = time.monotonic()
@@ -148,5 +149,5 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         (tmp / layout.data_docs.name).write_text(suite.html, encoding="utf-8")
     log.info("validate %s: %d rows, %d valid, %d to quarantine %s", dataset, len(rows), report["valid"],
              report["quarantine"], counts)
-    return {k: report[k] for k in ("dataset", "data_version", "rows", "valid", "quarantine", "reasons")} | {
-        "report": str(layout.validation_report)}
+    return ValidateResult(dataset, data_version, report["rows"], report["valid"], report["quarantine"],
+                          report["reasons"], str(layout.validation_report))

@@ -68,3 +68,19 @@ def test_layout_paths_sit_under_the_workspace_and_refuse_a_bad_dataset_name(tmp_
     assert lay.promotions_log == tmp_path / "var" / "promotions" / "demo.jsonl"
     with pytest.raises(ConfigError, match="'../x'"):
         get_settings(tmp_path).layout("../x")
+
+
+def test_stage_results_are_typed_and_serialise_to_their_json_form() -> None:
+    from mmretrieval.contracts import EmbedStart, PublishResult, TrainResult
+
+    trained = TrainResult("demo", "d" * 32, "run1", "mmr-demo", "3", 2, 4, {"val_recall@1": 0.5}, 12.5)
+    assert trained.model_version == trained["model_version"] == "3"
+    assert list(trained.to_json()) == ["dataset", "data_version", "run_id", "model", "model_version", "best_epoch",
+                                       "epochs_run", "metrics", "seconds"]
+    with pytest.raises(AttributeError):
+        trained.model_version = "4"  # type: ignore[misc]  # frozen
+    unchanged = PublishResult("demo", "mmr_demo", "c1", changed=False)
+    assert unchanged.to_json() == {"dataset": "demo", "alias": "mmr_demo", "collection": "c1", "changed": False,
+                                   "previous": None}
+    start = EmbedStart("3", "d" * 32, [0, 1])
+    assert start.pinned.model_version == "3" and {**start} == start.to_json()
