@@ -22,6 +22,7 @@ from mmretrieval import centring, tracking
 from mmretrieval.config import IndexParams, Settings, get_settings
 from mmretrieval.errors import MediaError, TrainingError
 from mmretrieval.io import read_json, read_parquet, write_json
+from mmretrieval.locks import per_dataset
 from mmretrieval.media import open_image
 from mmretrieval.metrics import CHANCE_SUFFIX, EvalSet, both_directions, build_eval_set
 from mmretrieval.schema import Modality, Split, read_manifest, split_captions
@@ -158,6 +159,7 @@ def evaluation_file(settings: Settings, dataset: str, version: str) -> Path:
     return settings.stage_dir("reports", dataset) / "evaluations" / f"v{version}.json"
 
 
+@per_dataset("gate")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
     """Score the ``challenger`` (or exactly model ``version``, the one a train step of this run registered) and the
     champion on the test split; each version's result is also kept on its own (:func:`evaluation_file`)."""

@@ -33,6 +33,7 @@ from mmretrieval import tracking
 from mmretrieval.config import ModelParams, Settings, get_settings
 from mmretrieval.errors import ConfigError, TrainingError
 from mmretrieval.io import read_json, read_parquet
+from mmretrieval.locks import per_dataset
 from mmretrieval.metrics import resolve_metric
 from mmretrieval.schema import Modality, Split
 from mmretrieval.training.checkpoint import Checkpoint, fingerprint
@@ -83,6 +84,7 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str]) -> Any:
         **source)
 
 
+@per_dataset("train")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     import mlflow
     import torch
