@@ -24,6 +24,7 @@ from mmretrieval.contracts import EvaluateResult
 from mmretrieval.errors import MediaError, TrainingError
 from mmretrieval.io import write_json
 from mmretrieval.layout import read_clean
+from mmretrieval.locks import per_dataset
 from mmretrieval.media import open_image
 from mmretrieval.metrics import CHANCE_SUFFIX, EvalSet, both_directions, build_eval_set
 from mmretrieval.schema import Modality, Split, read_manifest, split_captions
@@ -149,6 +150,7 @@ def score(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: 
     return merged
 
 
+@per_dataset("gate")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> EvaluateResult:
     """Score the ``challenger`` (or exactly model ``version``, the one a train step of this run registered) and the
     champion on the test split; each version's result is also kept on its own (``Layout.evaluation``)."""

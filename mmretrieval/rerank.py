@@ -35,6 +35,7 @@ from mmretrieval.config import RerankParams, Settings, get_settings
 from mmretrieval.errors import ConfigError, ModelError, TrackingError, TrainingError
 from mmretrieval.io import write_json
 from mmretrieval.layout import read_clean
+from mmretrieval.locks import per_dataset
 from mmretrieval.schema import Modality, Split
 
 if TYPE_CHECKING:
@@ -197,6 +198,7 @@ def training_scores(model: RetrievalModel, es: Any, maps: torch.Tensor, text_vec
                               torch.from_numpy(es.relevant.argmax(axis=1)), p.folds, seed=p.seed)
 
 
+@per_dataset("rerank")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
     """Train and gate the re-ranker of the ``challenger`` (or exactly model ``version``, the one a train step of
     this run registered); writes ``reports/<dataset>/rerank.json``. Skipped unless ``rerank.enabled``."""
