@@ -4,7 +4,9 @@
         --params-yaml 'split: {train: 0.7, val: 0.1, test: 0.2}' --set train.epochs=30
 
 Runs ingest -> validate -> clean -> augment -> train -> evaluate in a temporary MMR_HOME (real DVC, GX, MLflow),
-prints the test metrics of the trained model, the gallery size, their chance levels and the training time.
+prints the test metrics of the trained model, the gallery size, their chance levels and the training time. With
+``--rerank`` the ``rerank`` stage follows (it needs ``--set rerank.enabled=true``) and its report is printed too:
+dual encoder vs re-ranked top ``rerank.depth`` in both directions, the gate's interval, the latency per query.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main() -> None:
     ap.add_argument("--params-yaml", default="", help="YAML merged over the repo's params.yaml")
     ap.add_argument("--set", action="append", default=[], help="section.key=value (repeatable)")
     ap.add_argument("--workspace", type=Path, help="reuse this MMR_HOME (skips ingest/prep when present)")
+    ap.add_argument("--rerank", action="store_true", help="also run the rerank stage and print its report")
     args = ap.parse_args()
 
     repo = Path(__file__).resolve().parents[1]
@@ -77,6 +80,16 @@ def main() -> None:
            "chance": {k.removesuffix("_chance"): m[k] for k in m if k.removesuffix("_chance").split("_", 1)[-1] in shown
                       and k.endswith("_chance")}, **timings}
     print(json.dumps(out, indent=1))
+    if args.rerank:
+        t = time.monotonic()
+        reranked = stages.run_stage("rerank", args.name, settings, version=str(trained["model_version"]))
+        report = json.loads(Path(reranked["report"]).read_text())
+        shown_rr = ("recall@1", "recall@5", "recall@10", "mrr")
+        print(json.dumps({"rerank_s": round(time.monotonic() - t, 1), "gate": report["gate"],
+                          "latency": report["latency"], "train_seconds": report["train_seconds"],
+                          "losses": report["losses"], "reranker": report["reranker"]["config"],
+                          "metrics": {k: round(v, 4) for k, v in report["metrics"].items()
+                                      if k.split("_", 2)[-1] in shown_rr}}, indent=1))
 
 
 if __name__ == "__main__":

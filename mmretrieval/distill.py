@@ -7,6 +7,13 @@ distributions over each caption's candidate list (its image and the dual encoder
 ``distill.temperature`` (:func:`~mmretrieval.training.rerank.distill_kl`). It costs nothing at query time: the
 student is a dual encoder like any other. It is registered as a new version with the ``challenger`` alias; run
 ``mmr evaluate`` and ``mmr promote`` to put it through the same gate as every model.
+
+A teacher over concept regions (``rerank.concepts``, with a dual encoder in the text model's own space) teaches a
+*concept student* instead (:func:`concept_student`): the dual encoder plus its image's whole-picture concept vector
+(the ImageNet class distribution over the class names' text embeddings) mixed into the image vector with one
+learned weight, which is fitted to the teacher's list distributions (listwise cross-entropy + KL) on image vectors
+from cross-fitted heads (:func:`~mmretrieval.training.rerank.train_concept_mix`). A head fine-tuned on the same
+photos cannot learn the teacher's ranking: it has memorised them (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         RerankSchedule,
         candidate_lists,
         mine_hard_negatives,
+        out_of_fold_vectors,
         teacher_logits,
+        train_concept_mix,
         train_student,
     )
 
@@ -62,12 +71,20 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     lists = candidate_lists(es.relevant, mine_hard_negatives(dual, es.relevant, p.negatives),
                             np.random.default_rng(d.seed))
     teach = teacher_logits(teacher, RerankData(tokens, mask, maps, es.relevant, dual), lists)
-    student = load(tracking.download(settings, ref)).net  # a fresh copy of the teacher's dual encoder
-    data = DistillData(model.text.encode(es.captions), maps.float().mean(dim=(3, 4)),
-                       torch.from_numpy(es.relevant.argmax(axis=1)), torch.from_numpy(lists), teach)
+    sentences, pooled = model.text.encode(es.captions), maps.float().mean(dim=(3, 4))
+    owner = torch.from_numpy(es.relevant.argmax(axis=1))
     t_train = time.monotonic()
-    losses = train_student(student, data, RerankSchedule(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr,
-                                                         seed=d.seed), d.kl_weight, d.temperature)
+    if teacher.config.concepts and model.config.text_head == "none":
+        student = concept_student(settings, ref, teacher)
+        vectors, _ = out_of_fold_vectors(pooled, sentences, owner, p.folds, seed=p.seed)  # as the teacher's lists
+        losses = train_concept_mix(student, torch.from_numpy(vectors), pooled[0], sentences, torch.from_numpy(lists),
+                                   teach, d.kl_weight, d.temperature)
+        losses = losses[-1:]  # full-batch steps: the last loss is the one to log
+    else:
+        student = load(tracking.download(settings, ref)).net  # a fresh copy of the teacher's dual encoder
+        data = DistillData(sentences, pooled, owner, torch.from_numpy(lists), teach)
+        losses = train_student(student, data, RerankSchedule(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr,
+                                                             seed=d.seed), d.kl_weight, d.temperature)
     train_seconds = time.monotonic() - t_train
     data_version = source.data_version
     code_version = tracking.git_sha(Path(mmretrieval.__file__).resolve().parent)
@@ -88,6 +105,26 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     tracking.set_alias(settings, dataset, tracking.CHALLENGER, new.version)
     log.info("distill %s: student v%s from the re-ranker of v%s in %.1fs", dataset, new.version, ref.version,
              train_seconds)
+    mix = getattr(student, "concept_mix", None)
     return {"dataset": dataset, "teacher_version": ref.version, "model": new.name, "model_version": new.version,
+            "concept_mix": None if mix is None else round(float(mix.detach()), 4),
             "run_id": run_id, "losses": [round(x, 4) for x in losses], "train_seconds": round(train_seconds, 1),
             "seconds": round(time.monotonic() - started, 1)}
+
+
+def concept_student(settings: Settings, ref: tracking.ModelRef, teacher: Any) -> Any:
+    """The teacher's dual encoder (version ``ref``) with ``image_concepts``: its heads as they are, plus the concept
+    re-ranker's vocabulary (classifier and class-name embeddings) and a mixing weight starting at 0 (the student
+    starts out ranking exactly like the teacher's dual encoder)."""
+    import dataclasses
+
+    from mmretrieval.models.dual_encoder import DualEncoder, load
+
+    base = load(tracking.download(settings, ref))
+    config = dataclasses.replace(base.net.config, image_concepts=teacher.config.concepts)
+    student = DualEncoder(config, text=base.text)
+    missing, unexpected = student.load_state_dict(base.net.state_dict(), strict=False)
+    if unexpected or set(missing) - {"concept_weight", "concept_bias", "concept_text", "concept_mix"}:
+        raise ModelError(f"{ref.uri} does not fit a concept student: missing {missing}, unexpected {unexpected}")
+    student.set_concepts(teacher.concept_weight, teacher.concept_bias, teacher.concept_text)
+    return student

@@ -72,6 +72,8 @@ class ModelConfig:
     image_weights_sha256: str = ""  # ...and their sha256, checked when the model loads
     video_pool: str = ""  # "" (no video), "mean" or "attention" (models/temporal.py): K frame features -> clip
     video_frames: int = 8  # K: frames sampled per clip by seeking (mmretrieval/video.py)
+    image_concepts: int = 0  # classes of the backbone's ImageNet classifier whose name embeddings are mixed into
+    # image vectors (a learned weight; needs text_head "none"). Set by `mmr distill` from the re-ranker's vocabulary
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -133,6 +135,14 @@ class DualEncoder(nn.Module):
             self.image_backbone, width = build_image_backbone(config.image_backbone)
         if width:
             self.image_proj = make_head(config.image_head, width, config.embed_dim)
+        if config.image_concepts:
+            if config.text_head != "none" or not is_pretrained_cnn(config.image_backbone):
+                raise ConfigError("model.image_concepts mixes class-name embeddings into image vectors: it needs a "
+                                  "pretrained CNN backbone and text_head 'none' (the text model's own space)")
+            self.register_buffer("concept_weight", torch.zeros(config.image_concepts, width))
+            self.register_buffer("concept_bias", torch.zeros(config.image_concepts))
+            self.register_buffer("concept_text", torch.zeros(config.image_concepts, config.text_dim))
+            self.concept_mix = nn.Parameter(torch.tensor(0.0))
         self.config = config
         if config.audio_tower:
             if config.audio_tower != "cnn":
@@ -175,9 +185,31 @@ class DualEncoder(nn.Module):
         return self.image_backbone(pixels)
 
     def project_image(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, width) backbone features -> (B, embed_dim) unit vectors (dropout on the features in training)."""
-        features = nn.functional.dropout(features, self.config.image_dropout, self.training)
-        return nn.functional.normalize(self.image_proj(features), dim=-1)
+        """(B, width) backbone features -> (B, embed_dim) unit vectors (dropout on the features in training).
+
+        With ``image_concepts``: normalize(head vector + concept_mix x :meth:`concepts`)."""
+        vec = nn.functional.normalize(
+            self.image_proj(nn.functional.dropout(features, self.config.image_dropout, self.training)), dim=-1)
+        if self.config.image_concepts:
+            vec = nn.functional.normalize(vec + self.concept_mix * self.concepts(features), dim=-1)
+        return vec
+
+    def concepts(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, width) pooled backbone features -> (B, text_dim) unit vectors: the ImageNet class distribution of
+        the backbone's classifier weighting the text model's embeddings of the class names."""
+        probs = (features.float() @ self.concept_weight.T + self.concept_bias).softmax(dim=-1)
+        return nn.functional.normalize(probs @ self.concept_text, dim=-1)
+
+    @torch.no_grad()
+    def set_concepts(self, weight: torch.Tensor, bias: torch.Tensor, names: torch.Tensor) -> None:
+        """The classifier ((C, width) weight, (C,) bias) and the class-name embeddings ((C, text_dim))."""
+        if (weight.shape, bias.shape, names.shape) != (self.concept_weight.shape, self.concept_bias.shape,
+                                                       self.concept_text.shape):
+            raise ModelError(f"concept vocabulary of shapes {tuple(weight.shape)}, {tuple(bias.shape)}, "
+                             f"{tuple(names.shape)} does not fit this model's {tuple(self.concept_weight.shape)}")
+        self.concept_weight.copy_(weight)
+        self.concept_bias.copy_(bias)
+        self.concept_text.copy_(nn.functional.normalize(names.float(), dim=-1))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, embed_dim) unit vectors."""

@@ -259,9 +259,20 @@ def train_student(student: Any, data: DistillData, p: RerankSchedule, kl_weight:
 def out_of_fold_scores(pooled: torch.Tensor, sentences: torch.Tensor, owner: torch.Tensor, folds: int = 5,
                        epochs: int = 20, lr: float = 1e-3, dropout: float = 0.2, seed: int = 0,
                        batch_size: int = 64) -> np.ndarray:
-    """(Q, G) dual-encoder cosines of each training caption with the images of *its own fold*, from linear image
-    heads (the default dual encoder's recipe: dropout, linear head into the frozen text space, symmetric InfoNCE,
-    AdamW) each trained on the other folds; cosines across folds are -2 (below any cosine: never a candidate).
+    """(Q, G) dual-encoder cosines of each training caption with the images of *its own fold* (see
+    :func:`out_of_fold_vectors`); cosines across folds are -2 (below any cosine: never a candidate)."""
+    vecs, fold_of = out_of_fold_vectors(pooled, sentences, owner, folds, epochs, lr, dropout, seed, batch_size)
+    texts = nn.functional.normalize(sentences.float(), dim=-1).numpy()
+    same = fold_of[owner.numpy()][:, None] == fold_of[None, :]
+    return np.where(same, texts @ vecs.T, -2.0).astype(np.float32)
+
+
+def out_of_fold_vectors(pooled: torch.Tensor, sentences: torch.Tensor, owner: torch.Tensor, folds: int = 5,
+                        epochs: int = 20, lr: float = 1e-3, dropout: float = 0.2, seed: int = 0,
+                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """((G, text_dim) unit vectors, (G,) fold numbers) of the training images, each vector from a linear image head
+    (the default dual encoder's recipe: dropout, linear head into the frozen text space, symmetric InfoNCE, AdamW)
+    trained on the *other* folds' images and captions.
 
     Why: the dual encoder trained on all training photos has memorised them (train t->i R@1 ~ 99 % on Flickr8k's
     340 photos against ~16 % on unseen ones), so its training-set rankings have no hard negatives above the
@@ -279,7 +290,7 @@ def out_of_fold_scores(pooled: torch.Tensor, sentences: torch.Tensor, owner: tor
     rng = np.random.default_rng(seed)
     fold_of = torch.from_numpy(rng.permutation(g) % folds)
     texts = nn.functional.normalize(sentences.float(), dim=-1)
-    out = np.full((len(sentences), g), -2.0, dtype=np.float32)
+    out = np.zeros((g, sentences.shape[1]), dtype=np.float32)
     for f in range(folds):
         torch.manual_seed(seed * 1000 + f)
         head = nn.Linear(pooled.shape[2], sentences.shape[1])
@@ -299,7 +310,34 @@ def out_of_fold_scores(pooled: torch.Tensor, sentences: torch.Tensor, owner: tor
                 opt.step()
         with torch.no_grad():
             held = torch.nonzero(fold_of == f).squeeze(1)
-            vecs = nn.functional.normalize(head(pooled[0, held].float()), dim=-1)
-            held_q = torch.nonzero(fold_of[owner] == f).squeeze(1)
-            out[np.ix_(held_q.numpy(), held.numpy())] = (texts[held_q] @ vecs.T).numpy()
-    return out
+            out[held.numpy()] = nn.functional.normalize(head(pooled[0, held].float()), dim=-1).numpy()
+    return out, fold_of.numpy()
+
+
+def train_concept_mix(student: Any, vectors: torch.Tensor, pooled: torch.Tensor, sentences: torch.Tensor,
+                      lists: torch.Tensor, teacher: torch.Tensor, kl_weight: float = 1.0, temperature: float = 1.0,
+                      steps: int = 200, lr: float = 0.05) -> list[float]:
+    """Distil a concept re-ranker's ranking into ``student`` (a dual encoder with ``image_concepts``): only its
+    ``concept_mix`` weight learns, by ``steps`` full-batch Adam steps on listwise cross-entropy (the relevant item
+    is column 0 of each list) plus ``kl_weight`` x :func:`distill_kl` to the ``teacher`` (Q, C) logits over the
+    (Q, C) ``lists``. The student's list scores use ``vectors`` (G, D): image vectors from heads that never saw
+    the image (:func:`out_of_fold_vectors`), as the teacher's lists do, since the student's own head has memorised
+    the training photos. ``pooled`` (G, width) gives the concepts, ``sentences`` (Q, text_dim) the queries. Returns the
+    loss of every step."""
+    texts = nn.functional.normalize(sentences.float(), dim=-1)
+    with torch.no_grad():
+        concepts = student.concepts(pooled.float())  # (G, text_dim)
+    opt = torch.optim.Adam([student.concept_mix], lr=lr)
+    scale = student.logit_scale.detach().exp().clamp(max=100)
+    losses = []
+    for _ in range(steps):
+        items = nn.functional.normalize(vectors[lists] + student.concept_mix * concepts[lists], dim=-1)  # (Q, C, D)
+        scores = scale * torch.einsum("qd,qcd->qc", texts, items)
+        loss = listwise_loss(scores) + kl_weight * distill_kl(scores, teacher, temperature)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"student loss became {loss.item()}: lower distill.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.item()))
+    return losses

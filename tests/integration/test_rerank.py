@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmretrieval import tracking
@@ -125,4 +126,9 @@ def test_distilled_student_is_registered_as_a_challenger_of_its_teacher(prepared
     assert int(student.version) == int(teacher.version) + 1
     mv = tracking.client(settings).get_model_version(student.name, student.version)
     assert mv.tags["distilled_from"] == teacher.version
+    # a concept teacher makes a concept student: the teacher's heads plus its vocabulary and a fitted mixing weight
+    loaded = tracking.load_model(settings, student, "cpu")
+    assert loaded.config.image_concepts == 1000 and result["concept_mix"] == round(float(loaded.net.concept_mix), 4)
+    before = tracking.load_model(settings, teacher, "cpu").encode_texts(["a red square"])
+    assert np.allclose(loaded.encode_texts(["a red square"]), before, atol=1e-5)  # the text side is the teacher's
     assert run_stage("evaluate", "tiny")["challenger"] == student.version  # the same gate as every model

@@ -224,3 +224,42 @@ def test_concept_reranker_learns_its_mixing_weights_from_lists() -> None:
     train_reranker(net, RerankData(tokens, torch.ones(40, 1, dtype=torch.bool), maps[None], relevant, dual),
                    RerankSchedule(epochs=5, negatives=4, batch_size=8, seed=0))
     assert net.concept_mix.sum().item() / net.dual_weight.item() > before[1].sum().item() / before[0]
+
+
+def test_concept_mix_is_fitted_to_a_teacher_that_ranks_by_concepts() -> None:
+    """The student's dual vectors are noise; the teacher ranks by the items' concepts: the fitted mix must grow
+    and make the student rank each list's relevant item first more often."""
+    from mmretrieval.training.rerank import train_concept_mix
+
+    class Student(torch.nn.Module):  # the three members train_concept_mix uses (a DualEncoder has them)
+        def __init__(self) -> None:
+            super().__init__()
+            self.concept_mix = torch.nn.Parameter(torch.tensor(0.0))
+            self.logit_scale = torch.nn.Parameter(torch.tensor(3.0))
+
+        def concepts(self, features: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(features, dim=-1)
+
+    g = torch.Generator().manual_seed(0)
+    items, queries = 30, 60
+    pooled = torch.randn(items, 8, generator=g)  # the concept of item i is its own direction
+    vectors = torch.nn.functional.normalize(torch.randn(items, 8, generator=g), dim=-1)  # uninformative
+    owner = torch.randint(0, items, (queries,), generator=g)
+    sentences = pooled[owner] + 0.1 * torch.randn(queries, 8, generator=g)
+    negatives = torch.stack([torch.tensor([j for j in torch.randperm(items, generator=g).tolist() if j != o][:5])
+                             for o in owner.tolist()])
+    lists = torch.cat([owner[:, None], negatives], dim=1)
+    teacher = 20 * torch.einsum("qd,qcd->qc", torch.nn.functional.normalize(sentences, dim=-1),
+                                torch.nn.functional.normalize(pooled[lists], dim=-1))
+    student = Student()
+
+    def first_right() -> float:
+        with torch.no_grad():
+            v = torch.nn.functional.normalize(vectors[lists] + student.concept_mix * student.concepts(pooled)[lists],
+                                              dim=-1)
+            return float((torch.einsum("qd,qcd->qc", sentences, v).argmax(1) == 0).float().mean())
+
+    before = first_right()
+    losses = train_concept_mix(student, vectors, pooled, sentences, lists, teacher, steps=100)
+    assert student.concept_mix.item() > 1.0 and losses[-1] < losses[0]
+    assert first_right() > before + 0.3
