@@ -149,6 +149,7 @@ def load_model(settings: Settings, p: Plan) -> RetrievalModel:
     from mmretrieval.models.dual_encoder import pick_device
 
     model = tracking.load_model(settings, p.ref, pick_device(settings.device))
+    model.precision = settings.params_for(p.dataset).embed.precision
     clean = p.clean
     unsupported = sorted(set(clean["modality"]) - set(model.modalities))
     if unsupported:
@@ -186,12 +187,12 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
         encode = model.encode_pixels if modality == Modality.IMAGE.value else model.encode_waves
         with torch.inference_mode():
             for batch, idx in tqdm(loader, desc=f"{desc} {modality}", unit="batch", leave=False, disable=None):
-                if modality == Modality.VIDEO.value:
-                    (pixels, times), rows_ = batch, idx.numpy()
-                    vectors[rows_], per_frame = model.encode_video_pixels(pixels)
+                if modality == Modality.VIDEO.value:  # a VideoClip batch: frames, times, audio tracks
+                    rows_ = idx.numpy()
+                    vectors[rows_], per_frame = model.encode_video_pixels(batch)
                     if frames is not None:
                         for j, row in enumerate(rows_):
-                            frames[int(row)] = ([round(float(t), 3) for t in times[j]], per_frame[j])
+                            frames[int(row)] = ([round(float(t), 3) for t in batch.times[j]], per_frame[j])
                     continue
                 vectors[idx.numpy()] = encode(batch)
     return vectors
@@ -202,7 +203,7 @@ class _Decoded:
 
     def __init__(self, files: list[Path], rows: np.ndarray, modality: str, model: RetrievalModel) -> None:
         self.files, self.rows, self.modality = files, rows, modality
-        self.transform, self.load_wave, self.load_frames = model.transform, model.load_wave, model.load_frames
+        self.transform, self.load_wave, self.load_clip = model.transform, model.load_wave, model.load_clip
 
     def __len__(self) -> int:
         return len(self.files)
@@ -213,7 +214,7 @@ class _Decoded:
         if self.modality == Modality.IMAGE.value:
             return self.transform(open_image(self.files[k])), int(self.rows[k])
         if self.modality == Modality.VIDEO.value:
-            return self.load_frames(self.files[k]), int(self.rows[k])
+            return self.load_clip(self.files[k]), int(self.rows[k])
         return self.load_wave(self.files[k]), int(self.rows[k])
 
 
