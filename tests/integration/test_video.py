@@ -275,3 +275,26 @@ def test_frame_arrays_hold_the_pixels_of_read_frames_upright_and_preprocess_as_t
         got = preprocess_frames(config, arrays.pixels, transform)
         assert got.shape == expected.shape == (3, 3, 48, 48)
         assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_skipping_non_reference_frames_on_the_way_still_returns_the_frame_on_screen_at_each_target(
+        tmp_path: Path) -> None:
+    """25 fps H.264 with B-frames, one keyframe or one every 2 s or 0.5 s: the decoder drops non-reference frames
+    while far from a target, yet every sampled frame is the one shown at its target (within half a frame), as its
+    content (a bright column at x = frame number) says."""
+    import av
+
+    from mmretrieval.video import read_frame_arrays, sample_times
+
+    frames = np.zeros((250, 48, 256, 3), dtype=np.uint8)
+    for i in range(250):
+        frames[i, :, i, :2] = 255
+    for gop in (250, 50, 12):
+        path = write_clip(tmp_path / f"gop{gop}.mp4", frames, fps=25, gop=gop)
+        with av.open(str(path)) as c:
+            assert av.video.frame.PictureType.B in {f.pict_type for f in c.decode(video=0)}  # something to skip
+        for k in (8, 16, 50):
+            got = read_frame_arrays(path, k)
+            assert [int(a[:, :, 1].sum(axis=0).argmax()) for a in got.pixels] == [round(t * 25) for t in got.times]
+            assert all(abs(t - want) <= 0.5 / 25 + 1e-6 for t, want in zip(got.times, sample_times(10.0, k),
+                                                                           strict=True)), (gop, k)
