@@ -7,21 +7,24 @@ over a gradient, so the encoder does real work) and embeds them with an untraine
 architecture (speed does not depend on the weights), several ways in one run, alternating over ``--rounds`` so that
 the machine's load falls on all of them alike:
 
-* ``before``: the path as it was (a data-loader worker decodes K frames per clip by seeking into PIL images and
-  preprocesses each with the image transform; the main process runs the image tower on the batch's B * K frames in
-  one call, NCHW layout);
-* ``after``: ``embed.encode_rows`` as it is now (frames scaled by the decoder's scaler straight into one array and
-  preprocessed as one tensor; the tower in chunks of 16 frames, channels-last, under ``torch.inference_mode``);
+* ``before``: the path as it was: a data-loader worker decodes K frames per clip by seeking (frame threads, every
+  frame decoded) into PIL images and preprocesses each with the image transform; the main process runs the image
+  tower on the batch's B * K frames in one call, NCHW layout;
+* ``after``: ``embed.encode_rows`` as it is now: slice threads, non-reference frames before each target dropped,
+  frames scaled by the decoder's scaler straight into one array and preprocessed as one tensor; the tower in
+  chunks of 16 frames, channels-last, under ``torch.inference_mode``;
 * ``after, bf16``: the same with ``embed.precision: bf16`` (bfloat16 autocast on CPU).
 
 Apart: decoding alone (seconds per clip for K frames, both ways), the tower alone per frame (both layouts and
 bf16: the floor), and the cosine between the fp32 and bf16 clip vectors. ``--threads`` sets torch's threads in the
-main process (the decoding worker runs single-threaded torch).
+main process for ``before`` and the tower-alone timings (``after`` uses ``embed.torch_threads``: 0, the cores the
+decoding worker leaves; ``after, N torch threads`` sets all N cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -52,12 +55,19 @@ def moving_shapes(seconds: float, fps: int, width: int, height: int, seed: int) 
 
 def legacy_clip(path: Path, model: Any) -> Any:
     """The clip as the embedding path loaded it before: PIL frames, the image transform one frame at a time."""
+    import math
+
     import torch
 
-    from mmretrieval.video import read_frames
+    from mmretrieval import video
 
     c = model.config
-    frames = read_frames(path, c.video_frames, short_side=int(c.image_size / c.image_crop_pct))
+    saved = video.DECODE_THREADS, video.SKIP_MARGIN_S
+    video.DECODE_THREADS, video.SKIP_MARGIN_S = "AUTO", math.inf  # frame threads, every frame decoded: as before
+    try:
+        frames = video.read_frames(path, c.video_frames, short_side=int(c.image_size / c.image_crop_pct))
+    finally:
+        video.DECODE_THREADS, video.SKIP_MARGIN_S = saved
     return torch.stack([model.transform(im) for im in frames.images])
 
 
@@ -174,14 +184,15 @@ def main() -> None:
     ep = s.params.embed
     workers = min(ep.num_workers, max(0, len(paths) // max(1, ep.batch_size // args.frames)))
 
-    def after(precision: str) -> np.ndarray:
+    def after(precision: str, threads: int = 0) -> np.ndarray:
         model.precision = precision
         try:
-            return encode_rows(part, clips, model, ep, frames={})
+            return encode_rows(part, clips, model, dataclasses.replace(ep, torch_threads=threads), frames={})
         finally:
             model.precision = "fp32"
 
     ways = {"before": lambda: legacy_embed(paths, model, ep.batch_size, workers), "after": lambda: after("fp32"),
+            f"after, {os.cpu_count()} torch threads": lambda: after("fp32", os.cpu_count() or 1),
             "after, bf16": lambda: after("bf16")}
     encode_rows(part.head(2), clips, model, ep)  # warm-up
     legacy_embed(paths[:2], model, ep.batch_size, 0)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,7 +187,7 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
                             pin_memory=model.device.startswith("cuda"), prefetch_factor=4 if workers else None,
                             persistent_workers=False)
         encode = model.encode_pixels if modality == Modality.IMAGE.value else model.encode_waves
-        with torch.inference_mode():
+        with torch.inference_mode(), _threads(compute_threads(embed_params, workers, model.device)):
             for batch, idx in tqdm(loader, desc=f"{desc} {modality}", unit="batch", leave=False, disable=None):
                 if modality == Modality.VIDEO.value:  # a VideoClip batch: frames, times, audio tracks
                     rows_ = idx.numpy()
@@ -196,6 +198,34 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
                     continue
                 vectors[idx.numpy()] = encode(batch)
     return vectors
+
+
+def compute_threads(embed_params: Any, workers: int, device: str) -> int:
+    """Torch threads for the encoding process: ``embed.torch_threads``, or when 0 on CPU the cores the decoding
+    workers leave (at least 1; more threads than free cores slowed the image tower down, docs/benchmarks.md); 0 (keep
+    torch's setting) on CUDA."""
+    import os
+
+    if embed_params.torch_threads:
+        return int(embed_params.torch_threads)
+    if not device.startswith("cpu"):
+        return 0
+    return max(1, (os.cpu_count() or 1) - workers)
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``n`` (0: unchanged) for the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 class _Decoded:

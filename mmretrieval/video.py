@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi")
 SEEK_GAP_S = 1.0  # without a keyframe index: decode forward to targets closer than this, seek to farther ones
+DECODE_THREADS = "SLICE"  # slice threads: frame threads ("AUTO") cost about a quarter more CPU when seeking
 SKIP_MARGIN_S = 0.05  # decoding towards a target t, non-reference frames shown before t - half a frame - this are
 # dropped by the decoder (nothing depends on them; they cannot be the frame on screen at t)
 TRUNCATION_SLACK = 0.25  # frames ending before (1 - this) of the declared duration mean a truncated file
@@ -158,7 +159,7 @@ def _probe(c: Any, path: Path) -> VideoInfo:
         raise BadVideo("no_video_stream", f"{path.name} has no video stream "
                        f"({len(c.streams.audio)} audio stream(s))")
     s = c.streams.video[0]
-    s.thread_type = "SLICE"  # slice threads (set before the codec opens): frame threads cost more CPU on seeks
+    s.thread_type = DECODE_THREADS  # set before the codec opens
     rate = s.average_rate or s.guessed_rate or 0
     return VideoInfo(duration_s=_duration(c, s), fps=float(rate), width=int(s.codec_context.width or 0),
                      height=int(s.codec_context.height or 0), codec=s.codec_context.name,

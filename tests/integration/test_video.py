@@ -229,6 +229,7 @@ def test_a_clips_audio_track_is_read_from_the_file_and_fused_and_a_clip_without_
     clips = [model.load_clip(p) for p in paths.values()]
     assert [bool(c.audio) for c in clips] == [True, True, False]
     assert clips[2].wave.abs().max() == 0 and clips[0].wave.shape == (24000,)  # the middle 1.5 s of the track
+    assert all(torch.equal(c.pixels, clips[2].pixels) for c in clips)  # the same frames, whatever the track
     vectors = model.encode_video_list(clips)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     frames_only = model.encode_video_list([c._replace(audio=torch.tensor(False)) for c in clips])

@@ -105,3 +105,21 @@ def test_the_training_items_record_which_videos_have_a_track_and_only_then_the_m
     without = model_config(mp, 16, ["video"], audio_tracks=False)
     assert not without.video_audio and without.audio_tower == ""
     assert not model_config(dataclasses.replace(mp, video_audio=False), 16, ["video"], audio_tracks=True).video_audio
+
+
+def test_encoding_leaves_the_decoding_workers_their_cores_and_restores_torchs_threads() -> None:
+    import os
+
+    from mmretrieval.config import EmbedParams
+    from mmretrieval.embed import _threads, compute_threads
+
+    cores = os.cpu_count() or 1
+    assert compute_threads(EmbedParams(num_workers=1), 1, "cpu") == max(1, cores - 1)
+    assert compute_threads(EmbedParams(num_workers=1), 0, "cpu") == cores  # no worker started: every core
+    assert compute_threads(EmbedParams(num_workers=cores + 3), cores + 3, "cpu") == 1
+    assert compute_threads(EmbedParams(torch_threads=3), 1, "cpu") == 3
+    assert compute_threads(EmbedParams(), 1, "cuda") == 0
+    before = torch.get_num_threads()
+    with _threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
