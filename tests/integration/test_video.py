@@ -229,17 +229,17 @@ def test_a_clips_audio_track_is_read_from_the_file_and_fused_and_a_clip_without_
     clips = [model.load_clip(p) for p in paths.values()]
     assert [bool(c.audio) for c in clips] == [True, True, False]
     assert clips[2].wave.abs().max() == 0 and clips[0].wave.shape == (24000,)  # the middle 1.5 s of the track
-    assert all(torch.equal(c.pixels, clips[2].pixels) for c in clips)  # the same frames, whatever the track
     vectors = model.encode_video_list(clips)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     frames_only = model.encode_video_list([c._replace(audio=torch.tensor(False)) for c in clips])
-    assert np.allclose(frames_only[0], frames_only[2]) and np.allclose(frames_only[1], frames_only[2])
     assert np.array_equal(vectors[2], frames_only[2])  # no track: the frames' vector
-    assert not np.allclose(vectors[0], frames_only[0], atol=1e-3)
-    assert not np.allclose(vectors[0], vectors[1], atol=1e-3)  # the track's content matters, not just its presence
+    assert not np.allclose(vectors[0], frames_only[0], atol=1e-3) and not np.allclose(vectors[1], frames_only[1],
+                                                                                        atol=1e-3)
+    swapped = model.encode_video_list([clips[0]._replace(wave=clips[1].wave)])  # 440 Hz clip's frames, 1760 Hz track
+    assert not np.allclose(swapped[0], vectors[0], atol=1e-3)  # the track's content matters, not just its presence
     with torch.no_grad():
         model.net.video_audio_gate.fill_(-30.0)  # the learned weight is what lets the track in
-    assert np.allclose(model.encode_video_list(clips[:1]), frames_only[:1], atol=1e-5)
+    assert np.allclose(model.encode_video_list(clips[:2]), frames_only[:2], atol=1e-5)
 
     deaf = RetrievalModel(DualEncoder(dataclasses.replace(config, video_audio=False)), text=None)  # type: ignore[arg-type]
     clip = deaf.load_clip(paths[440])
