@@ -147,7 +147,7 @@ class EmbedParams:
     batch_size: int = 64
     num_workers: int = 1  # data-loader processes decoding while the model encodes (2 cores: 1 measured best)
     shard_rows: int = 10_000  # rows per output shard (the unit of resume and of the DAG's mapped tasks)
-    precision: str = "fp32"  # "bf16": the image tower under bfloat16 autocast on CPU (~2x faster, cosine ~0.9995)
+    precision: str = "fp32"  # "bf16": the image tower under bfloat16 autocast on CPU (2-3x faster, not exact)
     torch_threads: int = 0  # torch threads while encoding files; 0: on CPU the cores the decoding workers leave
 
 
