@@ -1,22 +1,36 @@
-"""Video embedding throughput: clips/s of the pipeline's encode path at K frames by seeking.
+"""Video embedding throughput: clips/s of the pipeline's encode path at K frames by seeking, before and after.
 
-    .venv/bin/python bench/video_embed.py --clips 24 --seconds 10 --width 640 --height 480 --frames 8
+    .venv/bin/python bench/video_embed.py --clips 24 --seconds 10 --width 640 --height 480 --frames 8 --rounds 2
 
 Writes N generated H.264 MP4 clips (``--seconds`` long, ``--fps``, keyframe every ``--gop`` frames; moving shapes
-over a gradient, so the encoder does real work) and runs them through ``embed.encode_rows`` (data-loader decode by
-seeking + preprocess, then the image tower on K frames per clip and the temporal module) with an untrained model of
-the configured architecture (speed does not depend on the weights). Reports clips/s, and apart: the seconds spent
-decoding K frames per clip alone (``video.read_frames``) and the tower's forward on ready tensors.
+over a gradient, so the encoder does real work) and embeds them with an untrained model of the configured
+architecture (speed does not depend on the weights), several ways in one run, alternating over ``--rounds`` so that
+the machine's load falls on all of them alike:
+
+* ``before``: the path as it was: a data-loader worker decodes K frames per clip by seeking (frame threads, every
+  frame decoded) into PIL images and preprocesses each with the image transform; the main process runs the image
+  tower on the batch's B * K frames in one call, NCHW layout;
+* ``after``: ``embed.encode_rows`` as it is now: slice threads, non-reference frames before each target dropped,
+  frames scaled by the decoder's scaler straight into one array and preprocessed as one tensor; the tower in
+  chunks of 16 frames, channels-last, under ``torch.inference_mode``;
+* ``after, bf16``: the same with ``embed.precision: bf16`` (bfloat16 autocast on CPU).
+
+Apart: decoding alone (seconds per clip for K frames, both ways), the tower alone per frame (both layouts and
+bf16: the floor), and the cosine between the fp32 and bf16 clip vectors. ``--threads`` sets torch's threads in the
+main process for ``before`` and the tower-alone timings (``after`` uses ``embed.torch_threads``: 0, the cores the
+decoding worker leaves; ``after, N torch threads`` sets all N cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +53,88 @@ def moving_shapes(seconds: float, fps: int, width: int, height: int, seed: int) 
     return out
 
 
+def legacy_clip(path: Path, model: Any) -> Any:
+    """The clip as the embedding path loaded it before: PIL frames, the image transform one frame at a time."""
+    import math
+
+    import torch
+
+    from mmretrieval import video
+
+    c = model.config
+    saved = video.DECODE_THREADS, video.SKIP_MARGIN_S
+    video.DECODE_THREADS, video.SKIP_MARGIN_S = "AUTO", math.inf  # frame threads, every frame decoded: as before
+    try:
+        frames = video.read_frames(path, c.video_frames, short_side=int(c.image_size / c.image_crop_pct))
+    finally:
+        video.DECODE_THREADS, video.SKIP_MARGIN_S = saved
+    return torch.stack([model.transform(im) for im in frames.images])
+
+
+class LegacyReader:
+    def __init__(self, paths: list[Path], model: Any) -> None:
+        self.paths, self.model = paths, model
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k: int) -> Any:
+        return legacy_clip(self.paths[k], self.model)
+
+
+def legacy_embed(paths: list[Path], model: Any, batch_size: int, workers: int) -> np.ndarray:
+    """The embedding path as it was: one tower call on B * K frames in NCHW layout, then pooling and heads."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    tower = model.net.image_backbone.model
+    tower.to(memory_format=torch.contiguous_format)
+    out = []
+    loader = DataLoader(LegacyReader(paths, model), batch_size=max(1, batch_size // model.config.video_frames),
+                        num_workers=workers, prefetch_factor=4 if workers else None)
+    with torch.no_grad():
+        for pixels in loader:
+            feats = model.net.frame_features(pixels)
+            out.append(model.net.project_video(feats).numpy())
+            model.net.project_image(feats.flatten(0, 1))
+    tower.to(memory_format=torch.channels_last)
+    return np.concatenate(out)
+
+
+def tower_ms_per_frame(model: Any, frames: int, reps: int = 3) -> dict[str, float]:
+    """The image tower alone on ready tensors, ms per frame: NCHW in one call on ``frames`` frames (before) vs the
+    embedding path's channels-last chunks in fp32 and bf16, the three interleaved ``reps`` times (same load)."""
+    import torch
+
+    pixels = torch.randn(frames, 3, model.config.image_size, model.config.image_size)
+    tower = model.net.image_backbone.model
+
+    def nchw() -> None:
+        tower.to(memory_format=torch.contiguous_format)
+        with torch.no_grad():
+            started = time.perf_counter()
+            model.net.image_features(pixels)
+            spent["nchw_one_call"] += time.perf_counter() - started
+        tower.to(memory_format=torch.channels_last)
+
+    def chunks(precision: str) -> None:
+        model.precision = precision
+        started = time.perf_counter()
+        model.image_features(pixels)
+        spent[f"chunks_channels_last_{precision}"] += time.perf_counter() - started
+        model.precision = "fp32"
+
+    spent = {"nchw_one_call": 0.0, "chunks_channels_last_fp32": 0.0, "chunks_channels_last_bf16": 0.0}
+    runs = [nchw, lambda: chunks("fp32"), lambda: chunks("bf16")]
+    for run in runs:  # warm-up
+        run()
+    spent = dict.fromkeys(spent, 0.0)
+    for _ in range(reps):
+        for run in runs:
+            run()
+    return {k: round(v / (reps * frames) * 1000, 2) for k, v in spent.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--clips", type=int, default=24)
@@ -49,6 +145,8 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--frames", type=int, default=8, help="K")
     ap.add_argument("--pool", default="attention")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in the main process (0: torch's default)")
     ap.add_argument("--work", type=Path)
     args = ap.parse_args()
 
@@ -60,7 +158,7 @@ def main() -> None:
     from mmretrieval.models.dual_encoder import ModelConfig, RetrievalModel, build
     from mmretrieval.models.efficientnet import preprocessing
     from mmretrieval.models.towers import TextEncoder
-    from mmretrieval.video import read_frames, write_clip
+    from mmretrieval.video import write_clip
 
     work = args.work or Path(tempfile.mkdtemp(prefix="mmr-video-bench-"))
     clips = work / "clips"
@@ -78,32 +176,55 @@ def main() -> None:
     config = ModelConfig(text_model=mp.text_model, text_dim=text.dim, image_backbone=mp.image_backbone,
                          image_size=pre.size, embed_dim=384, text_head="none", video_pool=args.pool,
                          video_frames=args.frames)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = RetrievalModel(build(config), text)
     part = pd.DataFrame({"id": [p.stem for p in paths], "modality": "video", "text": "",
                          "media": [p.name for p in paths]})
-    encode_rows(part.head(2), clips, model, s.params.embed)  # warm-up
-    started = time.monotonic()
-    frames: dict[int, tuple[list[float], np.ndarray]] = {}
-    encode_rows(part, clips, model, s.params.embed, frames=frames)
-    total = time.monotonic() - started
-    started = time.monotonic()
+    ep = s.params.embed
+    workers = min(ep.num_workers, max(0, len(paths) // max(1, ep.batch_size // args.frames)))
+
+    def after(precision: str, threads: int = 0) -> np.ndarray:
+        model.precision = precision
+        try:
+            return encode_rows(part, clips, model, dataclasses.replace(ep, torch_threads=threads), frames={})
+        finally:
+            model.precision = "fp32"
+
+    ways = {"before": lambda: legacy_embed(paths, model, ep.batch_size, workers), "after": lambda: after("fp32"),
+            f"after, {os.cpu_count()} torch threads": lambda: after("fp32", os.cpu_count() or 1),
+            "after, bf16": lambda: after("bf16")}
+    encode_rows(part.head(2), clips, model, ep)  # warm-up
+    legacy_embed(paths[:2], model, ep.batch_size, 0)
+    rates: dict[str, list[float]] = {k: [] for k in ways}
+    vectors: dict[str, np.ndarray] = {}
+    loads = [os.getloadavg()[0]]
+    for _ in range(args.rounds):
+        for name, run in ways.items():
+            started = time.monotonic()
+            vectors[name] = run()
+            rates[name].append(round(args.clips / (time.monotonic() - started), 2))
+        loads.append(os.getloadavg()[0])
+    decode = {"before": 0.0, "after": 0.0}  # clip by clip, the two ways in turn (same load)
     for p in paths:
-        read_frames(p, args.frames, short_side=int(model.config.image_size / model.config.image_crop_pct))
-    decode = time.monotonic() - started
-    pixels = torch.randn(max(1, s.params.embed.batch_size // args.frames), args.frames, 3, model.config.image_size,
-                         model.config.image_size)
-    started = time.monotonic()
-    reps = 3
-    for _ in range(reps):
-        model.encode_video_pixels(pixels)
-    forward = (time.monotonic() - started) / (reps * len(pixels))
+        for name, load in (("before", lambda p: legacy_clip(p, model)), ("after", model.load_clip)):
+            started = time.process_time()  # CPU seconds of this process, decoder threads included
+            load(p)
+            decode[name] += time.process_time() - started
+    decode = {k: round(v / len(paths) * 1000, 1) for k, v in decode.items()}
+    tower = tower_ms_per_frame(model, max(1, ep.batch_size // args.frames) * args.frames)
+    cosine = {k: round(float((vectors["before"] * vectors[k]).sum(axis=1).min()), 6) for k in ("after", "after, bf16")}
+    best = {k: max(v) for k, v in rates.items()}
     print(json.dumps({
         "clips": args.clips, "seconds_per_clip": args.seconds, "size": f"{args.width}x{args.height}", "fps": args.fps,
         "gop": args.gop, "K": args.frames, "pool": args.pool, "backbone": mp.image_backbone,
-        "embed.num_workers": s.params.embed.num_workers, "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "clips_per_s": round(args.clips / total, 2), "decode_only_clips_per_s": round(args.clips / decode, 2),
-        "forward_only_clips_per_s": round(1 / forward, 2), "frames_per_clip_returned": len(frames[0][0]),
+        "embed.num_workers": ep.num_workers, "embed.batch_size": ep.batch_size, "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "load_average_1min_per_round": [round(v, 2) for v in loads],
+        "clips_per_s_per_round": rates, "ratio_after_to_before": round(best["after"] / best["before"], 2),
+        "ratio_bf16_to_before": round(best["after, bf16"] / best["before"], 2),
+        "decode_and_preprocess_cpu_ms_per_clip": decode, "tower_ms_per_frame": tower,
+        "tower_floor_clips_per_s": {k: round(1000 / (v * args.frames), 2) for k, v in tower.items()},
+        "min_cosine_to_before": cosine,
     }, indent=2))
 
 

@@ -80,10 +80,10 @@ def main() -> None:
         sets = {}
         for name, rows in (("train", train_rows), ("test", test_rows)):
             items = data.TrainItems([r["id"] for r in rows], ["video"] * len(rows), [r["path"] for r in rows],
-                                    [[r["text"]] for r in rows], [""] * len(rows))
+                                    [[r["text"]] for r in rows], [""] * len(rows), [False] * len(rows))
             if name not in feats:
                 t0 = time.monotonic()
-                feats[name] = data.cached_video_features(net, items, list(range(len(rows))), work, "cpu")
+                feats[name] = data.cached_video_features(net, items, list(range(len(rows))), work, "cpu")[0]
                 results.setdefault("_timing", {})[f"{name}_features_s"] = round(time.monotonic() - t0, 1)
                 torch.save(feats[name], caches[name])
             sets[name] = items

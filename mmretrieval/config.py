@@ -113,6 +113,7 @@ class ModelParams:
     audio_norm: str = "clip"  # log-mel normalisation: "clip" (one mean/std) or "band" (per-band mean, speech frames)
     video_frames: int = 8  # K: frames sampled per video by seeking (uniform timestamps), each through the image tower
     video_pool: str = "attention"  # frame vectors -> clip: "mean" or "attention" (order-aware, models/temporal.py)
+    video_audio: bool = True  # a clip's audio track, when it has one, through the audio tower, fused (learned weight)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,8 @@ class EmbedParams:
     batch_size: int = 64
     num_workers: int = 1  # data-loader processes decoding while the model encodes (2 cores: 1 measured best)
     shard_rows: int = 10_000  # rows per output shard (the unit of resume and of the DAG's mapped tasks)
+    precision: str = "fp32"  # "bf16": the image tower under bfloat16 autocast on CPU (2-3x faster, not exact)
+    torch_threads: int = 0  # torch threads while encoding files; 0: on CPU the cores the decoding workers leave
 
 
 @dataclass(frozen=True)

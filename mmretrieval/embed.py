@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,6 +148,7 @@ def load_model(settings: Settings, p: Plan) -> RetrievalModel:
     from mmretrieval.models.dual_encoder import pick_device
 
     model = tracking.load_model(settings, p.ref, pick_device(settings.device))
+    model.precision = settings.params_for(p.dataset).embed.precision
     clean = p.clean
     unsupported = sorted(set(clean["modality"]) - set(model.modalities))
     if unsupported:
@@ -181,17 +184,45 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
                             pin_memory=model.device.startswith("cuda"), prefetch_factor=4 if workers else None,
                             persistent_workers=False)
         encode = model.encode_pixels if modality == Modality.IMAGE.value else model.encode_waves
-        with torch.inference_mode():
+        with torch.inference_mode(), _threads(compute_threads(embed_params, workers, model.device)):
             for batch, idx in tqdm(loader, desc=f"{desc} {modality}", unit="batch", leave=False, disable=None):
-                if modality == Modality.VIDEO.value:
-                    (pixels, times), rows_ = batch, idx.numpy()
-                    vectors[rows_], per_frame = model.encode_video_pixels(pixels)
+                if modality == Modality.VIDEO.value:  # a VideoClip batch: frames, times, audio tracks
+                    rows_ = idx.numpy()
+                    vectors[rows_], per_frame = model.encode_video_pixels(batch)
                     if frames is not None:
                         for j, row in enumerate(rows_):
-                            frames[int(row)] = ([round(float(t), 3) for t in times[j]], per_frame[j])
+                            frames[int(row)] = ([round(float(t), 3) for t in batch.times[j]], per_frame[j])
                     continue
                 vectors[idx.numpy()] = encode(batch)
     return vectors
+
+
+def compute_threads(embed_params: Any, workers: int, device: str) -> int:
+    """Torch threads for the encoding process: ``embed.torch_threads``, or when 0 on CPU the cores the decoding
+    workers leave (at least 1; more threads than free cores slowed the image tower down, docs/benchmarks.md); 0 (keep
+    torch's setting) on CUDA."""
+    import os
+
+    if embed_params.torch_threads:
+        return int(embed_params.torch_threads)
+    if not device.startswith("cpu"):
+        return 0
+    return max(1, (os.cpu_count() or 1) - workers)
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``n`` (0: unchanged) for the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 class _Decoded:
@@ -199,7 +230,7 @@ class _Decoded:
 
     def __init__(self, files: list[Path], rows: np.ndarray, modality: str, model: RetrievalModel) -> None:
         self.files, self.rows, self.modality = files, rows, modality
-        self.transform, self.load_wave, self.load_frames = model.transform, model.load_wave, model.load_frames
+        self.transform, self.load_wave, self.load_clip = model.transform, model.load_wave, model.load_clip
 
     def __len__(self) -> int:
         return len(self.files)
@@ -210,7 +241,7 @@ class _Decoded:
         if self.modality == Modality.IMAGE.value:
             return self.transform(open_image(self.files[k])), int(self.rows[k])
         if self.modality == Modality.VIDEO.value:
-            return self.load_frames(self.files[k]), int(self.rows[k])
+            return self.load_clip(self.files[k]), int(self.rows[k])
         return self.load_wave(self.files[k]), int(self.rows[k])
 
 

@@ -93,7 +93,7 @@ def score_detailed(model: RetrievalModel, frame: pd.DataFrame, root: Path, media
     """
     load = open_image if modality == Modality.IMAGE.value else model.load_wave
     if modality == Modality.VIDEO.value:
-        load = model.load_frames_only
+        load = model.load_clip
     ids, media, captions, labels, skipped = gather(frame, root, media_column, modality, load)
     eval_set = build_eval_set(ids, captions, labels)
     text_vecs = model.encode_texts(eval_set.captions)

@@ -61,13 +61,16 @@ def audio_aug_masks(policy: dict[str, Any]) -> tuple[int, float]:
     return int(audio.get("freq_mask", 0)), float(audio.get("time_mask", 0.0))
 
 
-def model_config(mp: ModelParams, text_dim: int, present: list[str]) -> Any:
-    """The :class:`~mmretrieval.models.dual_encoder.ModelConfig` for the modalities present in the training data."""
+def model_config(mp: ModelParams, text_dim: int, present: list[str], audio_tracks: bool = False) -> Any:
+    """The :class:`~mmretrieval.models.dual_encoder.ModelConfig` for the modalities present in the training data;
+    ``audio_tracks``: some training video has an audio track (fused through the audio tower with
+    ``model.video_audio``)."""
     from mmretrieval.models.dual_encoder import ModelConfig
     from mmretrieval.models.efficientnet import is_pretrained_cnn, provenance
 
     with_video = Modality.VIDEO.value in present
     with_images = Modality.IMAGE.value in present or with_video  # video frames go through the image tower
+    video_audio = with_video and audio_tracks and mp.video_audio and bool(mp.audio_tower)
     source = {}
     if with_images and is_pretrained_cnn(mp.image_backbone):
         origin = provenance(mp.image_backbone)
@@ -80,10 +83,10 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str]) -> Any:
         image_trainable_layers=mp.image_trainable_layers if with_images else 0,
         image_trainable_blocks=mp.image_trainable_blocks if with_images else 0,
         image_head=mp.image_head, text_head=mp.text_head, image_dropout=mp.image_dropout,
-        audio_tower=mp.audio_tower if Modality.AUDIO.value in present else "",
+        audio_tower=mp.audio_tower if Modality.AUDIO.value in present or video_audio else "",
         audio_sample_rate=mp.audio_sample_rate, audio_seconds=mp.audio_seconds, n_mels=mp.n_mels,
         audio_norm=mp.audio_norm, video_pool=mp.video_pool if with_video else "", video_frames=mp.video_frames,
-        **source)
+        video_audio=video_audio, **source)
 
 
 @per_dataset("train")  # locks.py: a second run of this dataset waits
@@ -124,7 +127,8 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
     np.random.seed(p.seed)
     device = pick_device(settings.device)
     text = TextEncoder(mp.text_model, device=device, trainable_layers=mp.text_trainable_layers)
-    net = build(model_config(mp, text.dim, items.present), mp.image_weights, text=text, device=device).to(device)
+    net = build(model_config(mp, text.dim, items.present, any(items.audio_tracks)), mp.image_weights, text=text,
+                device=device).to(device)
     config = net.config  # a pretrained image backbone brings its own image size and normalisation
     if config.audio_tower:
         net.audio_backbone.frontend.masks = audio_aug_masks(policy)  # SpecAugment, active in training mode only
@@ -143,9 +147,9 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
                 net.project_image
             members = dataset_.members  # items with several captions are drawn once per caption
         elif modality == Modality.VIDEO.value and net.image_frozen:  # K frames per clip through the backbone, once
-            feats = data.cached_video_features(net, items, members, clean_dir, device)
-            dataset_, workers, encoders[modality] = data.FeatureDataset(feats, members, items.captions), 0, \
-                net.project_video
+            feats, waves, audio = data.cached_video_features(net, items, members, clean_dir, device)
+            dataset_, workers = data.VideoFeatureDataset(feats, waves, audio, members, items.captions), 0
+            encoders[modality] = lambda b: net.project_video(b.pixels, b.wave, b.audio)  # audio tracks fused
             members = dataset_.members
         else:
             transform = train_transform(config, policy.get("image", {}))

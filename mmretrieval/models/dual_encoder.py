@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -39,10 +40,15 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 HEADS = ("none", "linear", "mlp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+AUDIO_GATE_INIT = -1.0  # logit of the weight of a clip's audio track at the start of training: sigmoid(-1) = 0.27
+SILENT_PEAK = 1e-4  # an audio track whose samples never reach this is silent: the clip counts as without audio
+PRECISIONS = ("fp32", "bf16")
+FRAME_CHUNK = 16  # frames per image-tower call when embedding: small batches stay in the CPU caches
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class ModelConfig:
     video_frames: int = 8  # K: frames sampled per clip by seeking (mmretrieval/video.py)
     image_concepts: int = 0  # classes of the backbone's ImageNet classifier whose name embeddings are mixed into
     # image vectors (a learned weight; needs text_head "none"). Set by `mmr distill` from the re-ranker's vocabulary
+    video_audio: bool = False  # a clip's audio track, when it has one, through the audio tower, fused (learned weight)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -157,6 +164,11 @@ class DualEncoder(nn.Module):
             from mmretrieval.models.temporal import TemporalPool
 
             self.temporal = TemporalPool(config.video_pool, width, config.video_frames)
+        if config.video_audio:
+            if not (config.video_pool and config.audio_tower):
+                raise ModelError("model.video_audio fuses a clip's audio track through the audio tower: it needs "
+                                 "video_pool and audio_tower")
+            self.video_audio_gate = nn.Parameter(torch.tensor(AUDIO_GATE_INIT))  # logit of the audio track's weight
         self.text_proj = make_head(config.text_head, config.text_dim, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
 
@@ -219,27 +231,60 @@ class DualEncoder(nn.Module):
         """(B, T) waveforms at ``audio_sample_rate`` -> (B, embed_dim) unit vectors."""
         return nn.functional.normalize(self.audio_proj(self.audio_backbone(wave)), dim=-1)
 
-    def project_video(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, K, width) frame features -> (B, embed_dim) clip unit vectors (temporal pooling, then the image head)."""
-        return self.project_image(self.temporal(features))
+    @property
+    def audio_weight(self) -> float:
+        """The learned weight (0..1) of a clip's audio track in its vector; 0 when the model does not fuse audio."""
+        return float(torch.sigmoid(self.video_audio_gate).item()) if self.config.video_audio else 0.0
+
+    def project_video(self, features: torch.Tensor, wave: torch.Tensor | None = None,
+                      audio: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K, width) frame features -> (B, embed_dim) clip unit vectors: temporal pooling, then the image head.
+
+        With ``model.video_audio``, ``wave`` ((B, T) audio tracks at ``audio_sample_rate``) and ``audio`` ((B,)
+        bool, the clip has a track): the clips with a track are ``normalize((1 - w) * frames + w * track)``, the
+        track through the audio tower and ``w`` the learned weight (sigmoid of ``video_audio_gate``); the others
+        (and every clip when ``wave`` is None) keep the frames' vector unchanged.
+        """
+        clips = self.project_image(self.temporal(features))
+        if wave is None or audio is None or not self.config.video_audio or not bool(audio.any()):
+            return clips
+        rows = audio.nonzero().squeeze(1)  # the audio tower sees only real tracks (its BatchNorm, its cost)
+        w = torch.sigmoid(self.video_audio_gate)
+        mixed = nn.functional.normalize((1 - w) * clips[rows] + w * self.encode_audio(wave[rows]), dim=-1)
+        return clips.index_put((rows,), mixed.to(clips.dtype))
 
     def frame_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, K, 3, S, S) frames -> (B, K, width) backbone features."""
         b, k = pixels.shape[:2]
         return self.image_features(pixels.flatten(0, 1)).reshape(b, k, -1)
 
-    def encode_video(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, K, 3, S, S) normalised frames -> (B, embed_dim) clip unit vectors."""
-        return self.project_video(self.frame_features(pixels))
+    def encode_video(self, pixels: torch.Tensor, wave: torch.Tensor | None = None,
+                     audio: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K, 3, S, S) normalised frames (and the audio tracks of :meth:`project_video`) -> (B, embed_dim)."""
+        return self.project_video(self.frame_features(pixels), wave, audio)
 
-    def encode(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
+    def encode(self, modality: str, batch: Any) -> torch.Tensor:
+        """A training batch of ``modality`` -> (B, embed_dim) unit vectors (video: a :class:`VideoClip` batch)."""
         if modality == "video":
-            return self.encode_video(batch)
+            return self.encode_video(batch.pixels, batch.wave, batch.audio)
         return self.encode_image(batch) if modality == "image" else self.encode_audio(batch)
 
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
         """(B, text_dim) sentence embeddings -> (B, embed_dim) unit vectors."""
         return nn.functional.normalize(self.text_proj(features), dim=-1)
+
+
+class VideoClip(NamedTuple):
+    """A clip as the model takes it (a DataLoader batch of them stacks each field: a leading B dimension)."""
+
+    pixels: torch.Tensor  # (K, 3, S, S) preprocessed frames, sampled by seeking
+    times: torch.Tensor  # (K,) seconds: when each frame was shown
+    wave: torch.Tensor  # (T,) the audio track (zeros when there is none); (0,) when the model fuses no audio
+    audio: torch.Tensor  # () bool: the clip has an audio track the model fuses
+
+    def to(self, device: str, non_blocking: bool = False) -> VideoClip:
+        """Every field on ``device``."""
+        return VideoClip(*(t.to(device, non_blocking=non_blocking) for t in self))
 
 
 def make_head(kind: str, d_in: int, d_out: int) -> nn.Module:
@@ -260,6 +305,71 @@ def pretrained_image_tower(config: ModelConfig, text: TextEncoder | None, device
     else:
         model, _ = load_sentence_transformer(ref, device, what)
     return PretrainedImageTower(ref, model, config.image_trainable_layers)
+
+
+def load_clip(config: ModelConfig, path: Path, transform: Any = None) -> VideoClip:
+    """A video file as a model of ``config`` takes it: K frames sampled by seeking, preprocessed as images are (the
+    evaluation resize and centre crop, normalised; ``transform``: :func:`eval_transform`, made when None), their
+    times, and the audio track when the model fuses one. Training, evaluation and embedding all load clips here.
+    Raises :class:`~mmretrieval.errors.MediaError` (a ``BadVideo``) when the frames do not decode."""
+    from mmretrieval.video import read_frame_arrays
+
+    short = int(config.image_size / config.image_crop_pct)
+    arrays = read_frame_arrays(path, config.video_frames, short_side=short)
+    wave, audio = load_track(config, path)
+    pixels = preprocess_frames(config, arrays.pixels, transform or eval_transform(config))
+    return VideoClip(pixels, torch.tensor(arrays.times), wave, audio)
+
+
+def preprocess_frames(config: ModelConfig, frames: np.ndarray, transform: Any) -> torch.Tensor:
+    """(K, H, W, 3) uint8 RGB frames -> (K, 3, S, S): what ``transform`` (:func:`eval_transform`) makes of them.
+
+    Frames already at the resize size (short side ``image_size / image_crop_pct``, as
+    :func:`~mmretrieval.video.read_frame_arrays` scales larger ones) are centre-cropped and normalised as one
+    tensor (the transform's resize is then a no-op: the same values up to float rounding); smaller ones, which the
+    transform enlarges, go through it one by one as images.
+    """
+    import numpy as np
+
+    short, size = int(config.image_size / config.image_crop_pct), config.image_size
+    h, w = frames.shape[1:3]
+    if min(h, w) != short:
+        from PIL import Image
+
+        return torch.stack([transform(Image.fromarray(f)) for f in frames])
+    top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
+    x = torch.from_numpy(np.ascontiguousarray(frames[:, top:top + size, left:left + size])).permute(0, 3, 1, 2)
+    mean = torch.tensor(config.mean).view(1, 3, 1, 1)
+    std = torch.tensor(config.std).view(1, 3, 1, 1)
+    return ((x.float() / 255) - mean) / std
+
+
+def load_track(config: ModelConfig, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The audio track of a video as the audio tower takes it, and whether there is one: ((T,), () bool).
+
+    ``T`` is ``audio_sample_rate * audio_seconds``: the track (its first minute) is trimmed and loudness-normalised
+    like audio items, and its middle ``audio_seconds`` kept (zero-padded when shorter). No track, a silent one, or
+    one that does not decode (logged): zeros and False, the clip is its frames. Without ``model.video_audio``: a
+    (0,) tensor and False.
+    """
+    import numpy as np
+
+    from mmretrieval.errors import MediaError
+    from mmretrieval.models.audio import fit_length, normalize_wave
+    from mmretrieval.video import read_audio_track
+
+    if not config.video_audio:
+        return torch.zeros(0), torch.tensor(False)
+    rate, length = config.audio_sample_rate, int(config.audio_sample_rate * config.audio_seconds)
+    try:
+        track = read_audio_track(path, rate)
+    except MediaError as e:
+        log.warning("%s: audio track left out (%s)", path.name, e)
+        track = None
+    if track is None or len(track) < int(0.05 * rate) or float(np.abs(track).max()) < SILENT_PEAK:
+        return torch.zeros(length), torch.tensor(False)
+    wave = normalize_wave(track, rate)
+    return torch.from_numpy(fit_length(wave, length, offset=(len(wave) - length) // 2).copy()), torch.tensor(True)
 
 
 def eval_transform(config: ModelConfig) -> Any:
@@ -298,13 +408,28 @@ def train_transform(config: ModelConfig, policy: dict[str, Any]) -> Any:
 class RetrievalModel:
     """What embedding and querying need: both towers, preprocessing, batching. Outputs are numpy unit vectors."""
 
-    def __init__(self, net: DualEncoder, text: TextEncoder, device: str = "cpu") -> None:
+    def __init__(self, net: DualEncoder, text: TextEncoder, device: str = "cpu", precision: str = "fp32") -> None:
         self.net = net.to(device).eval()
         self.text = text
         self.device = device
         self.config = net.config
         self.transform = eval_transform(net.config)
+        self.precision = precision
         self._text_cache: dict[str, torch.Tensor] = {}
+        backbone = getattr(net, "image_backbone", None)
+        if isinstance(backbone, CNNImageTower) and device == "cpu":
+            backbone.model.to(memory_format=torch.channels_last)  # what oneDNN's convolutions run fastest on
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, or ``bf16``: the image tower under bfloat16 autocast on CPU (faster, vectors not exact)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ConfigError(f"embed.precision {value!r} is unknown; use one of {list(PRECISIONS)}")
+        self._precision = value
 
     @property
     def dim(self) -> int:
@@ -347,11 +472,26 @@ class RetrievalModel:
         feats = self.text.encode(texts, batch_size=batch_size).to(self.device)
         return self.net.project_text(feats).float().cpu().numpy()
 
-    @torch.no_grad()
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) normalised pixels -> (N, width) float32 image-tower features, for inference: in chunks of
+        ``FRAME_CHUNK`` images in channels-last layout on CPU (the same values up to float rounding), under autocast
+        on CUDA (float16) or with ``precision="bf16"`` on CPU (bfloat16: cosine ~0.998 to the float32 features)."""
+        cuda = self.device.startswith("cuda")
+        chunk = len(pixels) if cuda else FRAME_CHUNK
+        parts = []
+        with torch.inference_mode(), torch.autocast(device_type="cuda" if cuda else "cpu", enabled=cuda or
+                                                    self.precision == "bf16", dtype=None if cuda else torch.bfloat16):
+            for start in range(0, len(pixels), max(1, chunk)):
+                x = pixels[start:start + chunk].to(self.device, non_blocking=True)
+                if not cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                parts.append(self.net.image_features(x).float())
+        return torch.cat(parts) if parts else torch.zeros(0, self.net.image_proj.in_features, device=self.device)
+
+    @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        with torch.autocast(device_type="cuda", enabled=self.device.startswith("cuda")):
-            out = self.net.encode_image(pixels.to(self.device, non_blocking=True))
-        return out.float().cpu().numpy()
+        """(N, 3, S, S) normalised pixels -> (N, embed_dim) unit vectors."""
+        return self.net.project_image(self.image_features(pixels)).float().cpu().numpy()
 
     def encode_images(self, images: list[Image.Image], batch_size: int = 64) -> np.ndarray:
         import numpy as np
@@ -362,33 +502,28 @@ class RetrievalModel:
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
-    def load_frames(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        """A video file as (K, 3, S, S) preprocessed frames sampled by seeking, and their (K,) times in seconds."""
-        from mmretrieval.video import read_frames
+    def load_clip(self, path: Path) -> VideoClip:
+        """A video file as the model takes it (:func:`load_clip`). Raises :class:`~mmretrieval.errors.MediaError`."""
+        return load_clip(self.config, path, self.transform)
 
-        short = int(self.config.image_size / self.config.image_crop_pct)
-        frames = read_frames(path, self.config.video_frames, short_side=short)
-        return torch.stack([self.transform(im) for im in frames.images]), torch.tensor(frames.times)
+    @torch.inference_mode()
+    def encode_video_pixels(self, clips: VideoClip) -> tuple[np.ndarray, np.ndarray]:
+        """A batch of clips (:class:`VideoClip` fields with a leading B) -> (B, embed_dim) clip unit vectors and
+        (B, K, embed_dim) frame unit vectors (each frame as an image: what a query is compared with to say where in
+        the clip it matched). The B * K frames go through the image tower together (:meth:`image_features`)."""
+        b, k = clips.pixels.shape[:2]
+        feats = self.image_features(clips.pixels.flatten(0, 1)).reshape(b, k, -1)
+        wave = clips.wave.to(self.device) if clips.wave.numel() else None
+        out = self.net.project_video(feats, wave, clips.audio.to(self.device))
+        frames = self.net.project_image(feats.flatten(0, 1)).reshape(b, k, -1)
+        return out.float().cpu().numpy(), frames.float().cpu().numpy()
 
-    def load_frames_only(self, path: Path) -> torch.Tensor:
-        """(K, 3, S, S) preprocessed frames of a video (:meth:`load_frames` without the times)."""
-        return self.load_frames(path)[0]
-
-    @torch.no_grad()
-    def encode_video_pixels(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(B, K, 3, S, S) frames -> (B, embed_dim) clip unit vectors and (B, K, embed_dim) frame unit vectors
-        (each frame as an image: what a query is compared with to say where in the clip it matched)."""
-        with torch.autocast(device_type="cuda", enabled=self.device.startswith("cuda")):
-            feats = self.net.frame_features(pixels.to(self.device, non_blocking=True)).float()
-            clips = self.net.project_video(feats)
-            frames = self.net.project_image(feats.flatten(0, 1)).reshape(*feats.shape[:2], -1)
-        return clips.float().cpu().numpy(), frames.float().cpu().numpy()
-
-    def encode_video_list(self, clips: list[torch.Tensor], batch_size: int = 8) -> np.ndarray:
-        """(K, 3, S, S) frame stacks (from :meth:`load_frames`) -> (N, embed_dim) clip unit vectors."""
+    def encode_video_list(self, clips: list[VideoClip], batch_size: int = 8) -> np.ndarray:
+        """Clips (from :meth:`load_clip`) -> (N, embed_dim) clip unit vectors."""
         import numpy as np
+        from torch.utils.data import default_collate
 
-        parts = [self.encode_video_pixels(torch.stack(clips[i:i + batch_size]))[0]
+        parts = [self.encode_video_pixels(default_collate(clips[i:i + batch_size]))[0]
                  for i in range(0, len(clips), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 

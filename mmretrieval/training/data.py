@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mmretrieval.config import TrainParams
-    from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig
+    from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig, VideoClip
     from mmretrieval.models.towers import TextEncoder
 
 MEDIA = (Modality.IMAGE.value, Modality.AUDIO.value, Modality.VIDEO.value)
@@ -43,12 +43,13 @@ class TrainItems:
     media: list[str]  # file relative to the clean folder
     captions: list[list[str]]  # captions (a labelled item without text: its label), plus materialised text variants
     labels: list[str]  # "" when unlabelled
+    audio_tracks: list[bool]  # a video whose clean metadata records an audio track (``video.has_audio``)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> TrainItems:
         from mmretrieval.evaluate import captions_of
 
-        ids, modalities, media, caps, labels = [], [], [], [], []
+        ids, modalities, media, caps, labels, tracks = [], [], [], [], [], []
         for _, row in frame[frame["modality"].isin(MEDIA)].iterrows():
             c = captions_of(row)
             c += [a for a in split_captions(row.get("aug_text", "")) if a not in c]  # materialised text augmentation
@@ -58,7 +59,8 @@ class TrainItems:
                 media.append(row["media"])
                 caps.append(c)
                 labels.append(str(row["label"]))
-        return cls(ids, modalities, media, caps, labels)
+                tracks.append(row["modality"] == Modality.VIDEO.value and has_audio_track(row.get("metadata", "")))
+        return cls(ids, modalities, media, caps, labels, tracks)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -74,6 +76,18 @@ class TrainItems:
         """Each item's label class index, -1 when unlabelled."""
         index = {lab: k for k, lab in enumerate(sorted(set(self.labels) - {""}))}
         return [index.get(lab, -1) for lab in self.labels]
+
+
+def has_audio_track(metadata: Any) -> bool:
+    """Whether a clean video row's ``metadata`` JSON records an audio track (``{"video": {"has_audio": true}}``)."""
+    import json
+
+    if not isinstance(metadata, str) or not metadata:
+        return False
+    try:
+        return bool(json.loads(metadata).get("video", {}).get("has_audio", False))
+    except (ValueError, AttributeError):
+        return False
 
 
 class CaptionBank:
@@ -113,14 +127,14 @@ class MediaDataset(Dataset):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return len(self.members)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, k: int) -> tuple[Any, int]:
         from mmretrieval.media import open_image
         from mmretrieval.models.audio import augment_wave, change_speed, fit_length, load_audio
 
         i = self.members[k]
         if self.items.modalities[i] == Modality.VIDEO.value:  # a trained backbone: frames decoded once, not augmented
             if i not in self.cache:
-                self.cache[i] = video_pixels(self.clean_dir / self.items.media[i], self.config)
+                self.cache[i] = video_clip(self.clean_dir / self.items.media[i], self.config)
             return self.cache[i], i
         if self.items.modalities[i] == Modality.IMAGE.value:
             if i not in self.cache:
@@ -196,28 +210,45 @@ def cached_image_features(net: DualEncoder, items: TrainItems, members: list[int
     return torch.stack(views)
 
 
-def video_pixels(path: Path, config: ModelConfig) -> torch.Tensor:
-    """(K, 3, S, S) evaluation-preprocessed frames of a clip, sampled by seeking (``config.video_frames``)."""
-    from mmretrieval.models.dual_encoder import eval_transform
-    from mmretrieval.video import read_frames
+def video_clip(path: Path, config: ModelConfig) -> VideoClip:
+    """A clip as the model takes it (evaluation-preprocessed frames sampled by seeking, the audio track when the model
+    fuses one): the same loading as embedding and evaluation."""
+    from mmretrieval.models.dual_encoder import load_clip
 
-    transform = eval_transform(config)
-    frames = read_frames(path, config.video_frames, short_side=int(config.image_size / config.image_crop_pct))
-    return torch.stack([transform(im) for im in frames.images])
+    return load_clip(config, path)
+
+
+class VideoFeatureDataset(FeatureDataset):
+    """Cached frame features of clips with their audio tracks: each draw is a :class:`VideoClip` whose ``pixels`` field
+    holds the (K, width) frame features (``times`` left empty)."""
+
+    def __init__(self, features: torch.Tensor, waves: torch.Tensor, audio: torch.Tensor, members: list[int],
+                 captions: list[list[str]]) -> None:
+        super().__init__(features, members, captions)
+        self.waves, self.audio = waves, audio
+
+    def __getitem__(self, k: int) -> tuple[Any, int]:  # type: ignore[override]
+        from mmretrieval.models.dual_encoder import VideoClip
+
+        pos, i = self.rows[k]
+        return VideoClip(self.features[0, pos], torch.zeros(0), self.waves[pos], self.audio[pos]), i
 
 
 @torch.no_grad()
 def cached_video_features(net: DualEncoder, items: TrainItems, members: list[int], clean_dir: Path, device: str,
-                          batch_size: int = 8) -> torch.Tensor:
+                          batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(1, len(members), K, width): each clip's K frames through the frozen backbone once (one view: a mirrored
-    clip would swap left and right, which captions may name)."""
-    parts = []
+    clip would swap left and right, which captions may name); with them the clips' audio tracks (len(members), T)
+    and whether each has one (len(members),) bool (see :meth:`RetrievalModel.load_track`)."""
+    parts, waves, audio = [], [], []
     for start in range(0, len(members), batch_size):
-        pixels = torch.stack([video_pixels(clean_dir / items.media[i], net.config)
-                              for i in members[start:start + batch_size]]).to(device)
+        clips = [video_clip(clean_dir / items.media[i], net.config) for i in members[start:start + batch_size]]
+        pixels = torch.stack([c.pixels for c in clips]).to(device)
+        waves += [c.wave for c in clips]
+        audio += [c.audio for c in clips]
         with torch.autocast(device_type="cuda", enabled=device.startswith("cuda")):
             parts.append(net.frame_features(pixels).float().cpu())
-    return torch.cat(parts)[None]
+    return torch.cat(parts)[None], torch.stack(waves), torch.stack(audio)
 
 
 def sampler(items: TrainItems, members: list[int], balance_labels: bool, gen: torch.Generator

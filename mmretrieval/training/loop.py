@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from mmretrieval.errors import TrainingError
 from mmretrieval.schema import Modality
@@ -94,7 +95,7 @@ class Validator:
                 continue
             load = open_image if modality == Modality.IMAGE.value else probe.load_wave
             if modality == Modality.VIDEO.value:
-                load = probe.load_frames_only
+                load = probe.load_clip
             try:
                 ids, media, caps, labels, _ = gather(frame, clean_dir, "media", modality, load)
             except TrainingError:
@@ -102,10 +103,11 @@ class Validator:
             eval_set = build_eval_set(ids, caps, labels)
             if modality == Modality.IMAGE.value and net.image_frozen:
                 media = backbone_features(net, media, eval_transform(net.config), device)
-            if modality == Modality.VIDEO.value and net.image_frozen:  # (N, K, width), computed once
+            if modality == Modality.VIDEO.value and net.image_frozen:  # frame features (N, K, width), computed once
                 with torch.no_grad():
-                    media = torch.cat([net.frame_features(torch.stack(media[i:i + 8]).to(device)).float().cpu()
-                                       for i in range(0, len(media), 8)])
+                    feats = torch.cat([net.frame_features(torch.stack([c.pixels for c in media[i:i + 8]]).to(device))
+                                       .float().cpu() for i in range(0, len(media), 8)])
+                media = [c._replace(pixels=f) for c, f in zip(media, feats, strict=True)]
             self.parts.append((modality, eval_set, media, text.encode(eval_set.captions)))
         net.train()
 
@@ -121,10 +123,10 @@ class Validator:
         metrics: dict[str, float] = {}
         for modality, eval_set, media, caption_features in self.parts:
             texts = net.project_text(caption_features.to(self.device)).float().cpu().numpy()
-            if modality == Modality.VIDEO.value:
-                items = (net.project_video(media.to(self.device)) if isinstance(media, torch.Tensor) else
-                         torch.cat([net.encode_video(torch.stack(media[i:i + 8]).to(self.device))
-                                    for i in range(0, len(media), 8)])).float().cpu()
+            if modality == Modality.VIDEO.value:  # clips: frame features (frozen backbone) or frames, audio tracks
+                encode = net.project_video if net.image_frozen else net.encode_video
+                batches = [default_collate(media[i:i + 8]).to(self.device) for i in range(0, len(media), 8)]
+                items = torch.cat([encode(b.pixels, b.wave, b.audio).float().cpu() for b in batches])
             elif modality == Modality.AUDIO.value:
                 items = torch.cat([net.encode_audio(torch.stack(media[i:i + 64]).to(self.device)).float().cpu()
                                    for i in range(0, len(media), 64)])

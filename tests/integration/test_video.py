@@ -136,7 +136,7 @@ def test_frames_are_taken_at_their_timestamps_in_every_container_and_at_a_variab
 
 
 def test_mmr_run_takes_generated_clips_to_search_hits_that_say_when_they_matched(video_workspace: Path) -> None:
-    from mmretrieval.moving_digits import digit_images, write_clips
+    from mmretrieval.moving_digits import clip_frames, digit_images, write_clips
 
     (video_workspace / "params.yaml").write_text(VIDEO_PARAMS)
     src = video_workspace.parent / "src"
@@ -144,6 +144,11 @@ def test_mmr_run_takes_generated_clips_to_search_hits_that_say_when_they_matched
     rows = write_clips(src / "clips", images, targets, range(6), frames=8, size=64)
     for i, r in enumerate(rows):
         r["split"] = "test" if i < 4 else "train"
+    tone = 0.3 * np.sin(2 * np.pi * 330 * np.arange(16000) / 16000)
+    for r in rows[4:10]:  # six training clips get an audio track: the model trains with it fused
+        stem = Path(r["path"]).stem
+        write_clip(src / r["path"], clip_frames(images[int(stem[5:9])], stem.split("_")[1], 8, 64), fps=8.0,
+                   audio=tone)
     # a frame of a clip as the query (image -> video): the clips last 1 s (8 frames at 8 fps), so the K = 4 sampled
     # times are 0.125, 0.375, 0.625 and 0.875 s; the query is the frame at the third
     frame = read_frames(src / "clips/digit0003_left.mp4", times=[0.625]).images[0]
@@ -158,6 +163,10 @@ def test_mmr_run_takes_generated_clips_to_search_hits_that_say_when_they_matched
     assert "t2v_recall@10" in results["promote"]["reasons"][0]  # the gate fell back to the video twin of t2i_*
     assert results["embed"]["modalities"] == {"video": 24}
     assert results["publish"]["checks"]["rows"] == 24
+    clean = pd.read_parquet(video_workspace / "data/clean/vid/manifest.parquet")
+    assert sum(json.loads(m)["video"]["has_audio"] for m in clean["metadata"]) == 6
+    configs = [json.loads(c.read_text()) for c in video_workspace.rglob("model/config.json")]
+    assert configs and all(c["video_audio"] and c["audio_tower"] == "cnn" for c in configs)  # trained with tracks
 
     out = mmr("search", "a zero moving up", "--dataset", "vid", "--k", "3", cwd=video_workspace)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -186,3 +195,107 @@ def test_the_shared_sample_videos_decode_by_seeking(tmp_path: Path) -> None:
     assert {k: v for k, v in problems.items() if v is not None} == {}
     assert sum(probe(p).has_audio for p in paths) >= 1
     assert len(read_frames(paths[0], k=8, short_side=256).images) == 8
+
+
+def test_a_clips_audio_track_is_read_from_the_file_and_fused_and_a_clip_without_one_is_its_frames(
+        tmp_path: Path) -> None:
+    """Three real MP4s with the same frames: a 440 Hz track, a 1760 Hz track, no track. The track is decoded from the
+    container (its pitch survives), each one moves the clip's vector its own way, and the clip without one gets the
+    frames' vector, as a model that fuses no audio gives it."""
+    import dataclasses
+
+    import torch
+
+    from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig, RetrievalModel
+    from mmretrieval.video import probe, read_audio_track
+
+    t = np.arange(16000 * 3) / 16000
+    frames = noise(30, seed=3)
+    paths = {f: write_clip(tmp_path / f"{f}.mp4", frames, fps=10, audio=(0.3 * np.sin(2 * np.pi * f * t)))
+             for f in (440, 1760)}
+    paths[0] = write_clip(tmp_path / "silent_film.mp4", frames, fps=10)
+    assert [probe(p).has_audio for p in paths.values()] == [True, True, False]
+    for f in (440, 1760):
+        wave = read_audio_track(paths[f], 16000)
+        assert abs(len(wave) / 16000 - 3.0) < 0.1
+        assert abs(np.abs(np.fft.rfft(wave)).argmax() * 16000 / len(wave) - f) < 5
+    assert read_audio_track(paths[0], 16000) is None
+
+    config = ModelConfig(text_model="unused", text_dim=16, image_backbone="resnet18", image_size=32, embed_dim=8,
+                         text_head="linear", video_pool="attention", video_frames=4, audio_tower="cnn",
+                         video_audio=True)
+    torch.manual_seed(0)
+    model = RetrievalModel(DualEncoder(config), text=None)  # type: ignore[arg-type]
+    clips = [model.load_clip(p) for p in paths.values()]
+    assert [bool(c.audio) for c in clips] == [True, True, False]
+    assert clips[2].wave.abs().max() == 0 and clips[0].wave.shape == (24000,)  # the middle 1.5 s of the track
+    vectors = model.encode_video_list(clips)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    frames_only = model.encode_video_list([c._replace(audio=torch.tensor(False)) for c in clips])
+    assert np.array_equal(vectors[2], frames_only[2])  # no track: the frames' vector
+    assert not np.allclose(vectors[0], frames_only[0], atol=1e-3) and not np.allclose(vectors[1], frames_only[1],
+                                                                                        atol=1e-3)
+    swapped = model.encode_video_list([clips[0]._replace(wave=clips[1].wave)])  # 440 Hz clip's frames, 1760 Hz track
+    assert not np.allclose(swapped[0], vectors[0], atol=1e-3)  # the track's content matters, not just its presence
+    with torch.no_grad():
+        model.net.video_audio_gate.fill_(-30.0)  # the learned weight is what lets the track in
+    assert np.allclose(model.encode_video_list(clips[:2]), frames_only[:2], atol=1e-5)
+
+    deaf = RetrievalModel(DualEncoder(dataclasses.replace(config, video_audio=False)), text=None)  # type: ignore[arg-type]
+    clip = deaf.load_clip(paths[440])
+    assert clip.wave.numel() == 0 and not bool(clip.audio)  # a model that fuses no audio does not read the track
+
+
+def test_frame_arrays_hold_the_pixels_of_read_frames_upright_and_preprocess_as_the_image_transform(
+        tmp_path: Path) -> None:
+    import torch
+
+    from mmretrieval.models.dual_encoder import ModelConfig, eval_transform, preprocess_frames
+    from mmretrieval.video import read_frame_arrays
+
+    wide = noise(12, h=120, w=200, seed=4)
+    for name, rotation in (("plain.mp4", None), ("turned.mp4", 90), ("upside.mkv", 180)):
+        path = write_clip(tmp_path / name, wide, fps=6, rotation=rotation)
+        for short in (0, 64):
+            images = read_frames(path, k=3, short_side=short)
+            arrays = read_frame_arrays(path, k=3, short_side=short)
+            assert arrays.times == images.times
+            assert [np.asarray(im).shape for im in images.images] == [a.shape for a in arrays.pixels], name
+            assert all(np.array_equal(np.asarray(im), a) for im, a in zip(images.images, arrays.pixels, strict=True))
+    assert read_frame_arrays(tmp_path / "turned.mp4", k=1).pixels.shape == (1, 200, 120, 3)  # upright: portrait
+    config = ModelConfig(text_model="unused", text_dim=16, image_backbone="resnet18", image_size=48, embed_dim=8,
+                         image_crop_pct=0.75, image_interpolation="bicubic")
+    transform = eval_transform(config)
+    for short in (64, 0):  # at the resize size (one tensor op), and smaller (the transform enlarges it)
+        arrays = read_frame_arrays(tmp_path / "plain.mp4", k=3, short_side=short)
+        if short == 0:
+            arrays = read_frame_arrays(write_clip(tmp_path / "small.mp4", noise(6, h=40, w=56), fps=6), k=3)
+        expected = torch.stack([transform(im) for im in
+                                read_frames(tmp_path / ("plain.mp4" if short else "small.mp4"), k=3,
+                                            short_side=short).images])
+        got = preprocess_frames(config, arrays.pixels, transform)
+        assert got.shape == expected.shape == (3, 3, 48, 48)
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_skipping_non_reference_frames_on_the_way_still_returns_the_frame_on_screen_at_each_target(
+        tmp_path: Path) -> None:
+    """25 fps H.264 with B-frames, one keyframe or one every 2 s or 0.5 s: the decoder drops non-reference frames
+    while far from a target, yet every sampled frame is the one shown at its target (within half a frame), as its
+    content (a bright column at x = frame number) says."""
+    import av
+
+    from mmretrieval.video import read_frame_arrays, sample_times
+
+    frames = np.zeros((250, 48, 256, 3), dtype=np.uint8)
+    for i in range(250):
+        frames[i, :, i, :2] = 255
+    for gop in (250, 50, 12):
+        path = write_clip(tmp_path / f"gop{gop}.mp4", frames, fps=25, gop=gop)
+        with av.open(str(path)) as c:
+            assert av.video.frame.PictureType.B in {f.pict_type for f in c.decode(video=0)}  # something to skip
+        for k in (8, 16, 50):
+            got = read_frame_arrays(path, k)
+            assert [int(a[:, :, 1].sum(axis=0).argmax()) for a in got.pixels] == [round(t * 25) for t in got.times]
+            assert all(abs(t - want) <= 0.5 / 25 + 1e-6 for t, want in zip(got.times, sample_times(10.0, k),
+                                                                           strict=True)), (gop, k)
