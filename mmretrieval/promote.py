@@ -111,6 +111,9 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     _log(settings, dataset, entry)
     tracking.log_run(settings, challenger["run_id"], tags={"gate.decision": entry["action"],
                                                            "gate.reasons": " | ".join(decision.reasons)})
+    registered = tracking.get_version(settings, settings.registered_model(dataset), challenger["version"])
+    tracking.describe_version(settings, registered, gate_decision=entry["action"],
+                              gate_reasons=" | ".join(decision.reasons))
     log.info("promote %s: %s v%s (%s)", dataset, entry["action"], challenger["version"], "; ".join(decision.reasons))
     return {"dataset": dataset, "promoted": promoted, "version": challenger["version"], "reasons": decision.reasons,
             "champion": challenger["version"] if promoted else (champion or {}).get("version")}

@@ -10,8 +10,10 @@ The parts live in :mod:`mmretrieval.training` (data, loop, selection, schedule, 
    is kept (:class:`~mmretrieval.training.selection.EpochSelector`) and training stops early after
    ``train.patience`` epochs without improvement; a checkpoint is written after every epoch under
    ``var/checkpoints/<dataset>/<fingerprint>/``, so a rerun with the same params and data resumes a killed run;
-4. the kept weights are logged as the run's ``model`` artifact and registered as a new version with the
-   ``challenger`` alias; ``evaluate`` and ``promote`` decide whether it serves.
+4. the training manifest is logged as the run's input (``mlflow.log_input``: dataset name, manifest digest, DVC
+   data version); the kept weights are logged as the run's ``model`` artifact, an MLflow ``pyfunc`` model
+   (:mod:`mmretrieval.models.pyfunc`), and registered as a new version with the ``challenger`` alias and a
+   description; ``evaluate`` and ``promote`` decide whether it serves and add their metrics and decision to it.
 
 With ``model.text_trainable_layers`` / ``image_trainable_layers`` / ``image_trainable_blocks`` > 0 the top blocks
 of the pretrained towers train too, at ``train.tuned_lr``.
@@ -88,6 +90,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    from mmretrieval.models import pyfunc
     from mmretrieval.models.dual_encoder import RetrievalModel, build, eval_transform, pick_device, train_transform
     from mmretrieval.models.losses import symmetric_info_nce, triplet_hardest
     from mmretrieval.models.towers import TextEncoder
@@ -184,6 +187,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             mlflow.log_params({"train_items": len(items), "val_items": int(len(val_frame)), "captions": len(captions),
                                "image_weights_source": config.image_weights_source or "none"})
             mlflow.log_dict(policy, "augmentation_policy.json")
+            tracking.log_dataset(dataset, data_version, aug_dir / "manifest.parquet", train_frame)
         bar = tqdm(range(first_epoch, p.epochs + 1), desc=f"train {dataset}", unit="epoch", disable=None,
                    initial=first_epoch - 1, total=p.epochs)
         for epoch in bar:
@@ -215,11 +219,11 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         mlflow.log_metrics({"best_epoch": selector.best_epoch, "epochs_run": len(history),
                             "train_seconds": time.monotonic() - started})
         with tempfile.TemporaryDirectory() as tmp:
-            RetrievalModel(net, text, device).save(Path(tmp))
-            mlflow.log_artifacts(tmp, artifact_path=tracking.MODEL_ARTIFACT)
+            pyfunc.save(RetrievalModel(net, text, device), Path(tmp) / "model")
+            mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path=tracking.MODEL_ARTIFACT)
         run_id = mlrun.info.run_id
     ref = tracking.register(settings, dataset, run_id)
-    tracking.tag_version(settings, ref, {"data_version": data_version, "git_sha": code_version})
+    tracking.describe_version(settings, ref, data_version=data_version, git_sha=code_version)
     tracking.set_alias(settings, dataset, tracking.CHALLENGER, ref.version)
     ckpt.remove()
     best_epoch = selector.best_epoch
