@@ -3,7 +3,6 @@ platform's vectors; the run has its dataset input, the version a description (re
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -56,7 +55,8 @@ def test_the_champion_loads_with_mlflow_pyfunc_and_gives_the_platforms_vectors(c
     assert meta.signature.outputs.inputs[0].shape == (-1, platform.dim)
     assert meta.saved_input_example_info is not None
     local = Path(mlflow.artifacts.download_artifacts("models:/mmr-tiny@champion"))
-    assert (local / Path(flavor["model_code_path"]).name).read_text().count("mlflow.models.set_model(RetrievalPyfunc())") == 1
+    code = (local / Path(flavor["model_code_path"]).name).read_text(encoding="utf-8")
+    assert code.count("mlflow.models.set_model(RetrievalPyfunc())") == 1
     assert not list(local.rglob("*.pkl")) and (local / "artifacts/retrieval_model/weights.safetensors").is_file()
     with pytest.raises(QueryError, match="row 0 has 2 non-empty columns"):
         served.predict(pd.DataFrame([{"text": "x", "image": png}]))
