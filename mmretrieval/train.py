@@ -11,9 +11,10 @@ The parts live in :mod:`mmretrieval.training` (data, loop, selection, schedule, 
    ``train.patience`` epochs without improvement; a checkpoint is written after every epoch under
    ``var/checkpoints/<dataset>/<fingerprint>/``, so a rerun with the same params and data resumes a killed run;
 4. the training manifest is logged as the run's input (``mlflow.log_input``: dataset name, manifest digest, DVC
-   data version); the kept weights are logged as the run's ``model`` artifact, an MLflow ``pyfunc`` model
-   (:mod:`mmretrieval.models.pyfunc`), and registered as a new version with the ``challenger`` alias and a
-   description; ``evaluate`` and ``promote`` decide whether it serves and add their metrics and decision to it.
+   data version) with the validation's data docs page (artifact ``data_docs/``); the kept weights are logged as
+   the run's ``model`` artifact, an MLflow ``pyfunc`` model (:mod:`mmretrieval.models.pyfunc`), and registered as
+   a new version with the ``challenger`` alias and a description; ``evaluate`` and ``promote`` decide whether it
+   serves and add their metrics and decision to it.
 
 With ``model.text_trainable_layers`` / ``image_trainable_layers`` / ``image_trainable_blocks`` > 0 the top blocks
 of the pretrained towers train too, at ``train.tuned_lr``.
@@ -36,6 +37,7 @@ from mmretrieval.config import ModelParams, Settings, get_settings
 from mmretrieval.errors import ConfigError, TrainingError
 from mmretrieval.io import read_json, read_parquet
 from mmretrieval.metrics import resolve_metric
+from mmretrieval.prep import data_docs
 from mmretrieval.schema import Modality, Split
 from mmretrieval.training.checkpoint import Checkpoint, fingerprint
 from mmretrieval.training.selection import EpochSelector
@@ -188,6 +190,9 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                                "image_weights_source": config.image_weights_source or "none"})
             mlflow.log_dict(policy, "augmentation_policy.json")
             tracking.log_dataset(dataset, data_version, aug_dir / "manifest.parquet", train_frame)
+            docs = settings.stage_dir("validated", dataset) / data_docs.FILE_NAME
+            if docs.is_file():  # the validation's data docs page, viewable in the run's artifacts
+                mlflow.log_artifact(str(docs), artifact_path="data_docs")
         bar = tqdm(range(first_epoch, p.epochs + 1), desc=f"train {dataset}", unit="epoch", disable=None,
                    initial=first_epoch - 1, total=p.epochs)
         for epoch in bar:

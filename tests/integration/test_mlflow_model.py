@@ -78,6 +78,11 @@ def test_the_run_logs_its_dataset_and_the_version_describes_data_metrics_and_gat
     assert logged.dataset.digest == hashlib.md5(manifest.read_bytes(), usedforsecurity=False).hexdigest()
     assert {t.key: t.value for t in logged.tags}["data_version"] == data_version
 
+    docs = [f.path for f in c.list_artifacts(ref.run_id, "data_docs")]
+    assert docs == ["data_docs/data_docs.html"]  # the validation's page, linked from the run
+    page = Path(c.download_artifacts(ref.run_id, "data_docs/data_docs.html", str(champion / "dl"))).read_text()
+    assert f"Data version (DVC): <code>{data_version}</code>" in page
+
     description = c.get_model_version(ref.name, ref.version).description
     assert f"Data version (DVC): {data_version}" in description
     assert "Test metrics: " in description and "t2i_recall@1=" in description
