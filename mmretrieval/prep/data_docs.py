@@ -93,7 +93,7 @@ def summary_html(dataset: str, data_version: str, status: str, errors: Sequence[
                "<th>reason code</th></tr>")
     for i, e in enumerate(expectations, start=1):
         ok = "passed" if e["success"] else "failed"
-        args = ", ".join(f"{k}={v!r}" for k, v in e["kwargs"].items())
+        args = ", ".join(f"{k}='{v}'" if isinstance(v, str) else f"{k}={v!r}" for k, v in e["kwargs"].items())
         out.append(f'<tr><td>{i}</td><td><code>{_cell(e["expectation"])}</code></td><td>{_cell(args)}</td>'
                    f'<td class="mmr-{"pass" if e["success"] else "fail"}">{ok}</td>'
                    f'<td>{e["unexpected_count"]}</td><td><code>{_cell(e["reason"])}</code></td></tr>')

@@ -8,7 +8,10 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
+
 from mmretrieval.datasets import ingest
+from mmretrieval.errors import ValidationFailed
 from mmretrieval.prep import validate
 from tests.conftest import write_manifest
 from tests.integration.test_bad_input import good_rows
@@ -75,20 +78,28 @@ def test_a_passing_validation_page_is_offline_and_names_dataset_version_expectat
     assert f"{report['valid']} of {report['rows']} rows usable" in page
 
 
-def test_the_page_renders_in_a_headless_browser_without_the_network(workspace: Path, browser: object,  # noqa: F811
-                                                                   tmp_path: Path) -> None:
+def test_passing_and_failing_pages_render_in_a_headless_browser_without_the_network(
+        workspace: Path, browser: object, tmp_path: Path) -> None:  # noqa: F811
     ingest(bad_dataset(workspace), "bad")
-    page = Path(validate.run("bad")["data_docs"])
+    passing = Path(validate.run("bad")["data_docs"])
+    src = workspace.parent / "dups"
+    ingest(write_manifest(src, good_rows(src, 2) + [{"id": "ok0", "modality": "image", "path": "images/ok1.png",
+                                                    "text": "again"}]), "dups")
+    with pytest.raises(ValidationFailed):
+        validate.run("dups")
+    failing = workspace / "data/validated/dups/data_docs.html"
     driver = browser
-    driver.get(page.resolve().as_uri())  # type: ignore[attr-defined]
-    fetched = driver.execute_script(  # type: ignore[attr-defined]
-        "return performance.getEntriesByType('resource').map(e => e.name)")
-    assert fetched == []
-    assert "bad" in driver.find_element("css selector", "#mmr-summary h2").text  # type: ignore[attr-defined]
-    color = driver.execute_script(  # type: ignore[attr-defined]
-        "return getComputedStyle(document.querySelector('th')).backgroundColor")
-    assert color == "rgb(241, 243, 245)"  # the inlined stylesheet applies
-    shot = tmp_path / "data_docs.png"
-    driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
-    assert shot.stat().st_size > 10_000
-    print(f"screenshot: {shot}")
+    for name, page, verdict in (("bad", passing, "passed"), ("dups", failing, "failed")):
+        driver.get(page.resolve().as_uri())  # type: ignore[attr-defined]
+        fetched = driver.execute_script(  # type: ignore[attr-defined]
+            "return performance.getEntriesByType('resource').map(e => e.name)")
+        assert fetched == [], f"{name}: the page fetched {fetched}"
+        summary = driver.find_element("css selector", "#mmr-summary").text  # type: ignore[attr-defined]
+        assert f"Validation of dataset {name}" in summary and f"Verdict: {verdict}" in summary
+        color = driver.execute_script(  # type: ignore[attr-defined]
+            "return getComputedStyle(document.querySelector('th')).backgroundColor")
+        assert color == "rgb(241, 243, 245)"  # the inlined stylesheet applies
+        shot = tmp_path / f"data_docs_{name}.png"
+        driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
