@@ -96,11 +96,11 @@ def main() -> None:
                             if k.endswith(("recall@1", "precision@10")) and k[:3] in ("t2i", "i2t", "t2a", "a2t")}
     import pandas as pd
 
-    clean = pd.read_parquet(s.stage_dir("clean", "digits") / "manifest.parquet")
+    clean = pd.read_parquet(s.layout("digits").clean_manifest)
     test = clean[clean["split"] == "test"]
     with RetrievalClient("digits", settings=s) as client:
         model, centre = client._model_for(client.index.require_alias(client.alias))  # the serving model
-        clean_dir = s.stage_dir("clean", "digits")
+        clean_dir = s.layout("digits").clean
         audio = test[test["modality"] == "audio"]
         images = test[test["modality"] == "image"]
         a_vecs = centre.apply(model.encode_audio_files([clean_dir / m for m in audio["media"]]), "audio")

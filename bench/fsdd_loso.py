@@ -84,7 +84,7 @@ def corpus_centred(settings: Any, dataset: str) -> dict[str, float]:
     from mmretrieval.centring import fit
     from mmretrieval.metrics import both_directions, build_eval_set
 
-    clean_dir = settings.stage_dir("clean", dataset)
+    clean_dir = settings.layout(dataset).clean
     clean = pd.read_parquet(clean_dir / "manifest.parquet")
     model = tracking.load_model(settings, tracking.require_alias(settings, dataset, tracking.CHALLENGER), "cpu")
     vectors = model.encode_audio_files([clean_dir / m for m in clean["media"]])

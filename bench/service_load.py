@@ -111,7 +111,7 @@ def main() -> None:
     from mmretrieval.config import get_settings
 
     s = get_settings()
-    clean_dir = s.stage_dir("clean", args.dataset)
+    clean_dir = s.layout(args.dataset).clean
     clean = pd.read_parquet(clean_dir / "manifest.parquet")
     texts = [t.split(" ||| ")[0] for t in clean["text"] if t] or ["a photo"]
     images = [(clean_dir / m).read_bytes() for m in clean[clean["modality"] == "image"]["media"]][:64]

@@ -45,13 +45,13 @@ def main() -> None:
     ds = args.dataset
     ref = tracking.require_alias(s, ds, tracking.CHAMPION)
     model = tracking.load_model(s, ref, pick_device(s.device))
-    clean_dir = s.stage_dir("clean", ds)
+    clean_dir = s.layout(ds).clean
     clean = pd.read_parquet(clean_dir / "manifest.parquet")
     images = clean[clean["modality"] == "image"]
     bs = s.params_for(ds).embed.batch_size
 
     # --- embed: pipeline vs raw forward --------------------------------------------------------------------
-    shutil.rmtree(embed.output_dir(s, ds, ref.version), ignore_errors=True)
+    shutil.rmtree(s.layout(ds).embeddings(ref.version), ignore_errors=True)
     t = time.perf_counter()
     summary = embed.run(ds, s)
     pipeline_s = time.perf_counter() - t

@@ -2,9 +2,9 @@
 nothing heavy is imported when the scheduler parses this file.
 
 * ``mmr_pipeline``: the whole path in one run (``make demo`` and the integration test use it): prepare (validate ->
-  clean -> augment) -> model (train -> evaluate -> promote) -> serve (embed_plan -> embed_shard mapped over the
-  pending shards -> embed -> publish_build -> publish_check -> publish, the alias swap). A failure stops everything
-  after it: a hard validation failure never trains.
+  clean -> augment) -> model (train -> evaluate -> rerank -> promote) -> serve (embed_plan -> embed_shard mapped
+  over the pending shards -> embed -> publish_build -> publish_check -> publish, the alias swap). A failure stops
+  everything after it: a hard validation failure never trains.
   Run: ``mmr dag-test --dataset demo`` or ``airflow dags test mmr_pipeline -c '{"dataset": "demo"}'``.
 * The same stages as three DAGs chained by Assets, for scheduled operation: ``mmr_prepare`` updates
   ``mmr_clean_data``; ``mmr_model`` runs on it and updates ``mmr_champion_model``; ``mmr_serve`` runs on that and
@@ -12,8 +12,8 @@ nothing heavy is imported when the scheduler parses this file.
   starts a second chain). Each event carries ``{"dataset": NAME}``; a run works on every dataset of the events it
   consumed (tasks mapped over them), so two datasets prepared back to back are both trained and served.
 
-Every run pins its inputs: ``evaluate`` and ``promote`` act on the model version their ``train`` registered;
-``embed_plan`` resolves the champion once and every later serve task works on that model and data version (a
+Every run pins its inputs: ``evaluate``, ``rerank`` and ``promote`` act on the model version their ``train``
+registered; ``embed_plan`` resolves the champion once and every later serve task works on that model and data version (a
 champion promoted meanwhile is served by the next run, never mixed into this one).
 
 Datasets are given by the ``dataset`` param (``all``: every dataset in params.yaml). DAGs start paused on a fresh
@@ -91,13 +91,19 @@ def model_tasks(datasets: Any, outlets: list[Asset]) -> Any:
     def evaluate(trained: dict) -> dict:
         return stage("evaluate", trained["dataset"], version=trained["model_version"])
 
+    @task
+    def rerank(evaluated: dict) -> dict:  # the version's cross-attention re-ranker, gated (when rerank.enabled)
+        stage("rerank", evaluated["dataset"], version=evaluated["model_version"])
+        return evaluated
+
     @task(outlets=outlets)
     def promote(evaluated: dict, **context: Any) -> str:
         stage("promote", evaluated["dataset"], version=evaluated["model_version"])
         emit(context, outlets, evaluated["dataset"])
         return str(evaluated["dataset"])
 
-    return promote.expand(evaluated=evaluate.expand(trained=train.expand(dataset=datasets)))
+    evaluated = evaluate.expand(trained=train.expand(dataset=datasets))
+    return promote.expand(evaluated=rerank.expand(evaluated=evaluated))
 
 
 def serve_tasks(datasets: Any, outlets: list[Asset]) -> None:
@@ -108,7 +114,7 @@ def serve_tasks(datasets: Any, outlets: list[Asset]) -> None:
     def embed_plan(dataset: str) -> dict:
         from mmretrieval.embed import start
 
-        return {"dataset": dataset, **run_library(start, dataset, MmrHook().get_settings())}
+        return {"dataset": dataset, **run_library(start, dataset, MmrHook().get_settings()).to_json()}
 
     @task
     def shard_work(plans: list[dict]) -> list[dict]:

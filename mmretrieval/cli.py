@@ -18,6 +18,7 @@ STAGE_HELP = {
     "augment": "select the training split and record the augmentation policy",
     "train": "train the dual encoder, log to MLflow, register a challenger",
     "evaluate": "score challenger and champion on the test split (or the champion on --manifest)",
+    "rerank": "train and gate the challenger's cross-attention re-ranker (when rerank.enabled)",
     "promote": "gate: make the challenger champion if it passes (or --rollback)",
     "embed": "embed every clean item with the champion",
     "publish": "new Milvus collection, verified, then the serving alias swapped (or --rollback)",
@@ -68,7 +69,7 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
         for text in texts:
             hits = client.search(text=text, image=args.image, audio=args.audio, k=args.k, modality=args.modality,
                                  filter=args.filter or "", labels=args.label or [], where=where,
-                                 fusion=args.fusion)
+                                 fusion=args.fusion, rerank=args.rerank)
             if args.json:
                 for h in hits:
                     print(h.to_json())
@@ -77,12 +78,18 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
                 parts = [f'"{text}"' if text else "", f"image {args.image}" if args.image else "",
                          f"audio {args.audio}" if args.audio else ""]
                 print("\nquery: " + " + ".join(p for p in parts if p))
-            print(f"{'rank':>4}  {'score':>7}  {'modality':8}  {'path':34}  {'label':5}  text")
+            reranked = any(h.dual_score is not None for h in hits)
+            print(f"{'rank':>4}  {'score':>7}  " + (f"{'dual':>7}  " if reranked else "")
+                  + f"{'modality':8}  {'path':34}  {'label':5}  text")
             for h in hits:
                 caption = h.text.split(" ||| ")[0] if h.text else ""
                 if h.best_time_s is not None:  # video: where in the clip the query matched best
                     caption = f"[best at {h.best_time_s:.1f} s] {caption}"
-                print(f"{h.rank:>4}  {h.score:7.4f}  {h.modality:8}  {h.path[:34]:34}  {h.label[:5]:5}  {caption[:70]}")
+                dual = f"{h.dual_score:7.4f}  " if reranked else ""
+                if reranked and h.dual_score is None:
+                    dual = f"{'':>7}  "
+                print(f"{h.rank:>4}  {h.score:7.4f}  {dual}{h.modality:8}  {h.path[:34]:34}  {h.label[:5]:5}  "
+                      f"{caption[:70]}")
     return 0
 
 
@@ -112,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="restore the previous champion" if verb == "promote" else
                            "point the serving alias back at the previous collection")
 
+    p = sub.add_parser("distill", help="student dual encoder taught by the challenger's re-ranker; registered as "
+                                       "the new challenger (then evaluate, promote)")
+    p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET or the last ingested)")
+
     p = sub.add_parser("run", help="all stages in order for one dataset, without Airflow")
     p.add_argument("--dataset", help="dataset name (required)")
 
@@ -133,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", choices=("vector", "late"), default="vector",
                    help="how a text and an image/audio query combine: one search with the weighted sum of their "
                         "vectors (default) or one search each, scores summed")
+    p.add_argument("--rerank", type=int, default=None, metavar="N",
+                   help="re-rank the dual encoder's top N images with the model's cross-attention re-ranker (text "
+                        "queries; default: on at rerank.depth when the serving model has one that passed its "
+                        "gate; 0: off)")
     p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
 
@@ -187,6 +202,10 @@ def dispatch(args: argparse.Namespace) -> int:
             from mmretrieval.publish import rollback as unpublish
 
             _print(unpublish(dataset, settings))
+        elif verb == "distill":
+            from mmretrieval.distill import run as distill
+
+            _print(distill(dataset, settings))
         elif verb == "run":
             from mmretrieval.stages import run_all
 

@@ -47,6 +47,7 @@ class Hit:
     data_version: str
     metadata: dict[str, Any] = field(default_factory=dict)
     best_time_s: float | None = None  # video hits: time (seconds) of the sampled frame nearest to the query
+    dual_score: float | None = None  # with re-ranking: the dual encoder's cosine (``score`` is the re-ranker's)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -64,6 +65,7 @@ class RetrievalClient:
         self._model: tuple[str, RetrievalModel, Centring] | None = None
         self._loaded = ""  # the collection last made ready for search (one load check per alias move, not per query)
         self._params = self.settings.params_for(dataset).index
+        self._rerankers: dict[str, tuple[Any, Any] | None] = {}  # collection -> (re-ranker, region store) or None
 
     def close(self) -> None:
         self.index.close()
@@ -105,7 +107,7 @@ class RetrievalClient:
     def search(self, text: str | None = None, image: Any = None, audio: Any = None, *, k: int = 10,
                modality: str | None = None, filter: str = "", labels: Sequence[str] = (),
                where: Mapping[str, str] | None = None, weights: dict[str, float] | None = None,
-               fusion: str = "vector") -> list[Hit]:
+               fusion: str = "vector", rerank: int | None = None) -> list[Hit]:
         """The ``k`` (1..:data:`MAX_K`) nearest items to the query, best first; fewer only when fewer items match.
 
         ``image`` is a path, raw bytes or a PIL image (decoded by :func:`mmretrieval.media.open_image`); ``audio``
@@ -116,6 +118,13 @@ class RetrievalClient:
         * ``"vector"`` (early fusion): one search with the weighted sum of the parts' unit vectors;
         * ``"late"``: one search per part (``FUSION_DEPTH`` x k candidates each), then each candidate's score is the
           weighted sum of its per-part scores (a part that did not return it contributes its lowest returned score).
+
+        ``rerank`` (text queries over images): the dual encoder's top ``rerank`` image hits are re-scored by the
+        model's cross-attention re-ranker and the top k returned, each with ``score`` (the re-ranker's logit) and
+        ``dual_score``. None (default): on, at ``rerank.depth`` (at least k), when the serving model has a re-ranker
+        that passed its gate, the collection has its region store, and the search is over images (``modality=
+        "image"`` or an image-only collection); 0: off. A positive value below k, or one asked of a model or
+        query without re-ranking, raises :class:`QueryError`.
 
         Raises :class:`QueryError` for a bad request (a filter Milvus cannot parse included: no retry),
         :class:`MediaError` for a query file that cannot be used, :class:`IndexStoreError` for Milvus failures.
@@ -152,7 +161,12 @@ class RetrievalClient:
             wave = _load_wave(model, audio)[None]
             parts.append((w.get("audio", 1.0), centre.apply(model.encode_waves(wave)[0], "audio")))
         expr = build_filter(modality, filter, labels, where)
-        if fusion == "late" and len(parts) > 1:
+        depth = self._rerank_depth(rerank, k, collection, modality, text_only=len(parts) == 1 and text is not None)
+        if depth:
+            assert text is not None
+            candidates = self._search(collection, [parts[0][1]], depth, build_filter("image", filter, labels, where))
+            hits = self._rerank(collection, model, text, candidates[0], k)
+        elif fusion == "late" and len(parts) > 1:
             results = self._search(collection, [v for _, v in parts], min(MAX_K, FUSION_DEPTH * k), expr)
             hits = late_fusion([weight for weight, _ in parts], results, k)
         else:
@@ -161,9 +175,65 @@ class RetrievalClient:
         query = sum(weight * v for weight, v in parts)
         return [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
                     text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
-                    data_version=h["data_version"], **_moment(h.get("metadata") or {}, query))
+                    data_version=h["data_version"], **_moment(h.get("metadata") or {}, query),
+                    dual_score=round(h["dual_score"], 6) if "dual_score" in h else None)
                 for r, h in enumerate(hits, start=1)]
 
+    def _reranker_for(self, collection: str) -> tuple[Any, Any] | None:
+        """(re-ranker, region store) of the collection's model version, or None when it serves without one."""
+        if collection not in self._rerankers:
+            from mmretrieval.publish import REGIONS
+            from mmretrieval.regions import RegionStore
+            from mmretrieval.rerank import serving_reranker
+
+            props = self.index.properties(collection)
+            ref = tracking.get_version(self.settings, str(props.get("mmr.model_name")),
+                                       str(props.get("mmr.model_version")))
+            net = serving_reranker(self.settings, ref)
+            folder = props.get(REGIONS)
+            self._rerankers[collection] = (net, RegionStore(Path(folder))) if net is not None and folder else None
+        return self._rerankers[collection]
+
+    def _rerank_depth(self, rerank: int | None, k: int, collection: str, modality: str | None,
+                      text_only: bool) -> int:
+        """How many dual-encoder candidates to re-rank (0: none), from the ``rerank`` argument of :meth:`search`."""
+        if rerank == 0:
+            return 0
+        if rerank is not None and (not isinstance(rerank, int) or not k <= rerank <= MAX_K):
+            raise QueryError(f"rerank must be 0 (off) or between k ({k}) and {MAX_K}, got {rerank!r}")
+        usable = self._reranker_for(collection)
+        if rerank is None:
+            if usable is None or not text_only or modality not in (None, "image"):
+                return 0
+            if modality is None and len(usable[1]) != self.index.count(collection):
+                return 0  # a mixed collection: re-ranking would drop its other modalities, so only on request
+            return max(k, self.settings.params_for(self.dataset).rerank.depth)
+        if usable is None:
+            raise QueryError(f"the collection behind {self.alias!r} has no re-ranker that passed its gate (or no "
+                             "region store): search with rerank=0")
+        if not text_only or modality not in (None, "image"):
+            raise QueryError("re-ranking scores text queries against images: give only a text query, and "
+                             f"modality 'image' or none (got {modality!r})")
+        return rerank
+
+    def _rerank(self, collection: str, model: RetrievalModel, text: str, hits: list[dict[str, Any]], k: int
+                ) -> list[dict[str, Any]]:
+        """Re-score ``hits`` (the dual encoder's candidates, best first) with the re-ranker; the best k."""
+        import numpy as np
+        import torch
+
+        from mmretrieval.models.reranker import encode_with_tokens
+
+        usable = self._reranker_for(collection)
+        if not hits or usable is None:
+            return hits[:k]
+        net, store = usable
+        regions = torch.from_numpy(store.lookup([h["id"] for h in hits]).astype(np.float32))
+        _, tokens, mask = encode_with_tokens(model.text.model, [text])
+        with torch.no_grad():
+            scores = net.score_candidates(tokens[0], mask[0], regions, torch.tensor([h["score"] for h in hits]))
+        order = torch.argsort(scores, descending=True, stable=True)[:k].tolist()
+        return [{**hits[j], "dual_score": hits[j]["score"], "score": float(scores[j])} for j in order]
 
     def _search(self, collection: str, vectors: list[Any], k: int, expr: str) -> list[list[dict[str, Any]]]:
         """Search, making sure the collection is loaded once per alias move (and again if someone released it)."""

@@ -26,11 +26,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmretrieval.errors import ConfigError
 from mmretrieval.media import MAX_IMAGE_PIXELS
 from mmretrieval.schema import MODALITIES
+
+if TYPE_CHECKING:
+    from mmretrieval.layout import Layout
 
 DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -142,6 +145,38 @@ class GateParams:
 
 
 @dataclass(frozen=True)
+class RerankParams:
+    enabled: bool = False  # train a cross-attention re-ranker after the dual encoder (stage ``rerank``)
+    depth: int = 50  # candidates the dual encoder hands to the re-ranker (evaluation and the default at query time)
+    region_dim: int = 128  # stored width of each region (fp16): 49 x 128 x 2 = 12.5 KB per image
+    layers: int = 2  # cross-attention blocks
+    heads: int = 4
+    dropout: float = 0.1
+    use_dual_score: bool = True  # the score adds a learned multiple of the dual encoder's cosine
+    epochs: int = 8
+    negatives: int = 15  # hard negatives per training list, mined by the trained dual encoder
+    folds: int = 5  # hard negatives and dual scores from heads cross-fitted on this many folds of the train split
+    # (the dual encoder has memorised its training photos); 0: the trained dual encoder's own scores
+    batch_size: int = 32
+    lr: float = 0.0005
+    seed: int = 0
+    metric: str = "t2i_hit_rate@1"  # the gate's metric, per query: the re-ranker must beat the dual encoder on it...
+    bootstrap: int = 2000  # ...in this many paired bootstrap resamples of the test queries...
+    confidence: float = 0.95  # ...with the lower bound of this two-sided interval of the gain above min_gain
+    min_gain: float = 0.0
+
+
+@dataclass(frozen=True)
+class DistillParams:
+    epochs: int = 10  # stage distill: the student's heads, fine-tuned from the teacher's dual encoder
+    batch_size: int = 64
+    lr: float = 0.0003
+    kl_weight: float = 1.0  # InfoNCE + kl_weight x KL(re-ranker || student) over each caption's candidate list
+    temperature: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class EmbedParams:
     batch_size: int = 64
     num_workers: int = 1  # data-loader processes decoding while the model encodes (2 cores: 1 measured best)
@@ -172,6 +207,8 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     gate: GateParams = field(default_factory=GateParams)
     embed: EmbedParams = field(default_factory=EmbedParams)
+    rerank: RerankParams = field(default_factory=RerankParams)
+    distill: DistillParams = field(default_factory=DistillParams)
     index: IndexParams = field(default_factory=IndexParams)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -280,11 +317,12 @@ class Settings:
     def var_dir(self) -> Path:
         return self.home / "var"
 
-    def raw_dir(self, dataset: str) -> Path:
-        return self.data_dir / "raw" / check_dataset_name(dataset)
+    def layout(self, dataset: str) -> Layout:
+        """Every path of ``dataset``'s stages (:mod:`mmretrieval.layout`); raises :class:`ConfigError` for a bad
+        dataset name."""
+        from mmretrieval.layout import Layout
 
-    def stage_dir(self, stage: str, dataset: str) -> Path:
-        return self.data_dir / stage / check_dataset_name(dataset)
+        return Layout(self.data_dir, self.var_dir, dataset)
 
     def alias(self, dataset: str) -> str:
         """The serving alias of a dataset's collection."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -23,3 +24,137 @@ class Pinned:
     @classmethod
     def of(cls, raw: dict[str, Any] | None) -> Pinned | None:
         return None if not raw else cls(str(raw["model_version"]), str(raw["data_version"]))
+
+
+@dataclass(frozen=True)
+class StageResult(Mapping[str, Any]):
+    """Base of every stage's result: a frozen record whose JSON form (:meth:`to_json`, key order kept) is what
+    ``reports/<ds>/stages/<verb>.json``, the CLI and Airflow XCom carry. It reads like a mapping of that JSON, so
+    ``result["model_version"]`` and ``result.model_version`` agree. Fields named in ``OPTIONAL`` are left out of the
+    JSON while None."""
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in out.items() if not (k in self.OPTIONAL and v is None)}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
+
+
+@dataclass(frozen=True)
+class ValidateResult(StageResult):
+    """``validate``: row counts of the raw manifest, quarantine reasons, the report's and data docs page's paths."""
+
+    dataset: str
+    data_version: str
+    rows: int
+    valid: int
+    quarantine: int
+    reasons: dict[str, int]
+    report: str
+    data_docs: str = ""
+
+
+@dataclass(frozen=True)
+class CleanResult(StageResult):
+    """``clean``: input = clean + quarantined + merged duplicates; the clean manifest's path."""
+
+    dataset: str
+    data_version: str
+    input: int
+    clean: int
+    quarantined: int
+    merged_duplicates: int
+    split_leakage_resolved: int
+    reasons: dict[str, int]
+    manifest: str
+
+
+@dataclass(frozen=True)
+class AugmentResult(StageResult):
+    """``augment``: the training rows and the augmentation policy's path."""
+
+    dataset: str
+    data_version: str
+    train_rows: int
+    policy: str
+
+
+@dataclass(frozen=True)
+class TrainResult(StageResult):
+    """``train``: the registered model version (what evaluate, rerank and promote of the same run act on)."""
+
+    dataset: str
+    data_version: str
+    run_id: str
+    model: str
+    model_version: str
+    best_epoch: int
+    epochs_run: int
+    metrics: dict[str, float]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvaluateResult(StageResult):
+    """``evaluate``: the scored challenger version (= ``model_version``), the champion it was compared with."""
+
+    dataset: str
+    challenger: str
+    model_version: str
+    champion: str | None
+    metrics: dict[str, float]
+    report: str
+
+
+@dataclass(frozen=True)
+class PromoteResult(StageResult):
+    """``promote``: the gate's decision on ``version`` and the champion after it."""
+
+    dataset: str
+    promoted: bool
+    version: str
+    reasons: list[str]
+    champion: str | None
+
+
+@dataclass(frozen=True)
+class EmbedStart(StageResult):
+    """The first serve task: the champion resolved once and pinned with the data version, and the shards still to
+    embed (empty when the embeddings are complete)."""
+
+    model_version: str
+    data_version: str
+    shards: list[int]
+
+    @property
+    def pinned(self) -> Pinned:
+        return Pinned(self.model_version, self.data_version)
+
+
+@dataclass(frozen=True)
+class PublishResult(StageResult):
+    """``publish``: the collection behind the alias, whether it changed, the checks it passed."""
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"model", "model_version", "data_version", "checks", "dropped",
+                                                    "seconds"})  # a rerun that changed nothing says only that
+
+    dataset: str
+    alias: str
+    collection: str
+    changed: bool
+    previous: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    data_version: str | None = None
+    checks: dict[str, Any] | None = None
+    dropped: list[str] | None = None
+    seconds: float | None = None

@@ -29,7 +29,7 @@ def ingest(manifest: Path, name: str, settings: Settings | None = None) -> dict[
     manifest = Path(manifest).resolve()
     frame = read_manifest(manifest)  # structural problems stop here, before anything is copied
     root = manifest.parent
-    dest = settings.raw_dir(name)
+    dest = settings.layout(name).raw
     copied = 0
     not_copied: dict[str, dict[str, str]] = {}
     with atomic_dir(dest) as tmp:

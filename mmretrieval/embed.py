@@ -27,9 +27,10 @@ import numpy as np
 
 from mmretrieval import tracking
 from mmretrieval.config import Settings, get_settings
-from mmretrieval.contracts import Pinned
+from mmretrieval.contracts import EmbedStart, Pinned
 from mmretrieval.errors import ModelError, PinnedInputChanged
-from mmretrieval.io import read_json, read_parquet, write_json
+from mmretrieval.io import read_json, write_json
+from mmretrieval.layout import SUMMARY, read_clean
 from mmretrieval.schema import Modality, split_captions
 
 if TYPE_CHECKING:
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
     from mmretrieval.models.dual_encoder import RetrievalModel
 
 log = logging.getLogger(__name__)
-
-
-def output_dir(settings: Settings, dataset: str, version: str) -> Path:
-    return settings.stage_dir("embeddings", dataset) / f"v{version}"
 
 
 def shard_name(k: int) -> str:
@@ -60,6 +57,7 @@ class Plan:
     final: Path
     work: Path
     clean: pd.DataFrame = field(repr=False, compare=False)  # the clean manifest this plan cuts, read once
+    clean_root: Path = field(repr=False, compare=False)  # the folder its ``media`` paths are relative to
 
     @property
     def shards(self) -> int:
@@ -71,7 +69,7 @@ class Plan:
 
     def finished(self) -> dict[str, Any] | None:
         """The summary of an earlier complete run of this plan, if there is one."""
-        done = self.final / "embed.json"
+        done = self.final / SUMMARY
         if done.is_file():
             previous = read_json(done, "embedding summary")
             if previous["data_version"] == self.data_version and previous["rows"] == self.rows:
@@ -82,19 +80,15 @@ class Plan:
         return [k for k in range(self.shards) if not (self.work / shard_name(k)).is_file()]
 
 
-def _clean(settings: Settings, dataset: str) -> tuple[pd.DataFrame, str]:
-    clean_dir = settings.stage_dir("clean", dataset)
-    clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
-    return clean, str(read_json(clean_dir / "report.json", "clean report")["data_version"])
-
-
 def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION,
          pinned: Pinned | None = None) -> Plan:
     """Resolve the alias (or take the ``pinned`` model version) and prepare the work folder; finished shards of the
     same plan are kept (resume). Raises :class:`PinnedInputChanged` when the clean data is no longer the pinned one.
     """
     settings = settings or get_settings()
-    clean, data_version = _clean(settings, dataset)
+    layout = settings.layout(dataset)
+    source = read_clean(layout)
+    clean, data_version = source.frame, source.data_version
     if pinned is not None:
         if pinned.data_version != data_version:
             raise PinnedInputChanged(f"the clean data of {dataset!r} changed during this run (pinned data version "
@@ -102,9 +96,9 @@ def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.C
         ref = tracking.get_version(settings, settings.registered_model(dataset), pinned.model_version)
     else:
         ref = tracking.require_alias(settings, dataset, alias)
-    final = output_dir(settings, dataset, ref.version)
+    final = layout.embeddings(ref.version)
     p = Plan(dataset, ref, data_version, len(clean), settings.params_for(dataset).embed.shard_rows, final,
-             final.with_name(final.name + ".partial"), clean)
+             final.with_name(final.name + ".partial"), clean, source.root)
     if p.finished() is None:
         marker = p.work / "plan.json"
         if marker.is_file() and read_json(marker, "embedding plan") != p.key():
@@ -131,8 +125,11 @@ def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: Retrie
         model = load_model(settings, p)
     started = time.monotonic()
     frames: dict[int, tuple[list[float], np.ndarray]] = {}
-    vectors = encode_rows(part, settings.stage_dir("clean", p.dataset), model,
+    vectors = encode_rows(part, p.clean_root, model,
                           settings.params_for(p.dataset).embed, desc=f"embed {p.dataset} shard {k}", frames=frames)
+    from mmretrieval.rerank import embed_regions  # regions first: the vector shard's file marks the shard done
+
+    embed_regions(settings, p.ref, model, part, p.clean_root, p.work, k)
     frame = pd.DataFrame({"id": part["id"].to_numpy(), "modality": part["modality"].to_numpy(),
                           "vector": list(vectors), "model_version": p.ref.version, "data_version": p.data_version})
     if frames:
@@ -217,7 +214,8 @@ class _Decoded:
         return self.load_wave(self.files[k]), int(self.rows[k])
 
 
-def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[str, Any]:
+def finish(p: Plan, device: str = "cpu", started: float | None = None, settings: Settings | None = None
+           ) -> dict[str, Any]:
     """Check the shards against the clean manifest and publish the folder as ``v<version>/``.
 
     ``started`` (a ``time.monotonic()`` value) adds the run's wall time to the summary as ``seconds``.
@@ -250,9 +248,15 @@ def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[s
         "shards": [shard_name(k) for k in range(p.shards)], "shard_rows": p.shard_rows, "device": device,
         "path": str(p.final),
     }
+    from mmretrieval.rerank import finish_regions
+
+    regions = finish_regions(settings or get_settings(), p.ref, p.work, p.shards,
+                             list(clean.loc[clean["modality"] == Modality.IMAGE.value, "id"]))
+    if regions is not None:
+        summary["regions"] = regions | {"path": str(p.final / "regions")}
     if started is not None:
         summary["seconds"] = round(time.monotonic() - started, 2)
-    write_json(p.work / "embed.json", summary)
+    write_json(p.work / SUMMARY, summary)
     (p.work / "plan.json").unlink()
     old = p.final.with_name(p.final.name + ".old")
     if p.final.exists():
@@ -278,19 +282,19 @@ def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CH
         log.info("embed %s: resuming, %d of %d shard(s) already done", dataset, p.shards - len(pending), p.shards)
     for k in pending:
         embed_shard(p, k, settings, model)
-    summary = finish(p, device=model.device if model else "cpu", started=started)
+    summary = finish(p, device=model.device if model else "cpu", started=started, settings=settings)
     log.info("embed %s: %d items with %s v%s in %.1fs (%d shard(s))", dataset, p.rows, p.ref.name, p.ref.version,
              summary["seconds"], p.shards)
     return summary
 
 
 # One call per task of the serve DAG: start (resolves and pins) -> one mapped task per pending shard -> finish.
-def start(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def start(dataset: str, settings: Settings | None = None) -> EmbedStart:
     """Resolve the champion once and pin it with the data version: ``{"model_version", "data_version", "shards"}``
     (the shards still to embed; empty when the embeddings are complete)."""
     p = plan(dataset, settings)
     shards = [] if p.finished() is not None else p.pending()
-    return {"model_version": p.ref.version, "data_version": p.data_version, "shards": shards}
+    return EmbedStart(p.ref.version, p.data_version, shards)
 
 
 def pending(dataset: str, settings: Settings | None = None) -> list[int]:
@@ -304,4 +308,4 @@ def run_shard(dataset: str, shard: int, settings: Settings | None = None, pinned
 
 
 def finalize(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> dict[str, Any]:
-    return finish(plan(dataset, settings, pinned=pinned))
+    return finish(plan(dataset, settings, pinned=pinned), settings=settings)

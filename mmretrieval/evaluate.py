@@ -20,8 +20,10 @@ import numpy as np
 
 from mmretrieval import centring, tracking
 from mmretrieval.config import IndexParams, Settings, get_settings
+from mmretrieval.contracts import EvaluateResult
 from mmretrieval.errors import MediaError, TrainingError
-from mmretrieval.io import read_json, read_parquet, write_json
+from mmretrieval.io import write_json
+from mmretrieval.layout import read_clean
 from mmretrieval.media import open_image
 from mmretrieval.metrics import CHANCE_SUFFIX, EvalSet, both_directions, build_eval_set
 from mmretrieval.schema import Modality, Split, read_manifest, split_captions
@@ -147,12 +149,6 @@ def score(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: 
     return merged
 
 
-def test_frame(settings: Settings, dataset: str) -> tuple[pd.DataFrame, Path]:
-    clean_dir = settings.stage_dir("clean", dataset)
-    clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
-    return clean[clean["split"] == Split.TEST.value], clean_dir
-
-
 def metrics_summary(metrics: dict[str, float], gate_metric: str) -> str:
     """The recall@K metrics (and the gate's metric) of an evaluation as one line for a model version's
     description, e.g. ``t2i_recall@1=0.500, ...``."""
@@ -164,26 +160,22 @@ def metrics_summary(metrics: dict[str, float], gate_metric: str) -> str:
     return ", ".join(f"{k}={metrics[k]:.3f}" for k in keep) + (f" (on {int(metrics.get('items', 0))} test items)")
 
 
-def evaluation_file(settings: Settings, dataset: str, version: str) -> Path:
-    """Where the evaluation of one model version is kept (``evaluate.json`` holds the latest one)."""
-    return settings.stage_dir("reports", dataset) / "evaluations" / f"v{version}.json"
-
-
-def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> EvaluateResult:
     """Score the ``challenger`` (or exactly model ``version``, the one a train step of this run registered) and the
-    champion on the test split; each version's result is also kept on its own (:func:`evaluation_file`)."""
+    champion on the test split; each version's result is also kept on its own (``Layout.evaluation``)."""
     from mmretrieval.models.dual_encoder import pick_device
 
     settings = settings or get_settings()
     device = pick_device(settings.device)
-    frame, root = test_frame(settings, dataset)
-    data_version = str(read_json(root / "report.json", "clean report")["data_version"])
+    layout = settings.layout(dataset)
+    clean = read_clean(layout)
+    frame, root, data_version = clean.frame[clean.frame["split"] == Split.TEST.value], clean.root, clean.data_version
     if frame.empty:
         raise TrainingError(f"dataset {dataset!r} has no test rows: set split ratios in params.yaml or a split column")
     result: dict[str, Any] = {"dataset": dataset, "data_version": data_version, "split": "test",
                               "test_items": int(len(frame))}
     figures: dict[str, Path] = {}
-    out = settings.stage_dir("reports", dataset)
+    out = layout.reports
     out.mkdir(parents=True, exist_ok=True)
     for alias in (tracking.CHALLENGER, tracking.CHAMPION):
         ref = tracking.get_alias(settings, dataset, alias)
@@ -208,23 +200,22 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
                 if scored.images:
                     figures[f"{modality}: example retrievals"] = retrieval_grid_png(
                         out / f"retrievals_{modality}.png", scored.sim, scored.eval_set, scored.images)
-    write_json(out / "evaluate.json", result)
-    write_json(evaluation_file(settings, dataset, result[tracking.CHALLENGER]["version"]), result)
+    write_json(layout.evaluation_latest, result)
+    write_json(layout.evaluation(result[tracking.CHALLENGER]["version"]), result)
     from mmretrieval.report import write_evaluation_html
 
     html = write_evaluation_html(out / "evaluate.html", result, figures)
     challenger = result[tracking.CHALLENGER]
     tracking.log_run(settings, challenger["run_id"], metrics={f"test_{k}": v for k, v in challenger["metrics"].items()},
-                     artifacts=[out / "evaluate.json", html, *figures.values()])
+                     artifacts=[layout.evaluation_latest, html, *figures.values()])
     registered = tracking.get_version(settings, settings.registered_model(dataset), challenger["version"])
     gate_metric = settings.params_for(dataset).gate.metric
     tracking.describe_version(settings, registered, test_metrics=metrics_summary(challenger["metrics"], gate_metric))
     log.info("evaluate %s: challenger v%s %s", dataset, challenger["version"],
              {k: round(v, 3) for k, v in challenger["metrics"].items() if "recall" in k})
-    return {"dataset": dataset, "challenger": challenger["version"], "model_version": challenger["version"],
-            "champion": (result[tracking.CHAMPION] or {}).get("version"),
-            "metrics": {k: round(v, 4) for k, v in challenger["metrics"].items()},
-            "report": str(out / "evaluate.json")}
+    return EvaluateResult(dataset, challenger["version"], challenger["version"],
+                          (result[tracking.CHAMPION] or {}).get("version"),
+                          {k: round(v, 4) for k, v in challenger["metrics"].items()}, str(layout.evaluation_latest))
 
 
 def evaluate_manifest(dataset: str, manifest: Path, settings: Settings | None = None,

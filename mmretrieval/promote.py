@@ -17,6 +17,7 @@ from typing import Any
 
 from mmretrieval import tracking
 from mmretrieval.config import GateParams, Settings, get_settings
+from mmretrieval.contracts import PromoteResult
 from mmretrieval.errors import ModelNotFoundError, TrainingError
 from mmretrieval.io import read_json
 
@@ -65,23 +66,22 @@ def decide(gate: GateParams, challenger: dict[str, float], champion: dict[str, f
 
 
 def _log(settings: Settings, dataset: str, entry: dict[str, Any]) -> None:
-    path = settings.var_dir / "promotions" / f"{dataset}.jsonl"
+    path = settings.layout(dataset).promotions_log
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry) + "\n")
 
 
-def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> PromoteResult:
     """Decide on the evaluated challenger, or on exactly model ``version`` (the one this run trained and evaluated):
     its own evaluation is read, so two runs of one dataset never judge each other's model."""
-    from mmretrieval.evaluate import evaluation_file
-
     settings = settings or get_settings()
     gate = settings.params_for(dataset).gate
+    layout = settings.layout(dataset)
     if version is not None:
-        result = read_json(evaluation_file(settings, dataset, version), f"evaluation of {dataset!r} model v{version}")
+        result = read_json(layout.evaluation(version), f"evaluation of {dataset!r} model v{version}")
     else:
-        result = read_json(settings.stage_dir("reports", dataset) / "evaluate.json", f"evaluation of {dataset!r}")
+        result = read_json(layout.evaluation_latest, f"evaluation of {dataset!r}")
         current = tracking.require_alias(settings, dataset, tracking.CHALLENGER)
         if current.version != result[tracking.CHALLENGER]["version"]:
             raise TrainingError(f"evaluate.json scored v{result[tracking.CHALLENGER]['version']} but the challenger "
@@ -115,8 +115,8 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     tracking.describe_version(settings, registered, gate_decision=entry["action"],
                               gate_reasons=" | ".join(decision.reasons))
     log.info("promote %s: %s v%s (%s)", dataset, entry["action"], challenger["version"], "; ".join(decision.reasons))
-    return {"dataset": dataset, "promoted": promoted, "version": challenger["version"], "reasons": decision.reasons,
-            "champion": challenger["version"] if promoted else (champion or {}).get("version")}
+    return PromoteResult(dataset, promoted, challenger["version"], decision.reasons,
+                         challenger["version"] if promoted else (champion or {}).get("version"))
 
 
 def rollback(dataset: str, settings: Settings | None = None) -> dict[str, Any]:

@@ -25,16 +25,18 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmretrieval import centring, tracking
 from mmretrieval.config import IndexParams, Settings, get_settings
-from mmretrieval.contracts import Pinned
+from mmretrieval.contracts import Pinned, PublishResult
 from mmretrieval.errors import AliasNotFoundError, IndexStoreError, PinnedInputChanged, PublishError
 from mmretrieval.index import MilvusIndex
-from mmretrieval.io import read_json, read_parquet
+from mmretrieval.io import read_json
+from mmretrieval.layout import read_clean
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SAMPLE_QUERIES = 200
 STATE, VERIFIED, BUILDING = "mmr.state", "verified", "building"
+REGIONS = "mmr.regions"  # collection property: the folder of its region store (re-ranking), when it has one
 
 
 def collection_name(alias: str, model_version: str, data_version: str) -> str:
@@ -52,9 +55,7 @@ def load_embeddings(settings: Settings, t: Target) -> tuple[pd.DataFrame, np.nda
     """The finished embedding shards of the target, and their vectors; the dimension checked before any insert."""
     import pandas as pd
 
-    from mmretrieval.embed import output_dir
-
-    folder = output_dir(settings, t.dataset, t.ref.version)
+    folder = settings.layout(t.dataset).embeddings(t.ref.version)
     frame = pd.concat([pd.read_parquet(folder / s) for s in t.summary["shards"]], ignore_index=True)
     vectors = np.stack(frame["vector"].to_numpy()).astype(np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != int(t.summary["dim"]) or len(frame) != int(t.summary["rows"]):
@@ -103,13 +104,11 @@ class Target:
 
 def target(dataset: str, settings: Settings, pinned: Pinned | None = None) -> Target:
     """The champion's collection, or with ``pinned`` the collection of exactly that model and data version."""
-    from mmretrieval.embed import output_dir
-
     if pinned is None:
         ref = tracking.require_alias(settings, dataset, tracking.CHAMPION)
     else:
         ref = tracking.get_version(settings, settings.registered_model(dataset), pinned.model_version)
-    summary = read_json(output_dir(settings, dataset, ref.version) / "embed.json",
+    summary = read_json(settings.layout(dataset).embedding_summary(ref.version),
                         f"embeddings of {dataset!r} with model v{ref.version}")
     if pinned is not None and summary["data_version"] != pinned.data_version:
         raise PinnedInputChanged(f"the embeddings of {dataset!r} with model v{ref.version} are of data version "
@@ -146,8 +145,7 @@ class _Publication:
         vectors = centre.apply_rows(raw, list(emb["modality"]))
         if centre.means:
             log.info("publish %s: %s vectors centred on the corpus mean", self.dataset, centre.modalities)
-        clean = read_parquet(self.settings.stage_dir("clean", self.dataset) / "manifest.parquet",
-                             f"clean manifest of {self.dataset!r}")
+        clean = read_clean(self.settings.layout(self.dataset)).frame
         meta = clean.set_index("id").loc[emb["id"]]
         rows = [{"id": i, "modality": m, "vector": v.tolist(), "text": txt, "path": path, "label": lab,
                  "metadata": _metadata(md, media), "model_version": t.ref.version,
@@ -165,6 +163,8 @@ class _Publication:
                  "mmr.model_version": t.ref.version, "mmr.data_version": t.summary["data_version"],
                  "mmr.dim": str(t.summary["dim"]), "mmr.previous": serving or "",
                  centring.PROPERTY: centre.to_property()}
+        if t.summary.get("regions"):  # the re-ranker's region store of these embeddings (mmretrieval.rerank)
+            props[REGIONS] = t.summary["regions"]["path"]
         ix.create(t.name, int(t.summary["dim"]), props)
         with tqdm(total=len(rows), desc=f"publish {self.dataset}", unit="row", leave=False, disable=None) as bar:
             done = 0
@@ -192,6 +192,8 @@ class _Publication:
         vectors = stored.apply_rows(raw, list(emb["modality"]))  # what build inserted
         ix.load(t.name)
         checks = verify(ix, t.name, list(emb["id"]), list(emb["modality"]), vectors, self.params)
+        if props.get(REGIONS):
+            checks["regions"] = check_regions(Path(props[REGIONS]), list(emb.loc[emb["modality"] == "image", "id"]))
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         ix.set_properties(t.name, {STATE: VERIFIED, "mmr.published_at": now, "mmr.checks": json.dumps(checks)})
         return {"collection": t.name, "checks": checks, "verified": True}
@@ -238,7 +240,7 @@ def swap(dataset: str, settings: Settings | None = None, pinned: Pinned | None =
         return pub.swap()
 
 
-def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> PublishResult:
     """All three steps on one connection, the embeddings read once; a rerun with unchanged inputs changes nothing,
     a crash at any step never moves the alias. ``pinned``: publish exactly that model and data version."""
     started = time.monotonic()
@@ -247,15 +249,29 @@ def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = 
         if pub.ix.resolve_alias(t.alias) == t.name and pub.ix.properties(t.name).get(STATE) == VERIFIED:
             log.info("publish %s: %s already serves model v%s on data %s", dataset, t.alias, t.ref.version,
                      t.summary["data_version"][:12])
-            return {"dataset": dataset, "alias": t.alias, "collection": t.name, "changed": False}
+            return PublishResult(dataset, t.alias, t.name, changed=False)
         built = pub.build()
         checked = pub.check()
         swapped = pub.swap()
     checks = checked["checks"] if built["built"] else {**checked["checks"], "reused": True}
-    return {"dataset": dataset, "alias": t.alias, "collection": t.name, "changed": swapped["changed"],
-            "previous": swapped["previous"], "model": t.ref.name, "model_version": t.ref.version,
-            "data_version": t.summary["data_version"], "checks": checks, "dropped": swapped["dropped"],
-            "seconds": round(time.monotonic() - started, 2)}
+    return PublishResult(dataset, t.alias, t.name, swapped["changed"], swapped["previous"], t.ref.name,
+                         t.ref.version, t.summary["data_version"], checks, swapped["dropped"],
+                         round(time.monotonic() - started, 2))
+
+
+def check_regions(folder: Path, image_ids: list[str]) -> dict[str, Any]:
+    """Every image row of the collection has its regions in the store at ``folder``; raises :class:`PublishError`."""
+    from mmretrieval.errors import ModelError
+    from mmretrieval.regions import RegionStore
+
+    try:
+        store = RegionStore(folder)
+    except ModelError as e:
+        raise PublishError(f"the collection's region store is unusable: {e}") from e
+    lacking = store.missing(image_ids)
+    if lacking:
+        raise PublishError(f"{len(lacking)} image row(s) have no regions in {folder}, e.g. {lacking[:3]}: embed again")
+    return {"images": len(image_ids), "bytes_per_item": store.meta["bytes_per_item"]}
 
 
 def _metadata(raw: str, media: str) -> dict[str, Any]:

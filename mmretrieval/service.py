@@ -189,6 +189,10 @@ class SearchRequest(BaseModel):
     where: Annotated[dict[str, WhereValue], AfterValidator(_where_keys)] = Field(
         default_factory=dict, max_length=MAX_WHERE, json_schema_extra={"propertyNames": {"pattern": WHERE_KEY}},
         description="only hits whose metadata has these key/value pairs (keys: letters, digits, _)")
+    rerank: int | None = Field(None, ge=0, le=MAX_K, description=(
+        "re-rank the dual encoder's top N images with the serving model's cross-attention re-ranker (N >= k; hits "
+        "then carry `dual_score`); 0: off; omitted: on at the configured depth when the model has a re-ranker that "
+        "passed its gate and the search is over images"))
 
 
 class FieldError(BaseModel):
@@ -577,7 +581,7 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
     def search(state: DatasetState, req: SearchRequest) -> list[Hit]:
         check_filter(req.filter)
         return run_search(state, text=req.text, k=req.k, modality=req.modality, filter=req.filter,
-                          labels=req.labels, where=req.where)
+                          labels=req.labels, where=req.where, rerank=req.rerank)
 
     def upload(state: DatasetState, file: UploadFile, text: str | None, k: int, modality: str | None, fusion: str,
                filter: str, labels: list[str], where: str) -> list[Hit]:
@@ -747,7 +751,7 @@ def make_thumbnail(settings: Settings, state: DatasetState, collection: str, ite
     if not rows or rows[0].get("modality") != "image":
         return None
     rel = str((rows[0].get("metadata") or {}).get("clean_media") or "")
-    root = settings.stage_dir("clean", state.name)
+    root = settings.layout(state.name).clean
     if not rel or path_problem(rel, root) is not None:
         return None
     try:

@@ -1,8 +1,10 @@
 """The stage verbs, in pipeline order. The CLI, ``dvc.yaml`` and the Airflow DAG all call these same functions.
 
-Each stage's ``run(dataset, settings=None, **inputs)`` returns a small JSON-able dict (paths, counts, metrics,
-versions). ``inputs`` are what an earlier step of the same run pinned: ``evaluate`` and ``promote`` take the
-``version`` their run's ``train`` registered; ``embed`` and ``publish`` take the ``pinned`` model and data version
+Each stage's ``run(dataset, settings=None, **inputs)`` returns its typed result (:mod:`mmretrieval.contracts`:
+``ValidateResult`` ... ``PublishResult``; embed and rerank still a JSON dict) of paths, counts, metrics and versions;
+:func:`run_stage` keeps its JSON form and returns it. ``inputs`` are what an earlier step of the same run pinned:
+``evaluate``, ``rerank`` (that version's cross-attention re-ranker) and ``promote`` take the ``version`` their run's
+``train`` registered; ``embed`` and ``publish`` take the ``pinned`` model and data version
 (:class:`~mmretrieval.contracts.Pinned`) resolved once at the start of serving.
 """
 
@@ -14,14 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 from mmretrieval.config import Settings, get_settings
-from mmretrieval.contracts import Pinned
+from mmretrieval.contracts import StageResult
 
 log = logging.getLogger(__name__)
 
-STAGES = ("validate", "clean", "augment", "train", "evaluate", "promote", "embed", "publish")
+STAGES = ("validate", "clean", "augment", "train", "evaluate", "rerank", "promote", "embed", "publish")
 
 
-def stage(verb: str) -> Callable[..., dict[str, Any]]:
+def stage(verb: str) -> Callable[..., StageResult | dict[str, Any]]:
     """The ``run`` function of a stage verb (imported on use: heavy modules load only when their stage runs)."""
     if verb == "validate":
         from mmretrieval.prep.validate import run
@@ -33,6 +35,8 @@ def stage(verb: str) -> Callable[..., dict[str, Any]]:
         from mmretrieval.train import run
     elif verb == "evaluate":
         from mmretrieval.evaluate import run
+    elif verb == "rerank":  # the challenger's cross-attention re-ranker (when rerank.enabled)
+        from mmretrieval.rerank import run
     elif verb == "promote":
         from mmretrieval.promote import run
     elif verb == "embed":
@@ -51,7 +55,9 @@ def run_stage(verb: str, dataset: str, settings: Settings | None = None, **input
     settings = settings or get_settings()
     started = time.monotonic()
     result = stage(verb)(dataset, settings, **inputs)
-    write_json(settings.stage_dir("reports", dataset) / "stages" / f"{verb}.json", result)
+    if isinstance(result, StageResult):
+        result = result.to_json()
+    write_json(settings.layout(dataset).stage_result(verb), result)
     log.info("%s %s done in %.1fs", verb, dataset, time.monotonic() - started)
     return result
 
@@ -62,12 +68,12 @@ def run_all(dataset: str, settings: Settings | None = None) -> dict[str, dict[st
     settings = settings or get_settings()
     results = {verb: run_stage(verb, dataset, settings) for verb in ("validate", "clean", "augment", "train")}
     version = str(results["train"]["model_version"])
-    for verb in ("evaluate", "promote"):
+    for verb in ("evaluate", "rerank", "promote"):
         results[verb] = run_stage(verb, dataset, settings, version=version)
     from mmretrieval.embed import start
 
     started = start(dataset, settings)
-    pinned = Pinned(started["model_version"], started["data_version"])
+    pinned = started.pinned
     for verb in ("embed", "publish"):
         results[verb] = run_stage(verb, dataset, settings, pinned=pinned)
     return results

@@ -104,6 +104,23 @@ def start_run(settings: Settings, dataset: str, run_name: str, tags: dict[str, s
         yield run
 
 
+def log_model(model: RetrievalModel) -> None:
+    """Log ``model`` as the active run's ``model`` artifact: an MLflow ``pyfunc`` model from code
+    (:mod:`mmretrieval.models.pyfunc`), which :func:`register` makes a version. Raises :class:`TrackingError`
+    without an active run."""
+    import tempfile
+
+    import mlflow
+
+    from mmretrieval.models import pyfunc
+
+    if mlflow.active_run() is None:
+        raise TrackingError("log_model needs an active MLflow run")
+    with tempfile.TemporaryDirectory() as tmp:
+        pyfunc.save(model, Path(tmp) / MODEL_ARTIFACT)
+        mlflow.log_artifacts(str(Path(tmp) / MODEL_ARTIFACT), artifact_path=MODEL_ARTIFACT)
+
+
 def register(settings: Settings, dataset: str, run_id: str) -> ModelRef:
     """Register the run's ``model`` artifact folder as a new version of the dataset's model."""
     from mlflow.exceptions import MlflowException

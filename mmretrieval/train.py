@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,11 @@ import numpy as np
 import mmretrieval
 from mmretrieval import tracking
 from mmretrieval.config import ModelParams, Settings, get_settings
+from mmretrieval.contracts import TrainResult
 from mmretrieval.errors import ConfigError, TrainingError
 from mmretrieval.io import read_json, read_parquet
+from mmretrieval.layout import read_clean
 from mmretrieval.metrics import resolve_metric
-from mmretrieval.prep import data_docs
 from mmretrieval.schema import Modality, Split
 from mmretrieval.training.checkpoint import Checkpoint, fingerprint
 from mmretrieval.training.selection import EpochSelector
@@ -87,12 +87,11 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str]) -> Any:
         **source)
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None) -> TrainResult:
     import mlflow
     import torch
     from tqdm import tqdm
 
-    from mmretrieval.models import pyfunc
     from mmretrieval.models.dual_encoder import RetrievalModel, build, eval_transform, pick_device, train_transform
     from mmretrieval.models.losses import symmetric_info_nce, triplet_hardest
     from mmretrieval.models.towers import TextEncoder
@@ -108,10 +107,11 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     if p.epochs < 1 or p.batch_size < 2:
         raise ConfigError(f"train.epochs ({p.epochs}) must be >= 1 and train.batch_size ({p.batch_size}) >= 2")
     started = time.monotonic()
-    aug_dir, clean_dir = settings.stage_dir("augmented", dataset), settings.stage_dir("clean", dataset)
-    train_frame = read_parquet(aug_dir / "manifest.parquet", f"augmented training split of {dataset!r}")
-    policy = read_json(aug_dir / "policy.json", "augmentation policy")
-    clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
+    layout = settings.layout(dataset)
+    train_frame = read_parquet(layout.training_manifest, f"augmented training split of {dataset!r}")
+    policy = read_json(layout.augmentation_policy, "augmentation policy")
+    source = read_clean(layout)
+    clean, clean_dir = source.frame, source.root
     val_frame = clean[clean["split"] == Split.VAL.value]
     items = data.TrainItems.from_frame(train_frame)
     if len(items) < 2:
@@ -169,7 +169,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
                  "epoch with the lowest training loss is kept", dataset, len(val_frame), p.min_val_items)
 
     # resume a killed run of the same job
-    ckpt = Checkpoint(settings.var_dir / "checkpoints" / dataset / fingerprint(params, data_version))
+    ckpt = Checkpoint(layout.checkpoints(fingerprint(params, data_version)))
     selector = EpochSelector(p.patience)
     best_state: dict[str, Any] = {}
     history: list[dict[str, float]] = []
@@ -189,10 +189,9 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             mlflow.log_params({"train_items": len(items), "val_items": int(len(val_frame)), "captions": len(captions),
                                "image_weights_source": config.image_weights_source or "none"})
             mlflow.log_dict(policy, "augmentation_policy.json")
-            tracking.log_dataset(dataset, data_version, aug_dir / "manifest.parquet", train_frame)
-            docs = settings.stage_dir("validated", dataset) / data_docs.FILE_NAME
-            if docs.is_file():  # the validation's data docs page, viewable in the run's artifacts
-                mlflow.log_artifact(str(docs), artifact_path="data_docs")
+            tracking.log_dataset(dataset, data_version, layout.training_manifest, train_frame)
+            if layout.data_docs.is_file():  # the validation's data docs page, viewable in the run's artifacts
+                mlflow.log_artifact(str(layout.data_docs), artifact_path="data_docs")
         bar = tqdm(range(first_epoch, p.epochs + 1), desc=f"train {dataset}", unit="epoch", disable=None,
                    initial=first_epoch - 1, total=p.epochs)
         for epoch in bar:
@@ -223,9 +222,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         net.load_state_dict(best_state)
         mlflow.log_metrics({"best_epoch": selector.best_epoch, "epochs_run": len(history),
                             "train_seconds": time.monotonic() - started})
-        with tempfile.TemporaryDirectory() as tmp:
-            pyfunc.save(RetrievalModel(net, text, device), Path(tmp) / "model")
-            mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path=tracking.MODEL_ARTIFACT)
+        tracking.log_model(RetrievalModel(net, text, device))
         run_id = mlrun.info.run_id
     ref = tracking.register(settings, dataset, run_id)
     tracking.describe_version(settings, ref, data_version=data_version, git_sha=code_version)
@@ -235,6 +232,5 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     final = history[best_epoch - 1]
     log.info("train %s: registered %s v%s (best epoch %d of %d)", dataset, ref.name, ref.version, best_epoch,
              len(history))
-    return {"dataset": dataset, "data_version": data_version, "run_id": run_id, "model": ref.name,
-            "model_version": ref.version, "best_epoch": best_epoch, "epochs_run": len(history),
-            "metrics": {k: round(v, 4) for k, v in final.items()}, "seconds": round(time.monotonic() - started, 1)}
+    return TrainResult(dataset, data_version, run_id, ref.name, ref.version, best_epoch, len(history),
+                       {k: round(v, 4) for k, v in final.items()}, round(time.monotonic() - started, 1))

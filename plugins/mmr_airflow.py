@@ -103,9 +103,7 @@ def datasets_of(context: dict[str, Any]) -> list[str]:
 
 def log_data_docs(settings: Any, dataset: str) -> Path | None:
     """Log (task log, INFO) where the data docs page of ``dataset``'s latest validation is; None when there is none."""
-    from mmretrieval.prep.data_docs import FILE_NAME
-
-    page = settings.stage_dir("validated", dataset) / FILE_NAME
+    page = settings.layout(dataset).data_docs
     if not page.is_file():
         log.info("mmr: no data docs page for %s at %s", dataset, page)
         return None

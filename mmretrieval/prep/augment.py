@@ -14,7 +14,9 @@ import random
 from typing import Any
 
 from mmretrieval.config import AugmentParams, Settings, get_settings
-from mmretrieval.io import atomic_dir, read_json, read_parquet, write_json
+from mmretrieval.contracts import AugmentResult
+from mmretrieval.io import atomic_dir, write_json
+from mmretrieval.layout import read_clean
 from mmretrieval.schema import Split, join_captions, split_captions
 
 
@@ -72,12 +74,12 @@ def text_variants(row_id: str, captions: list[str], p: AugmentParams) -> list[st
     return out
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None) -> AugmentResult:
     settings = settings or get_settings()
     params = settings.params_for(dataset)
-    clean_dir = settings.stage_dir("clean", dataset)
-    clean = read_parquet(clean_dir / "manifest.parquet", f"clean manifest of {dataset!r}")
-    data_version = str(read_json(clean_dir / "report.json", "clean report")["data_version"])
+    layout = settings.layout(dataset)
+    source = read_clean(layout)
+    clean, data_version = source.frame, source.data_version
     train = clean[clean["split"] == Split.TRAIN.value].reset_index(drop=True)
     p = params.augment
     train["aug_text"] = [join_captions(text_variants(i, split_captions(t), p)) if p.enabled else ""
@@ -95,9 +97,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         if p.enabled else {},
         "train_rows": len(train),
     }
-    out = settings.stage_dir("augmented", dataset)
-    with atomic_dir(out) as tmp:
-        train.to_parquet(tmp / "manifest.parquet", index=False)
-        write_json(tmp / "policy.json", policy)
-    return {"dataset": dataset, "data_version": data_version, "train_rows": len(train),
-            "policy": str(out / "policy.json")}
+    with atomic_dir(layout.augmented) as tmp:  # files named as in the layout, the folder renamed into place
+        train.to_parquet(tmp / layout.training_manifest.name, index=False)
+        write_json(tmp / layout.augmentation_policy.name, policy)
+    return AugmentResult(dataset, data_version, len(train), str(layout.augmentation_policy))

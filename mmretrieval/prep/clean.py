@@ -17,11 +17,13 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mmretrieval.config import Settings, get_settings
+from mmretrieval.contracts import CleanResult
 from mmretrieval.errors import MediaError, ValidationFailed
 from mmretrieval.io import atomic_dir, read_parquet, sha256_file, write_json
+from mmretrieval.layout import read_data_version
 from mmretrieval.media import clean_audio, open_image
 from mmretrieval.prep.dedup import ImageHash, dhash, find_duplicates
 from mmretrieval.prep.text import normalize_captions
@@ -39,19 +41,18 @@ def media_name(item_id: str, suffix: str) -> str:
     return f"{safe}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}{suffix}"
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None) -> CleanResult:
     from tqdm import tqdm
 
     settings = settings or get_settings()
     params = settings.params_for(dataset)
     started = time.monotonic()
-    validated = settings.stage_dir("validated", dataset)
-    rows = read_parquet(validated / "rows.parquet", f"validated rows of {dataset!r}")
-    raw = settings.raw_dir(dataset)
-    data_version = read_data_version(validated)
+    layout = settings.layout(dataset)
+    rows = read_parquet(layout.validated_rows, f"validated rows of {dataset!r}")
+    raw = layout.raw
+    data_version = read_data_version(layout.validation_report)
 
-    out = settings.stage_dir("clean", dataset)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(layout.clean) as tmp:  # files named as in the layout, the folder renamed into place
         (tmp / "media").mkdir()
         reasons: list[str] = list(rows[REASON])
         messages: list[str] = list(rows[MESSAGE])
@@ -114,10 +115,10 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             raise AssertionError(f"lost rows: {len(rows)} in, {len(clean)} clean + {len(quarantine)} quarantined "
                                  f"+ {len(duplicates)} merged")
         if clean.empty:
-            raise ValidationFailed(f"dataset {dataset!r}: no row survived cleaning; see {out / 'quarantine.parquet'}")
-        clean.to_parquet(tmp / "manifest.parquet", index=False)
-        quarantine.to_parquet(tmp / "quarantine.parquet", index=False)
-        duplicates.drop(columns=["row"]).to_parquet(tmp / "duplicates.parquet", index=False)
+            raise ValidationFailed(f"dataset {dataset!r}: no row survived cleaning; see {layout.quarantine}")
+        clean.to_parquet(tmp / layout.clean_manifest.name, index=False)
+        quarantine.to_parquet(tmp / layout.quarantine.name, index=False)
+        duplicates.drop(columns=["row"]).to_parquet(tmp / layout.duplicates.name, index=False)
         report = {
             "dataset": dataset,
             "data_version": data_version,
@@ -132,13 +133,12 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
             "splits": {k: int(v) for k, v in clean["split"].value_counts().items()},
             "seconds": round(time.monotonic() - started, 2),
         }
-        write_json(tmp / "report.json", report)
+        write_json(tmp / layout.clean_report.name, report)
     log.info("clean %s: %d in = %d clean + %d quarantined %s", dataset, report["input"], report["clean"],
              report["quarantined"], report["reasons"])
-    keys = ("dataset", "data_version", "input", "clean", "quarantined", "merged_duplicates", "split_leakage_resolved",
-            "reasons")
-    return {k: report[k] for k in keys} | {
-        "manifest": str(out / "manifest.parquet")}
+    return CleanResult(dataset, data_version, report["input"], report["clean"], report["quarantined"],
+                       report["merged_duplicates"], report["split_leakage_resolved"], report["reasons"],
+                       str(layout.clean_manifest))
 
 
 def keep_video(src: Path, dst: Path, metadata: str) -> str:
@@ -179,7 +179,3 @@ def _merge_duplicates(rows: pd.DataFrame, bad: pd.Series, phashes: list[ImageHas
     return pd.DataFrame(records, columns=columns), leakage
 
 
-def read_data_version(stage_dir: Path) -> str:
-    from mmretrieval.io import read_json
-
-    return str(read_json(stage_dir / "report.json", f"report of {stage_dir}")["data_version"])

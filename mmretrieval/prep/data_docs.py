@@ -1,7 +1,7 @@
 """The validation's data docs page: Great Expectations' rendering of the suite's result, made self-contained.
 
-One HTML file, ``data/validated/<dataset>/data_docs.html``, written for passing *and* failing validations, that
-opens from disk, an MLflow artifact view or an Airflow log link with no network:
+One HTML file, ``Layout.data_docs`` (``data/validated/<dataset>/``), written for passing *and* failing
+validations, that opens from disk, an MLflow artifact view or an Airflow log link with no network:
 
 * GX's page (``ValidationResultsPageRenderer`` + ``DefaultJinjaPageView``) loads Bootstrap, jQuery, Vega, Font
   Awesome and its logo from CDNs and links to a data docs site that does not exist here (Home, the suite page):
@@ -18,8 +18,6 @@ import html
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-FILE_NAME = "data_docs.html"
 
 # The checks run after the GX suite (validate.py), by modality, with the reason codes they quarantine rows with.
 MEDIA_CHECKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (

@@ -15,11 +15,11 @@ import json
 import logging
 import time
 from collections import Counter
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from mmretrieval import versioning
 from mmretrieval.config import Settings, get_settings
+from mmretrieval.contracts import ValidateResult
 from mmretrieval.datasets import NOT_COPIED
 from mmretrieval.errors import ValidationFailed
 from mmretrieval.index import JSON_MAX_BYTES, METADATA_RESERVE, VARCHAR_LIMITS
@@ -31,6 +31,7 @@ from mmretrieval.schema import MESSAGE, METADATA, REASON, Modality, fill_splits,
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mmretrieval.layout import Layout
     from mmretrieval.prep.expectations import SuiteResult
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,12 @@ def limit_problem(row: pd.Series) -> Problem | None:
     return None
 
 
-def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
     settings = settings or get_settings()
     params = settings.params_for(dataset)
     started = time.monotonic()
-    raw = settings.raw_dir(dataset)
+    layout = settings.layout(dataset)
+    raw = layout.raw
     data_version = versioning.read_version(raw)
     if versioning.is_modified(settings.home, raw):
         raise ValidationFailed(
@@ -90,13 +92,12 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     from mmretrieval.prep.expectations import run_suite
 
     suite = run_suite(df, dataset, params.validate.labels)
-    out = settings.stage_dir("validated", dataset)
     if suite.hard:
-        _fail(out, dataset, data_version, suite, f"dataset {dataset!r}: " + "; ".join(suite.hard))
+        _fail(layout, dataset, data_version, suite, f"dataset {dataset!r}: " + "; ".join(suite.hard))
     try:
         _check_ids(df, dataset)
     except ValidationFailed as e:
-        _fail(out, dataset, data_version, suite, str(e))
+        _fail(layout, dataset, data_version, suite, str(e))
     reasons = dict(suite.row_reasons)
     for i, row in df.iterrows():
         if i not in reasons and (limit := limit_problem(row)) is not None:
@@ -139,8 +140,8 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     by_kind = dict(Counter(zip(rows.loc[bad, "modality"], rows.loc[bad, REASON], strict=True)))
     if bad.all():
         first = rows.loc[bad, MESSAGE].head(3).tolist()
-        _fail(out, dataset, data_version, suite, f"dataset {dataset!r}: none of its {len(rows)} rows is usable, "
-              f"e.g. {first}", by_kind, len(rows))
+        _fail(layout, dataset, data_version, suite,
+              f"dataset {dataset!r}: none of its {len(rows)} rows is usable, e.g. {first}", by_kind, len(rows))
     report = {
         "dataset": dataset,
         "data_version": data_version,
@@ -157,20 +158,20 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     }
     page = data_docs.render(suite.html, data_docs.summary_html(
         dataset, data_version, "passed", [], suite.summary, by_kind, len(rows), report["valid"], media_checked=True))
-    with atomic_dir(out) as tmp:
-        rows.to_parquet(tmp / "rows.parquet", index=False)
-        write_json(tmp / "report.json", report)
-        (tmp / data_docs.FILE_NAME).write_text(page, encoding="utf-8")
+    with atomic_dir(layout.validated) as tmp:  # files named as in the layout, the folder renamed into place
+        rows.to_parquet(tmp / layout.validated_rows.name, index=False)
+        write_json(tmp / layout.validation_report.name, report)
+        (tmp / layout.data_docs.name).write_text(page, encoding="utf-8")
     log.info("validate %s: %d rows, %d valid, %d to quarantine %s", dataset, len(rows), report["valid"],
              report["quarantine"], counts)
-    log.info("validate %s: data docs %s", dataset, (out / data_docs.FILE_NAME).resolve().as_uri())
-    return {k: report[k] for k in ("dataset", "data_version", "rows", "valid", "quarantine", "reasons")} | {
-        "report": str(out / "report.json"), "data_docs": str(out / data_docs.FILE_NAME)}
+    log.info("validate %s: data docs %s", dataset, layout.data_docs.resolve().as_uri())
+    return ValidateResult(dataset, data_version, report["rows"], report["valid"], report["quarantine"],
+                          report["reasons"], str(layout.validation_report), str(layout.data_docs))
 
 
-def _fail(out: Path, dataset: str, data_version: str, suite: SuiteResult, message: str,
+def _fail(layout: Layout, dataset: str, data_version: str, suite: SuiteResult, message: str,
           reasons: dict[tuple[str, str], int] | None = None, rows: int | None = None) -> NoReturn:
-    """Replace ``out`` with the failed validation's data docs page and report (no ``rows.parquet``: nothing
+    """Replace the validated folder with the failed validation's data docs page and report (no rows: nothing
     downstream runs on this data), log the page's address and raise :class:`ValidationFailed` with ``message``."""
     page = data_docs.render(suite.html, data_docs.summary_html(
         dataset, data_version, "failed", [message], suite.summary, reasons or {}, rows, 0 if rows else None,
@@ -180,8 +181,8 @@ def _fail(out: Path, dataset: str, data_version: str, suite: SuiteResult, messag
         totals[reason] += n
     report = {"dataset": dataset, "data_version": data_version, "status": "failed", "errors": [message],
               "expectations": suite.summary, "reasons": dict(totals)}
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "report.json", report)
-        (tmp / data_docs.FILE_NAME).write_text(page, encoding="utf-8")
-    log.error("validate %s failed: data docs %s", dataset, (out / data_docs.FILE_NAME).resolve().as_uri())
-    raise ValidationFailed(f"{message} (data docs: {out / data_docs.FILE_NAME})")
+    with atomic_dir(layout.validated) as tmp:
+        write_json(tmp / layout.validation_report.name, report)
+        (tmp / layout.data_docs.name).write_text(page, encoding="utf-8")
+    log.error("validate %s failed: data docs %s", dataset, layout.data_docs.resolve().as_uri())
+    raise ValidationFailed(f"{message} (data docs: {layout.data_docs})")

@@ -39,12 +39,12 @@ def test_a_champion_promoted_during_serving_is_not_mixed_into_the_run(prepared: 
     for verb in ("train", "evaluate", "promote"):
         run_stage(verb, "tiny")
     started = embed.start("tiny")  # the first serve task: resolves the champion (v1) and pins it
-    pinned = Pinned(started["model_version"], started["data_version"])
+    pinned = started.pinned
     assert pinned.model_version == "1"
     for verb in ("train", "evaluate", "promote"):  # meanwhile, v2 becomes champion
         run_stage(verb, "tiny")
     assert tracking.require_alias(get_settings(prepared), "tiny", tracking.CHAMPION).version == "2"
-    for k in started["shards"]:
+    for k in started.shards:
         embed.run_shard("tiny", k, pinned=pinned)
     summary = embed.finalize("tiny", pinned=pinned)
     result = publish.run("tiny", pinned=pinned)

@@ -41,7 +41,7 @@ def test_collection_holds_exactly_the_clean_corpus_behind_the_alias(demo: dict[s
     from mmretrieval.index import MilvusIndex
 
     s = settings_for(demo)
-    clean = pd.read_parquet(s.stage_dir("clean", "demo") / "manifest.parquet")
+    clean = pd.read_parquet(s.layout("demo").clean_manifest)
     with MilvusIndex(s.milvus_uri) as ix:
         name = ix.resolve_alias("mmr_demo")
         assert name is not None and name.startswith("mmr_demo__m1__d")
@@ -49,7 +49,7 @@ def test_collection_holds_exactly_the_clean_corpus_behind_the_alias(demo: dict[s
         assert ix.count(name) == len(clean) > 0
         props = ix.properties(name)
     assert props["mmr.state"] == "verified"
-    assert props["mmr.data_version"] == json.loads((s.stage_dir("clean", "demo") / "report.json").read_text())[
+    assert props["mmr.data_version"] == json.loads(s.layout("demo").clean_report.read_text())[
         "data_version"]
 
 

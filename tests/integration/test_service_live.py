@@ -229,7 +229,7 @@ def test_the_search_page_finds_by_text_and_by_uploaded_image_in_a_real_browser(l
     wait.until(lambda d: d.execute_script(  # the thumbnails arrive (fetched by item id, with the API key)
         "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"))
 
-    query = live.settings.stage_dir("clean", "tiny") / "media"
+    query = live.settings.layout("tiny").clean / "media"
     image = next(p for p in sorted(query.rglob("*")) if p.is_file() and "green1" in p.name)
     upload = tmp_path / "query.png"
     shutil.copyfile(image, upload)

@@ -46,7 +46,7 @@ def test_environment_switches_stores(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_bad_dataset_name_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Bad-Name"):
-        get_settings(tmp_path).raw_dir("Bad-Name")
+        get_settings(tmp_path).layout("Bad-Name")
 
 
 def test_embedding_shards_need_at_least_one_row(tmp_path: Path) -> None:

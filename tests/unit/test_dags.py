@@ -47,14 +47,14 @@ def test_dagbag_has_no_import_errors_and_tasks_have_retries_and_tags(tmp_path: P
     dag = info["dags"]["mmr_pipeline"]
     assert dag["tags"] == ["mmretrieval"]
     assert dag["tasks"] == ["prepare.datasets", "prepare.validate", "prepare.clean", "prepare.augment", "model.train",
-                            "model.evaluate", "model.promote", "serve.embed_plan", "serve.shard_work",
+                            "model.evaluate", "model.rerank", "model.promote", "serve.embed_plan", "serve.shard_work",
                             "serve.embed_shard", "serve.embed", "serve.publish_build", "serve.publish_check",
                             "serve.publish"]
     assert all(r >= 1 for r in dag["retries"])
     dags = info["dags"]
     assert set(dags) == {"mmr_pipeline", "mmr_prepare", "mmr_model", "mmr_serve"}
     assert dags["mmr_prepare"]["tasks"] == ["datasets", "validate", "clean", "augment"]
-    assert dags["mmr_model"]["tasks"] == ["datasets", "train", "evaluate", "promote"]
+    assert dags["mmr_model"]["tasks"] == ["datasets", "train", "evaluate", "rerank", "promote"]
     assert "mmr_clean_data" in dags["mmr_model"]["schedule"]
     assert dags["mmr_serve"]["tasks"] == ["datasets", "embed_plan", "shard_work", "embed_shard", "embed",
                                           "publish_build", "publish_check", "publish"]
@@ -75,5 +75,5 @@ def test_dvc_yaml_defines_every_stage_for_every_dataset() -> None:
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
-    assert names == [f"{verb}@demo" for verb in ("validate", "clean", "augment", "train", "evaluate", "promote",
-                                                  "embed", "publish")]
+    assert names == [f"{verb}@demo" for verb in ("validate", "clean", "augment", "train", "evaluate", "rerank",
+                                                  "promote", "embed", "publish")]

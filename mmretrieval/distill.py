@@ -1,0 +1,90 @@
+"""Stage ``distill``: a student dual encoder learns the re-ranker's ranking of hard negatives.
+
+The teacher is the cross-attention re-ranker of the challenger version (trained by the ``rerank`` stage; it must
+have passed its gate). The student starts from that version's dual encoder and fine-tunes its heads on the train
+split with the usual symmetric InfoNCE plus ``distill.kl_weight`` x KL(teacher || student) between the two score
+distributions over each caption's candidate list (its image and the dual encoder's hard negatives), at
+``distill.temperature`` (:func:`~mmretrieval.training.rerank.distill_kl`). It costs nothing at query time: the
+student is a dual encoder like any other. It is registered as a new version with the ``challenger`` alias; run
+``mmr evaluate`` and ``mmr promote`` to put it through the same gate as every model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import mmretrieval
+from mmretrieval import tracking
+from mmretrieval.config import Settings, get_settings
+from mmretrieval.errors import ModelError
+from mmretrieval.layout import read_clean
+from mmretrieval.schema import Split
+
+log = logging.getLogger(__name__)
+
+
+def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    import mlflow
+    import torch
+
+    from mmretrieval.models.dual_encoder import RetrievalModel, load
+    from mmretrieval.rerank import serving_reranker, split_inputs, training_scores
+    from mmretrieval.training.rerank import (
+        DistillData,
+        RerankData,
+        RerankSchedule,
+        candidate_lists,
+        mine_hard_negatives,
+        teacher_logits,
+        train_student,
+    )
+
+    settings = settings or get_settings()
+    params = settings.params_for(dataset)
+    p, d = params.rerank, params.distill
+    started = time.monotonic()
+    ref = tracking.require_alias(settings, dataset, tracking.CHALLENGER)
+    teacher = serving_reranker(settings, ref)
+    if teacher is None:
+        raise ModelError(f"{ref.uri} has no re-ranker that passed its gate to distil from: run `mmr rerank` "
+                         "(with rerank.enabled) first")
+    model = tracking.load_model(settings, ref, "cpu")
+    source = read_clean(settings.layout(dataset))
+    clean, clean_dir = source.frame, source.root
+    es, maps, tokens, mask, text_vecs, item_vecs = split_inputs(model, clean, clean_dir, Split.TRAIN.value)
+    dual = training_scores(model, es, maps, text_vecs, item_vecs, p)  # the lists the teacher learnt on
+    lists = candidate_lists(es.relevant, mine_hard_negatives(dual, es.relevant, p.negatives),
+                            np.random.default_rng(d.seed))
+    teach = teacher_logits(teacher, RerankData(tokens, mask, maps, es.relevant, dual), lists)
+    student = load(tracking.download(settings, ref)).net  # a fresh copy of the teacher's dual encoder
+    data = DistillData(model.text.encode(es.captions), maps.float().mean(dim=(3, 4)),
+                       torch.from_numpy(es.relevant.argmax(axis=1)), torch.from_numpy(lists), teach)
+    t_train = time.monotonic()
+    losses = train_student(student, data, RerankSchedule(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr,
+                                                         seed=d.seed), d.kl_weight, d.temperature)
+    train_seconds = time.monotonic() - t_train
+    data_version = source.data_version
+    code_version = tracking.git_sha(Path(mmretrieval.__file__).resolve().parent)
+    tags = {"dataset": dataset, "data_version": data_version, "git_sha": code_version, "stage": "distill",
+            "teacher_version": ref.version}
+    with tracking.start_run(settings, dataset, run_name=f"distill-{dataset}", tags=tags) as mlrun:
+        mlflow.log_params({f"distill.{k}": v for k, v in d.__dict__.items()} | {"teacher": ref.uri})
+        for epoch, loss in enumerate(losses, start=1):
+            mlflow.log_metric("loss", loss, step=epoch)
+        mlflow.log_metric("train_seconds", train_seconds)
+        tracking.log_model(RetrievalModel(student, model.text, "cpu"))
+        run_id = mlrun.info.run_id
+    new = tracking.register(settings, dataset, run_id)
+    tracking.tag_version(settings, new, {"data_version": data_version, "git_sha": code_version,
+                                         "distilled_from": ref.version})
+    tracking.set_alias(settings, dataset, tracking.CHALLENGER, new.version)
+    log.info("distill %s: student v%s from the re-ranker of v%s in %.1fs", dataset, new.version, ref.version,
+             train_seconds)
+    return {"dataset": dataset, "teacher_version": ref.version, "model": new.name, "model_version": new.version,
+            "run_id": run_id, "losses": [round(x, 4) for x in losses], "train_seconds": round(train_seconds, 1),
+            "seconds": round(time.monotonic() - started, 1)}

@@ -1,0 +1,371 @@
+"""Stage ``rerank``: train the cross-attention re-ranker for the challenger dual encoder, score both on the test
+split, and gate the re-ranker.
+
+1. **Data**: the clean train split's images and captions. The dual encoder's frozen image backbone gives each image's
+   feature map (the evaluation crop and its mirror image), the text tower each caption's token states; the dual
+   encoder's cosines rank every training image for every caption, and its top-ranked wrong images are the hard
+   negatives (:func:`~mmretrieval.training.rerank.mine_hard_negatives`).
+2. **Training**: listwise, seeded, checkpointed after each epoch under ``var/checkpoints/<dataset>/rerank-v<N>/``.
+3. **Evaluation** on the test split (exact search): every metric of the dual encoder alone and with its top
+   ``rerank.depth`` re-ranked, both directions, with the query latency (p50/p95) of each.
+4. **Gate**: a paired bootstrap over test queries of the per-query ``rerank.metric`` (t2i hit@1): the re-ranker
+   passes when the lower end of the ``confidence`` interval of its gain exceeds ``min_gain``. Otherwise the model
+   serves without it.
+5. **Registration**: the re-ranker is logged on the dual encoder's own MLflow run (artifact ``reranker/``): it
+   exists only with the version whose candidates it re-ranks. The version gets tags ``reranker.gate`` (``pass`` or
+   ``refuse``) and ``reranker.reasons``; the decision is appended to ``var/promotions/<dataset>.jsonl``;
+   the report goes to ``data/reports/<dataset>/rerank.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmretrieval import tracking
+from mmretrieval.config import RerankParams, Settings, get_settings
+from mmretrieval.errors import ConfigError, ModelError, TrackingError, TrainingError
+from mmretrieval.io import write_json
+from mmretrieval.layout import read_clean
+from mmretrieval.schema import Modality, Split
+
+if TYPE_CHECKING:
+    import torch
+
+    from mmretrieval.models.dual_encoder import RetrievalModel
+    from mmretrieval.models.reranker import CrossReranker
+
+log = logging.getLogger(__name__)
+ARTIFACT = "reranker"  # folder on the dual encoder's MLflow run
+GATE_TAG = "reranker.gate"
+PASS, REFUSE = "pass", "refuse"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    gain: float  # mean per-query gain of the metric (re-ranked - dual)
+    low: float  # bounds of the bootstrap interval of the gain
+    high: float
+    reasons: list[str]
+
+
+def bootstrap_gate(dual: np.ndarray, reranked: np.ndarray, p: RerankParams) -> GateDecision:
+    """Paired bootstrap over queries: (Q,) per-query values of the metric (e.g. hit@1 as 0/1) without and with
+    re-ranking. Passes when the lower end of the two-sided ``p.confidence`` interval of the mean gain (resampling
+    queries with replacement ``p.bootstrap`` times, seeded by ``p.seed``) is above ``p.min_gain``."""
+    if dual.shape != reranked.shape or dual.ndim != 1 or len(dual) < 2:
+        raise TrainingError(f"paired bootstrap needs two equal (queries,) arrays; got {dual.shape} and "
+                            f"{reranked.shape}")
+    diff = reranked.astype(np.float64) - dual.astype(np.float64)
+    rng = np.random.default_rng(p.seed)
+    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(p.bootstrap)])
+    tail = (1 - p.confidence) / 2
+    low, high = float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+    gain = float(diff.mean())
+    ok = low > p.min_gain
+    reasons = [f"{p.metric}: dual {dual.mean():.4f}, re-ranked {reranked.mean():.4f}, gain {gain:+.4f} over "
+               f"{len(diff)} queries; {p.confidence:.0%} paired-bootstrap interval [{low:+.4f}, {high:+.4f}] "
+               f"({p.bootstrap} resamples) {'is above' if ok else 'does not clear'} min_gain {p.min_gain}"]
+    return GateDecision(ok, gain, low, high, reasons)
+
+
+def feature_maps(model: RetrievalModel, images: list[Any], mirror: bool = False, batch_size: int = 32
+                 ) -> torch.Tensor:
+    """(N,) PIL images -> (N, C, H, W) float16 feature maps of the model's frozen pretrained CNN backbone (the
+    evaluation crop; flipped left-right first with ``mirror``). Raises :class:`ConfigError` for other backbones."""
+    import torch
+
+    from mmretrieval.models.efficientnet import CNNImageTower
+
+    backbone = getattr(model.net, "image_backbone", None)
+    if not isinstance(backbone, CNNImageTower):
+        raise ConfigError(f"the re-ranker attends over a pretrained CNN's feature map; image backbone "
+                          f"{model.config.image_backbone!r} has none (use efficientnet_lite0/1/2)")
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            px = torch.stack([model.transform(im) for im in images[start:start + batch_size]]).to(model.device)
+            parts.append(backbone.feature_map(px.flip(-1) if mirror else px).half().cpu())
+    return torch.cat(parts)
+
+
+def pooled(model: RetrievalModel, maps: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) feature maps -> (N, D) dual-encoder unit vectors (the backbone's global pooling, the head)."""
+    import torch
+
+    with torch.no_grad():
+        return model.net.project_image(maps.float().mean(dim=(2, 3)).to(model.device)).float().cpu().numpy()
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(1000 * float(np.percentile(seconds, 50)), 2),
+            "p95_ms": round(1000 * float(np.percentile(seconds, 95)), 2)}
+
+
+def query_latency(model: RetrievalModel, net: CrossReranker, captions: list[str], gallery: np.ndarray,
+                  regions: torch.Tensor, depth: int, queries: int = 100) -> dict[str, dict[str, float]]:
+    """Per-query latency of text -> image search over an in-memory ``gallery`` (G, D): the dual encoder alone
+    (encode, score the gallery, top ``depth``) and the extra cost of re-ranking those (token states, regions from
+    ``regions`` (G, R, d) fp16, the re-ranker). Wall-clock on this machine, one query at a time."""
+    import torch
+
+    from mmretrieval.models.reranker import encode_with_tokens
+
+    dual_s, extra_s = [], []
+    text_model = model.text.model
+    for caption in captions[:queries]:
+        t0 = time.perf_counter()
+        sentence, tokens, mask = encode_with_tokens(text_model, [caption])
+        with torch.no_grad():
+            vec = model.net.project_text(sentence).float().numpy()
+        scores = (vec @ gallery.T)[0]
+        top = np.argpartition(-scores, min(depth, len(scores)) - 1)[:depth]
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            net.score_candidates(tokens[0], mask[0], regions[torch.from_numpy(top)],
+                                 torch.from_numpy(scores[top]))
+        t2 = time.perf_counter()
+        dual_s.append(t1 - t0)
+        extra_s.append(t2 - t1)
+    return {"dual": percentiles(dual_s), "rerank_extra": percentiles(extra_s),
+            "dual+rerank": percentiles([a + b for a, b in zip(dual_s, extra_s, strict=True)])}
+
+
+def _images(frame: Any, root: Path) -> tuple[list[str], list[Any], list[list[str]]]:
+    from mmretrieval.evaluate import gather
+    from mmretrieval.media import open_image
+
+    ids, media, captions, _, _ = gather(frame, root, "media", Modality.IMAGE.value, open_image)
+    return ids, media, captions
+
+
+def split_inputs(model: RetrievalModel, clean: Any, clean_dir: Path, split: str) -> tuple[Any, ...]:
+    """The frozen inputs of one split's images with captions: (eval set, (V, N, C, H, W) feature maps: the
+    evaluation crop, and for the train split its mirror image too, (Q, L, dim) token states, (Q, L) token mask,
+    (Q, D) dual text vectors, (N, D) dual image vectors)."""
+    import torch
+
+    from mmretrieval.metrics import build_eval_set
+    from mmretrieval.models.reranker import token_states
+
+    ids, media, caps = _images(clean[clean["split"] == split], clean_dir)
+    es = build_eval_set(ids, caps, [""] * len(ids))
+    views = [feature_maps(model, media)] + ([feature_maps(model, media, mirror=True)]
+                                           if split == Split.TRAIN.value else [])
+    tokens, mask = token_states(model.text.model, es.captions)
+    return es, torch.stack(views), tokens, mask, model.encode_texts(es.captions), pooled(model, views[0])
+
+
+def training_scores(model: RetrievalModel, es: Any, maps: torch.Tensor, text_vecs: np.ndarray,
+                    item_vecs: np.ndarray, p: RerankParams) -> np.ndarray:
+    """(Q, G) first-stage scores of the training captions and images that the re-ranker learns from: cross-fitted
+    over ``p.folds`` folds (:func:`~mmretrieval.training.rerank.out_of_fold_scores`), or with ``folds`` 0 the
+    trained dual encoder's own cosines."""
+    import torch
+
+    from mmretrieval.training.rerank import out_of_fold_scores
+
+    if not p.folds:
+        return text_vecs @ item_vecs.T
+    return out_of_fold_scores(maps.float().mean(dim=(3, 4)), model.text.encode(es.captions),
+                              torch.from_numpy(es.relevant.argmax(axis=1)), p.folds, seed=p.seed)
+
+
+def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
+    """Train and gate the re-ranker of the ``challenger`` (or exactly model ``version``, the one a train step of
+    this run registered); writes ``reports/<dataset>/rerank.json``. Skipped unless ``rerank.enabled``."""
+    import torch
+
+    from mmretrieval.metrics import retrieval_metrics
+    from mmretrieval.models.reranker import CrossReranker, RerankerConfig, save
+    from mmretrieval.training.rerank import RerankData, RerankSchedule, rerank_matrix, train_reranker
+
+    settings = settings or get_settings()
+    p = settings.params_for(dataset).rerank
+    if not p.enabled:
+        return {"dataset": dataset, "skipped": "rerank.enabled is false"}
+    started = time.monotonic()
+    ref = (tracking.get_version(settings, settings.registered_model(dataset), version) if version is not None
+           else tracking.require_alias(settings, dataset, tracking.CHALLENGER))
+    model = tracking.load_model(settings, ref, "cpu")
+    layout = settings.layout(dataset)
+    source = read_clean(layout)
+    clean, clean_dir = source.frame, source.root
+    parts = {split: split_inputs(model, clean, clean_dir, split) for split in (Split.TRAIN.value, Split.TEST.value)}
+    es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TRAIN.value]
+    train_dual = training_scores(model, es, maps, text_vecs, item_vecs, p)
+    cfg = RerankerConfig(text_dim=tokens.shape[-1], backbone_dim=maps.shape[2], regions=maps.shape[3] * maps.shape[4],
+                         region_dim=p.region_dim, layers=p.layers, heads=p.heads, dropout=p.dropout,
+                         use_dual_score=p.use_dual_score)
+    torch.manual_seed(p.seed)
+    net = CrossReranker(cfg)
+    ckpt = layout.checkpoints(f"rerank-v{ref.version}")
+    schedule = RerankSchedule(p.epochs, p.negatives, p.batch_size, p.lr, seed=p.seed)
+    t_train = time.monotonic()
+    losses = train_reranker(net, RerankData(tokens, mask, maps, es.relevant, train_dual), schedule,
+                            on_epoch=lambda epoch, _: save(net, ckpt, {"epoch": epoch}))
+    train_seconds = time.monotonic() - t_train
+
+    # evaluation on the test split: dual alone vs re-ranked top `depth`, both directions
+    es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TEST.value]
+    with torch.no_grad():
+        regions = net.project_regions(maps[0].float()).half()
+    sim = text_vecs @ item_vecs.T
+    metrics: dict[str, float] = {}
+    per_query: dict[str, np.ndarray] = {}
+    for direction, queries_are_text, rel in (("t2i", True, es.relevant), ("i2t", False, es.relevant.T)):
+        dual_scores = sim if queries_are_text else sim.T
+        reranked = rerank_matrix(net, tokens, mask, regions.float(), sim, p.depth, queries_are_text)
+        for name, scores in (("dual", dual_scores), ("rerank", reranked)):
+            metrics |= {f"{name}_{direction}_{k}": v for k, v in retrieval_metrics(scores, rel).items()}
+            first = np.take_along_axis(rel, np.argsort(-scores, axis=1, kind="stable"), axis=1).argmax(axis=1)
+            per_query[f"{name}_{direction}_hit_rate@1"] = (first == 0).astype(np.float64)
+    metric = p.metric.removeprefix("t2i_").removeprefix("i2t_")
+    direction = p.metric.split("_", 1)[0]
+    if f"dual_{direction}_hit_rate@1" not in per_query or metric != "hit_rate@1":
+        raise ConfigError(f"rerank.metric {p.metric!r}: only t2i_hit_rate@1 and i2t_hit_rate@1 are gated per query")
+    decision = bootstrap_gate(per_query[f"dual_{direction}_hit_rate@1"], per_query[f"rerank_{direction}_hit_rate@1"],
+                              p)
+    latency = query_latency(model, net, es.captions, item_vecs, regions, p.depth)
+
+    report = {"dataset": dataset, "model_version": ref.version, "depth": p.depth, "test_images": len(es.item_ids),
+              "test_captions": len(es.captions), "train_seconds": round(train_seconds, 1), "losses": losses,
+              "metrics": metrics, "latency": latency, "gate": {"pass": decision.promote, "gain": decision.gain,
+                                                               "interval": [decision.low, decision.high],
+                                                               "reasons": decision.reasons},
+              "reranker": {"config": cfg.__dict__, "parameters": sum(q.numel() for q in net.parameters())}}
+    out = layout.rerank_report
+    write_json(out, report)
+    with tempfile.TemporaryDirectory() as tmp:
+        save(net, Path(tmp) / ARTIFACT, {"dual_encoder": ref.name, "dual_encoder_version": ref.version,
+                                         "gate": PASS if decision.promote else REFUSE})
+        register_reranker(settings, ref, Path(tmp) / ARTIFACT, metrics, decision, out)
+    _log_decision(settings, dataset, ref.version, decision)
+    import shutil
+
+    shutil.rmtree(ckpt, ignore_errors=True)
+    log.info("rerank %s v%s: %s", dataset, ref.version, decision.reasons[0])
+    return {"dataset": dataset, "model_version": ref.version, "passed": decision.promote,
+            "reasons": decision.reasons, "train_seconds": round(train_seconds, 1),
+            "metrics": {k: round(v, 4) for k, v in metrics.items() if "hit_rate" in k or "recall" in k},
+            "latency": latency, "seconds": round(time.monotonic() - started, 1), "report": str(out)}
+
+
+def register_reranker(settings: Settings, ref: tracking.ModelRef, folder: Path, metrics: dict[str, float],
+                      decision: GateDecision, report: Path) -> None:
+    """Log the re-ranker on the dual encoder's run and tag the version with the gate's decision."""
+    c = tracking.client(settings)
+    c.log_artifacts(ref.run_id, str(folder), artifact_path=ARTIFACT)
+    tracking.log_run(settings, ref.run_id, metrics={f"test_{k}": v for k, v in metrics.items()}, artifacts=[report])
+    tracking.tag_version(settings, ref, {GATE_TAG: PASS if decision.promote else REFUSE,
+                                         "reranker.reasons": " | ".join(decision.reasons)[:4000]})
+    import shutil  # a rerun replaces the version's re-ranker: forget what this process and the cache hold
+
+    _LOADED.pop((settings.mlflow_uri, ref.name, ref.version), None)
+    shutil.rmtree(reranker_cache(settings, ref), ignore_errors=True)
+
+
+def reranker_cache(settings: Settings, ref: tracking.ModelRef) -> Path:
+    """Where the re-ranker of a version is kept after download."""
+    return settings.var_dir / "model-cache" / ref.name / f"{ref.version}-{ARTIFACT}"
+
+
+def _log_decision(settings: Settings, dataset: str, version: str, decision: GateDecision) -> None:
+    path = settings.layout(dataset).promotions_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": dataset,
+             "action": "reranker-pass" if decision.promote else "reranker-refuse", "model_version": version,
+             "gain": decision.gain, "interval": [decision.low, decision.high], "reasons": decision.reasons}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+_LOADED: dict[tuple[str, str, str], CrossReranker | None] = {}
+
+
+def serving_reranker(settings: Settings, ref: tracking.ModelRef) -> CrossReranker | None:
+    """The re-ranker of a dual-encoder version when it passed its gate, else None (cached per process)."""
+    key = (settings.mlflow_uri, ref.name, ref.version)
+    if key in _LOADED:
+        return _LOADED[key]
+    import mlflow
+
+    from mmretrieval.models.reranker import load
+
+    mv = tracking.client(settings).get_model_version(ref.name, ref.version)
+    net = None
+    if (mv.tags or {}).get(GATE_TAG) == PASS:
+        target = reranker_cache(settings, ref)
+        if not (target / "config.json").is_file():
+            try:
+                local = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=ARTIFACT,
+                                                            tracking_uri=settings.mlflow_uri)
+            except Exception as e:  # MLflow raises several unrelated types for a missing artifact
+                raise TrackingError(f"{ref.uri} passed its re-ranker gate but its {ARTIFACT!r} artifact does not "
+                                    f"download: {e}") from e
+            import shutil
+
+            shutil.copytree(local, target, dirs_exist_ok=True)
+        net, meta = load(target)
+        if meta.get("dual_encoder_version") != ref.version:
+            raise ModelError(f"re-ranker at {target} was trained for v{meta.get('dual_encoder_version')}, not "
+                             f"{ref.uri}")
+    _LOADED[key] = net
+    return net
+
+
+def regions_dir(folder: Path) -> Path:
+    """Where an embedding folder (``v<N>/`` or its ``.partial`` work folder) keeps its region store."""
+    return folder / "regions"
+
+
+def embed_regions(settings: Settings, ref: tracking.ModelRef, model: RetrievalModel, part: Any, clean_dir: Path,
+                  folder: Path, k: int) -> int:
+    """Embed stage, shard ``k``: the image rows of ``part`` (a slice of the clean manifest) through the backbone
+    and the re-ranker's region projection into region shard ``k`` of ``regions_dir(folder)``, when version ``ref``
+    has a re-ranker that passed its gate. Returns the rows written (0 without such a re-ranker)."""
+    import torch
+
+    from mmretrieval.media import open_image
+    from mmretrieval.regions import write_shard
+
+    net = serving_reranker(settings, ref)
+    if net is None:
+        return 0
+    images = part[part["modality"] == Modality.IMAGE.value]
+    ids = list(images["id"])
+    if ids:
+        maps = feature_maps(model, [open_image(clean_dir / m) for m in images["media"]])
+        with torch.no_grad():
+            regions = torch.cat([net.project_regions(maps[s:s + 64].float()) for s in range(0, len(maps), 64)])
+        array = regions.numpy()
+    else:
+        array = np.zeros((0, net.config.regions, net.config.region_dim), dtype=np.float16)
+    write_shard(regions_dir(folder), k, ids, array)
+    return len(ids)
+
+
+def finish_regions(settings: Settings, ref: tracking.ModelRef, folder: Path, shards: int, image_ids: list[str]
+                   ) -> dict[str, Any] | None:
+    """Embed stage, finish: seal the region store of ``folder`` (every shard there, every image id in it) and
+    return its summary, or None when version ``ref`` serves without a re-ranker. Raises :class:`ModelError`."""
+    from mmretrieval.regions import RegionStore, finish
+
+    if serving_reranker(settings, ref) is None:
+        return None
+    meta = finish(regions_dir(folder), shards, {"model": ref.name, "model_version": ref.version})
+    lacking = RegionStore(regions_dir(folder)).missing(image_ids)
+    if lacking or meta["rows"] != len(image_ids):
+        raise ModelError(f"region store of {folder} has {meta['rows']} rows for {len(image_ids)} images "
+                         f"(missing e.g. {lacking[:3]}): embed again")
+    return {"rows": meta["rows"], "bytes_per_item": meta["bytes_per_item"],
+            "bytes_at_1m_items": meta["bytes_per_item"] * 1_000_000}

@@ -1,0 +1,127 @@
+"""Re-ranking end to end on the tiny dataset with the pretrained CNN tower: the rerank stage trains, evaluates and
+gates the re-ranker on the challenger's own MLflow run; embed writes the region store; publish records and checks
+it; the client and the CLI re-rank (with both scores on each hit) only when the gate passed, and ``rerank=0``
+turns it off."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmretrieval import tracking
+from mmretrieval.cli import main
+from mmretrieval.config import get_settings
+from mmretrieval.errors import PublishError, QueryError
+from mmretrieval.stages import run_stage
+from tests.integration.test_pretrained_cnn import DEFAULT_TOWER
+
+RERANK = {"enabled": True, "negatives": 3, "folds": 2, "epochs": 2, "batch_size": 8, "bootstrap": 200, "depth": 4}
+
+
+def set_params(ws: Path, rerank: dict[str, object]) -> None:
+    base = (ws / "params.yaml").read_text(encoding="utf-8").split("\noverrides:")[0]
+    over = {"tiny": {"model": DEFAULT_TOWER, "train": {"epochs": 2}, "rerank": RERANK | rerank}}
+    (ws / "params.yaml").write_text(base + f"\noverrides: {json.dumps(over)}\n", encoding="utf-8")
+
+
+def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
+        prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mmretrieval.client import RetrievalClient
+    from mmretrieval.rerank import GATE_TAG, serving_reranker
+
+    set_params(prepared, {"min_gain": 1.0})  # no re-ranker can gain 100 points: the gate must refuse
+    run_stage("train", "tiny")
+    run_stage("evaluate", "tiny")
+    refused = run_stage("rerank", "tiny")
+    settings = get_settings(prepared)
+    ref = tracking.require_alias(settings, "tiny", tracking.CHALLENGER)
+    assert refused["passed"] is False and refused["model_version"] == ref.version
+    report = json.loads((prepared / "data/reports/tiny/rerank.json").read_text())
+    for key in ("dual_t2i_recall@1", "rerank_t2i_recall@1", "dual_i2t_hit_rate@10", "rerank_i2t_mrr"):
+        assert key in report["metrics"]
+    assert set(report["latency"]) == {"dual", "rerank_extra", "dual+rerank"}
+    mv = tracking.client(settings).get_model_version(ref.name, ref.version)
+    assert mv.tags[GATE_TAG] == "refuse" and "does not clear" in mv.tags["reranker.reasons"]
+    log = [json.loads(line) for line in (prepared / "var/promotions/tiny.jsonl").read_text().splitlines()]
+    assert log[-1]["action"] == "reranker-refuse" and log[-1]["model_version"] == ref.version
+
+    set_params(prepared, {"min_gain": -1.0})  # any re-ranker passes now: the plumbing is what is tested here
+    assert run_stage("rerank", "tiny")["passed"] is True
+    assert serving_reranker(settings, ref) is not None
+    run_stage("promote", "tiny")
+    embedded = run_stage("embed", "tiny")
+    images = embedded["modalities"]["image"]
+    assert embedded["regions"]["rows"] == images and embedded["regions"]["bytes_per_item"] == 49 * 128 * 2
+    published = run_stage("publish", "tiny")
+    assert published["checks"]["regions"]["images"] == images
+
+    with RetrievalClient("tiny", settings=settings) as client:
+        default = client.search("a red square", k=2)  # image-only collection, gated re-ranker: on by default
+        assert len(default) == 2 and all(h.dual_score is not None for h in default)
+        assert [h.score for h in default] == sorted((h.score for h in default), reverse=True)
+        off = client.search("a red square", k=2, rerank=0)
+        assert all(h.dual_score is None for h in off)
+        assert {h.id for h in client.search("a red square", k=2, rerank=3)} <= {h.id for h in
+                                                                              client.search("a red square", k=3,
+                                                                                            rerank=0)}
+        with pytest.raises(QueryError, match="between k"):
+            client.search("a red square", k=5, rerank=2)
+        with pytest.raises(QueryError, match="modality 'image'"):
+            client.search("a red square", k=2, rerank=3, modality="text")
+
+    capsys.readouterr()
+    assert main(["search", "a red square", "--dataset", "tiny", "--k", "2", "--rerank", "3", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 2 and all(h["dual_score"] is not None for h in hits)
+    assert main(["search", "a red square", "--dataset", "tiny", "--k", "2", "--rerank", "0", "--json"]) == 0
+    assert all(json.loads(line)["dual_score"] is None for line in capsys.readouterr().out.splitlines())
+
+    from fastapi.testclient import TestClient
+
+    from mmretrieval.service import ServiceConfig, create_app
+
+    app = create_app("tiny", settings, ServiceConfig(trusted_hosts=("127.0.0.1",)))
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as http:
+        on = http.post("/search", json={"text": "a red square", "k": 2, "rerank": 3})
+        assert on.status_code == 200 and all(h["dual_score"] is not None for h in on.json())
+        off = http.post("/search", json={"text": "a red square", "k": 2, "rerank": 0})
+        assert off.status_code == 200 and all(h["dual_score"] is None for h in off.json())
+        too_shallow = http.post("/search", json={"text": "a red square", "k": 5, "rerank": 2})
+        assert too_shallow.status_code == 400 and "between k" in too_shallow.json()["detail"]
+
+
+def test_publish_refuses_a_region_store_that_lacks_an_image(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mmretrieval.publish import check_regions
+    from mmretrieval.regions import finish, write_shard
+
+    write_shard(tmp_path, 0, ["a"], np.zeros((1, 2, 3)))
+    finish(tmp_path, 1, {})
+    assert check_regions(tmp_path, ["a"])["images"] == 1
+    with pytest.raises(PublishError, match="'b'"):
+        check_regions(tmp_path, ["a", "b"])
+
+
+def test_distilled_student_is_registered_as_a_challenger_of_its_teacher(prepared: Path) -> None:
+    from mmretrieval.distill import run as distill
+    from mmretrieval.errors import ModelError
+
+    set_params(prepared, {"min_gain": 1.0})
+    run_stage("train", "tiny")
+    run_stage("rerank", "tiny")  # refused: nothing to distil from
+    with pytest.raises(ModelError, match="no re-ranker that passed its gate"):
+        distill("tiny")
+    set_params(prepared, {"min_gain": -1.0})
+    run_stage("rerank", "tiny")
+    settings = get_settings(prepared)
+    teacher = tracking.require_alias(settings, "tiny", tracking.CHALLENGER)
+    result = distill("tiny")
+    student = tracking.require_alias(settings, "tiny", tracking.CHALLENGER)
+    assert result["teacher_version"] == teacher.version and student.version == result["model_version"]
+    assert int(student.version) == int(teacher.version) + 1
+    mv = tracking.client(settings).get_model_version(student.name, student.version)
+    assert mv.tags["distilled_from"] == teacher.version
+    assert run_stage("evaluate", "tiny")["challenger"] == student.version  # the same gate as every model
