@@ -16,9 +16,11 @@ Every run pins its inputs: ``evaluate``, ``rerank`` and ``promote`` act on the m
 registered; ``embed_plan`` resolves the champion once and every later serve task works on that model and data version (a
 champion promoted meanwhile is served by the next run, never mixed into this one).
 
-Datasets are given by the ``dataset`` param (``all``: every dataset in params.yaml). DAGs start paused on a fresh
-Airflow home: ``airflow dags unpause mmr_model`` and ``mmr_serve`` before the first ``mmr_prepare`` run (an event
-sent to a paused DAG starts nothing); ``mmr dag-test`` needs none of that.
+Datasets are given by the ``dataset`` param (``all``: every dataset in params.yaml). The DAGs are created unpaused
+(``is_paused_upon_creation=False``, whatever ``dags_are_paused_at_creation`` says): none has a time schedule, so an
+unpaused DAG runs only when triggered or when its Asset is updated, and on a fresh Airflow home the first triggered
+``mmr_prepare`` runs the whole chain with no ``airflow dags unpause`` (an event sent to a paused DAG starts nothing).
+A DAG someone paused stays paused. ``tests/integration/test_live_scheduler.py`` runs the chain under a scheduler.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "start_date": pendulum.datetime(2026, 1, 1, tz="UTC"),
     "catchup": False,
     "max_active_runs": 1,
+    "is_paused_upon_creation": False,  # no time schedule: runs only when triggered or on its Asset (module doc)
     "tags": ["mmretrieval"],
     "params": {"dataset": Param("demo", type="string", pattern="^(all|[a-z][a-z0-9_]{0,47})$")},
     "default_args": {"retries": 2, "retry_delay": timedelta(seconds=30), "execution_timeout": timedelta(hours=6)},

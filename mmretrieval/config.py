@@ -148,8 +148,10 @@ class GateParams:
 class RerankParams:
     enabled: bool = False  # train a cross-attention re-ranker after the dual encoder (stage ``rerank``)
     depth: int = 50  # candidates the dual encoder hands to the re-ranker (evaluation and the default at query time)
-    region_dim: int = 128  # stored width of each region (fp16): 49 x 128 x 2 = 12.5 KB per image
-    layers: int = 2  # cross-attention blocks
+    concepts: bool = True  # regions described by the backbone's ImageNet classes in the text space (models/reranker)
+    concept_grid: int = 3  # concept regions per side: 3 x 3 x 384 x 2 bytes = 6.9 KB per image in the store
+    region_dim: int = 128  # without concepts: stored width of each of the 49 regions (fp16): 12.5 KB per image
+    layers: int = 0  # learned cross-attention blocks (0: only the concept scores and the dual cosine, mixed)
     heads: int = 4
     dropout: float = 0.1
     use_dual_score: bool = True  # the score adds a learned multiple of the dual encoder's cosine
@@ -159,6 +161,7 @@ class RerankParams:
     # (the dual encoder has memorised its training photos); 0: the trained dual encoder's own scores
     batch_size: int = 32
     lr: float = 0.0005
+    mixing_lr: float = 0.05  # learning rate of the few weights that mix the scores
     seed: int = 0
     metric: str = "t2i_hit_rate@1"  # the gate's metric, per query: the re-ranker must beat the dual encoder on it...
     bootstrap: int = 2000  # ...in this many paired bootstrap resamples of the test queries...

@@ -24,6 +24,7 @@ from mmretrieval.contracts import EvaluateResult
 from mmretrieval.errors import MediaError, TrainingError
 from mmretrieval.io import write_json
 from mmretrieval.layout import read_clean
+from mmretrieval.locks import per_dataset
 from mmretrieval.media import open_image
 from mmretrieval.metrics import CHANCE_SUFFIX, EvalSet, both_directions, build_eval_set
 from mmretrieval.schema import Modality, Split, read_manifest, split_captions
@@ -160,6 +161,7 @@ def metrics_summary(metrics: dict[str, float], gate_metric: str) -> str:
     return ", ".join(f"{k}={metrics[k]:.3f}" for k in keep) + (f" (on {int(metrics.get('items', 0))} test items)")
 
 
+@per_dataset("gate")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> EvaluateResult:
     """Score the ``challenger`` (or exactly model ``version``, the one a train step of this run registered) and the
     champion on the test split; each version's result is also kept on its own (``Layout.evaluation``)."""

@@ -22,8 +22,10 @@ time). Where the two differ, this module makes them behave alike:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,7 @@ METADATA_RESERVE = 1_024  # of JSON_MAX_BYTES, kept for what publish adds to an 
 HNSW_TYPES = ("HNSW", "HNSW_SQ", "HNSW_PQ", "HNSW_PRQ")
 IVF_TYPES = ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN")
 MAX_NPROBE = 65_536  # Milvus' upper bound for nprobe
+RPC_LOGGER = "pymilvus.decorators"  # where pymilvus logs a failed call, with its traceback
 FILTER_WORDS = ("expr", "parse", "column", "field", "operand", "operator", "invalid", "literal", "token")
 
 
@@ -69,10 +72,6 @@ class MilvusIndex:
         if self._client is None:
             from pymilvus import MilvusClient
             from pymilvus.exceptions import MilvusException
-
-            # after the import: importing pymilvus resets its logger to WARNING, which prints a traceback for every
-            # expected miss (an alias that does not exist yet) on a server
-            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 
             if "://" not in self.uri:
                 Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +108,8 @@ class MilvusIndex:
         from pymilvus.exceptions import MilvusException
 
         try:
-            return str(self.client.describe_alias(alias)["collection_name"])
+            with _handled_here():
+                return str(self.client.describe_alias(alias)["collection_name"])
         except MilvusException as e:
             if any(word in str(e).lower() for word in MISSING_ALIAS):
                 return None
@@ -130,7 +130,8 @@ class MilvusIndex:
             self.client.alter_alias(collection, alias)
             return
         try:
-            self.client.create_alias(collection, alias)
+            with _handled_here():
+                self.client.create_alias(collection, alias)
         except MilvusException as e:  # a 2.3 server still knows the alias of a dropped collection: move it instead
             if "already exist" not in str(e).lower():
                 raise IndexStoreError(f"cannot point alias {alias!r} at {collection!r}: {_message(e)}") from e
@@ -209,7 +210,8 @@ class MilvusIndex:
             chunk = [dict(r, text=clip_utf8(r["text"], VARCHAR_LIMITS["text"])) if isinstance(r.get("text"), str)
                      else dict(r) for r in rows[start:start + batch]]
             try:
-                self.client.insert(name, chunk)
+                with _handled_here():
+                    self.client.insert(name, chunk)
             except MilvusException as e:
                 raise IndexStoreError(f"insert into {name!r} failed for the batch of rows {start + 1}-"
                                       f"{start + len(chunk)} ({_culprit(chunk, str(e))}): {_message(e)}") from e
@@ -247,9 +249,10 @@ class MilvusIndex:
         if kind in HNSW_TYPES:
             search["ef"] = max(int(search.get("ef", 0)), k)
         try:
-            res = self._search(name, data, k, expr, output_fields, params.metric_type, search)
-            if kind in IVF_TYPES and any(len(h) < k for h in res):  # the probed lists held fewer than k rows
-                res = self._probe_all(name, data, k, expr, output_fields, params, search) or res
+            with _handled_here():
+                res = self._search(name, data, k, expr, output_fields, params.metric_type, search)
+                if kind in IVF_TYPES and any(len(h) < k for h in res):  # the probed lists held fewer than k rows
+                    res = self._probe_all(name, data, k, expr, output_fields, params, search) or res
         except MilvusException as e:
             message = _message(e)
             if expr and any(word in message.lower() for word in FILTER_WORDS):
@@ -276,6 +279,30 @@ class MilvusIndex:
                 metric: str, search: dict[str, Any]) -> Any:
         return self.client.search(name, data=data, limit=k, filter=expr, output_fields=list(output_fields),
                                   search_params={"metric_type": metric, "params": search})
+
+
+class _ThisThread(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
+
+
+@contextlib.contextmanager
+def _handled_here() -> Iterator[None]:
+    """pymilvus logs every failed call with a traceback (logger :data:`RPC_LOGGER`, ERROR) before raising it. Around
+    a call whose ``MilvusException`` this module handles (an expected miss such as an alias that does not exist yet,
+    or an error re-raised as ours with Milvus' message), those records of this thread are dropped; the filter comes
+    off after the call, so pymilvus logs as configured everywhere else (its level is never changed here)."""
+    logger = logging.getLogger(RPC_LOGGER)
+    mine = _ThisThread()
+    logger.addFilter(mine)
+    try:
+        yield
+    finally:
+        logger.removeFilter(mine)
 
 
 def row_problem(row: Mapping[str, Any]) -> str | None:

@@ -13,6 +13,7 @@ Stages find each other's outputs here, never by importing another stage. The tre
     data/embeddings/<ds>/v<N>/         part-*.parquet, embed.json, regions/ (+ v<N>.partial while embedding)
     var/checkpoints/<ds>/<run>/        training checkpoints (train, rerank)
     var/promotions/<ds>.jsonl          every gate decision and alias move (promote, rerank)
+    var/locks/<ds>.<name>.lock         per-dataset stage locks (train, gate, rerank)
     var/model-cache/<model>/           downloaded model versions
 """
 
@@ -137,6 +138,10 @@ class Layout:
     # --- var/: local state ----------------------------------------------------------------------------------------
     def checkpoints(self, run: str) -> Path:
         return self.var_dir / "checkpoints" / self.dataset / run
+
+    def lock(self, name: str) -> Path:
+        """``var/locks/<ds>.<name>.lock``: the file lock a stage of this dataset holds (:mod:`mmretrieval.locks`)."""
+        return self.var_dir / "locks" / f"{self.dataset}.{name}.lock"
 
     @property
     def promotions_log(self) -> Path:

@@ -20,6 +20,7 @@ from mmretrieval.config import GateParams, Settings, get_settings
 from mmretrieval.contracts import PromoteResult
 from mmretrieval.errors import ModelNotFoundError, TrainingError
 from mmretrieval.io import read_json
+from mmretrieval.locks import per_dataset
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def _log(settings: Settings, dataset: str, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+@per_dataset("gate")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> PromoteResult:
     """Decide on the evaluated challenger, or on exactly model ``version`` (the one this run trained and evaluated):
     its own evaluation is read, so two runs of one dataset never judge each other's model."""
@@ -119,6 +121,7 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
                          challenger["version"] if promoted else (champion or {}).get("version"))
 
 
+@per_dataset("gate")  # locks.py: a second run of this dataset waits
 def rollback(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     """Point ``champion`` back at ``previous`` (and ``previous`` at the demoted version)."""
     settings = settings or get_settings()

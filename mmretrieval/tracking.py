@@ -43,19 +43,33 @@ class ModelRef:
 
 
 def client(settings: Settings) -> MlflowClient:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
+    """A client of this workspace's store; the process's MLflow settings (tracking URI, environment) stay as they
+    are."""
     from mlflow import MlflowClient
 
     if settings.mlflow_uri.startswith("sqlite:///"):
         Path(settings.mlflow_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(settings.mlflow_uri)  # for the fluent API (runs); it also writes the environment...
-    if user_uri is None:  # ...where settings built later for another workspace would read it as the user's choice
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = user_uri
     return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+@contextlib.contextmanager
+def _fluent_store(settings: Settings) -> Iterator[None]:
+    """MLflow's fluent API (``mlflow.start_run``, ``mlflow.log_*``, used by training) logs to the process's tracking
+    URI: point it at this workspace's store while the block runs, then put back exactly what was there (MLflow's own
+    setting and ``MLFLOW_TRACKING_URI``, which ``mlflow.set_tracking_uri`` also writes)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    before, before_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None: unset, as it was
+        if before_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
 def experiment_id(settings: Settings, dataset: str) -> str:
@@ -90,18 +104,19 @@ def git_sha(where: Path) -> str:
 @contextlib.contextmanager
 def start_run(settings: Settings, dataset: str, run_name: str, tags: dict[str, str],
               run_id: str | None = None) -> Iterator[Any]:
-    """An active MLflow run in the dataset's experiment (``run_id``: continue that run); FAILED if the block raises."""
+    """An active MLflow run in the dataset's experiment (``run_id``: continue that run); FAILED if the block raises.
+    The fluent API logs to this workspace's store inside the block only (:func:`_fluent_store`)."""
     import mlflow
 
-    client(settings)
     exp = experiment_id(settings, dataset)
-    if run_id is not None:
-        with mlflow.start_run(run_id=run_id) as run:
-            mlflow.set_tag("resumed", "true")
+    with _fluent_store(settings):
+        if run_id is not None:
+            with mlflow.start_run(run_id=run_id) as run:
+                mlflow.set_tag("resumed", "true")
+                yield run
+            return
+        with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags) as run:
             yield run
-        return
-    with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags) as run:
-        yield run
 
 
 def log_model(model: RetrievalModel) -> None:
@@ -242,9 +257,8 @@ def download(settings: Settings, ref: ModelRef) -> Path:
     target = settings.var_dir / "model-cache" / ref.name / ref.version
     if (model_files(target) / "config.json").is_file():
         return model_files(target)
-    client(settings)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, tracking_uri=settings.mlflow_uri))
     except Exception as e:  # MLflow raises several unrelated types for a missing artifact
         raise TrackingError(f"cannot download {ref.uri} from {ref.source}: {e}") from e
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")

@@ -37,6 +37,7 @@ from mmretrieval.contracts import TrainResult
 from mmretrieval.errors import ConfigError, TrainingError
 from mmretrieval.io import read_json, read_parquet
 from mmretrieval.layout import read_clean
+from mmretrieval.locks import per_dataset
 from mmretrieval.metrics import resolve_metric
 from mmretrieval.schema import Modality, Split
 from mmretrieval.training.checkpoint import Checkpoint, fingerprint
@@ -87,6 +88,7 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str]) -> Any:
         **source)
 
 
+@per_dataset("train")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None) -> TrainResult:
     import mlflow
     import torch

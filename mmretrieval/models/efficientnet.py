@@ -229,6 +229,22 @@ def describe(index: int) -> str:
     return str(ImageNetInfo().index_to_description(index))
 
 
-__all__ = ["BACKBONES", "CNNImageTower", "Preprocessing", "converted_weights", "describe", "imagenet_classifier",
-           "is_pretrained_cnn", "preprocessing", "provenance", "to_timm_keys", "top5"]
+def class_descriptions() -> list[str]:
+    """The 1000 ImageNet-1k class descriptions in class-index order (e.g. "golden retriever")."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [str(info.index_to_description(i)) for i in range(info.num_classes())]
+
+
+def imagenet_head(name: str, expected_sha256: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The pretrained 1000-class classifier of backbone ``name``: ((1000, width) weight, (1000,) bias), applied
+    to globally pooled features, or to each cell of :meth:`CNNImageTower.feature_map`."""
+    classifier = imagenet_classifier(name, expected_sha256).get_classifier()
+    return classifier.weight.detach().clone(), classifier.bias.detach().clone()
+
+
+__all__ = ["BACKBONES", "CNNImageTower", "Preprocessing", "class_descriptions", "converted_weights", "describe",
+           "imagenet_classifier", "imagenet_head", "is_pretrained_cnn", "preprocessing", "provenance", "to_timm_keys",
+           "top5"]
 

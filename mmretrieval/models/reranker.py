@@ -15,6 +15,18 @@ Inputs (all frozen features, so the model itself is small and a query costs only
 Each of ``layers`` blocks is pre-norm cross-attention (tokens -> regions, ``heads`` heads, key padding mask on the
 regions) then a feed-forward block; the token states are mean-pooled over non-padding tokens and a linear layer
 gives the match logit. Saved as ``config.json`` + ``weights.safetensors`` like the dual encoder.
+
+**Concept regions** (``concepts`` > 0, the default of ``params.yaml``): a few hundred training photos are too few to
+learn word-to-region attention from scratch (docs/benchmarks.md), so each region is instead described in the text
+tower's own space by what the pretrained backbone already knows about it: the backbone's ImageNet classifier is
+applied to every cell of the feature map (pooled to a ``concept_grid`` x ``concept_grid`` grid first), and the
+cell's class distribution weights the text tower's embeddings of the class names ("a photo of a golden
+retriever", ...), giving one unit vector per region in the sentence space. The query's token states then attend
+over those regions with hard attention (each word takes its best-matching region, the words' matches averaged:
+late interaction as in ColBERT), and the sentence vector is compared with the whole image's concept vector; both
+scores enter the logit with learned weights. The stored regions are the concept vectors ((grid^2, text_dim) fp16),
+so a query still needs no backbone. Without learned blocks (``layers: 0``) the model has three parameters (the
+weights of the dual, whole-image and region scores), which a few hundred photos can fit without overfitting.
 """
 
 from __future__ import annotations
@@ -45,7 +57,19 @@ class RerankerConfig:
     use_dual_score: bool = True  # add dual_weight * (dual encoder cosine) to the cross-attention logit
     basis_dim: int = 128  # region features are first reduced to their top principal components (fitted once on
     # the training maps, :meth:`CrossReranker.fit_basis`; a fixed buffer), 0: the learned projection sees all channels
+    concepts: int = 0  # classes of the backbone's classifier describing each region (ImageNet: 1000); 0: raw features
+    concept_grid: int = 3  # concept regions: the feature map average-pooled to this many cells per side
     format_version: int = FORMAT_VERSION
+
+    @property
+    def stored_regions(self) -> int:
+        """Regions per item in the store: the feature map's cells, or the concept grid's."""
+        return self.concept_grid ** 2 if self.concepts else self.regions
+
+    @property
+    def stored_dim(self) -> int:
+        """Width of each stored region: ``region_dim``, or the text tower's width for concept regions."""
+        return self.text_dim if self.concepts else self.region_dim
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> RerankerConfig:
@@ -74,29 +98,65 @@ class CrossBlock(nn.Module):
 
 
 class CrossReranker(nn.Module):
-    """Scores (query, item) pairs: text token states attend over projected region features."""
+    """Scores (query, item) pairs: text token states attend over the item's regions (projected backbone features,
+    or concept regions in the text tower's space; see the module docstring)."""
 
     def __init__(self, config: RerankerConfig) -> None:
         super().__init__()
-        if config.region_dim % config.heads:
+        if config.layers and config.region_dim % config.heads:
             raise ModelError(f"re-ranker region_dim {config.region_dim} is not divisible by heads {config.heads}")
+        if not config.layers and not config.concepts:
+            raise ModelError("a re-ranker with layers: 0 needs concept regions (concepts > 0): it has nothing to "
+                             "score with")
         self.config = config
         d = config.region_dim
-        width = min(config.basis_dim, config.backbone_dim) if config.basis_dim else config.backbone_dim
-        self.register_buffer("region_mean", torch.zeros(config.backbone_dim))
-        self.register_buffer("region_basis", torch.eye(config.backbone_dim)[:, :width].contiguous())
-        self.region_proj = nn.Linear(width, d)  # run at embed time; its output is stored in fp16
-        self.region_pos = nn.Parameter(torch.zeros(config.regions, d))  # where each cell sits in the image
-        self.text_proj = nn.Linear(config.text_dim, d)
-        self.blocks = nn.ModuleList(CrossBlock(d, config.heads, config.dropout) for _ in range(config.layers))
-        self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, 1)
+        if config.concepts:  # filled by set_concepts from the backbone's classifier and the text tower
+            self.register_buffer("concept_weight", torch.zeros(config.concepts, config.backbone_dim))
+            self.register_buffer("concept_bias", torch.zeros(config.concepts))
+            self.register_buffer("concept_text", torch.zeros(config.concepts, config.text_dim))
+            self.concept_mix = nn.Parameter(torch.tensor([10.0, 10.0]))  # whole-image and region concept scores
+            if config.layers:
+                self.region_proj = nn.Linear(config.text_dim, d)  # concept regions -> attention width
+        else:
+            width = min(config.basis_dim, config.backbone_dim) if config.basis_dim else config.backbone_dim
+            self.register_buffer("region_mean", torch.zeros(config.backbone_dim))
+            self.register_buffer("region_basis", torch.eye(config.backbone_dim)[:, :width].contiguous())
+            self.region_proj = nn.Linear(width, d)  # run at embed time; its output is stored in fp16
+        if config.layers:
+            self.region_pos = nn.Parameter(torch.zeros(config.stored_regions, d))  # where each cell sits
+            self.text_proj = nn.Linear(config.text_dim, d)
+            self.blocks = nn.ModuleList(CrossBlock(d, config.heads, config.dropout) for _ in range(config.layers))
+            self.norm = nn.LayerNorm(d)
+            self.head = nn.Linear(d, 1)
         self.dual_weight = nn.Parameter(torch.tensor(10.0 if config.use_dual_score else 0.0),
                                         requires_grad=config.use_dual_score)
 
+    def mixing_parameters(self) -> list[nn.Parameter]:
+        """The scalar weights that mix the dual, concept and learned scores (trained at their own learning rate)."""
+        return [q for q in (self.dual_weight, getattr(self, "concept_mix", None)) if q is not None and q.requires_grad]
+
+    @torch.no_grad()
+    def set_concepts(self, weight: torch.Tensor, bias: torch.Tensor, names: torch.Tensor) -> None:
+        """The concept vocabulary: the backbone's classifier ((concepts, backbone_dim) weight, (concepts,) bias) and
+        the text tower's embeddings of the class names ((concepts, text_dim)). Raises :class:`ModelError`."""
+        c = self.config
+        if not c.concepts or weight.shape != (c.concepts, c.backbone_dim) or bias.shape != (c.concepts,) \
+                or names.shape != (c.concepts, c.text_dim):
+            raise ModelError(f"concept vocabulary of shapes {tuple(weight.shape)}, {tuple(bias.shape)}, "
+                             f"{tuple(names.shape)} does not fit a re-ranker with concepts={c.concepts}, backbone_dim="
+                             f"{c.backbone_dim}, text_dim={c.text_dim}")
+        self.concept_weight.copy_(weight)
+        self.concept_bias.copy_(bias)
+        self.concept_text.copy_(nn.functional.normalize(names.float(), dim=-1))
+
     def project_regions(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """(B, backbone_dim, H, W) backbone feature maps (H * W = ``regions``) -> (B, H * W, region_dim), the
-        form the region store keeps (cast to fp16 there). Raises :class:`ModelError` for another grid size."""
+        """(B, backbone_dim, H, W) backbone feature maps (H * W = ``regions``) -> (B, stored_regions, stored_dim),
+        the form the region store keeps (cast to fp16 there). Raises :class:`ModelError` for another grid size."""
+        return self.region_output(self.region_input(feature_map))
+
+    def region_input(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The parameter-free part of :meth:`project_regions` (training computes it once per image): concept
+        regions (B, grid^2, text_dim), or the cells on the principal-component basis (B, H * W, basis_dim)."""
         if feature_map.dim() != 4 or feature_map.shape[1] != self.config.backbone_dim:
             raise ModelError(f"feature map of shape {tuple(feature_map.shape)}: expected (B, "
                              f"{self.config.backbone_dim}, H, W)")
@@ -104,19 +164,24 @@ class CrossReranker(nn.Module):
             raise ModelError(f"feature map grid {tuple(feature_map.shape[2:])} has "
                              f"{feature_map.shape[2] * feature_map.shape[3]} cells; the re-ranker was trained on "
                              f"{self.config.regions}")
-        return self.region_proj(self.reduce(feature_map))
-
-    def reduce(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """(B, backbone_dim, H, W) -> (B, H * W, basis_dim) cells on the fixed principal-component basis (no
-        parameters: training computes it once per image)."""
+        if self.config.concepts:
+            pooled = nn.functional.adaptive_avg_pool2d(feature_map.float(), self.config.concept_grid)
+            cells = pooled.flatten(2).transpose(1, 2)  # (B, grid^2, backbone_dim)
+            probs = (cells @ self.concept_weight.T + self.concept_bias).softmax(dim=-1)
+            return nn.functional.normalize(probs @ self.concept_text, dim=-1)
         cells = feature_map.float().flatten(2).transpose(1, 2)  # (B, R, backbone_dim)
         return (cells - self.region_mean) @ self.region_basis
+
+    def region_output(self, reduced: torch.Tensor) -> torch.Tensor:
+        """The learned part of :meth:`project_regions` (concept regions are stored as they are)."""
+        return reduced if self.config.concepts else self.region_proj(reduced)
 
     @torch.no_grad()
     def fit_basis(self, feature_maps: torch.Tensor, max_cells: int = 20_000, seed: int = 0) -> None:
         """Fit the region basis: mean and top ``basis_dim`` principal directions of the cells of (N,
-        backbone_dim, H, W) training feature maps (a seeded sample of at most ``max_cells`` cells)."""
-        if not self.config.basis_dim:
+        backbone_dim, H, W) training feature maps (a seeded sample of at most ``max_cells`` cells). Concept
+        regions have no basis."""
+        if not self.config.basis_dim or self.config.concepts:
             return
         cells = feature_maps.float().flatten(2).transpose(1, 2).reshape(-1, self.config.backbone_dim)
         g = torch.Generator().manual_seed(seed)
@@ -126,6 +191,21 @@ class CrossReranker(nn.Module):
         self.region_mean.copy_(mean)
         self.region_basis.copy_(v[: self.region_basis.shape[1]].T)
 
+    @staticmethod
+    def concept_scores(tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P,) whole-image and (P,) region scores of P pairs: the cosine of the sentence (the token states'
+        mean over real tokens, as MiniLM pools) with the mean concept vector, and each real token's best cosine
+        over the (P, R, text_dim) concept regions, averaged over the tokens."""
+        keep = token_mask.unsqueeze(-1).float()  # (P, L, 1)
+        words = nn.functional.normalize(tokens.float(), dim=-1)
+        sentence = nn.functional.normalize((tokens.float() * keep).sum(1), dim=-1)
+        concepts = nn.functional.normalize(regions.float(), dim=-1)
+        whole = (sentence * nn.functional.normalize(concepts.mean(1), dim=-1)).sum(-1)
+        best = torch.einsum("pld,prd->plr", words, concepts).amax(-1)  # (P, L)
+        per_word = (best * keep.squeeze(-1)).sum(1) / keep.sum((1, 2)).clamp_min(1.0)
+        return whole, per_word
+
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor,
                 dual: torch.Tensor | None = None, region_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Match logits of P pairs.
@@ -133,7 +213,7 @@ class CrossReranker(nn.Module):
         Args:
             tokens: (P, L, text_dim) text token states; rows may repeat one query (expand, no copy).
             token_mask: (P, L) bool, True for real tokens (False: padding, ignored by the pooling).
-            regions: (P, R, region_dim) projected regions (fp16 from the store is cast to float here).
+            regions: (P, R, stored_dim) stored regions (fp16 from the store is cast to float here).
             dual: (P,) dual-encoder cosines of the pairs, or None (then that term is left out).
             region_mask: (P, R) bool, True for real regions, or None (all real).
 
@@ -145,15 +225,23 @@ class CrossReranker(nn.Module):
                              f"{tuple(regions.shape)} disagree on pairs or length")
         used = token_mask.any(dim=0)  # positions that are padding in every pair cost nothing
         tokens, token_mask = tokens[:, used], token_mask[:, used]
-        regions = regions.float() + self.region_pos[: regions.shape[1]]
-        pad = None if region_mask is None else ~region_mask
-        x = self.text_proj(tokens.float())
-        for block in self.blocks:
-            x = block(x, regions, pad)
-        x = self.norm(x)
-        keep = token_mask.unsqueeze(-1).to(x.dtype)  # (P, L, 1)
-        pooled = (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (P, d)
-        logit = self.head(pooled).squeeze(-1)
+        logit = torch.zeros(tokens.shape[0], device=tokens.device)
+        if self.config.concepts:
+            whole, per_word = self.concept_scores(tokens, token_mask, regions)
+            logit = logit + self.concept_mix[0] * whole + self.concept_mix[1] * per_word
+        if self.config.layers:
+            keys = regions.float()
+            if self.config.concepts:
+                keys = self.region_proj(keys)
+            keys = keys + self.region_pos[: keys.shape[1]]
+            pad = None if region_mask is None else ~region_mask
+            x = self.text_proj(tokens.float())
+            for block in self.blocks:
+                x = block(x, keys, pad)
+            x = self.norm(x)
+            keep = token_mask.unsqueeze(-1).to(x.dtype)  # (P, L, 1)
+            pooled = (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (P, d)
+            logit = logit + self.head(pooled).squeeze(-1)
         if dual is not None and self.config.use_dual_score:
             logit = logit + self.dual_weight * dual.float()
         return logit

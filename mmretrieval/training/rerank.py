@@ -96,6 +96,7 @@ class RerankSchedule:
     lr: float = 5e-4
     weight_decay: float = 0.01
     seed: int = 0
+    mixing_lr: float = 0.05  # the re-ranker's few score-mixing weights (no weight decay)
 
 
 def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
@@ -108,15 +109,18 @@ def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
     rng = np.random.default_rng(p.seed)
     negatives = mine_hard_negatives(data.dual, data.relevant, p.negatives)
     steps = p.epochs * -(-len(negatives) // p.batch_size)
-    opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=p.lr, weight_decay=p.weight_decay)
+    mixing = {id(q) for q in net.mixing_parameters()}
+    groups = [{"params": [q for q in net.parameters() if q.requires_grad and id(q) not in mixing]},
+              {"params": net.mixing_parameters(), "lr": p.mixing_lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=p.lr, weight_decay=p.weight_decay)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, steps)))))
     dual = torch.from_numpy(data.dual).float()
     net.fit_basis(data.maps[0], seed=p.seed)
     with torch.no_grad():  # the fixed part of the region projection, once per view and image
-        reduced = torch.stack([torch.cat([net.reduce(view[s:s + 64]) for s in range(0, len(view), 64)])
-                               for view in data.maps])  # (V, G, R, basis_dim)
+        reduced = torch.stack([torch.cat([net.region_input(view[s:s + 64]) for s in range(0, len(view), 64)])
+                               for view in data.maps])  # (V, G, R, width)
     losses: list[float] = []
     for epoch in range(1, p.epochs + 1):
         started, parts = time.monotonic(), []
@@ -130,7 +134,7 @@ def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
             view = torch.from_numpy(rng.integers(0, data.maps.shape[0], size=b)).repeat_interleave(c)
             # each (view, item) of the batch is projected once, however many lists it appears in
             keys, where = torch.unique(view * data.maps.shape[1] + cand.reshape(-1), return_inverse=True)
-            regions = net.region_proj(reduced[keys // data.maps.shape[1], keys % data.maps.shape[1]])[where]
+            regions = net.region_output(reduced[keys // data.maps.shape[1], keys % data.maps.shape[1]])[where]
             tokens = data.tokens[q].float().repeat_interleave(c, 0)
             mask = data.token_mask[q].repeat_interleave(c, 0)
             logits = net(tokens, mask, regions, dual[q[:, None], cand].reshape(-1)).view(b, c)

@@ -25,12 +25,17 @@ def champion(prepared: Path) -> Path:
     return prepared
 
 
-def test_the_champion_loads_with_mlflow_pyfunc_and_gives_the_platforms_vectors(champion: Path) -> None:
+def test_the_champion_loads_with_mlflow_pyfunc_and_gives_the_platforms_vectors(champion: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
     from mlflow.models import Model
 
     settings = get_settings(champion)
-    tracking.client(settings)
+    # as a serving team points MLflow at our store (explicitly: another test may have left a process-wide URI)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", settings.mlflow_uri)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", settings.mlflow_uri)
+    monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", settings.mlflow_uri)
     ref = tracking.require_alias(settings, "tiny", tracking.CHAMPION)
     platform = tracking.load_model(settings, ref)
     png = (champion / "data/raw/tiny/images/blue2.png").read_bytes()

@@ -20,7 +20,7 @@ HELD_OUT_TOP5, HELD_OUT_TOP1 = 6, 4  # of the 8 held-out descriptions (measured:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = make_workspace(tmp_path_factory.mktemp("demo") / "ws", (REPO / "params.yaml").read_text())
-    env = {"MMR_HOME": str(root)}
+    env = {"MMR_HOME": str(root), "MMR_DAGS_FOLDER": str(REPO / "dags")}  # the workspace is not a checkout
     assert mmr("sample", "--out", str(root / "sample"), cwd=root, env=env).returncode == 0
     out = mmr("ingest", str(root / "sample" / "manifest.csv"), "--name", "demo", cwd=root, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -158,3 +158,69 @@ def test_out_of_fold_scores_only_compare_captions_with_unseen_images_of_their_fo
     assert (np.abs(scores[inside]) <= 1 + 1e-5).all()
     with pytest.raises(TrainingError, match="3 folds over 4"):
         out_of_fold_scores(pooled[:, :4], sentences, owner, folds=3)
+
+
+CONCEPTS = RerankerConfig(text_dim=4, backbone_dim=3, regions=4, layers=0, concepts=2, concept_grid=2)
+
+
+def concept_net(config: RerankerConfig = CONCEPTS) -> CrossReranker:
+    """Two classes: channel 0 of a cell votes "dog", channel 1 "beach"; their names embed as axes 0 and 1."""
+    net = CrossReranker(config).eval()
+    weight = torch.tensor([[8.0, 0.0, 0.0], [0.0, 8.0, 0.0]])
+    names = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    net.set_concepts(weight, torch.zeros(2), names)
+    return net
+
+
+def picture(cells: list[int]) -> torch.Tensor:
+    """(1, 3, 2, 2) feature map whose four cells show class ``cells[i]`` (0 dog, 1 beach)."""
+    fm = torch.zeros(1, 3, 4)
+    for i, c in enumerate(cells):
+        fm[0, c, i] = 1.0
+    return fm.view(1, 3, 2, 2)
+
+
+def test_concept_regions_live_in_the_text_space_and_words_find_their_region() -> None:
+    net = concept_net()
+    dog, beach, dog_on_beach = (net.project_regions(picture(c)) for c in ([0] * 4, [1] * 4, [0, 0, 1, 1]))
+    assert dog.shape == (1, 4, 4) and torch.allclose(dog.norm(dim=-1), torch.ones(1, 4))
+    assert dog[0, 0, 0] > 0.99 and beach[0, 0, 1] > 0.99  # a dog cell is the word "dog", a beach cell "beach"
+    words = torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 0, 0]]])  # the query "dog beach" as two token states
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    whole, per_word = zip(*(net.concept_scores(words, mask, r) for r in (dog, beach, dog_on_beach)), strict=True)
+    assert per_word[2] > 0.99 > per_word[0] and per_word[2] > per_word[1]  # each word has its region only there
+    assert abs(float(whole[0] - whole[1])) < 1e-6  # the whole picture is half right either way
+    scores = net.score_candidates(words[0], mask[0], torch.cat([dog, beach, dog_on_beach]), torch.zeros(3))
+    assert int(scores.argmax()) == 2
+
+
+def test_concept_reranker_has_only_mixing_weights_and_survives_saving(tmp_path: Path) -> None:
+    net = concept_net()
+    assert sorted(n for n, _ in net.named_parameters()) == ["concept_mix", "dual_weight"]
+    save(net, tmp_path / "r")
+    again, _ = load(tmp_path / "r")
+    fm = picture([0, 1, 0, 1])
+    assert torch.equal(again.project_regions(fm), net.project_regions(fm))
+    with pytest.raises(ModelError, match="nothing to score"):
+        CrossReranker(RerankerConfig(layers=0, concepts=0))
+    with pytest.raises(ModelError, match="does not fit"):
+        net.set_concepts(torch.zeros(3, 3), torch.zeros(3), torch.zeros(3, 4))
+
+
+def test_concept_reranker_learns_its_mixing_weights_from_lists() -> None:
+    """Relevant items are the ones whose concepts match the caption; the dual cosine is noise: training must
+    raise the concept weights relative to the dual weight."""
+    net = concept_net(RerankerConfig(text_dim=4, backbone_dim=3, regions=4, layers=0, concepts=2, concept_grid=2))
+    maps = torch.cat([picture([0] * 4), picture([1] * 4)] * 10)  # items 2k: dog, 2k+1: beach
+    rng = np.random.default_rng(0)
+    relevant = np.zeros((40, 20), dtype=bool)
+    tokens = torch.zeros(40, 1, 4)
+    for q in range(40):
+        item = int(rng.integers(0, 20))
+        relevant[q, item] = True
+        tokens[q, 0, item % 2] = 1.0  # the caption names the item's class
+    dual = rng.random((40, 20)).astype(np.float32)
+    before = (net.dual_weight.item(), net.concept_mix.detach().clone())
+    train_reranker(net, RerankData(tokens, torch.ones(40, 1, dtype=torch.bool), maps[None], relevant, dual),
+                   RerankSchedule(epochs=5, negatives=4, batch_size=8, seed=0))
+    assert net.concept_mix.sum().item() / net.dual_weight.item() > before[1].sum().item() / before[0]
