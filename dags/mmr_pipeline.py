@@ -30,7 +30,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
-from mmr_airflow import MILVUS_WRITER_POOL, MmrHook, datasets_of, run_library
+from mmr_airflow import MILVUS_WRITER_POOL, MmrHook, datasets_of, log_data_docs, run_library
 
 CLEAN_DATA = Asset(name="mmr_clean_data")  # validated, cleaned, augmented data of a dataset
 CHAMPION_MODEL = Asset(name="mmr_champion_model")  # the gate ran (promoted or kept the champion)
@@ -65,7 +65,10 @@ def prepare_tasks(outlets: list[Asset]) -> Any:
 
     @task
     def validate(dataset: str) -> str:
-        stage("validate", dataset)
+        try:
+            stage("validate", dataset)
+        finally:  # the page is written for failed validations too
+            log_data_docs(MmrHook().get_settings(), dataset)
         return dataset
 
     @task

@@ -278,13 +278,8 @@ def late_fusion(weights: list[float], results: list[list[dict[str, Any]]], k: in
 
 def _load_wave(model: RetrievalModel, audio: Any) -> Any:
     """A path or uploaded bytes as the model's fixed-length waveform tensor."""
-    import tempfile
-
     if isinstance(audio, (bytes, bytearray)):
-        with tempfile.NamedTemporaryFile(suffix=".audio") as f:
-            f.write(audio)
-            f.flush()
-            return model.load_wave(Path(f.name))
+        return model.load_wave_bytes(bytes(audio))
     path = Path(audio)
     if not path.is_file():
         raise MediaError(f"query audio {str(path)!r} does not exist")

@@ -51,7 +51,7 @@ class StageResult(Mapping[str, Any]):
 
 @dataclass(frozen=True)
 class ValidateResult(StageResult):
-    """``validate``: row counts of the raw manifest, quarantine reasons, the report's path."""
+    """``validate``: row counts of the raw manifest, quarantine reasons, the report's and data docs page's paths."""
 
     dataset: str
     data_version: str
@@ -60,6 +60,7 @@ class ValidateResult(StageResult):
     quarantine: int
     reasons: dict[str, int]
     report: str
+    data_docs: str = ""
 
 
 @dataclass(frozen=True)

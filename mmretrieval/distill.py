@@ -19,7 +19,6 @@ photos cannot learn the teacher's ranking: it has memorised them (docs/benchmark
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -95,9 +94,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         for epoch, loss in enumerate(losses, start=1):
             mlflow.log_metric("loss", loss, step=epoch)
         mlflow.log_metric("train_seconds", train_seconds)
-        with tempfile.TemporaryDirectory() as tmp:
-            RetrievalModel(student, model.text, "cpu").save(Path(tmp))
-            mlflow.log_artifacts(tmp, artifact_path=tracking.MODEL_ARTIFACT)
+        tracking.log_model(RetrievalModel(student, model.text, "cpu"))
         run_id = mlrun.info.run_id
     new = tracking.register(settings, dataset, run_id)
     tracking.tag_version(settings, new, {"data_version": data_version, "git_sha": code_version,

@@ -150,6 +150,17 @@ def score(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: 
     return merged
 
 
+def metrics_summary(metrics: dict[str, float], gate_metric: str) -> str:
+    """The recall@K metrics (and the gate's metric) of an evaluation as one line for a model version's
+    description, e.g. ``t2i_recall@1=0.500, ...``."""
+    from mmretrieval.metrics import resolve_metric
+
+    gate = resolve_metric(gate_metric, metrics)
+    keep = [k for k in sorted(metrics) if k == gate or ("recall@" in k and not k.startswith("raw_")
+                                                        and not k.endswith(CHANCE_SUFFIX))]
+    return ", ".join(f"{k}={metrics[k]:.3f}" for k in keep) + (f" (on {int(metrics.get('items', 0))} test items)")
+
+
 @per_dataset("gate")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> EvaluateResult:
     """Score the ``challenger`` (or exactly model ``version``, the one a train step of this run registered) and the
@@ -199,6 +210,9 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     challenger = result[tracking.CHALLENGER]
     tracking.log_run(settings, challenger["run_id"], metrics={f"test_{k}": v for k, v in challenger["metrics"].items()},
                      artifacts=[layout.evaluation_latest, html, *figures.values()])
+    registered = tracking.get_version(settings, settings.registered_model(dataset), challenger["version"])
+    gate_metric = settings.params_for(dataset).gate.metric
+    tracking.describe_version(settings, registered, test_metrics=metrics_summary(challenger["metrics"], gate_metric))
     log.info("evaluate %s: challenger v%s %s", dataset, challenger["version"],
              {k: round(v, 3) for k, v in challenger["metrics"].items() if "recall" in k})
     return EvaluateResult(dataset, challenger["version"], challenger["version"],

@@ -113,6 +113,9 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     _log(settings, dataset, entry)
     tracking.log_run(settings, challenger["run_id"], tags={"gate.decision": entry["action"],
                                                            "gate.reasons": " | ".join(decision.reasons)})
+    registered = tracking.get_version(settings, settings.registered_model(dataset), challenger["version"])
+    tracking.describe_version(settings, registered, gate_decision=entry["action"],
+                              gate_reasons=" | ".join(decision.reasons))
     log.info("promote %s: %s v%s (%s)", dataset, entry["action"], challenger["version"], "; ".join(decision.reasons))
     return PromoteResult(dataset, promoted, challenger["version"], decision.reasons,
                          challenger["version"] if promoted else (champion or {}).get("version"))

@@ -20,6 +20,7 @@ from mmretrieval.config import Settings
 from mmretrieval.errors import ModelNotFoundError, TrackingError
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow import MlflowClient
 
     from mmretrieval.models.dual_encoder import RetrievalModel
@@ -86,12 +87,18 @@ def experiment_id(settings: Settings, dataset: str) -> str:
     return str(c.create_experiment(name, artifact_location=f"{location}/{name}"))
 
 
+CODE_VERSION_VAR = "MMR_CODE_VERSION"
+
+
 def git_sha(where: Path) -> str:
+    """The code version: ``git rev-parse HEAD`` in ``where``; outside a git checkout (a container image has no
+    ``.git``) the ``MMR_CODE_VERSION`` variable the image was built with; else ``"unknown"``."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        sha = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+        sha = ""
+    return sha or os.environ.get("MMR_CODE_VERSION", "").strip() or "unknown"
 
 
 @contextlib.contextmanager
@@ -110,6 +117,23 @@ def start_run(settings: Settings, dataset: str, run_name: str, tags: dict[str, s
             return
         with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags) as run:
             yield run
+
+
+def log_model(model: RetrievalModel) -> None:
+    """Log ``model`` as the active run's ``model`` artifact: an MLflow ``pyfunc`` model from code
+    (:mod:`mmretrieval.models.pyfunc`), which :func:`register` makes a version. Raises :class:`TrackingError`
+    without an active run."""
+    import tempfile
+
+    import mlflow
+
+    from mmretrieval.models import pyfunc
+
+    if mlflow.active_run() is None:
+        raise TrackingError("log_model needs an active MLflow run")
+    with tempfile.TemporaryDirectory() as tmp:
+        pyfunc.save(model, Path(tmp) / MODEL_ARTIFACT)
+        mlflow.log_artifacts(str(Path(tmp) / MODEL_ARTIFACT), artifact_path=MODEL_ARTIFACT)
 
 
 def register(settings: Settings, dataset: str, run_id: str) -> ModelRef:
@@ -181,13 +205,58 @@ def tag_version(settings: Settings, ref: ModelRef, tags: dict[str, str]) -> None
         c.set_model_version_tag(ref.name, ref.version, k, v)
 
 
-def download(settings: Settings, ref: ModelRef) -> Path:
-    """The model folder of a version, cached under ``var/model-cache`` (versions never change)."""
+def log_dataset(name: str, data_version: str, manifest: Path, frame: pd.DataFrame,
+                context: str = "training") -> str:
+    """``mlflow.log_input`` on the active run: the dataset ``name`` with the manifest file's md5 as its digest (32
+    hex characters; MLflow keeps 36), the manifest as source and its DVC ``data_version`` as a tag. Returns the
+    digest. Raises :class:`TrackingError` when there is no active run or the manifest cannot be read."""
+    import hashlib
+
     import mlflow
 
+    if mlflow.active_run() is None:
+        raise TrackingError(f"log_dataset({name!r}) needs an active MLflow run")
+    try:
+        digest = hashlib.md5(manifest.read_bytes(), usedforsecurity=False).hexdigest()
+    except OSError as e:
+        raise TrackingError(f"cannot read the manifest {manifest} of dataset {name!r}: {e}") from e
+    data = mlflow.data.from_pandas(frame, source=str(manifest.resolve()), name=name, digest=digest)
+    mlflow.log_input(data, context=context, tags={"data_version": data_version, "manifest": manifest.name})
+    return digest
+
+
+DESCRIBED_TAGS = ("data_version", "git_sha", "test_metrics", "gate.decision", "gate.reasons")
+
+
+def describe_version(settings: Settings, ref: ModelRef, **tags: str) -> str:
+    """Record ``tags`` on a model version (keys of :data:`DESCRIBED_TAGS`, ``.`` written as ``_`` in the keywords)
+    and rewrite its description from all of them: data version, code version, test metrics, gate decision.
+    Returns the description."""
+    c = client(settings)
+    for k, v in tags.items():
+        c.set_model_version_tag(ref.name, ref.version, k.replace("gate_", "gate."), v)
+    have = c.get_model_version(ref.name, ref.version).tags
+    lines = [f"mmretrieval dual encoder {ref.name} v{ref.version} (run {ref.run_id})."]
+    labels = {"data_version": "Data version (DVC)", "git_sha": "Code version", "test_metrics": "Test metrics",
+              "gate.decision": "Gate decision", "gate.reasons": "Gate reasons"}
+    lines += [f"{labels[k]}: {have[k]}" for k in DESCRIBED_TAGS if have.get(k)]
+    if not have.get("gate.decision"):
+        lines.append("Gate decision: not decided yet")
+    text = "\n".join(lines)
+    c.update_model_version(ref.name, ref.version, description=text)
+    return text
+
+
+def download(settings: Settings, ref: ModelRef) -> Path:
+    """The folder with ``config.json`` + ``weights.safetensors`` of a version (inside the MLflow model folder it
+    downloads and caches under ``var/model-cache``; versions never change)."""
+    import mlflow
+
+    from mmretrieval.models.pyfunc import model_files
+
     target = settings.var_dir / "model-cache" / ref.name / ref.version
-    if (target / "config.json").is_file():
-        return target
+    if (model_files(target) / "config.json").is_file():
+        return model_files(target)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, tracking_uri=settings.mlflow_uri))
     except Exception as e:  # MLflow raises several unrelated types for a missing artifact
@@ -197,7 +266,7 @@ def download(settings: Settings, ref: ModelRef) -> Path:
     shutil.copytree(local, tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    return target
+    return model_files(target)
 
 
 _LOADED: dict[tuple[str, str, str, str], RetrievalModel] = {}

@@ -10,8 +10,11 @@ The parts live in :mod:`mmretrieval.training` (data, loop, selection, schedule, 
    is kept (:class:`~mmretrieval.training.selection.EpochSelector`) and training stops early after
    ``train.patience`` epochs without improvement; a checkpoint is written after every epoch under
    ``var/checkpoints/<dataset>/<fingerprint>/``, so a rerun with the same params and data resumes a killed run;
-4. the kept weights are logged as the run's ``model`` artifact and registered as a new version with the
-   ``challenger`` alias; ``evaluate`` and ``promote`` decide whether it serves.
+4. the training manifest is logged as the run's input (``mlflow.log_input``: dataset name, manifest digest, DVC
+   data version) with the validation's data docs page (artifact ``data_docs/``); the kept weights are logged as
+   the run's ``model`` artifact, an MLflow ``pyfunc`` model (:mod:`mmretrieval.models.pyfunc`), and registered as
+   a new version with the ``challenger`` alias and a description; ``evaluate`` and ``promote`` decide whether it
+   serves and add their metrics and decision to it.
 
 With ``model.text_trainable_layers`` / ``image_trainable_layers`` / ``image_trainable_blocks`` > 0 the top blocks
 of the pretrained towers train too, at ``train.tuned_lr``.
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -193,6 +195,9 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
             mlflow.log_params({"train_items": len(items), "val_items": int(len(val_frame)), "captions": len(captions),
                                "image_weights_source": config.image_weights_source or "none"})
             mlflow.log_dict(policy, "augmentation_policy.json")
+            tracking.log_dataset(dataset, data_version, layout.training_manifest, train_frame)
+            if layout.data_docs.is_file():  # the validation's data docs page, viewable in the run's artifacts
+                mlflow.log_artifact(str(layout.data_docs), artifact_path="data_docs")
         bar = tqdm(range(first_epoch, p.epochs + 1), desc=f"train {dataset}", unit="epoch", disable=None,
                    initial=first_epoch - 1, total=p.epochs)
         for epoch in bar:
@@ -223,12 +228,10 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
         net.load_state_dict(best_state)
         mlflow.log_metrics({"best_epoch": selector.best_epoch, "epochs_run": len(history),
                             "train_seconds": time.monotonic() - started})
-        with tempfile.TemporaryDirectory() as tmp:
-            RetrievalModel(net, text, device).save(Path(tmp))
-            mlflow.log_artifacts(tmp, artifact_path=tracking.MODEL_ARTIFACT)
+        tracking.log_model(RetrievalModel(net, text, device))
         run_id = mlrun.info.run_id
     ref = tracking.register(settings, dataset, run_id)
-    tracking.tag_version(settings, ref, {"data_version": data_version, "git_sha": code_version})
+    tracking.describe_version(settings, ref, data_version=data_version, git_sha=code_version)
     tracking.set_alias(settings, dataset, tracking.CHALLENGER, ref.version)
     ckpt.remove()
     best_epoch = selector.best_epoch

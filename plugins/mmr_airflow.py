@@ -10,6 +10,8 @@
 * :func:`datasets_of` reads the datasets a run works on: every dataset named by the Asset events that triggered it
   (several events consumed by one run are all served, none is dropped), else the run's ``dataset`` param
   (``all``: every dataset listed in ``params.yaml``).
+* :func:`log_data_docs` writes the validation's data docs page (passing or failed) into the task log as a
+  ``file://`` address, after the validate task ran, whatever its outcome.
 * :data:`MILVUS_WRITER_POOL`: tasks that write to the index share this one-slot pool (Milvus Lite allows one process
   per file, across DAGs); ``mmr dag-test`` creates it, on a scheduler run ``airflow pools set mmr_milvus_writer 1
   "Milvus Lite writers"`` once.
@@ -18,13 +20,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 
 T = TypeVar("T")
+log = logging.getLogger("airflow.task")
 MILVUS_WRITER_POOL = "mmr_milvus_writer"
 
 
@@ -94,3 +99,13 @@ def datasets_of(context: dict[str, Any]) -> list[str]:
 
         return list(get_settings().params.datasets)
     return [param]
+
+
+def log_data_docs(settings: Any, dataset: str) -> Path | None:
+    """Log (task log, INFO) where the data docs page of ``dataset``'s latest validation is; None when there is none."""
+    page = settings.layout(dataset).data_docs
+    if not page.is_file():
+        log.info("mmr: no data docs page for %s at %s", dataset, page)
+        return None
+    log.info("mmr: data docs of %s (Great Expectations, offline): %s", dataset, page.resolve().as_uri())
+    return page

@@ -453,6 +453,15 @@ class RetrievalModel:
         wave = normalize_wave(load_audio(path, rate, self.config.audio_seconds * 4), rate)
         return torch.from_numpy(fit_length(wave, self.audio_length))
 
+    def load_wave_bytes(self, data: bytes) -> torch.Tensor:
+        """An uploaded audio file's bytes (any format :meth:`load_wave` reads) as the fixed-length waveform."""
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".audio") as f:
+            f.write(data)
+            f.flush()
+            return self.load_wave(Path(f.name))
+
     @torch.no_grad()
     def encode_waves(self, waves: torch.Tensor) -> np.ndarray:
         return self.net.encode_audio(waves.to(self.device)).float().cpu().numpy()

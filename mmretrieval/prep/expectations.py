@@ -26,7 +26,7 @@ class SuiteResult:
     row_reasons: dict[int, tuple[str, str]]  # row index -> (reason, message), first failing expectation wins
     hard: list[str]  # messages of hard failures
     summary: list[dict[str, Any]]  # one entry per expectation, for the JSON report
-    html: str  # GX's own rendering of the validation result (data docs page)
+    html: str  # GX's own rendering of the validation result (made offline by prep/data_docs.py)
 
 
 def _suite_spec(labels: Sequence[str] = ()) -> list[tuple[str, str, Any]]:
@@ -103,6 +103,7 @@ def run_suite(df: pd.DataFrame, name: str, labels: Sequence[str] = ()) -> SuiteR
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
+    result.meta["batch_kwargs"] = {"data_asset_name": name}  # GX's page reads the asset name from there
     html = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
     return SuiteResult(bool(result.success), row_reasons, hard, summary, html)
 

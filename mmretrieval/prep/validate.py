@@ -1,8 +1,12 @@
 """Stage ``validate``: the GX suite on the manifest plus media checks, one verdict per row.
 
 Output ``data/validated/<dataset>/``: ``rows.parquet`` (every input row, splits assigned, ``reason``/``message``
-empty for good rows), ``report.json`` and ``data_docs.html`` (Great Expectations' rendering of the suite's result).
-Hard failures raise :class:`ValidationFailed` and write nothing.
+empty for good rows), ``report.json`` and ``data_docs.html`` (Great Expectations' rendering of the suite's result,
+self-contained and offline, with the dataset, its data version, every expectation and the media checks:
+:mod:`mmretrieval.prep.data_docs`). Hard failures (a duplicate id, a missing column, an id the index cannot hold,
+no usable row) raise :class:`ValidationFailed` after writing only ``data_docs.html`` and a ``report.json`` with
+``"status": "failed"``: no ``rows.parquet``, so no later stage runs on the data. The page's path is logged (the
+Airflow task log shows it) and returned as ``data_docs``; training logs the page as an MLflow artifact.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from mmretrieval import versioning
 from mmretrieval.config import Settings, get_settings
@@ -21,10 +25,14 @@ from mmretrieval.errors import ValidationFailed
 from mmretrieval.index import JSON_MAX_BYTES, METADATA_RESERVE, VARCHAR_LIMITS
 from mmretrieval.io import atomic_dir, write_json
 from mmretrieval.media import Problem, audio_problem, image_problem, path_problem
+from mmretrieval.prep import data_docs
 from mmretrieval.schema import MESSAGE, METADATA, REASON, Modality, fill_splits, read_manifest, split_captions
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from mmretrieval.layout import Layout
+    from mmretrieval.prep.expectations import SuiteResult
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +93,11 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
 
     suite = run_suite(df, dataset, params.validate.labels)
     if suite.hard:
-        raise ValidationFailed(f"dataset {dataset!r}: " + "; ".join(suite.hard))
-
-    _check_ids(df, dataset)
+        _fail(layout, dataset, data_version, suite, f"dataset {dataset!r}: " + "; ".join(suite.hard))
+    try:
+        _check_ids(df, dataset)
+    except ValidationFailed as e:
+        _fail(layout, dataset, data_version, suite, str(e))
     reasons = dict(suite.row_reasons)
     for i, row in df.iterrows():
         if i not in reasons and (limit := limit_problem(row)) is not None:
@@ -126,13 +136,16 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
     rows[REASON] = [reasons.get(i, ("", ""))[0] for i in range(len(rows))]
     rows[MESSAGE] = [reasons.get(i, ("", ""))[1] for i in range(len(rows))]
     bad = rows[REASON] != ""
+    counts = dict(Counter(rows.loc[bad, REASON]))
+    by_kind = dict(Counter(zip(rows.loc[bad, "modality"], rows.loc[bad, REASON], strict=True)))
     if bad.all():
         first = rows.loc[bad, MESSAGE].head(3).tolist()
-        raise ValidationFailed(f"dataset {dataset!r}: none of its {len(rows)} rows is usable, e.g. {first}")
-    counts = dict(Counter(rows.loc[bad, REASON]))
+        _fail(layout, dataset, data_version, suite,
+              f"dataset {dataset!r}: none of its {len(rows)} rows is usable, e.g. {first}", by_kind, len(rows))
     report = {
         "dataset": dataset,
         "data_version": data_version,
+        "status": "passed",
         "rows": len(rows),
         "valid": int((~bad).sum()),
         "quarantine": int(bad.sum()),
@@ -143,11 +156,33 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         "first_problems": rows.loc[bad, ["id", REASON, MESSAGE]].head(20).to_dict("records"),
         "seconds": round(time.monotonic() - started, 2),
     }
+    page = data_docs.render(suite.html, data_docs.summary_html(
+        dataset, data_version, "passed", [], suite.summary, by_kind, len(rows), report["valid"], media_checked=True))
     with atomic_dir(layout.validated) as tmp:  # files named as in the layout, the folder renamed into place
         rows.to_parquet(tmp / layout.validated_rows.name, index=False)
         write_json(tmp / layout.validation_report.name, report)
-        (tmp / layout.data_docs.name).write_text(suite.html, encoding="utf-8")
+        (tmp / layout.data_docs.name).write_text(page, encoding="utf-8")
     log.info("validate %s: %d rows, %d valid, %d to quarantine %s", dataset, len(rows), report["valid"],
              report["quarantine"], counts)
+    log.info("validate %s: data docs %s", dataset, layout.data_docs.resolve().as_uri())
     return ValidateResult(dataset, data_version, report["rows"], report["valid"], report["quarantine"],
-                          report["reasons"], str(layout.validation_report))
+                          report["reasons"], str(layout.validation_report), str(layout.data_docs))
+
+
+def _fail(layout: Layout, dataset: str, data_version: str, suite: SuiteResult, message: str,
+          reasons: dict[tuple[str, str], int] | None = None, rows: int | None = None) -> NoReturn:
+    """Replace the validated folder with the failed validation's data docs page and report (no rows: nothing
+    downstream runs on this data), log the page's address and raise :class:`ValidationFailed` with ``message``."""
+    page = data_docs.render(suite.html, data_docs.summary_html(
+        dataset, data_version, "failed", [message], suite.summary, reasons or {}, rows, 0 if rows else None,
+        media_checked=reasons is not None))
+    totals: Counter[str] = Counter()
+    for (_, reason), n in (reasons or {}).items():
+        totals[reason] += n
+    report = {"dataset": dataset, "data_version": data_version, "status": "failed", "errors": [message],
+              "expectations": suite.summary, "reasons": dict(totals)}
+    with atomic_dir(layout.validated) as tmp:
+        write_json(tmp / layout.validation_report.name, report)
+        (tmp / layout.data_docs.name).write_text(page, encoding="utf-8")
+    log.error("validate %s failed: data docs %s", dataset, layout.data_docs.resolve().as_uri())
+    raise ValidationFailed(f"{message} (data docs: {layout.data_docs})")

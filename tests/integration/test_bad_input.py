@@ -1,12 +1,13 @@
 """Bad manifests and media through the real ingest (DVC), validate (GX) and clean stages."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from mmretrieval.datasets import ingest
-from mmretrieval.errors import ManifestError, ValidationFailed
+from mmretrieval.errors import DatasetNotFoundError, ManifestError, ValidationFailed
 from mmretrieval.prep import clean, validate
 from tests.conftest import mmr, write_manifest, write_png
 
@@ -50,9 +51,23 @@ def test_duplicate_ids_stop_validation_naming_the_ids_and_rows(workspace: Path) 
     src = workspace.parent / "src"
     rows = good_rows(src, 3) + [{"id": "ok1", "modality": "image", "path": "images/ok2.png", "text": "again"}]
     ingest(write_manifest(src, rows), "dups")
-    with pytest.raises(ValidationFailed, match=r"'ok1'.*rows 3, 5"):
+    with pytest.raises(ValidationFailed, match=r"'ok1'.*rows 3, 5.*data docs: .*data_docs.html"):
         validate.run("dups")
-    assert not (workspace / "data/validated/dups").exists()
+    # the failed validation's page is written (offline, see test_data_docs.py), and no data for later stages
+    from tests.integration.test_data_docs import assets
+
+    out = workspace / "data/validated/dups"
+    page = (out / "data_docs.html").read_text(encoding="utf-8")
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and "'ok1'" in report["errors"][0]
+    assert assets(page).loads == []
+    assert 'class="mmr-fail">failed</span>' in page and "The pipeline stopped here" in page and "ok1" in page
+    assert "expect_column_values_to_be_unique</code></td><td>column=&#x27;id&#x27;</td><td class=\"mmr-fail\">" \
+           "failed" in page
+    assert "Not run: the suite failed hard" in page
+    assert not (out / "rows.parquet").exists()
+    with pytest.raises(DatasetNotFoundError):
+        clean.run("dups")  # nothing downstream runs on data that failed
 
 
 def test_missing_required_column_fails_at_ingest_with_a_one_line_cli_error(workspace: Path) -> None:
@@ -212,7 +227,7 @@ def test_rows_beyond_the_index_limits_are_caught_at_validation_not_at_publish(wo
     out = mmr("validate", "--dataset", "longid", cwd=workspace)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("mmr: error: dataset 'longid': 1 id(s) do not fit")
-    assert not (workspace / "data/validated/longid").exists()
+    assert not (workspace / "data/validated/longid/rows.parquet").exists()  # only the failed page and report
 
 
 @pytest.mark.parametrize("header", ["id,modality,path,text,text ", "id,modality,path,text,text", "id,id,modality,path"])

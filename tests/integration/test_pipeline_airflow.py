@@ -63,6 +63,11 @@ def test_mlflow_has_the_run_the_registered_model_and_its_champion(demo: dict[str
     assert run.data.tags["data_version"] and run.data.tags["git_sha"]
     assert "test_t2i_recall_at_10" in run.data.metrics
     assert run.data.tags["gate.decision"] == "promote"
+    client = tracking.client(s)
+    assert [f.path for f in client.list_artifacts(champion.run_id, "data_docs")] == ["data_docs/data_docs.html"]
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["demo"]
+    description = client.get_model_version(champion.name, champion.version).description
+    assert "Gate decision: promote" in description and "Test metrics: " in description
 
 
 def test_held_out_descriptions_find_their_photo(demo: dict[str, str]) -> None:

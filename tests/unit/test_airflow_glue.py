@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as Airflow does for its plugins folder
 
-from mmr_airflow import MmrHook, datasets_of, run_library  # noqa: E402
+from mmr_airflow import MmrHook, datasets_of, log_data_docs, run_library  # noqa: E402
 
 
 def events(*names: str) -> dict:
@@ -55,3 +55,19 @@ def test_the_hook_reads_milvus_and_mlflow_connections_and_falls_back_to_the_envi
     settings = MmrHook().get_settings()
     assert settings.milvus_uri == "http://milvus.internal:19530" and settings.milvus_token == "root:Milvus"
     assert settings.mlflow_uri == "http://mlflow.internal:5000" and settings.mlflow_artifacts == ""
+
+
+def test_the_validate_task_logs_where_the_data_docs_page_is(workspace: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from mmretrieval.config import get_settings
+
+    settings = get_settings(workspace)
+    with caplog.at_level("INFO", logger="airflow.task"):
+        assert log_data_docs(settings, "demo") is None
+    assert "no data docs page for demo" in caplog.text
+    page = workspace / "data/validated/demo/data_docs.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html></html>")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="airflow.task"):
+        assert log_data_docs(settings, "demo") == page
+    assert f"data docs of demo (Great Expectations, offline): {page.resolve().as_uri()}" in caplog.text

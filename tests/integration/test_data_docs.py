@@ -1,0 +1,105 @@
+"""The validation's data docs page (real GX, DVC, media checks): offline, with the dataset, its data version, every
+expectation and the media checks, for passing and failing validations; in a real headless browser it loads nothing
+from the network."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from mmretrieval.datasets import ingest
+from mmretrieval.errors import ValidationFailed
+from mmretrieval.prep import validate
+from tests.conftest import write_manifest
+from tests.integration.test_bad_input import good_rows
+from tests.integration.test_service_live import browser  # noqa: F401  (the fixture)
+
+
+class Assets(HTMLParser):
+    """Every address the page would load (stylesheets, scripts, images, frames) and every link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag in ("link", "script", "img", "iframe", "source", "embed") and (a.get("href") or a.get("src")):
+            self.loads.append(str(a.get("href") or a.get("src")))
+        if tag == "script":
+            self.loads.append("<script>")
+        if tag == "a" and a.get("href"):
+            self.links.append(str(a["href"]))
+
+
+def assets(page: str) -> Assets:
+    parser = Assets()
+    parser.feed(page)
+    return parser
+
+
+def bad_dataset(workspace: Path) -> Path:
+    src = workspace.parent / "src"
+    rows = good_rows(src)
+    (src / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    rows += [{"id": "gone", "modality": "image", "path": "images/missing.png", "text": "x"},
+             {"id": "corrupt", "modality": "image", "path": "images/corrupt.jpg", "text": "x"},
+             {"id": "weird", "modality": "smell", "path": "images/ok0.png", "text": "x"}]
+    return write_manifest(src, rows)
+
+
+def test_a_passing_validation_page_is_offline_and_names_dataset_version_expectations_and_media_checks(
+        workspace: Path) -> None:
+    ingest(bad_dataset(workspace), "bad")
+    result = validate.run("bad")
+    page = Path(result["data_docs"]).read_text(encoding="utf-8")
+    report = json.loads((workspace / "data/validated/bad/report.json").read_text())
+
+    found = assets(page)
+    assert found.loads == [], f"the page would load {found.loads}"
+    assert all(h.startswith(("#", "http")) for h in found.links), found.links  # no dead relative links (Home)
+    assert "url(" not in page and "cdn" not in page.lower()
+    assert "Validation of dataset <code>bad</code>" in page
+    assert f"Data version (DVC): <code>{report['data_version']}</code>" in page and report["status"] == "passed"
+    assert "Data asset: None" not in page and "bad" in page.split("Data asset:")[1][:200]  # GX's own header
+    for e in report["expectations"]:
+        assert f"<code>{e['expectation']}</code>" in page
+    assert len(report["expectations"]) >= 7
+    # the media checks, with the rows they quarantined
+    assert "<code>missing_file</code>" in page and "<code>undecodable</code>" in page
+    decode_row = page.split("decodes within the pixel limit")[1].split("</tr>")[0]
+    assert decode_row.endswith('class="mmr-fail">1</td>')  # corrupt.jpg
+    audio_row = page.split("duration/channels/rate in bounds")[1].split("</tr>")[0]
+    assert audio_row.endswith('class="mmr-none">0</td>')  # undecodable counts for the images only
+    assert f"{report['valid']} of {report['rows']} rows usable" in page
+
+
+def test_passing_and_failing_pages_render_in_a_headless_browser_without_the_network(
+        workspace: Path, browser: object, tmp_path: Path) -> None:  # noqa: F811
+    ingest(bad_dataset(workspace), "bad")
+    passing = Path(validate.run("bad")["data_docs"])
+    src = workspace.parent / "dups"
+    ingest(write_manifest(src, good_rows(src, 2) + [{"id": "ok0", "modality": "image", "path": "images/ok1.png",
+                                                    "text": "again"}]), "dups")
+    with pytest.raises(ValidationFailed):
+        validate.run("dups")
+    failing = workspace / "data/validated/dups/data_docs.html"
+    driver = browser
+    for name, page, verdict in (("bad", passing, "passed"), ("dups", failing, "failed")):
+        driver.get(page.resolve().as_uri())  # type: ignore[attr-defined]
+        fetched = driver.execute_script(  # type: ignore[attr-defined]
+            "return performance.getEntriesByType('resource').map(e => e.name)")
+        assert fetched == [], f"{name}: the page fetched {fetched}"
+        summary = driver.find_element("css selector", "#mmr-summary").text  # type: ignore[attr-defined]
+        assert f"Validation of dataset {name}" in summary and f"Verdict: {verdict}" in summary
+        color = driver.execute_script(  # type: ignore[attr-defined]
+            "return getComputedStyle(document.querySelector('th')).backgroundColor")
+        assert color == "rgb(241, 243, 245)"  # the inlined stylesheet applies
+        shot = tmp_path / f"data_docs_{name}.png"
+        driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
