@@ -47,7 +47,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmretrieval.client import MAX_K, MAX_TEXT, Hit, RetrievalClient
@@ -168,6 +168,17 @@ def _where_keys(value: dict[str, str]) -> dict[str, str]:
 
 
 Text = Annotated[str, AfterValidator(_no_surrogates)]
+
+
+def _not_bool(value: Any) -> Any:
+    """JSON ``true``/``false`` are not integers (pydantic would read them as 1/0); 39.0 still is one. (Range
+    constraints go before this validator in an ``Annotated``, or pydantic leaves them out of the JSON schema.)"""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
 Label = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_surrogates)]
 WHERE_KEY = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 WhereValue = Annotated[str, Field(max_length=200), AfterValidator(_no_surrogates)]
@@ -179,7 +190,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: Annotated[Text, Field(min_length=1, max_length=MAX_TEXT, description="text query (blank: 400)")]
-    k: int = Field(10, ge=1, le=MAX_K, description="number of hits")
+    k: Int = Field(10, ge=1, le=MAX_K, description="number of hits")
     modality: Modality | None = Field(None, description="only hits of this modality")
     filter: Annotated[Text, Field(max_length=MAX_FILTER, description=(
         "Milvus boolean expression over the collection's scalar fields, e.g. `label == \"7\"`; at most "
@@ -189,7 +200,7 @@ class SearchRequest(BaseModel):
     where: Annotated[dict[str, WhereValue], AfterValidator(_where_keys)] = Field(
         default_factory=dict, max_length=MAX_WHERE, json_schema_extra={"propertyNames": {"pattern": WHERE_KEY}},
         description="only hits whose metadata has these key/value pairs (keys: letters, digits, _)")
-    rerank: int | None = Field(None, ge=0, le=MAX_K, description=(
+    rerank: Annotated[int, Field(ge=0, le=MAX_K), BeforeValidator(_not_bool)] | None = Field(None, description=(
         "re-rank the dual encoder's top N images with the serving model's cross-attention re-ranker (N >= k; hits "
         "then carry `dual_score`); 0: off; omitted: on at the configured depth when the model has a re-ranker that "
         "passed its gate and the search is over images"))

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from mmretrieval.datasets import ingest
+from mmretrieval.models.pyfunc import ARTIFACT as PYFUNC_WEIGHTS
 from mmretrieval.stages import run_stage
 from mmretrieval.video import read_frames, write_clip
 from tests.conftest import mmr, shared, write_manifest
@@ -165,7 +166,8 @@ def test_mmr_run_takes_generated_clips_to_search_hits_that_say_when_they_matched
     assert results["publish"]["checks"]["rows"] == 24
     clean = pd.read_parquet(video_workspace / "data/clean/vid/manifest.parquet")
     assert sum(json.loads(m)["video"]["has_audio"] for m in clean["metadata"]) == 6
-    configs = [json.loads(c.read_text()) for c in video_workspace.rglob("model/config.json")]
+    configs = [json.loads(c.read_text()) for c in video_workspace.rglob("config.json")
+               if c.parent.name == PYFUNC_WEIGHTS]
     assert configs and all(c["video_audio"] and c["audio_tower"] == "cnn" for c in configs)  # trained with tracks
 
     out = mmr("search", "a zero moving up", "--dataset", "vid", "--k", "3", cwd=video_workspace)
