@@ -28,7 +28,8 @@ STAGE_HELP = {
 # libraries whose routine messages (and local paths: Milvus Lite names its file) stay out of the CLI's log
 QUIET_LOGGERS = {name: logging.WARNING for name in (
     "httpx", "urllib3", "great_expectations", "alembic", "mlflow", "pymilvus", "sentence_transformers", "filelock",
-    "transformers", "faiss", "faiss.loader", "milvus_lite")} | {"grpc._server": logging.CRITICAL}
+    "transformers", "faiss", "faiss.loader")} | {"grpc._server": logging.CRITICAL,
+                                            "milvus_lite": logging.CRITICAL}  # its lock error: one line of ours
 
 
 def _print(obj: Any) -> None:
@@ -70,6 +71,9 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
             hits = client.search(text=text, image=args.image, audio=args.audio, k=args.k, modality=args.modality,
                                  filter=args.filter or "", labels=args.label or [], where=where,
                                  fusion=args.fusion, rerank=args.rerank)
+            if not hits:  # say so: an empty table cannot tell a too narrow filter from a bug
+                print("mmr: no hits: nothing in the collection matches the query's restrictions (--modality, "
+                      "--label, --where, --filter)", file=sys.stderr)
             if args.json:
                 for h in hits:
                     print(h.to_json())

@@ -210,7 +210,8 @@ class RetrievalClient:
             return max(k, self.settings.params_for(self.dataset).rerank.depth)
         if usable is None:
             raise QueryError(f"the collection behind {self.alias!r} has no re-ranker that passed its gate (or no "
-                             "region store): search with rerank=0")
+                             "region store; see rerank.enabled in params.yaml): search without re-ranking (rerank=0, "
+                             "mmr search --rerank 0)")
         if not text_only or modality not in (None, "image"):
             raise QueryError("re-ranking scores text queries against images: give only a text query, and "
                              f"modality 'image' or none (got {modality!r})")

@@ -169,6 +169,24 @@ class RerankParams:
     confidence: float = 0.95  # ...with the lower bound of this two-sided interval of the gain above min_gain
     min_gain: float = 0.0
 
+    def __post_init__(self) -> None:
+        """Refuse values that would fail only after training (or silently do something else) with the key's name."""
+        counts = {"depth": (1, 1000), "bootstrap": (1, None), "negatives": (1, None), "epochs": (1, None),
+                  "batch_size": (1, None), "concept_grid": (1, 7), "heads": (1, None), "layers": (0, None),
+                  "region_dim": (1, None), "folds": (0, None)}
+        for name, (low, high) in counts.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+                span = f"{low}..{high}" if high else f">= {low}"
+                raise ConfigError(f"rerank.{name}: expected a whole number {span}, got {value!r}")
+        if self.folds == 1:
+            raise ConfigError("rerank.folds: 0 (no cross-fitting) or >= 2, got 1")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"rerank.confidence: expected a number between 0 and 1, got {self.confidence!r}")
+        if not (self.lr > 0 and self.mixing_lr > 0 and 0.0 <= self.dropout < 1.0):
+            raise ConfigError(f"rerank.lr and rerank.mixing_lr must be > 0 and rerank.dropout in [0, 1), got "
+                              f"{self.lr!r}, {self.mixing_lr!r}, {self.dropout!r}")
+
 
 @dataclass(frozen=True)
 class DistillParams:

@@ -60,6 +60,7 @@ class Plan:
     work: Path
     clean: pd.DataFrame = field(repr=False, compare=False)  # the clean manifest this plan cuts, read once
     clean_root: Path = field(repr=False, compare=False)  # the folder its ``media`` paths are relative to
+    regions: bool = False  # the version has a re-ranker that passed its gate: the embeddings carry a region store
 
     @property
     def shards(self) -> int:
@@ -67,14 +68,15 @@ class Plan:
 
     def key(self) -> dict[str, Any]:
         return {"model_version": self.ref.version, "data_version": self.data_version, "rows": self.rows,
-                "shard_rows": self.shard_rows}
+                "shard_rows": self.shard_rows, "regions": self.regions}
 
     def finished(self) -> dict[str, Any] | None:
         """The summary of an earlier complete run of this plan, if there is one."""
         done = self.final / SUMMARY
         if done.is_file():
             previous = read_json(done, "embedding summary")
-            if previous["data_version"] == self.data_version and previous["rows"] == self.rows:
+            if previous["data_version"] == self.data_version and previous["rows"] == self.rows and (
+                    not self.regions or "regions" in previous):  # a re-ranker gated in after: embed again
                 return dict(previous)
         return None
 
@@ -99,8 +101,11 @@ def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.C
     else:
         ref = tracking.require_alias(settings, dataset, alias)
     final = layout.embeddings(ref.version)
+    from mmretrieval.rerank import serving_reranker
+
     p = Plan(dataset, ref, data_version, len(clean), settings.params_for(dataset).embed.shard_rows, final,
-             final.with_name(final.name + ".partial"), clean, source.root)
+             final.with_name(final.name + ".partial"), clean, source.root,
+             regions=serving_reranker(settings, ref) is not None)
     if p.finished() is None:
         marker = p.work / "plan.json"
         if marker.is_file() and read_json(marker, "embedding plan") != p.key():

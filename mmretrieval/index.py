@@ -78,7 +78,10 @@ class MilvusIndex:
             try:
                 self._client = MilvusClient(uri=self.uri, token=self.token)
             except (MilvusException, OSError) as e:
-                raise IndexStoreError(f"cannot open Milvus at {safe_uri(self.uri)!r}: {e}") from e
+                held = "://" not in self.uri and "open local milvus failed" in str(e).lower()
+                hint = (": another process holds this Milvus Lite file (one process at a time: stop `mmr serve` or "
+                        "the pipeline using it, or use a Milvus server, MMR_MILVUS_URI)") if held else f": {e}"
+                raise IndexStoreError(f"cannot open Milvus at {safe_uri(self.uri)!r}{hint}") from e
             if "://" not in self.uri:
                 MilvusIndex._lite_users[self.uri] = MilvusIndex._lite_users.get(self.uri, 0) + 1
         return self._client

@@ -135,7 +135,10 @@ class _Publication:
         ix, t = self.ix, self.t
         serving = ix.resolve_alias(t.alias)
         if ix.exists(t.name):  # never dropped while serving: the serving one was verified before its swap
-            if ix.properties(t.name).get(STATE) == VERIFIED and ix.dim(t.name) == int(t.summary["dim"]):
+            props = ix.properties(t.name)
+            if props.get(STATE) == VERIFIED and ix.dim(t.name) == int(t.summary["dim"]):
+                if regions_missing(props, t.summary):  # the version's re-ranker passed its gate after publishing
+                    self.attach_regions(props)
                 log.info("publish %s: %s is built and verified already", self.dataset, t.name)
                 return {"collection": t.name, "built": False, "serving": serving}
             log.warning("publish %s: dropping half-built collection %s", self.dataset, t.name)
@@ -179,6 +182,16 @@ class _Publication:
         ix.build_index(t.name, self.params)
         ix.load(t.name)
         return {"collection": t.name, "built": True, "rows": len(rows), "serving": serving}
+
+    def attach_regions(self, props: dict[str, Any]) -> None:
+        """Give a verified collection the region store its embeddings gained (re-embedded after the version's
+        re-ranker passed its gate): the store is checked against the collection's image rows first."""
+        emb, _ = self.embeddings
+        folder = self.t.summary["regions"]["path"]
+        checks = json.loads(props.get("mmr.checks", "{}")) | {
+            "regions": check_regions(Path(folder), list(emb.loc[emb["modality"] == "image", "id"]))}
+        self.ix.set_properties(self.t.name, {REGIONS: folder, "mmr.checks": json.dumps(checks)})
+        log.info("publish %s: %s gets its region store %s", self.dataset, self.t.name, folder)
 
     def check(self) -> dict[str, Any]:
         ix, t = self.ix, self.t
@@ -246,7 +259,8 @@ def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = 
     started = time.monotonic()
     with _publication(dataset, settings, pinned) as pub:
         t = pub.t
-        if pub.ix.resolve_alias(t.alias) == t.name and pub.ix.properties(t.name).get(STATE) == VERIFIED:
+        props = pub.ix.properties(t.name) if pub.ix.resolve_alias(t.alias) == t.name else {}
+        if props.get(STATE) == VERIFIED and not regions_missing(props, t.summary):
             log.info("publish %s: %s already serves model v%s on data %s", dataset, t.alias, t.ref.version,
                      t.summary["data_version"][:12])
             return PublishResult(dataset, t.alias, t.name, changed=False)
@@ -257,6 +271,11 @@ def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = 
     return PublishResult(dataset, t.alias, t.name, swapped["changed"], swapped["previous"], t.ref.name,
                          t.ref.version, t.summary["data_version"], checks, swapped["dropped"],
                          round(time.monotonic() - started, 2))
+
+
+def regions_missing(props: dict[str, Any], summary: dict[str, Any]) -> bool:
+    """The embeddings carry a region store that the collection (its properties ``props``) does not record."""
+    return bool(summary.get("regions")) and not props.get(REGIONS)
 
 
 def check_regions(folder: Path, image_ids: list[str]) -> dict[str, Any]:

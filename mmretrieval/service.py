@@ -786,6 +786,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def port_problem(host: str, port: int) -> None:
+    """Raise :class:`ConfigError` naming ``host:port`` when it cannot be bound (in use, not an address here)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot serve on {host}:{port}: {e.strerror or e} (pick another --port)") from e
+
+
 def serve(datasets: str | Sequence[str], host: str = "127.0.0.1", port: int = 8000,
           settings: Settings | None = None, *, insecure_no_auth: bool = False) -> None:
     """Run the service with uvicorn. A non-loopback address needs API keys unless ``insecure_no_auth``."""
@@ -798,5 +811,6 @@ def serve(datasets: str | Sequence[str], host: str = "127.0.0.1", port: int = 80
                               "(or pass --insecure-no-auth to serve anyone who can reach the port)")
         if config.trusted_hosts == LOOPBACK:
             log.warning("MMR_TRUSTED_HOSTS is not set: only requests addressed to localhost/127.0.0.1 are answered")
+    port_problem(host, port)  # before the models load, not after
     uvicorn.run(create_app(datasets, settings, config), host=host, port=port, log_level="info",
                 log_config=None, timeout_graceful_shutdown=5)  # uvicorn logs through the process's own handlers

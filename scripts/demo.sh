@@ -16,7 +16,7 @@ $BIN/mmr info --dataset demo >/dev/null  # fails loudly if the pipeline did not 
 
 echo "== 4/4 searching the published collection"
 echo "-- descriptions of the bundled photos written for this demo and never trained on (build/sample/queries.csv):"
-mapfile -t queries < <(tail -n +2 build/sample/queries.csv | cut -d, -f1 | head -n 5)
+mapfile -t queries < <(tail -n +2 build/sample/queries.csv | cut -d, -f1)
 $BIN/mmr search "${queries[@]}" --dataset demo --k 3
 echo "-- handwritten digits (a class name finds its class):"
 $BIN/mmr search "a handwritten digit seven" "the number 3 written by hand" --dataset demo --k 5

@@ -136,6 +136,8 @@ class RetrievalPyfunc(mlflow.pyfunc.PythonModel):
 
         frame = pd.DataFrame(model_input)
         known = columns_of(self.model)
+        if frame.shape[1] == 0:  # MLflow's schema enforcement dropped every column it did not know (and the rows)
+            raise QueryError(f"no input column is one of the model's inputs {known}")
         unknown = [c for c in frame.columns if c not in known]
         if unknown:
             raise QueryError(f"input columns {unknown} are not among the model's inputs {known}")
@@ -154,10 +156,19 @@ class RetrievalPyfunc(mlflow.pyfunc.PythonModel):
             if kind == "text":
                 out[rows] = self.model.encode_texts([str(v) for v in values])
             elif kind == "image":
-                out[rows] = self.model.encode_images([open_image(bytes(v)) for v in values])
+                out[rows] = self.model.encode_images([open_image(_raw(v, kind, i)) for v, i in zip(values, rows,
+                                                                                                   strict=True)])
             else:
-                out[rows] = self.model.encode_wave_list([self.model.load_wave_bytes(bytes(v)) for v in values])
+                out[rows] = self.model.encode_wave_list([self.model.load_wave_bytes(_raw(v, kind, i))
+                                                         for v, i in zip(values, rows, strict=True)])
         return out
+
+
+def _raw(value: Any, column: str, row: int) -> bytes:
+    """The file bytes of an ``image``/``audio`` cell; raises :class:`QueryError` for anything else (a path, text)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise QueryError(f"row {row}: column {column!r} takes the file's bytes, got {type(value).__name__}")
 
 
 def _present(value: Any) -> bool:

@@ -65,6 +65,10 @@ def test_the_champion_loads_with_mlflow_pyfunc_and_gives_the_platforms_vectors(c
     assert not list(local.rglob("*.pkl")) and (local / "artifacts/retrieval_model/weights.safetensors").is_file()
     with pytest.raises(QueryError, match="row 0 has 2 non-empty columns"):
         served.predict(pd.DataFrame([{"text": "x", "image": png}]))
+    with pytest.raises(QueryError, match="no input column"):  # MLflow drops unknown columns before our predict
+        served.predict(pd.DataFrame({"foo": ["x"]}))
+    with pytest.raises(QueryError, match="takes the file's bytes"):
+        served.predict(pd.DataFrame({"image": ["not bytes"]}))
 
 
 def test_the_run_logs_its_dataset_and_the_version_describes_data_metrics_and_gate(champion: Path) -> None:

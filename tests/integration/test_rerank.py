@@ -132,3 +132,21 @@ def test_distilled_student_is_registered_as_a_challenger_of_its_teacher(prepared
     before = tracking.load_model(settings, teacher, "cpu").encode_texts(["a red square"])
     assert np.allclose(loaded.encode_texts(["a red square"]), before, atol=1e-5)  # the text side is the teacher's
     assert run_stage("evaluate", "tiny")["challenger"] == student.version  # the same gate as every model
+
+
+def test_a_reranker_that_passes_after_publishing_is_embedded_and_attached_on_the_next_run(prepared: Path) -> None:
+    from mmretrieval.client import RetrievalClient
+
+    set_params(prepared, {"min_gain": 1.0})  # refused: served without re-ranking
+    for verb in ("train", "evaluate", "rerank", "promote", "embed"):
+        run_stage(verb, "tiny")
+    first = run_stage("publish", "tiny")
+    assert "regions" not in first["checks"]
+    set_params(prepared, {"min_gain": -1.0})  # the same version's re-ranker passes now
+    assert run_stage("rerank", "tiny")["passed"] is True
+    embedded = run_stage("embed", "tiny")
+    assert not embedded.get("skipped") and embedded["regions"]["rows"] == embedded["modalities"]["image"]
+    again = run_stage("publish", "tiny")
+    assert again["collection"] == first["collection"] and again["checks"]["regions"]["images"] > 0
+    with RetrievalClient("tiny", settings=get_settings(prepared)) as client:
+        assert all(h.dual_score is not None for h in client.search("a red square", k=2))  # re-ranked by default

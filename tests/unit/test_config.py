@@ -54,3 +54,11 @@ def test_embedding_shards_need_at_least_one_row(tmp_path: Path) -> None:
     p.write_text("embed: {shard_rows: 0}\n")
     with pytest.raises(ConfigError, match="shard_rows"):
         load_params(p)
+
+
+@pytest.mark.parametrize("bad", ["bootstrap: 0", "depth: 5000", "depth: 1.5", "depth: true", "folds: 1",
+                                 "confidence: 1.0", "concept_grid: 0"])
+def test_rerank_params_out_of_range_are_refused_when_params_load(tmp_path: Path, bad: str) -> None:
+    (tmp_path / "params.yaml").write_text(f"rerank:\n  {bad}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"rerank.{bad.split(':')[0]}"):
+        get_settings(tmp_path).params_for("demo")

@@ -96,3 +96,18 @@ def test_hosts_origins_and_loopback_addresses() -> None:
     assert not guard._origin_ok("null", "127.0.0.1:8000") and not guard._origin_ok("http://evil.net", "x")
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+
+
+def test_serve_refuses_a_port_in_use_before_loading_anything() -> None:
+    import socket
+
+    from mmretrieval.errors import ConfigError
+    from mmretrieval.service import port_problem
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
+            port_problem("127.0.0.1", port)
+    port_problem("127.0.0.1", port)  # free again
