@@ -158,6 +158,8 @@ def _probe(c: Any, path: Path) -> VideoInfo:
     if not c.streams.video:
         raise BadVideo("no_video_stream", f"{path.name} has no video stream "
                        f"({len(c.streams.audio)} audio stream(s))")
+    if c.format.name == "image2" or c.format.name.endswith("_pipe"):  # FFmpeg reads a still image as 1 frame
+        raise BadVideo("no_video_stream", f"{path.name} is a still image (container {c.format.name!r}), not a video")
     s = c.streams.video[0]
     s.thread_type = DECODE_THREADS  # set before the codec opens
     rate = s.average_rate or s.guessed_rate or 0

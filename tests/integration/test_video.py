@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from mmretrieval.datasets import ingest
 from mmretrieval.models.pyfunc import ARTIFACT as PYFUNC_WEIGHTS
@@ -84,11 +85,12 @@ def test_every_bad_video_kind_is_quarantined_with_its_reason_and_counts_add_up(v
     write_clip(v / "large.mp4", noise(10, h=64, w=96), fps=10)  # 6144 px > 5000 cap
     write_clip(v / "rotate_tag.mkv", noise(10), fps=10, tags={"rotate": "sideways"})
     write_clip(v / "rotate_45.mp4", noise(10), fps=10, rotation=45)
+    Image.new("RGB", (64, 48), "red").save(v / "still.mp4", format="PNG")  # a photo named like a video
     expected = {"ok.mp4": "", "ok.mkv": "", "ok.webm": "", "ok.mov": "", "ok.avi": "", "vfr.mp4": "",
                 "upright.mp4": "", "truncated.mkv": "truncated_video", "cut_header.mp4": "undecodable",
                 "text.avi": "undecodable", "sound_only.mkv": "no_video_stream", "junk.mkv": "no_frames",
                 "long.mp4": "video_too_long", "large.mp4": "video_too_large", "rotate_tag.mkv": "bad_rotation",
-                "rotate_45.mp4": "bad_rotation"}
+                "rotate_45.mp4": "bad_rotation", "still.mp4": "no_video_stream"}
     rows = [{"id": name, "modality": "video", "path": f"videos/{name}", "text": f"clip {name}"} for name in expected]
     rows.append({"id": "gone", "modality": "video", "path": "videos/gone.mp4", "text": "missing"})
     ingest(write_manifest(src, rows), "badvideo")
