@@ -134,9 +134,10 @@ def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: Retrie
     frames: dict[int, tuple[list[float], np.ndarray]] = {}
     vectors = encode_rows(part, p.clean_root, model,
                           settings.params_for(p.dataset).embed, desc=f"embed {p.dataset} shard {k}", frames=frames)
-    from mmretrieval.rerank import embed_regions  # regions first: the vector shard's file marks the shard done
+    if p.regions:  # regions first: the vector shard's file marks the shard done
+        from mmretrieval.rerank import embed_regions
 
-    embed_regions(settings, p.ref, model, part, p.clean_root, p.work, k)
+        embed_regions(settings, p.ref, model, part, p.clean_root, p.work, k)
     frame = pd.DataFrame({"id": part["id"].to_numpy(), "modality": part["modality"].to_numpy(),
                           "vector": list(vectors), "model_version": p.ref.version, "data_version": p.data_version})
     if frames:
@@ -250,8 +251,7 @@ class _Decoded:
         return self.load_wave(self.files[k]), int(self.rows[k])
 
 
-def finish(p: Plan, device: str = "cpu", started: float | None = None, settings: Settings | None = None
-           ) -> dict[str, Any]:
+def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[str, Any]:
     """Check the shards against the clean manifest and publish the folder as ``v<version>/``.
 
     ``started`` (a ``time.monotonic()`` value) adds the run's wall time to the summary as ``seconds``.
@@ -284,11 +284,11 @@ def finish(p: Plan, device: str = "cpu", started: float | None = None, settings:
         "shards": [shard_name(k) for k in range(p.shards)], "shard_rows": p.shard_rows, "device": device,
         "path": str(p.final),
     }
-    from mmretrieval.rerank import finish_regions
+    if p.regions:
+        from mmretrieval.rerank import finish_regions
 
-    regions = finish_regions(settings or get_settings(), p.ref, p.work, p.shards,
-                             list(clean.loc[clean["modality"] == Modality.IMAGE.value, "id"]))
-    if regions is not None:
+        regions = finish_regions(p.ref, p.work, p.shards, list(clean.loc[clean["modality"] == Modality.IMAGE.value,
+                                                                         "id"]))
         summary["regions"] = regions | {"path": str(p.final / "regions")}
     if started is not None:
         summary["seconds"] = round(time.monotonic() - started, 2)
@@ -318,7 +318,7 @@ def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CH
         log.info("embed %s: resuming, %d of %d shard(s) already done", dataset, p.shards - len(pending), p.shards)
     for k in pending:
         embed_shard(p, k, settings, model)
-    summary = finish(p, device=model.device if model else "cpu", started=started, settings=settings)
+    summary = finish(p, device=model.device if model else "cpu", started=started)
     log.info("embed %s: %d items with %s v%s in %.1fs (%d shard(s))", dataset, p.rows, p.ref.name, p.ref.version,
              summary["seconds"], p.shards)
     return summary
@@ -344,4 +344,4 @@ def run_shard(dataset: str, shard: int, settings: Settings | None = None, pinned
 
 
 def finalize(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> dict[str, Any]:
-    return finish(plan(dataset, settings, pinned=pinned), settings=settings)
+    return finish(plan(dataset, settings, pinned=pinned))

@@ -377,14 +377,12 @@ def embed_regions(settings: Settings, ref: tracking.ModelRef, model: RetrievalMo
     return len(ids)
 
 
-def finish_regions(settings: Settings, ref: tracking.ModelRef, folder: Path, shards: int, image_ids: list[str]
-                   ) -> dict[str, Any] | None:
-    """Embed stage, finish: seal the region store of ``folder`` (every shard there, every image id in it) and
-    return its summary, or None when version ``ref`` serves without a re-ranker. Raises :class:`ModelError`."""
+def finish_regions(ref: tracking.ModelRef, folder: Path, shards: int, image_ids: list[str]) -> dict[str, Any]:
+    """Embed stage, finish (when the plan carries regions: version ``ref`` has a re-ranker that passed its gate):
+    seal the region store of ``folder`` (every shard there, every image id in it) and return its summary. Raises
+    :class:`ModelError`."""
     from mmretrieval.regions import RegionStore, finish
 
-    if serving_reranker(settings, ref) is None:
-        return None
     meta = finish(regions_dir(folder), shards, {"model": ref.name, "model_version": ref.version})
     lacking = RegionStore(regions_dir(folder)).missing(image_ids)
     if lacking or meta["rows"] != len(image_ids):
