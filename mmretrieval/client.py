@@ -119,11 +119,12 @@ class RetrievalClient:
         * ``"late"``: one search per part (``FUSION_DEPTH`` x k candidates each), then each candidate's score is the
           weighted sum of its per-part scores (a part that did not return it contributes its lowest returned score).
 
-        ``rerank`` (text queries over images): the dual encoder's top ``rerank`` image hits are re-scored by the
-        model's cross-attention re-ranker and the top k returned, each with ``score`` (the re-ranker's logit) and
-        ``dual_score``. None (default): on, at ``rerank.depth`` (at least k), when the serving model has a re-ranker
-        that passed its gate, the collection has its region store, and the search is over images (``modality=
-        "image"`` or an image-only collection); 0: off. A positive value below k, or one asked of a model or
+        ``rerank`` (text queries over the re-ranker's modality, images or audio): the dual encoder's top
+        ``rerank`` hits of that modality are re-scored by the model's cross-attention re-ranker and the top k
+        returned, each with ``score`` (the re-ranker's logit) and ``dual_score``. None (default): on, at
+        ``rerank.depth`` (at least k), when the serving model has a re-ranker that passed its gate, the collection
+        has its region store, and the search is over that modality (``modality`` it, or a collection of only
+        it); 0: off. A positive value below k, or one asked of a model or
         query without re-ranking, raises :class:`QueryError`.
 
         Raises :class:`QueryError` for a bad request (a filter Milvus cannot parse included: no retry),
@@ -164,7 +165,10 @@ class RetrievalClient:
         depth = self._rerank_depth(rerank, k, collection, modality, text_only=len(parts) == 1 and text is not None)
         if depth:
             assert text is not None
-            candidates = self._search(collection, [parts[0][1]], depth, build_filter("image", filter, labels, where))
+            usable = self._reranker_for(collection)
+            assert usable is not None
+            candidates = self._search(collection, [parts[0][1]], depth,
+                                      build_filter(usable[0].config.modality, filter, labels, where))
             hits = self._rerank(collection, model, text, candidates[0], k)
         elif fusion == "late" and len(parts) > 1:
             results = self._search(collection, [v for _, v in parts], min(MAX_K, FUSION_DEPTH * k), expr)
@@ -202,8 +206,9 @@ class RetrievalClient:
         if rerank is not None and (not isinstance(rerank, int) or not k <= rerank <= MAX_K):
             raise QueryError(f"rerank must be 0 (off) or between k ({k}) and {MAX_K}, got {rerank!r}")
         usable = self._reranker_for(collection)
+        target = usable[0].config.modality if usable is not None else "image"
         if rerank is None:
-            if usable is None or not text_only or modality not in (None, "image"):
+            if usable is None or not text_only or modality not in (None, target):
                 return 0
             if modality is None and len(usable[1]) != self.index.count(collection):
                 return 0  # a mixed collection: re-ranking would drop its other modalities, so only on request
@@ -212,9 +217,9 @@ class RetrievalClient:
             raise QueryError(f"the collection behind {self.alias!r} has no re-ranker that passed its gate (or no "
                              "region store; see rerank.enabled in params.yaml): search without re-ranking (rerank=0, "
                              "mmr search --rerank 0)")
-        if not text_only or modality not in (None, "image"):
-            raise QueryError("re-ranking scores text queries against images: give only a text query, and "
-                             f"modality 'image' or none (got {modality!r})")
+        if not text_only or modality not in (None, target):
+            raise QueryError(f"re-ranking scores text queries against {target} items: give only a text query, and "
+                             f"modality {target!r} or none (got {modality!r})")
         return rerank
 
     def _rerank(self, collection: str, model: RetrievalModel, text: str, hits: list[dict[str, Any]], k: int

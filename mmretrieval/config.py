@@ -148,6 +148,8 @@ class GateParams:
 @dataclass(frozen=True)
 class RerankParams:
     enabled: bool = False  # train a cross-attention re-ranker after the dual encoder (stage ``rerank``)
+    modality: str = "image"  # the items it re-ranks for text queries: "image" (CNN cells) or "audio" (tower frames)
+    queries: str = "text"  # training lists: "text" (a caption ranks items), "item" (an item ranks captions), "both"
     depth: int = 50  # candidates the dual encoder hands to the re-ranker (evaluation and the default at query time)
     concepts: bool = True  # regions described by the backbone's ImageNet classes in the text space (models/reranker)
     concept_grid: int = 3  # concept regions per side: 3 x 3 x 384 x 2 bytes = 6.9 KB per image in the store
@@ -179,6 +181,18 @@ class RerankParams:
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
                 span = f"{low}..{high}" if high else f">= {low}"
                 raise ConfigError(f"rerank.{name}: expected a whole number {span}, got {value!r}")
+        if self.modality not in ("image", "audio"):
+            raise ConfigError(f"rerank.modality: 'image' or 'audio', got {self.modality!r}")
+        if self.modality == "audio" and (self.concepts or not self.layers):
+            raise ConfigError("rerank.modality audio: the re-ranker attends over the audio tower's frames with learned "
+                              "blocks: set rerank.concepts: false and rerank.layers >= 1 (concept regions are "
+                              "ImageNet classes of image cells)")
+        if self.queries not in ("text", "item", "both"):
+            raise ConfigError(f"rerank.queries: 'text', 'item' or 'both', got {self.queries!r}")
+        letter = self.modality[0]
+        if self.metric not in (f"t2{letter}_hit_rate@1", f"{letter}2t_hit_rate@1"):
+            raise ConfigError(f"rerank.metric: the gate compares per-query hits: t2{letter}_hit_rate@1 or "
+                              f"{letter}2t_hit_rate@1 for rerank.modality {self.modality}, got {self.metric!r}")
         if self.folds == 1:
             raise ConfigError("rerank.folds: 0 (no cross-fitting) or >= 2, got 1")
         if not 0.0 < self.confidence < 1.0:

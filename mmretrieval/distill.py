@@ -14,6 +14,10 @@ A teacher over concept regions (``rerank.concepts``, with a dual encoder in the 
 learned weight, which is fitted to the teacher's list distributions (listwise cross-entropy + KL) on image vectors
 from cross-fitted heads (:func:`~mmretrieval.training.rerank.train_concept_mix`). A head fine-tuned on the same
 photos cannot learn the teacher's ranking: it has memorised them (docs/benchmarks.md).
+
+With ``rerank.queries: item`` (audio of spoken digits: ten distinct captions), the lists are the items': each
+training clip ranks its caption against the dual encoder's hard-negative captions, and the student's item head
+learns listwise cross-entropy plus the KL term over them (:func:`~mmretrieval.training.rerank.train_item_student`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from mmretrieval import tracking
 from mmretrieval.config import Settings, get_settings
 from mmretrieval.errors import ModelError
 from mmretrieval.layout import read_clean
-from mmretrieval.schema import Split
+from mmretrieval.schema import Modality, Split
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +49,11 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         DistillData,
         RerankData,
         RerankSchedule,
-        candidate_lists,
-        mine_hard_negatives,
         out_of_fold_vectors,
+        pair_lists,
         teacher_logits,
         train_concept_mix,
+        train_item_student,
         train_student,
     )
 
@@ -65,25 +69,33 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     model = tracking.load_model(settings, ref, "cpu")
     source = read_clean(settings.layout(dataset))
     clean, clean_dir = source.frame, source.root
-    es, maps, tokens, mask, text_vecs, item_vecs = split_inputs(model, clean, clean_dir, Split.TRAIN.value)
+    modality = teacher.config.modality
+    es, maps, tokens, mask, text_vecs, item_vecs = split_inputs(model, clean, clean_dir, Split.TRAIN.value, modality,
+                                                                params.index)
     dual = training_scores(model, es, maps, text_vecs, item_vecs, p)  # the lists the teacher learnt on
-    lists = candidate_lists(es.relevant, mine_hard_negatives(dual, es.relevant, p.negatives),
-                            np.random.default_rng(d.seed))
-    teach = teacher_logits(teacher, RerankData(tokens, mask, maps, es.relevant, dual), lists)
+    items_ask = p.queries == "item"  # each item ranks captions (few distinct captions: spoken digits)
+    texts, items = pair_lists(es.relevant, dual, p.negatives, "item" if items_ask else "text",
+                              np.random.default_rng(d.seed))[0]
+    teach = teacher_logits(teacher, RerankData(tokens, mask, maps, es.relevant, dual), texts, items)
     sentences, pooled = model.text.encode(es.captions), maps.float().mean(dim=(3, 4))
     owner = torch.from_numpy(es.relevant.argmax(axis=1))
+    schedule = RerankSchedule(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, seed=d.seed)
     t_train = time.monotonic()
     if teacher.config.concepts and model.config.text_head == "none":
         student = concept_student(settings, ref, teacher)
         vectors, _ = out_of_fold_vectors(pooled, sentences, owner, p.folds, seed=p.seed)  # as the teacher's lists
-        losses = train_concept_mix(student, torch.from_numpy(vectors), pooled[0], sentences, torch.from_numpy(lists),
+        losses = train_concept_mix(student, torch.from_numpy(vectors), pooled[0], sentences, torch.from_numpy(items),
                                    teach, d.kl_weight, d.temperature)
         losses = losses[-1:]  # full-batch steps: the last loss is the one to log
-    else:
+    elif items_ask:
         student = load(tracking.download(settings, ref)).net  # a fresh copy of the teacher's dual encoder
-        data = DistillData(sentences, pooled, owner, torch.from_numpy(lists), teach)
-        losses = train_student(student, data, RerankSchedule(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr,
-                                                             seed=d.seed), d.kl_weight, d.temperature)
+        project = student.project_audio if modality == Modality.AUDIO.value else student.project_image
+        losses = train_item_student(student, project, pooled, sentences, torch.from_numpy(texts), teach, schedule,
+                                    d.kl_weight, d.temperature)
+    else:
+        student = load(tracking.download(settings, ref)).net
+        data = DistillData(sentences, pooled, owner, torch.from_numpy(items), teach)
+        losses = train_student(student, data, schedule, d.kl_weight, d.temperature)
     train_seconds = time.monotonic() - t_train
     data_version = source.data_version
     code_version = tracking.git_sha(Path(mmretrieval.__file__).resolve().parent)

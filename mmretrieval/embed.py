@@ -60,7 +60,8 @@ class Plan:
     work: Path
     clean: pd.DataFrame = field(repr=False, compare=False)  # the clean manifest this plan cuts, read once
     clean_root: Path = field(repr=False, compare=False)  # the folder its ``media`` paths are relative to
-    regions: bool = False  # the version has a re-ranker that passed its gate: the embeddings carry a region store
+    regions: str = ""  # the version has a re-ranker that passed its gate: the modality whose rows carry regions
+    # in a region store beside the embeddings ("image", "audio"); "": none
 
     @property
     def shards(self) -> int:
@@ -103,9 +104,10 @@ def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.C
     final = layout.embeddings(ref.version)
     from mmretrieval.rerank import serving_reranker
 
+    net = serving_reranker(settings, ref)
     p = Plan(dataset, ref, data_version, len(clean), settings.params_for(dataset).embed.shard_rows, final,
              final.with_name(final.name + ".partial"), clean, source.root,
-             regions=serving_reranker(settings, ref) is not None)
+             regions=net.config.modality if net is not None else "")
     if p.finished() is None:
         marker = p.work / "plan.json"
         if marker.is_file() and read_json(marker, "embedding plan") != p.key():
@@ -287,9 +289,8 @@ def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[s
     if p.regions:
         from mmretrieval.rerank import finish_regions
 
-        regions = finish_regions(p.ref, p.work, p.shards, list(clean.loc[clean["modality"] == Modality.IMAGE.value,
-                                                                         "id"]))
-        summary["regions"] = regions | {"path": str(p.final / "regions")}
+        regions = finish_regions(p.ref, p.work, p.shards, list(clean.loc[clean["modality"] == p.regions, "id"]))
+        summary["regions"] = regions | {"path": str(p.final / "regions"), "modality": p.regions}
     if started is not None:
         summary["seconds"] = round(time.monotonic() - started, 2)
     write_json(p.work / SUMMARY, summary)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -69,6 +70,18 @@ def path_problem(rel: str, root: Path) -> Problem | None:
     return None
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _why(error: Exception) -> str:
+    """A decoder's message for users: in-memory file objects (``<_io.BytesIO object at 0x...>``) named as what
+    they are, the first line only."""
+    if type(error).__name__ == "UnidentifiedImageError":
+        return "unrecognised or damaged image data (Pillow reads PNG, JPEG, GIF, WebP, BMP, TIFF, ...)"
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return _OBJECT_REPR.sub("the data", text)[:300]
+
+
 def open_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """The one image decoder: a file path, raw bytes (an upload) or a PIL image -> an RGB image (H x W x 3, uint8).
 
@@ -95,7 +108,7 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
         try:
             source.load()  # before reading the orientation: a lazy TIFF is turned by Pillow while loading
         except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise MediaError(f"{name} does not decode: {e}") from e
+            raise MediaError(f"{name} does not decode: {_why(e)}") from e
         return _oriented(source, name)
     if isinstance(source, (bytes, bytearray, memoryview)):
         name, opened = "the uploaded image", io.BytesIO(bytes(source))
@@ -115,10 +128,10 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
-        raise MediaError(f"{name} is a decompression bomb: {e}") from e
+        raise MediaError(f"{name} is a decompression bomb: {_why(e)}") from e
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
             MemoryError) as e:  # what Pillow's format plugins raise on broken or hostile files
-        raise MediaError(f"{name} does not decode: {e}") from e
+        raise MediaError(f"{name} does not decode: {_why(e)}") from e
 
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
@@ -277,7 +290,7 @@ def read_audio(path: Path, max_seconds: float) -> Audio:
         frames = int(min(info.frames, max_seconds * info.samplerate)) if info.frames > 0 else -1
         data, rate = sf.read(handle, frames=frames, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, OSError, ValueError, EOFError) as e:
-        raise MediaError(f"audio {path.name} does not decode: {e}") from e
+        raise MediaError(f"audio {path.name} does not decode: {_why(e)}") from e
     if info.subtype in FLOAT_SUBTYPES and data.size and np.isfinite(data).all():
         peak = float(np.abs(data).max())
         if peak > 1.0:

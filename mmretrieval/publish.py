@@ -189,7 +189,7 @@ class _Publication:
         emb, _ = self.embeddings
         folder = self.t.summary["regions"]["path"]
         checks = json.loads(props.get("mmr.checks", "{}")) | {
-            "regions": check_regions(Path(folder), list(emb.loc[emb["modality"] == "image", "id"]))}
+            "regions": check_regions(Path(folder), region_ids(emb, self.t.summary))}
         self.ix.set_properties(self.t.name, {REGIONS: folder, "mmr.checks": json.dumps(checks)})
         log.info("publish %s: %s gets its region store %s", self.dataset, self.t.name, folder)
 
@@ -206,7 +206,7 @@ class _Publication:
         ix.load(t.name)
         checks = verify(ix, t.name, list(emb["id"]), list(emb["modality"]), vectors, self.params)
         if props.get(REGIONS):
-            checks["regions"] = check_regions(Path(props[REGIONS]), list(emb.loc[emb["modality"] == "image", "id"]))
+            checks["regions"] = check_regions(Path(props[REGIONS]), region_ids(emb, t.summary))
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         ix.set_properties(t.name, {STATE: VERIFIED, "mmr.published_at": now, "mmr.checks": json.dumps(checks)})
         return {"collection": t.name, "checks": checks, "verified": True}
@@ -278,8 +278,16 @@ def regions_missing(props: dict[str, Any], summary: dict[str, Any]) -> bool:
     return bool(summary.get("regions")) and not props.get(REGIONS)
 
 
-def check_regions(folder: Path, image_ids: list[str]) -> dict[str, Any]:
-    """Every image row of the collection has its regions in the store at ``folder``; raises :class:`PublishError`."""
+def region_ids(embeddings: Any, summary: dict[str, Any]) -> list[str]:
+    """The ids of the embedded rows that need regions: those of the modality the region store was written for
+    (``summary["regions"]["modality"]``; stores from before audio re-ranking hold images)."""
+    modality = (summary.get("regions") or {}).get("modality", "image")
+    return list(embeddings.loc[embeddings["modality"] == modality, "id"])
+
+
+def check_regions(folder: Path, ids: list[str]) -> dict[str, Any]:
+    """Every row ``ids`` names (:func:`region_ids`) has its regions in the store at ``folder``; raises
+    :class:`PublishError`."""
     from mmretrieval.errors import ModelError
     from mmretrieval.regions import RegionStore
 
@@ -287,10 +295,10 @@ def check_regions(folder: Path, image_ids: list[str]) -> dict[str, Any]:
         store = RegionStore(folder)
     except ModelError as e:
         raise PublishError(f"the collection's region store is unusable: {e}") from e
-    lacking = store.missing(image_ids)
+    lacking = store.missing(ids)
     if lacking:
-        raise PublishError(f"{len(lacking)} image row(s) have no regions in {folder}, e.g. {lacking[:3]}: embed again")
-    return {"images": len(image_ids), "bytes_per_item": store.meta["bytes_per_item"]}
+        raise PublishError(f"{len(lacking)} row(s) have no regions in {folder}, e.g. {lacking[:3]}: embed again")
+    return {"items": len(ids), "bytes_per_item": store.meta["bytes_per_item"]}
 
 
 def _metadata(raw: str, media: str) -> dict[str, Any]:

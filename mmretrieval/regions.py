@@ -8,9 +8,11 @@ Layout of a store folder (next to the embedding shards of one model version)::
       regions-00000.npy       (rows, R, d) float16, memory-mapped when read
       ids-00000.json          the item id of each row, in order
 
-Only image items have regions (the 7 x 7 cells of the backbone's feature map after the re-ranker's learned
-projection); R x d x 2 bytes per item: 49 x 128 x 2 = 12,544 bytes (12.3 KiB), 12.5 GB at one million items, beside
-384 x 4 = 1,536 bytes of the item's vector in Milvus. :func:`RegionStore.lookup` maps ids to rows through a dict
+Only the items of the re-ranker's modality have regions; R x d x 2 bytes per item. Images with concept regions
+(the default): 3 x 3 x 384 x 2 = 6,912 bytes (6.9 GB at one million items); with the 7 x 7 cells of the backbone's
+feature map after the learned projection: 49 x 128 x 2 = 12,544 bytes (12.5 GB at 1M). Audio: the audio tower's
+4 frames after the learned projection, 4 x 128 x 2 = 1,024 bytes (1 GB at 1M). Beside that, an item's vector in
+Milvus takes 384 x 4 = 1,536 bytes. :func:`RegionStore.lookup` maps ids to rows through a dict
 built from the id files (a few tens of MB at 1M items) and reads only the rows it needs from the memory maps.
 """
 

@@ -116,12 +116,38 @@ def concept_vocabulary(model: RetrievalModel) -> tuple[torch.Tensor, torch.Tenso
     return weight, bias, torch.as_tensor(np.asarray(names), dtype=torch.float32)
 
 
-def pooled(model: RetrievalModel, maps: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) feature maps -> (N, D) dual-encoder unit vectors (the backbone's global pooling, the head)."""
+def audio_frames(model: RetrievalModel, waves: list[torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+    """(N,) fixed-length waveforms (:meth:`RetrievalModel.load_wave`) -> (N, width, 1, F) float16 frame sequences
+    of the dual encoder's audio tower (:meth:`~mmretrieval.models.audio.AudioCNN.frame_map`). Raises
+    :class:`ConfigError` for a model without one."""
     import torch
 
+    tower = getattr(model.net, "audio_backbone", None)
+    if tower is None:
+        raise ConfigError("rerank.modality audio attends over the audio tower's frames; this model has no audio tower")
+    tower.eval()
     with torch.no_grad():
-        return model.net.project_image(maps.float().mean(dim=(2, 3)).to(model.device)).float().cpu().numpy()
+        parts = [tower.frame_map(torch.stack(waves[s:s + batch_size]).to(model.device)).half().cpu()
+                 for s in range(0, len(waves), batch_size)]
+    return torch.cat(parts)
+
+
+def item_maps(model: RetrievalModel, modality: str, media: list[Any], mirror: bool = False) -> torch.Tensor:
+    """(N,) decoded items -> (N, C, H, W) float16 region features: an image backbone's feature map (the evaluation
+    crop, mirrored with ``mirror``) or an audio tower's frame sequence (H = 1)."""
+    if modality == Modality.AUDIO.value:
+        return audio_frames(model, media)
+    return feature_maps(model, media, mirror=mirror)
+
+
+def pooled(model: RetrievalModel, maps: torch.Tensor, modality: str = Modality.IMAGE.value) -> np.ndarray:
+    """(N, C, H, W) region features -> (N, D) dual-encoder unit vectors (the tower's global mean pooling, then its
+    head): exactly the item's vector, uncentred."""
+    import torch
+
+    project = model.net.project_audio if modality == Modality.AUDIO.value else model.net.project_image
+    with torch.no_grad():
+        return project(maps.float().mean(dim=(2, 3)).to(model.device)).float().cpu().numpy()
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -158,42 +184,50 @@ def query_latency(model: RetrievalModel, net: CrossReranker, captions: list[str]
             "dual+rerank": percentiles([a + b for a, b in zip(dual_s, extra_s, strict=True)])}
 
 
-def _images(frame: Any, root: Path) -> tuple[list[str], list[Any], list[list[str]]]:
-    from mmretrieval.evaluate import gather
-    from mmretrieval.media import open_image
-
-    ids, media, captions, _, _ = gather(frame, root, "media", Modality.IMAGE.value, open_image)
-    return ids, media, captions
-
-
-def split_inputs(model: RetrievalModel, clean: Any, clean_dir: Path, split: str) -> tuple[Any, ...]:
-    """The frozen inputs of one split's images with captions: (eval set, (V, N, C, H, W) feature maps: the
-    evaluation crop, and for the train split its mirror image too, (Q, L, dim) token states, (Q, L) token mask,
-    (Q, D) dual text vectors, (N, D) dual image vectors)."""
+def split_inputs(model: RetrievalModel, clean: Any, clean_dir: Path, split: str,
+                 modality: str = Modality.IMAGE.value, index: Any = None) -> tuple[Any, ...]:
+    """The frozen inputs of one split's ``modality`` items with captions: (eval set (relevance by caption and
+    label, as :mod:`mmretrieval.evaluate` builds it), (V, N, C, H, W) region features (images: the evaluation crop
+    and, for the train split, its mirror image), (Q, L, dim) token states, (Q, L) token mask, (Q, D) text vectors,
+    (N, D) item vectors). With ``index`` (the serving settings) the vectors are centred as evaluation and the
+    published collection centre them, so their cosines are the first stage's scores."""
     import torch
 
+    from mmretrieval.evaluate import gather, metrics_from_vectors
+    from mmretrieval.media import open_image
     from mmretrieval.metrics import build_eval_set
     from mmretrieval.models.reranker import token_states
 
-    ids, media, caps = _images(clean[clean["split"] == split], clean_dir)
-    es = build_eval_set(ids, caps, [""] * len(ids))
-    views = [feature_maps(model, media)] + ([feature_maps(model, media, mirror=True)]
-                                           if split == Split.TRAIN.value else [])
+    load = open_image if modality == Modality.IMAGE.value else model.load_wave
+    ids, media, caps, labels, _ = gather(clean[clean["split"] == split], clean_dir, "media", modality, load)
+    es = build_eval_set(ids, caps, labels)
+    mirrored = modality == Modality.IMAGE.value and split == Split.TRAIN.value
+    views = [item_maps(model, modality, media)] + ([item_maps(model, modality, media, mirror=True)] if mirrored else [])
     tokens, mask = token_states(model.text.model, es.captions)
-    return es, torch.stack(views), tokens, mask, model.encode_texts(es.captions), pooled(model, views[0])
+    _, text_vecs, item_vecs = metrics_from_vectors(model.encode_texts(es.captions), pooled(model, views[0], modality),
+                                                   es, modality, index=index)
+    return es, torch.stack(views), tokens, mask, text_vecs, item_vecs
 
 
 def training_scores(model: RetrievalModel, es: Any, maps: torch.Tensor, text_vecs: np.ndarray,
                     item_vecs: np.ndarray, p: RerankParams) -> np.ndarray:
-    """(Q, G) first-stage scores of the training captions and images that the re-ranker learns from: cross-fitted
-    over ``p.folds`` folds (:func:`~mmretrieval.training.rerank.out_of_fold_scores`), or with ``folds`` 0 the
-    trained dual encoder's own cosines."""
+    """(Q, G) first-stage scores of the training captions and items that the re-ranker learns from: cross-fitted
+    over ``p.folds`` folds (:func:`~mmretrieval.training.rerank.out_of_fold_scores`; a caption relevant to several
+    items goes with the fold of its first), or with ``folds`` 0 the trained dual encoder's own cosines. Item-asking
+    lists (``p.queries`` item/both) over captions shared by many items need every caption scored against every
+    item: :class:`ConfigError` unless ``folds`` is 0."""
     import torch
 
     from mmretrieval.training.rerank import out_of_fold_scores
 
     if not p.folds:
         return text_vecs @ item_vecs.T
+    shared = int(es.relevant.sum(axis=1).max())
+    if shared > 1 and p.queries != "text":
+        raise ConfigError(f"rerank.folds {p.folds} with rerank.queries {p.queries!r}: cross-fitting scores a caption "
+                          f"only against the items of its own fold, but here a caption is relevant to up to {shared} "
+                          "items (a shared caption or a label), so items would rank captions they were never scored "
+                          "against: set rerank.folds: 0")
     return out_of_fold_scores(maps.float().mean(dim=(3, 4)), model.text.encode(es.captions),
                               torch.from_numpy(es.relevant.argmax(axis=1)), p.folds, seed=p.seed)
 
@@ -219,20 +253,23 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     layout = settings.layout(dataset)
     source = read_clean(layout)
     clean, clean_dir = source.frame, source.root
-    parts = {split: split_inputs(model, clean, clean_dir, split) for split in (Split.TRAIN.value, Split.TEST.value)}
+    index = settings.params_for(dataset).index
+    parts = {split: split_inputs(model, clean, clean_dir, split, p.modality, index)
+             for split in (Split.TRAIN.value, Split.TEST.value)}
     es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TRAIN.value]
     train_dual = training_scores(model, es, maps, text_vecs, item_vecs, p)
     vocabulary = concept_vocabulary(model) if p.concepts else None
     cfg = RerankerConfig(text_dim=tokens.shape[-1], backbone_dim=maps.shape[2], regions=maps.shape[3] * maps.shape[4],
                          region_dim=p.region_dim, layers=p.layers, heads=p.heads, dropout=p.dropout,
                          use_dual_score=p.use_dual_score, concepts=len(vocabulary[1]) if vocabulary else 0,
-                         concept_grid=p.concept_grid)
+                         concept_grid=p.concept_grid, modality=p.modality)
     torch.manual_seed(p.seed)
     net = CrossReranker(cfg)
     if vocabulary:
         net.set_concepts(*vocabulary)
     ckpt = layout.checkpoints(f"rerank-v{ref.version}")
-    schedule = RerankSchedule(p.epochs, p.negatives, p.batch_size, p.lr, seed=p.seed, mixing_lr=p.mixing_lr)
+    schedule = RerankSchedule(p.epochs, p.negatives, p.batch_size, p.lr, seed=p.seed, mixing_lr=p.mixing_lr,
+                              queries=p.queries)
     t_train = time.monotonic()
     losses = train_reranker(net, RerankData(tokens, mask, maps, es.relevant, train_dual), schedule,
                             on_epoch=lambda epoch, _: save(net, ckpt, {"epoch": epoch}))
@@ -245,22 +282,21 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     sim = text_vecs @ item_vecs.T
     metrics: dict[str, float] = {}
     per_query: dict[str, np.ndarray] = {}
-    for direction, queries_are_text, rel in (("t2i", True, es.relevant), ("i2t", False, es.relevant.T)):
+    letter = p.modality[0]
+    for direction, queries_are_text, rel in ((f"t2{letter}", True, es.relevant), (f"{letter}2t", False, es.relevant.T)):
         dual_scores = sim if queries_are_text else sim.T
         reranked = rerank_matrix(net, tokens, mask, regions.float(), sim, p.depth, queries_are_text)
         for name, scores in (("dual", dual_scores), ("rerank", reranked)):
             metrics |= {f"{name}_{direction}_{k}": v for k, v in retrieval_metrics(scores, rel).items()}
             first = np.take_along_axis(rel, np.argsort(-scores, axis=1, kind="stable"), axis=1).argmax(axis=1)
             per_query[f"{name}_{direction}_hit_rate@1"] = (first == 0).astype(np.float64)
-    metric = p.metric.removeprefix("t2i_").removeprefix("i2t_")
-    direction = p.metric.split("_", 1)[0]
-    if f"dual_{direction}_hit_rate@1" not in per_query or metric != "hit_rate@1":
-        raise ConfigError(f"rerank.metric {p.metric!r}: only t2i_hit_rate@1 and i2t_hit_rate@1 are gated per query")
+    direction = p.metric.split("_", 1)[0]  # RerankParams checked it: t2<letter> or <letter>2t, hit_rate@1
     decision = bootstrap_gate(per_query[f"dual_{direction}_hit_rate@1"], per_query[f"rerank_{direction}_hit_rate@1"],
                               p)
     latency = query_latency(model, net, es.captions, item_vecs, regions, p.depth)
 
-    report = {"dataset": dataset, "model_version": ref.version, "depth": p.depth, "test_images": len(es.item_ids),
+    report = {"dataset": dataset, "model_version": ref.version, "modality": p.modality, "depth": p.depth,
+              "test_items": len(es.item_ids),
               "test_captions": len(es.captions), "train_seconds": round(train_seconds, 1), "losses": losses,
               "metrics": metrics, "latency": latency, "gate": {"pass": decision.promote, "gain": decision.gain,
                                                                "interval": [decision.low, decision.high],
@@ -353,9 +389,10 @@ def regions_dir(folder: Path) -> Path:
 
 def embed_regions(settings: Settings, ref: tracking.ModelRef, model: RetrievalModel, part: Any, clean_dir: Path,
                   folder: Path, k: int) -> int:
-    """Embed stage, shard ``k``: the image rows of ``part`` (a slice of the clean manifest) through the backbone
-    and the re-ranker's region projection into region shard ``k`` of ``regions_dir(folder)``, when version ``ref``
-    has a re-ranker that passed its gate. Returns the rows written (0 without such a re-ranker)."""
+    """Embed stage, shard ``k``: the rows of ``part`` (a slice of the clean manifest) of the re-ranker's modality
+    (images: backbone feature maps; audio: the audio tower's frames) through its region projection into region
+    shard ``k`` of ``regions_dir(folder)``, when version ``ref`` has a re-ranker that passed its gate. Returns the
+    rows written (0 without such a re-ranker)."""
     import torch
 
     from mmretrieval.media import open_image
@@ -364,29 +401,31 @@ def embed_regions(settings: Settings, ref: tracking.ModelRef, model: RetrievalMo
     net = serving_reranker(settings, ref)
     if net is None:
         return 0
-    images = part[part["modality"] == Modality.IMAGE.value]
-    ids = list(images["id"])
+    modality = net.config.modality
+    rows = part[part["modality"] == modality]
+    ids = list(rows["id"])
     if ids:
-        maps = feature_maps(model, [open_image(clean_dir / m) for m in images["media"]])
+        load = open_image if modality == Modality.IMAGE.value else model.load_wave
+        maps = item_maps(model, modality, [load(clean_dir / m) for m in rows["media"]])
         with torch.no_grad():
             regions = torch.cat([net.project_regions(maps[s:s + 64].float()) for s in range(0, len(maps), 64)])
         array = regions.numpy()
     else:
-        array = np.zeros((0, net.config.regions, net.config.region_dim), dtype=np.float16)
+        array = np.zeros((0, net.config.stored_regions, net.config.stored_dim), dtype=np.float16)
     write_shard(regions_dir(folder), k, ids, array)
     return len(ids)
 
 
 def finish_regions(ref: tracking.ModelRef, folder: Path, shards: int, image_ids: list[str]) -> dict[str, Any]:
     """Embed stage, finish (when the plan carries regions: version ``ref`` has a re-ranker that passed its gate):
-    seal the region store of ``folder`` (every shard there, every image id in it) and return its summary. Raises
-    :class:`ModelError`."""
+    seal the region store of ``folder`` (every shard there, and in it every id of ``image_ids``: the rows of the
+    re-ranker's modality) and return its summary. Raises :class:`ModelError`."""
     from mmretrieval.regions import RegionStore, finish
 
     meta = finish(regions_dir(folder), shards, {"model": ref.name, "model_version": ref.version})
     lacking = RegionStore(regions_dir(folder)).missing(image_ids)
     if lacking or meta["rows"] != len(image_ids):
-        raise ModelError(f"region store of {folder} has {meta['rows']} rows for {len(image_ids)} images "
+        raise ModelError(f"region store of {folder} has {meta['rows']} rows for {len(image_ids)} items "
                          f"(missing e.g. {lacking[:3]}): embed again")
     return {"rows": meta["rows"], "bytes_per_item": meta["bytes_per_item"],
             "bytes_at_1m_items": meta["bytes_per_item"] * 1_000_000}

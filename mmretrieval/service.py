@@ -186,6 +186,9 @@ ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ITEM_ID, pattern=
                                   description="the item's id (no control characters)")]
 
 
+UPLOAD_FIELDS = frozenset({"file", "text", "k", "modality", "fusion", "filter", "labels", "where"})  # upload_route's
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -625,6 +628,22 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
         return run_search(state, text=text, image=data, k=k, modality=modality, fusion=fusion, filter=filter,
                           labels=labels, where=where_map)
 
+    async def upload_fields(request: Request) -> None:
+        """Refuse form fields the upload route does not know, and a second value of a single-valued field (the
+        JSON route refuses unknown keys the same way); the form is parsed once, FastAPI reuses it."""
+        try:
+            form = await request.form()
+        except Exception:  # an unparsable body: the route's own validation answers it with its 4xx
+            return
+        names = list(form.keys())
+        unknown = sorted(set(names) - UPLOAD_FIELDS)
+        if unknown:
+            raise HTTPException(400, f"unknown form field(s) {[u[:40] for u in unknown[:5]]}; the upload form takes "
+                                     f"{sorted(UPLOAD_FIELDS)}")
+        repeated = sorted({n for n in names if n != "labels" and len(form.getlist(n)) > 1})
+        if repeated:
+            raise HTTPException(400, f"form field(s) {repeated} given more than once; only `labels` repeats")
+
     def thumbnail(state: DatasetState, item_id: str) -> Response:
         collection = state.serving.get("collection") or state.client.index.require_alias(state.client.alias)
         key = (collection, item_id)
@@ -669,7 +688,8 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
             """Nearest items to a text query."""
             return search(state, req)
 
-        @app.post(f"{prefix}/search/upload", response_model=list[Hit], dependencies=guarded, tags=[tag],
+        @app.post(f"{prefix}/search/upload", response_model=list[Hit], tags=[tag],
+                  dependencies=[*guarded, Depends(upload_fields)],
                   operation_id=f"{op}search_upload", responses=errors(*auth_codes, 404, 415, 422, 503))
         def upload_route(file: UploadFile = File(..., description="an image or audio file"),  # noqa: B008
                          text: Annotated[Text | None, Form(min_length=1, max_length=MAX_TEXT,

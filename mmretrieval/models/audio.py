@@ -153,9 +153,14 @@ class AudioCNN(nn.Module):
         self.width = c_in
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, width)."""
-        x = self.body(self.frontend(wave))
-        return x.mean(dim=(2, 3))
+        """(B, T) -> (B, width): the mean of :meth:`frame_map` over its frames."""
+        return self.frame_map(wave).mean(dim=(2, 3))
+
+    def frame_map(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, width, 1, F): the clip's frame sequence (what the re-ranker attends over), the last block's
+        feature map averaged over its mel bands. F is the log-mel's 1 + T // hop frames halved by each block's
+        pooling: 4 columns of 320 ms for 1.5 s at the default 20 ms hop and four blocks."""
+        return self.body(self.frontend(wave)).mean(dim=2, keepdim=True)
 
 
 def augment_wave(wave: np.ndarray, rng: np.random.Generator, gain_db: float = 6.0, snr_db: float = 0.0,

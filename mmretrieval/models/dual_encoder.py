@@ -229,7 +229,11 @@ class DualEncoder(nn.Module):
 
     def encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, T) waveforms at ``audio_sample_rate`` -> (B, embed_dim) unit vectors."""
-        return nn.functional.normalize(self.audio_proj(self.audio_backbone(wave)), dim=-1)
+        return self.project_audio(self.audio_backbone(wave))
+
+    def project_audio(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, width) pooled audio-tower features -> (B, embed_dim) unit vectors."""
+        return nn.functional.normalize(self.audio_proj(features), dim=-1)
 
     @property
     def audio_weight(self) -> float:

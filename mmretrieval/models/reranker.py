@@ -5,7 +5,9 @@ Inputs (all frozen features, so the model itself is small and a query costs only
 * **text token states** of the dual encoder's text tower (MiniLM: (L, 384) per caption, L <= 64 word pieces, with
   a padding mask), not only its pooled sentence vector;
 * **region features** of the item: the spatial feature map of the pretrained image backbone (EfficientNet-Lite0:
-  (1280, 7, 7) at 224 px, flattened to R = 49 cells), passed once through :meth:`CrossReranker.project_regions`
+  (1280, 7, 7) at 224 px, flattened to R = 49 cells), or for audio items the audio tower's frame sequence
+  ((192, 1, 4) for 1.5 s clips: :meth:`~mmretrieval.models.audio.AudioCNN.frame_map`, R = 4 frames of 320 ms),
+  passed once through :meth:`CrossReranker.project_regions`
   into ``region_dim`` (128) channels. That projection runs at embed time and its fp16 output is what the region
   store keeps (:mod:`mmretrieval.regions`), so a query never re-decodes media nor re-runs the backbone;
 * the dual encoder's cosine of the pair, which the final score adds with a learned weight (``dual_weight``): the
@@ -59,6 +61,7 @@ class RerankerConfig:
     # the training maps, :meth:`CrossReranker.fit_basis`; a fixed buffer), 0: the learned projection sees all channels
     concepts: int = 0  # classes of the backbone's classifier describing each region (ImageNet: 1000); 0: raw features
     concept_grid: int = 3  # concept regions: the feature map average-pooled to this many cells per side
+    modality: str = "image"  # the items it re-ranks: "image" (backbone cells) or "audio" (audio-tower frames)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -105,6 +108,10 @@ class CrossReranker(nn.Module):
         super().__init__()
         if config.layers and config.region_dim % config.heads:
             raise ModelError(f"re-ranker region_dim {config.region_dim} is not divisible by heads {config.heads}")
+        if config.modality not in ("image", "audio"):
+            raise ModelError(f"re-ranker modality {config.modality!r} is unknown; use 'image' or 'audio'")
+        if config.concepts and config.modality != "image":
+            raise ModelError("concept regions come from an ImageNet classifier: they describe images only")
         if not config.layers and not config.concepts:
             raise ModelError("a re-ranker with layers: 0 needs concept regions (concepts > 0): it has nothing to "
                              "score with")
@@ -189,7 +196,9 @@ class CrossReranker(nn.Module):
         mean = cells.mean(0)
         _, _, v = torch.linalg.svd(cells - mean, full_matrices=False)
         self.region_mean.copy_(mean)
-        self.region_basis.copy_(v[: self.region_basis.shape[1]].T)
+        k = min(len(v), self.region_basis.shape[1])  # fewer cells than basis_dim: the missing directions stay 0
+        self.region_basis.zero_()
+        self.region_basis[:, :k].copy_(v[:k].T)
 
     @staticmethod
     def concept_scores(tokens: torch.Tensor, token_mask: torch.Tensor, regions: torch.Tensor

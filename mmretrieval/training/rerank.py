@@ -7,11 +7,14 @@ re-ranker's own layers:
 * :func:`mine_hard_negatives`: for each query, the items the dual encoder ranks highest among those that are *not*
   relevant: the mistakes a second stage exists to fix;
 * :func:`candidate_lists`: one training list per query: a relevant item first, then its hard negatives;
+* :func:`pair_lists`: an epoch's lists from either side: captions ranking items, items ranking captions (spoken
+  digits have ten distinct captions and 2,000 clips: the clips must ask), or both;
 * :func:`listwise_loss`: softmax cross-entropy over a list, the relevant item at position 0 (ListNet/InfoNCE over
   the candidates, what the re-ranker is asked at query time: order these N);
 * :func:`distill_kl`: KL(teacher || student) between the two score distributions over each query's candidate list,
   at a temperature: the student learns the teacher's *ranking* of hard negatives, not its raw scores;
-* :func:`train_reranker`: the seeded loop (AdamW, warm-up + cosine), optionally checkpointed after each epoch.
+* :func:`train_reranker`: the seeded loop (AdamW, warm-up + cosine), optionally checkpointed after each epoch;
+* :func:`train_student` / :func:`train_item_student` / :func:`train_concept_mix`: the distilled students.
 """
 
 from __future__ import annotations
@@ -97,47 +100,76 @@ class RerankSchedule:
     weight_decay: float = 0.01
     seed: int = 0
     mixing_lr: float = 0.05  # the re-ranker's few score-mixing weights (no weight decay)
+    queries: str = "text"  # lists of "text" queries (a caption, its item and hard-negative items), of "item"
+    # queries (an item, one of its captions and hard-negative captions), or "both"
+
+
+def pair_lists(relevant: np.ndarray, dual: np.ndarray, negatives: int, queries: str, rng: np.random.Generator
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One epoch's candidate lists as ((lists, C) caption indices, (lists, C) item indices) pairs, one pair per
+    query side, the relevant pair in column 0 and the dual encoder's hard negatives after it
+    (:func:`mine_hard_negatives`, at most as many as the side's queries have non-relevant candidates).
+    ``queries``: "text" (each caption ranks items), "item" (each item ranks captions) or "both"."""
+    sides = {"text": (False,), "item": (True,), "both": (False, True)}.get(queries)
+    if sides is None:
+        raise TrainingError(f"queries {queries!r}: expected 'text', 'item' or 'both'")
+    out = []
+    for items_ask in sides:
+        rel, sim = (relevant.T, dual.T) if items_ask else (relevant, dual)
+        n = min(negatives, int((~rel).sum(axis=1).min()))
+        lists = candidate_lists(rel, mine_hard_negatives(sim, rel, n), rng)  # (queries, 1 + n)
+        asking = np.broadcast_to(np.arange(len(lists))[:, None], lists.shape)
+        out.append((lists, asking) if items_ask else (asking, lists))
+    return out
 
 
 def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
                    on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train ``net`` (a :class:`~mmretrieval.models.reranker.CrossReranker`) listwise on lists of one relevant item
-    and ``p.negatives`` hard negatives mined by the dual encoder; each epoch redraws the positives and each list's
-    view. Returns the mean loss per epoch; ``on_epoch(epoch, loss)`` runs after each (e.g. to checkpoint).
+    """Train ``net`` (a :class:`~mmretrieval.models.reranker.CrossReranker`) listwise on candidate lists of one
+    relevant pair and up to ``p.negatives`` hard negatives mined by the dual encoder (:func:`pair_lists`; captions
+    ranking items, items ranking captions, or both, by ``p.queries``); each epoch redraws the positives and each
+    list's view. Returns the mean loss per epoch; ``on_epoch(epoch, loss)`` runs after each (e.g. to checkpoint).
     Raises :class:`TrainingError` when the loss stops being finite."""
     torch.manual_seed(p.seed)
     rng = np.random.default_rng(p.seed)
-    negatives = mine_hard_negatives(data.dual, data.relevant, p.negatives)
-    steps = p.epochs * -(-len(negatives) // p.batch_size)
     mixing = {id(q) for q in net.mixing_parameters()}
     groups = [{"params": [q for q in net.parameters() if q.requires_grad and id(q) not in mixing]},
               {"params": net.mixing_parameters(), "lr": p.mixing_lr, "weight_decay": 0.0}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=p.lr, weight_decay=p.weight_decay)
+    sides = 2 if p.queries == "both" else 1
+    per_epoch = sum(-(-n // p.batch_size) for n, on in ((data.relevant.shape[0], p.queries != "item"),
+                                                        (data.relevant.shape[1], p.queries != "text")) if on)
+    steps = p.epochs * per_epoch
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, steps)))))
     dual = torch.from_numpy(data.dual).float()
     net.fit_basis(data.maps[0], seed=p.seed)
-    with torch.no_grad():  # the fixed part of the region projection, once per view and image
+    with torch.no_grad():  # the fixed part of the region projection, once per view and item
         reduced = torch.stack([torch.cat([net.region_input(view[s:s + 64]) for s in range(0, len(view), 64)])
                                for view in data.maps])  # (V, G, R, width)
+    views, items = data.maps.shape[:2]
     losses: list[float] = []
     for epoch in range(1, p.epochs + 1):
         started, parts = time.monotonic(), []
-        lists = torch.from_numpy(candidate_lists(data.relevant, negatives, rng))  # (Q, C)
-        order = torch.from_numpy(rng.permutation(len(lists)))
+        batches = []
+        for texts, cands in pair_lists(data.relevant, data.dual, p.negatives, p.queries, rng):
+            order = rng.permutation(len(texts))
+            batches += [(torch.from_numpy(np.ascontiguousarray(texts[order[s:s + p.batch_size]])),
+                         torch.from_numpy(np.ascontiguousarray(cands[order[s:s + p.batch_size]])))
+                        for s in range(0, len(order), p.batch_size)]
+        if sides > 1:
+            batches = [batches[j] for j in rng.permutation(len(batches))]
         net.train()
-        for start in range(0, len(order), p.batch_size):
-            q = order[start:start + p.batch_size]
-            cand = lists[q]  # (B, C)
+        for texts, cand in batches:  # (B, C) caption and item index of every pair of B lists
             b, c = cand.shape
-            view = torch.from_numpy(rng.integers(0, data.maps.shape[0], size=b)).repeat_interleave(c)
+            view = torch.from_numpy(rng.integers(0, views, size=b)).repeat_interleave(c)
             # each (view, item) of the batch is projected once, however many lists it appears in
-            keys, where = torch.unique(view * data.maps.shape[1] + cand.reshape(-1), return_inverse=True)
-            regions = net.region_output(reduced[keys // data.maps.shape[1], keys % data.maps.shape[1]])[where]
-            tokens = data.tokens[q].float().repeat_interleave(c, 0)
-            mask = data.token_mask[q].repeat_interleave(c, 0)
-            logits = net(tokens, mask, regions, dual[q[:, None], cand].reshape(-1)).view(b, c)
+            keys, where = torch.unique(view * items + cand.reshape(-1), return_inverse=True)
+            regions = net.region_output(reduced[keys // items, keys % items])[where]
+            flat = texts.reshape(-1)
+            logits = net(data.tokens[flat].float(), data.token_mask[flat], regions,
+                         dual[flat, cand.reshape(-1)]).view(b, c)
             loss = listwise_loss(logits)
             if not torch.isfinite(loss):
                 raise TrainingError(f"re-ranker loss became {loss.item()} at epoch {epoch}: lower the learning rate")
@@ -201,19 +233,43 @@ class DistillData:
 
 
 @torch.no_grad()
-def teacher_logits(net: Any, data: RerankData, lists: np.ndarray, batch: int = 2048) -> torch.Tensor:
-    """(Q, C) re-ranker logits over each query's candidate list (eval crop view), in eval mode."""
+def teacher_logits(net: Any, data: RerankData, texts: np.ndarray, items: np.ndarray, batch: int = 2048
+                   ) -> torch.Tensor:
+    """(Q, C) re-ranker logits of the pairs (``texts`` (Q, C) caption indices, ``items`` (Q, C) item indices) of
+    each candidate list (first view of the items), in eval mode."""
     net.eval()
     regions = torch.cat([net.project_regions(data.maps[0, s:s + 256].float()) for s in range(0, data.maps.shape[1],
                                                                                               256)])
-    q_idx = np.repeat(np.arange(len(lists)), lists.shape[1])
-    c_idx = lists.reshape(-1)
+    t_idx, i_idx = texts.reshape(-1), items.reshape(-1)
     out = []
-    for s in range(0, len(q_idx), batch):
-        q, c = torch.from_numpy(q_idx[s:s + batch]), torch.from_numpy(c_idx[s:s + batch])
-        out.append(net(data.tokens[q].float(), data.token_mask[q], regions[c],
-                       torch.from_numpy(data.dual[q_idx[s:s + batch], c_idx[s:s + batch]])))
-    return torch.cat(out).view(lists.shape)
+    for s in range(0, len(t_idx), batch):
+        t, i = torch.from_numpy(t_idx[s:s + batch]), torch.from_numpy(i_idx[s:s + batch])
+        out.append(net(data.tokens[t].float(), data.token_mask[t], regions[i],
+                       torch.from_numpy(data.dual[t_idx[s:s + batch], i_idx[s:s + batch]])))
+    return torch.cat(out).view(texts.shape)
+
+
+def train_item_student(student: Any, project: Callable[[torch.Tensor], torch.Tensor], pooled: torch.Tensor,
+                       sentences: torch.Tensor, lists: torch.Tensor, teacher: torch.Tensor, p: RerankSchedule,
+                       kl_weight: float = 1.0, temperature: float = 1.0) -> list[float]:
+    """Distillation where the items ask: each item's candidate list holds captions (``lists`` (G, C) caption
+    indices, its own caption in column 0, the dual encoder's hard-negative captions after it) and the student's
+    scores over them (logit scale x cosine of ``project``-ed item features with the captions' text vectors) learn
+    listwise cross-entropy plus ``kl_weight`` x :func:`distill_kl` to the ``teacher``'s (G, C) logits. For
+    datasets with few distinct captions (spoken digits: ten words), where a caption's own list is one of ten.
+
+    ``project`` maps (B, width) pooled item features to (B, D) unit vectors (e.g. ``student.project_audio``; its
+    parameters are what learns, with the text head's); ``pooled`` (V, G, width) per view and item; ``sentences``
+    (T, text_dim) the captions' sentence embeddings. Returns the mean loss per epoch."""
+
+    def batch_loss(g: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        view = torch.from_numpy(rng.integers(0, pooled.shape[0], size=len(g)))
+        items = project(pooled[view, g].float())  # (B, D)
+        texts = student.project_text(sentences[lists[g].reshape(-1)]).view(len(g), lists.shape[1], -1)
+        scores = student.logit_scale.exp().clamp(max=100) * torch.einsum("bd,bcd->bc", items, texts)
+        return listwise_loss(scores) + kl_weight * distill_kl(scores, teacher[g], temperature)
+
+    return _fit_student(student, lists.shape[0], batch_loss, p)
 
 
 def train_student(student: Any, data: DistillData, p: RerankSchedule, kl_weight: float = 1.0,
@@ -223,6 +279,25 @@ def train_student(student: Any, data: DistillData, p: RerankSchedule, kl_weight:
     (logit scale x cosine) and the teacher's over each caption's candidate list. Returns the mean loss per epoch."""
     from mmretrieval.models.losses import symmetric_info_nce
 
+    def batch_loss(q: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        view = torch.from_numpy(rng.integers(0, data.pooled.shape[0], size=len(q)))
+        texts = student.project_text(data.sentences[q])  # (B, D)
+        items = student.project_image(data.pooled[view, data.owner[q]])  # (B, D)
+        positives = data.owner[q][:, None] == data.owner[q][None, :]
+        loss = symmetric_info_nce(items, texts, student.logit_scale, positives)
+        cand = data.lists[q]  # (B, C)
+        cand_vecs = student.project_image(data.pooled[view[:, None].expand_as(cand), cand])  # (B, C, D)
+        scores = student.logit_scale.exp().clamp(max=100) * torch.einsum("bd,bcd->bc", texts, cand_vecs)
+        return loss + kl_weight * distill_kl(scores, data.teacher[q], temperature)
+
+    return _fit_student(student, len(data.sentences), batch_loss, p)
+
+
+def _fit_student(student: Any, rows: int, batch_loss: Callable[[torch.Tensor, np.random.Generator], torch.Tensor],
+                 p: RerankSchedule) -> list[float]:
+    """The students' seeded loop: AdamW on ``student``'s trainable parameters; each epoch a permutation of ``rows``
+    in batches of ``p.batch_size``, each batch's loss from ``batch_loss(row indices, rng)``. Returns the mean loss
+    per epoch; raises :class:`TrainingError` when it stops being finite."""
     torch.manual_seed(p.seed)
     rng = np.random.default_rng(p.seed)
     params = [q for q in student.parameters() if q.requires_grad]
@@ -231,18 +306,9 @@ def train_student(student: Any, data: DistillData, p: RerankSchedule, kl_weight:
     student.train()
     for epoch in range(1, p.epochs + 1):
         parts = []
-        order = torch.from_numpy(rng.permutation(len(data.sentences)))
+        order = torch.from_numpy(rng.permutation(rows))
         for start in range(0, len(order), p.batch_size):
-            q = order[start:start + p.batch_size]
-            view = torch.from_numpy(rng.integers(0, data.pooled.shape[0], size=len(q)))
-            texts = student.project_text(data.sentences[q])  # (B, D)
-            items = student.project_image(data.pooled[view, data.owner[q]])  # (B, D)
-            positives = data.owner[q][:, None] == data.owner[q][None, :]
-            loss = symmetric_info_nce(items, texts, student.logit_scale, positives)
-            cand = data.lists[q]  # (B, C)
-            cand_vecs = student.project_image(data.pooled[view[:, None].expand_as(cand), cand])  # (B, C, D)
-            scores = student.logit_scale.exp().clamp(max=100) * torch.einsum("bd,bcd->bc", texts, cand_vecs)
-            loss = loss + kl_weight * distill_kl(scores, data.teacher[q], temperature)
+            loss = batch_loss(order[start:start + p.batch_size], rng)
             if not torch.isfinite(loss):
                 raise TrainingError(f"student loss became {loss.item()} at epoch {epoch}: lower the learning rate")
             opt.zero_grad(set_to_none=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,48 @@ def test_float_audio_above_full_scale_and_wavs_whose_header_lies_are_read_not_qu
     for name in ("zero", "streamed", "hot"):  # the whole second is there, at the clean rate (16 kHz)
         wave, rate = sf.read(str(workspace / "data/clean/oddaudio" / clean.loc[name, "media"]))
         assert rate == 16000 and abs(len(wave) - 16000) < 800 and np.abs(wave).max() <= 0.99
+
+
+def test_audio_reranker_attends_over_the_tower_frames_is_stored_served_and_distilled(workspace: Path,
+                                                                                    audio_source: Path) -> None:
+    """Point 7 of the re-ranking issue on generated tones: the rerank stage trains a re-ranker over the audio tower's
+    frame sequence (item-asking lists), embed writes the audio rows' regions, publish checks them, the client
+    re-ranks text queries over the clips by default, and distil makes an item-asking student."""
+    rerank = {"enabled": True, "modality": "audio", "concepts": False, "layers": 1, "region_dim": 16, "heads": 2,
+              "folds": 0, "queries": "item", "negatives": 1, "epochs": 2, "bootstrap": 100, "depth": 4,
+              "metric": "a2t_hit_rate@1", "min_gain": -1.0}  # any re-ranker passes: the plumbing is tested
+    (workspace / "params.yaml").write_text(
+        (workspace / "params.yaml").read_text() + "\noverrides: {tones: {train: {epochs: 2}, model: {audio_seconds: "
+        f"1.0}}, index: {{centre_min_items: 2}}, rerank: {json.dumps(rerank)}, distill: {{epochs: 2}}}}}}\n")
+    ingest(audio_source, "tones")
+    results = run_all("tones")
+    assert results["rerank"]["passed"] is True
+    from mmretrieval.config import get_settings
+
+    report = json.loads(Path(results["rerank"]["report"]).read_text())
+    assert report["modality"] == "audio" and report["reranker"]["config"]["regions"] == 3  # 1 s: 3 frames
+    assert {"dual_t2a_recall@1", "rerank_a2t_recall@1", "rerank_t2a_precision@10"} <= set(report["metrics"])
+    clips = results["embed"]["modalities"]["audio"]
+    assert results["embed"]["regions"]["modality"] == "audio" and results["embed"]["regions"]["rows"] == clips
+    assert results["embed"]["regions"]["bytes_per_item"] == 3 * 16 * 2
+    assert results["publish"]["checks"]["regions"]["items"] == clips
+
+    from mmretrieval.client import RetrievalClient
+    from mmretrieval.errors import QueryError
+
+    with RetrievalClient("tones") as client:
+        default = client.search(text="a low tone", k=3)  # audio-only collection with a gated re-ranker: on
+        assert len(default) == 3 and all(h.dual_score is not None and h.modality == "audio" for h in default)
+        assert all(h.dual_score is None for h in client.search(text="a low tone", k=3, rerank=0))
+        with pytest.raises(QueryError, match="modality 'audio'"):
+            client.search(text="a low tone", k=3, rerank=4, modality="image")
+
+    from mmretrieval.distill import run as distill
+
+    student = distill("tones")
+    settings = get_settings()
+    from mmretrieval import tracking
+
+    assert tracking.require_alias(settings, "tones", tracking.CHALLENGER).version == student["model_version"]
+    assert student["teacher_version"] == results["train"]["model_version"] and len(student["losses"]) == 2
+    assert "a2t_recall@1" in run_stage("evaluate", "tones")["metrics"]

@@ -57,7 +57,7 @@ def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
     assert embedded["regions"]["rows"] == images
     assert embedded["regions"]["bytes_per_item"] == 3 * 3 * 384 * 2  # 3 x 3 concept regions of 384 fp16
     published = run_stage("publish", "tiny")
-    assert published["checks"]["regions"]["images"] == images
+    assert published["checks"]["regions"]["items"] == images
 
     with RetrievalClient("tiny", settings=settings) as client:
         default = client.search("a red square", k=2)  # image-only collection, gated re-ranker: on by default
@@ -102,7 +102,7 @@ def test_publish_refuses_a_region_store_that_lacks_an_image(tmp_path: Path) -> N
 
     write_shard(tmp_path, 0, ["a"], np.zeros((1, 2, 3)))
     finish(tmp_path, 1, {})
-    assert check_regions(tmp_path, ["a"])["images"] == 1
+    assert check_regions(tmp_path, ["a"])["items"] == 1
     with pytest.raises(PublishError, match="'b'"):
         check_regions(tmp_path, ["a", "b"])
 
@@ -147,6 +147,6 @@ def test_a_reranker_that_passes_after_publishing_is_embedded_and_attached_on_the
     embedded = run_stage("embed", "tiny")
     assert not embedded.get("skipped") and embedded["regions"]["rows"] == embedded["modalities"]["image"]
     again = run_stage("publish", "tiny")
-    assert again["collection"] == first["collection"] and again["checks"]["regions"]["images"] > 0
+    assert again["collection"] == first["collection"] and again["checks"]["regions"]["items"] > 0
     with RetrievalClient("tiny", settings=get_settings(prepared)) as client:
         assert all(h.dual_score is not None for h in client.search("a red square", k=2))  # re-ranked by default

@@ -88,6 +88,14 @@ def hostile_inputs() -> list[tuple[str, str, dict[str, Any], set[int]]]:
         ("11 MB upload", "/search/upload", {"files": {"file": ("a.png", b"\0" * 11_000_000, "image/png")}}, {413}),
         ("bad where JSON", "/search/upload", {"files": {"file": ("a.png", png(40, 40), "image/png")},
                                               "data": {"where": "{not json"}}, {400}),
+        ("unknown upload field", "/search/upload", {"files": {"file": ("a.png", png(40, 40), "image/png")},
+                                                    "data": {"kk": "3"}}, {400}),  # as /search refuses unknown keys
+        ("rerank on upload", "/search/upload", {"files": {"file": ("a.png", png(40, 40), "image/png")},
+                                                "data": {"rerank": "5"}}, {400}),  # re-ranking is for text queries
+        ("k given twice", "/search/upload", {"files": {"file": ("a.png", png(40, 40), "image/png")},
+                                             "data": {"k": ["1", "50"]}}, {400}),
+        ("two files", "/search/upload", {"files": [("file", ("a.png", png(40, 40), "image/png")),
+                                                   ("file", ("b.png", png(40, 40), "image/png"))]}, {400}),
     ]
     return cases
 

@@ -66,3 +66,14 @@ def test_time_shift_adds_leading_silence_or_cuts_the_start_without_wrapping() ->
             assert not out[:n].any() and np.array_equal(out[n:], wave)  # delayed
         else:
             assert np.array_equal(out, wave[-n:])  # start cut, nothing moved to the end
+
+
+def test_frame_map_is_the_sequence_the_pooled_tower_output_averages() -> None:
+    from mmretrieval.models.audio import AudioCNN
+
+    torch.manual_seed(0)
+    tower = AudioCNN(16000).eval()
+    wave = torch.randn(2, 24000) * 0.1  # 1.5 s: 76 log-mel frames, halved by each of 4 blocks -> 4
+    frames = tower.frame_map(wave)
+    assert frames.shape == (2, tower.width, 1, 4)
+    assert torch.allclose(frames.mean(dim=(2, 3)), tower(wave), atol=1e-6)

@@ -62,3 +62,15 @@ def test_rerank_params_out_of_range_are_refused_when_params_load(tmp_path: Path,
     (tmp_path / "params.yaml").write_text(f"rerank:\n  {bad}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=f"rerank.{bad.split(':')[0]}"):
         get_settings(tmp_path).params_for("demo")
+
+
+@pytest.mark.parametrize(("bad", "key"), [
+    ("modality: video", "rerank.modality"), ("modality: audio", "rerank.modality audio"),  # concepts: image-only
+    ("queries: images", "rerank.queries"), ("metric: t2a_hit_rate@1", "rerank.metric")])
+def test_rerank_modality_queries_and_metric_must_fit_together(tmp_path: Path, bad: str, key: str) -> None:
+    (tmp_path / "params.yaml").write_text(f"rerank:\n  {bad}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=key):
+        get_settings(tmp_path).params_for("demo")
+    audio = "rerank: {modality: audio, concepts: false, layers: 1, metric: a2t_hit_rate@1, queries: item}\n"
+    (tmp_path / "params.yaml").write_text(audio, encoding="utf-8")
+    assert get_settings(tmp_path).params_for("demo").rerank.modality == "audio"

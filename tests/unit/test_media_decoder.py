@@ -140,3 +140,10 @@ def test_a_lazily_opened_pil_image_is_turned_once(kind: str, tmp_path: Path) -> 
 def test_undecodable_bytes_name_the_upload() -> None:
     with pytest.raises(MediaError, match="the uploaded image does not decode"):
         open_image(b"not an image at all")
+
+
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n" + bytes(30), b"GIF89a" + bytes(20), b"hello"])
+def test_undecodable_uploaded_bytes_get_a_reason_without_python_object_reprs(data: bytes) -> None:
+    with pytest.raises(MediaError, match="the uploaded image does not decode: unrecognised or damaged") as caught:
+        open_image(data)
+    assert "object at 0x" not in str(caught.value)

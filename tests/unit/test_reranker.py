@@ -17,7 +17,9 @@ from mmretrieval.training.rerank import (
     distill_kl,
     listwise_loss,
     mine_hard_negatives,
+    pair_lists,
     rerank_matrix,
+    train_item_student,
     train_reranker,
 )
 
@@ -263,3 +265,96 @@ def test_concept_mix_is_fitted_to_a_teacher_that_ranks_by_concepts() -> None:
     losses = train_concept_mix(student, vectors, pooled, sentences, lists, teacher, steps=100)
     assert student.concept_mix.item() > 1.0 and losses[-1] < losses[0]
     assert first_right() > before + 0.3
+
+
+def label_relevance(labels: list[int], captions: int) -> np.ndarray:
+    """(captions, items) relevance where caption c describes every item of label c (spoken digits' case)."""
+    return np.array([[lab == c for lab in labels] for c in range(captions)])
+
+
+def test_item_lists_hold_the_items_caption_first_then_its_hardest_wrong_captions() -> None:
+    rel = label_relevance([0, 0, 1, 1, 2, 2], 3)
+    dual = np.random.default_rng(1).random((3, 6)).astype(np.float32)
+    (texts, items), = pair_lists(rel, dual, 5, "item", np.random.default_rng(0))
+    assert texts.shape == items.shape == (6, 3)  # 5 asked, but each item has only 2 wrong captions
+    assert (items == np.arange(6)[:, None]).all()
+    assert rel[texts[:, 0], items[:, 0]].all() and not rel[texts[:, 1:], items[:, 1:]].any()
+    negative_scores = dual[texts[:, 1:], items[:, 1:]]
+    assert (negative_scores[:, 0] >= negative_scores[:, 1]).all()  # hardest first
+    both = pair_lists(rel, dual, 2, "both", np.random.default_rng(0))
+    assert [t.shape for t, _ in both] == [(3, 3), (6, 3)]  # captions ranking items, then items ranking captions
+    with pytest.raises(TrainingError, match="queries"):
+        pair_lists(rel, dual, 2, "images", np.random.default_rng(0))
+
+
+def test_training_on_item_lists_finds_the_word_in_a_frame_sequence() -> None:
+    """Audio-like toy: 4 words, 24 clips of 3 frames; a clip's word code sits in one frame, the others are noise;
+    the dual scores are uninformative. Trained on item-asking lists, the re-ranker names each clip's word."""
+    g = torch.Generator().manual_seed(0)
+    words, width = 4, 20
+    codes = torch.randn(words, width, generator=g)
+    labels = [i % words for i in range(24)]
+    maps = torch.randn(24, width, 1, 3, generator=g) * 0.1
+    for i, lab in enumerate(labels):
+        maps[i, :, 0, i % 3] += codes[lab]
+    tokens, mask = codes[:, :12].unsqueeze(1), torch.ones(words, 1, dtype=torch.bool)
+    rel = label_relevance(labels, words)
+    dual = np.random.default_rng(0).random((words, 24)).astype(np.float32)
+    config = RerankerConfig(text_dim=12, backbone_dim=width, regions=3, region_dim=8, layers=1, heads=2, dropout=0.0,
+                            basis_dim=0, modality="audio")
+    torch.manual_seed(0)
+    net = CrossReranker(config)
+    losses = train_reranker(net, RerankData(tokens, mask, maps.unsqueeze(0), rel, dual),
+                            RerankSchedule(epochs=80, negatives=3, batch_size=8, lr=3e-3, queries="item"))
+    assert losses[-1] < losses[0] / 2
+    with torch.no_grad():
+        scores = rerank_matrix(net, tokens, mask, net.project_regions(maps), dual, depth=words, text_queries=False)
+    accuracy = (scores.argmax(axis=1) == np.array(labels)).mean()
+    assert accuracy > 0.9 and accuracy > (dual.T.argmax(axis=1) == np.array(labels)).mean() + 0.3
+
+
+class ToyStudent(torch.nn.Module):
+    def __init__(self, width: int, dim: int) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(width, dim)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(0.0))
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.head(features), dim=-1)
+
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(features, dim=-1)
+
+
+def test_item_student_learns_the_teachers_known_ranking_of_captions() -> None:
+    """Each item's list holds 4 captions in the teacher's order (logits 3, 2, 1, 0): the student's item head learns
+    to rank them so."""
+    g = torch.Generator().manual_seed(0)
+    items, width = 8, 10  # as many feature dims as items: the head can place every item where it must
+    pooled, sentences = torch.randn(1, items, width, generator=g), torch.randn(4, 5, generator=g)
+    lists = torch.stack([torch.randperm(4, generator=g) for _ in range(items)])  # (G, 4) caption indices
+    teacher = torch.tensor([3.0, 2.0, 1.0, 0.0]).expand(items, 4)
+    torch.manual_seed(0)
+    student = ToyStudent(width, 5)
+
+    def order_agreement() -> float:
+        with torch.no_grad():
+            vecs = student.project(pooled[0])
+            scores = torch.einsum("gd,gcd->gc", vecs, student.project_text(sentences[lists]))
+        return float((scores.argsort(dim=1, descending=True) == torch.arange(4)).all(dim=1).float().mean())
+
+    before = order_agreement()
+    losses = train_item_student(student, student.project, pooled, sentences, lists, teacher,
+                                RerankSchedule(epochs=150, batch_size=8, lr=3e-2, weight_decay=0.0), kl_weight=5.0)
+    assert losses[-1] < losses[0] and order_agreement() >= 0.75 > before
+
+
+def test_region_basis_fitted_on_fewer_cells_than_its_width_keeps_the_rest_zero() -> None:
+    config = RerankerConfig(text_dim=12, backbone_dim=20, regions=3, region_dim=8, layers=1, heads=2, basis_dim=16,
+                            modality="audio")
+    net = CrossReranker(config)
+    net.fit_basis(torch.randn(2, 20, 1, 3))  # 6 cells: at most 6 directions
+    assert net.region_basis.shape == (20, 16) and torch.count_nonzero(net.region_basis[:, 6:]) == 0
+    assert net.project_regions(torch.randn(4, 20, 1, 3)).shape == (4, 3, 8)
+    with pytest.raises(ModelError, match="images only"):
+        CrossReranker(RerankerConfig(modality="audio", concepts=1000))
