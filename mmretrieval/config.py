@@ -147,7 +147,9 @@ class GateParams:
 
 @dataclass(frozen=True)
 class RerankParams:
-    enabled: bool = False  # train a cross-attention re-ranker after the dual encoder (stage ``rerank``)
+    enabled: bool | str = "auto"  # stage ``rerank``: train a cross-attention re-ranker after the dual encoder;
+    # "auto": when the model has what it attends over (a pretrained CNN image backbone / an audio tower) and the
+    # splits have items of rerank.modality, else skipped with the reason; true: those missing is an error
     modality: str = "image"  # the items it re-ranks for text queries: "image" (CNN cells) or "audio" (tower frames)
     queries: str = "text"  # training lists: "text" (a caption ranks items), "item" (an item ranks captions), "both"
     depth: int = 50  # candidates the dual encoder hands to the re-ranker (evaluation and the default at query time)
@@ -181,6 +183,8 @@ class RerankParams:
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
                 span = f"{low}..{high}" if high else f">= {low}"
                 raise ConfigError(f"rerank.{name}: expected a whole number {span}, got {value!r}")
+        if self.enabled not in (True, False, "auto"):
+            raise ConfigError(f"rerank.enabled: true, false or auto, got {self.enabled!r}")
         if self.modality not in ("image", "audio"):
             raise ConfigError(f"rerank.modality: 'image' or 'audio', got {self.modality!r}")
         if self.modality == "audio" and (self.concepts or not self.layers):

@@ -59,6 +59,31 @@ class GateDecision:
     reasons: list[str]
 
 
+REFERENCES = 64  # training items whose regions a re-ranker trained on caption lists keeps for caption centring
+MIN_ITEMS = 2  # per split: fewer train or test items of rerank.modality than this and there is nothing to learn or gate
+
+
+def unsupported(config: Any, clean: Any, p: RerankParams) -> str | None:
+    """Why a re-ranker cannot be trained for a model of ``config`` (a :class:`~mmretrieval.models.dual_encoder.
+    ModelConfig`) on the ``clean`` manifest with ``p``, or None when it can: images need a pretrained CNN backbone
+    (its feature map, its ImageNet classifier for concept regions), audio the audio tower; the train and test splits
+    need at least :data:`MIN_ITEMS` captioned items of ``p.modality`` each."""
+    from mmretrieval.evaluate import captions_of
+    from mmretrieval.models.efficientnet import is_pretrained_cnn
+
+    if p.modality == Modality.IMAGE.value and not is_pretrained_cnn(config.image_backbone):
+        return (f"the image backbone {config.image_backbone or 'none'!r} has no pretrained CNN feature map to attend "
+                "over (use efficientnet_lite0/1/2)")
+    if p.modality == Modality.AUDIO.value and not config.audio_tower:
+        return "the model has no audio tower whose frames the re-ranker would attend over"
+    rows = clean[clean["modality"] == p.modality]
+    for split in (Split.TRAIN.value, Split.TEST.value):
+        n = sum(1 for _, row in rows[rows["split"] == split].iterrows() if captions_of(row))
+        if n < MIN_ITEMS:
+            return f"the {split} split has {n} captioned {p.modality} item(s); the re-ranker needs {MIN_ITEMS}"
+    return None
+
+
 def bootstrap_gate(dual: np.ndarray, reranked: np.ndarray, p: RerankParams) -> GateDecision:
     """Paired bootstrap over queries: (Q,) per-query values of the metric (e.g. hit@1 as 0/1) without and with
     re-ranking. Passes when the lower end of the two-sided ``p.confidence`` interval of the mean gain (resampling
@@ -235,7 +260,9 @@ def training_scores(model: RetrievalModel, es: Any, maps: torch.Tensor, text_vec
 @per_dataset("rerank")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
     """Train and gate the re-ranker of the ``challenger`` (or exactly model ``version``, the one a train step of
-    this run registered); writes ``reports/<dataset>/rerank.json``. Skipped unless ``rerank.enabled``."""
+    this run registered); writes ``reports/<dataset>/rerank.json``. Skipped when ``rerank.enabled`` is false, and
+    when it is ``auto`` and the model or data lack what the re-ranker needs (:func:`unsupported`; the result says
+    why); with ``true`` that is a :class:`ConfigError`."""
     import torch
 
     from mmretrieval.metrics import retrieval_metrics
@@ -244,15 +271,21 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
 
     settings = settings or get_settings()
     p = settings.params_for(dataset).rerank
-    if not p.enabled:
+    if p.enabled is False:
         return {"dataset": dataset, "skipped": "rerank.enabled is false"}
     started = time.monotonic()
     ref = (tracking.get_version(settings, settings.registered_model(dataset), version) if version is not None
            else tracking.require_alias(settings, dataset, tracking.CHALLENGER))
-    model = tracking.load_model(settings, ref, "cpu")
     layout = settings.layout(dataset)
     source = read_clean(layout)
     clean, clean_dir = source.frame, source.root
+    why = unsupported(tracking.model_config(settings, ref), clean, p)
+    if why and p.enabled == "auto":
+        log.info("rerank %s v%s skipped: %s", dataset, ref.version, why)
+        return {"dataset": dataset, "model_version": ref.version, "skipped": why}
+    if why:
+        raise ConfigError(f"rerank.enabled is true but {why}")
+    model = tracking.load_model(settings, ref, "cpu")
     index = settings.params_for(dataset).index
     parts = {split: split_inputs(model, clean, clean_dir, split, p.modality, index)
              for split in (Split.TRAIN.value, Split.TEST.value)}
@@ -262,7 +295,8 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     cfg = RerankerConfig(text_dim=tokens.shape[-1], backbone_dim=maps.shape[2], regions=maps.shape[3] * maps.shape[4],
                          region_dim=p.region_dim, layers=p.layers, heads=p.heads, dropout=p.dropout,
                          use_dual_score=p.use_dual_score, concepts=len(vocabulary[1]) if vocabulary else 0,
-                         concept_grid=p.concept_grid, modality=p.modality)
+                         concept_grid=p.concept_grid, modality=p.modality,
+                         references=min(REFERENCES, maps.shape[1]) if p.queries == "text" else 0)
     torch.manual_seed(p.seed)
     net = CrossReranker(cfg)
     if vocabulary:
@@ -274,6 +308,10 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     losses = train_reranker(net, RerankData(tokens, mask, maps, es.relevant, train_dual), schedule,
                             on_epoch=lambda epoch, _: save(net, ckpt, {"epoch": epoch}))
     train_seconds = time.monotonic() - t_train
+    if cfg.references:  # caption centring (items ranking captions): a seeded sample of training items
+        pick = torch.from_numpy(np.random.default_rng(p.seed).choice(maps.shape[1], cfg.references, replace=False))
+        with torch.no_grad():
+            net.set_references(net.project_regions(maps[0, pick].float()))
 
     # evaluation on the test split: dual alone vs re-ranked top `depth`, both directions
     es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TEST.value]

@@ -7,6 +7,7 @@ One registered model per dataset (``mmr-<dataset>``). Aliases: ``challenger`` (n
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from mmretrieval.models.dual_encoder import RetrievalModel
+    from mmretrieval.models.dual_encoder import ModelConfig, RetrievalModel
 
 log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"
@@ -267,6 +268,15 @@ def download(settings: Settings, ref: ModelRef) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return model_files(target)
+
+
+def model_config(settings: Settings, ref: ModelRef) -> ModelConfig:
+    """The :class:`~mmretrieval.models.dual_encoder.ModelConfig` of a registered version, without loading its
+    weights or towers."""
+    from mmretrieval.models.dual_encoder import ModelConfig
+
+    raw = json.loads((download(settings, ref) / "config.json").read_text(encoding="utf-8"))
+    return ModelConfig.from_json(raw)
 
 
 _LOADED: dict[tuple[str, str, str, str], RetrievalModel] = {}

@@ -62,6 +62,7 @@ class RerankerConfig:
     concepts: int = 0  # classes of the backbone's classifier describing each region (ImageNet: 1000); 0: raw features
     concept_grid: int = 3  # concept regions: the feature map average-pooled to this many cells per side
     modality: str = "image"  # the items it re-ranks: "image" (backbone cells) or "audio" (audio-tower frames)
+    references: int = 0  # regions of this many training items kept for caption centring (see caption_offsets)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -137,6 +138,37 @@ class CrossReranker(nn.Module):
             self.head = nn.Linear(d, 1)
         self.dual_weight = nn.Parameter(torch.tensor(10.0 if config.use_dual_score else 0.0),
                                         requires_grad=config.use_dual_score)
+        if config.references:
+            self.register_buffer("reference_regions",
+                                 torch.zeros(config.references, config.stored_regions, config.stored_dim))
+
+    @torch.no_grad()
+    def set_references(self, regions: torch.Tensor) -> None:
+        """Keep (references, R, stored_dim) stored regions of training items for :meth:`caption_offsets`."""
+        if not self.config.references or regions.shape != self.reference_regions.shape:
+            raise ModelError(f"reference regions of shape {tuple(regions.shape)} do not fit a re-ranker with "
+                             f"references={self.config.references}")
+        self.reference_regions.copy_(regions.float())
+
+    @torch.no_grad()
+    def caption_offsets(self, tokens: torch.Tensor, token_mask: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+        """(T, L, text_dim) token states and (T, L) mask of T captions -> (T,) each caption's mean logit (the dual
+        term left out) over the reference items: what a caption scores against any item. Subtracting it changes
+        nothing when a caption ranks items, but lets items rank captions fairly: some captions' words match
+        every image's concepts and would otherwise top every image's list (text-side hubness). Zeros without
+        references."""
+        if not self.config.references:
+            return torch.zeros(len(tokens))
+        refs = self.reference_regions
+        k = len(refs)
+        out = []
+        step = max(1, batch // k)
+        for s in range(0, len(tokens), step):
+            t, m = tokens[s:s + step], token_mask[s:s + step]
+            n = len(t)
+            logits = self.forward(t.repeat_interleave(k, 0), m.repeat_interleave(k, 0), refs.repeat(n, 1, 1), None)
+            out.append(logits.view(n, k).mean(1))
+        return torch.cat(out)
 
     def mixing_parameters(self) -> list[nn.Parameter]:
         """The scalar weights that mix the dual, concept and learned scores (trained at their own learning rate)."""

@@ -193,8 +193,10 @@ def rerank_matrix(net: Any, tokens: torch.Tensor, token_mask: torch.Tensor, regi
     """Scores after re-ranking each query's top ``depth`` (by ``sim``) with ``net``; the rest keep the dual order
     below them. ``tokens`` (T, L, text_dim) / ``token_mask`` (T, L) of the T captions, ``regions`` (I, R, d)
     projected regions of the I items, ``sim`` (T, I) dual cosines. With ``text_queries`` the queries are the
-    captions (returns (T, I)), else the items (returns (I, T), to be read with the transposed relevance)."""
+    captions (returns (T, I)), else the items (returns (I, T), to be read with the transposed relevance); items
+    ranking captions compare them after :meth:`~mmretrieval.models.reranker.CrossReranker.caption_offsets`."""
     queries = sim if text_queries else sim.T
+    offsets = np.zeros(len(tokens)) if text_queries else net.caption_offsets(tokens, token_mask).numpy()
     depth = min(depth, queries.shape[1])
     top = np.argsort(-queries, axis=1, kind="stable")[:, :depth]  # (Q, depth)
     q_idx = np.repeat(np.arange(len(queries)), depth)
@@ -205,7 +207,7 @@ def rerank_matrix(net: Any, tokens: torch.Tensor, token_mask: torch.Tensor, regi
         t, i = torch.from_numpy(t_idx[s:s + batch]), torch.from_numpy(i_idx[s:s + batch])
         scores.append(net(tokens[t], token_mask[t], regions[i], torch.from_numpy(sim[t_idx[s:s + batch],
                                                                                       i_idx[s:s + batch]])))
-    rescored = torch.cat(scores).numpy().reshape(len(queries), depth)
+    rescored = (torch.cat(scores).numpy() - offsets[t_idx]).reshape(len(queries), depth)
     out = queries - queries.max() - 1.0 + rescored.min() - 1.0  # everything below the re-ranked top
     np.put_along_axis(out, top, rescored, axis=1)
     return out

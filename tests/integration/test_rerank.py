@@ -150,3 +150,16 @@ def test_a_reranker_that_passes_after_publishing_is_embedded_and_attached_on_the
     assert again["collection"] == first["collection"] and again["checks"]["regions"]["items"] > 0
     with RetrievalClient("tiny", settings=get_settings(prepared)) as client:
         assert all(h.dual_score is not None for h in client.search("a red square", k=2))  # re-ranked by default
+
+
+def test_auto_rerank_skips_a_model_without_a_feature_map_and_says_why_while_true_refuses(prepared: Path) -> None:
+    from mmretrieval.errors import ConfigError
+
+    run_stage("train", "tiny")  # the test workspace's resnet18 trained from scratch: no pretrained feature map
+    skipped = run_stage("rerank", "tiny")
+    assert "resnet18" in skipped["skipped"] and "pretrained CNN" in skipped["skipped"]
+    assert not (prepared / "data/reports/tiny/rerank.json").exists()
+    base = (prepared / "params.yaml").read_text(encoding="utf-8").split("\noverrides:")[0]
+    (prepared / "params.yaml").write_text(base + '\noverrides: {"tiny": {"rerank": {"enabled": true}}}\n')
+    with pytest.raises(ConfigError, match="rerank.enabled is true but the image backbone 'resnet18'"):
+        run_stage("rerank", "tiny")

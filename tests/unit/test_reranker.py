@@ -358,3 +358,31 @@ def test_region_basis_fitted_on_fewer_cells_than_its_width_keeps_the_rest_zero()
     assert net.project_regions(torch.randn(4, 20, 1, 3)).shape == (4, 3, 8)
     with pytest.raises(ModelError, match="images only"):
         CrossReranker(RerankerConfig(modality="audio", concepts=1000))
+
+
+def test_caption_offsets_leave_caption_rankings_alone_and_stop_a_hub_caption_topping_every_item() -> None:
+    """Items at 20 and 70 degrees in a 2-d concept plane, their captions at -10 and 100 degrees, and a hub caption
+    at 45 degrees, nearer to both items than their own captions: uncentred, both items rank the hub first.
+    Centred on the reference items, each item ranks its own caption first."""
+    config = RerankerConfig(text_dim=4, backbone_dim=6, regions=1, layers=0, concepts=2, concept_grid=1,
+                            use_dual_score=False, references=2)
+    net = CrossReranker(config).eval()
+    net.set_concepts(torch.eye(2, 6), torch.zeros(2), torch.eye(2, 4))  # class c -> text direction c
+    maps = torch.zeros(2, 6, 1, 1)
+    maps[:, 1, 0, 0] = torch.tensor([-1.0, 1.0]) * float(np.log(np.tan(np.radians(70))))  # 20 and 70 degrees
+    regions = net.project_regions(maps)
+    net.set_references(regions)
+
+    def at(degrees: float) -> list[float]:
+        return [float(np.cos(np.radians(degrees))), float(np.sin(np.radians(degrees))), 0.0, 0.0]
+
+    tokens = torch.tensor([[at(-10)], [at(100)], [at(45)]])  # captions of item 0, of item 1, the hub
+    mask = torch.ones(3, 1, dtype=torch.bool)
+    sim = np.zeros((3, 2), dtype=np.float32)
+    with torch.no_grad():
+        raw = net(tokens.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), regions.repeat(3, 1, 1)).view(3, 2)
+    assert raw.argmax(dim=0).tolist() == [2, 2]  # uncentred, the hub tops both items' lists
+    items_rank = rerank_matrix(net, tokens, mask, regions, sim, depth=3, text_queries=False)  # (items, captions)
+    assert items_rank.argmax(axis=1).tolist() == [0, 1]
+    captions_rank = rerank_matrix(net, tokens, mask, regions, sim, depth=2)
+    assert captions_rank.argmax(axis=1).tolist() == raw.argmax(dim=1).tolist() == [0, 1, 0]
