@@ -95,7 +95,7 @@ def model_tasks(datasets: Any, outlets: list[Asset]) -> Any:
         return stage("evaluate", trained["dataset"], version=trained["model_version"])
 
     @task
-    def rerank(evaluated: dict) -> dict:  # the version's cross-attention re-ranker, gated (when rerank.enabled)
+    def rerank(evaluated: dict) -> dict:  # the version's cross-attention re-ranker, gated (rerank.enabled: auto)
         stage("rerank", evaluated["dataset"], version=evaluated["model_version"])
         return evaluated
 

@@ -18,7 +18,8 @@ STAGE_HELP = {
     "augment": "select the training split and record the augmentation policy",
     "train": "train the dual encoder, log to MLflow, register a challenger",
     "evaluate": "score challenger and champion on the test split (or the champion on --manifest)",
-    "rerank": "train and gate the challenger's cross-attention re-ranker (when rerank.enabled)",
+    "rerank": "train and gate the challenger's cross-attention re-ranker (rerank.enabled: auto skips a model or data "
+              "it cannot serve, saying why)",
     "promote": "gate: make the challenger champion if it passes (or --rollback)",
     "embed": "embed every clean item with the champion",
     "publish": "new Milvus collection, verified, then the serving alias swapped (or --rollback)",
@@ -149,9 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how a text and an image/audio query combine: one search with the weighted sum of their "
                         "vectors (default) or one search each, scores summed")
     p.add_argument("--rerank", type=int, default=None, metavar="N",
-                   help="re-rank the dual encoder's top N images with the model's cross-attention re-ranker (text "
-                        "queries; default: on at rerank.depth when the serving model has one that passed its "
-                        "gate; 0: off)")
+                   help="re-rank the dual encoder's top N images (or audio clips) with the model's cross-attention "
+                        "re-ranker (text queries; default: on at rerank.depth when the serving model has one that "
+                        "passed its gate; 0: off)")
     p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
 

@@ -35,7 +35,7 @@ def stage(verb: str) -> Callable[..., StageResult | dict[str, Any]]:
         from mmretrieval.train import run
     elif verb == "evaluate":
         from mmretrieval.evaluate import run
-    elif verb == "rerank":  # the challenger's cross-attention re-ranker (when rerank.enabled)
+    elif verb == "rerank":  # the challenger's cross-attention re-ranker (rerank.enabled: auto, true, false)
         from mmretrieval.rerank import run
     elif verb == "promote":
         from mmretrieval.promote import run
