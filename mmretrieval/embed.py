@@ -134,12 +134,18 @@ def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: Retrie
         model = load_model(settings, p)
     started = time.monotonic()
     frames: dict[int, tuple[list[float], np.ndarray]] = {}
-    vectors = encode_rows(part, p.clean_root, model,
-                          settings.params_for(p.dataset).embed, desc=f"embed {p.dataset} shard {k}", frames=frames)
-    if p.regions:  # regions first: the vector shard's file marks the shard done
-        from mmretrieval.rerank import embed_regions
+    writer = None
+    if p.regions:
+        from mmretrieval.rerank import region_writer
 
-        embed_regions(settings, p.ref, model, part, p.clean_root, p.work, k)
+        writer = region_writer(settings, p.ref)
+        if writer is None or writer.modality != p.regions:
+            raise ModelError(f"the embedding plan of {p.ref.uri} carries {p.regions} regions, but its re-ranker is "
+                             "gone or changed: plan the embedding again")
+    vectors = encode_rows(part, p.clean_root, model, settings.params_for(p.dataset).embed,
+                          desc=f"embed {p.dataset} shard {k}", frames=frames, regions=writer)
+    if writer is not None:  # regions first: the vector shard's file marks the shard done
+        writer.write(p.work, k, part)
     frame = pd.DataFrame({"id": part["id"].to_numpy(), "modality": part["modality"].to_numpy(),
                           "vector": list(vectors), "model_version": p.ref.version, "data_version": p.data_version})
     if frames:
@@ -166,10 +172,13 @@ def load_model(settings: Settings, p: Plan) -> RetrievalModel:
 
 
 def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embed_params: Any,
-                desc: str = "embed", frames: dict[int, tuple[list[float], np.ndarray]] | None = None) -> np.ndarray:
+                desc: str = "embed", frames: dict[int, tuple[list[float], np.ndarray]] | None = None,
+                regions: Any = None) -> np.ndarray:
     """(rows, dim) unit vectors for clean-manifest rows, in row order: texts in batches, files through a
     DataLoader. Video rows (K frames each, sampled by seeking) also fill ``frames[row] = (times in seconds,
-    (K, dim) frame unit vectors)`` when ``frames`` is given."""
+    (K, dim) frame unit vectors)`` when ``frames`` is given. With ``regions`` (a
+    :class:`~mmretrieval.rerank.RegionWriter`), the rows of its modality are encoded through their tower's maps,
+    which it also gets, so a re-ranker's regions cost no second decode or tower pass."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -200,6 +209,11 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
                     if frames is not None:
                         for j, row in enumerate(rows_):
                             frames[int(row)] = ([round(float(t), 3) for t in batch.times[j]], per_frame[j])
+                    continue
+                if regions is not None and modality == regions.modality:
+                    maps = model.item_maps(modality, batch)
+                    vectors[idx.numpy()] = model.project_maps(modality, maps)
+                    regions.add(idx.numpy(), maps)
                     continue
                 vectors[idx.numpy()] = encode(batch)
     return vectors

@@ -117,10 +117,9 @@ def feature_maps(model: RetrievalModel, images: list[Any], mirror: bool = False,
         raise ConfigError(f"the re-ranker attends over a pretrained CNN's feature map; image backbone "
                           f"{model.config.image_backbone!r} has none (use efficientnet_lite0/1/2)")
     parts = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            px = torch.stack([model.transform(im) for im in images[start:start + batch_size]]).to(model.device)
-            parts.append(backbone.feature_map(px.flip(-1) if mirror else px).half().cpu())
+    for start in range(0, len(images), batch_size):
+        px = torch.stack([model.transform(im) for im in images[start:start + batch_size]])
+        parts.append(model.item_maps(Modality.IMAGE.value, px.flip(-1) if mirror else px).half())
     return torch.cat(parts)
 
 
@@ -147,14 +146,10 @@ def audio_frames(model: RetrievalModel, waves: list[torch.Tensor], batch_size: i
     :class:`ConfigError` for a model without one."""
     import torch
 
-    tower = getattr(model.net, "audio_backbone", None)
-    if tower is None:
+    if getattr(model.net, "audio_backbone", None) is None:
         raise ConfigError("rerank.modality audio attends over the audio tower's frames; this model has no audio tower")
-    tower.eval()
-    with torch.no_grad():
-        parts = [tower.frame_map(torch.stack(waves[s:s + batch_size]).to(model.device)).half().cpu()
-                 for s in range(0, len(waves), batch_size)]
-    return torch.cat(parts)
+    return torch.cat([model.item_maps(Modality.AUDIO.value, torch.stack(waves[s:s + batch_size])).half()
+                      for s in range(0, len(waves), batch_size)])
 
 
 def item_maps(model: RetrievalModel, modality: str, media: list[Any], mirror: bool = False) -> torch.Tensor:
@@ -425,33 +420,43 @@ def regions_dir(folder: Path) -> Path:
     return folder / "regions"
 
 
-def embed_regions(settings: Settings, ref: tracking.ModelRef, model: RetrievalModel, part: Any, clean_dir: Path,
-                  folder: Path, k: int) -> int:
-    """Embed stage, shard ``k``: the rows of ``part`` (a slice of the clean manifest) of the re-ranker's modality
-    (images: backbone feature maps; audio: the audio tower's frames) through its region projection into region
-    shard ``k`` of ``regions_dir(folder)``, when version ``ref`` has a re-ranker that passed its gate. Returns the
-    rows written (0 without such a re-ranker)."""
-    import torch
+class RegionWriter:
+    """Embed stage: the regions of one shard's items of the re-ranker's ``modality``, projected from the very maps
+    their vectors are pooled from (:meth:`RetrievalModel.item_maps`: one decode and one tower pass per item)."""
 
-    from mmretrieval.media import open_image
-    from mmretrieval.regions import write_shard
+    def __init__(self, net: CrossReranker) -> None:
+        self.net, self.modality = net, net.config.modality
+        self.rows: dict[int, np.ndarray] = {}
 
-    net = serving_reranker(settings, ref)
-    if net is None:
-        return 0
-    modality = net.config.modality
-    rows = part[part["modality"] == modality]
-    ids = list(rows["id"])
-    if ids:
-        load = open_image if modality == Modality.IMAGE.value else model.load_wave
-        maps = item_maps(model, modality, [load(clean_dir / m) for m in rows["media"]])
+    def add(self, rows: np.ndarray, maps: torch.Tensor) -> None:
+        """(B,) shard row numbers and their (B, C, H, W) maps -> kept as (B, R, d) float16 regions."""
+        import torch
+
         with torch.no_grad():
-            regions = torch.cat([net.project_regions(maps[s:s + 64].float()) for s in range(0, len(maps), 64)])
-        array = regions.numpy()
-    else:
-        array = np.zeros((0, net.config.stored_regions, net.config.stored_dim), dtype=np.float16)
-    write_shard(regions_dir(folder), k, ids, array)
-    return len(ids)
+            regions = self.net.project_regions(maps.float()).half().numpy()
+        self.rows.update({int(r): region for r, region in zip(rows, regions, strict=True)})
+
+    def write(self, folder: Path, k: int, part: Any) -> int:
+        """Region shard ``k`` of ``regions_dir(folder)`` for the ``part`` rows (a slice of the clean manifest) of the
+        modality; returns how many. Raises :class:`ModelError` when one of them was never :meth:`add`-ed."""
+        from mmretrieval.regions import write_shard
+
+        pick = np.flatnonzero((part["modality"] == self.modality).to_numpy())
+        lacking = [int(j) for j in pick if int(j) not in self.rows]
+        if lacking:
+            raise ModelError(f"embed shard {k}: {len(lacking)} {self.modality} row(s) got no regions, e.g. "
+                             f"{list(part['id'].iloc[lacking[:3]])}")
+        c = self.net.config
+        array = (np.stack([self.rows[int(j)] for j in pick]) if len(pick)
+                 else np.zeros((0, c.stored_regions, c.stored_dim), dtype=np.float16))
+        write_shard(regions_dir(folder), k, list(part["id"].iloc[pick]), array)
+        return len(pick)
+
+
+def region_writer(settings: Settings, ref: tracking.ModelRef) -> RegionWriter | None:
+    """Embed stage: a :class:`RegionWriter` when version ``ref`` has a re-ranker that passed its gate, else None."""
+    net = serving_reranker(settings, ref)
+    return RegionWriter(net) if net is not None else None
 
 
 def finish_regions(ref: tracking.ModelRef, folder: Path, shards: int, image_ids: list[str]) -> dict[str, Any]:

@@ -485,11 +485,13 @@ class RetrievalModel:
         feats = self.text.encode(texts, batch_size=batch_size).to(self.device)
         return self.net.project_text(feats).float().cpu().numpy()
 
-    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def image_features(self, pixels: torch.Tensor, maps: bool = False) -> torch.Tensor:
         """(N, 3, S, S) normalised pixels -> (N, width) float32 image-tower features, for inference: in chunks of
         ``FRAME_CHUNK`` images in channels-last layout on CPU (the same values up to float rounding), under autocast
-        on CUDA (float16) or with ``precision="bf16"`` on CPU (bfloat16: cosine ~0.998 to the float32 features)."""
+        on CUDA (float16) or with ``precision="bf16"`` on CPU (bfloat16: cosine ~0.998 to the float32 features).
+        With ``maps`` (a pretrained CNN backbone): the (N, width, H, W) feature maps those features average."""
         cuda = self.device.startswith("cuda")
+        tower = self.net.image_backbone.feature_map if maps else self.net.image_features
         chunk = len(pixels) if cuda else FRAME_CHUNK
         parts = []
         with torch.inference_mode(), torch.autocast(device_type="cuda" if cuda else "cpu", enabled=cuda or
@@ -498,8 +500,24 @@ class RetrievalModel:
                 x = pixels[start:start + chunk].to(self.device, non_blocking=True)
                 if not cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
-                parts.append(self.net.image_features(x).float())
+                parts.append(tower(x).float())
         return torch.cat(parts) if parts else torch.zeros(0, self.net.image_proj.in_features, device=self.device)
+
+    @torch.inference_mode()
+    def item_maps(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
+        """A batch of preprocessed items -> their tower's (N, width, H, W) float32 maps on CPU, the regions a
+        re-ranker attends over: (N, 3, S, S) pixels -> a pretrained CNN's feature map (:meth:`image_features`),
+        (N, T) waveforms -> the audio tower's (N, width, 1, frames) frame sequence. :meth:`project_maps` turns
+        them into exactly the vectors :meth:`encode_pixels` / :meth:`encode_waves` give."""
+        if modality == "audio":
+            return self.net.audio_backbone.frame_map(batch.to(self.device)).float().cpu()
+        return self.image_features(batch, maps=True).cpu()
+
+    @torch.inference_mode()
+    def project_maps(self, modality: str, maps: torch.Tensor) -> np.ndarray:
+        """(N, width, H, W) maps from :meth:`item_maps` -> (N, embed_dim) unit vectors (mean pooling, the head)."""
+        project = self.net.project_audio if modality == "audio" else self.net.project_image
+        return project(maps.to(self.device).mean(dim=(2, 3))).float().cpu().numpy()
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:

@@ -56,6 +56,26 @@ def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
     images = embedded["modalities"]["image"]
     assert embedded["regions"]["rows"] == images
     assert embedded["regions"]["bytes_per_item"] == 3 * 3 * 384 * 2  # 3 x 3 concept regions of 384 fp16
+    # one decode and one backbone pass per image give both: the vector is the one the model encodes, the regions
+    # the ones the re-ranker projects from the image's own feature map
+    import pandas as pd
+    import torch
+
+    from mmretrieval.media import open_image
+    from mmretrieval.regions import RegionStore
+    from mmretrieval.rerank import feature_maps
+
+    shard = pd.read_parquet(Path(embedded["path"]) / embedded["shards"][0])
+    row = shard[shard["modality"] == "image"].iloc[0]
+    clean = pd.read_parquet(prepared / "data/clean/tiny/manifest.parquet").set_index("id")
+    model = tracking.load_model(settings, ref)
+    photo = open_image(prepared / "data/clean/tiny" / clean.loc[row["id"], "media"])
+    assert np.asarray(row["vector"]) == pytest.approx(model.encode_images([photo])[0], abs=1e-5)
+    net = serving_reranker(settings, ref)
+    with torch.no_grad():
+        expected = net.project_regions(feature_maps(model, [photo]).float())[0].numpy()
+    stored = RegionStore(Path(embedded["regions"]["path"])).lookup([row["id"]])[0].astype(np.float32)
+    assert stored == pytest.approx(expected, abs=2e-3)  # float16 in the store
     published = run_stage("publish", "tiny")
     assert published["checks"]["regions"]["items"] == images
 
