@@ -98,8 +98,15 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse, but a usage error is the one line every other error is: ``mmr: error: …`` (exit status 2)."""
+
+    def error(self, message: str) -> Any:  # argparse's own prints the whole usage first
+        self.exit(2, f"mmr: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmr", description=__doc__)
+    parser = OneLineErrors(prog="mmr", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 

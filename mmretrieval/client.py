@@ -6,6 +6,8 @@ Query vectors of a modality the collection was centred on (``mmr.centre``) are c
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,8 +134,18 @@ class RetrievalClient:
         """
         import numpy as np
 
-        if not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise QueryError(f"k must be between 1 and {MAX_K}, got {k!r}")
+        if not _whole(k) or not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
+        k = int(k)
+        if rerank is not None and not _whole(rerank):
+            raise QueryError(f"rerank must be a whole number (0: off), got {rerank!r}")
+        rerank = None if rerank is None else int(rerank)
+        if isinstance(labels, (str, bytes)):
+            raise QueryError(f"labels must be a list of labels, got the single string {labels!r}: wrap it in a list")
+        for part, weight in (weights or {}).items():
+            if part not in ("text", "image", "audio") or not _finite(weight):
+                raise QueryError(f"weights takes finite numbers for 'text', 'image' and 'audio'; got {part!r}: "
+                                 f"{weight!r}")
         if modality is not None and modality not in MODALITIES:
             raise QueryError(f"unknown modality {modality!r}; use one of {list(MODALITIES)}")
         if text is not None:
@@ -304,3 +316,13 @@ def _load_image(image: Any) -> Image.Image:
     if not path.is_file():
         raise MediaError(f"query image {str(path)!r} does not exist")
     return open_image(path)
+
+
+def _whole(value: Any) -> bool:
+    """An integer (Python or numpy), not a boolean."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    """A finite real number, not a boolean."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))

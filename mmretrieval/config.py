@@ -22,6 +22,7 @@ MMR_DEVICE                 ``auto``, ``cpu`` or ``cuda``                        
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -175,15 +176,15 @@ class RerankParams:
 
     def __post_init__(self) -> None:
         """Refuse values that would fail only after training (or silently do something else) with the key's name."""
-        counts = {"depth": (1, 1000), "bootstrap": (1, None), "negatives": (1, None), "epochs": (1, None),
-                  "batch_size": (1, None), "concept_grid": (1, 7), "heads": (1, None), "layers": (0, None),
-                  "region_dim": (1, None), "folds": (0, None)}
+        counts = {"depth": (1, 1000), "bootstrap": (1, 1_000_000), "negatives": (1, 1000), "epochs": (1, 10_000),
+                  "batch_size": (1, 100_000), "concept_grid": (1, 7), "heads": (1, 64), "layers": (0, 64),
+                  "region_dim": (1, 4096), "folds": (0, 100), "seed": (0, 2**32 - 1)}
         for name, (low, high) in counts.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
                 span = f"{low}..{high}" if high else f">= {low}"
                 raise ConfigError(f"rerank.{name}: expected a whole number {span}, got {value!r}")
-        if self.enabled not in (True, False, "auto"):
+        if not (isinstance(self.enabled, bool) or self.enabled == "auto"):
             raise ConfigError(f"rerank.enabled: true, false or auto, got {self.enabled!r}")
         if self.modality not in ("image", "audio"):
             raise ConfigError(f"rerank.modality: 'image' or 'audio', got {self.modality!r}")
@@ -199,6 +200,12 @@ class RerankParams:
                               f"{letter}2t_hit_rate@1 for rerank.modality {self.modality}, got {self.metric!r}")
         if self.folds == 1:
             raise ConfigError("rerank.folds: 0 (no cross-fitting) or >= 2, got 1")
+        if self.layers and self.region_dim % self.heads:
+            raise ConfigError(f"rerank.heads: {self.heads} does not divide rerank.region_dim {self.region_dim} (the "
+                              "attention width of the learned blocks)")
+        if not -1.0 <= self.min_gain < 1.0:
+            raise ConfigError(f"rerank.min_gain: a gain of the per-query hit rate, between -1 and 1, got "
+                              f"{self.min_gain!r}")
         if not 0.0 < self.confidence < 1.0:
             raise ConfigError(f"rerank.confidence: expected a number between 0 and 1, got {self.confidence!r}")
         if not (self.lr > 0 and self.mixing_lr > 0 and 0.0 <= self.dropout < 1.0):
@@ -214,6 +221,17 @@ class DistillParams:
     kl_weight: float = 1.0  # InfoNCE + kl_weight x KL(re-ranker || student) over each caption's candidate list
     temperature: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"distill.{name}: expected a whole number >= 1, got {value!r}")
+        if not (self.lr > 0 and self.temperature > 0 and self.kl_weight >= 0):
+            raise ConfigError(f"distill.lr and distill.temperature must be > 0 and distill.kl_weight >= 0, got "
+                              f"{self.lr!r}, {self.temperature!r}, {self.kl_weight!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"distill.seed: expected a whole number 0..{2**32 - 1}, got {self.seed!r}")
 
 
 @dataclass(frozen=True)
@@ -259,7 +277,7 @@ class Params:
         over = self.overrides.get(dataset)
         if not over:
             return self
-        return _build(Params, _merge(dataclasses.asdict(self), over), "params")
+        return _build(Params, _merge(dataclasses.asdict(self), over), "")
 
     def as_flat_dict(self) -> dict[str, Any]:
         """``section.key -> value`` for logging to MLflow."""
@@ -279,28 +297,40 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:
+    """``cls`` from the mapping ``raw`` (``where`` names it in errors: ``rerank``, ``overrides.demo.rerank``), each
+    value checked against the type of the field's default: booleans are not numbers, numbers are finite, whole
+    numbers stay whole, lists are lists. Raises :class:`ConfigError` naming the key and the value."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{where or 'params'}: expected a mapping, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        raise ConfigError(f"{where or 'params'}: unknown key(s) {unknown}; known: {sorted(fields)}")
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
         f = fields[name]
+        key = f"{where}.{name}" if where else name
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+            kwargs[name] = _build(type(default), value, key)
         elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
             kwargs[name] = tuple(value)
+        elif isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            kwargs[name] = value
         elif isinstance(default, bool):
             if not isinstance(value, bool):
-                raise ConfigError(f"{where}.{name}: expected true/false, got {value!r}")
+                raise ConfigError(f"{key}: expected true/false, got {value!r}")
             kwargs[name] = value
-        elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
-        elif isinstance(default, float):
-            kwargs[name] = float(value)
+        elif isinstance(default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            if isinstance(default, int) and not float(value).is_integer():
+                raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+            kwargs[name] = float(value) if isinstance(default, float) else int(value)
         else:
             kwargs[name] = value
     return cls(**kwargs)
@@ -316,7 +346,17 @@ def load_params(path: Path | None) -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    params: Params = _build(Params, raw, str(path))
+    try:
+        params: Params = _build(Params, raw, "")
+        for name, over in params.overrides.items():  # each dataset's params are checked now, not at its first stage
+            if not isinstance(over, dict):
+                raise ConfigError(f"overrides.{name}: expected a mapping of sections, got {over!r}")
+            try:
+                params.for_dataset(name)
+            except ConfigError as e:
+                raise ConfigError(f"overrides.{name}: {e}") from e
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
     s = params.split
     if abs(s.train + s.val + s.test - 1.0) > 1e-6 or min(s.train, s.val, s.test) < 0:
         raise ConfigError(f"{path}: split ratios must be >= 0 and sum to 1, got {s.train}/{s.val}/{s.test}")

@@ -41,6 +41,38 @@ def quote(value: str) -> str:
     return "".join(out)
 
 
+PAIRS = {")": "(", "]": "[", "}": "{"}
+
+
+def bracket_problem(expr: str) -> str | None:
+    """Why ``expr``'s brackets do not pair up outside its string literals ("..." or '...', backslash escapes), or
+    None. A filter like ``a == 1) or (b == 2`` would otherwise close the parentheses :func:`build_filter` puts
+    around it and escape the other conditions."""
+    stack: list[str] = []
+    quote_char = ""
+    escaped = False
+    for ch in expr:
+        if quote_char:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote_char:
+                quote_char = ""
+        elif ch in "\"'":
+            quote_char = ch
+        elif ch in "([{":
+            stack.append(ch)
+        elif ch in PAIRS:
+            if not stack or stack.pop() != PAIRS[ch]:
+                return f"closes a {ch!r} that it did not open"
+    if quote_char:
+        return f"leaves a {quote_char} string open"
+    if stack:
+        return f"leaves {len(stack)} bracket(s) open"
+    return None
+
+
 def build_filter(modality: str | None = None, expr: str = "", labels: Sequence[str] = (),
                  where: Mapping[str, str] | None = None) -> str:
     """One Milvus expression: ``modality == "m" and label in [...] and metadata["k"] == "v" and (<expr>)``.
@@ -68,6 +100,8 @@ def build_filter(modality: str | None = None, expr: str = "", labels: Sequence[s
     expr = (expr or "").strip()
     if len(expr) > MAX_FILTER:
         raise QueryError(f"the filter has {len(expr)} characters; the limit is {MAX_FILTER}")
+    if expr and (problem := bracket_problem(expr)):
+        raise QueryError(f"the filter {expr[:80]!r} {problem}")
     if expr:
         parts.append(f"({expr})" if parts else expr)
     return " and ".join(parts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -289,7 +290,7 @@ def read_audio(path: Path, max_seconds: float) -> Audio:
             handle.seek(0)
         frames = int(min(info.frames, max_seconds * info.samplerate)) if info.frames > 0 else -1
         data, rate = sf.read(handle, frames=frames, dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError, OSError, ValueError, EOFError) as e:
+    except (RuntimeError, sf.LibsndfileError, OSError, ValueError, EOFError, struct.error) as e:
         raise MediaError(f"audio {path.name} does not decode: {_why(e)}") from e
     if info.subtype in FLOAT_SUBTYPES and data.size and np.isfinite(data).all():
         peak = float(np.abs(data).max())
@@ -302,8 +303,6 @@ def read_audio(path: Path, max_seconds: float) -> Audio:
 def _wav_with_true_length(path: Path) -> bytes | None:
     """A RIFF/WAVE file whose ``data`` chunk declares 0 or 0xFFFFFFFF bytes although bytes follow: the file with
     the chunk (and RIFF) sizes set to what is there, whole frames only. ``None`` for any other file."""
-    import struct
-
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
@@ -313,6 +312,8 @@ def _wav_with_true_length(path: Path) -> bytes | None:
     while pos + 8 <= len(raw):
         chunk, size = raw[pos:pos + 4], struct.unpack("<I", raw[pos + 4:pos + 8])[0]
         if chunk == b"fmt " and size >= 14:
+            if pos + 22 > len(raw):  # a cut-off fmt chunk: leave the verdict to the decoder
+                return None
             align = struct.unpack("<H", raw[pos + 20:pos + 22])[0]
         if chunk == b"data":
             there = len(raw) - pos - 8

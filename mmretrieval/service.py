@@ -609,7 +609,7 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
             valid = isinstance(where_map, dict) and len(where_map) <= MAX_WHERE and all(
                 isinstance(v, str) and re.fullmatch(WHERE_KEY, k) and len(v) <= 200
                 for k, v in where_map.items())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: brackets nested past the JSON decoder's depth
             valid = False
         if not valid:
             raise HTTPException(400, f"`where` must be a JSON object of at most {MAX_WHERE} metadata keys "

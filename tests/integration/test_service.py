@@ -92,6 +92,10 @@ def hostile_inputs() -> list[tuple[str, str, dict[str, Any], set[int]]]:
                                                     "data": {"kk": "3"}}, {400}),  # as /search refuses unknown keys
         ("rerank on upload", "/search/upload", {"files": {"file": ("a.png", png(40, 40), "image/png")},
                                                 "data": {"rerank": "5"}}, {400}),  # re-ranking is for text queries
+        ("where nested 2000 deep", "/search/upload", {"files": {"file": ("a.png", png(40, 40), "image/png")},
+                                                      "data": {"where": "[" * 1990 + "]" * 1990}}, {400}),
+        ("filter escaping its parentheses", "/search", {"json": {"text": "cat", "modality": "image", "filter":
+                                                                 'label == "x") or (modality == "video"'}}, {400}),
         ("k given twice", "/search/upload", {"files": {"file": ("a.png", png(40, 40), "image/png")},
                                              "data": {"k": ["1", "50"]}}, {400}),
         ("two files", "/search/upload", {"files": [("file", ("a.png", png(40, 40), "image/png")),
@@ -337,3 +341,16 @@ def test_a_second_server_on_a_locked_lite_file_is_live_but_not_ready(app_and_htt
         out = proc.communicate(timeout=30)[0]
     assert str(published_tiny.home) not in out and KEY not in out
     print(ready.json()["datasets"]["tiny"])
+
+
+@pytest.mark.parametrize("kwargs", [{"k": True}, {"k": 2.0}, {"rerank": True}, {"rerank": False}, {"rerank": 0.0},
+                                    {"weights": {"text": float("nan")}}, {"weights": {"txt": 1.0}},
+                                    {"labels": "red"}], ids=str)
+def test_library_search_refuses_arguments_of_the_wrong_kind_as_a_query_error(published_tiny: Settings,
+                                                                            kwargs: dict[str, Any]) -> None:
+    """Booleans are not counts (a store error before), a NaN weight gave no hits, a string was split into labels."""
+    from mmretrieval.client import RetrievalClient
+    from mmretrieval.errors import QueryError
+
+    with RetrievalClient("tiny", settings=published_tiny) as client, pytest.raises(QueryError):
+        client.search("a red square", **kwargs)

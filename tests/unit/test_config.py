@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,22 @@ def test_rerank_modality_queries_and_metric_must_fit_together(tmp_path: Path, ba
     audio = "rerank: {modality: audio, concepts: false, layers: 1, metric: a2t_hit_rate@1, queries: item}\n"
     (tmp_path / "params.yaml").write_text(audio, encoding="utf-8")
     assert get_settings(tmp_path).params_for("demo").rerank.modality == "audio"
+
+
+@pytest.mark.parametrize(("yaml_text", "key"), [
+    ("overrides: [1, 2]", "overrides"), ("overrides: {demo: [1]}", "overrides.demo"),
+    ("validate: {labels: 5}", "validate.labels"), ("datasets: null", "datasets"),
+    ("rerank: {lr: true}", "rerank.lr"), ("rerank: {min_gain: .nan}", "rerank.min_gain"),
+    ("rerank: {min_gain: 5}", "rerank.min_gain"), ("rerank: {mixing_lr: .inf}", "rerank.mixing_lr"),
+    ("rerank: {seed: -1}", "rerank.seed"), ("rerank: {seed: 1.5}", "rerank.seed"),
+    ("rerank: {negatives: 1000000000}", "rerank.negatives"), ("rerank: {enabled: 0}", "rerank.enabled"),
+    ("rerank: {heads: 7, layers: 1, concepts: false}", "rerank.heads"), ("distill: {epochs: 0}", "distill.epochs"),
+    ("distill: {lr: -1}", "distill.lr"), ("index: {centre: audio}", "index.centre"),
+    ("train: {epochs: 2.5}", "train.epochs"),
+    ("overrides: {other: {rerank: {depth: 0}}}", "overrides.other: rerank.depth"),  # checked when params load
+])
+def test_values_of_the_wrong_kind_are_refused_when_params_load_naming_the_key(tmp_path: Path, yaml_text: str,
+                                                                               key: str) -> None:
+    (tmp_path / "params.yaml").write_text(yaml_text + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"params.yaml: {re.escape(key)}"):
+        get_settings(tmp_path).params_for("demo")

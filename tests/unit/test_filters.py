@@ -52,3 +52,15 @@ def test_where_items_split_at_the_first_equals_sign() -> None:
 def test_unusable_filter_parts_are_query_errors_naming_them(call, words: str) -> None:  # noqa: ANN001
     with pytest.raises(QueryError, match=words):
         call()
+
+
+@pytest.mark.parametrize("expr", ['label == "x") or (modality == "video"', 'label == "x" or (modality == "a"',
+                                  'label in ["a", "b")', 'label == "open string'])
+def test_a_raw_filter_cannot_close_the_parentheses_around_it(expr: str) -> None:
+    with pytest.raises(QueryError, match="the filter"):
+        build_filter("image", expr, labels=["7"])
+
+
+def test_brackets_inside_string_literals_are_text() -> None:
+    assert build_filter("image", 'label in ["a)", "(b"] and metadata["k"] == "it\\"s)"').endswith(
+        '(label in ["a)", "(b"] and metadata["k"] == "it\\"s)")')

@@ -147,3 +147,40 @@ def test_undecodable_uploaded_bytes_get_a_reason_without_python_object_reprs(dat
     with pytest.raises(MediaError, match="the uploaded image does not decode: unrecognised or damaged") as caught:
         open_image(data)
     assert "object at 0x" not in str(caught.value)
+
+
+def _riff(*chunks: bytes) -> bytes:
+    import struct
+
+    body = b"WAVE" + b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _chunk(name: bytes, payload: bytes, declared: int | None = None) -> bytes:
+    import struct
+
+    return name + struct.pack("<I", len(payload) if declared is None else declared) + payload
+
+
+FMT = bytes.fromhex("0100010080bb000000770100020010 00".replace(" ", ""))  # PCM, mono, 48 kHz, 16-bit
+
+
+@pytest.mark.parametrize("data", [
+    _riff(_chunk(b"fmt ", FMT[:2], declared=16)),  # fmt chunk cut short after 2 of its 16 bytes
+    _riff(_chunk(b"fmt ", FMT[:2], declared=16), _chunk(b"data", b"", declared=0)),
+    _riff(_chunk(b"data", bytes(64), declared=0)),  # data with no fmt before it
+    _riff(_chunk(b"fmt ", FMT), _chunk(b"data", bytes(7), declared=0xFFFFFFF0)),  # data larger than the file
+    b"RIFF\x04\x00\x00\x00WAVE",  # header only
+    b"RIFF\xff\xff\xff\xffWAVEfmt ",  # a chunk name and nothing else
+], ids=["fmt-cut-short", "fmt-cut-then-data", "data-without-fmt", "data-overlong", "header-only", "bare-chunk-name"])
+def test_wav_files_with_broken_chunk_structure_are_a_media_error(tmp_path: Path, data: bytes) -> None:
+    from mmretrieval.media import read_audio
+
+    path = tmp_path / "broken.wav"
+    path.write_bytes(data)
+    try:
+        audio = read_audio(path, 10.0)
+    except MediaError as e:
+        assert "broken.wav" in str(e)
+    else:  # a decoder may recover what is there; then it is real audio
+        assert audio.data.ndim == 2
