@@ -79,11 +79,16 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
                 for h in hits:
                     print(h.to_json())
                 continue
+            if not hits:
+                continue
             if len(texts) > 1 or args.image or args.audio:
                 parts = [f'"{text}"' if text else "", f"image {args.image}" if args.image else "",
                          f"audio {args.audio}" if args.audio else ""]
                 print("\nquery: " + " + ".join(p for p in parts if p))
             reranked = any(h.dual_score is not None for h in hits)
+            if reranked:
+                print(f"(re-ranked by v{hits[0].model_version}'s cross-attention re-ranker: score = its logit, "
+                      "dual = the dual encoder's cosine; --rerank 0 for the dual encoder alone)")
             print(f"{'rank':>4}  {'score':>7}  " + (f"{'dual':>7}  " if reranked else "")
                   + f"{'modality':8}  {'path':34}  {'label':5}  text")
             for h in hits:

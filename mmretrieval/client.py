@@ -68,6 +68,7 @@ class RetrievalClient:
         self._loaded = ""  # the collection last made ready for search (one load check per alias move, not per query)
         self._params = self.settings.params_for(dataset).index
         self._rerankers: dict[str, tuple[Any, Any] | None] = {}  # collection -> (re-ranker, region store) or None
+        self._no_rerank: dict[str, str] = {}  # collection -> why it has no usable re-ranker
 
     def close(self) -> None:
         self.index.close()
@@ -208,6 +209,17 @@ class RetrievalClient:
             net = serving_reranker(self.settings, ref)
             folder = props.get(REGIONS)
             self._rerankers[collection] = (net, RegionStore(Path(folder))) if net is not None and folder else None
+            if self._rerankers[collection] is None:
+                from mmretrieval.rerank import GATE_TAG
+
+                tags = tracking.client(self.settings).get_model_version(ref.name, ref.version).tags or {}
+                self._no_rerank[collection] = (
+                    f"{ref.uri}'s re-ranker was refused by its gate ({tags.get('reranker.reasons', '')[:300]})"
+                    if tags.get(GATE_TAG) == "refuse" else
+                    f"collection {collection} has no region store for {ref.uri}'s re-ranker: embed and publish again"
+                    if net is not None else
+                    f"{ref.uri} has no re-ranker (the rerank stage skipped it or never ran: see "
+                    f"{self.settings.layout(self.dataset).rerank_report})")
         return self._rerankers[collection]
 
     def _rerank_depth(self, rerank: int | None, k: int, collection: str, modality: str | None,
@@ -226,9 +238,8 @@ class RetrievalClient:
                 return 0  # a mixed collection: re-ranking would drop its other modalities, so only on request
             return max(k, self.settings.params_for(self.dataset).rerank.depth)
         if usable is None:
-            raise QueryError(f"the collection behind {self.alias!r} has no re-ranker that passed its gate (or no "
-                             "region store; see rerank.enabled in params.yaml): search without re-ranking (rerank=0, "
-                             "mmr search --rerank 0)")
+            raise QueryError(f"cannot re-rank: {self._no_rerank.get(collection, 'no re-ranker')}; search without "
+                             "re-ranking (rerank=0, mmr search --rerank 0)")
         if not text_only or modality not in (None, target):
             raise QueryError(f"re-ranking scores text queries against {target} items: give only a text query, and "
                              f"modality {target!r} or none (got {modality!r})")

@@ -116,6 +116,27 @@ class EvaluateResult(StageResult):
 
 
 @dataclass(frozen=True)
+class RerankResult(StageResult):
+    """``rerank``: the version whose re-ranker was trained and whether it passed its gate (with the gate's reasons,
+    the re-ranker's training time, the hit-rate/recall metrics of dual vs re-ranked, the query latency and the
+    report's path), or only why the stage was skipped (``skipped``)."""
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"model_version", "skipped", "passed", "reasons", "train_seconds",
+                                                    "metrics", "latency", "seconds", "report"})
+
+    dataset: str
+    model_version: str | None = None
+    skipped: str | None = None
+    passed: bool | None = None
+    reasons: list[str] | None = None
+    train_seconds: float | None = None
+    metrics: dict[str, float] | None = None
+    latency: dict[str, dict[str, float]] | None = None
+    seconds: float | None = None
+    report: str | None = None
+
+
+@dataclass(frozen=True)
 class PromoteResult(StageResult):
     """``promote``: the gate's decision on ``version`` and the champion after it."""
 

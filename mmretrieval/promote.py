@@ -55,6 +55,10 @@ def decide(gate: GateParams, challenger: dict[str, float], champion: dict[str, f
     reasons.append(f"{m}={value:.4f} {'beats' if beats else 'does not beat'} its chance level {chance:.4f} "
                    f"(random ranking, {int(queries)} queries): needs >= {required:.4f}, i.e. + max(margin "
                    f"{gate.margin_over_chance}, {gate.chance_z} x chance's standard error {error:.4f})")
+    if required > 1.0:
+        reasons.append(f"no model can pass: {m} is at most 1, but chance alone is {chance:.4f} on these "
+                       f"{int(queries)} test queries; use a stricter metric (e.g. gate.metric: "
+                       f"{m.split('@')[0].rsplit('_', 1)[0]}_recall@1) or a larger test split")
     if champion is not None:
         base = champion[m]
         holds = value >= base - gate.tolerance

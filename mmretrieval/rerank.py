@@ -32,6 +32,7 @@ import numpy as np
 
 from mmretrieval import tracking
 from mmretrieval.config import RerankParams, Settings, get_settings
+from mmretrieval.contracts import RerankResult
 from mmretrieval.errors import ConfigError, ModelError, TrackingError, TrainingError
 from mmretrieval.io import write_json
 from mmretrieval.layout import read_clean
@@ -253,7 +254,7 @@ def training_scores(model: RetrievalModel, es: Any, maps: torch.Tensor, text_vec
 
 
 @per_dataset("rerank")  # locks.py: a second run of this dataset waits
-def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
+def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> RerankResult:
     """Train and gate the re-ranker of the ``challenger`` (or exactly model ``version``, the one a train step of
     this run registered); writes ``reports/<dataset>/rerank.json``. Skipped when ``rerank.enabled`` is false, and
     when it is ``auto`` and the model or data lack what the re-ranker needs (:func:`unsupported`; the result says
@@ -267,7 +268,7 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     settings = settings or get_settings()
     p = settings.params_for(dataset).rerank
     if p.enabled is False:
-        return {"dataset": dataset, "skipped": "rerank.enabled is false"}
+        return RerankResult(dataset, skipped="rerank.enabled is false")
     started = time.monotonic()
     ref = (tracking.get_version(settings, settings.registered_model(dataset), version) if version is not None
            else tracking.require_alias(settings, dataset, tracking.CHALLENGER))
@@ -277,7 +278,7 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     why = unsupported(tracking.model_config(settings, ref), clean, p)
     if why and p.enabled == "auto":
         log.info("rerank %s v%s skipped: %s", dataset, ref.version, why)
-        return {"dataset": dataset, "model_version": ref.version, "skipped": why}
+        return RerankResult(dataset, ref.version, skipped=why)
     if why:
         raise ConfigError(f"rerank.enabled is true but {why}")
     model = tracking.load_model(settings, ref, "cpu")
@@ -334,7 +335,8 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
               "metrics": metrics, "latency": latency, "gate": {"pass": decision.promote, "gain": decision.gain,
                                                                "interval": [decision.low, decision.high],
                                                                "reasons": decision.reasons},
-              "reranker": {"config": cfg.__dict__, "parameters": sum(q.numel() for q in net.parameters())}}
+              "reranker": {"config": cfg.__dict__, "stored_regions": cfg.stored_regions, "stored_dim": cfg.stored_dim,
+                           "parameters": sum(q.numel() for q in net.parameters() if q.requires_grad)}}
     out = layout.rerank_report
     write_json(out, report)
     with tempfile.TemporaryDirectory() as tmp:
@@ -345,11 +347,13 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     import shutil
 
     shutil.rmtree(ckpt, ignore_errors=True)
-    log.info("rerank %s v%s: %s", dataset, ref.version, decision.reasons[0])
-    return {"dataset": dataset, "model_version": ref.version, "passed": decision.promote,
-            "reasons": decision.reasons, "train_seconds": round(train_seconds, 1),
-            "metrics": {k: round(v, 4) for k, v in metrics.items() if "hit_rate" in k or "recall" in k},
-            "latency": latency, "seconds": round(time.monotonic() - started, 1), "report": str(out)}
+    log.info("rerank %s v%s: %s; %s", dataset, ref.version, decision.reasons[0],
+             f"once v{ref.version} serves, text searches over {p.modality} re-rank its top {p.depth} by default"
+             if decision.promote else f"v{ref.version} serves without a re-ranker")
+    return RerankResult(dataset, ref.version, passed=decision.promote, reasons=decision.reasons,
+                        train_seconds=round(train_seconds, 1),
+                        metrics={k: round(v, 4) for k, v in metrics.items() if "hit_rate" in k or "recall" in k},
+                        latency=latency, seconds=round(time.monotonic() - started, 1), report=str(out))
 
 
 def register_reranker(settings: Settings, ref: tracking.ModelRef, folder: Path, metrics: dict[str, float],

@@ -1,7 +1,7 @@
 """The stage verbs, in pipeline order. The CLI, ``dvc.yaml`` and the Airflow DAG all call these same functions.
 
 Each stage's ``run(dataset, settings=None, **inputs)`` returns its typed result (:mod:`mmretrieval.contracts`:
-``ValidateResult`` ... ``PublishResult``; embed and rerank still a JSON dict) of paths, counts, metrics and versions;
+``ValidateResult`` ... ``PublishResult``; embed's summary still a JSON dict) of paths, counts, metrics and versions;
 :func:`run_stage` keeps its JSON form and returns it. ``inputs`` are what an earlier step of the same run pinned:
 ``evaluate``, ``rerank`` (that version's cross-attention re-ranker) and ``promote`` take the ``version`` their run's
 ``train`` registered; ``embed`` and ``publish`` take the ``pinned`` model and data version

@@ -219,7 +219,8 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
             ckpt.save(net, best_state, opt, sched, {"epoch": epoch, "selector": selector.state(), "history": history,
                                                     "run_id": mlrun.info.run_id})
             log.info("train %s epoch %d/%d: loss %.4f, val %s %s", dataset, epoch, p.epochs, record["loss"],
-                     gate_metric, f"{val_value:.4f}" if val_value is not None else "n/a")
+                     resolved or gate_metric, f"{val_value:.4f}" if val_value is not None else
+                     "n/a (no validation items)" if not len(val_frame) else "n/a")
             bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_value if val_value is not None else -1:.3f}")
             if selector.should_stop:
                 log.info("train %s: early stop after epoch %d (no better val %s for %d epochs)", dataset, epoch,

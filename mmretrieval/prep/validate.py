@@ -127,7 +127,9 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
             reasons[int(i)] = (problem.reason, f"row {int(i) + 2} ({row['id']}): {problem.message}")
 
     reassigned = bool(params.split.reassign_without_train and not (df["split"] == "train").any())
-    if reassigned:
+    if reassigned and set(df["split"]) == {""}:  # the documented case: no splits given, a hash assigns them
+        log.info("validate %s: no split column values; assigning splits from the ratios in params.yaml", dataset)
+    elif reassigned:
         log.warning("validate %s: the manifest has no train rows (splits %s); assigning splits from the ratios in "
                     "params.yaml instead (split.reassign_without_train)", dataset, sorted(set(df["split"])))
     rows = fill_splits(df.assign(split="") if reassigned else df, params.split)
