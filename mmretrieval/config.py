@@ -203,7 +203,7 @@ class RerankParams:
         if self.layers and self.region_dim % self.heads:
             raise ConfigError(f"rerank.heads: {self.heads} does not divide rerank.region_dim {self.region_dim} (the "
                               "attention width of the learned blocks)")
-        if not -1.0 <= self.min_gain < 1.0:
+        if not -1.0 <= self.min_gain <= 1.0:
             raise ConfigError(f"rerank.min_gain: a gain of the per-query hit rate, between -1 and 1, got "
                               f"{self.min_gain!r}")
         if not 0.0 < self.confidence < 1.0:

@@ -162,6 +162,10 @@ def test_a_reranker_that_passes_after_publishing_is_embedded_and_attached_on_the
         run_stage(verb, "tiny")
     first = run_stage("publish", "tiny")
     assert "regions" not in first["checks"]
+    with RetrievalClient("tiny", settings=get_settings(prepared)) as client:
+        assert all(h.dual_score is None for h in client.search("a red square", k=2))  # not re-ranked by default
+        with pytest.raises(QueryError, match="refused by its gate"):  # and asking for it says why it cannot be
+            client.search("a red square", k=2, rerank=3)
     set_params(prepared, {"min_gain": -1.0})  # the same version's re-ranker passes now
     assert run_stage("rerank", "tiny")["passed"] is True
     embedded = run_stage("embed", "tiny")

@@ -57,3 +57,10 @@ def test_a_model_that_ranks_at_random_is_never_promoted(metric: str) -> None:
         text, images = (unit_vectors(seed, n) for n in (len(es.captions), 300))
         metrics = both_directions(text, images, es)
         assert not decide(GateParams(metric=metric, floor=0.05), metrics, None).promote, (seed, metrics[metric])
+
+
+def test_a_gate_no_model_can_pass_on_a_small_test_split_says_so_and_names_a_metric_that_can() -> None:
+    d = decide(GATE, scored(1.0, chance=0.9091, queries=55), None)  # 11 test photos: chance R@10 = 10/11
+    assert not d.promote
+    assert any("no model can pass" in r and "t2i_recall@1" in r for r in d.reasons)
+    assert not any("no model can pass" in r for r in decide(GATE, scored(0.30), None).reasons)
