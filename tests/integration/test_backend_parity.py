@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmretrieval.config import IndexParams
-from mmretrieval.errors import FilterError, IndexStoreError
+from mmretrieval.errors import FilterError, IndexStoreError, QueryError
 from mmretrieval.filters import build_filter
 from mmretrieval.index import JSON_MAX_BYTES, VARCHAR_LIMITS, MilvusIndex
 
@@ -84,9 +84,11 @@ def check_filters(uri: str) -> int:
         assert ids(build_filter(where={"photographer id": "1"}, labels=["3"])) == expected(
             lambda r: r["label"] == "3" and int(r["id"][4:]) % 2 == 1)
         assert ids(build_filter(labels=['" or modality != "'])) == set()  # an injection attempt matches nothing
-        for bad in ('label == ', 'nofield == "1"', 'label in [', "modality == 'text' or"):
+        for bad in ('label == ', 'nofield == "1"', "modality == 'text' or"):
             with pytest.raises(FilterError, match="not a valid Milvus expression"):
                 ix.search("parity", query, 5, PARAMS, expr=build_filter("text", bad))
+        with pytest.raises(QueryError, match="leaves 1 bracket"):  # refused before Milvus sees it
+            build_filter("text", "label in [")
         return len(ids(build_filter("text")))  # every text row passes a bare modality restriction
 
 
