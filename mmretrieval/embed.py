@@ -329,7 +329,10 @@ def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CH
         return previous | {"skipped": True}
     pending = p.pending()
     model = load_model(settings, p) if pending else None
-    if len(pending) < p.shards:
+    if not pending:
+        log.info("embed %s: all %d shard(s) embedded (by this run's shard tasks or an earlier run); finishing",
+                 dataset, p.shards)
+    elif len(pending) < p.shards:
         log.info("embed %s: resuming, %d of %d shard(s) already done", dataset, p.shards - len(pending), p.shards)
     for k in pending:
         embed_shard(p, k, settings, model)

@@ -139,7 +139,8 @@ class _Publication:
             if props.get(STATE) == VERIFIED and ix.dim(t.name) == int(t.summary["dim"]):
                 if regions_missing(props, t.summary):  # the version's re-ranker passed its gate after publishing
                     self.attach_regions(props)
-                log.info("publish %s: %s is built and verified already", self.dataset, t.name)
+                log.info("publish %s: %s is built and verified (by this run's earlier steps or an earlier run)",
+                         self.dataset, t.name)
                 return {"collection": t.name, "built": False, "serving": serving}
             log.warning("publish %s: dropping half-built collection %s", self.dataset, t.name)
             ix.drop(t.name)
