@@ -23,6 +23,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     A crash or retry never leaves half a result in ``target``: the old content stays until the rename.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_dead(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -36,6 +37,21 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _sweep_dead(target: Path) -> None:
+    """Remove the scratch (``.tmp-<pid>``) and replaced (``.old-<pid>``) folders of ``target`` left by writers that
+    were killed (their process is gone), so a SIGKILL mid-write does not leak a copy of the data for ever."""
+    for leftover in target.parent.glob(f".{target.name}.*-*"):
+        kind, _, pid = leftover.name.rpartition("-")
+        if not kind.endswith((".tmp", ".old")) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            continue  # alive under another user, or not a pid at all: leave it
 
 
 def sha256_file(path: Path) -> str:

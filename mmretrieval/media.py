@@ -64,8 +64,13 @@ def path_problem(rel: str, root: Path) -> Problem | None:
     if ".." in p.parts:
         return Problem("parent_path", f"path {rel!r} climbs out with '..'; paths must stay inside the dataset root")
     full = root / p
-    if not full.is_file():
-        return Problem("missing_file", f"file {rel!r} does not exist under {root}")
+    try:
+        is_file = full.is_file()
+    except OSError as e:  # e.g. a name longer than the file system allows (ENAMETOOLONG)
+        return Problem("missing_file", f"file {rel[:200]!r} cannot be looked up under {root}: {e.strerror}")
+    if not is_file:
+        what = "is a folder, not a file" if full.is_dir() else "does not exist"
+        return Problem("missing_file", f"file {rel!r} {what} under {root}")
     if not full.resolve().is_relative_to(root.resolve()):
         return Problem("path_escape", f"path {rel!r} resolves outside the dataset root (symlink?)")
     return None
@@ -354,8 +359,12 @@ def audio_problem(path: Path, params: ValidateParams) -> Problem | None:
                        f"{params.max_audio_channels}")
     if not 4000 <= audio.rate <= 192_000:
         return Problem("bad_sample_rate", f"audio {path.name} has sample rate {audio.rate} Hz")
+    mono = data.mean(axis=1)  # what cleaning keeps and the model hears: channels in opposite phase cancel here
     if float(np.sqrt(np.mean(data**2))) < 1e-4:
         return Problem("silent_audio", f"audio {path.name} is silent (RMS below -80 dBFS)")
+    if float(np.sqrt(np.mean((mono - mono.mean()) ** 2))) < 1e-4:
+        return Problem("silent_audio", f"audio {path.name} is silent once its {audio.channels} channel(s) are mixed "
+                       "to mono and any constant (DC) offset removed (RMS below -80 dBFS)")
     if audio.subtype not in FLOAT_SUBTYPES:
         peak = float(np.abs(data).max())
         clipped = float(np.mean(np.abs(data) >= 0.999)) if peak >= 0.999 else 0.0

@@ -78,6 +78,8 @@ def read_manifest(path: Path) -> pd.DataFrame:
     import pandas as pd
 
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"manifest {path} is a folder; give the manifest CSV file inside it")
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
     try:
@@ -89,8 +91,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
     import io
 
     header = _header(raw, path)
+    _check_row_widths(raw, len(header), path)
     try:
-        df = pd.read_csv(io.StringIO(raw), dtype=str, keep_default_na=False, na_filter=False)
+        df = pd.read_csv(io.StringIO(raw), dtype=str, keep_default_na=False, na_filter=False, index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ManifestError(f"manifest {path} is not a readable CSV: {e}") from e
     if len(header) == len(df.columns):  # pandas renamed repeats (text.1); the header as written is what counts
@@ -112,6 +115,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
     out = df[list(COLUMNS) + [METADATA]].copy()
     for c in ("id", "modality", "split"):
         out[c] = out[c].str.strip()
+    out["path"] = out["path"].str.replace("\\", "/")  # a Windows separator: ingest, validate and clean agree
     out["modality"] = out["modality"].str.lower()
     out["split"] = out["split"].str.lower()
     return out.reset_index(drop=True)
@@ -126,6 +130,25 @@ def column_key(name: str) -> str:
     return "".join(ch for ch in name if unicodedata.category(ch) != "Cf").strip().casefold()
 
 
+def _check_row_widths(raw: str, width: int, path: Path) -> None:
+    """Raise :class:`ManifestError` when a row has more fields than the header (pandas would otherwise shift every
+    column of such a file by one, or drop the extra field), naming the first such rows."""
+    import csv
+    import io
+
+    wide: list[tuple[int, int]] = []
+    try:
+        for number, row in enumerate(csv.reader(io.StringIO(raw)), start=1):
+            if number > 1 and len(row) > width:
+                wide.append((number, len(row)))
+    except csv.Error as e:
+        raise ManifestError(f"manifest {path} is not a readable CSV: {e}") from e
+    if wide:
+        shown = ", ".join(f"row {n} has {k}" for n, k in wide[:3])
+        raise ManifestError(f"manifest {path}: {len(wide)} row(s) have more fields than the header's {width} "
+                            f"({shown}); a caption with a comma needs quotes")
+
+
 def _header(raw: str, path: Path) -> list[str]:
     """The header row as written. Raises :class:`ManifestError` when two names mean the same column
     (:func:`column_key`), e.g. ``text`` and ``text `` or ``id`` twice, naming them and their positions."""
@@ -136,6 +159,10 @@ def _header(raw: str, path: Path) -> list[str]:
         header = next(csv.reader(io.StringIO(raw)), [])
     except csv.Error as e:
         raise ManifestError(f"manifest {path} is not a readable CSV: {e}") from e
+    blank = [p for p, name in enumerate(header, start=1) if not column_key(name)]
+    if len(blank) > 1:
+        raise ManifestError(f"manifest {path} has {len(blank)} header names that are blank (columns "
+                            f"{', '.join(map(str, blank))}); name or remove those columns")
     seen: dict[str, list[int]] = {}
     for position, name in enumerate(header, start=1):
         if column_key(name):

@@ -27,6 +27,7 @@ MEDIA_CHECKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("empty_path", "absolute_path", "parent_path", "path_escape", "missing_file")),
     ("image/audio/video", "the file is not empty and not above validate.max_file_bytes",
      ("empty_file", "file_too_large")),
+    ("image/audio/video", "the file's SHA-256 is the manifest's sha256, when one is given", ("sha256_mismatch",)),
     ("image", "decodes within the pixel limit, not flattened to a constant, not too small",
      ("undecodable", "flattened_image", "image_too_small")),
     ("audio", "decodes, has samples, no NaN, duration/channels/rate in bounds, not silent, not clipped",

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from mmretrieval import versioning
@@ -115,6 +117,8 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         if problem is not None and problem.reason == "missing_file" and row["path"] in not_copied:
             seen = not_copied[row["path"]]
             problem = Problem(seen["reason"], f"at ingest: {seen['message']}")
+        if problem is None and str(row["sha256"]).strip():
+            problem = hash_problem(raw / row["path"], str(row["sha256"]).strip())
         if problem is None and row["modality"] == Modality.IMAGE.value:
             problem = image_problem(raw / row["path"], params.validate)
         if problem is None and row["modality"] == Modality.AUDIO.value:
@@ -169,6 +173,19 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
     log.info("validate %s: data docs %s", dataset, layout.data_docs.resolve().as_uri())
     return ValidateResult(dataset, data_version, report["rows"], report["valid"], report["quarantine"],
                           report["reasons"], str(layout.validation_report), str(layout.data_docs))
+
+
+def hash_problem(path: Path, expected: str) -> Problem | None:
+    """The manifest's ``sha256`` for a file: a 64-digit hex SHA-256 that must match the file's bytes."""
+    from mmretrieval.io import sha256_file
+
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", expected):
+        return Problem("sha256_mismatch", f"sha256 {expected[:80]!r} is not a SHA-256 digest (64 hex digits)")
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        return Problem("sha256_mismatch", f"file {path.name} has sha256 {actual[:16]}…, the manifest expects "
+                                          f"{expected.lower()[:16]}…: changed or corrupted since the manifest was made")
+    return None
 
 
 def _fail(layout: Layout, dataset: str, data_version: str, suite: SuiteResult, message: str,

@@ -244,3 +244,22 @@ def test_colliding_header_names_are_refused_at_ingest_naming_them(workspace: Pat
     repeated = next(n for n in names if names.count(n) > 1 or n.strip() != n)
     assert repr(repeated) in last
     assert not (workspace / "data/raw/clash").exists()
+
+
+def test_a_manifest_sha256_is_checked_and_a_windows_separator_still_finds_the_file(workspace: Path) -> None:
+    from mmretrieval.io import sha256_file
+
+    src = workspace.parent / "src"
+    rows = good_rows(src)
+    right = sha256_file(src / "images/ok0.png")
+    rows[0]["sha256"] = right.upper()  # hex case does not matter
+    rows[1]["sha256"] = "0" * 64  # not this file's
+    rows[2]["sha256"] = "abc"  # not a digest at all
+    rows[3]["path"] = "images\\ok3.png"  # a Windows separator: ingest copies it, validate and clean find it
+    ingest(write_manifest(src, rows, ["id", "modality", "path", "text", "sha256"]), "hashes")
+    report = validate.run("hashes")
+    assert report["valid"] == 2 and report["reasons"] == {"sha256_mismatch": 2}
+    result = clean.run("hashes")
+    assert result["clean"] == 2 and result["quarantined"] == 2
+    clean_rows = pd.read_parquet(workspace / "data/clean/hashes/manifest.parquet").set_index("id")
+    assert clean_rows.loc["ok0", "sha256"] == right and set(clean_rows.index) == {"ok0", "ok3"}

@@ -32,3 +32,22 @@ def test_parallel_writers_of_one_file_never_leave_a_torn_or_missing_file(tmp_pat
         t.join()
     assert not errors and seen > 0
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]  # no temp file left behind
+
+
+def test_an_atomic_write_sweeps_what_killed_writers_left_and_keeps_a_live_writers_scratch(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from mmretrieval.io import atomic_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid whose process has exited
+    target = tmp_path / "clean"
+    for name in (f".clean.tmp-{dead}", f".clean.old-{dead}", f".clean.tmp-{os.getppid()}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "media.bin").write_bytes(b"x" * 10)
+    with atomic_dir(target) as scratch:
+        (scratch / "manifest.csv").write_text("id\n", encoding="utf-8")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["clean", f".clean.tmp-{os.getppid()}"])  # the live one (our parent) stays

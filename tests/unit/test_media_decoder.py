@@ -184,3 +184,19 @@ def test_wav_files_with_broken_chunk_structure_are_a_media_error(tmp_path: Path,
         assert "broken.wav" in str(e)
     else:  # a decoder may recover what is there; then it is real audio
         assert audio.data.ndim == 2
+
+
+@pytest.mark.parametrize("kind", ["opposite-phase stereo", "constant (DC) signal"])
+def test_audio_that_is_silent_once_mixed_to_mono_is_quarantined_as_silent(tmp_path: Path, kind: str) -> None:
+    import soundfile as sf
+
+    from mmretrieval.media import audio_problem
+
+    t = np.arange(16000) / 16000
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    wave = np.stack([tone, -tone], axis=1) if kind.startswith("opposite") else np.full(16000, 0.5)
+    sf.write(str(tmp_path / "a.wav"), wave.astype(np.float32), 16000, subtype="PCM_16")
+    problem = audio_problem(tmp_path / "a.wav", ValidateParams())
+    assert problem is not None and problem.reason == "silent_audio" and "mono" in problem.message
+    sf.write(str(tmp_path / "b.wav"), np.stack([tone, tone], axis=1).astype(np.float32), 16000, subtype="PCM_16")
+    assert audio_problem(tmp_path / "b.wav", ValidateParams()) is None  # the same tone in phase is fine

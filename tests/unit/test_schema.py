@@ -82,3 +82,29 @@ def test_header_names_that_mean_the_same_column_are_refused_naming_them(tmp_path
 def test_known_columns_are_found_whatever_their_case_and_spacing(tmp_path: Path) -> None:
     df = read_manifest(write(tmp_path, " ID ,Modality,PATH,Text\u200b,Source\na,text,,hello,web\n"))
     assert (df.at[0, "id"], df.at[0, "text"], df.at[0, "source"], df.at[0, "metadata"]) == ("a", "hello", "web", "{}")
+
+
+def test_rows_wider_than_the_header_blank_header_names_and_a_folder_are_manifest_errors(tmp_path: Path) -> None:
+    shifted = tmp_path / "shifted.csv"  # every row one field too many: pandas would shift every column silently
+    shifted.write_text("id,modality,path,text\na,image,x.jpg,hi,EXTRA\nb,image,y.jpg,yo,EXTRA\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="2 row\\(s\\) have more fields than the header's 4"):
+        read_manifest(shifted)
+    blanks = tmp_path / "blanks.csv"
+    blanks.write_text("id,modality,path,,\na,image,x.jpg,1,2\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="2 header names that are blank"):
+        read_manifest(blanks)
+    with pytest.raises(ManifestError, match="is a folder"):
+        read_manifest(tmp_path)
+
+
+def test_a_windows_path_separator_is_a_separator_for_every_stage(tmp_path: Path) -> None:
+    from mmretrieval.media import path_problem
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,modality,path,text\nb,image,sub\\b.jpg,y\n", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jpg").write_bytes(b"jpeg")
+    assert list(read_manifest(manifest)["path"]) == ["sub/b.jpg"]
+    assert path_problem("sub/b.jpg", tmp_path) is None
+    too_long = path_problem("a" * 300 + ".jpg", tmp_path)  # longer than a file name may be: no OSError
+    assert too_long is not None and too_long.reason == "missing_file"
