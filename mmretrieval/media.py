@@ -134,7 +134,8 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
-        raise MediaError(f"{name} is a decompression bomb: {_why(e)}") from e
+        raise MediaError(f"{name} is a decompression bomb: its header declares far more than the "
+                         f"{max_pixels}-pixel limit (Pillow refused to open it)") from e
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
             MemoryError) as e:  # what Pillow's format plugins raise on broken or hostile files
         raise MediaError(f"{name} does not decode: {_why(e)}") from e

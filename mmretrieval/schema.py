@@ -90,6 +90,8 @@ def read_manifest(path: Path) -> pd.DataFrame:
         ) from e
     import io
 
+    if "\r" in raw and "\n" not in raw:  # classic Mac OS line endings (CR only)
+        raw = raw.replace("\r", "\n")
     header = _header(raw, path)
     _check_row_widths(raw, len(header), path)
     try:

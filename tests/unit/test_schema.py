@@ -108,3 +108,9 @@ def test_a_windows_path_separator_is_a_separator_for_every_stage(tmp_path: Path)
     assert path_problem("sub/b.jpg", tmp_path) is None
     too_long = path_problem("a" * 300 + ".jpg", tmp_path)  # longer than a file name may be: no OSError
     assert too_long is not None and too_long.reason == "missing_file"
+
+
+def test_a_manifest_with_classic_mac_line_endings_reads_like_any_other(tmp_path: Path) -> None:
+    manifest = tmp_path / "cr.csv"
+    manifest.write_bytes(b"id,modality,path,text\ra,text,,hello\rb,text,,world\r")
+    assert read_manifest(manifest)[["id", "text"]].values.tolist() == [["a", "hello"], ["b", "world"]]
