@@ -17,7 +17,7 @@ from mmretrieval import tracking
 from mmretrieval.centring import PROPERTY as CENTRE_PROPERTY
 from mmretrieval.centring import Centring
 from mmretrieval.config import Settings, get_settings
-from mmretrieval.errors import IndexStoreError, MediaError, QueryError
+from mmretrieval.errors import IndexStoreError, MediaError, MMRError, QueryError
 from mmretrieval.filters import build_filter
 from mmretrieval.index import MilvusIndex
 from mmretrieval.schema import MODALITIES
@@ -87,7 +87,20 @@ class RetrievalClient:
                 "model_version": props.get("mmr.model_version"), "data_version": props.get("mmr.data_version"),
                 "dim": self.index.dim(name), "rows": self.index.count(name),
                 "published_at": props.get("mmr.published_at"),
-                "centred": Centring.from_property(props.get(CENTRE_PROPERTY), f"collection {name}").modalities}
+                "centred": Centring.from_property(props.get(CENTRE_PROPERTY), f"collection {name}").modalities,
+                "rerank": self._rerank_info(name)}
+
+    def _rerank_info(self, collection: str) -> dict[str, Any]:
+        """Whether text searches of ``collection`` can be re-ranked: the re-ranker's modality and default depth, or
+        why not (refused by its gate, none trained, no region store)."""
+        try:
+            usable = self._reranker_for(collection)
+        except MMRError as e:  # the registry or the artifact store is unreachable: say so, info still answers
+            return {"available": False, "why": f"unknown: {type(e).__name__}"}
+        if usable is None:
+            return {"available": False, "why": self._no_rerank.get(collection, "no re-ranker")}
+        return {"available": True, "modality": usable[0].config.modality,
+                "depth": self.settings.params_for(self.dataset).rerank.depth}
 
     def _model_for(self, collection: str) -> tuple[RetrievalModel, Centring]:
         """The model that built ``collection`` and the corpus means its vectors were centred on (cached)."""
@@ -218,8 +231,8 @@ class RetrievalClient:
                     if tags.get(GATE_TAG) == "refuse" else
                     f"collection {collection} has no region store for {ref.uri}'s re-ranker: embed and publish again"
                     if net is not None else
-                    f"{ref.uri} has no re-ranker (the rerank stage skipped it or never ran: see "
-                    f"{self.settings.layout(self.dataset).rerank_report})")
+                    f"{ref.uri} has no re-ranker (the rerank stage skipped it or never ran: see its result, or "
+                    f"data/reports/{self.dataset}/rerank.json when it ran)")
         return self._rerankers[collection]
 
     def _rerank_depth(self, rerank: int | None, k: int, collection: str, modality: str | None,

@@ -166,6 +166,8 @@ def test_a_reranker_that_passes_after_publishing_is_embedded_and_attached_on_the
         assert all(h.dual_score is None for h in client.search("a red square", k=2))  # not re-ranked by default
         with pytest.raises(QueryError, match="refused by its gate"):  # and asking for it says why it cannot be
             client.search("a red square", k=2, rerank=3)
+        info = client.info()["rerank"]
+        assert info["available"] is False and "refused by its gate" in info["why"]
     set_params(prepared, {"min_gain": -1.0})  # the same version's re-ranker passes now
     assert run_stage("rerank", "tiny")["passed"] is True
     embedded = run_stage("embed", "tiny")
@@ -174,6 +176,7 @@ def test_a_reranker_that_passes_after_publishing_is_embedded_and_attached_on_the
     assert again["collection"] == first["collection"] and again["checks"]["regions"]["items"] > 0
     with RetrievalClient("tiny", settings=get_settings(prepared)) as client:
         assert all(h.dual_score is not None for h in client.search("a red square", k=2))  # re-ranked by default
+        assert client.info()["rerank"] == {"available": True, "modality": "image", "depth": RERANK["depth"]}
 
 
 def test_auto_rerank_skips_a_model_without_a_feature_map_and_says_why_while_true_refuses(prepared: Path) -> None:
