@@ -223,16 +223,11 @@ class RetrievalClient:
             folder = props.get(REGIONS)
             self._rerankers[collection] = (net, RegionStore(Path(folder))) if net is not None and folder else None
             if self._rerankers[collection] is None:
-                from mmretrieval.rerank import GATE_TAG
+                from mmretrieval.rerank import why_unavailable
 
-                tags = tracking.client(self.settings).get_model_version(ref.name, ref.version).tags or {}
                 self._no_rerank[collection] = (
-                    f"{ref.uri}'s re-ranker was refused by its gate ({tags.get('reranker.reasons', '')[:300]})"
-                    if tags.get(GATE_TAG) == "refuse" else
-                    f"collection {collection} has no region store for {ref.uri}'s re-ranker: embed and publish again"
-                    if net is not None else
-                    f"{ref.uri} has no re-ranker (the rerank stage skipped it or never ran: see its result, or "
-                    f"data/reports/{self.dataset}/rerank.json when it ran)")
+                    why_unavailable(self.settings, self.dataset, ref) if net is None else
+                    f"collection {collection} has no region store for {ref.uri}'s re-ranker: embed and publish again")
         return self._rerankers[collection]
 
     def _rerank_depth(self, rerank: int | None, k: int, collection: str, modality: str | None,

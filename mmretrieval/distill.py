@@ -64,13 +64,9 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     ref = tracking.require_alias(settings, dataset, tracking.CHALLENGER)
     teacher = serving_reranker(settings, ref)
     if teacher is None:
-        from mmretrieval.rerank import GATE_TAG
+        from mmretrieval.rerank import why_unavailable
 
-        mv = tracking.client(settings).get_model_version(ref.name, ref.version)
-        gate = (mv.tags or {}).get(GATE_TAG)
-        why = (f"its re-ranker was refused by the gate (see {settings.layout(dataset).rerank_report} and the "
-               "version's reranker.reasons tag)" if gate else "it has no re-ranker yet: run `mmr rerank` first")
-        raise ModelError(f"{ref.uri} has no re-ranker that passed its gate to distil from: {why}")
+        raise ModelError(f"no re-ranker that passed its gate to distil from: {why_unavailable(settings, dataset, ref)}")
     model = tracking.load_model(settings, ref, "cpu")
     source = read_clean(settings.layout(dataset))
     clean, clean_dir = source.frame, source.root

@@ -120,16 +120,25 @@ def metrics_from_vectors(text_vecs: np.ndarray, item_vecs: np.ndarray, eval_set:
                 for k, v in both_directions(t, i, eval_set, ks).items()}
 
     metrics: dict[str, float] = {}
-    if index is not None and index.centre:
-        kinds = [Modality.TEXT.value] * len(text_vecs) + [modality] * len(item_vecs)
-        centre = centring.fit(np.concatenate([text_vecs, item_vecs]), kinds, index.centre, index.centre_min_items)
-        if centre.means:
-            metrics |= {k: v for k, v in named(text_vecs, item_vecs, "raw_").items()
-                        if not k.endswith(CHANCE_SUFFIX)}
-            text_vecs = centre.apply(text_vecs, Modality.TEXT.value)
-            item_vecs = centre.apply(item_vecs, modality)
-    metrics |= named(text_vecs, item_vecs)
-    return metrics, text_vecs, item_vecs
+    centred_text, centred_items = centred(text_vecs, item_vecs, modality, index)
+    if centred_items is not item_vecs or centred_text is not text_vecs:  # new arrays exactly when it centred
+        metrics |= {k: v for k, v in named(text_vecs, item_vecs, "raw_").items() if not k.endswith(CHANCE_SUFFIX)}
+    metrics |= named(centred_text, centred_items)
+    return metrics, centred_text, centred_items
+
+
+def centred(text_vecs: np.ndarray, item_vecs: np.ndarray, modality: str, index: IndexParams | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(captions, D) text and (items, D) ``modality`` unit vectors as evaluation scores them: the modalities in
+    ``index.centre`` centred on the means of these vectors (:mod:`mmretrieval.centring`), as publishing centres a
+    collection on its own; the same arrays when nothing is centred (no ``index`` either)."""
+    if index is None or not index.centre:
+        return text_vecs, item_vecs
+    kinds = [Modality.TEXT.value] * len(text_vecs) + [modality] * len(item_vecs)
+    centre = centring.fit(np.concatenate([text_vecs, item_vecs]), kinds, index.centre, index.centre_min_items)
+    if not centre.means:
+        return text_vecs, item_vecs
+    return centre.apply(text_vecs, Modality.TEXT.value), centre.apply(item_vecs, modality)
 
 
 def score_all(model: RetrievalModel, frame: pd.DataFrame, root: Path, media_column: str,

@@ -309,7 +309,10 @@ def _handled_here() -> Iterator[None]:
         logger.removeFilter(mine)
 
 
-class _NotImplementedInLite(logging.Filter):
+class _LiteAllocTimestampNoise(logging.Filter):
+    """Drops gRPC's record of a call Milvus Lite's server lacks: a ``NotImplementedError`` whose text is gRPC's
+    own "Method not implemented!" (the wording grpc's generated servicers raise; nothing of ours is unfinished)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         return not (isinstance(error, NotImplementedError) and "Method not implemented" in str(error))
@@ -322,7 +325,7 @@ def _lite_lacks_timestamps() -> Iterator[None]:
     implemented!" with a traceback (logger ``grpc._server``, from its own thread). That one kind of record is
     dropped for the duration of the call; the filter comes off after it."""
     logger = logging.getLogger("grpc._server")
-    quiet = _NotImplementedInLite()
+    quiet = _LiteAllocTimestampNoise()
     logger.addFilter(quiet)
     try:
         yield

@@ -82,7 +82,9 @@ _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 def _why(error: Exception) -> str:
     """A decoder's message for users: in-memory file objects (``<_io.BytesIO object at 0x...>``) named as what
     they are, the first line only."""
-    if type(error).__name__ == "UnidentifiedImageError":
+    from PIL import UnidentifiedImageError
+
+    if isinstance(error, UnidentifiedImageError):
         return "unrecognised or damaged image data (Pillow reads PNG, JPEG, GIF, WebP, BMP, TIFF, ...)"
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     return _OBJECT_REPR.sub("the data", text)[:300]

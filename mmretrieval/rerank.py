@@ -153,7 +153,7 @@ def audio_frames(model: RetrievalModel, waves: list[torch.Tensor], batch_size: i
                       for s in range(0, len(waves), batch_size)])
 
 
-def item_maps(model: RetrievalModel, modality: str, media: list[Any], mirror: bool = False) -> torch.Tensor:
+def region_features(model: RetrievalModel, modality: str, media: list[Any], mirror: bool = False) -> torch.Tensor:
     """(N,) decoded items -> (N, C, H, W) float16 region features: an image backbone's feature map (the evaluation
     crop, mirrored with ``mirror``) or an audio tower's frame sequence (H = 1)."""
     if modality == Modality.AUDIO.value:
@@ -214,7 +214,7 @@ def split_inputs(model: RetrievalModel, clean: Any, clean_dir: Path, split: str,
     published collection centre them, so their cosines are the first stage's scores."""
     import torch
 
-    from mmretrieval.evaluate import gather, metrics_from_vectors
+    from mmretrieval.evaluate import centred, gather
     from mmretrieval.media import open_image
     from mmretrieval.metrics import build_eval_set
     from mmretrieval.models.reranker import token_states
@@ -223,10 +223,10 @@ def split_inputs(model: RetrievalModel, clean: Any, clean_dir: Path, split: str,
     ids, media, caps, labels, _ = gather(clean[clean["split"] == split], clean_dir, "media", modality, load)
     es = build_eval_set(ids, caps, labels)
     mirrored = modality == Modality.IMAGE.value and split == Split.TRAIN.value
-    views = [item_maps(model, modality, media)] + ([item_maps(model, modality, media, mirror=True)] if mirrored else [])
+    views = [region_features(model, modality, media)] + (
+        [region_features(model, modality, media, mirror=True)] if mirrored else [])
     tokens, mask = token_states(model.text.model, es.captions)
-    _, text_vecs, item_vecs = metrics_from_vectors(model.encode_texts(es.captions), pooled(model, views[0], modality),
-                                                   es, modality, index=index)
+    text_vecs, item_vecs = centred(model.encode_texts(es.captions), pooled(model, views[0], modality), modality, index)
     return es, torch.stack(views), tokens, mask, text_vecs, item_vecs
 
 
@@ -417,6 +417,16 @@ def serving_reranker(settings: Settings, ref: tracking.ModelRef) -> CrossReranke
                              f"{ref.uri}")
     _LOADED[key] = net
     return net
+
+
+def why_unavailable(settings: Settings, dataset: str, ref: tracking.ModelRef) -> str:
+    """Why version ``ref`` of ``dataset`` has no re-ranker to serve or teach with: refused by its gate (with the
+    gate's reasons), or none trained (the stage skipped it or never ran). For messages; no absolute paths."""
+    tags = tracking.client(settings).get_model_version(ref.name, ref.version).tags or {}
+    if tags.get(GATE_TAG) == REFUSE:
+        return f"{ref.uri}'s re-ranker was refused by its gate ({tags.get('reranker.reasons', '')[:300]})"
+    return (f"{ref.uri} has no re-ranker (the rerank stage skipped it or never ran: see its result, or "
+            f"data/reports/{dataset}/rerank.json when it ran)")
 
 
 def regions_dir(folder: Path) -> Path:

@@ -93,7 +93,6 @@ def read_manifest(path: Path) -> pd.DataFrame:
     if "\r" in raw and "\n" not in raw:  # classic Mac OS line endings (CR only)
         raw = raw.replace("\r", "\n")
     header = _header(raw, path)
-    _check_row_widths(raw, len(header), path)
     try:
         df = pd.read_csv(io.StringIO(raw), dtype=str, keep_default_na=False, na_filter=False, index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
@@ -132,33 +131,22 @@ def column_key(name: str) -> str:
     return "".join(ch for ch in name if unicodedata.category(ch) != "Cf").strip().casefold()
 
 
-def _check_row_widths(raw: str, width: int, path: Path) -> None:
-    """Raise :class:`ManifestError` when a row has more fields than the header (pandas would otherwise shift every
-    column of such a file by one, or drop the extra field), naming the first such rows."""
+def _header(raw: str, path: Path) -> list[str]:
+    """The header row as written, checked with the rows in one pass of the CSV reader. Raises
+    :class:`ManifestError` when two names mean the same column (:func:`column_key`), e.g. ``text`` and ``text ``
+    or ``id`` twice, naming them and their positions; when several names are blank; and when rows have more fields
+    than the header (pandas would shift every column of such a file by one, or drop the extra field)."""
     import csv
     import io
 
+    header: list[str] = []
     wide: list[tuple[int, int]] = []
     try:
         for number, row in enumerate(csv.reader(io.StringIO(raw)), start=1):
-            if number > 1 and len(row) > width:
+            if number == 1:
+                header = row
+            elif len(row) > len(header):
                 wide.append((number, len(row)))
-    except csv.Error as e:
-        raise ManifestError(f"manifest {path} is not a readable CSV: {e}") from e
-    if wide:
-        shown = ", ".join(f"row {n} has {k}" for n, k in wide[:3])
-        raise ManifestError(f"manifest {path}: {len(wide)} row(s) have more fields than the header's {width} "
-                            f"({shown}); a caption with a comma needs quotes")
-
-
-def _header(raw: str, path: Path) -> list[str]:
-    """The header row as written. Raises :class:`ManifestError` when two names mean the same column
-    (:func:`column_key`), e.g. ``text`` and ``text `` or ``id`` twice, naming them and their positions."""
-    import csv
-    import io
-
-    try:
-        header = next(csv.reader(io.StringIO(raw)), [])
     except csv.Error as e:
         raise ManifestError(f"manifest {path} is not a readable CSV: {e}") from e
     blank = [p for p, name in enumerate(header, start=1) if not column_key(name)]
@@ -174,6 +162,10 @@ def _header(raw: str, path: Path) -> list[str]:
         shown = "; ".join(" and ".join(f"{header[p - 1]!r} (column {p})" for p in spots) for spots in clashes.values())
         raise ManifestError(f"manifest {path} has header names that mean the same column once whitespace and case "
                             f"are ignored: {shown}; rename or remove the repeats")
+    if wide:
+        shown = ", ".join(f"row {n} has {k}" for n, k in wide[:3])
+        raise ManifestError(f"manifest {path}: {len(wide)} row(s) have more fields than the header's {len(header)} "
+                            f"({shown}); a caption with a comma needs quotes")
     return header
 
 

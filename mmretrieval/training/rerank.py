@@ -7,8 +7,9 @@ re-ranker's own layers:
 * :func:`mine_hard_negatives`: for each query, the items the dual encoder ranks highest among those that are *not*
   relevant: the mistakes a second stage exists to fix;
 * :func:`candidate_lists`: one training list per query: a relevant item first, then its hard negatives;
-* :func:`pair_lists`: an epoch's lists from either side: captions ranking items, items ranking captions (spoken
-  digits have ten distinct captions and 2,000 clips: the clips must ask), or both;
+* :func:`list_sides` (hard negatives, mined once) and :func:`draw_lists` (an epoch's lists; :func:`pair_lists`:
+  both at once): lists from either side: captions ranking items, items ranking captions (spoken digits have ten
+  distinct captions and 2,000 clips: the clips must ask), or both;
 * :func:`listwise_loss`: softmax cross-entropy over a list, the relevant item at position 0 (ListNet/InfoNCE over
   the candidates, what the re-ranker is asked at query time: order these N);
 * :func:`distill_kl`: KL(teacher || student) between the two score distributions over each query's candidate list,
@@ -104,23 +105,46 @@ class RerankSchedule:
     # queries (an item, one of its captions and hard-negative captions), or "both"
 
 
-def pair_lists(relevant: np.ndarray, dual: np.ndarray, negatives: int, queries: str, rng: np.random.Generator
-               ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One epoch's candidate lists as ((lists, C) caption indices, (lists, C) item indices) pairs, one pair per
-    query side, the relevant pair in column 0 and the dual encoder's hard negatives after it
-    (:func:`mine_hard_negatives`, at most as many as the side's queries have non-relevant candidates).
-    ``queries``: "text" (each caption ranks items), "item" (each item ranks captions) or "both"."""
-    sides = {"text": (False,), "item": (True,), "both": (False, True)}.get(queries)
-    if sides is None:
+@dataclass(frozen=True)
+class ListSide:
+    """One side that asks in candidate lists: ``items_ask`` (items rank captions) or not (captions rank items),
+    the relevance oriented that way ((queries, candidates) bool) and each query's hard negatives, mined once."""
+
+    items_ask: bool
+    relevant: np.ndarray
+    negatives: np.ndarray
+
+
+def list_sides(relevant: np.ndarray, dual: np.ndarray, negatives: int, queries: str) -> list[ListSide]:
+    """The asking sides of ``queries`` ("text": each caption ranks items, "item": each item ranks captions, "both")
+    with their hard negatives from the (Q, G) ``dual`` scores (:func:`mine_hard_negatives`, at most as many as the
+    side's queries have non-relevant candidates). Deterministic: an epoch only redraws from them."""
+    asking = {"text": (False,), "item": (True,), "both": (False, True)}.get(queries)
+    if asking is None:
         raise TrainingError(f"queries {queries!r}: expected 'text', 'item' or 'both'")
     out = []
-    for items_ask in sides:
+    for items_ask in asking:
         rel, sim = (relevant.T, dual.T) if items_ask else (relevant, dual)
         n = min(negatives, int((~rel).sum(axis=1).min()))
-        lists = candidate_lists(rel, mine_hard_negatives(sim, rel, n), rng)  # (queries, 1 + n)
-        asking = np.broadcast_to(np.arange(len(lists))[:, None], lists.shape)
-        out.append((lists, asking) if items_ask else (asking, lists))
+        out.append(ListSide(items_ask, rel, mine_hard_negatives(sim, rel, n)))
     return out
+
+
+def draw_lists(sides: list[ListSide], rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One epoch's candidate lists as ((lists, C) caption indices, (lists, C) item indices) pairs, one pair per
+    side, a relevant pair drawn by ``rng`` in column 0 and the side's hard negatives after it."""
+    out = []
+    for side in sides:
+        lists = candidate_lists(side.relevant, side.negatives, rng)  # (queries, 1 + n)
+        asking = np.broadcast_to(np.arange(len(lists))[:, None], lists.shape)
+        out.append((lists, asking) if side.items_ask else (asking, lists))
+    return out
+
+
+def pair_lists(relevant: np.ndarray, dual: np.ndarray, negatives: int, queries: str, rng: np.random.Generator
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`draw_lists` of :func:`list_sides`: one draw of candidate lists (distillation's teacher lists)."""
+    return draw_lists(list_sides(relevant, dual, negatives, queries), rng)
 
 
 def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
@@ -136,10 +160,8 @@ def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
     groups = [{"params": [q for q in net.parameters() if q.requires_grad and id(q) not in mixing]},
               {"params": net.mixing_parameters(), "lr": p.mixing_lr, "weight_decay": 0.0}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=p.lr, weight_decay=p.weight_decay)
-    sides = 2 if p.queries == "both" else 1
-    per_epoch = sum(-(-n // p.batch_size) for n, on in ((data.relevant.shape[0], p.queries != "item"),
-                                                        (data.relevant.shape[1], p.queries != "text")) if on)
-    steps = p.epochs * per_epoch
+    sides = list_sides(data.relevant, data.dual, p.negatives, p.queries)
+    steps = p.epochs * sum(-(-len(side.relevant) // p.batch_size) for side in sides)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, steps)))))
@@ -153,12 +175,12 @@ def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
     for epoch in range(1, p.epochs + 1):
         started, parts = time.monotonic(), []
         batches = []
-        for texts, cands in pair_lists(data.relevant, data.dual, p.negatives, p.queries, rng):
+        for texts, cands in draw_lists(sides, rng):
             order = rng.permutation(len(texts))
             batches += [(torch.from_numpy(np.ascontiguousarray(texts[order[s:s + p.batch_size]])),
                          torch.from_numpy(np.ascontiguousarray(cands[order[s:s + p.batch_size]])))
                         for s in range(0, len(order), p.batch_size)]
-        if sides > 1:
+        if len(sides) > 1:
             batches = [batches[j] for j in rng.permutation(len(batches))]
         net.train()
         for texts, cand in batches:  # (B, C) caption and item index of every pair of B lists

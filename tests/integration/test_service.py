@@ -354,3 +354,13 @@ def test_library_search_refuses_arguments_of_the_wrong_kind_as_a_query_error(pub
 
     with RetrievalClient("tiny", settings=published_tiny) as client, pytest.raises(QueryError):
         client.search("a red square", **kwargs)
+
+
+def test_the_upload_routes_known_fields_are_exactly_its_form(http: TestClient) -> None:
+    """UPLOAD_FIELDS (what upload_fields lets through) and the route's documented multipart form never drift."""
+    from mmretrieval.service import UPLOAD_FIELDS
+
+    spec = http.get("/openapi.json").json()
+    body = spec["paths"]["/search/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]] if "$ref" in body else body
+    assert set(form["properties"]) == UPLOAD_FIELDS
