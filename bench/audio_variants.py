@@ -30,16 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmretrieval.models.audio import (
-    AudioCNN,
-    LogMel,
-    augment_wave,
-    change_speed,
-    fit_length,
-    load_audio,
-    normalize_wave,
-    spec_augment,
-)
+from mmretrieval.media.audio import augment_wave, change_speed, fit_length, load_audio, normalize_wave
+from mmretrieval.models.audio import AudioCNN, LogMel, spec_augment
 from mmretrieval.models.towers import TextEncoder
 
 RATE = 16_000

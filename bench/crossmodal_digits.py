@@ -78,10 +78,10 @@ def main() -> None:
     (home / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=home, check=True)
     os.environ["MMR_HOME"] = str(home)
-    from mmretrieval import stages
-    from mmretrieval.client import RetrievalClient
-    from mmretrieval.config import get_settings
-    from mmretrieval.datasets import ingest
+    from mmretrieval import runner as stages
+    from mmretrieval.core.config import get_settings
+    from mmretrieval.serving.client import RetrievalClient
+    from mmretrieval.stages.ingest import ingest
 
     s = get_settings(home)
     manifest = build_manifest(args.fsdd, home / "src", args.digits_per_class)
@@ -104,7 +104,7 @@ def main() -> None:
         audio = test[test["modality"] == "audio"]
         images = test[test["modality"] == "image"]
         a_vecs = centre.apply(model.encode_audio_files([clean_dir / m for m in audio["media"]]), "audio")
-        from mmretrieval.media import open_image
+        from mmretrieval.media.image import open_image
 
         i_vecs = model.encode_images([open_image(clean_dir / m) for m in images["media"]])
         a_lab, i_lab = audio["label"].to_numpy(), images["label"].to_numpy()

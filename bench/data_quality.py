@@ -22,9 +22,9 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="mmr-dq-"))
     os.environ["MMR_HOME"] = str(home)
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=home, check=True)
-    from mmretrieval import stages
-    from mmretrieval.config import get_settings
-    from mmretrieval.datasets import ingest
+    from mmretrieval import runner as stages
+    from mmretrieval.core.config import get_settings
+    from mmretrieval.stages.ingest import ingest
 
     settings = get_settings(home)
     out = []

@@ -34,11 +34,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from mmretrieval import tracking
-    from mmretrieval.config import get_settings
-    from mmretrieval.layout import read_clean
-    from mmretrieval.media import open_image
-    from mmretrieval.rerank import serving_reranker
+    from mmretrieval.backends import tracking
+    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.layout import read_clean
+    from mmretrieval.media.image import open_image
+    from mmretrieval.stages.rerank import serving_reranker
 
     settings = get_settings()
     ref = (tracking.get_version(settings, settings.registered_model(args.dataset), args.version) if args.version

@@ -64,9 +64,9 @@ def main() -> None:
             for r in rows:
                 w.writerow({**r, "split": "test" if r["id"].split("_")[1] == speaker else "train"})
         os.environ["MMR_HOME"] = str(home)
-        from mmretrieval import stages
-        from mmretrieval.config import get_settings
-        from mmretrieval.datasets import ingest
+        from mmretrieval import runner as stages
+        from mmretrieval.core.config import get_settings
+        from mmretrieval.stages.ingest import ingest
 
         settings = get_settings(home)
         ingest(manifest, speaker, settings)
@@ -95,8 +95,7 @@ AUDIO_RERANK = {"enabled": True, "modality": "audio", "concepts": False, "layers
 def rerank_and_distill(settings: Any, speaker: str, distill: bool, home: Path) -> None:
     """The rerank stage for the challenger (and with ``distill`` the student, evaluated like any model); prints
     dual / re-ranked / student metrics in both directions."""
-    from mmretrieval import stages
-
+    from mmretrieval import runner as stages
     t = time.perf_counter()
     done = stages.run_stage("rerank", speaker, settings)
     report = json.loads(Path(done["report"]).read_text())
@@ -113,12 +112,12 @@ def rerank_and_distill(settings: Any, speaker: str, distill: bool, home: Path) -
         params = yaml.safe_load((home / "params.yaml").read_text())
         params["overrides"][speaker]["rerank"]["min_gain"] = -1.0
         (home / "params.yaml").write_text(yaml.safe_dump(params))
-        from mmretrieval.config import get_settings
+        from mmretrieval.core.config import get_settings
 
         settings = get_settings(home)
         stages.run_stage("rerank", speaker, settings)
     t = time.perf_counter()
-    from mmretrieval.distill import run as distill_run
+    from mmretrieval.stages.distill import run as distill_run
 
     student = distill_run(speaker, settings)
     distill_s = time.perf_counter() - t
@@ -135,9 +134,9 @@ def corpus_centred(settings: Any, dataset: str) -> dict[str, float]:
     scored by the same metric code as ``mmr evaluate``."""
     import pandas as pd
 
-    from mmretrieval import tracking
-    from mmretrieval.centring import fit
-    from mmretrieval.metrics import both_directions, build_eval_set
+    from mmretrieval.backends import tracking
+    from mmretrieval.evaluation.centring import fit
+    from mmretrieval.evaluation.metrics import both_directions, build_eval_set
 
     clean_dir = settings.layout(dataset).clean
     clean = pd.read_parquet(clean_dir / "manifest.parquet")

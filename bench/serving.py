@@ -34,12 +34,13 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from mmretrieval import embed, publish, tracking
-    from mmretrieval.client import RetrievalClient
-    from mmretrieval.config import get_settings
-    from mmretrieval.index import MilvusIndex
-    from mmretrieval.media import open_image
+    from mmretrieval.backends import tracking
+    from mmretrieval.backends.index import MilvusIndex
+    from mmretrieval.core.config import get_settings
+    from mmretrieval.media.image import open_image
     from mmretrieval.models.dual_encoder import pick_device
+    from mmretrieval.runner import embed, publish
+    from mmretrieval.serving.client import RetrievalClient
 
     s = get_settings()
     ds = args.dataset

@@ -55,9 +55,9 @@ def main() -> None:
     if not (home / ".dvc").exists():
         subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=home, check=True)
 
-    from mmretrieval import stages
-    from mmretrieval.config import get_settings
-    from mmretrieval.datasets import ingest
+    from mmretrieval import runner as stages
+    from mmretrieval.core.config import get_settings
+    from mmretrieval.stages.ingest import ingest
 
     settings = get_settings(home)
     timings = {}

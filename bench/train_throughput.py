@@ -21,10 +21,10 @@ def main() -> None:
 
     import torch
 
-    from mmretrieval import train
-    from mmretrieval.config import get_settings
+    from mmretrieval.core.config import get_settings
     from mmretrieval.models.dual_encoder import ModelConfig, build
     from mmretrieval.models.losses import symmetric_info_nce
+    from mmretrieval.runner import train
 
     s = get_settings()
     p = s.params_for(args.dataset)

@@ -59,8 +59,7 @@ def legacy_clip(path: Path, model: Any) -> Any:
 
     import torch
 
-    from mmretrieval import video
-
+    from mmretrieval.media.image import video
     c = model.config
     saved = video.DECODE_THREADS, video.SKIP_MARGIN_S
     video.DECODE_THREADS, video.SKIP_MARGIN_S = "AUTO", math.inf  # frame threads, every frame decoded: as before
@@ -153,12 +152,12 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from mmretrieval.config import get_settings
-    from mmretrieval.embed import encode_rows
+    from mmretrieval.core.config import get_settings
+    from mmretrieval.media.video import write_clip
     from mmretrieval.models.dual_encoder import ModelConfig, RetrievalModel, build
     from mmretrieval.models.efficientnet import preprocessing
     from mmretrieval.models.towers import TextEncoder
-    from mmretrieval.video import write_clip
+    from mmretrieval.stages.embed import encode_rows
 
     work = args.work or Path(tempfile.mkdtemp(prefix="mmr-video-bench-"))
     clips = work / "clips"

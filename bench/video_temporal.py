@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/video_temporal.py --train-digits 60 --test-digits 30 --epochs 40 100
 
-Clips come from scikit-learn's bundled ``load_digits`` (``mmretrieval.moving_digits``): each digit image moves up,
+Clips come from scikit-learn's bundled ``load_digits`` (``mmretrieval.demo.moving_digits``): each digit image moves up,
 down, left and right (four clips, captions "a seven moving up"); train and test use disjoint digit images. The
 clips are written as real H.264 MP4 files and read back by seeking (K frames, ``model.video_frames``); the frames go
 through the frozen pretrained image tower once, and both poolings train on those cached features with the
@@ -43,14 +43,14 @@ def main() -> None:
 
     import torch
 
-    from mmretrieval.config import get_settings
-    from mmretrieval.evaluate import metrics_from_vectors
-    from mmretrieval.metrics import build_eval_set
+    from mmretrieval.core.config import get_settings
+    from mmretrieval.demo.moving_digits import digit_images, write_clips
+    from mmretrieval.evaluation.metrics import build_eval_set
     from mmretrieval.models.dual_encoder import build
     from mmretrieval.models.losses import symmetric_info_nce
     from mmretrieval.models.towers import TextEncoder
-    from mmretrieval.moving_digits import digit_images, write_clips
-    from mmretrieval.train import model_config, param_groups
+    from mmretrieval.stages.evaluate import metrics_from_vectors
+    from mmretrieval.stages.train import model_config, param_groups
     from mmretrieval.training import data
     from mmretrieval.training.loop import train_one_epoch
     from mmretrieval.training.schedule import warmup_cosine

@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def stage(verb: str, dataset: str, **inputs: Any) -> dict:
-    from mmretrieval.stages import run_stage
+    from mmretrieval.runner import run_stage
 
     return run_library(run_stage, verb, dataset, MmrHook().get_settings(), **inputs)
 
@@ -115,7 +115,7 @@ def serve_tasks(datasets: Any, outlets: list[Asset]) -> None:
 
     @task
     def embed_plan(dataset: str) -> dict:
-        from mmretrieval.embed import start
+        from mmretrieval.stages.embed import start
 
         return {"dataset": dataset, **run_library(start, dataset, MmrHook().get_settings()).to_json()}
 
@@ -125,34 +125,34 @@ def serve_tasks(datasets: Any, outlets: list[Asset]) -> None:
 
     @task(max_active_tis_per_dagrun=4)
     def embed_shard(work: dict) -> dict:
-        from mmretrieval.contracts import Pinned
-        from mmretrieval.embed import run_shard
+        from mmretrieval.core.contracts import Pinned
+        from mmretrieval.stages.embed import run_shard
 
         return run_library(run_shard, work["dataset"], work["shard"], MmrHook().get_settings(), Pinned.of(work))
 
     @task(task_id="embed", trigger_rule="none_failed")  # no pending shard skips embed_shard, not this one
     def embed_finish(plan: dict) -> dict:
-        from mmretrieval.contracts import Pinned
+        from mmretrieval.core.contracts import Pinned
 
         return stage("embed", plan["dataset"], pinned=Pinned.of(plan))  # completeness check, then into place
 
     @task(pool=MILVUS_WRITER_POOL)
     def publish_build(plan: dict) -> dict:
-        from mmretrieval.contracts import Pinned
-        from mmretrieval.publish import build
+        from mmretrieval.core.contracts import Pinned
+        from mmretrieval.stages.publish import build
 
         return run_library(build, plan["dataset"], MmrHook().get_settings(), Pinned.of(plan))
 
     @task(pool=MILVUS_WRITER_POOL)
     def publish_check(plan: dict) -> dict:
-        from mmretrieval.contracts import Pinned
-        from mmretrieval.publish import check
+        from mmretrieval.core.contracts import Pinned
+        from mmretrieval.stages.publish import check
 
         return run_library(check, plan["dataset"], MmrHook().get_settings(), Pinned.of(plan))
 
     @task(task_id="publish", pool=MILVUS_WRITER_POOL, outlets=outlets)
     def publish_swap(plan: dict, **context: Any) -> dict:
-        from mmretrieval.contracts import Pinned
+        from mmretrieval.core.contracts import Pinned
 
         result = stage("publish", plan["dataset"], pinned=Pinned.of(plan))
         emit(context, outlets, plan["dataset"])

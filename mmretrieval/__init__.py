@@ -15,15 +15,14 @@ __all__ = ["RetrievalClient", "__version__", "get_settings", "run_all", "run_sta
 
 def __getattr__(name: str) -> Any:
     if name == "RetrievalClient":
-        from mmretrieval.client import RetrievalClient
+        from mmretrieval.serving.client import RetrievalClient
 
         return RetrievalClient
     if name == "get_settings":
-        from mmretrieval.config import get_settings
+        from mmretrieval.core.config import get_settings
 
         return get_settings
     if name in ("run_stage", "run_all"):
-        from mmretrieval import stages
-
+        from mmretrieval import runner as stages
         return getattr(stages, name)
     raise AttributeError(name)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmretrieval.errors import MMRError
+from mmretrieval.core.errors import MMRError
 
 STAGE_HELP = {
     "validate": "check the raw manifest (Great Expectations) and media; verdict per row",
@@ -61,8 +61,8 @@ def _dataset(args: argparse.Namespace, settings: Any) -> str:
 
 def _search(args: argparse.Namespace, settings: Any) -> int:
     """One search per text given (several amortise the model load); an image/audio query fuses with each text."""
-    from mmretrieval.client import RetrievalClient
-    from mmretrieval.filters import parse_where
+    from mmretrieval.serving.client import RetrievalClient
+    from mmretrieval.serving.filters import parse_where
 
     dataset = _dataset(args, settings)
     where = parse_where(args.where or [])
@@ -183,22 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from mmretrieval.config import get_settings
+    from mmretrieval.core.config import get_settings
 
     settings = get_settings()
     verb = args.verb
     if verb == "sample":
-        from mmretrieval.sample import build
+        from mmretrieval.demo.sample import build
 
         _print(build(args.out))
     elif verb == "ingest":
-        from mmretrieval.datasets import ingest
+        from mmretrieval.stages.ingest import ingest
 
         _print(ingest(args.manifest, args.name, settings))
     elif verb == "search":
         return _search(args, settings)
     elif verb == "serve":
-        from mmretrieval.service import RedactingFilter, Redactor, ServiceConfig, serve
+        from mmretrieval.serving.service import RedactingFilter, Redactor, ServiceConfig, serve
 
         redact = RedactingFilter(Redactor.for_settings(settings, ServiceConfig.from_env()))
         for handler in logging.getLogger().handlers:  # every log line of the serving process, libraries' included
@@ -208,23 +208,23 @@ def dispatch(args: argparse.Namespace) -> int:
     else:
         dataset = _dataset(args, settings)
         if verb == "evaluate" and args.manifest:
-            from mmretrieval.evaluate import evaluate_manifest
+            from mmretrieval.stages.evaluate import evaluate_manifest
 
             _print(evaluate_manifest(dataset, args.manifest, settings, alias=args.alias))
         elif verb == "promote" and args.rollback:
-            from mmretrieval.promote import rollback
+            from mmretrieval.stages.promote import rollback
 
             _print(rollback(dataset, settings))
         elif verb == "publish" and args.rollback:
-            from mmretrieval.publish import rollback as unpublish
+            from mmretrieval.stages.publish import rollback as unpublish
 
             _print(unpublish(dataset, settings))
         elif verb == "distill":
-            from mmretrieval.distill import run as distill
+            from mmretrieval.stages.distill import run as distill
 
             _print(distill(dataset, settings))
         elif verb == "run":
-            from mmretrieval.stages import run_all
+            from mmretrieval.runner import run_all
 
             _print(run_all(dataset, settings))
         elif verb == "dag-test":
@@ -232,12 +232,12 @@ def dispatch(args: argparse.Namespace) -> int:
 
             dag_test(dataset, settings)
         elif verb == "info":
-            from mmretrieval.client import RetrievalClient
+            from mmretrieval.serving.client import RetrievalClient
 
             with RetrievalClient(dataset, settings=settings) as client:
                 _print(client.info())
         else:
-            from mmretrieval.stages import run_stage
+            from mmretrieval.runner import run_stage
 
             _print(run_stage(verb, dataset, settings))
     return 0

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from mmretrieval.config import Settings
-from mmretrieval.errors import ConfigError, MMRError
+from mmretrieval.core.config import Settings
+from mmretrieval.core.errors import ConfigError, MMRError
 
 DAG_ID = "mmr_pipeline"
 WRITER_POOL = "mmr_milvus_writer"  # the pool of plugins/mmr_airflow.py

@@ -1,6 +1,6 @@
 """Airflow glue for mmretrieval (the library itself never imports Airflow).
 
-* :class:`MmrHook` builds the library's :class:`~mmretrieval.config.Settings` from Airflow Connections, as an Airflow
+* :class:`MmrHook` builds the library's :class:`~mmretrieval.core.config.Settings` from Airflow Connections, as an Airflow
   user expects: ``milvus_default`` (``host``/``port``/``schema`` -> URI, ``login``:``password`` -> token) and
   ``mlflow_default`` (its URI), each falling back to the ``MMR_*`` environment when the Connection does not exist.
 * :func:`run_library` calls a library function and turns its *deterministic* errors (a bad manifest, a failed
@@ -50,7 +50,7 @@ class MmrHook(BaseHook):
             return None
 
     def get_settings(self) -> Any:
-        from mmretrieval.config import get_settings
+        from mmretrieval.core.config import get_settings
 
         settings = get_settings()
         changes: dict[str, str] = {}
@@ -70,7 +70,7 @@ class MmrHook(BaseHook):
 
 def run_library(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``; deterministic library errors fail the task without retries."""
-    from mmretrieval.errors import AliasNotFoundError, IndexStoreError, MMRError, ModelNotFoundError, TrackingError
+    from mmretrieval.core.errors import AliasNotFoundError, IndexStoreError, MMRError, ModelNotFoundError, TrackingError
 
     try:
         return fn(*args, **kwargs)
@@ -95,7 +95,7 @@ def datasets_of(context: dict[str, Any]) -> list[str]:
         return names
     param = str(context["params"]["dataset"])
     if param == "all":
-        from mmretrieval.config import get_settings
+        from mmretrieval.core.config import get_settings
 
         return list(get_settings().params.datasets)
     return [param]

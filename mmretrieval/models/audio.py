@@ -6,64 +6,9 @@ zero-padded to a fixed length so batches stack.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
-
-from mmretrieval.errors import MediaError
-
-
-def load_audio(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """Mono float32 waveform at ``sample_rate``; longer files are cut at ``max_seconds``. Raises MediaError.
-
-    Decoded by :func:`mmretrieval.media.read_audio` (a WAV header that declares no data is read by the file's
-    length; a float file peaking above 1.0 is peak-normalised).
-    """
-    from mmretrieval.media import read_audio
-
-    audio = read_audio(path, max_seconds)
-    data, rate = audio.data, audio.rate
-    if data.size == 0:
-        raise MediaError(f"audio {path.name} has no samples")
-    wave = data.mean(axis=1)
-    if not np.isfinite(wave).all():
-        raise MediaError(f"audio {path.name} contains NaN or infinite samples")
-    if rate != sample_rate:
-        import librosa
-
-        wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
-    return wave.astype(np.float32)
-
-
-def normalize_wave(wave: np.ndarray, sample_rate: int, trim_db: float = 40.0,
-                   target_dbfs: float = -20.0) -> np.ndarray:
-    """Trim leading/trailing silence (quieter than peak - ``trim_db``) and scale to ``target_dbfs`` RMS (peak <= 0.99).
-
-    Cleaning applies it to stored clips and the model applies it to every clip it encodes, so queries and
-    evaluation files get the same treatment as the training data.
-    """
-    import librosa
-
-    trimmed, _ = librosa.effects.trim(wave, top_db=trim_db)
-    if len(trimmed) >= int(0.05 * sample_rate):
-        wave = trimmed
-    rms = float(np.sqrt(np.mean(wave**2))) + 1e-12
-    wave = wave * (10 ** (target_dbfs / 20) / rms)
-    peak = float(np.abs(wave).max())
-    if peak > 0.99:
-        wave = wave * (0.99 / peak)
-    return wave.astype(np.float32)
-
-
-def fit_length(wave: np.ndarray, length: int, offset: int = 0) -> np.ndarray:
-    """Cut ``length`` samples starting at ``offset`` (clamped), zero-padding short clips at the end."""
-    if len(wave) >= length:
-        start = max(0, min(offset, len(wave) - length))
-        return wave[start:start + length]
-    return np.pad(wave, (0, length - len(wave)))
-
 
 FRONTENDS = ("band", "clip")
 LOG_FLOOR = 80 / (10 / np.log(10))  # 80 dB in natural-log power units: quieter bins are clamped to max - 80 dB
@@ -163,28 +108,3 @@ class AudioCNN(nn.Module):
         return self.body(self.frontend(wave)).mean(dim=2, keepdim=True)
 
 
-def augment_wave(wave: np.ndarray, rng: np.random.Generator, gain_db: float = 6.0, snr_db: float = 0.0,
-                 shift: float = 0.0) -> np.ndarray:
-    """Random gain (±gain_db), white noise at ``snr_db`` (±5 dB; 0: none) and a time shift of up to ± ``shift`` of
-    the clip (leading silence added, or the start cut; not circular).
-
-    Works on the clip itself, before :func:`fit_length` pads it: the padding stays digital silence, as it is when
-    the same clip is embedded or used as a query. (Noise over the padding and a circular shift made the training
-    clips unlike every clip met later and cost 0.1-0.3 of R@1 on unseen FSDD speakers; docs/benchmarks.md.)
-    """
-    out = wave * (10 ** (rng.uniform(-gain_db, gain_db) / 20))
-    if snr_db > 0:
-        power = float(np.mean(out**2)) + 1e-10
-        snr = snr_db + rng.uniform(-5, 5)
-        out = out + rng.normal(0, np.sqrt(power / 10 ** (snr / 10)), size=out.shape)
-    n = int(rng.uniform(-shift, shift) * len(out))
-    out = np.concatenate([np.zeros(n, dtype=out.dtype), out]) if n > 0 else out[-n:]
-    return np.asarray(out, dtype=np.float32)
-
-
-def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:
-    """Play ``factor`` times faster (tempo and pitch together, as a tape would): linear resampling."""
-    if factor == 1.0 or len(wave) < 2:
-        return wave
-    positions = np.arange(0, len(wave) - 1, factor)
-    return np.interp(positions, np.arange(len(wave)), wave).astype(np.float32)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import nn
 
-from mmretrieval.errors import ConfigError, ModelError
+from mmretrieval.core.errors import ConfigError, ModelError
 from mmretrieval.models.efficientnet import CNNImageTower, is_pretrained_cnn, preprocessing
 from mmretrieval.models.towers import (
     ST_PREFIX,
@@ -77,7 +77,7 @@ class ModelConfig:
     image_weights_source: str = ""  # pretrained CNN: "<package>==<version> <file>", the weights it started from
     image_weights_sha256: str = ""  # ...and their sha256, checked when the model loads
     video_pool: str = ""  # "" (no video), "mean" or "attention" (models/temporal.py): K frame features -> clip
-    video_frames: int = 8  # K: frames sampled per clip by seeking (mmretrieval/video.py)
+    video_frames: int = 8  # K: frames sampled per clip by seeking (mmretrieval/media/video.py)
     image_concepts: int = 0  # classes of the backbone's ImageNet classifier whose name embeddings are mixed into
     # image vectors (a learned weight; needs text_head "none"). Set by `mmr distill` from the re-ranker's vocabulary
     video_audio: bool = False  # a clip's audio track, when it has one, through the audio tower, fused (learned weight)
@@ -315,8 +315,8 @@ def load_clip(config: ModelConfig, path: Path, transform: Any = None) -> VideoCl
     """A video file as a model of ``config`` takes it: K frames sampled by seeking, preprocessed as images are (the
     evaluation resize and centre crop, normalised; ``transform``: :func:`eval_transform`, made when None), their
     times, and the audio track when the model fuses one. Training, evaluation and embedding all load clips here.
-    Raises :class:`~mmretrieval.errors.MediaError` (a ``BadVideo``) when the frames do not decode."""
-    from mmretrieval.video import read_frame_arrays
+    Raises :class:`~mmretrieval.core.errors.MediaError` (a ``BadVideo``) when the frames do not decode."""
+    from mmretrieval.media.video import read_frame_arrays
 
     short = int(config.image_size / config.image_crop_pct)
     arrays = read_frame_arrays(path, config.video_frames, short_side=short)
@@ -329,7 +329,7 @@ def preprocess_frames(config: ModelConfig, frames: np.ndarray, transform: Any) -
     """(K, H, W, 3) uint8 RGB frames -> (K, 3, S, S): what ``transform`` (:func:`eval_transform`) makes of them.
 
     Frames already at the resize size (short side ``image_size / image_crop_pct``, as
-    :func:`~mmretrieval.video.read_frame_arrays` scales larger ones) are centre-cropped and normalised as one
+    :func:`~mmretrieval.media.video.read_frame_arrays` scales larger ones) are centre-cropped and normalised as one
     tensor (the transform's resize is then a no-op: the same values up to float rounding); smaller ones, which the
     transform enlarges, go through it one by one as images.
     """
@@ -358,9 +358,9 @@ def load_track(config: ModelConfig, path: Path) -> tuple[torch.Tensor, torch.Ten
     """
     import numpy as np
 
-    from mmretrieval.errors import MediaError
-    from mmretrieval.models.audio import fit_length, normalize_wave
-    from mmretrieval.video import read_audio_track
+    from mmretrieval.core.errors import MediaError
+    from mmretrieval.media.audio import fit_length, normalize_wave
+    from mmretrieval.media.video import read_audio_track
 
     if not config.video_audio:
         return torch.zeros(0), torch.tensor(False)
@@ -451,7 +451,7 @@ class RetrievalModel:
     def load_wave(self, path: Path) -> torch.Tensor:
         """A file as the fixed-length waveform the audio tower takes: trimmed and loudness-normalised like the
         cleaned training clips, then the start of the clip, zero-padded."""
-        from mmretrieval.models.audio import fit_length, load_audio, normalize_wave
+        from mmretrieval.media.audio import fit_length, load_audio, normalize_wave
 
         rate = self.config.audio_sample_rate
         wave = normalize_wave(load_audio(path, rate, self.config.audio_seconds * 4), rate)
@@ -534,7 +534,7 @@ class RetrievalModel:
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
     def load_clip(self, path: Path) -> VideoClip:
-        """A video file as the model takes it (:func:`load_clip`). Raises :class:`~mmretrieval.errors.MediaError`."""
+        """A video file as the model takes it (:func:`load_clip`). Raises :class:`~mmretrieval.core.errors.MediaError`."""
         return load_clip(self.config, path, self.transform)
 
     @torch.inference_mode()

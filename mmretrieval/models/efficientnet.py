@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmretrieval.errors import ConfigError, ModelError
-from mmretrieval.io import sha256_file
+from mmretrieval.core.errors import ConfigError, ModelError
+from mmretrieval.core.io import sha256_file
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Inputs (all frozen features, so the model itself is small and a query costs only
   ((192, 1, 4) for 1.5 s clips: :meth:`~mmretrieval.models.audio.AudioCNN.frame_map`, R = 4 frames of 320 ms),
   passed once through :meth:`CrossReranker.project_regions`
   into ``region_dim`` (128) channels. That projection runs at embed time and its fp16 output is what the region
-  store keeps (:mod:`mmretrieval.regions`), so a query never re-decodes media nor re-runs the backbone;
+  store keeps (:mod:`mmretrieval.backends.regions`), so a query never re-decodes media nor re-runs the backbone;
 * the dual encoder's cosine of the pair, which the final score adds with a learned weight (``dual_weight``): the
   re-ranker learns a correction of the first stage's ranking rather than a ranking from nothing, which matters when
   a few hundred photos are all there is to learn from.
@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmretrieval.errors import ModelError
+from mmretrieval.core.errors import ModelError
 
 FORMAT_VERSION = 1
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmretrieval.errors import ConfigError
+from mmretrieval.core.errors import ConfigError
 
 POOLS = ("mean", "attention")
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmretrieval.errors import ConfigError, ModelError
+from mmretrieval.core.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -1,4 +1,4 @@
-"""The parts of the ``train`` stage (:mod:`mmretrieval.train` runs them in order).
+"""The parts of the ``train`` stage (:mod:`mmretrieval.stages.train` runs them in order).
 
 ==================  ============================================================================================
 ``data``            trainable items, caption features, datasets (pixels, waveforms, cached backbone features),

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mmretrieval.config import Params
-from mmretrieval.io import read_json, write_json
+from mmretrieval.core.config import Params
+from mmretrieval.core.io import read_json, write_json
 
 
 def fingerprint(params: Params, data_version: str) -> str:

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmretrieval.schema import Modality, split_captions
+from mmretrieval.core.schema import Modality, split_captions
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mmretrieval.config import TrainParams
+    from mmretrieval.core.config import TrainParams
     from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig, VideoClip
     from mmretrieval.models.towers import TextEncoder
 
@@ -47,7 +47,7 @@ class TrainItems:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> TrainItems:
-        from mmretrieval.evaluate import captions_of
+        from mmretrieval.stages.evaluate import captions_of
 
         ids, modalities, media, caps, labels, tracks = [], [], [], [], [], []
         for _, row in frame[frame["modality"].isin(MEDIA)].iterrows():
@@ -128,8 +128,8 @@ class MediaDataset(Dataset):  # type: ignore[type-arg]
         return len(self.members)
 
     def __getitem__(self, k: int) -> tuple[Any, int]:
-        from mmretrieval.media import open_image
-        from mmretrieval.models.audio import augment_wave, change_speed, fit_length, load_audio
+        from mmretrieval.media.audio import augment_wave, change_speed, fit_length, load_audio
+        from mmretrieval.media.image import open_image
 
         i = self.members[k]
         if self.items.modalities[i] == Modality.VIDEO.value:  # a trained backbone: frames decoded once, not augmented
@@ -201,7 +201,7 @@ def backbone_features(net: DualEncoder, images: list[Any], transform: Callable[[
 def cached_image_features(net: DualEncoder, items: TrainItems, members: list[int], clean_dir: Path,
                           transform: Callable[[Any], torch.Tensor], mirror: bool, device: str) -> torch.Tensor:
     """(views, len(members), width): the evaluation view, and its mirror image when ``mirror``."""
-    from mmretrieval.media import open_image
+    from mmretrieval.media.image import open_image
 
     images = [open_image(clean_dir / items.media[i]) for i in members]
     views = [backbone_features(net, images, transform, device)]

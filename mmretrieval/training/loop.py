@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from mmretrieval.errors import TrainingError
-from mmretrieval.schema import Modality
+from mmretrieval.core.errors import TrainingError
+from mmretrieval.core.schema import Modality
 from mmretrieval.training.data import CaptionBank, backbone_features
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mmretrieval.config import IndexParams
+    from mmretrieval.core.config import IndexParams
     from mmretrieval.models.dual_encoder import DualEncoder
     from mmretrieval.models.towers import TextEncoder
 
@@ -82,10 +82,10 @@ class Validator:
 
     def __init__(self, net: DualEncoder, text: TextEncoder, frame: pd.DataFrame, clean_dir: Path,
                  index: IndexParams, device: str) -> None:
-        from mmretrieval.evaluate import MEDIA_LETTER, gather
-        from mmretrieval.media import open_image
-        from mmretrieval.metrics import build_eval_set
+        from mmretrieval.evaluation.metrics import build_eval_set
+        from mmretrieval.media.image import open_image
         from mmretrieval.models.dual_encoder import RetrievalModel, eval_transform
+        from mmretrieval.stages.evaluate import MEDIA_LETTER, gather
 
         self.index, self.device = index, device
         self.parts: list[tuple[str, Any, Any, torch.Tensor]] = []  # (modality, eval set, media or features, captions)
@@ -116,8 +116,8 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, net: DualEncoder) -> dict[str, float]:
-        from mmretrieval.evaluate import metrics_from_vectors
         from mmretrieval.models.dual_encoder import eval_transform
+        from mmretrieval.stages.evaluate import metrics_from_vectors
 
         net.eval()
         metrics: dict[str, float] = {}

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmretrieval.errors import TrainingError
+from mmretrieval.core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

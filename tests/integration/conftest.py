@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval.config import Settings, get_settings
-from mmretrieval.datasets import ingest
-from mmretrieval.stages import run_stage
+from mmretrieval.core.config import Settings, get_settings
+from mmretrieval.runner import run_stage
+from mmretrieval.stages.ingest import ingest
 from tests.integration.test_training import tiny_dataset
 
 
@@ -27,7 +27,7 @@ def published_tiny(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
     Tests use the returned settings explicitly; MMR_HOME is set only while it is built.
     """
-    from mmretrieval.stages import run_all
+    from mmretrieval.runner import run_all
     from tests.conftest import make_workspace
 
     root = make_workspace(tmp_path_factory.mktemp("published") / "ws")

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmretrieval.datasets import ingest
-from mmretrieval.stages import run_all, run_stage
+from mmretrieval.runner import run_all, run_stage
+from mmretrieval.stages.ingest import ingest
 from tests.conftest import write_manifest
 
 TONES = {"low": 220.0, "high": 1760.0}
@@ -55,8 +55,8 @@ def test_audio_items_are_validated_trained_published_and_searchable(workspace: P
     assert "t2a_recall@1" in results["evaluate"]["metrics"] and "a2t_recall@1" in results["evaluate"]["metrics"]
     assert "raw_a2t_recall@1" in results["evaluate"]["metrics"]  # centred on the test clips, uncentred kept beside
     assert results["publish"]["checks"]["rows"] == 12
-    from mmretrieval.client import RetrievalClient
-    from mmretrieval.errors import QueryError
+    from mmretrieval.core.errors import QueryError
+    from mmretrieval.serving.client import RetrievalClient
 
     with RetrievalClient("tones") as client:
         assert client.info()["centred"] == ["audio"]
@@ -69,7 +69,7 @@ def test_audio_items_are_validated_trained_published_and_searchable(workspace: P
         import soundfile as sf
         from fastapi.testclient import TestClient
 
-        from mmretrieval.service import create_app
+        from mmretrieval.serving.service import create_app
 
         with TestClient(create_app("tones"), base_url="http://127.0.0.1") as http, \
                 open(audio_source.parent / "clips/low4.wav", "rb") as f:
@@ -194,7 +194,7 @@ def test_audio_reranker_attends_over_the_tower_frames_is_stored_served_and_disti
     ingest(audio_source, "tones")
     results = run_all("tones")
     assert results["rerank"]["passed"] is True
-    from mmretrieval.config import get_settings
+    from mmretrieval.core.config import get_settings
 
     report = json.loads(Path(results["rerank"]["report"]).read_text())
     assert report["modality"] == "audio" and report["reranker"]["config"]["regions"] == 3  # 1 s: 3 frames
@@ -204,8 +204,8 @@ def test_audio_reranker_attends_over_the_tower_frames_is_stored_served_and_disti
     assert results["embed"]["regions"]["bytes_per_item"] == 3 * 16 * 2
     assert results["publish"]["checks"]["regions"]["items"] == clips
 
-    from mmretrieval.client import RetrievalClient
-    from mmretrieval.errors import QueryError
+    from mmretrieval.core.errors import QueryError
+    from mmretrieval.serving.client import RetrievalClient
 
     with RetrievalClient("tones") as client:
         default = client.search(text="a low tone", k=3)  # audio-only collection with a gated re-ranker: on
@@ -214,12 +214,11 @@ def test_audio_reranker_attends_over_the_tower_frames_is_stored_served_and_disti
         with pytest.raises(QueryError, match="modality 'audio'"):
             client.search(text="a low tone", k=3, rerank=4, modality="image")
 
-    from mmretrieval.distill import run as distill
+    from mmretrieval.stages.distill import run as distill
 
     student = distill("tones")
     settings = get_settings()
-    from mmretrieval import tracking
-
+    from mmretrieval.backends import tracking
     assert tracking.require_alias(settings, "tones", tracking.CHALLENGER).version == student["model_version"]
     assert student["teacher_version"] == results["train"]["model_version"] and len(student["losses"]) == 2
     assert "a2t_recall@1" in run_stage("evaluate", "tones")["metrics"]

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mmretrieval.config import IndexParams
-from mmretrieval.errors import FilterError, IndexStoreError, QueryError
-from mmretrieval.filters import build_filter
-from mmretrieval.index import JSON_MAX_BYTES, VARCHAR_LIMITS, MilvusIndex
+from mmretrieval.backends.index import JSON_MAX_BYTES, VARCHAR_LIMITS, MilvusIndex
+from mmretrieval.core.config import IndexParams
+from mmretrieval.core.errors import FilterError, IndexStoreError, QueryError
+from mmretrieval.serving.filters import build_filter
 
 pytestmark = pytest.mark.integration
 

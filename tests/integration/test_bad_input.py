@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mmretrieval.datasets import ingest
-from mmretrieval.errors import DatasetNotFoundError, ManifestError, ValidationFailed
-from mmretrieval.prep import clean, validate
+from mmretrieval.core.errors import DatasetNotFoundError, ManifestError, ValidationFailed
+from mmretrieval.runner import clean, validate
+from mmretrieval.stages.ingest import ingest
 from tests.conftest import mmr, write_manifest, write_png
 
 
@@ -195,7 +195,7 @@ def test_labels_outside_the_configured_set_are_quarantined(workspace: Path) -> N
 
 
 def test_rows_beyond_the_index_limits_are_caught_at_validation_not_at_publish(workspace: Path) -> None:
-    """The limits come from the collection schema (mmretrieval.index); ids stop the run, other fields quarantine."""
+    """The limits come from the collection schema (mmretrieval.backends.index); ids stop the run, other fields quarantine."""
     src = workspace.parent / "src"
     rows = good_rows(src, 3)
     columns = ["id", "modality", "path", "text", "label", "split", "notes"]
@@ -247,7 +247,7 @@ def test_colliding_header_names_are_refused_at_ingest_naming_them(workspace: Pat
 
 
 def test_a_manifest_sha256_is_checked_and_a_windows_separator_still_finds_the_file(workspace: Path) -> None:
-    from mmretrieval.io import sha256_file
+    from mmretrieval.core.io import sha256_file
 
     src = workspace.parent / "src"
     rows = good_rows(src)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval.datasets import ingest
-from mmretrieval.errors import ValidationFailed
-from mmretrieval.prep import validate
+from mmretrieval.core.errors import ValidationFailed
+from mmretrieval.runner import validate
+from mmretrieval.stages.ingest import ingest
 from tests.conftest import write_manifest
 from tests.integration.test_bad_input import good_rows
 from tests.integration.test_service_live import browser  # noqa: F401  (the fixture)

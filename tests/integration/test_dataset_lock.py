@@ -1,4 +1,4 @@
-"""Two processes running the model stages of one dataset at once: the per-dataset locks (mmretrieval/locks.py) make
+"""Two processes running the model stages of one dataset at once: the per-dataset locks (mmretrieval/core/locks.py) make
 the second wait, so each version gets its own training run, its own evaluation and one gate decision against the
 champion as it really is (real MLflow, CPU, separate OS processes as Airflow tasks are)."""
 
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval import tracking
-from mmretrieval.config import get_settings
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import get_settings
 
 pytestmark = pytest.mark.integration
 STAGE = ("import json, logging, sys\n"
          "logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')\n"
-         "from mmretrieval.stages import run_stage\n"
+         "from mmretrieval.runner import run_stage\n"
          "print(json.dumps(run_stage(sys.argv[1], 'tiny', **json.loads(sys.argv[2]))))\n")
 
 

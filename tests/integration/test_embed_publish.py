@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from mmretrieval import embed, publish, tracking
-from mmretrieval.client import RetrievalClient
-from mmretrieval.config import get_settings
-from mmretrieval.datasets import ingest
-from mmretrieval.errors import PublishError
-from mmretrieval.io import read_json, write_json
-from mmretrieval.stages import run_all, run_stage
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.errors import PublishError
+from mmretrieval.core.io import read_json, write_json
+from mmretrieval.runner import embed, publish, run_all, run_stage
+from mmretrieval.serving.client import RetrievalClient
+from mmretrieval.stages.ingest import ingest
 from tests.conftest import FAST_PARAMS
 from tests.integration.test_training import tiny_dataset
 

@@ -156,9 +156,9 @@ def test_the_asset_chain_fires_by_itself_and_serves_two_datasets_prepared_back_t
         assert sorted(names) == sorted(DATASETS), (asset, names)
     print(f"live scheduler: both datasets served {elapsed:.0f} s after the DAGs were parsed; runs {runs}")
 
-    from mmretrieval import tracking
-    from mmretrieval.config import get_settings
-    from mmretrieval.index import MilvusIndex
+    from mmretrieval.backends import tracking
+    from mmretrieval.backends.index import MilvusIndex
+    from mmretrieval.core.config import get_settings
 
     settings = get_settings(workspace)
     with MilvusIndex(settings.milvus_uri) as ix:

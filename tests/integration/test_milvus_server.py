@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval import publish, tracking
-from mmretrieval.client import RetrievalClient
-from mmretrieval.config import get_settings
-from mmretrieval.datasets import ingest
-from mmretrieval.errors import IndexStoreError
-from mmretrieval.index import MilvusIndex
-from mmretrieval.stages import run_all, run_stage
+from mmretrieval.backends import tracking
+from mmretrieval.backends.index import MilvusIndex
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.errors import IndexStoreError
+from mmretrieval.runner import publish, run_all, run_stage
+from mmretrieval.serving.client import RetrievalClient
+from mmretrieval.stages.ingest import ingest
 from tests.conftest import REPO
 from tests.integration.test_backend_parity import (
     EXPECTED_DEPTHS,
@@ -167,7 +167,7 @@ def test_the_pipeline_publishes_on_the_server_and_the_client_searches_through_th
 
 QUERIER = """
 import pathlib, sys, time
-from mmretrieval.client import RetrievalClient
+from mmretrieval.serving.client import RetrievalClient
 stop = pathlib.Path(sys.argv[1])
 with RetrievalClient("tiny") as client:
     while not stop.exists():

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmretrieval import tracking
-from mmretrieval.config import get_settings
-from mmretrieval.errors import QueryError
-from mmretrieval.media import open_image
-from mmretrieval.stages import run_stage
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.errors import QueryError
+from mmretrieval.media.image import open_image
+from mmretrieval.runner import run_stage
 
 
 @pytest.fixture

@@ -20,12 +20,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmretrieval.client import RetrievalClient
-from mmretrieval.config import get_settings
-from mmretrieval.datasets import ingest
-from mmretrieval.index import MilvusIndex
-from mmretrieval.media import open_image
-from mmretrieval.stages import run_all
+from mmretrieval.backends.index import MilvusIndex
+from mmretrieval.core.config import get_settings
+from mmretrieval.media.image import open_image
+from mmretrieval.runner import run_all
+from mmretrieval.serving.client import RetrievalClient
+from mmretrieval.stages.ingest import ingest
 from tests.conftest import make_workspace, mmr, write_manifest
 from tests.imagekinds import KINDS, write_kind
 from tests.integration.test_training import COLORS
@@ -99,7 +99,7 @@ def test_each_file_finds_its_own_item_with_the_same_hits_through_every_query_ent
         served: dict[str, object], kind: str) -> None:
     from fastapi.testclient import TestClient
 
-    from mmretrieval.service import create_app
+    from mmretrieval.serving.service import create_app
 
     root, src = Path(served["root"]), Path(served["src"])
     path = next((src / "kinds" / kind.replace(";", "_")).iterdir())
@@ -131,7 +131,7 @@ def test_a_modality_and_a_user_or_filter_never_leak_other_modalities(served: dic
     """The issue's case: no text items, ``--modality text --filter 'label == "7" or label == "1"'`` -> no hits."""
     from fastapi.testclient import TestClient
 
-    from mmretrieval.service import create_app
+    from mmretrieval.serving.service import create_app
 
     root = Path(served["root"])
     either = 'label == "red" or label == "green"'
@@ -169,8 +169,8 @@ def test_a_malformed_filter_is_the_users_error_without_reload_or_retry(served: d
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
-    from mmretrieval.errors import FilterError
-    from mmretrieval.service import create_app
+    from mmretrieval.core.errors import FilterError
+    from mmretrieval.serving.service import create_app
 
     root = Path(served["root"])
     settings = get_settings(root)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mmretrieval import embed, publish, tracking
-from mmretrieval.config import get_settings
-from mmretrieval.contracts import Pinned
-from mmretrieval.errors import PinnedInputChanged
-from mmretrieval.stages import run_stage
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.contracts import Pinned
+from mmretrieval.core.errors import PinnedInputChanged
+from mmretrieval.runner import embed, publish, run_stage
 
 
 def test_interleaved_trainings_of_one_dataset_each_get_their_own_metrics_and_gate_decision(prepared: Path) -> None:

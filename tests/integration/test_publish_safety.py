@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval import publish, tracking
-from mmretrieval.config import get_settings
-from mmretrieval.datasets import ingest
-from mmretrieval.index import MilvusIndex
-from mmretrieval.stages import run_all, run_stage
+from mmretrieval.backends import tracking
+from mmretrieval.backends.index import MilvusIndex
+from mmretrieval.core.config import get_settings
+from mmretrieval.runner import publish, run_all, run_stage
+from mmretrieval.stages.ingest import ingest
 from tests.integration.test_training import tiny_dataset
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmretrieval import tracking
+from mmretrieval.backends import tracking
 from mmretrieval.cli import main
-from mmretrieval.config import get_settings
-from mmretrieval.errors import PublishError, QueryError
-from mmretrieval.stages import run_stage
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.errors import PublishError, QueryError
+from mmretrieval.runner import run_stage
 from tests.integration.test_pretrained_cnn import DEFAULT_TOWER
 
 RERANK = {"enabled": True, "negatives": 3, "folds": 2, "epochs": 2, "batch_size": 8, "bootstrap": 200, "depth": 4}
@@ -29,8 +29,8 @@ def set_params(ws: Path, rerank: dict[str, object]) -> None:
 
 def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
         prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from mmretrieval.client import RetrievalClient
-    from mmretrieval.rerank import GATE_TAG, serving_reranker
+    from mmretrieval.serving.client import RetrievalClient
+    from mmretrieval.stages.rerank import GATE_TAG, serving_reranker
 
     set_params(prepared, {"min_gain": 1.0})  # no re-ranker can gain 100 points: the gate must refuse
     run_stage("train", "tiny")
@@ -61,9 +61,9 @@ def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
     import pandas as pd
     import torch
 
-    from mmretrieval.media import open_image
-    from mmretrieval.regions import RegionStore
-    from mmretrieval.rerank import feature_maps
+    from mmretrieval.backends.regions import RegionStore
+    from mmretrieval.media.image import open_image
+    from mmretrieval.stages.rerank import feature_maps
 
     shard = pd.read_parquet(Path(embedded["path"]) / embedded["shards"][0])
     row = shard[shard["modality"] == "image"].iloc[0]
@@ -102,7 +102,7 @@ def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
 
     from fastapi.testclient import TestClient
 
-    from mmretrieval.service import ServiceConfig, create_app
+    from mmretrieval.serving.service import ServiceConfig, create_app
 
     app = create_app("tiny", settings, ServiceConfig(trusted_hosts=("127.0.0.1",)))
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as http:
@@ -117,8 +117,8 @@ def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
 def test_publish_refuses_a_region_store_that_lacks_an_image(tmp_path: Path) -> None:
     import numpy as np
 
-    from mmretrieval.publish import check_regions
-    from mmretrieval.regions import finish, write_shard
+    from mmretrieval.backends.regions import finish, write_shard
+    from mmretrieval.stages.publish import check_regions
 
     write_shard(tmp_path, 0, ["a"], np.zeros((1, 2, 3)))
     finish(tmp_path, 1, {})
@@ -128,8 +128,8 @@ def test_publish_refuses_a_region_store_that_lacks_an_image(tmp_path: Path) -> N
 
 
 def test_distilled_student_is_registered_as_a_challenger_of_its_teacher(prepared: Path) -> None:
-    from mmretrieval.distill import run as distill
-    from mmretrieval.errors import ModelError
+    from mmretrieval.core.errors import ModelError
+    from mmretrieval.stages.distill import run as distill
 
     set_params(prepared, {"min_gain": 1.0})
     run_stage("train", "tiny")
@@ -155,7 +155,7 @@ def test_distilled_student_is_registered_as_a_challenger_of_its_teacher(prepared
 
 
 def test_a_reranker_that_passes_after_publishing_is_embedded_and_attached_on_the_next_run(prepared: Path) -> None:
-    from mmretrieval.client import RetrievalClient
+    from mmretrieval.serving.client import RetrievalClient
 
     set_params(prepared, {"min_gain": 1.0})  # refused: served without re-ranking
     for verb in ("train", "evaluate", "rerank", "promote", "embed"):
@@ -180,7 +180,7 @@ def test_a_reranker_that_passes_after_publishing_is_embedded_and_attached_on_the
 
 
 def test_auto_rerank_skips_a_model_without_a_feature_map_and_says_why_while_true_refuses(prepared: Path) -> None:
-    from mmretrieval.errors import ConfigError
+    from mmretrieval.core.errors import ConfigError
 
     run_stage("train", "tiny")  # the test workspace's resnet18 trained from scratch: no pretrained feature map
     skipped = run_stage("rerank", "tiny")

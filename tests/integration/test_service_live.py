@@ -26,8 +26,8 @@ import httpx
 import pytest
 
 from mmretrieval.cli import QUIET_LOGGERS
-from mmretrieval.config import Settings
-from mmretrieval.service import ServiceConfig, create_app
+from mmretrieval.core.config import Settings
+from mmretrieval.serving.service import ServiceConfig, create_app
 from tests.conftest import BIN, REPO
 
 pytestmark = pytest.mark.integration

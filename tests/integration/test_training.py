@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval import tracking
-from mmretrieval.config import get_settings
-from mmretrieval.datasets import ingest
-from mmretrieval.errors import ModelError, TrainingError
-from mmretrieval.stages import run_stage
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.errors import ModelError, TrainingError
+from mmretrieval.runner import run_stage
+from mmretrieval.stages.ingest import ingest
 from tests.conftest import write_manifest, write_png
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
@@ -48,8 +48,7 @@ def test_training_registers_a_challenger_that_evaluates_and_promotes(prepared: P
 
 def test_a_killed_training_resumes_from_its_checkpoint_in_the_same_mlflow_run(prepared: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmretrieval import train
-
+    from mmretrieval.runner import train
     (prepared / "params.yaml").write_text((prepared / "params.yaml").read_text().replace("epochs: 2", "epochs: 3"))
     original = train.Checkpoint.save
 
@@ -76,7 +75,6 @@ def test_nan_loss_stops_training_and_registers_nothing(prepared: Path, monkeypat
     import torch
 
     from mmretrieval.models import losses
-
     monkeypatch.setattr(losses, "symmetric_info_nce", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingError, match="loss became nan at epoch 1"):
         run_stage("train", "tiny")

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmretrieval.datasets import ingest
-from mmretrieval.models.pyfunc import ARTIFACT as PYFUNC_WEIGHTS
-from mmretrieval.stages import run_stage
-from mmretrieval.video import read_frames, write_clip
+from mmretrieval.media.video import read_frames, write_clip
+from mmretrieval.runner import run_stage
+from mmretrieval.serving.pyfunc import ARTIFACT as PYFUNC_WEIGHTS
+from mmretrieval.stages.ingest import ingest
 from tests.conftest import mmr, shared, write_manifest
 
 VIDEO_PARAMS = """
@@ -139,7 +139,7 @@ def test_frames_are_taken_at_their_timestamps_in_every_container_and_at_a_variab
 
 
 def test_mmr_run_takes_generated_clips_to_search_hits_that_say_when_they_matched(video_workspace: Path) -> None:
-    from mmretrieval.moving_digits import clip_frames, digit_images, write_clips
+    from mmretrieval.demo.moving_digits import clip_frames, digit_images, write_clips
 
     (video_workspace / "params.yaml").write_text(VIDEO_PARAMS)
     src = video_workspace.parent / "src"
@@ -188,8 +188,8 @@ def test_mmr_run_takes_generated_clips_to_search_hits_that_say_when_they_matched
 
 def test_the_shared_sample_videos_decode_by_seeking(tmp_path: Path) -> None:
     """The 23 real clips (CC BY 4.0): every one opens, probes and yields K frames; one has an audio track."""
-    from mmretrieval.config import ValidateParams
-    from mmretrieval.video import probe, video_problem
+    from mmretrieval.core.config import ValidateParams
+    from mmretrieval.media.video import probe, video_problem
 
     folder = shared("sample_videos")
     frame = pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
@@ -210,8 +210,8 @@ def test_a_clips_audio_track_is_read_from_the_file_and_fused_and_a_clip_without_
 
     import torch
 
+    from mmretrieval.media.video import probe, read_audio_track
     from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig, RetrievalModel
-    from mmretrieval.video import probe, read_audio_track
 
     t = np.arange(16000 * 3) / 16000
     frames = noise(30, seed=3)
@@ -254,8 +254,8 @@ def test_frame_arrays_hold_the_pixels_of_read_frames_upright_and_preprocess_as_t
         tmp_path: Path) -> None:
     import torch
 
+    from mmretrieval.media.video import read_frame_arrays
     from mmretrieval.models.dual_encoder import ModelConfig, eval_transform, preprocess_frames
-    from mmretrieval.video import read_frame_arrays
 
     wide = noise(12, h=120, w=200, seed=4)
     for name, rotation in (("plain.mp4", None), ("turned.mp4", 90), ("upside.mkv", 180)):
@@ -289,7 +289,7 @@ def test_skipping_non_reference_frames_on_the_way_still_returns_the_frame_on_scr
     content (a bright column at x = frame number) says."""
     import av
 
-    from mmretrieval.video import read_frame_arrays, sample_times
+    from mmretrieval.media.video import read_frame_arrays, sample_times
 
     frames = np.zeros((250, 48, 256, 3), dtype=np.uint8)
     for i in range(250):

@@ -32,7 +32,7 @@ def test_without_events_the_param_decides_and_all_means_every_listed_dataset(wor
 def test_deterministic_library_errors_fail_the_task_and_transient_ones_keep_their_retries() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from mmretrieval.errors import AliasNotFoundError, IndexStoreError, ValidationFailed
+    from mmretrieval.core.errors import AliasNotFoundError, IndexStoreError, ValidationFailed
 
     def raises(error: Exception) -> None:
         raise error
@@ -58,7 +58,7 @@ def test_the_hook_reads_milvus_and_mlflow_connections_and_falls_back_to_the_envi
 
 
 def test_the_validate_task_logs_where_the_data_docs_page_is(workspace: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from mmretrieval.config import get_settings
+    from mmretrieval.core.config import get_settings
 
     settings = get_settings(workspace)
     with caplog.at_level("INFO", logger="airflow.task"):

@@ -4,7 +4,8 @@ change; waveform augmentation leaves the padding silent and does not wrap the cl
 import numpy as np
 import torch
 
-from mmretrieval.models.audio import LogMel, augment_wave, change_speed, fit_length, spec_augment
+from mmretrieval.media.audio import augment_wave, change_speed, fit_length
+from mmretrieval.models.audio import LogMel, spec_augment
 
 
 def tone_burst(seconds: float = 0.4, rate: int = 16000) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmretrieval.centring import Centring, fit
-from mmretrieval.errors import ConfigError, IndexStoreError
+from mmretrieval.core.errors import ConfigError, IndexStoreError
+from mmretrieval.evaluation.centring import Centring, fit
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ def test_a_mean_of_another_dimension_is_refused() -> None:
 
 
 def test_params_refuse_an_unknown_modality_to_centre(tmp_path) -> None:
-    from mmretrieval.config import load_params
+    from mmretrieval.core.config import load_params
 
     path = tmp_path / "params.yaml"
     path.write_text("index: {centre: [audio, smell]}\n")

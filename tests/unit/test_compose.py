@@ -168,7 +168,7 @@ def test_the_image_knows_its_code_version_without_git() -> None:
 
 def test_the_code_version_comes_from_the_environment_outside_git(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmretrieval.tracking import git_sha
+    from mmretrieval.backends.tracking import git_sha
 
     monkeypatch.delenv("MMR_CODE_VERSION", raising=False)
     assert git_sha(tmp_path) == "unknown"

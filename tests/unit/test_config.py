@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval.config import Params, get_settings, load_params
-from mmretrieval.errors import ConfigError
+from mmretrieval.core.config import Params, get_settings, load_params
+from mmretrieval.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

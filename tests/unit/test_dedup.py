@@ -1,6 +1,6 @@
 from PIL import Image, ImageDraw
 
-from mmretrieval.prep.dedup import dhash, find_duplicates
+from mmretrieval.media.dedup import dhash, find_duplicates
 
 
 def picture(shift: int = 0, size: int = 64) -> Image.Image:

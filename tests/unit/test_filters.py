@@ -1,11 +1,11 @@
-"""Filter expressions built from structured parts (mmretrieval.filters): parentheses, quoting, refusals."""
+"""Filter expressions built from structured parts (mmretrieval.serving.filters): parentheses, quoting, refusals."""
 
 from __future__ import annotations
 
 import pytest
 
-from mmretrieval.errors import QueryError
-from mmretrieval.filters import build_filter, parse_where, quote
+from mmretrieval.core.errors import QueryError
+from mmretrieval.serving.filters import build_filter, parse_where, quote
 
 
 def test_the_modality_restriction_and_a_user_or_stay_apart() -> None:

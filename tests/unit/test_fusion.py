@@ -1,6 +1,6 @@
 """Late fusion of per-part result lists (pure logic)."""
 
-from mmretrieval.client import late_fusion
+from mmretrieval.serving.client import late_fusion
 
 
 def hit(i: str, score: float) -> dict:

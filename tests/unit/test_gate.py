@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from mmretrieval.config import GateParams
-from mmretrieval.errors import TrainingError
-from mmretrieval.metrics import both_directions, build_eval_set
-from mmretrieval.promote import decide
+from mmretrieval.core.config import GateParams
+from mmretrieval.core.errors import TrainingError
+from mmretrieval.evaluation.metrics import both_directions, build_eval_set
+from mmretrieval.stages.promote import decide
 
 GATE = GateParams(metric="t2i_recall@10", floor=0.2, tolerance=0.02)
 

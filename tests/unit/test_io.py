@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from mmretrieval.io import write_json
+from mmretrieval.core.io import write_json
 
 
 def test_parallel_writers_of_one_file_never_leave_a_torn_or_missing_file(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_an_atomic_write_sweeps_what_killed_writers_left_and_keeps_a_live_writer
     import subprocess
     import sys
 
-    from mmretrieval.io import atomic_dir
+    from mmretrieval.core.io import atomic_dir
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()  # a pid whose process has exited

@@ -1,4 +1,4 @@
-"""One path layout: stage file names live in ``mmretrieval/layout.py`` only, and stages find each other's outputs
+"""One path layout: stage file names live in ``mmretrieval/core/layout.py`` only, and stages find each other's outputs
 through it (never by importing another stage)."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval import layout as layout_module
-from mmretrieval.config import get_settings
-from mmretrieval.errors import ConfigError
+from mmretrieval.core import layout as layout_module
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.errors import ConfigError
 
 PACKAGE = Path(layout_module.__file__).resolve().parent
-STAGE_MODULES = {"mmretrieval.prep.validate", "mmretrieval.prep.clean", "mmretrieval.prep.augment", "mmretrieval.train",
-                 "mmretrieval.evaluate", "mmretrieval.rerank", "mmretrieval.promote", "mmretrieval.embed",
-                 "mmretrieval.publish"}
+STAGE_MODULES = {"mmretrieval.stages.validate", "mmretrieval.stages.clean", "mmretrieval.stages.augment", "mmretrieval.stages.train",
+                 "mmretrieval.stages.evaluate", "mmretrieval.stages.rerank", "mmretrieval.stages.promote", "mmretrieval.stages.embed",
+                 "mmretrieval.stages.publish"}
 
 
 def layout_file_names() -> set[str]:
@@ -71,7 +71,7 @@ def test_layout_paths_sit_under_the_workspace_and_refuse_a_bad_dataset_name(tmp_
 
 
 def test_stage_results_are_typed_and_serialise_to_their_json_form() -> None:
-    from mmretrieval.contracts import EmbedStart, PublishResult, TrainResult
+    from mmretrieval.core.contracts import EmbedStart, PublishResult, TrainResult
 
     trained = TrainResult("demo", "d" * 32, "run1", "mmr-demo", "3", 2, 4, {"val_recall@1": 0.5}, 12.5)
     assert trained.model_version == trained["model_version"] == "3"

@@ -1,7 +1,7 @@
 import torch
 
+from mmretrieval.media.text import normalize_caption, normalize_captions
 from mmretrieval.models.losses import symmetric_info_nce
-from mmretrieval.prep.text import normalize_caption, normalize_captions
 
 
 def test_info_nce_is_lower_for_aligned_pairs_than_for_shuffled_ones() -> None:
@@ -45,8 +45,8 @@ def test_triplet_loss_is_zero_when_every_negative_is_beyond_the_margin_and_posit
 
 
 def test_text_augmentation_is_seeded_and_keeps_short_captions() -> None:
-    from mmretrieval.config import AugmentParams
-    from mmretrieval.prep.augment import text_variants
+    from mmretrieval.core.config import AugmentParams
+    from mmretrieval.stages.augment import text_variants
 
     p = AugmentParams(text_variants=2, text_word_share=0.2)
     caps = ["a black dog runs along the sandy beach", "cat"]

@@ -1,4 +1,4 @@
-"""The one image decoder (mmretrieval.media.open_image) on real files of every mode, bit depth and size kind."""
+"""The one image decoder (mmretrieval.media.image.open_image) on real files of every mode, bit depth and size kind."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmretrieval.config import ValidateParams
-from mmretrieval.errors import MediaError
-from mmretrieval.media import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, decode_image, image_problem, open_image
+from mmretrieval.core.config import ValidateParams
+from mmretrieval.core.errors import MediaError
+from mmretrieval.media.image import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, decode_image, image_problem, open_image
 from tests.imagekinds import KINDS, RAMP8, RAMP16, H, W, write_kind, write_oriented
 from tests.integration.test_bad_input import png_declaring
 
@@ -174,7 +174,7 @@ FMT = bytes.fromhex("0100010080bb000000770100020010 00".replace(" ", ""))  # PCM
     b"RIFF\xff\xff\xff\xffWAVEfmt ",  # a chunk name and nothing else
 ], ids=["fmt-cut-short", "fmt-cut-then-data", "data-without-fmt", "data-overlong", "header-only", "bare-chunk-name"])
 def test_wav_files_with_broken_chunk_structure_are_a_media_error(tmp_path: Path, data: bytes) -> None:
-    from mmretrieval.media import read_audio
+    from mmretrieval.media.audio import read_audio
 
     path = tmp_path / "broken.wav"
     path.write_bytes(data)
@@ -190,7 +190,7 @@ def test_wav_files_with_broken_chunk_structure_are_a_media_error(tmp_path: Path,
 def test_audio_that_is_silent_once_mixed_to_mono_is_quarantined_as_silent(tmp_path: Path, kind: str) -> None:
     import soundfile as sf
 
-    from mmretrieval.media import audio_problem
+    from mmretrieval.media.audio import audio_problem
 
     t = np.arange(16000) / 16000
     tone = 0.5 * np.sin(2 * np.pi * 440 * t)

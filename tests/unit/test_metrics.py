@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mmretrieval.metrics import both_directions, build_eval_set, retrieval_metrics
+from mmretrieval.evaluation.metrics import both_directions, build_eval_set, retrieval_metrics
 
 
 def test_perfect_ranking_scores_one_everywhere() -> None:
@@ -74,7 +74,7 @@ def test_metrics_agree_with_trec_eval_on_random_rankings(seed: int) -> None:
 
 
 def test_chance_levels_are_the_mean_of_random_rankings() -> None:
-    from mmretrieval.metrics import chance_levels
+    from mmretrieval.evaluation.metrics import chance_levels
 
     rng = np.random.default_rng(7)
     rel = rng.random((20, 40)) < 0.2
@@ -86,7 +86,7 @@ def test_chance_levels_are_the_mean_of_random_rankings() -> None:
 
 
 def test_a_label_aware_set_has_a_high_hit_rate_by_chance_and_a_low_recall() -> None:
-    from mmretrieval.metrics import chance_levels
+    from mmretrieval.evaluation.metrics import chance_levels
 
     rel = np.repeat(np.eye(10, dtype=bool), 100, axis=1)  # ten class names, 100 images per class
     chance = chance_levels(rel, (10,))

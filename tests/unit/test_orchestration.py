@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mmretrieval import orchestration
-from mmretrieval.config import get_settings
-from mmretrieval.errors import ConfigError
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.errors import ConfigError
 from tests.conftest import REPO, mmr
 
 

@@ -43,8 +43,8 @@ def test_importing_every_library_module_changes_no_environment_variable_logger_o
 def test_decoding_an_image_keeps_pils_process_wide_pixel_limit(tmp_path: Path) -> None:
     from PIL import Image
 
-    from mmretrieval.errors import MediaError
-    from mmretrieval.media import decode_image
+    from mmretrieval.core.errors import MediaError
+    from mmretrieval.media.image import decode_image
 
     before = Image.MAX_IMAGE_PIXELS
     decode_image(write_png(tmp_path / "a.png", size=(40, 30)))
@@ -69,7 +69,7 @@ class Records(logging.Handler):
 def test_milvus_keeps_pymilvus_logging_as_configured_and_hides_only_the_misses_it_handles(tmp_path: Path) -> None:
     import pymilvus  # noqa: F401 - configures its loggers on import (level from PYMILVUS_LOG_LEVEL)
 
-    from mmretrieval.index import MilvusIndex
+    from mmretrieval.backends.index import MilvusIndex
 
     pymilvus_logger, rpc_logger = logging.getLogger("pymilvus"), logging.getLogger("pymilvus.decorators")
     level, records = pymilvus_logger.level, Records()

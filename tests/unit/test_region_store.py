@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmretrieval.errors import ModelError
-from mmretrieval.regions import RegionStore, finish, write_shard
+from mmretrieval.backends.regions import RegionStore, finish, write_shard
+from mmretrieval.core.errors import ModelError
 
 
 def test_region_store_looks_up_rows_by_id_across_shards(tmp_path: Path) -> None:

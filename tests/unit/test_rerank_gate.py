@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmretrieval.config import RerankParams
-from mmretrieval.rerank import bootstrap_gate
+from mmretrieval.core.config import RerankParams
+from mmretrieval.stages.rerank import bootstrap_gate
 
 GATE = RerankParams(bootstrap=500, seed=0)
 

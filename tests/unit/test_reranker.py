@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmretrieval.errors import ModelError, TrainingError
+from mmretrieval.core.errors import ModelError, TrainingError
 from mmretrieval.models.reranker import CrossReranker, RerankerConfig, load, save
 from mmretrieval.training.rerank import (
     RerankData,

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval.config import SplitParams
-from mmretrieval.errors import ManifestError
-from mmretrieval.schema import assign_split, fill_splits, read_manifest, split_captions
+from mmretrieval.core.config import SplitParams
+from mmretrieval.core.errors import ManifestError
+from mmretrieval.core.schema import assign_split, fill_splits, read_manifest, split_captions
 
 
 def write(tmp_path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -98,7 +98,7 @@ def test_rows_wider_than_the_header_blank_header_names_and_a_folder_are_manifest
 
 
 def test_a_windows_path_separator_is_a_separator_for_every_stage(tmp_path: Path) -> None:
-    from mmretrieval.media import path_problem
+    from mmretrieval.media.files import path_problem
 
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,modality,path,text\nb,image,sub\\b.jpg,y\n", encoding="utf-8")

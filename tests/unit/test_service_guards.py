@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval.config import get_settings
-from mmretrieval.errors import ConfigError
-from mmretrieval.index import safe_uri
-from mmretrieval.service import (
+from mmretrieval.backends.index import safe_uri
+from mmretrieval.core.config import get_settings
+from mmretrieval.core.errors import ConfigError
+from mmretrieval.serving.service import (
     LOOPBACK,
     Guard,
     Metrics,
@@ -101,8 +101,8 @@ def test_hosts_origins_and_loopback_addresses() -> None:
 def test_serve_refuses_a_port_in_use_before_loading_anything() -> None:
     import socket
 
-    from mmretrieval.errors import ConfigError
-    from mmretrieval.service import port_problem
+    from mmretrieval.core.errors import ConfigError
+    from mmretrieval.serving.service import port_problem
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmretrieval.errors import ConfigError
+from mmretrieval.core.errors import ConfigError
+from mmretrieval.media.video import best_time, pack_frames, sample_times
 from mmretrieval.models.temporal import TemporalPool
-from mmretrieval.video import best_time, pack_frames, sample_times
 
 
 def test_sample_times_are_the_centres_of_k_equal_slices() -> None:
@@ -59,7 +59,7 @@ def test_packed_frame_vectors_name_the_time_of_the_frame_nearest_to_the_query() 
 
 
 def test_video_only_datasets_gate_on_the_video_twin_of_the_gate_metric() -> None:
-    from mmretrieval.metrics import resolve_metric
+    from mmretrieval.evaluation.metrics import resolve_metric
 
     assert resolve_metric("t2i_recall@10", {"t2v_recall@10": 0.5}) == "t2v_recall@10"
     assert resolve_metric("i2t_mrr", {"v2t_mrr": 0.5, "a2t_mrr": 0.1}) == "a2t_mrr"  # audio first, as before
@@ -68,7 +68,7 @@ def test_video_only_datasets_gate_on_the_video_twin_of_the_gate_metric() -> None
 def test_a_hit_carries_best_time_s_in_its_json() -> None:
     import json
 
-    from mmretrieval.client import Hit
+    from mmretrieval.serving.client import Hit
 
     hit = Hit(1, "c", 0.9, "video", "c.mp4", "", "", "col", "1", "d", {}, best_time_s=2.5)
     assert json.loads(hit.to_json())["best_time_s"] == 2.5

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval import tracking
-from mmretrieval.config import get_settings
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import get_settings
 
 
 @pytest.fixture

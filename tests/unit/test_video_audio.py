@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmretrieval.errors import ModelError
+from mmretrieval.core.errors import ModelError
 from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig
 
 RATE, SECONDS = 8000, 0.5
@@ -90,8 +90,8 @@ def test_the_contrastive_objective_learns_the_tracks_and_their_weight_when_only_
 
 
 def test_the_training_items_record_which_videos_have_a_track_and_only_then_the_model_fuses_audio() -> None:
-    from mmretrieval.config import ModelParams
-    from mmretrieval.train import model_config
+    from mmretrieval.core.config import ModelParams
+    from mmretrieval.stages.train import model_config
     from mmretrieval.training.data import TrainItems
 
     meta = [json.dumps({"video": {"has_audio": True}}), json.dumps({"video": {"has_audio": False}}), "", "{bad"]
@@ -110,8 +110,8 @@ def test_the_training_items_record_which_videos_have_a_track_and_only_then_the_m
 def test_encoding_leaves_the_decoding_workers_their_cores_and_restores_torchs_threads() -> None:
     import os
 
-    from mmretrieval.config import EmbedParams
-    from mmretrieval.embed import _threads, compute_threads
+    from mmretrieval.core.config import EmbedParams
+    from mmretrieval.stages.embed import _threads, compute_threads
 
     cores = os.cpu_count() or 1
     assert compute_threads(EmbedParams(num_workers=1), 1, "cpu") == max(1, cores - 1)

@@ -1,0 +1,377 @@
+"""The only module that talks to pymilvus: collection schema, create, insert, index, load, search, aliases, drop.
+
+Works the same on a Milvus Lite file (``…/milvus.db``) and a Milvus server URI (``http://host:19530``; tested against
+a real 2.3.5 standalone server by ``tests/integration/test_milvus_server.py``). Each collection records what built it
+in its properties (``mmr.*``: model name/version, data version, state, previous collection of the alias, publish
+time). Where the two differ, this module makes them behave alike:
+
+- a missing alias is ``None`` on both, but any other failure (server down, timeout) is an :class:`IndexStoreError`,
+  never mistaken for "no alias" (a publish would otherwise forget its rollback target);
+- a 2.3 server keeps a stale entry for an alias whose collection was dropped (``describe_alias`` says it does not
+  exist, ``create_alias`` says it does): :meth:`MilvusIndex.point_alias` falls back to ``alter_alias``;
+- dropping a collection that an alias still points at is refused here (Lite and 2.3 drop the alias silently, 2.4+
+  refuse): point or drop the alias first;
+- row counts use Strong consistency, so fresh inserts count on a server;
+- the field limits (:data:`VARCHAR_LIMITS`, :data:`JSON_MAX_BYTES`) are defined here once, used to create every
+  collection and read by validation, so a row that would not fit is refused before training, not at publish (Lite
+  does not enforce the JSON size; a server does);
+- HNSW's ``ef`` is raised to at least the number of hits asked for (Lite otherwise returns at most ``ef`` hits, a
+  server errs or cuts), and a filter Milvus cannot parse is a :class:`FilterError` (the user's error), not a failure
+  of the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmretrieval.core.errors import AliasNotFoundError, FilterError, IndexStoreError
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+    from mmretrieval.core.config import IndexParams
+
+log = logging.getLogger(__name__)
+MISSING_ALIAS = ("not found", "not exist")  # server: "alias not found"; Lite: "alias '…' does not exist"
+OUTPUT_FIELDS = ["id", "modality", "text", "path", "label", "metadata", "model_version", "data_version"]
+MAX_VARCHAR = 65_535
+# The collection schema's limits, in UTF-8 bytes: the one place that defines them (create() and validation read them)
+VARCHAR_LIMITS = {"id": 512, "modality": 16, "text": MAX_VARCHAR, "path": 4096, "label": 512,
+                  "model_version": 64, "data_version": 64}
+JSON_MAX_BYTES = 65_536  # a server refuses a JSON field above this ("json field exceeds max length"); Lite does not
+METADATA_RESERVE = 1_024  # of JSON_MAX_BYTES, kept for what publish adds to an item's metadata (clean_media)
+HNSW_TYPES = ("HNSW", "HNSW_SQ", "HNSW_PQ", "HNSW_PRQ")
+IVF_TYPES = ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN")
+MAX_NPROBE = 65_536  # Milvus' upper bound for nprobe
+RPC_LOGGER = "pymilvus.decorators"  # where pymilvus logs a failed call, with its traceback
+FILTER_WORDS = ("expr", "parse", "column", "field", "operand", "operator", "invalid", "literal", "token")
+
+
+def clip_utf8(text: str, limit: int) -> str:
+    """Cut a string so its UTF-8 encoding fits ``limit`` bytes (Milvus VARCHAR limits are in bytes)."""
+    raw = text.encode("utf-8")
+    return text if len(raw) <= limit else raw[:limit].decode("utf-8", errors="ignore")
+
+
+class MilvusIndex:
+    _lite_users: dict[str, int] = {}  # open MilvusIndex objects per Lite file in this process
+
+    def __init__(self, uri: str, token: str = "") -> None:
+        self.uri = uri
+        self.token = token
+        self._client: MilvusClient | None = None
+
+    @property
+    def client(self) -> MilvusClient:
+        if self._client is None:
+            from pymilvus import MilvusClient
+            from pymilvus.exceptions import MilvusException
+
+            if "://" not in self.uri:
+                Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._client = MilvusClient(uri=self.uri, token=self.token)
+            except (MilvusException, OSError) as e:
+                held = "://" not in self.uri and "open local milvus failed" in str(e).lower()
+                hint = (": another process holds this Milvus Lite file (one process at a time: stop `mmr serve` or "
+                        "the pipeline using it, or use a Milvus server, MMR_MILVUS_URI)") if held else f": {e}"
+                raise IndexStoreError(f"cannot open Milvus at {safe_uri(self.uri)!r}{hint}") from e
+            if "://" not in self.uri:
+                MilvusIndex._lite_users[self.uri] = MilvusIndex._lite_users.get(self.uri, 0) + 1
+        return self._client
+
+    def close(self) -> None:
+        """Close the connection; the last user of a Lite file also stops its in-process server (the file's lock)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+            if "://" not in self.uri:
+                users = MilvusIndex._lite_users.get(self.uri, 1) - 1
+                MilvusIndex._lite_users[self.uri] = users
+                if users <= 0:
+                    from milvus_lite.server_manager import server_manager_instance
+
+                    server_manager_instance.release_server(self.uri)
+
+    def __enter__(self) -> MilvusIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- aliases -------------------------------------------------------------------------------------------
+    def resolve_alias(self, alias: str) -> str | None:
+        """The collection behind ``alias``, ``None`` when there is no such alias."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            with _handled_here():
+                return str(self.client.describe_alias(alias)["collection_name"])
+        except MilvusException as e:
+            if any(word in str(e).lower() for word in MISSING_ALIAS):
+                return None
+            raise IndexStoreError(f"cannot read alias {alias!r} in {safe_uri(self.uri)}: {_message(e)}") from e
+
+    def require_alias(self, alias: str) -> str:
+        name = self.resolve_alias(alias)
+        if name is None:
+            raise AliasNotFoundError(f"no collection behind alias {alias!r} in {safe_uri(self.uri)}: "
+                                     "run `mmr publish` first")
+        return name
+
+    def point_alias(self, alias: str, collection: str) -> None:
+        """Create ``alias`` on ``collection`` or move it there (one atomic step for readers)."""
+        from pymilvus.exceptions import MilvusException
+
+        if self.resolve_alias(alias) is not None:
+            self.client.alter_alias(collection, alias)
+            return
+        try:
+            with _handled_here():
+                self.client.create_alias(collection, alias)
+        except MilvusException as e:  # a 2.3 server still knows the alias of a dropped collection: move it instead
+            if "already exist" not in str(e).lower():
+                raise IndexStoreError(f"cannot point alias {alias!r} at {collection!r}: {_message(e)}") from e
+            log.info("alias %s is stale on %s (its collection was dropped); moving it to %s", alias, self.uri,
+                     collection)
+            self.client.alter_alias(collection, alias)
+
+    def drop_alias(self, alias: str) -> None:
+        """Remove ``alias`` (the collection stays); a missing alias is fine."""
+        self.client.drop_alias(alias)
+
+    def aliases_of(self, collection: str) -> list[str]:
+        return [str(a) for a in self.client.list_aliases(collection_name=collection).get("aliases", [])]
+
+    def aliases(self) -> list[str]:
+        return [str(a) for a in self.client.list_aliases().get("aliases", [])]
+
+    # --- collections ---------------------------------------------------------------------------------------
+    def collections(self, prefix: str = "") -> list[str]:
+        return sorted(c for c in self.client.list_collections() if c.startswith(prefix))
+
+    def exists(self, name: str) -> bool:
+        return bool(self.client.has_collection(name))
+
+    def properties(self, name: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.client.describe_collection(name).get("properties", {}).items()}
+
+    def set_properties(self, name: str, props: dict[str, str]) -> None:
+        self.client.alter_collection_properties(name, properties=props)
+
+    def create(self, name: str, dim: int, props: dict[str, str]) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        limit = VARCHAR_LIMITS
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=limit["id"])
+        schema.add_field("modality", DataType.VARCHAR, max_length=limit["modality"])
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("text", DataType.VARCHAR, max_length=limit["text"])
+        schema.add_field("path", DataType.VARCHAR, max_length=limit["path"])
+        schema.add_field("label", DataType.VARCHAR, max_length=limit["label"])
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("model_version", DataType.VARCHAR, max_length=limit["model_version"])
+        schema.add_field("data_version", DataType.VARCHAR, max_length=limit["data_version"])
+        self.client.create_collection(name, schema=schema, consistency_level="Strong")
+        if props:
+            self.set_properties(name, props)
+
+    def drop(self, name: str) -> None:
+        """Drop a collection that no alias points at (a dropped collection must never take an alias with it)."""
+        serving = self.aliases_of(name)
+        if serving:
+            raise IndexStoreError(f"collection {name!r} still serves alias(es) {serving} in {safe_uri(self.uri)}: "
+                                  "point them at another collection or drop them first")
+        self.client.drop_collection(name)
+
+    def dim(self, name: str) -> int:
+        for f in self.client.describe_collection(name)["fields"]:
+            if f["name"] == "vector":
+                return int(f["params"]["dim"])
+        raise IndexStoreError(f"collection {name!r} has no vector field")
+
+    def insert(self, name: str, rows: Sequence[dict[str, Any]], batch: int = 1000) -> Iterator[int]:
+        """Insert in batches, yielding the count after each batch (for progress bars).
+
+        Every row is checked against the schema's limits first (:func:`row_problem`), on Lite as on a server; a row
+        that does not fit, or a batch Milvus refuses, raises :class:`IndexStoreError` naming the row's id.
+        """
+        from pymilvus.exceptions import MilvusException
+
+        for row in rows:
+            if (problem := row_problem(row)) is not None:
+                raise IndexStoreError(f"row {str(row.get('id'))[:80]!r} does not fit collection {name!r}: {problem}")
+        for start in range(0, len(rows), batch):
+            # the text field is a display copy of the captions (merged duplicates may exceed it): cut, not refused
+            chunk = [dict(r, text=clip_utf8(r["text"], VARCHAR_LIMITS["text"])) if isinstance(r.get("text"), str)
+                     else dict(r) for r in rows[start:start + batch]]
+            try:
+                with _handled_here():
+                    self.client.insert(name, chunk)
+            except MilvusException as e:
+                raise IndexStoreError(f"insert into {name!r} failed for the batch of rows {start + 1}-"
+                                      f"{start + len(chunk)} ({_culprit(chunk, str(e))}): {_message(e)}") from e
+            yield start + len(chunk)
+        self.client.flush(name)
+
+    def build_index(self, name: str, params: IndexParams) -> None:
+        index = self.client.prepare_index_params()
+        index.add_index(field_name="vector", index_type=params.index_type, metric_type=params.metric_type,
+                        params=dict(params.build_params))
+        with _lite_lacks_timestamps():
+            self.client.create_index(name, index)
+
+    def load(self, name: str) -> None:
+        state = str(self.client.get_load_state(name).get("state", ""))
+        if "Loaded" not in state:
+            self.client.load_collection(name)
+
+    def count(self, name: str) -> int:
+        res = self.client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return int(res[0]["count(*)"])
+
+    def search(self, name: str, vectors: Sequence[Sequence[float]], k: int, params: IndexParams,
+               expr: str = "", output_fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[dict[str, Any]]]:
+        """The ``k`` nearest rows to each vector (every row when the collection holds fewer), best first.
+
+        The index's search depth is raised to cover ``k`` (HNSW ``ef`` >= k; IVF: all lists probed when a search
+        comes back short). Raises :class:`FilterError` for an expression Milvus cannot parse (no retry helps) and
+        :class:`IndexStoreError` for anything else.
+        """
+        from pymilvus.exceptions import MilvusException
+
+        data = [list(map(float, v)) for v in vectors]
+        search = dict(params.search_params)
+        kind = params.index_type.upper()
+        if kind in HNSW_TYPES:
+            search["ef"] = max(int(search.get("ef", 0)), k)
+        try:
+            with _handled_here():
+                res = self._search(name, data, k, expr, output_fields, params.metric_type, search)
+                if kind in IVF_TYPES and any(len(h) < k for h in res):  # the probed lists held fewer than k rows
+                    res = self._probe_all(name, data, k, expr, output_fields, params, search) or res
+        except MilvusException as e:
+            message = _message(e)
+            if expr and any(word in message.lower() for word in FILTER_WORDS):
+                reason = message.strip().splitlines()[0] if message.strip() else "rejected"  # no caret diagram
+                raise FilterError(f"the filter {expr!r} is not a valid Milvus expression: {reason}") from e
+            raise IndexStoreError(f"search in {name!r} failed: {message}") from e
+        return [[{"id": h["id"], "score": float(h["distance"]), **h.get("entity", {})} for h in hits] for hits in res]
+
+    def _probe_all(self, name: str, data: list[list[float]], k: int, expr: str, output_fields: Sequence[str],
+                   params: IndexParams, search: dict[str, Any]) -> Any:
+        """Search again probing every list: Milvus' largest ``nprobe`` (a server may hold it to ``nlist``)."""
+        from pymilvus.exceptions import MilvusException
+
+        for nprobe in (MAX_NPROBE, int(params.build_params.get("nlist", 0))):
+            if nprobe > int(search.get("nprobe", 0)):
+                try:
+                    return self._search(name, data, k, expr, output_fields, params.metric_type,
+                                        search | {"nprobe": nprobe})
+                except MilvusException as e:
+                    log.debug("nprobe %d refused on %s: %s", nprobe, self.uri, _message(e))
+        return None
+
+    def _search(self, name: str, data: list[list[float]], k: int, expr: str, output_fields: Sequence[str],
+                metric: str, search: dict[str, Any]) -> Any:
+        return self.client.search(name, data=data, limit=k, filter=expr, output_fields=list(output_fields),
+                                  search_params={"metric_type": metric, "params": search})
+
+
+class _ThisThread(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
+
+
+@contextlib.contextmanager
+def _handled_here() -> Iterator[None]:
+    """pymilvus logs every failed call with a traceback (logger :data:`RPC_LOGGER`, ERROR) before raising it. Around
+    a call whose ``MilvusException`` this module handles (an expected miss such as an alias that does not exist yet,
+    or an error re-raised as ours with Milvus' message), those records of this thread are dropped; the filter comes
+    off after the call, so pymilvus logs as configured everywhere else (its level is never changed here)."""
+    logger = logging.getLogger(RPC_LOGGER)
+    mine = _ThisThread()
+    logger.addFilter(mine)
+    try:
+        yield
+    finally:
+        logger.removeFilter(mine)
+
+
+class _LiteAllocTimestampNoise(logging.Filter):
+    """Drops gRPC's record of a call Milvus Lite's server lacks: a ``NotImplementedError`` whose text is gRPC's
+    own "Method not implemented!" (the wording grpc's generated servicers raise; nothing of ours is unfinished)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, NotImplementedError) and "Method not implemented" in str(error))
+
+
+@contextlib.contextmanager
+def _lite_lacks_timestamps() -> Iterator[None]:
+    """``create_index`` waits for the index with an ``AllocTimestamp`` call that Milvus Lite's in-process gRPC server
+    does not implement; pymilvus copes, but the server logs "Exception calling application: Method not
+    implemented!" with a traceback (logger ``grpc._server``, from its own thread). That one kind of record is
+    dropped for the duration of the call; the filter comes off after it."""
+    logger = logging.getLogger("grpc._server")
+    quiet = _LiteAllocTimestampNoise()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def row_problem(row: Mapping[str, Any]) -> str | None:
+    """Why ``row`` does not fit the collection schema (``None`` if it does): a string field longer than its
+    :data:`VARCHAR_LIMITS` in UTF-8 bytes, a NUL character in a string, metadata above :data:`JSON_MAX_BYTES`."""
+    for field_name, limit in VARCHAR_LIMITS.items():
+        value = row.get(field_name)
+        if field_name == "text" and isinstance(value, str):
+            value = clip_utf8(value, limit)  # insert() cuts the display copy of the captions
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            return f"field {field_name!r} contains a NUL character"
+        size = len(value.encode("utf-8"))
+        if size > limit:
+            return f"field {field_name!r} is {size} bytes, above its {limit}-byte limit"
+    if "metadata" in row:
+        size = len(json.dumps(row["metadata"], ensure_ascii=False).encode("utf-8"))
+        if size > JSON_MAX_BYTES:
+            return f"metadata is {size} bytes of JSON, above the {JSON_MAX_BYTES}-byte limit"
+        if "\\u0000" in json.dumps(row["metadata"]):
+            return "metadata contains a NUL character"
+    return None
+
+
+def _culprit(chunk: Sequence[Mapping[str, Any]], message: str) -> str:
+    """The id of the row a Milvus error is about, where the message lets us tell; else the batch's first and last."""
+    for row in chunk:
+        rid = str(row.get("id", ""))
+        if rid and rid[:40] in message:
+            return f"row {rid[:80]!r}"
+    return f"ids {str(chunk[0].get('id'))[:80]!r} .. {str(chunk[-1].get('id'))[:80]!r}"
+
+
+def safe_uri(uri: str) -> str:
+    """A Milvus URI fit for messages and logs: no ``user:password@`` part, a Lite file by its name only."""
+    if "://" not in uri:
+        return Path(uri).name
+    scheme, rest = uri.split("://", 1)
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+
+
+def _message(error: Exception) -> str:
+    return str(getattr(error, "message", None) or error)

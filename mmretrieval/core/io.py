@@ -1,0 +1,92 @@
+"""Small file helpers shared by the stages: atomic output folders, JSON, parquet."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmretrieval.core.errors import DatasetNotFoundError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a scratch folder that replaces ``target`` only if the block finishes without an exception.
+
+    A crash or retry never leaves half a result in ``target``: the old content stays until the rename.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_dead(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _sweep_dead(target: Path) -> None:
+    """Remove the scratch (``.tmp-<pid>``) and replaced (``.old-<pid>``) folders of ``target`` left by writers that
+    were killed (their process is gone), so a SIGKILL mid-write does not leak a copy of the data for ever."""
+    for leftover in target.parent.glob(f".{target.name}.*-*"):
+        kind, _, pid = leftover.name.rpartition("-")
+        if not kind.endswith((".tmp", ".old")) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            continue  # alive under another user, or not a pid at all: leave it
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically: a temp file of this writer's own (parallel writers of the same file never
+    share one), then a rename; readers see the old or the new file, never half of one."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{what} not found at {path}: run the stage that writes it first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_parquet(path: Path, what: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{what} not found at {path}: run the stage that writes it first")
+    return pd.read_parquet(path)

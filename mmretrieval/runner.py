@@ -1,0 +1,79 @@
+"""The stage verbs, in pipeline order. The CLI, ``dvc.yaml`` and the Airflow DAG all call these same functions.
+
+Each stage's ``run(dataset, settings=None, **inputs)`` returns its typed result (:mod:`mmretrieval.core.contracts`:
+``ValidateResult`` ... ``PublishResult``; embed's summary still a JSON dict) of paths, counts, metrics and versions;
+:func:`run_stage` keeps its JSON form and returns it. ``inputs`` are what an earlier step of the same run pinned:
+``evaluate``, ``rerank`` (that version's cross-attention re-ranker) and ``promote`` take the ``version`` their run's
+``train`` registered; ``embed`` and ``publish`` take the ``pinned`` model and data version
+(:class:`~mmretrieval.core.contracts.Pinned`) resolved once at the start of serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mmretrieval.core.config import Settings, get_settings
+from mmretrieval.core.contracts import StageResult
+
+log = logging.getLogger(__name__)
+
+STAGES = ("validate", "clean", "augment", "train", "evaluate", "rerank", "promote", "embed", "publish")
+
+
+def stage(verb: str) -> Callable[..., StageResult | dict[str, Any]]:
+    """The ``run`` function of a stage verb (imported on use: heavy modules load only when their stage runs)."""
+    if verb == "validate":
+        from mmretrieval.stages.validate import run
+    elif verb == "clean":
+        from mmretrieval.stages.clean import run
+    elif verb == "augment":
+        from mmretrieval.stages.augment import run
+    elif verb == "train":
+        from mmretrieval.stages.train import run
+    elif verb == "evaluate":
+        from mmretrieval.stages.evaluate import run
+    elif verb == "rerank":  # the challenger's cross-attention re-ranker (rerank.enabled: auto, true, false)
+        from mmretrieval.stages.rerank import run
+    elif verb == "promote":
+        from mmretrieval.stages.promote import run
+    elif verb == "embed":
+        from mmretrieval.stages.embed import run
+    elif verb == "publish":
+        from mmretrieval.stages.publish import run
+    else:
+        raise KeyError(f"unknown stage {verb!r}; stages: {list(STAGES)}")
+    return run
+
+
+def run_stage(verb: str, dataset: str, settings: Settings | None = None, **inputs: Any) -> dict[str, Any]:
+    """Run one stage and keep its result in ``data/reports/<dataset>/stages/<verb>.json`` (audit trail, DVC out)."""
+    from mmretrieval.core.io import write_json
+
+    settings = settings or get_settings()
+    started = time.monotonic()
+    result = stage(verb)(dataset, settings, **inputs)
+    if isinstance(result, StageResult):
+        result = result.to_json()
+    write_json(settings.layout(dataset).stage_result(verb), result)
+    log.info("%s %s done in %.1fs", verb, dataset, time.monotonic() - started)
+    return result
+
+
+def run_all(dataset: str, settings: Settings | None = None) -> dict[str, dict[str, Any]]:
+    """Every stage in order, without Airflow (``mmr run``). Like the DAG, it evaluates and promotes the version its
+    own training registered, and embeds and publishes the champion it resolved once, whatever else runs meanwhile."""
+    settings = settings or get_settings()
+    results = {verb: run_stage(verb, dataset, settings) for verb in ("validate", "clean", "augment", "train")}
+    version = str(results["train"]["model_version"])
+    for verb in ("evaluate", "rerank", "promote"):
+        results[verb] = run_stage(verb, dataset, settings, version=version)
+    from mmretrieval.stages.embed import start
+
+    started = start(dataset, settings)
+    pinned = started.pinned
+    for verb in ("embed", "publish"):
+        results[verb] = run_stage(verb, dataset, settings, pinned=pinned)
+    return results

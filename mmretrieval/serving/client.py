@@ -1,0 +1,347 @@
+"""The query client: alias -> collection -> the model version that built it -> encode -> search -> typed hits.
+
+Query vectors of a modality the collection was centred on (``mmr.centre``) are centred on the same corpus mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmretrieval.backends import tracking
+from mmretrieval.backends.index import MilvusIndex
+from mmretrieval.core.config import Settings, get_settings
+from mmretrieval.core.errors import IndexStoreError, MediaError, MMRError, QueryError
+from mmretrieval.core.schema import MODALITIES
+from mmretrieval.evaluation.centring import PROPERTY as CENTRE_PROPERTY
+from mmretrieval.evaluation.centring import Centring
+from mmretrieval.serving.filters import build_filter
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from mmretrieval.models.dual_encoder import RetrievalModel
+
+MAX_K = 1000
+FUSIONS = ("vector", "late")
+FUSION_DEPTH = 4  # late fusion: candidates per query part, as a multiple of k
+MAX_TEXT = 2000
+ImageInput = "str | Path | bytes | Image.Image"
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    id: str
+    score: float
+    modality: str
+    path: str
+    text: str
+    label: str
+    collection: str
+    model_version: str
+    data_version: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    best_time_s: float | None = None  # video hits: time (seconds) of the sampled frame nearest to the query
+    dual_score: float | None = None  # with re-ranking: the dual encoder's cosine (``score`` is the re-ranker's)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+class RetrievalClient:
+    """Search one serving alias. ``RetrievalClient("demo")`` uses the configured Milvus and MLflow."""
+
+    def __init__(self, dataset: str, *, alias: str | None = None, uri: str | None = None,
+                 settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.dataset = dataset
+        self.alias = alias or self.settings.alias(dataset)
+        self.index = MilvusIndex(uri or self.settings.milvus_uri, self.settings.milvus_token)
+        self._model: tuple[str, RetrievalModel, Centring] | None = None
+        self._loaded = ""  # the collection last made ready for search (one load check per alias move, not per query)
+        self._params = self.settings.params_for(dataset).index
+        self._rerankers: dict[str, tuple[Any, Any] | None] = {}  # collection -> (re-ranker, region store) or None
+        self._no_rerank: dict[str, str] = {}  # collection -> why it has no usable re-ranker
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> RetrievalClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def info(self) -> dict[str, Any]:
+        name = self.index.require_alias(self.alias)
+        props = self.index.properties(name)
+        self.index.load(name)
+        return {"alias": self.alias, "collection": name, "model": props.get("mmr.model_name"),
+                "model_version": props.get("mmr.model_version"), "data_version": props.get("mmr.data_version"),
+                "dim": self.index.dim(name), "rows": self.index.count(name),
+                "published_at": props.get("mmr.published_at"),
+                "centred": Centring.from_property(props.get(CENTRE_PROPERTY), f"collection {name}").modalities,
+                "rerank": self._rerank_info(name)}
+
+    def _rerank_info(self, collection: str) -> dict[str, Any]:
+        """Whether text searches of ``collection`` can be re-ranked: the re-ranker's modality and default depth, or
+        why not (refused by its gate, none trained, no region store)."""
+        try:
+            usable = self._reranker_for(collection)
+        except MMRError as e:  # the registry or the artifact store is unreachable: say so, info still answers
+            return {"available": False, "why": f"unknown: {type(e).__name__}"}
+        if usable is None:
+            return {"available": False, "why": self._no_rerank.get(collection, "no re-ranker")}
+        return {"available": True, "modality": usable[0].config.modality,
+                "depth": self.settings.params_for(self.dataset).rerank.depth}
+
+    def _model_for(self, collection: str) -> tuple[RetrievalModel, Centring]:
+        """The model that built ``collection`` and the corpus means its vectors were centred on (cached)."""
+        if self._model is None or self._model[0] != collection:
+            from mmretrieval.models.dual_encoder import pick_device
+
+            props = self.index.properties(collection)
+            name, version = props.get("mmr.model_name"), props.get("mmr.model_version")
+            if not name or not version:
+                raise IndexStoreError(f"collection {collection!r} does not record the model that built it")
+            ref = tracking.get_version(self.settings, name, version)
+            model = tracking.load_model(self.settings, ref, pick_device(self.settings.device))
+            if model.dim != self.index.dim(collection):
+                raise IndexStoreError(f"model {ref.uri} makes {model.dim}-d vectors but {collection!r} holds "
+                                      f"{self.index.dim(collection)}-d vectors")
+            centre = Centring.from_property(props.get(CENTRE_PROPERTY), f"collection {collection!r}")
+            self._model = (collection, model, centre)
+        return self._model[1], self._model[2]
+
+    def search(self, text: str | None = None, image: Any = None, audio: Any = None, *, k: int = 10,
+               modality: str | None = None, filter: str = "", labels: Sequence[str] = (),
+               where: Mapping[str, str] | None = None, weights: dict[str, float] | None = None,
+               fusion: str = "vector", rerank: int | None = None) -> list[Hit]:
+        """The ``k`` (1..:data:`MAX_K`) nearest items to the query, best first; fewer only when fewer items match.
+
+        ``image`` is a path, raw bytes or a PIL image (decoded by :func:`mmretrieval.media.image.open_image`); ``audio``
+        a path or raw bytes. Restrictions combine with ``and`` (see :func:`mmretrieval.serving.filters.build_filter`):
+        ``modality``, ``labels`` (any of them), ``where`` (metadata key == value, each) and ``filter`` (a raw
+        Milvus expression, kept in parentheses). Several query parts (text, image, audio) are fused by ``fusion``:
+
+        * ``"vector"`` (early fusion): one search with the weighted sum of the parts' unit vectors;
+        * ``"late"``: one search per part (``FUSION_DEPTH`` x k candidates each), then each candidate's score is the
+          weighted sum of its per-part scores (a part that did not return it contributes its lowest returned score).
+
+        ``rerank`` (text queries over the re-ranker's modality, images or audio): the dual encoder's top
+        ``rerank`` hits of that modality are re-scored by the model's cross-attention re-ranker and the top k
+        returned, each with ``score`` (the re-ranker's logit) and ``dual_score``. None (default): on, at
+        ``rerank.depth`` (at least k), when the serving model has a re-ranker that passed its gate, the collection
+        has its region store, and the search is over that modality (``modality`` it, or a collection of only
+        it); 0: off. A positive value below k, or one asked of a model or
+        query without re-ranking, raises :class:`QueryError`.
+
+        Raises :class:`QueryError` for a bad request (a filter Milvus cannot parse included: no retry),
+        :class:`MediaError` for a query file that cannot be used, :class:`IndexStoreError` for Milvus failures.
+        """
+        import numpy as np
+
+        if not _whole(k) or not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
+        k = int(k)
+        if rerank is not None and not _whole(rerank):
+            raise QueryError(f"rerank must be a whole number (0: off), got {rerank!r}")
+        rerank = None if rerank is None else int(rerank)
+        if isinstance(labels, (str, bytes)):
+            raise QueryError(f"labels must be a list of labels, got the single string {labels!r}: wrap it in a list")
+        for part, weight in (weights or {}).items():
+            if part not in ("text", "image", "audio") or not _finite(weight):
+                raise QueryError(f"weights takes finite numbers for 'text', 'image' and 'audio'; got {part!r}: "
+                                 f"{weight!r}")
+        if modality is not None and modality not in MODALITIES:
+            raise QueryError(f"unknown modality {modality!r}; use one of {list(MODALITIES)}")
+        if text is not None:
+            text = text.strip()
+            if not text:
+                raise QueryError("the text query is empty")
+            if len(text) > MAX_TEXT:
+                raise QueryError(f"the text query has {len(text)} characters; the limit is {MAX_TEXT}")
+        if text is None and image is None and audio is None:
+            raise QueryError("give a text, image or audio query")
+        if fusion not in FUSIONS:
+            raise QueryError(f"unknown fusion {fusion!r}; use one of {list(FUSIONS)}")
+        collection = self.index.require_alias(self.alias)
+        model, centre = self._model_for(collection)
+        parts: list[tuple[float, np.ndarray]] = []
+        w = weights or {}
+        if text is not None:
+            parts.append((w.get("text", 1.0), centre.apply(model.encode_texts([text])[0], "text")))
+        if image is not None:
+            if "image" not in model.modalities:
+                raise QueryError(f"the model behind {self.alias!r} has no image tower; image queries need one")
+            parts.append((w.get("image", 1.0), centre.apply(model.encode_images([_load_image(image)])[0], "image")))
+        if audio is not None:
+            if "audio" not in model.modalities:
+                raise QueryError(f"the model behind {self.alias!r} has no audio tower; audio queries need one")
+            wave = _load_wave(model, audio)[None]
+            parts.append((w.get("audio", 1.0), centre.apply(model.encode_waves(wave)[0], "audio")))
+        expr = build_filter(modality, filter, labels, where)
+        depth = self._rerank_depth(rerank, k, collection, modality, text_only=len(parts) == 1 and text is not None)
+        if depth:
+            assert text is not None
+            usable = self._reranker_for(collection)
+            assert usable is not None
+            candidates = self._search(collection, [parts[0][1]], depth,
+                                      build_filter(usable[0].config.modality, filter, labels, where))
+            hits = self._rerank(collection, model, text, candidates[0], k)
+        elif fusion == "late" and len(parts) > 1:
+            results = self._search(collection, [v for _, v in parts], min(MAX_K, FUSION_DEPTH * k), expr)
+            hits = late_fusion([weight for weight, _ in parts], results, k)
+        else:
+            vec = sum(weight * v for weight, v in parts)
+            hits = self._search(collection, [vec / max(float(np.linalg.norm(vec)), 1e-12)], k, expr)[0]
+        query = sum(weight * v for weight, v in parts)
+        return [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
+                    text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
+                    data_version=h["data_version"], **_moment(h.get("metadata") or {}, query),
+                    dual_score=round(h["dual_score"], 6) if "dual_score" in h else None)
+                for r, h in enumerate(hits, start=1)]
+
+    def _reranker_for(self, collection: str) -> tuple[Any, Any] | None:
+        """(re-ranker, region store) of the collection's model version, or None when it serves without one."""
+        if collection not in self._rerankers:
+            from mmretrieval.backends.regions import RegionStore
+            from mmretrieval.stages.publish import REGIONS
+            from mmretrieval.stages.rerank import serving_reranker
+
+            props = self.index.properties(collection)
+            ref = tracking.get_version(self.settings, str(props.get("mmr.model_name")),
+                                       str(props.get("mmr.model_version")))
+            net = serving_reranker(self.settings, ref)
+            folder = props.get(REGIONS)
+            self._rerankers[collection] = (net, RegionStore(Path(folder))) if net is not None and folder else None
+            if self._rerankers[collection] is None:
+                from mmretrieval.stages.rerank import why_unavailable
+
+                self._no_rerank[collection] = (
+                    why_unavailable(self.settings, self.dataset, ref) if net is None else
+                    f"collection {collection} has no region store for {ref.uri}'s re-ranker: embed and publish again")
+        return self._rerankers[collection]
+
+    def _rerank_depth(self, rerank: int | None, k: int, collection: str, modality: str | None,
+                      text_only: bool) -> int:
+        """How many dual-encoder candidates to re-rank (0: none), from the ``rerank`` argument of :meth:`search`."""
+        if rerank == 0:
+            return 0
+        if rerank is not None and (not isinstance(rerank, int) or not k <= rerank <= MAX_K):
+            raise QueryError(f"rerank must be 0 (off) or between k ({k}) and {MAX_K}, got {rerank!r}")
+        usable = self._reranker_for(collection)
+        target = usable[0].config.modality if usable is not None else "image"
+        if rerank is None:
+            if usable is None or not text_only or modality not in (None, target):
+                return 0
+            if modality is None and len(usable[1]) != self.index.count(collection):
+                return 0  # a mixed collection: re-ranking would drop its other modalities, so only on request
+            return max(k, self.settings.params_for(self.dataset).rerank.depth)
+        if usable is None:
+            raise QueryError(f"cannot re-rank: {self._no_rerank.get(collection, 'no re-ranker')}; search without "
+                             "re-ranking (rerank=0, mmr search --rerank 0)")
+        if not text_only or modality not in (None, target):
+            raise QueryError(f"re-ranking scores text queries against {target} items: give only a text query, and "
+                             f"modality {target!r} or none (got {modality!r})")
+        return rerank
+
+    def _rerank(self, collection: str, model: RetrievalModel, text: str, hits: list[dict[str, Any]], k: int
+                ) -> list[dict[str, Any]]:
+        """Re-score ``hits`` (the dual encoder's candidates, best first) with the re-ranker; the best k."""
+        import numpy as np
+        import torch
+
+        from mmretrieval.models.reranker import encode_with_tokens
+
+        usable = self._reranker_for(collection)
+        if not hits or usable is None:
+            return hits[:k]
+        net, store = usable
+        regions = torch.from_numpy(store.lookup([h["id"] for h in hits]).astype(np.float32))
+        _, tokens, mask = encode_with_tokens(model.text.model, [text])
+        with torch.no_grad():
+            scores = net.score_candidates(tokens[0], mask[0], regions, torch.tensor([h["score"] for h in hits]))
+        order = torch.argsort(scores, descending=True, stable=True)[:k].tolist()
+        return [{**hits[j], "dual_score": hits[j]["score"], "score": float(scores[j])} for j in order]
+
+    def _search(self, collection: str, vectors: list[Any], k: int, expr: str) -> list[list[dict[str, Any]]]:
+        """Search, making sure the collection is loaded once per alias move (and again if someone released it)."""
+        if collection != self._loaded:
+            self.index.load(collection)
+            self._loaded = collection
+        try:
+            return self.index.search(collection, vectors, k, self._params, expr=expr)
+        except QueryError:  # the request is wrong (a filter Milvus cannot parse): nothing to reload or retry
+            raise
+        except IndexStoreError:
+            self.index.load(collection)
+            return self.index.search(collection, vectors, k, self._params, expr=expr)
+
+
+def _moment(metadata: dict[str, Any], query: Any) -> dict[str, Any]:
+    """Hit fields from stored metadata: the per-frame vectors of a video are used (``best_time_s``), not returned."""
+    from mmretrieval.media.video import FRAMES_KEY, best_time
+
+    packed = metadata.get(FRAMES_KEY)
+    if not packed:
+        return {"metadata": metadata}
+    when = best_time(packed, query)
+    return {"metadata": {k: v for k, v in metadata.items() if k != FRAMES_KEY},
+            "best_time_s": None if when is None else round(when, 3)}
+
+
+def late_fusion(weights: list[float], results: list[list[dict[str, Any]]], k: int) -> list[dict[str, Any]]:
+    """Merge per-part result lists: score = sum of weight x score, a missing score counting as that list's lowest."""
+    floor = [min((h["score"] for h in hits), default=0.0) for hits in results]
+    rows: dict[str, dict[str, Any]] = {}
+    scores: dict[str, list[float | None]] = {}
+    for part, hits in enumerate(results):
+        for h in hits:
+            rows.setdefault(h["id"], h)
+            scores.setdefault(h["id"], [None] * len(results))[part] = float(h["score"])
+    fused = {i: sum(w * (s if s is not None else f) for w, s, f in zip(weights, ss, floor, strict=True))
+             for i, ss in scores.items()}
+    best = sorted(fused, key=lambda i: (-fused[i], i))[:k]
+    return [{**rows[i], "score": fused[i]} for i in best]
+
+
+def _load_wave(model: RetrievalModel, audio: Any) -> Any:
+    """A path or uploaded bytes as the model's fixed-length waveform tensor."""
+    if isinstance(audio, (bytes, bytearray)):
+        return model.load_wave_bytes(bytes(audio))
+    path = Path(audio)
+    if not path.is_file():
+        raise MediaError(f"query audio {str(path)!r} does not exist")
+    return model.load_wave(path)
+
+
+def _load_image(image: Any) -> Image.Image:
+    """A query image (path, uploaded bytes or PIL image) via :func:`~mmretrieval.media.image.open_image`."""
+    from PIL import Image
+
+    from mmretrieval.media.image import open_image
+
+    if isinstance(image, (Image.Image, bytes, bytearray)):
+        return open_image(image)
+    path = Path(image)
+    if not path.is_file():
+        raise MediaError(f"query image {str(path)!r} does not exist")
+    return open_image(path)
+
+
+def _whole(value: Any) -> bool:
+    """An integer (Python or numpy), not a boolean."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    """A finite real number, not a boolean."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))

@@ -1,0 +1,365 @@
+"""Stage ``embed``: every clean item through the model an MLflow alias names (reader -> encoder -> writer), in shards.
+
+The clean manifest is cut into shards of ``embed.shard_rows`` rows. Each shard is written on its own
+(``part-<k>.parquet``: id, modality, vector, model_version, data_version) into a work folder
+``data/embeddings/<dataset>/v<model_version>.partial/``, so a killed run resumes where it stopped and shards can be
+embedded by parallel workers (the Airflow DAG maps one task per shard). :func:`finish` checks completeness (every
+clean item embedded once, counts per modality, unit vectors, one dimension) and moves the folder to
+``v<model_version>/`` with ``embed.json``. A rerun with the same model and data version does nothing.
+
+Video rows also carry ``frame_times`` (seconds) and ``frame_vectors`` (K x dim: each sampled frame as an image), which
+publishing stores with the clip so that a hit can say where in the clip the query matched best.
+
+Files are decoded and preprocessed in data-loader worker processes (``embed.num_workers``) while the model encodes
+the previous batch; on CUDA the image tower runs under autocast.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import Settings, get_settings
+from mmretrieval.core.contracts import EmbedStart, Pinned
+from mmretrieval.core.errors import ModelError, PinnedInputChanged
+from mmretrieval.core.io import read_json, write_json
+from mmretrieval.core.layout import SUMMARY, read_clean
+from mmretrieval.core.schema import Modality, split_captions
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mmretrieval.models.dual_encoder import RetrievalModel
+
+log = logging.getLogger(__name__)
+
+
+def shard_name(k: int) -> str:
+    return f"part-{k:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one embedding run covers: the model, the data version and the shard cut of the clean manifest."""
+
+    dataset: str
+    ref: tracking.ModelRef
+    data_version: str
+    rows: int
+    shard_rows: int
+    final: Path
+    work: Path
+    clean: pd.DataFrame = field(repr=False, compare=False)  # the clean manifest this plan cuts, read once
+    clean_root: Path = field(repr=False, compare=False)  # the folder its ``media`` paths are relative to
+    regions: str = ""  # the version has a re-ranker that passed its gate: the modality whose rows carry regions
+    # in a region store beside the embeddings ("image", "audio"); "": none
+
+    @property
+    def shards(self) -> int:
+        return max(1, -(-self.rows // self.shard_rows))
+
+    def key(self) -> dict[str, Any]:
+        return {"model_version": self.ref.version, "data_version": self.data_version, "rows": self.rows,
+                "shard_rows": self.shard_rows, "regions": self.regions}
+
+    def finished(self) -> dict[str, Any] | None:
+        """The summary of an earlier complete run of this plan, if there is one."""
+        done = self.final / SUMMARY
+        if done.is_file():
+            previous = read_json(done, "embedding summary")
+            if previous["data_version"] == self.data_version and previous["rows"] == self.rows and (
+                    not self.regions or "regions" in previous):  # a re-ranker gated in after: embed again
+                return dict(previous)
+        return None
+
+    def pending(self) -> list[int]:
+        return [k for k in range(self.shards) if not (self.work / shard_name(k)).is_file()]
+
+
+def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION,
+         pinned: Pinned | None = None) -> Plan:
+    """Resolve the alias (or take the ``pinned`` model version) and prepare the work folder; finished shards of the
+    same plan are kept (resume). Raises :class:`PinnedInputChanged` when the clean data is no longer the pinned one.
+    """
+    settings = settings or get_settings()
+    layout = settings.layout(dataset)
+    source = read_clean(layout)
+    clean, data_version = source.frame, source.data_version
+    if pinned is not None:
+        if pinned.data_version != data_version:
+            raise PinnedInputChanged(f"the clean data of {dataset!r} changed during this run (pinned data version "
+                                     f"{pinned.data_version[:12]}, now {data_version[:12]}): start a new run")
+        ref = tracking.get_version(settings, settings.registered_model(dataset), pinned.model_version)
+    else:
+        ref = tracking.require_alias(settings, dataset, alias)
+    final = layout.embeddings(ref.version)
+    from mmretrieval.stages.rerank import serving_reranker
+
+    net = serving_reranker(settings, ref)
+    p = Plan(dataset, ref, data_version, len(clean), settings.params_for(dataset).embed.shard_rows, final,
+             final.with_name(final.name + ".partial"), clean, source.root,
+             regions=net.config.modality if net is not None else "")
+    if p.finished() is None:
+        marker = p.work / "plan.json"
+        if marker.is_file() and read_json(marker, "embedding plan") != p.key():
+            log.info("embed %s: discarding shards of an older plan in %s", dataset, p.work)
+            shutil.rmtree(p.work)
+        p.work.mkdir(parents=True, exist_ok=True)
+        write_json(marker, p.key())
+    return p
+
+
+def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: RetrievalModel | None = None
+                ) -> dict[str, Any]:
+    """Embed shard ``k`` of the plan (skipped when its file exists) and write it atomically."""
+    import pandas as pd
+
+    settings = settings or get_settings()
+    target = p.work / shard_name(k)
+    if not 0 <= k < p.shards:
+        raise ValueError(f"shard {k} is outside 0..{p.shards - 1} of the {p.dataset!r} embedding plan")
+    if target.is_file():
+        return {"shard": k, "skipped": True}
+    part = p.clean.iloc[k * p.shard_rows:(k + 1) * p.shard_rows].reset_index(drop=True)
+    if model is None:
+        model = load_model(settings, p)
+    started = time.monotonic()
+    frames: dict[int, tuple[list[float], np.ndarray]] = {}
+    writer = None
+    if p.regions:
+        from mmretrieval.stages.rerank import region_writer
+
+        writer = region_writer(settings, p.ref)
+        if writer is None or writer.modality != p.regions:
+            raise ModelError(f"the embedding plan of {p.ref.uri} carries {p.regions} regions, but its re-ranker is "
+                             "gone or changed: plan the embedding again")
+    vectors = encode_rows(part, p.clean_root, model, settings.params_for(p.dataset).embed,
+                          desc=f"embed {p.dataset} shard {k}", frames=frames, regions=writer)
+    if writer is not None:  # regions first: the vector shard's file marks the shard done
+        writer.write(p.work, k, part)
+    frame = pd.DataFrame({"id": part["id"].to_numpy(), "modality": part["modality"].to_numpy(),
+                          "vector": list(vectors), "model_version": p.ref.version, "data_version": p.data_version})
+    if frames:
+        frame["frame_times"] = [frames[j][0] if j in frames else [] for j in range(len(part))]
+        frame["frame_vectors"] = [frames[j][1].ravel() if j in frames else np.zeros(0, np.float32)
+                                  for j in range(len(part))]
+    tmp = target.with_name(target.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(target)
+    return {"shard": k, "rows": len(part), "seconds": round(time.monotonic() - started, 2)}
+
+
+def load_model(settings: Settings, p: Plan) -> RetrievalModel:
+    from mmretrieval.models.dual_encoder import pick_device
+
+    model = tracking.load_model(settings, p.ref, pick_device(settings.device))
+    model.precision = settings.params_for(p.dataset).embed.precision
+    clean = p.clean
+    unsupported = sorted(set(clean["modality"]) - set(model.modalities))
+    if unsupported:
+        raise ModelError(f"model {p.ref.uri} has no tower for modality {unsupported}; "
+                         f"{int(clean['modality'].isin(unsupported).sum())} clean items need one")
+    return model
+
+
+def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embed_params: Any,
+                desc: str = "embed", frames: dict[int, tuple[list[float], np.ndarray]] | None = None,
+                regions: Any = None) -> np.ndarray:
+    """(rows, dim) unit vectors for clean-manifest rows, in row order: texts in batches, files through a
+    DataLoader. Video rows (K frames each, sampled by seeking) also fill ``frames[row] = (times in seconds,
+    (K, dim) frame unit vectors)`` when ``frames`` is given. With ``regions`` (a
+    :class:`~mmretrieval.stages.rerank.RegionWriter`), the rows of its modality are encoded through their tower's maps,
+    which it also gets, so a re-ranker's regions cost no second decode or tower pass."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    vectors = np.zeros((len(part), model.dim), dtype=np.float32)
+    bs = embed_params.batch_size
+    texts = np.flatnonzero((part["modality"] == Modality.TEXT.value).to_numpy())
+    for start in range(0, len(texts), bs):
+        idx = texts[start:start + bs]
+        vectors[idx] = model.encode_texts([split_captions(t)[0] for t in part["text"].to_numpy()[idx]])
+    for modality in (Modality.IMAGE.value, Modality.AUDIO.value, Modality.VIDEO.value):
+        rows = np.flatnonzero((part["modality"] == modality).to_numpy())
+        if not len(rows):
+            continue
+        files = [clean_dir / m for m in part["media"].to_numpy()[rows]]
+        if modality == Modality.VIDEO.value:  # K frames per clip: a batch of clips is K times the images
+            bs = max(1, embed_params.batch_size // model.config.video_frames)
+        workers = min(embed_params.num_workers, max(0, len(rows) // bs))  # no worker start-up for one batch
+        loader = DataLoader(_Decoded(files, rows, modality, model), batch_size=bs, num_workers=workers,
+                            pin_memory=model.device.startswith("cuda"), prefetch_factor=4 if workers else None,
+                            persistent_workers=False)
+        encode = model.encode_pixels if modality == Modality.IMAGE.value else model.encode_waves
+        with torch.inference_mode(), _threads(compute_threads(embed_params, workers, model.device)):
+            for batch, idx in tqdm(loader, desc=f"{desc} {modality}", unit="batch", leave=False, disable=None):
+                if modality == Modality.VIDEO.value:  # a VideoClip batch: frames, times, audio tracks
+                    rows_ = idx.numpy()
+                    vectors[rows_], per_frame = model.encode_video_pixels(batch)
+                    if frames is not None:
+                        for j, row in enumerate(rows_):
+                            frames[int(row)] = ([round(float(t), 3) for t in batch.times[j]], per_frame[j])
+                    continue
+                if regions is not None and modality == regions.modality:
+                    maps = model.item_maps(modality, batch)
+                    vectors[idx.numpy()] = model.project_maps(modality, maps)
+                    regions.add(idx.numpy(), maps)
+                    continue
+                vectors[idx.numpy()] = encode(batch)
+    return vectors
+
+
+def compute_threads(embed_params: Any, workers: int, device: str) -> int:
+    """Torch threads for the encoding process: ``embed.torch_threads``, or when 0 on CPU the cores the decoding
+    workers leave (at least 1; more threads than free cores slowed the image tower down, docs/benchmarks.md); 0 (keep
+    torch's setting) on CUDA."""
+    import os
+
+    if embed_params.torch_threads:
+        return int(embed_params.torch_threads)
+    if not device.startswith("cpu"):
+        return 0
+    return max(1, (os.cpu_count() or 1) - workers)
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``n`` (0: unchanged) for the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+class _Decoded:
+    """Reader for a DataLoader: decodes and preprocesses one modality's files (in worker processes when set)."""
+
+    def __init__(self, files: list[Path], rows: np.ndarray, modality: str, model: RetrievalModel) -> None:
+        self.files, self.rows, self.modality = files, rows, modality
+        self.transform, self.load_wave, self.load_clip = model.transform, model.load_wave, model.load_clip
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, k: int) -> tuple[Any, int]:
+        from mmretrieval.media.image import open_image
+
+        if self.modality == Modality.IMAGE.value:
+            return self.transform(open_image(self.files[k])), int(self.rows[k])
+        if self.modality == Modality.VIDEO.value:
+            return self.load_clip(self.files[k]), int(self.rows[k])
+        return self.load_wave(self.files[k]), int(self.rows[k])
+
+
+def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[str, Any]:
+    """Check the shards against the clean manifest and publish the folder as ``v<version>/``.
+
+    ``started`` (a ``time.monotonic()`` value) adds the run's wall time to the summary as ``seconds``.
+    """
+    import pandas as pd
+
+    previous = p.finished()
+    if previous is not None:
+        return previous | {"skipped": True}
+    missing = p.pending()
+    if missing:
+        raise ModelError(f"embeddings of {p.dataset!r} are incomplete: shard(s) {missing} of {p.shards} missing")
+    clean = p.clean
+    frame = pd.concat([pd.read_parquet(p.work / shard_name(k)) for k in range(p.shards)], ignore_index=True)
+    if list(frame["id"]) != list(clean["id"]):
+        raise ModelError(f"embeddings of {p.dataset!r} hold {len(frame)} rows that do not match the "
+                         f"{len(clean)} clean items: embed again")
+    vectors = np.stack(frame["vector"].to_numpy()) if len(frame) else np.zeros((0, 0), dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    if not np.allclose(norms, 1.0, atol=1e-3):
+        raise ModelError(f"{int((np.abs(norms - 1) > 1e-3).sum())} embeddings of {p.dataset!r} are not unit "
+                         f"vectors (NaN input?)")
+    counts = {k: int(v) for k, v in frame["modality"].value_counts().items()}
+    expected = {k: int(v) for k, v in clean["modality"].value_counts().items()}
+    if counts != expected:
+        raise ModelError(f"embedded counts per modality {counts} differ from the clean counts {expected}")
+    summary = {
+        "dataset": p.dataset, "model": p.ref.name, "model_version": p.ref.version, "model_uri": p.ref.uri,
+        "data_version": p.data_version, "dim": int(vectors.shape[1]), "rows": p.rows, "modalities": counts,
+        "shards": [shard_name(k) for k in range(p.shards)], "shard_rows": p.shard_rows, "device": device,
+        "path": str(p.final),
+    }
+    if p.regions:
+        from mmretrieval.stages.rerank import finish_regions
+
+        regions = finish_regions(p.ref, p.work, p.shards, list(clean.loc[clean["modality"] == p.regions, "id"]))
+        summary["regions"] = regions | {"path": str(p.final / "regions"), "modality": p.regions}
+    if started is not None:
+        summary["seconds"] = round(time.monotonic() - started, 2)
+    write_json(p.work / SUMMARY, summary)
+    (p.work / "plan.json").unlink()
+    old = p.final.with_name(p.final.name + ".old")
+    if p.final.exists():
+        p.final.rename(old)
+    p.work.rename(p.final)
+    shutil.rmtree(old, ignore_errors=True)
+    return summary
+
+
+def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION,
+        pinned: Pinned | None = None) -> dict[str, Any]:
+    """Plan, embed every pending shard with one loaded model, finish (with ``pinned``: that model and data)."""
+    settings = settings or get_settings()
+    started = time.monotonic()
+    p = plan(dataset, settings, alias, pinned)
+    previous = p.finished()
+    if previous is not None:
+        log.info("embed %s: v%s already embedded for data %s", dataset, p.ref.version, p.data_version[:12])
+        return previous | {"skipped": True}
+    pending = p.pending()
+    model = load_model(settings, p) if pending else None
+    if not pending:
+        log.info("embed %s: all %d shard(s) embedded (by this run's shard tasks or an earlier run); finishing",
+                 dataset, p.shards)
+    elif len(pending) < p.shards:
+        log.info("embed %s: resuming, %d of %d shard(s) already done", dataset, p.shards - len(pending), p.shards)
+    for k in pending:
+        embed_shard(p, k, settings, model)
+    summary = finish(p, device=model.device if model else "cpu", started=started)
+    log.info("embed %s: %d items with %s v%s in %.1fs (%d shard(s))", dataset, p.rows, p.ref.name, p.ref.version,
+             summary["seconds"], p.shards)
+    return summary
+
+
+# One call per task of the serve DAG: start (resolves and pins) -> one mapped task per pending shard -> finish.
+def start(dataset: str, settings: Settings | None = None) -> EmbedStart:
+    """Resolve the champion once and pin it with the data version: ``{"model_version", "data_version", "shards"}``
+    (the shards still to embed; empty when the embeddings are complete)."""
+    p = plan(dataset, settings)
+    shards = [] if p.finished() is not None else p.pending()
+    return EmbedStart(p.ref.version, p.data_version, shards)
+
+
+def pending(dataset: str, settings: Settings | None = None) -> list[int]:
+    """Shard numbers still to embed for the champion (empty when the embeddings are complete)."""
+    return list(start(dataset, settings)["shards"])
+
+
+def run_shard(dataset: str, shard: int, settings: Settings | None = None, pinned: Pinned | None = None
+              ) -> dict[str, Any]:
+    return embed_shard(plan(dataset, settings, pinned=pinned), shard, settings)
+
+
+def finalize(dataset: str, settings: Settings | None = None, pinned: Pinned | None = None) -> dict[str, Any]:
+    return finish(plan(dataset, settings, pinned=pinned))

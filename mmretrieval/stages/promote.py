@@ -1,0 +1,141 @@
+"""Stage ``promote``: the champion/challenger gate, and rollback.
+
+The challenger becomes ``champion`` when its test metric reaches the floor and is no worse than the champion's (on
+the same test split) by more than the tolerance; the old champion becomes ``previous``. Every decision is written as
+tags on the challenger's MLflow run and appended to ``var/promotions/<dataset>.jsonl`` (MLflow keeps no alias
+history).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import GateParams, Settings, get_settings
+from mmretrieval.core.contracts import PromoteResult
+from mmretrieval.core.errors import ModelNotFoundError, TrainingError
+from mmretrieval.core.io import read_json
+from mmretrieval.core.locks import per_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str]
+
+
+def decide(gate: GateParams, challenger: dict[str, float], champion: dict[str, float] | None) -> Decision:
+    """Pure gate logic on two metric dicts."""
+    from mmretrieval.evaluation.metrics import CHANCE_SUFFIX, resolve_metric
+
+    m = resolve_metric(gate.metric, challenger)
+    if m is None or (champion is not None and m not in champion):
+        raise TrainingError(f"gate metric {gate.metric!r} is not among the evaluation metrics {sorted(challenger)}")
+    value = challenger[m]
+    reasons = []
+    ok = value >= gate.floor
+    reasons.append(f"{m}={value:.4f} {'>=' if ok else '<'} floor {gate.floor}")
+    chance = challenger.get(m + CHANCE_SUFFIX)
+    queries = challenger.get(m.split("_", 1)[0] + "_queries")
+    if chance is None or not queries:
+        raise TrainingError(f"the evaluation reports no chance level or query count for {m!r}: evaluate the "
+                            "challenger again")
+    noise = gate.chance_z * math.sqrt(chance * (1 - chance) / queries)
+    required = chance + max(gate.margin_over_chance, noise)
+    beats = value >= required
+    ok = ok and beats
+    error = math.sqrt(chance * (1 - chance) / queries)
+    reasons.append(f"{m}={value:.4f} {'beats' if beats else 'does not beat'} its chance level {chance:.4f} "
+                   f"(random ranking, {int(queries)} queries): needs >= {required:.4f}, i.e. + max(margin "
+                   f"{gate.margin_over_chance}, {gate.chance_z} x chance's standard error {error:.4f})")
+    if required > 1.0:
+        reasons.append(f"no model can pass: {m} is at most 1, but chance alone is {chance:.4f} on these "
+                       f"{int(queries)} test queries; use a stricter metric (e.g. gate.metric: "
+                       f"{m.split('@')[0].rsplit('_', 1)[0]}_recall@1) or a larger test split")
+    if champion is not None:
+        base = champion[m]
+        holds = value >= base - gate.tolerance
+        ok = ok and holds
+        reasons.append(f"{m}={value:.4f} vs champion {base:.4f} (tolerance {gate.tolerance}): "
+                       f"{'no regression' if holds else 'regression'}")
+    else:
+        reasons.append("no champion yet")
+    return Decision(ok, reasons)
+
+
+def _log(settings: Settings, dataset: str, entry: dict[str, Any]) -> None:
+    path = settings.layout(dataset).promotions_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+@per_dataset("gate")  # locks.py: a second run of this dataset waits
+def run(dataset: str, settings: Settings | None = None, version: str | None = None) -> PromoteResult:
+    """Decide on the evaluated challenger, or on exactly model ``version`` (the one this run trained and evaluated):
+    its own evaluation is read, so two runs of one dataset never judge each other's model."""
+    settings = settings or get_settings()
+    gate = settings.params_for(dataset).gate
+    layout = settings.layout(dataset)
+    if version is not None:
+        result = read_json(layout.evaluation(version), f"evaluation of {dataset!r} model v{version}")
+    else:
+        result = read_json(layout.evaluation_latest, f"evaluation of {dataset!r}")
+        current = tracking.require_alias(settings, dataset, tracking.CHALLENGER)
+        if current.version != result[tracking.CHALLENGER]["version"]:
+            raise TrainingError(f"evaluate.json scored v{result[tracking.CHALLENGER]['version']} but the challenger "
+                                f"is now v{current.version}: run `mmr evaluate --dataset {dataset}` again")
+    challenger = result[tracking.CHALLENGER]
+    champion = result.get(tracking.CHAMPION)
+    now = tracking.get_alias(settings, dataset, tracking.CHAMPION)
+    then, current = (champion["version"] if champion else None), (now.version if now else None)
+    if current != then:
+        decision = Decision(False, [f"the champion changed since v{challenger['version']} was evaluated (then "
+                                    f"v{then}, now v{current}): evaluate v{challenger['version']} again to compare "
+                                    "it with the new champion"])
+        promoted = False
+    elif champion and champion["version"] == challenger["version"]:
+        decision = Decision(False, [f"v{challenger['version']} is already the champion"])
+        promoted = False
+    else:
+        decision = decide(gate, challenger["metrics"], champion["metrics"] if champion else None)
+        promoted = decision.promote
+    if promoted:
+        if champion:
+            tracking.set_alias(settings, dataset, tracking.PREVIOUS, champion["version"])
+        tracking.set_alias(settings, dataset, tracking.CHAMPION, challenger["version"])
+    entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": dataset,
+             "action": "promote" if promoted else "reject", "challenger": challenger["version"],
+             "champion_before": champion["version"] if champion else None, "reasons": decision.reasons}
+    _log(settings, dataset, entry)
+    tracking.log_run(settings, challenger["run_id"], tags={"gate.decision": entry["action"],
+                                                           "gate.reasons": " | ".join(decision.reasons)})
+    registered = tracking.get_version(settings, settings.registered_model(dataset), challenger["version"])
+    tracking.describe_version(settings, registered, gate_decision=entry["action"],
+                              gate_reasons=" | ".join(decision.reasons))
+    log.info("promote %s: %s v%s (%s)", dataset, entry["action"], challenger["version"], "; ".join(decision.reasons))
+    return PromoteResult(dataset, promoted, challenger["version"], decision.reasons,
+                         challenger["version"] if promoted else (champion or {}).get("version"))
+
+
+@per_dataset("gate")  # locks.py: a second run of this dataset waits
+def rollback(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Point ``champion`` back at ``previous`` (and ``previous`` at the demoted version)."""
+    settings = settings or get_settings()
+    champion = tracking.require_alias(settings, dataset, tracking.CHAMPION)
+    previous = tracking.get_alias(settings, dataset, tracking.PREVIOUS)
+    if previous is None:
+        raise ModelNotFoundError(f"{settings.registered_model(dataset)!r} has no 'previous' version to roll back to")
+    tracking.set_alias(settings, dataset, tracking.CHAMPION, previous.version)
+    tracking.set_alias(settings, dataset, tracking.PREVIOUS, champion.version)
+    entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": dataset,
+             "action": "rollback", "champion_before": champion.version, "champion": previous.version}
+    _log(settings, dataset, entry)
+    return entry

@@ -1,0 +1,243 @@
+"""Stage ``train``: the dual encoder on the augmented training split, logged to MLflow and registered.
+
+The parts live in :mod:`mmretrieval.training` (data, loop, selection, schedule, checkpoint); :func:`run` wires them:
+
+1. the trainable items of the training split and their captions (with a frozen text tower, the default, every
+   caption is encoded once);
+2. the model: the towers the data needs (a pretrained, frozen image backbone by default, whose features are
+   computed once per image and view; a log-mel CNN for audio) and the projection heads;
+3. epochs: one pass over every modality's loader, then validation with the evaluation's metric code; the best epoch
+   is kept (:class:`~mmretrieval.training.selection.EpochSelector`) and training stops early after
+   ``train.patience`` epochs without improvement; a checkpoint is written after every epoch under
+   ``var/checkpoints/<dataset>/<fingerprint>/``, so a rerun with the same params and data resumes a killed run;
+4. the training manifest is logged as the run's input (``mlflow.log_input``: dataset name, manifest digest, DVC
+   data version) with the validation's data docs page (artifact ``data_docs/``); the kept weights are logged as
+   the run's ``model`` artifact, an MLflow ``pyfunc`` model (:mod:`mmretrieval.serving.pyfunc`), and registered as
+   a new version with the ``challenger`` alias and a description; ``evaluate`` and ``promote`` decide whether it
+   serves and add their metrics and decision to it.
+
+With ``model.text_trainable_layers`` / ``image_trainable_layers`` / ``image_trainable_blocks`` > 0 the top blocks
+of the pretrained towers train too, at ``train.tuned_lr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import mmretrieval
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import ModelParams, Settings, get_settings
+from mmretrieval.core.contracts import TrainResult
+from mmretrieval.core.errors import ConfigError, TrainingError
+from mmretrieval.core.io import read_json, read_parquet
+from mmretrieval.core.layout import read_clean
+from mmretrieval.core.locks import per_dataset
+from mmretrieval.core.schema import Modality, Split
+from mmretrieval.evaluation.metrics import resolve_metric
+from mmretrieval.training.checkpoint import Checkpoint, fingerprint
+from mmretrieval.training.selection import EpochSelector
+
+log = logging.getLogger(__name__)
+LOSSES = ("infonce", "triplet")
+TUNED_PREFIXES = ("text_layers.", "image_layers.")  # DualEncoder's tuned blocks of pretrained towers
+__all__ = ["Checkpoint", "fingerprint", "param_groups", "run"]
+
+
+def param_groups(net: Any, lr: float, tuned_lr: float) -> list[dict[str, Any]]:
+    """Trainable parameters: the tuned blocks of pretrained towers at ``tuned_lr``, everything else at ``lr``."""
+    named = [(name, q) for name, q in net.named_parameters() if q.requires_grad]
+    tuned = [q for name, q in named if name.startswith(TUNED_PREFIXES)]
+    groups = [{"params": [q for name, q in named if not name.startswith(TUNED_PREFIXES)], "lr": lr}]
+    return groups + ([{"params": tuned, "lr": tuned_lr}] if tuned else [])
+
+
+def audio_aug_masks(policy: dict[str, Any]) -> tuple[int, float]:
+    """SpecAugment mask sizes (mel bands, share of frames) from the augmentation policy; (0, 0.0) when off."""
+    audio = policy.get("audio", {})
+    return int(audio.get("freq_mask", 0)), float(audio.get("time_mask", 0.0))
+
+
+def model_config(mp: ModelParams, text_dim: int, present: list[str], audio_tracks: bool = False) -> Any:
+    """The :class:`~mmretrieval.models.dual_encoder.ModelConfig` for the modalities present in the training data;
+    ``audio_tracks``: some training video has an audio track (fused through the audio tower with
+    ``model.video_audio``)."""
+    from mmretrieval.models.dual_encoder import ModelConfig
+    from mmretrieval.models.efficientnet import is_pretrained_cnn, provenance
+
+    with_video = Modality.VIDEO.value in present
+    with_images = Modality.IMAGE.value in present or with_video  # video frames go through the image tower
+    video_audio = with_video and audio_tracks and mp.video_audio and bool(mp.audio_tower)
+    source = {}
+    if with_images and is_pretrained_cnn(mp.image_backbone):
+        origin = provenance(mp.image_backbone)
+        source = {"image_weights_source": f"{origin['package']}=={origin['version']} {origin['file']}",
+                  "image_weights_sha256": origin["sha256"]}
+    return ModelConfig(
+        text_model=mp.text_model, text_dim=text_dim, embed_dim=mp.embed_dim or text_dim,
+        init_temperature=mp.init_temperature, image_backbone=mp.image_backbone if with_images else "",
+        image_size=mp.image_size, text_trainable_layers=mp.text_trainable_layers,
+        image_trainable_layers=mp.image_trainable_layers if with_images else 0,
+        image_trainable_blocks=mp.image_trainable_blocks if with_images else 0,
+        image_head=mp.image_head, text_head=mp.text_head, image_dropout=mp.image_dropout,
+        audio_tower=mp.audio_tower if Modality.AUDIO.value in present or video_audio else "",
+        audio_sample_rate=mp.audio_sample_rate, audio_seconds=mp.audio_seconds, n_mels=mp.n_mels,
+        audio_norm=mp.audio_norm, video_pool=mp.video_pool if with_video else "", video_frames=mp.video_frames,
+        video_audio=video_audio, **source)
+
+
+@per_dataset("train")  # locks.py: a second run of this dataset waits
+def run(dataset: str, settings: Settings | None = None) -> TrainResult:
+    import mlflow
+    import torch
+    from tqdm import tqdm
+
+    from mmretrieval.models.dual_encoder import RetrievalModel, build, eval_transform, pick_device, train_transform
+    from mmretrieval.models.losses import symmetric_info_nce, triplet_hardest
+    from mmretrieval.models.towers import TextEncoder
+    from mmretrieval.training import data
+    from mmretrieval.training.loop import Validator, train_one_epoch
+    from mmretrieval.training.schedule import warmup_cosine
+
+    settings = settings or get_settings()
+    params = settings.params_for(dataset)
+    p, mp = params.train, params.model
+    if p.loss not in LOSSES:
+        raise ConfigError(f"train.loss {p.loss!r} is not one of {list(LOSSES)}")
+    if p.epochs < 1 or p.batch_size < 2:
+        raise ConfigError(f"train.epochs ({p.epochs}) must be >= 1 and train.batch_size ({p.batch_size}) >= 2")
+    started = time.monotonic()
+    layout = settings.layout(dataset)
+    train_frame = read_parquet(layout.training_manifest, f"augmented training split of {dataset!r}")
+    policy = read_json(layout.augmentation_policy, "augmentation policy")
+    source = read_clean(layout)
+    clean, clean_dir = source.frame, source.root
+    val_frame = clean[clean["split"] == Split.VAL.value]
+    items = data.TrainItems.from_frame(train_frame)
+    if len(items) < 2:
+        raise TrainingError(f"the train split of {dataset!r} has {len(items)} image/audio item(s) with captions or "
+                            "labels; need at least 2 (check split ratios and the quarantine)")
+    data_version = str(policy["data_version"])
+
+    # the model
+    torch.manual_seed(p.seed)
+    np.random.seed(p.seed)
+    device = pick_device(settings.device)
+    text = TextEncoder(mp.text_model, device=device, trainable_layers=mp.text_trainable_layers)
+    net = build(model_config(mp, text.dim, items.present, any(items.audio_tracks)), mp.image_weights, text=text,
+                device=device).to(device)
+    config = net.config  # a pretrained image backbone brings its own image size and normalisation
+    if config.audio_tower:
+        net.audio_backbone.frontend.masks = audio_aug_masks(policy)  # SpecAugment, active in training mode only
+
+    # the data: one loader per modality; frozen pretrained image backbones are run once per image and view
+    captions = data.CaptionBank(items.captions, text, device)
+    label_ids = torch.tensor(items.label_ids(), device=device)
+    gen = torch.Generator()
+    loaders, encoders = {}, {}
+    for modality in items.present:
+        members = items.members(modality)
+        if modality == Modality.IMAGE.value and net.image_frozen:
+            mirror = bool(policy.get("image", {}).get("horizontal_flip"))
+            feats = data.cached_image_features(net, items, members, clean_dir, eval_transform(config), mirror, device)
+            dataset_, workers, encoders[modality] = data.FeatureDataset(feats, members, items.captions), 0, \
+                net.project_image
+            members = dataset_.members  # items with several captions are drawn once per caption
+        elif modality == Modality.VIDEO.value and net.image_frozen:  # K frames per clip through the backbone, once
+            feats, waves, audio = data.cached_video_features(net, items, members, clean_dir, device)
+            dataset_, workers = data.VideoFeatureDataset(feats, waves, audio, members, items.captions), 0
+            encoders[modality] = lambda b: net.project_video(b.pixels, b.wave, b.audio)  # audio tracks fused
+            members = dataset_.members
+        else:
+            transform = train_transform(config, policy.get("image", {}))
+            dataset_ = data.MediaDataset(items, members, clean_dir, config, transform, policy.get("audio", {}), p.seed)
+            workers, encoders[modality] = p.num_workers, (lambda m: lambda b: net.encode(m, b))(modality)
+        loaders[modality] = data.loader(dataset_, items, members, p, gen, workers)
+
+    opt = torch.optim.AdamW(param_groups(net, p.lr, p.tuned_lr), weight_decay=p.weight_decay)
+    sched = warmup_cosine(opt, p.epochs * sum(len(dl) for dl in loaders.values()))
+
+    def loss_fn(item_vecs: torch.Tensor, text_vecs: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        if p.loss == "infonce":
+            return symmetric_info_nce(item_vecs, text_vecs, net.logit_scale, positives)
+        return triplet_hardest(item_vecs, text_vecs, positives, p.margin)
+
+    validator = Validator(net, text, val_frame, clean_dir, params.index, device) if len(val_frame) else None
+    gate_metric = params.gate.metric
+    select_on_val = len(val_frame) >= p.min_val_items
+    if len(val_frame) and not select_on_val:
+        log.info("train %s: %d validation items < train.min_val_items (%d): validation metrics are logged, the "
+                 "epoch with the lowest training loss is kept", dataset, len(val_frame), p.min_val_items)
+
+    # resume a killed run of the same job
+    ckpt = Checkpoint(layout.checkpoints(fingerprint(params, data_version)))
+    selector = EpochSelector(p.patience)
+    best_state: dict[str, Any] = {}
+    history: list[dict[str, float]] = []
+    run_id, first_epoch = None, 1
+    if ckpt.exists():
+        best_state, meta = ckpt.load(net, opt, sched, device)
+        selector = EpochSelector.from_state(meta["selector"])
+        first_epoch, history, run_id = meta["epoch"] + 1, meta["history"], meta["run_id"]
+        log.info("train %s: resuming run %s after epoch %d from %s", dataset, run_id, meta["epoch"], ckpt.folder)
+    code_version = tracking.git_sha(Path(mmretrieval.__file__).resolve().parent)
+    tags = {"dataset": dataset, "data_version": data_version, "git_sha": code_version,
+            "stage": "train", "device": device, "fingerprint": ckpt.folder.name}
+
+    with tracking.start_run(settings, dataset, run_name=f"train-{dataset}", tags=tags, run_id=run_id) as mlrun:
+        if run_id is None:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.as_flat_dict().items()})
+            mlflow.log_params({"train_items": len(items), "val_items": int(len(val_frame)), "captions": len(captions),
+                               "image_weights_source": config.image_weights_source or "none"})
+            mlflow.log_dict(policy, "augmentation_policy.json")
+            tracking.log_dataset(dataset, data_version, layout.training_manifest, train_frame)
+            if layout.data_docs.is_file():  # the validation's data docs page, viewable in the run's artifacts
+                mlflow.log_artifact(str(layout.data_docs), artifact_path="data_docs")
+        bar = tqdm(range(first_epoch, p.epochs + 1), desc=f"train {dataset}", unit="epoch", disable=None,
+                   initial=first_epoch - 1, total=p.epochs)
+        for epoch in bar:
+            gen.manual_seed(p.seed * 100_003 + epoch)  # each epoch's order and captions depend only on (seed, epoch)
+            torch.manual_seed(p.seed * 100_003 + epoch)
+            stats = train_one_epoch(net, data.round_robin(loaders), encoders, captions, label_ids, loss_fn, opt,
+                                    sched, p.grad_clip, random.Random(p.seed * 100_003 + epoch), epoch, device)
+            record = {"loss": stats.loss, "lr": float(sched.get_last_lr()[0]),
+                      "temperature": float(1 / net.logit_scale.exp().item()),
+                      "train_samples_per_s": stats.samples / max(stats.seconds, 1e-9)}
+            if validator:
+                record |= {f"val_{k}": v for k, v in validator(net).items() if not k.endswith("_chance")}
+            history.append(record)
+            mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in record.items()}, step=epoch)
+            resolved = resolve_metric(gate_metric, {k.removeprefix("val_"): v for k, v in record.items()})
+            val_value = record.get(f"val_{resolved}") if resolved else None
+            if selector.update(epoch, val_value if select_on_val else None, record["loss"]):
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            ckpt.save(net, best_state, opt, sched, {"epoch": epoch, "selector": selector.state(), "history": history,
+                                                    "run_id": mlrun.info.run_id})
+            log.info("train %s epoch %d/%d: loss %.4f, val %s %s", dataset, epoch, p.epochs, record["loss"],
+                     resolved or gate_metric, f"{val_value:.4f}" if val_value is not None else
+                     "n/a (no validation items)" if not len(val_frame) else "n/a")
+            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_value if val_value is not None else -1:.3f}")
+            if selector.should_stop:
+                log.info("train %s: early stop after epoch %d (no better val %s for %d epochs)", dataset, epoch,
+                         gate_metric, selector.stale)
+                break
+        net.load_state_dict(best_state)
+        mlflow.log_metrics({"best_epoch": selector.best_epoch, "epochs_run": len(history),
+                            "train_seconds": time.monotonic() - started})
+        tracking.log_model(RetrievalModel(net, text, device))
+        run_id = mlrun.info.run_id
+    ref = tracking.register(settings, dataset, run_id)
+    tracking.describe_version(settings, ref, data_version=data_version, git_sha=code_version)
+    tracking.set_alias(settings, dataset, tracking.CHALLENGER, ref.version)
+    ckpt.remove()
+    best_epoch = selector.best_epoch
+    final = history[best_epoch - 1]
+    log.info("train %s: registered %s v%s (best epoch %d of %d)", dataset, ref.name, ref.version, best_epoch,
+             len(history))
+    return TrainResult(dataset, data_version, run_id, ref.name, ref.version, best_epoch, len(history),
+                       {k: round(v, 4) for k, v in final.items()}, round(time.monotonic() - started, 1))
