@@ -38,12 +38,13 @@ def main() -> None:
     from mmretrieval.core.config import get_settings
     from mmretrieval.core.layout import read_clean
     from mmretrieval.media.image import open_image
-    from mmretrieval.stages.rerank import serving_reranker
+    from mmretrieval.serving import loading
+    from mmretrieval.serving.reranking import serving_reranker
 
     settings = get_settings()
     ref = (tracking.get_version(settings, settings.registered_model(args.dataset), args.version) if args.version
            else tracking.require_alias(settings, args.dataset, tracking.CHAMPION))
-    model = tracking.load_model(settings, ref, "cpu")
+    model = loading.load_model(settings, ref, "cpu")
     net = serving_reranker(settings, ref)
     if net is None:
         raise SystemExit(f"{ref.uri} has no re-ranker that passed its gate: nothing to compare")

@@ -137,10 +137,11 @@ def corpus_centred(settings: Any, dataset: str) -> dict[str, float]:
     from mmretrieval.backends import tracking
     from mmretrieval.evaluation.centring import fit
     from mmretrieval.evaluation.metrics import both_directions, build_eval_set
+    from mmretrieval.serving import loading
 
     clean_dir = settings.layout(dataset).clean
     clean = pd.read_parquet(clean_dir / "manifest.parquet")
-    model = tracking.load_model(settings, tracking.require_alias(settings, dataset, tracking.CHALLENGER), "cpu")
+    model = loading.load_model(settings, tracking.require_alias(settings, dataset, tracking.CHALLENGER), "cpu")
     vectors = model.encode_audio_files([clean_dir / m for m in clean["media"]])
     centre = fit(vectors, ["audio"] * len(vectors), ["audio"], settings.params.index.centre_min_items)
     test = (clean["split"] == "test").to_numpy()

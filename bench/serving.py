@@ -40,12 +40,13 @@ def main() -> None:
     from mmretrieval.media.image import open_image
     from mmretrieval.models.dual_encoder import pick_device
     from mmretrieval.runner import embed, publish
+    from mmretrieval.serving import loading
     from mmretrieval.serving.client import RetrievalClient
 
     s = get_settings()
     ds = args.dataset
     ref = tracking.require_alias(s, ds, tracking.CHAMPION)
-    model = tracking.load_model(s, ref, pick_device(s.device))
+    model = loading.load_model(s, ref, pick_device(s.device))
     clean_dir = s.layout(ds).clean
     clean = pd.read_parquet(clean_dir / "manifest.parquet")
     images = clean[clean["modality"] == "image"]

@@ -45,11 +45,11 @@ def main() -> None:
 
     from mmretrieval.core.config import get_settings
     from mmretrieval.demo.moving_digits import digit_images, write_clips
+    from mmretrieval.evaluation.evaluator import metrics_from_vectors
     from mmretrieval.evaluation.metrics import build_eval_set
     from mmretrieval.models.dual_encoder import build
     from mmretrieval.models.losses import symmetric_info_nce
     from mmretrieval.models.towers import TextEncoder
-    from mmretrieval.stages.evaluate import metrics_from_vectors
     from mmretrieval.stages.train import model_config, param_groups
     from mmretrieval.training import data
     from mmretrieval.training.loop import train_one_epoch

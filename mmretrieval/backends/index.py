@@ -237,6 +237,18 @@ class MilvusIndex:
         res = self.client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(res[0]["count(*)"])
 
+    def get(self, name: str, item_id: str, output_fields: Sequence[str]) -> dict[str, Any] | None:
+        """The row of ``name`` whose primary key is ``item_id`` (only ``output_fields``), or ``None``. Raises
+        :class:`IndexStoreError`."""
+        from pymilvus.exceptions import MilvusException
+
+        quoted = '"' + item_id.replace("\\", "\\\\").replace('"', '\\"') + '"'  # a Milvus string literal
+        try:
+            rows = self.client.query(name, filter=f"id == {quoted}", output_fields=list(output_fields), limit=1)
+        except MilvusException as e:
+            raise IndexStoreError(f"looking up item in {name!r} failed: {_message(e)}") from e
+        return rows[0] if rows else None
+
     def search(self, name: str, vectors: Sequence[Sequence[float]], k: int, params: IndexParams,
                expr: str = "", output_fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[dict[str, Any]]]:
         """The ``k`` nearest rows to each vector (every row when the collection holds fewer), best first.

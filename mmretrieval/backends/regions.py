@@ -106,3 +106,6 @@ class RegionStore:
             k, row = self.where[i]
             out[n] = self.arrays[k][row]
         return out
+
+
+REGIONS = "mmr.regions"  # collection property: the folder of its region store (re-ranking), when it has one

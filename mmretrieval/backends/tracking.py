@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from mmretrieval.core.config import Settings
 from mmretrieval.core.errors import ModelNotFoundError, TrackingError
+from mmretrieval.core.io import atomic_dir
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from mmretrieval.models.dual_encoder import ModelConfig, RetrievalModel
 
 log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"
@@ -120,20 +120,60 @@ def start_run(settings: Settings, dataset: str, run_name: str, tags: dict[str, s
             yield run
 
 
-def log_model(model: RetrievalModel) -> None:
-    """Log ``model`` as the active run's ``model`` artifact: an MLflow ``pyfunc`` model from code
-    (:mod:`mmretrieval.serving.pyfunc`), which :func:`register` makes a version. Raises :class:`TrackingError`
-    without an active run."""
-    import tempfile
-
+def log_artifacts(folder: Path, artifact_path: str = MODEL_ARTIFACT) -> None:
+    """Log the files of ``folder`` under ``artifact_path`` of the active run (for a model: the pyfunc folder that
+    :func:`mmretrieval.serving.pyfunc.log_model` writes; :func:`register` makes it a version). Raises
+    :class:`TrackingError` without an active run."""
     import mlflow
 
-    from mmretrieval.serving import pyfunc
     if mlflow.active_run() is None:
-        raise TrackingError("log_model needs an active MLflow run")
-    with tempfile.TemporaryDirectory() as tmp:
-        pyfunc.save(model, Path(tmp) / MODEL_ARTIFACT)
-        mlflow.log_artifacts(str(Path(tmp) / MODEL_ARTIFACT), artifact_path=MODEL_ARTIFACT)
+        raise TrackingError(f"logging {artifact_path!r} needs an active MLflow run")
+    mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    """Log one file or folder into the active run."""
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log parameters of the active run (values as MLflow stores them: strings of at most 6,000 characters)."""
+    import mlflow
+
+    mlflow.log_params(params)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log metrics of the active run, at ``step`` (an epoch) when given."""
+    import mlflow
+
+    mlflow.log_metrics(metrics, step=step)
+
+
+def log_dict(value: dict[str, Any], name: str) -> None:
+    """Log ``value`` as the JSON artifact ``name`` of the active run."""
+    import mlflow
+
+    mlflow.log_dict(value, name)
+
+
+def download_run_artifact(settings: Settings, run_id: str, artifact_path: str, target: Path, what: str) -> Path:
+    """Copy the artifact folder ``artifact_path`` of run ``run_id`` into ``target`` (once: a folder already
+    holding ``config.json`` is kept) and return ``target``. Raises :class:`TrackingError` naming ``what``."""
+    import mlflow
+
+    if (target / "config.json").is_file():
+        return target
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                    tracking_uri=settings.mlflow_uri)
+    except Exception as e:  # MLflow raises several unrelated types for a missing artifact
+        raise TrackingError(f"{what}: its {artifact_path!r} artifact does not download: {e}") from e
+    with atomic_dir(target) as tmp:
+        shutil.copytree(local, tmp, dirs_exist_ok=True)
+    return target
 
 
 def register(settings: Settings, dataset: str, run_id: str) -> ModelRef:
@@ -199,6 +239,11 @@ def log_run(settings: Settings, run_id: str, metrics: dict[str, float] | None = 
         c.log_artifact(run_id, str(path), artifact_path="reports")
 
 
+def version_tags(settings: Settings, ref: ModelRef) -> dict[str, str]:
+    """The tags of a registered version (gate decisions, the re-ranker's gate)."""
+    return dict(client(settings).get_model_version(ref.name, ref.version).tags or {})
+
+
 def tag_version(settings: Settings, ref: ModelRef, tags: dict[str, str]) -> None:
     c = client(settings)
     for k, v in tags.items():
@@ -247,12 +292,20 @@ def describe_version(settings: Settings, ref: ModelRef, **tags: str) -> str:
     return text
 
 
+PYFUNC_FILES = "retrieval_model"  # the pyfunc layout's artifacts/<PYFUNC_FILES>/ holds config.json + weights
+
+
+def model_files(folder: Path) -> Path:
+    """The folder holding ``config.json`` + ``weights.safetensors`` inside a downloaded model folder: the pyfunc
+    layout's ``artifacts/retrieval_model/``, or ``folder`` itself for versions logged before the pyfunc flavor."""
+    nested = folder / "artifacts" / PYFUNC_FILES
+    return nested if (nested / "config.json").is_file() else folder
+
+
 def download(settings: Settings, ref: ModelRef) -> Path:
     """The folder with ``config.json`` + ``weights.safetensors`` of a version (inside the MLflow model folder it
-    downloads and caches under ``var/model-cache``; versions never change)."""
+    downloads and caches under ``var/model-cache``; versions never change). Raises :class:`TrackingError`."""
     import mlflow
-
-    from mmretrieval.serving.pyfunc import model_files
 
     target = settings.var_dir / "model-cache" / ref.name / ref.version
     if (model_files(target) / "config.json").is_file():
@@ -261,31 +314,12 @@ def download(settings: Settings, ref: ModelRef) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, tracking_uri=settings.mlflow_uri))
     except Exception as e:  # MLflow raises several unrelated types for a missing artifact
         raise TrackingError(f"cannot download {ref.uri} from {ref.source}: {e}") from e
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(local, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with atomic_dir(target) as tmp:
+        shutil.copytree(local, tmp, dirs_exist_ok=True)
     return model_files(target)
 
 
-def model_config(settings: Settings, ref: ModelRef) -> ModelConfig:
-    """The :class:`~mmretrieval.models.dual_encoder.ModelConfig` of a registered version, without loading its
-    weights or towers."""
-    from mmretrieval.models.dual_encoder import ModelConfig
-
-    raw = json.loads((download(settings, ref) / "config.json").read_text(encoding="utf-8"))
-    return ModelConfig.from_json(raw)
-
-
-_LOADED: dict[tuple[str, str, str, str], RetrievalModel] = {}
-
-
-def load_model(settings: Settings, ref: ModelRef, device: str = "cpu") -> RetrievalModel:
-    """Load (once per process) the model of a registered version."""
-    from mmretrieval.models.dual_encoder import load
-
-    key = (settings.mlflow_uri, ref.name, ref.version, device)
-    if key not in _LOADED:
-        _LOADED[key] = load(download(settings, ref), device=device)
-    return _LOADED[key]
+def model_config(settings: Settings, ref: ModelRef) -> dict[str, Any]:
+    """The ``config.json`` of a registered version as a dict, without loading its weights (the model is built from
+    it above this layer: :func:`mmretrieval.serving.loading.model_config`)."""
+    return json.loads((download(settings, ref) / "config.json").read_text(encoding="utf-8"))

@@ -24,19 +24,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmretrieval.core.config import MAX_IMAGE_PIXELS
 from mmretrieval.core.errors import ConfigError
-from mmretrieval.core.schema import MODALITIES
-from mmretrieval.media.image import MAX_IMAGE_PIXELS
+from mmretrieval.core.schema import MODALITIES, check_dataset_name
 
 if TYPE_CHECKING:
     from mmretrieval.core.layout import Layout
-
-DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
 @dataclass(frozen=True)
@@ -371,14 +368,6 @@ def load_params(path: Path | None) -> Params:
     return params
 
 
-def check_dataset_name(name: str) -> str:
-    if not DATASET_NAME.match(name):
-        raise ConfigError(
-            f"dataset name {name!r} is not allowed: use 1-48 lowercase letters, digits and '_', starting with a letter"
-        )
-    return name
-
-
 @dataclass(frozen=True)
 class Settings:
     """Where everything lives. Build with :func:`get_settings`; every stage takes one."""
@@ -444,3 +433,6 @@ def get_settings(home: str | Path | None = None) -> Settings:
         mlflow_artifacts=_artifacts(env, root),
         device=device,
     )
+
+
+MAX_IMAGE_PIXELS = 40_000_000  # the one pixel limit (width x height); ValidateParams.max_image_pixels defaults to it

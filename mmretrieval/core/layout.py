@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmretrieval.core.config import check_dataset_name
+from mmretrieval.core.schema import check_dataset_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -179,3 +179,6 @@ def read_data_version(report: Path) -> str:
     from mmretrieval.core.io import read_json
 
     return str(read_json(report, f"report {report}")["data_version"])
+
+
+NOT_COPIED = "not_copied.json"

@@ -24,10 +24,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from mmretrieval.core.errors import ManifestError
+from mmretrieval.core.errors import ConfigError, ManifestError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -193,3 +194,20 @@ def fill_splits(df: pd.DataFrame, ratios: SplitParams) -> pd.DataFrame:
     keys = out["group"].where(out["group"] != "", out["id"])
     out.loc[empty, "split"] = [assign_split(k, ratios) for k in keys[empty]]
     return out
+
+
+DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+def check_dataset_name(name: str) -> str:
+    if not DATASET_NAME.match(name):
+        raise ConfigError(
+            f"dataset name {name!r} is not allowed: use 1-48 lowercase letters, digits and '_', starting with a letter"
+        )
+    return name
+
+
+def captions_of(row: Any) -> list[str]:
+    """A row's captions; a labelled row without text uses its label as its caption."""
+    caps = split_captions(row["text"])
+    return caps or ([str(row["label"])] if row["label"] else [])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mmretrieval.core.config import MAX_IMAGE_PIXELS
 from mmretrieval.core.errors import MediaError
 from mmretrieval.media.files import Problem, _why, size_problem
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
     from mmretrieval.core.config import ValidateParams
 
-MAX_IMAGE_PIXELS = 40_000_000  # the one pixel limit (width x height); ValidateParams.max_image_pixels defaults to it
 MAX_IMAGE_SIDE = 65_535  # the largest side any common format (JPEG, WebP) can declare; longer sides are refused
 FLAT_STD = 1.0  # a decoded image whose pixel standard deviation (0-255 scale) is below this counts as constant
 CLIPPED_SHARE = 0.5  # ... as does a float image with more than this share of its samples outside 0.0..1.0

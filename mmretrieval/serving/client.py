@@ -20,6 +20,7 @@ from mmretrieval.core.errors import IndexStoreError, MediaError, MMRError, Query
 from mmretrieval.core.schema import MODALITIES
 from mmretrieval.evaluation.centring import PROPERTY as CENTRE_PROPERTY
 from mmretrieval.evaluation.centring import Centring
+from mmretrieval.serving import loading
 from mmretrieval.serving.filters import build_filter
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ class RetrievalClient:
             if not name or not version:
                 raise IndexStoreError(f"collection {collection!r} does not record the model that built it")
             ref = tracking.get_version(self.settings, name, version)
-            model = tracking.load_model(self.settings, ref, pick_device(self.settings.device))
+            model = loading.load_model(self.settings, ref, pick_device(self.settings.device))
             if model.dim != self.index.dim(collection):
                 raise IndexStoreError(f"model {ref.uri} makes {model.dim}-d vectors but {collection!r} holds "
                                       f"{self.index.dim(collection)}-d vectors")
@@ -212,9 +213,8 @@ class RetrievalClient:
     def _reranker_for(self, collection: str) -> tuple[Any, Any] | None:
         """(re-ranker, region store) of the collection's model version, or None when it serves without one."""
         if collection not in self._rerankers:
-            from mmretrieval.backends.regions import RegionStore
-            from mmretrieval.stages.publish import REGIONS
-            from mmretrieval.stages.rerank import serving_reranker
+            from mmretrieval.backends.regions import REGIONS, RegionStore
+            from mmretrieval.serving.reranking import serving_reranker
 
             props = self.index.properties(collection)
             ref = tracking.get_version(self.settings, str(props.get("mmr.model_name")),
@@ -223,7 +223,7 @@ class RetrievalClient:
             folder = props.get(REGIONS)
             self._rerankers[collection] = (net, RegionStore(Path(folder))) if net is not None and folder else None
             if self._rerankers[collection] is None:
-                from mmretrieval.stages.rerank import why_unavailable
+                from mmretrieval.serving.reranking import why_unavailable
 
                 self._no_rerank[collection] = (
                     why_unavailable(self.settings, self.dataset, ref) if net is None else

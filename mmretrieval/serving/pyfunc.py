@@ -32,6 +32,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from mmretrieval.backends.tracking import MODEL_ARTIFACT, PYFUNC_FILES, log_artifacts
 from mmretrieval.core.errors import ModelError, QueryError
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
     from mmretrieval.models.dual_encoder import RetrievalModel
 
-ARTIFACT = "retrieval_model"  # artifacts/<ARTIFACT>/ holds config.json + weights.safetensors
+ARTIFACT = PYFUNC_FILES  # artifacts/<ARTIFACT>/ holds config.json + weights.safetensors
 MEDIA_COLUMNS = ("image", "audio")  # the query columns besides "text", each the bytes of a file
 
 
@@ -110,13 +111,6 @@ def save(model: RetrievalModel, folder: Path) -> None:
             raise ModelError(f"MLflow refused to save the model in {folder}: {e}") from e
 
 
-def model_files(folder: Path) -> Path:
-    """The folder holding ``config.json`` + ``weights.safetensors`` inside a downloaded model folder: the pyfunc
-    layout's ``artifacts/retrieval_model/``, or ``folder`` itself for versions logged before the pyfunc flavor."""
-    nested = folder / "artifacts" / ARTIFACT
-    return nested if (nested / "config.json").is_file() else folder
-
-
 class RetrievalPyfunc(mlflow.pyfunc.PythonModel):
     """The dual encoder behind MLflow's ``predict``: query rows -> the platform's unit vectors."""
 
@@ -180,3 +174,12 @@ def _present(value: Any) -> bool:
 
 if not __name__.startswith("mmretrieval."):  # executed by MLflow as the model's code, not imported by the library
     mlflow.models.set_model(RetrievalPyfunc())
+
+
+def log_model(model: RetrievalModel) -> None:
+    """Log ``model`` as the active run's ``model`` artifact (the pyfunc folder of :func:`save`), which
+    :func:`mmretrieval.backends.tracking.register` makes a version. Raises :class:`TrackingError` without an
+    active run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save(model, Path(tmp) / MODEL_ARTIFACT)
+        log_artifacts(Path(tmp) / MODEL_ARTIFACT, MODEL_ARTIFACT)

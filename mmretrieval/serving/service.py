@@ -768,21 +768,13 @@ def _state(states: dict[str, DatasetState], name: str) -> DatasetState:
 
 def make_thumbnail(settings: Settings, state: DatasetState, collection: str, item_id: str) -> bytes | None:
     """A JPEG of an image item's clean media, or ``None`` when there is no such image item."""
-    from pymilvus.exceptions import MilvusException
-
-    from mmretrieval.core.errors import IndexStoreError
     from mmretrieval.media.files import path_problem
     from mmretrieval.media.image import open_image
 
-    quoted = '"' + item_id.replace("\\", "\\\\").replace('"', '\\"') + '"'  # Milvus string literal
-    try:
-        rows = state.client.index.client.query(collection, filter=f"id == {quoted}",
-                                               output_fields=["modality", "metadata"], limit=1)
-    except MilvusException as e:
-        raise IndexStoreError(f"looking up item in {collection!r} failed: {getattr(e, 'message', e)}") from e
-    if not rows or rows[0].get("modality") != "image":
+    row = state.client.index.get(collection, item_id, ["modality", "metadata"])
+    if row is None or row.get("modality") != "image":
         return None
-    rel = str((rows[0].get("metadata") or {}).get("clean_media") or "")
+    rel = str((row.get("metadata") or {}).get("clean_media") or "")
     root = settings.layout(state.name).clean
     if not rel or path_problem(rel, root) is not None:
         return None

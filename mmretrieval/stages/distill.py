@@ -35,16 +35,16 @@ from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.errors import ModelError
 from mmretrieval.core.layout import read_clean
 from mmretrieval.core.schema import Modality, Split
+from mmretrieval.serving import loading, pyfunc
 
 log = logging.getLogger(__name__)
 
 
 def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
-    import mlflow
     import torch
 
     from mmretrieval.models.dual_encoder import RetrievalModel, load
-    from mmretrieval.stages.rerank import serving_reranker, split_inputs, training_scores
+    from mmretrieval.serving.reranking import serving_reranker
     from mmretrieval.training.rerank import (
         DistillData,
         RerankData,
@@ -56,6 +56,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         train_item_student,
         train_student,
     )
+    from mmretrieval.training.rerank_inputs import split_inputs, training_scores
 
     settings = settings or get_settings()
     params = settings.params_for(dataset)
@@ -64,10 +65,10 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     ref = tracking.require_alias(settings, dataset, tracking.CHALLENGER)
     teacher = serving_reranker(settings, ref)
     if teacher is None:
-        from mmretrieval.stages.rerank import why_unavailable
+        from mmretrieval.serving.reranking import why_unavailable
 
         raise ModelError(f"no re-ranker that passed its gate to distil from: {why_unavailable(settings, dataset, ref)}")
-    model = tracking.load_model(settings, ref, "cpu")
+    model = loading.load_model(settings, ref, "cpu")
     source = read_clean(settings.layout(dataset))
     clean, clean_dir = source.frame, source.root
     modality = teacher.config.modality
@@ -103,11 +104,11 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
     tags = {"dataset": dataset, "data_version": data_version, "git_sha": code_version, "stage": "distill",
             "teacher_version": ref.version}
     with tracking.start_run(settings, dataset, run_name=f"distill-{dataset}", tags=tags) as mlrun:
-        mlflow.log_params({f"distill.{k}": v for k, v in d.__dict__.items()} | {"teacher": ref.uri})
+        tracking.log_params({f"distill.{k}": v for k, v in d.__dict__.items()} | {"teacher": ref.uri})
         for epoch, loss in enumerate(losses, start=1):
-            mlflow.log_metric("loss", loss, step=epoch)
-        mlflow.log_metric("train_seconds", train_seconds)
-        tracking.log_model(RetrievalModel(student, model.text, "cpu"))
+            tracking.log_metrics({"loss": loss}, step=epoch)
+        tracking.log_metrics({"train_seconds": train_seconds})
+        pyfunc.log_model(RetrievalModel(student, model.text, "cpu"))
         run_id = mlrun.info.run_id
     new = tracking.register(settings, dataset, run_id)
     tracking.tag_version(settings, new, {"data_version": data_version, "git_sha": code_version,

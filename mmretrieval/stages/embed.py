@@ -34,6 +34,7 @@ from mmretrieval.core.errors import ModelError, PinnedInputChanged
 from mmretrieval.core.io import read_json, write_json
 from mmretrieval.core.layout import SUMMARY, read_clean
 from mmretrieval.core.schema import Modality, split_captions
+from mmretrieval.serving import loading
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -102,7 +103,7 @@ def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.C
     else:
         ref = tracking.require_alias(settings, dataset, alias)
     final = layout.embeddings(ref.version)
-    from mmretrieval.stages.rerank import serving_reranker
+    from mmretrieval.serving.reranking import serving_reranker
 
     net = serving_reranker(settings, ref)
     p = Plan(dataset, ref, data_version, len(clean), settings.params_for(dataset).embed.shard_rows, final,
@@ -136,7 +137,7 @@ def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: Retrie
     frames: dict[int, tuple[list[float], np.ndarray]] = {}
     writer = None
     if p.regions:
-        from mmretrieval.stages.rerank import region_writer
+        from mmretrieval.serving.reranking import region_writer
 
         writer = region_writer(settings, p.ref)
         if writer is None or writer.modality != p.regions:
@@ -161,7 +162,7 @@ def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: Retrie
 def load_model(settings: Settings, p: Plan) -> RetrievalModel:
     from mmretrieval.models.dual_encoder import pick_device
 
-    model = tracking.load_model(settings, p.ref, pick_device(settings.device))
+    model = loading.load_model(settings, p.ref, pick_device(settings.device))
     model.precision = settings.params_for(p.dataset).embed.precision
     clean = p.clean
     unsupported = sorted(set(clean["modality"]) - set(model.modalities))
@@ -177,7 +178,7 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
     """(rows, dim) unit vectors for clean-manifest rows, in row order: texts in batches, files through a
     DataLoader. Video rows (K frames each, sampled by seeking) also fill ``frames[row] = (times in seconds,
     (K, dim) frame unit vectors)`` when ``frames`` is given. With ``regions`` (a
-    :class:`~mmretrieval.stages.rerank.RegionWriter`), the rows of its modality are encoded through their tower's maps,
+    :class:`~mmretrieval.serving.reranking.RegionWriter`), the rows of its modality are encoded through their tower's maps,
     which it also gets, so a re-ranker's regions cost no second decode or tower pass."""
     import torch
     from torch.utils.data import DataLoader
@@ -301,7 +302,7 @@ def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[s
         "path": str(p.final),
     }
     if p.regions:
-        from mmretrieval.stages.rerank import finish_regions
+        from mmretrieval.serving.reranking import finish_regions
 
         regions = finish_regions(p.ref, p.work, p.shards, list(clean.loc[clean["modality"] == p.regions, "id"]))
         summary["regions"] = regions | {"path": str(p.final / "regions"), "modality": p.regions}

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from mmretrieval.backends import versioning
-from mmretrieval.core.config import Settings, check_dataset_name, get_settings
+from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.io import atomic_dir, write_json
-from mmretrieval.core.schema import read_manifest
+from mmretrieval.core.layout import NOT_COPIED
+from mmretrieval.core.schema import check_dataset_name, read_manifest
 from mmretrieval.media.files import path_problem
 
 log = logging.getLogger(__name__)
-NOT_COPIED = "not_copied.json"
 
 
 def ingest(manifest: Path, name: str, settings: Settings | None = None) -> dict[str, Any]:

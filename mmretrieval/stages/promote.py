@@ -11,63 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
-from dataclasses import dataclass
 from typing import Any
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import GateParams, Settings, get_settings
+from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.contracts import PromoteResult
 from mmretrieval.core.errors import ModelNotFoundError, TrainingError
 from mmretrieval.core.io import read_json
 from mmretrieval.core.locks import per_dataset
+from mmretrieval.evaluation.gate import Decision, decide
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reasons: list[str]
-
-
-def decide(gate: GateParams, challenger: dict[str, float], champion: dict[str, float] | None) -> Decision:
-    """Pure gate logic on two metric dicts."""
-    from mmretrieval.evaluation.metrics import CHANCE_SUFFIX, resolve_metric
-
-    m = resolve_metric(gate.metric, challenger)
-    if m is None or (champion is not None and m not in champion):
-        raise TrainingError(f"gate metric {gate.metric!r} is not among the evaluation metrics {sorted(challenger)}")
-    value = challenger[m]
-    reasons = []
-    ok = value >= gate.floor
-    reasons.append(f"{m}={value:.4f} {'>=' if ok else '<'} floor {gate.floor}")
-    chance = challenger.get(m + CHANCE_SUFFIX)
-    queries = challenger.get(m.split("_", 1)[0] + "_queries")
-    if chance is None or not queries:
-        raise TrainingError(f"the evaluation reports no chance level or query count for {m!r}: evaluate the "
-                            "challenger again")
-    noise = gate.chance_z * math.sqrt(chance * (1 - chance) / queries)
-    required = chance + max(gate.margin_over_chance, noise)
-    beats = value >= required
-    ok = ok and beats
-    error = math.sqrt(chance * (1 - chance) / queries)
-    reasons.append(f"{m}={value:.4f} {'beats' if beats else 'does not beat'} its chance level {chance:.4f} "
-                   f"(random ranking, {int(queries)} queries): needs >= {required:.4f}, i.e. + max(margin "
-                   f"{gate.margin_over_chance}, {gate.chance_z} x chance's standard error {error:.4f})")
-    if required > 1.0:
-        reasons.append(f"no model can pass: {m} is at most 1, but chance alone is {chance:.4f} on these "
-                       f"{int(queries)} test queries; use a stricter metric (e.g. gate.metric: "
-                       f"{m.split('@')[0].rsplit('_', 1)[0]}_recall@1) or a larger test split")
-    if champion is not None:
-        base = champion[m]
-        holds = value >= base - gate.tolerance
-        ok = ok and holds
-        reasons.append(f"{m}={value:.4f} vs champion {base:.4f} (tolerance {gate.tolerance}): "
-                       f"{'no regression' if holds else 'regression'}")
-    else:
-        reasons.append("no champion yet")
-    return Decision(ok, reasons)
 
 
 def _log(settings: Settings, dataset: str, entry: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 
 from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
+from mmretrieval.backends.regions import REGIONS
 from mmretrieval.core.config import IndexParams, Settings, get_settings
 from mmretrieval.core.contracts import Pinned, PublishResult
 from mmretrieval.core.errors import AliasNotFoundError, IndexStoreError, PinnedInputChanged, PublishError
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SAMPLE_QUERIES = 200
 STATE, VERIFIED, BUILDING = "mmr.state", "verified", "building"
-REGIONS = "mmr.regions"  # collection property: the folder of its region store (re-ranking), when it has one
 
 
 def collection_name(alias: str, model_version: str, data_version: str) -> str:

@@ -40,6 +40,7 @@ from mmretrieval.core.layout import read_clean
 from mmretrieval.core.locks import per_dataset
 from mmretrieval.core.schema import Modality, Split
 from mmretrieval.evaluation.metrics import resolve_metric
+from mmretrieval.serving import pyfunc
 from mmretrieval.training.checkpoint import Checkpoint, fingerprint
 from mmretrieval.training.selection import EpochSelector
 
@@ -93,7 +94,6 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str], audio_track
 
 @per_dataset("train")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None) -> TrainResult:
-    import mlflow
     import torch
     from tqdm import tqdm
 
@@ -191,13 +191,13 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
 
     with tracking.start_run(settings, dataset, run_name=f"train-{dataset}", tags=tags, run_id=run_id) as mlrun:
         if run_id is None:
-            mlflow.log_params({k: str(v)[:500] for k, v in params.as_flat_dict().items()})
-            mlflow.log_params({"train_items": len(items), "val_items": int(len(val_frame)), "captions": len(captions),
+            tracking.log_params({k: str(v)[:500] for k, v in params.as_flat_dict().items()})
+            tracking.log_params({"train_items": len(items), "val_items": int(len(val_frame)), "captions": len(captions),
                                "image_weights_source": config.image_weights_source or "none"})
-            mlflow.log_dict(policy, "augmentation_policy.json")
+            tracking.log_dict(policy, "augmentation_policy.json")
             tracking.log_dataset(dataset, data_version, layout.training_manifest, train_frame)
             if layout.data_docs.is_file():  # the validation's data docs page, viewable in the run's artifacts
-                mlflow.log_artifact(str(layout.data_docs), artifact_path="data_docs")
+                tracking.log_artifact(layout.data_docs, "data_docs")
         bar = tqdm(range(first_epoch, p.epochs + 1), desc=f"train {dataset}", unit="epoch", disable=None,
                    initial=first_epoch - 1, total=p.epochs)
         for epoch in bar:
@@ -211,7 +211,7 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
             if validator:
                 record |= {f"val_{k}": v for k, v in validator(net).items() if not k.endswith("_chance")}
             history.append(record)
-            mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in record.items()}, step=epoch)
+            tracking.log_metrics({k.replace("@", "_at_"): v for k, v in record.items()}, step=epoch)
             resolved = resolve_metric(gate_metric, {k.removeprefix("val_"): v for k, v in record.items()})
             val_value = record.get(f"val_{resolved}") if resolved else None
             if selector.update(epoch, val_value if select_on_val else None, record["loss"]):
@@ -227,9 +227,9 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
                          gate_metric, selector.stale)
                 break
         net.load_state_dict(best_state)
-        mlflow.log_metrics({"best_epoch": selector.best_epoch, "epochs_run": len(history),
+        tracking.log_metrics({"best_epoch": selector.best_epoch, "epochs_run": len(history),
                             "train_seconds": time.monotonic() - started})
-        tracking.log_model(RetrievalModel(net, text, device))
+        pyfunc.log_model(RetrievalModel(net, text, device))
         run_id = mlrun.info.run_id
     ref = tracking.register(settings, dataset, run_id)
     tracking.describe_version(settings, ref, data_version=data_version, git_sha=code_version)

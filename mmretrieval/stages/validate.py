@@ -25,11 +25,11 @@ from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.contracts import ValidateResult
 from mmretrieval.core.errors import ValidationFailed
 from mmretrieval.core.io import atomic_dir, write_json
+from mmretrieval.core.layout import NOT_COPIED
 from mmretrieval.core.schema import MESSAGE, METADATA, REASON, Modality, fill_splits, read_manifest, split_captions
 from mmretrieval.media.audio import audio_problem
 from mmretrieval.media.files import Problem, path_problem
 from mmretrieval.media.image import image_problem
-from mmretrieval.stages.ingest import NOT_COPIED
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -47,7 +47,7 @@ class TrainItems:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> TrainItems:
-        from mmretrieval.stages.evaluate import captions_of
+        from mmretrieval.core.schema import captions_of
 
         ids, modalities, media, caps, labels, tracks = [], [], [], [], [], []
         for _, row in frame[frame["modality"].isin(MEDIA)].iterrows():

@@ -82,10 +82,10 @@ class Validator:
 
     def __init__(self, net: DualEncoder, text: TextEncoder, frame: pd.DataFrame, clean_dir: Path,
                  index: IndexParams, device: str) -> None:
+        from mmretrieval.evaluation.evaluator import MEDIA_LETTER, gather
         from mmretrieval.evaluation.metrics import build_eval_set
         from mmretrieval.media.image import open_image
         from mmretrieval.models.dual_encoder import RetrievalModel, eval_transform
-        from mmretrieval.stages.evaluate import MEDIA_LETTER, gather
 
         self.index, self.device = index, device
         self.parts: list[tuple[str, Any, Any, torch.Tensor]] = []  # (modality, eval set, media or features, captions)
@@ -116,8 +116,8 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, net: DualEncoder) -> dict[str, float]:
+        from mmretrieval.evaluation.evaluator import metrics_from_vectors
         from mmretrieval.models.dual_encoder import eval_transform
-        from mmretrieval.stages.evaluate import metrics_from_vectors
 
         net.eval()
         metrics: dict[str, float] = {}

@@ -15,6 +15,7 @@ from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import QueryError
 from mmretrieval.media.image import open_image
 from mmretrieval.runner import run_stage
+from mmretrieval.serving import loading
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_the_champion_loads_with_mlflow_pyfunc_and_gives_the_platforms_vectors(c
     monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", settings.mlflow_uri)
     monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", settings.mlflow_uri)
     ref = tracking.require_alias(settings, "tiny", tracking.CHAMPION)
-    platform = tracking.load_model(settings, ref)
+    platform = loading.load_model(settings, ref)
     png = (champion / "data/raw/tiny/images/blue2.png").read_bytes()
     frame = pd.DataFrame([{"text": "a blue square"}, {"image": png}, {"text": "something red"}],
                          columns=["text", "image"])

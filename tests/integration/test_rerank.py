@@ -16,6 +16,7 @@ from mmretrieval.cli import main
 from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import PublishError, QueryError
 from mmretrieval.runner import run_stage
+from mmretrieval.serving import loading
 from tests.integration.test_pretrained_cnn import DEFAULT_TOWER
 
 RERANK = {"enabled": True, "negatives": 3, "folds": 2, "epochs": 2, "batch_size": 8, "bootstrap": 200, "depth": 4}
@@ -30,7 +31,7 @@ def set_params(ws: Path, rerank: dict[str, object]) -> None:
 def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
         prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mmretrieval.serving.client import RetrievalClient
-    from mmretrieval.stages.rerank import GATE_TAG, serving_reranker
+    from mmretrieval.serving.reranking import GATE_TAG, serving_reranker
 
     set_params(prepared, {"min_gain": 1.0})  # no re-ranker can gain 100 points: the gate must refuse
     run_stage("train", "tiny")
@@ -63,12 +64,12 @@ def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
 
     from mmretrieval.backends.regions import RegionStore
     from mmretrieval.media.image import open_image
-    from mmretrieval.stages.rerank import feature_maps
+    from mmretrieval.training.rerank_inputs import feature_maps
 
     shard = pd.read_parquet(Path(embedded["path"]) / embedded["shards"][0])
     row = shard[shard["modality"] == "image"].iloc[0]
     clean = pd.read_parquet(prepared / "data/clean/tiny/manifest.parquet").set_index("id")
-    model = tracking.load_model(settings, ref)
+    model = loading.load_model(settings, ref)
     photo = open_image(prepared / "data/clean/tiny" / clean.loc[row["id"], "media"])
     assert np.asarray(row["vector"]) == pytest.approx(model.encode_images([photo])[0], abs=1e-5)
     net = serving_reranker(settings, ref)
@@ -147,9 +148,9 @@ def test_distilled_student_is_registered_as_a_challenger_of_its_teacher(prepared
     mv = tracking.client(settings).get_model_version(student.name, student.version)
     assert mv.tags["distilled_from"] == teacher.version
     # a concept teacher makes a concept student: the teacher's heads plus its vocabulary and a fitted mixing weight
-    loaded = tracking.load_model(settings, student, "cpu")
+    loaded = loading.load_model(settings, student, "cpu")
     assert loaded.config.image_concepts == 1000 and result["concept_mix"] == round(float(loaded.net.concept_mix), 4)
-    before = tracking.load_model(settings, teacher, "cpu").encode_texts(["a red square"])
+    before = loading.load_model(settings, teacher, "cpu").encode_texts(["a red square"])
     assert np.allclose(loaded.encode_texts(["a red square"]), before, atol=1e-5)  # the text side is the teacher's
     assert run_stage("evaluate", "tiny")["challenger"] == student.version  # the same gate as every model
 

@@ -3,8 +3,8 @@ import pytest
 
 from mmretrieval.core.config import GateParams
 from mmretrieval.core.errors import TrainingError
+from mmretrieval.evaluation.gate import decide
 from mmretrieval.evaluation.metrics import both_directions, build_eval_set
-from mmretrieval.stages.promote import decide
 
 GATE = GateParams(metric="t2i_recall@10", floor=0.2, tolerance=0.02)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mmretrieval.core.config import RerankParams
-from mmretrieval.stages.rerank import bootstrap_gate
+from mmretrieval.evaluation.gate import bootstrap_gate
 
 GATE = RerankParams(bootstrap=500, seed=0)
 

@@ -1,0 +1,85 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmretrieval.core.config import GateParams, RerankParams
+from mmretrieval.core.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str]
+
+
+def decide(gate: GateParams, challenger: dict[str, float], champion: dict[str, float] | None) -> Decision:
+    """Pure gate logic on two metric dicts."""
+    from mmretrieval.evaluation.metrics import CHANCE_SUFFIX, resolve_metric
+
+    m = resolve_metric(gate.metric, challenger)
+    if m is None or (champion is not None and m not in champion):
+        raise TrainingError(f"gate metric {gate.metric!r} is not among the evaluation metrics {sorted(challenger)}")
+    value = challenger[m]
+    reasons = []
+    ok = value >= gate.floor
+    reasons.append(f"{m}={value:.4f} {'>=' if ok else '<'} floor {gate.floor}")
+    chance = challenger.get(m + CHANCE_SUFFIX)
+    queries = challenger.get(m.split("_", 1)[0] + "_queries")
+    if chance is None or not queries:
+        raise TrainingError(f"the evaluation reports no chance level or query count for {m!r}: evaluate the "
+                            "challenger again")
+    noise = gate.chance_z * math.sqrt(chance * (1 - chance) / queries)
+    required = chance + max(gate.margin_over_chance, noise)
+    beats = value >= required
+    ok = ok and beats
+    error = math.sqrt(chance * (1 - chance) / queries)
+    reasons.append(f"{m}={value:.4f} {'beats' if beats else 'does not beat'} its chance level {chance:.4f} "
+                   f"(random ranking, {int(queries)} queries): needs >= {required:.4f}, i.e. + max(margin "
+                   f"{gate.margin_over_chance}, {gate.chance_z} x chance's standard error {error:.4f})")
+    if required > 1.0:
+        reasons.append(f"no model can pass: {m} is at most 1, but chance alone is {chance:.4f} on these "
+                       f"{int(queries)} test queries; use a stricter metric (e.g. gate.metric: "
+                       f"{m.split('@')[0].rsplit('_', 1)[0]}_recall@1) or a larger test split")
+    if champion is not None:
+        base = champion[m]
+        holds = value >= base - gate.tolerance
+        ok = ok and holds
+        reasons.append(f"{m}={value:.4f} vs champion {base:.4f} (tolerance {gate.tolerance}): "
+                       f"{'no regression' if holds else 'regression'}")
+    else:
+        reasons.append("no champion yet")
+    return Decision(ok, reasons)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    gain: float  # mean per-query gain of the metric (re-ranked - dual)
+    low: float  # bounds of the bootstrap interval of the gain
+    high: float
+    reasons: list[str]
+
+
+def bootstrap_gate(dual: np.ndarray, reranked: np.ndarray, p: RerankParams) -> GateDecision:
+    """Paired bootstrap over queries: (Q,) per-query values of the metric (e.g. hit@1 as 0/1) without and with
+    re-ranking. Passes when the lower end of the two-sided ``p.confidence`` interval of the mean gain (resampling
+    queries with replacement ``p.bootstrap`` times, seeded by ``p.seed``) is above ``p.min_gain``."""
+    if dual.shape != reranked.shape or dual.ndim != 1 or len(dual) < 2:
+        raise TrainingError(f"paired bootstrap needs two equal (queries,) arrays; got {dual.shape} and "
+                            f"{reranked.shape}")
+    diff = reranked.astype(np.float64) - dual.astype(np.float64)
+    rng = np.random.default_rng(p.seed)
+    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(p.bootstrap)])
+    tail = (1 - p.confidence) / 2
+    low, high = float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+    gain = float(diff.mean())
+    ok = low > p.min_gain
+    reasons = [f"{p.metric}: dual {dual.mean():.4f}, re-ranked {reranked.mean():.4f}, gain {gain:+.4f} over "
+               f"{len(diff)} queries; {p.confidence:.0%} paired-bootstrap interval [{low:+.4f}, {high:+.4f}] "
+               f"({p.bootstrap} resamples) {'is above' if ok else 'does not clear'} min_gain {p.min_gain}"]
+    return GateDecision(ok, gain, low, high, reasons)

@@ -1,0 +1,61 @@
+"""Models of registered versions, built from what the MLflow door (:mod:`mmretrieval.backends.tracking`)
+downloads, and the one process-wide model cache.
+
+The cache is bounded (:data:`CACHE_SIZE` entries, least recently used first out) and holds dual encoders and
+re-rankers alike: a long-running service that is asked for many versions keeps only the newest few in memory.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+from mmretrieval.backends import tracking
+from mmretrieval.core.config import Settings
+
+if TYPE_CHECKING:
+    from mmretrieval.models.dual_encoder import ModelConfig, RetrievalModel
+
+CACHE_SIZE = 4  # models kept per process (a dual encoder of the default towers is ~100 MB in memory)
+_cache: OrderedDict[Hashable, Any] = OrderedDict()
+_lock = threading.Lock()
+
+
+def cached(key: Hashable, build: Callable[[], Any]) -> Any:
+    """The value cached under ``key``, built by ``build()`` on a miss; evicts the least recently used beyond
+    :data:`CACHE_SIZE`. ``None`` results are cached too (a version without a re-ranker stays without one)."""
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    value = build()
+    with _lock:
+        _cache[key] = value
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return value
+
+
+def forget(key: Hashable) -> None:
+    """Drop ``key`` from the cache (e.g. a version whose re-ranker was just registered)."""
+    with _lock:
+        _cache.pop(key, None)
+
+
+def model_config(settings: Settings, ref: tracking.ModelRef) -> ModelConfig:
+    """The :class:`~mmretrieval.models.dual_encoder.ModelConfig` of a registered version, without loading its
+    weights or towers."""
+    from mmretrieval.models.dual_encoder import ModelConfig
+
+    return ModelConfig.from_json(tracking.model_config(settings, ref))
+
+
+def load_model(settings: Settings, ref: tracking.ModelRef, device: str = "cpu") -> RetrievalModel:
+    """The model of a registered version on ``device`` (loaded once, then from the cache)."""
+    from mmretrieval.models.dual_encoder import load
+
+    return cached(("dual", settings.mlflow_uri, ref.name, ref.version, device),
+                  lambda: load(tracking.download(settings, ref), device=device))
