@@ -39,9 +39,9 @@ def main() -> None:
     from mmretrieval.core.config import get_settings
     from mmretrieval.media.image import open_image
     from mmretrieval.models.dual_encoder import pick_device
-    from mmretrieval.runner import embed, publish
     from mmretrieval.serving import loading
     from mmretrieval.serving.client import RetrievalClient
+    from mmretrieval.stages import embed, publish
 
     s = get_settings()
     ds = args.dataset

@@ -24,7 +24,7 @@ def main() -> None:
     from mmretrieval.core.config import get_settings
     from mmretrieval.models.dual_encoder import ModelConfig, build
     from mmretrieval.models.losses import symmetric_info_nce
-    from mmretrieval.runner import train
+    from mmretrieval.stages import train
 
     s = get_settings()
     p = s.params_for(args.dataset)

@@ -59,7 +59,7 @@ def legacy_clip(path: Path, model: Any) -> Any:
 
     import torch
 
-    from mmretrieval.media.image import video
+    from mmretrieval.media import video
     c = model.config
     saved = video.DECODE_THREADS, video.SKIP_MARGIN_S
     video.DECODE_THREADS, video.SKIP_MARGIN_S = "AUTO", math.inf  # frame threads, every frame decoded: as before

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmretrieval.core.config import MAX_IMAGE_PIXELS
 from mmretrieval.core.errors import ConfigError
 from mmretrieval.core.schema import MODALITIES, check_dataset_name
 
 if TYPE_CHECKING:
     from mmretrieval.core.layout import Layout
+
+MAX_IMAGE_PIXELS = 40_000_000  # the one pixel limit (width x height); ValidateParams.max_image_pixels defaults to it
 
 
 @dataclass(frozen=True)
@@ -435,4 +436,3 @@ def get_settings(home: str | Path | None = None) -> Settings:
     )
 
 
-MAX_IMAGE_PIXELS = 40_000_000  # the one pixel limit (width x height); ValidateParams.max_image_pixels defaults to it

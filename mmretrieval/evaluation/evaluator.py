@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""The evaluator: a model and a data split in, ``dict[str, float]`` of retrieval metrics out.
+
+Used by training's validation, the evaluate stage, the re-rank stage and ``mmr evaluate --manifest``. Metric names
+are ``t2i_*``/``i2t_*`` (image), ``t2a_*``/``a2t_*`` (audio), ``t2v_*``/``v2t_*`` (video), each with its chance level
+(:mod:`mmretrieval.evaluation.metrics`).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The gates: whether a challenger may become champion (:func:`decide`) and whether a re-ranker may serve
+(:func:`bootstrap_gate`). Pure decisions over metrics; the stages record them.
+"""
 
 from __future__ import annotations
 

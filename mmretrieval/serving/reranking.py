@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Re-ranking as serving meets it: the gated re-ranker of a model version (downloaded through the MLflow door,
+built here, kept in the model cache), why a version has none, and the region store the embed stage writes for it.
+"""
 
 from __future__ import annotations
 

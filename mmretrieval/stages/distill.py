@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-import mmretrieval
 from mmretrieval.backends import tracking
 from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.errors import ModelError
@@ -100,7 +99,7 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         losses = train_student(student, data, schedule, d.kl_weight, d.temperature)
     train_seconds = time.monotonic() - t_train
     data_version = source.data_version
-    code_version = tracking.git_sha(Path(mmretrieval.__file__).resolve().parent)
+    code_version = tracking.git_sha(Path(__file__).resolve().parents[1])
     tags = {"dataset": dataset, "data_version": data_version, "git_sha": code_version, "stage": "distill",
             "teacher_version": ref.version}
     with tracking.start_run(settings, dataset, run_name=f"distill-{dataset}", tags=tags) as mlrun:

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-import mmretrieval
 from mmretrieval.backends import tracking
 from mmretrieval.core.config import ModelParams, Settings, get_settings
 from mmretrieval.core.contracts import TrainResult
@@ -185,7 +184,7 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
         selector = EpochSelector.from_state(meta["selector"])
         first_epoch, history, run_id = meta["epoch"] + 1, meta["history"], meta["run_id"]
         log.info("train %s: resuming run %s after epoch %d from %s", dataset, run_id, meta["epoch"], ckpt.folder)
-    code_version = tracking.git_sha(Path(mmretrieval.__file__).resolve().parent)
+    code_version = tracking.git_sha(Path(__file__).resolve().parents[1])
     tags = {"dataset": dataset, "data_version": data_version, "git_sha": code_version,
             "stage": "train", "device": device, "fingerprint": ckpt.folder.name}
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""What the re-ranker learns from and is scored on: region features of items (a CNN's feature map, an audio
+tower's frames), the concept vocabulary, a split's decoded inputs and the first-stage scores it re-ranks.
+"""
 
 from __future__ import annotations
 

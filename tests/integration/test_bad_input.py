@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mmretrieval.core.errors import DatasetNotFoundError, ManifestError, ValidationFailed
-from mmretrieval.runner import clean, validate
+from mmretrieval.stages import clean, validate
 from mmretrieval.stages.ingest import ingest
 from tests.conftest import mmr, write_manifest, write_png
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mmretrieval.core.errors import ValidationFailed
-from mmretrieval.runner import validate
+from mmretrieval.stages import validate
 from mmretrieval.stages.ingest import ingest
 from tests.conftest import write_manifest
 from tests.integration.test_bad_input import good_rows

@@ -12,8 +12,9 @@ from mmretrieval.backends import tracking
 from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import PublishError
 from mmretrieval.core.io import read_json, write_json
-from mmretrieval.runner import embed, publish, run_all, run_stage
+from mmretrieval.runner import run_all, run_stage
 from mmretrieval.serving.client import RetrievalClient
+from mmretrieval.stages import embed, publish
 from mmretrieval.stages.ingest import ingest
 from tests.conftest import FAST_PARAMS
 from tests.integration.test_training import tiny_dataset

@@ -22,8 +22,9 @@ from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
 from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import IndexStoreError
-from mmretrieval.runner import publish, run_all, run_stage
+from mmretrieval.runner import run_all, run_stage
 from mmretrieval.serving.client import RetrievalClient
+from mmretrieval.stages import publish
 from mmretrieval.stages.ingest import ingest
 from tests.conftest import REPO
 from tests.integration.test_backend_parity import (

@@ -13,7 +13,8 @@ from mmretrieval.backends import tracking
 from mmretrieval.core.config import get_settings
 from mmretrieval.core.contracts import Pinned
 from mmretrieval.core.errors import PinnedInputChanged
-from mmretrieval.runner import embed, publish, run_stage
+from mmretrieval.runner import run_stage
+from mmretrieval.stages import embed, publish
 
 
 def test_interleaved_trainings_of_one_dataset_each_get_their_own_metrics_and_gate_decision(prepared: Path) -> None:

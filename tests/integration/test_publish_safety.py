@@ -9,7 +9,8 @@ import pytest
 from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
 from mmretrieval.core.config import get_settings
-from mmretrieval.runner import publish, run_all, run_stage
+from mmretrieval.runner import run_all, run_stage
+from mmretrieval.stages import publish
 from mmretrieval.stages.ingest import ingest
 from tests.integration.test_training import tiny_dataset
 

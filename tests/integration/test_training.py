@@ -48,7 +48,7 @@ def test_training_registers_a_challenger_that_evaluates_and_promotes(prepared: P
 
 def test_a_killed_training_resumes_from_its_checkpoint_in_the_same_mlflow_run(prepared: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmretrieval.runner import train
+    from mmretrieval.stages import train
     (prepared / "params.yaml").write_text((prepared / "params.yaml").read_text().replace("epochs: 2", "epochs: 3"))
     original = train.Checkpoint.save
 

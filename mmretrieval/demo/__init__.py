@@ -1,0 +1,1 @@
+"""The bundled demo sample (photos from installed wheels, moving-digit clips)."""

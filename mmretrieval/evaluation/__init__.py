@@ -1,0 +1,1 @@
+"""Retrieval metrics, the evaluator (model + data in, metrics out) and the gates."""
