@@ -12,7 +12,7 @@ from mmretrieval.core import layout as layout_module
 from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import ConfigError
 
-PACKAGE = Path(layout_module.__file__).resolve().parent
+PACKAGE = Path(layout_module.__file__).resolve().parents[1]  # the mmretrieval package
 STAGE_MODULES = {"mmretrieval.stages.validate", "mmretrieval.stages.clean", "mmretrieval.stages.augment", "mmretrieval.stages.train",
                  "mmretrieval.stages.evaluate", "mmretrieval.stages.rerank", "mmretrieval.stages.promote", "mmretrieval.stages.embed",
                  "mmretrieval.stages.publish"}
