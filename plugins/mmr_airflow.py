@@ -1,6 +1,7 @@
 """Airflow glue for mmretrieval (the library itself never imports Airflow).
 
-* :class:`MmrHook` builds the library's :class:`~mmretrieval.core.config.Settings` from Airflow Connections, as an Airflow
+* :class:`MmrHook` builds the library's :class:`~mmretrieval.core.config.Settings` from Airflow Connections, as an
+  Airflow
   user expects: ``milvus_default`` (``host``/``port``/``schema`` -> URI, ``login``:``password`` -> token) and
   ``mlflow_default`` (its URI), each falling back to the ``MMR_*`` environment when the Connection does not exist.
 * :func:`run_library` calls a library function and turns its *deterministic* errors (a bad manifest, a failed

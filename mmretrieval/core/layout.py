@@ -140,7 +140,8 @@ class Layout:
         return self.var_dir / "checkpoints" / self.dataset / run
 
     def lock(self, name: str) -> Path:
-        """``var/locks/<ds>.<name>.lock``: the file lock a stage of this dataset holds (:mod:`mmretrieval.core.locks`)."""
+        """``var/locks/<ds>.<name>.lock``: the file lock a stage of this dataset holds
+        (:mod:`mmretrieval.core.locks`)."""
         return self.var_dir / "locks" / f"{self.dataset}.{name}.lock"
 
     @property

@@ -1,1 +1,2 @@
-"""The bundled demo sample (photos from installed wheels, moving-digit clips)."""
+"""The bundled demo sample (photos from installed wheels, moving-digit clips).
+"""

@@ -8,7 +8,8 @@
 * Handwritten digits from scikit-learn's bundled ``load_digits`` (8x8, upscaled to 32x32), labelled 0-9 with two
   captions per class; their split is left empty, so the platform assigns it.
 * A few short video clips (H.264 MP4, made here): three of those digits moving up, down, left and right
-  (``mmretrieval.demo.moving_digits``, captions such as "a seven moving up"), in the ``train`` split so the demo can show a
+  (``mmretrieval.demo.moving_digits``, captions such as "a seven moving up"), in the ``train`` split so the demo can
+  show a
   video hit and the time at which it matched.
 """
 

@@ -1,1 +1,2 @@
-"""Retrieval metrics, the evaluator (model + data in, metrics out) and the gates."""
+"""Retrieval metrics, the evaluator (model + data in, metrics out) and the gates.
+"""

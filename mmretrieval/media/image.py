@@ -2,7 +2,8 @@
 and querying.
 
 :func:`open_image` is the one image decoder: every entry point (validate, clean, train, evaluate, embed, the CLI
-query, :meth:`RetrievalClient.search <mmretrieval.serving.client.RetrievalClient.search>` with a path, bytes or a PIL image,
+query, :meth:`RetrievalClient.search <mmretrieval.serving.client.RetrievalClient.search>` with a path, bytes or a PIL
+image,
 and the HTTP upload) goes through it, so the same file gives the same pixels everywhere.
 """
 

@@ -534,7 +534,8 @@ class RetrievalModel:
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
     def load_clip(self, path: Path) -> VideoClip:
-        """A video file as the model takes it (:func:`load_clip`). Raises :class:`~mmretrieval.core.errors.MediaError`."""
+        """A video file as the model takes it (:func:`load_clip`). Raises
+        :class:`~mmretrieval.core.errors.MediaError`."""
         return load_clip(self.config, path, self.transform)
 
     @torch.inference_mode()

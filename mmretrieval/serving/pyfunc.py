@@ -15,7 +15,8 @@ Model folder (the run's ``model`` artifact, the source of every registered versi
     input_example.json, serving_input_example.json, requirements.txt, python_env.yaml, conda.yaml
 
 Input: a DataFrame, one query per row, each row with exactly one non-empty column of the model's signature:
-``text`` (str), ``image`` (bytes of an image file: PNG, JPEG, ...; decoded by :func:`mmretrieval.media.image.open_image`),
+``text`` (str), ``image`` (bytes of an image file: PNG, JPEG, ...; decoded by
+:func:`mmretrieval.media.image.open_image`),
 ``audio`` (bytes of an audio file; resampled and cut like the platform's queries). Only the columns of the model's
 towers are in its signature. Output: a (rows, embed_dim) float32 array of unit vectors.
 """
