@@ -166,8 +166,8 @@ class CleanData:
 
 
 def read_clean(layout: Layout) -> CleanData:
-    """Read the clean manifest and its data version; raises :class:`~mmretrieval.core.errors.StageOrderError` (via
-    :func:`mmretrieval.core.io.read_parquet`) when ``clean`` has not run."""
+    """Read the clean manifest and its data version; raises :class:`~mmretrieval.core.errors.DatasetNotFoundError`
+    (via :func:`mmretrieval.core.io.read_parquet`) when ``clean`` has not run."""
     from mmretrieval.core.io import read_json, read_parquet
 
     frame = read_parquet(layout.clean_manifest, f"clean manifest of {layout.dataset!r}")
