@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
@@ -42,9 +43,8 @@ def body(request: Request, detail: str, fields: list[dict[str, Any]] | None = No
     return {"detail": detail, "request_id": request_id(request), "errors": fields or []}
 
 
-async def library_error(request: Request, exc: Exception) -> ErrorJSON:
+async def library_error(request: Request, exc: MMRError) -> ErrorJSON:
     """A library error: 404 no published collection, 400 a bad query or medium, 503 otherwise (with Retry-After)."""
-    assert isinstance(exc, MMRError)
     status = 404 if isinstance(exc, AliasNotFoundError) else 400 if isinstance(exc, (QueryError, MediaError)) \
         else 503
     detail = request.app.state.service.redact(str(exc))
@@ -54,15 +54,13 @@ async def library_error(request: Request, exc: Exception) -> ErrorJSON:
                      headers={"Retry-After": "5"} if status == 503 else None)
 
 
-async def http_error(request: Request, exc: Exception) -> ErrorJSON:
-    assert isinstance(exc, HTTPException)
+async def http_error(request: Request, exc: HTTPException) -> ErrorJSON:
     detail = request.app.state.service.redact(str(exc.detail))
     return ErrorJSON(status_code=exc.status_code, headers=exc.headers, content=body(request, detail))
 
 
-async def invalid_request(request: Request, exc: Exception) -> ErrorJSON:
+async def invalid_request(request: Request, exc: RequestValidationError) -> ErrorJSON:
     """422 naming the first invalid fields; the offending input is never echoed."""
-    assert isinstance(exc, RequestValidationError)
     redact = request.app.state.service.redact
     fields = [{"loc": [x if isinstance(x, int) else redact(str(x))[:64] for x in e.get("loc", ())],
                "msg": redact(str(e.get("msg", "")))[:300], "type": str(e.get("type", ""))}
@@ -71,4 +69,5 @@ async def invalid_request(request: Request, exc: Exception) -> ErrorJSON:
     return ErrorJSON(status_code=422, content=body(request, f"invalid request: {where}", fields))
 
 
-HANDLERS = {MMRError: library_error, HTTPException: http_error, RequestValidationError: invalid_request}
+HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[ErrorJSON]]] = {
+    MMRError: library_error, HTTPException: http_error, RequestValidationError: invalid_request}
