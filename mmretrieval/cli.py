@@ -198,7 +198,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif verb == "search":
         return _search(args, settings)
     elif verb == "serve":
-        from mmretrieval.serving.service import RedactingFilter, Redactor, ServiceConfig, serve
+        from mmretrieval.serving.http import RedactingFilter, Redactor, ServiceConfig, serve
 
         redact = RedactingFilter(Redactor.for_settings(settings, ServiceConfig.from_env()))
         for handler in logging.getLogger().handlers:  # every log line of the serving process, libraries' included

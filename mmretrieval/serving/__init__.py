@@ -1,3 +1,3 @@
 """Query time: the retrieval client, query-time re-ranking, filters, model loading with one bounded cache, the MLflow
-pyfunc model and the HTTP service.
+pyfunc model and the HTTP service (the ``http`` package).
 """

@@ -69,7 +69,7 @@ def test_audio_items_are_validated_trained_published_and_searchable(workspace: P
         import soundfile as sf
         from fastapi.testclient import TestClient
 
-        from mmretrieval.serving.service import create_app
+        from mmretrieval.serving.http import create_app
 
         with TestClient(create_app("tones"), base_url="http://127.0.0.1") as http, \
                 open(audio_source.parent / "clips/low4.wav", "rb") as f:

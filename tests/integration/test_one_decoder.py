@@ -99,7 +99,7 @@ def test_each_file_finds_its_own_item_with_the_same_hits_through_every_query_ent
         served: dict[str, object], kind: str) -> None:
     from fastapi.testclient import TestClient
 
-    from mmretrieval.serving.service import create_app
+    from mmretrieval.serving.http import create_app
 
     root, src = Path(served["root"]), Path(served["src"])
     path = next((src / "kinds" / kind.replace(";", "_")).iterdir())
@@ -131,7 +131,7 @@ def test_a_modality_and_a_user_or_filter_never_leak_other_modalities(served: dic
     """The issue's case: no text items, ``--modality text --filter 'label == "7" or label == "1"'`` -> no hits."""
     from fastapi.testclient import TestClient
 
-    from mmretrieval.serving.service import create_app
+    from mmretrieval.serving.http import create_app
 
     root = Path(served["root"])
     either = 'label == "red" or label == "green"'
@@ -170,7 +170,7 @@ def test_a_malformed_filter_is_the_users_error_without_reload_or_retry(served: d
     from fastapi.testclient import TestClient
 
     from mmretrieval.core.errors import FilterError
-    from mmretrieval.serving.service import create_app
+    from mmretrieval.serving.http import create_app
 
     root = Path(served["root"])
     settings = get_settings(root)

@@ -138,7 +138,7 @@ def test_republishing_unchanged_inputs_creates_nothing(demo: dict[str, str]) -> 
 def test_http_service_answers_searches_and_rejects_bad_requests_with_4xx(demo: dict[str, str]) -> None:
     from fastapi.testclient import TestClient
 
-    from mmretrieval.serving.service import create_app
+    from mmretrieval.serving.http import create_app
 
     root = Path(demo["MMR_HOME"])
     with TestClient(create_app("demo", settings_for(demo)), base_url="http://127.0.0.1") as http:

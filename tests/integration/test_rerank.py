@@ -103,7 +103,7 @@ def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
 
     from fastapi.testclient import TestClient
 
-    from mmretrieval.serving.service import ServiceConfig, create_app
+    from mmretrieval.serving.http import ServiceConfig, create_app
 
     app = create_app("tiny", settings, ServiceConfig(trusted_hosts=("127.0.0.1",)))
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as http:

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mmretrieval.core.config import Settings
-from mmretrieval.serving.service import ServiceConfig, create_app
+from mmretrieval.serving.http import ServiceConfig, create_app
 
 pytestmark = pytest.mark.integration
 KEY = "test-key-0123456789abcdef"
@@ -203,7 +203,7 @@ def test_secrets_and_absolute_paths_never_appear_in_responses_or_logs(published_
                 assert http.get("/health/ready").status_code == 503
     # the service's own log lines as they are; every other library's as `mmr serve` logs them (through the
     # RedactingFilter it installs on the root handlers: Milvus Lite names its file when it starts)
-    from mmretrieval.serving.service import RedactingFilter, Redactor
+    from mmretrieval.serving.http import RedactingFilter, Redactor
 
     redacting = RedactingFilter(Redactor.for_settings(replace(published_tiny, milvus_uri=secret_uri,
                                                               milvus_token=f"root:{SECRET}"), ServiceConfig(
@@ -358,7 +358,7 @@ def test_library_search_refuses_arguments_of_the_wrong_kind_as_a_query_error(pub
 
 def test_the_upload_routes_known_fields_are_exactly_its_form(http: TestClient) -> None:
     """UPLOAD_FIELDS (what upload_fields lets through) and the route's documented multipart form never drift."""
-    from mmretrieval.serving.service import UPLOAD_FIELDS
+    from mmretrieval.serving.http import UPLOAD_FIELDS
 
     spec = http.get("/openapi.json").json()
     body = spec["paths"]["/search/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]

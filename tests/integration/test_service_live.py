@@ -27,7 +27,7 @@ import pytest
 
 from mmretrieval.cli import QUIET_LOGGERS
 from mmretrieval.core.config import Settings
-from mmretrieval.serving.service import ServiceConfig, create_app
+from mmretrieval.serving.http import ServiceConfig, create_app
 from tests.conftest import BIN, REPO
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,5 @@
-"""The service's pure guards: configuration from the environment, redaction, filter complexity, image headers."""
+"""The service's pure guards: configuration from the environment, redaction, filter complexity, image headers.
+(Hosts and origins through the middleware: test_service_app.py.)"""
 
 from __future__ import annotations
 
@@ -10,35 +11,59 @@ import pytest
 from mmretrieval.backends.index import safe_uri
 from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import ConfigError
-from mmretrieval.serving.service import (
+from mmretrieval.serving.http import (
     LOOPBACK,
-    Guard,
-    Metrics,
     Redactor,
     ServiceConfig,
     filter_problem,
     image_header_problem,
     is_loopback,
+    port_problem,
 )
 
 KEY = "k" * 20
 
 
-def test_configuration_comes_from_the_environment_and_a_keys_file(tmp_path: Path) -> None:
+VARIABLES = ("MMR_API_KEYS", "MMR_API_KEYS_FILE", "MMR_TRUSTED_HOSTS", "MMR_CORS_ORIGINS",
+             "MMR_MAX_CONCURRENT_SEARCHES")
+
+
+def from_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> ServiceConfig:
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return ServiceConfig.from_env()
+
+
+def test_configuration_comes_from_the_environment_and_a_keys_file(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     keys = tmp_path / "keys"
     keys.write_text("# service keys\n" + "f" * 24 + "\n\n", encoding="utf-8")
-    config = ServiceConfig.from_env({"MMR_API_KEYS": f"{KEY}, {'g' * 16}", "MMR_API_KEYS_FILE": str(keys),
-                                     "MMR_TRUSTED_HOSTS": "search.example.org,*.internal",
-                                     "MMR_CORS_ORIGINS": "https://app.example/"})
+    config = from_env(monkeypatch, MMR_API_KEYS=f"{KEY}, {'g' * 16}", MMR_API_KEYS_FILE=str(keys),
+                      MMR_TRUSTED_HOSTS="search.example.org,*.internal", MMR_CORS_ORIGINS="https://app.example/",
+                      MMR_MAX_CONCURRENT_SEARCHES="0")
     assert config.api_keys == (KEY, "g" * 16, "f" * 24)
     assert config.trusted_hosts == ("search.example.org", "*.internal")
     assert config.cors_origins == ("https://app.example",)
-    default = ServiceConfig.from_env({})
+    assert config.max_concurrent_searches == 1
+    default = from_env(monkeypatch, MMR_TRUSTED_HOSTS="")  # empty: unset
     assert default.api_keys == () and default.trusted_hosts == LOOPBACK and default.cors_origins == ()
-    with pytest.raises(ConfigError, match="16 characters"):
-        ServiceConfig.from_env({"MMR_API_KEYS": "short"})
-    with pytest.raises(ConfigError, match="MMR_API_KEYS_FILE"):
-        ServiceConfig.from_env({"MMR_API_KEYS_FILE": str(tmp_path / "missing")})
+    assert ServiceConfig(api_keys=(KEY,)).api_keys == (KEY,)  # keyword arguments win over the environment
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"MMR_API_KEYS": "short"}, "MMR_API_KEYS: API keys must have at least 16 characters"),
+    ({"MMR_API_KEYS_FILE": "/nonexistent/keys"}, "MMR_API_KEYS_FILE='/nonexistent/keys' cannot be read"),
+    ({"MMR_TRUSTED_HOSTS": "a.org,api.*.org"}, "MMR_TRUSTED_HOSTS: 'api.*.org' is neither a host name"),
+    ({"MMR_MAX_CONCURRENT_SEARCHES": "many"}, "MMR_MAX_CONCURRENT_SEARCHES='many': Input should be a valid integer"),
+])
+def test_a_bad_variable_is_a_config_error_naming_it_and_its_value(monkeypatch: pytest.MonkeyPatch,
+                                                                   env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        from_env(monkeypatch, **env)
+    assert message in str(e.value)
+    assert "short" not in str(e.value)  # a key is a secret, even a bad one
 
 
 def test_secrets_and_absolute_paths_are_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,23 +111,13 @@ def test_the_image_header_is_checked_without_decoding(size: tuple[int, int], pro
     assert image_header_problem(b"not an image", 1000, 8, 20.0) is None  # the decoder explains
 
 
-def test_hosts_origins_and_loopback_addresses() -> None:
-    guard = Guard(None, ServiceConfig(trusted_hosts=("127.0.0.1", "::1", "*.example.org"),
-                                      cors_origins=("https://app.example",)), Metrics(), Redactor([]))
-    assert guard._host_ok("127.0.0.1:8000") and guard._host_ok("[::1]:8000") and guard._host_ok("a.example.org")
-    assert not guard._host_ok("example.org.evil.net") and not guard._host_ok("localhost:8000")
-    assert guard._origin_ok("http://127.0.0.1:8000", "127.0.0.1:8000")  # same origin
-    assert guard._origin_ok("https://app.example", "127.0.0.1:8000")
-    assert not guard._origin_ok("null", "127.0.0.1:8000") and not guard._origin_ok("http://evil.net", "x")
+def test_loopback_addresses() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
 
 
 def test_serve_refuses_a_port_in_use_before_loading_anything() -> None:
     import socket
-
-    from mmretrieval.core.errors import ConfigError
-    from mmretrieval.serving.service import port_problem
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -1,0 +1,78 @@
+"""The service's application as assembled, without loading any dataset (no lifespan): its routes, and the guards
+around them (Host through Starlette's TrustedHostMiddleware, Origin) answering in the service's error shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from starlette.routing import Mount
+
+from mmretrieval.core.config import get_settings
+from mmretrieval.serving.http import ServiceConfig, create_app
+
+ROUTES = [
+    ("GET", "/"), ("GET", "/datasets"), ("GET", "/datasets/{name}/info"),
+    ("GET", "/datasets/{name}/items/{item_id}/thumbnail"), ("GET", "/health"), ("GET", "/health/live"),
+    ("GET", "/health/ready"), ("GET", "/info"), ("GET", "/items/{item_id}/thumbnail"), ("GET", "/metrics"),
+    ("POST", "/datasets/{name}/search"), ("POST", "/datasets/{name}/search/upload"), ("POST", "/search"),
+    ("POST", "/search/upload"),
+]
+REFUSED_HOST = "the Host header is not a trusted host (set MMR_TRUSTED_HOSTS)"
+
+
+@pytest.fixture
+def http(tmp_path: Path) -> TestClient:
+    config = ServiceConfig(trusted_hosts=("127.0.0.1", "::1", "*.example.org"), cors_origins=("https://app.example",))
+    return TestClient(create_app(["demo", "other"], get_settings(tmp_path), config), base_url="http://127.0.0.1",
+                      raise_server_exceptions=False)
+
+
+def test_the_route_list_is_pinned(http: TestClient) -> None:
+    app = http.app
+    routes = sorted((method, r.path) for r in app.routes if isinstance(r, APIRoute) for method in r.methods)
+    assert routes == ROUTES
+    assert [r.path for r in app.routes if isinstance(r, Mount)] == ["/static"]
+    spec = app.openapi()
+    assert sorted((m.upper(), p) for p, ops in spec["paths"].items() for m in ops) == [r for r in ROUTES if r[1] != "/"]
+    assert spec["components"]["schemas"]["Name"]["enum"] == ["demo", "other"]
+
+
+@pytest.mark.parametrize("host", ["evil.example", "example.org.evil.net", "localhost:8000", "127.0.0.1:abc"])
+def test_an_untrusted_host_is_refused_with_400_and_the_error_body(http: TestClient, host: str) -> None:
+    r = http.get("/health/live", headers={"host": host})
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"detail": REFUSED_HOST, "request_id": r.headers["x-request-id"], "errors": []}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "[::1]:8000", "a.example.org", "A.Example.ORG:443"])
+def test_a_trusted_host_is_answered(http: TestClient, host: str) -> None:
+    r = http.get("/health/live", headers={"host": host})
+    assert r.status_code == 200 and r.json() == {"status": "ok"} and r.headers["x-request-id"]
+
+
+def test_a_well_formed_request_id_is_kept_and_refusals_are_counted_as_unmatched(http: TestClient) -> None:
+    r = http.get("/health/live", headers={"host": "evil.example", "x-request-id": "trace-0123456789"})
+    assert r.headers["x-request-id"] == r.json()["request_id"] == "trace-0123456789"
+    metrics = http.get("/metrics").text
+    assert 'mmr_http_errors_total{route="unmatched",status="400"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(("origin", "status"), [
+    ("http://127.0.0.1", 200), ("https://app.example", 200), ("https://app.example/", 200), ("null", 403),
+    ("http://evil.net", 403), ("https://127.0.0.1.evil.net", 403),
+])
+def test_only_the_same_origin_and_the_allowed_ones_are_answered(http: TestClient, origin: str, status: int) -> None:
+    r = http.get("/health/live", headers={"origin": origin})
+    assert r.status_code == status
+    if status == 403:
+        assert "cross-origin requests are refused" in r.json()["detail"]
+
+
+def test_a_body_over_the_limit_is_refused_before_the_application(http: TestClient) -> None:
+    r = http.post("/search", content=b"{}", headers={"content-length": "70000", "content-type": "application/json"})
+    assert r.status_code == 413 and r.headers["connection"] == "close"
+    assert r.json()["detail"] == "the request body has 70000 bytes; the limit is 65536"
+    assert http.post("/search", content=b"{}", headers={"content-length": "x"}).status_code == 400
