@@ -61,6 +61,8 @@ def _listed(value: Any) -> Any:
     return value
 
 
+# pydantic's lax int/float/bool take true as 1 and "3" as 3, its strict int refuses 3.0 (which params.yaml has always
+# meant as 3): these say exactly what YAML may give, with messages that name the value
 Whole = Annotated[int, BeforeValidator(_whole)]
 Number = Annotated[float, BeforeValidator(_number)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
@@ -356,10 +358,10 @@ def _checked(raw: Any) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(describe(e)) from None
+        raise ConfigError(_describe(e)) from None
 
 
-def describe(error: ValidationError) -> str:
+def _describe(error: ValidationError) -> str:
     """A :class:`Params` validation error as ``section.key: what is wrong, got <value>``, one per problem joined by
     ``"; "``. Our validators' messages carry the value themselves; a cross-key rule's message starts with the key it
     blames and is kept as it is."""
