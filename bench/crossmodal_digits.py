@@ -79,7 +79,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=home, check=True)
     os.environ["MMR_HOME"] = str(home)
     from mmretrieval import runner as stages
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
     from mmretrieval.serving.client import RetrievalClient
     from mmretrieval.stages.ingest import ingest
 

@@ -35,8 +35,8 @@ def main() -> None:
     import torch
 
     from mmretrieval.backends import tracking
-    from mmretrieval.core.config import get_settings
     from mmretrieval.core.layout import read_clean
+    from mmretrieval.core.settings import get_settings
     from mmretrieval.media.image import open_image
     from mmretrieval.serving import loading
     from mmretrieval.serving.reranking import serving_reranker

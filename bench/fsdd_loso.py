@@ -65,7 +65,7 @@ def main() -> None:
                 w.writerow({**r, "split": "test" if r["id"].split("_")[1] == speaker else "train"})
         os.environ["MMR_HOME"] = str(home)
         from mmretrieval import runner as stages
-        from mmretrieval.core.config import get_settings
+        from mmretrieval.core.settings import get_settings
         from mmretrieval.stages.ingest import ingest
 
         settings = get_settings(home)
@@ -112,7 +112,7 @@ def rerank_and_distill(settings: Any, speaker: str, distill: bool, home: Path) -
         params = yaml.safe_load((home / "params.yaml").read_text())
         params["overrides"][speaker]["rerank"]["min_gain"] = -1.0
         (home / "params.yaml").write_text(yaml.safe_dump(params))
-        from mmretrieval.core.config import get_settings
+        from mmretrieval.core.settings import get_settings
 
         settings = get_settings(home)
         stages.run_stage("rerank", speaker, settings)

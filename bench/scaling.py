@@ -45,7 +45,7 @@ def synthetic_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
 def bench_embed(sizes: list[int], work: Path) -> list[dict[str, float]]:
     import pandas as pd
 
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
     from mmretrieval.models.dual_encoder import ModelConfig, RetrievalModel, build
     from mmretrieval.models.towers import TextEncoder
     from mmretrieval.stages.embed import encode_rows
@@ -92,7 +92,7 @@ def clustered_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 def bench_publish(sizes: list[int], uri: str, dim: int) -> list[dict[str, float]]:
     from mmretrieval.backends.index import MilvusIndex
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
     from mmretrieval.stages.publish import verify
 
     params = get_settings().params.index
@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--publish-sizes", type=int, nargs="*", default=[10000, 30000, 100000])
     ap.add_argument("--uri", help="Milvus URI (default: a fresh Milvus Lite file in a temporary folder)")
     args = ap.parse_args()
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
 
     dim = get_settings().params.model.embed_dim or 384  # 0: the text model's (MiniLM)
     with tempfile.TemporaryDirectory(prefix="mmr-scale-") as tmp:

@@ -108,7 +108,7 @@ def main() -> None:
 
     import pandas as pd
 
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
 
     s = get_settings()
     clean_dir = s.layout(args.dataset).clean

@@ -36,7 +36,7 @@ def main() -> None:
 
     from mmretrieval.backends import tracking
     from mmretrieval.backends.index import MilvusIndex
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
     from mmretrieval.media.image import open_image
     from mmretrieval.models.dual_encoder import pick_device
     from mmretrieval.serving import loading

@@ -56,7 +56,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=home, check=True)
 
     from mmretrieval import runner as stages
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
     from mmretrieval.stages.ingest import ingest
 
     settings = get_settings(home)

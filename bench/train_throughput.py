@@ -17,19 +17,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args()
 
-    import dataclasses
 
     import torch
 
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
     from mmretrieval.models.dual_encoder import ModelConfig, build
     from mmretrieval.models.losses import symmetric_info_nce
     from mmretrieval.stages import train
 
     s = get_settings()
     p = s.params_for(args.dataset)
-    over = dataclasses.replace(p, train=dataclasses.replace(p.train, epochs=args.epochs), overrides={})
-    s = dataclasses.replace(s, params=over)
+    over = p.model_copy(update={"train": p.train.model_copy(update={"epochs": args.epochs}), "overrides": {}})
+    s = s.model_copy(update={"params": over})
     result = train.run(args.dataset, s)
     pipeline = result["metrics"]["train_samples_per_s"]
 

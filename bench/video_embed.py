@@ -24,7 +24,6 @@ decoding worker leaves; ``after, N torch threads`` sets all N cores).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import tempfile
@@ -152,7 +151,7 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
     from mmretrieval.media.video import write_clip
     from mmretrieval.models.dual_encoder import ModelConfig, RetrievalModel, build
     from mmretrieval.models.efficientnet import preprocessing
@@ -186,7 +185,7 @@ def main() -> None:
     def after(precision: str, threads: int = 0) -> np.ndarray:
         model.precision = precision
         try:
-            return encode_rows(part, clips, model, dataclasses.replace(ep, torch_threads=threads), frames={})
+            return encode_rows(part, clips, model, ep.model_copy(update={"torch_threads": threads}), frames={})
         finally:
             model.precision = "fp32"
 

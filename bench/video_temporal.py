@@ -39,11 +39,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path)
     args = ap.parse_args()
 
-    import dataclasses
 
     import torch
 
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
     from mmretrieval.demo.moving_digits import digit_images, write_clips
     from mmretrieval.evaluation.evaluator import metrics_from_vectors
     from mmretrieval.evaluation.metrics import build_eval_set
@@ -72,10 +71,10 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     feats: dict[str, torch.Tensor] = {k: torch.load(c) for k, c in caches.items() if c.is_file()}
     for epochs, pool in [(e, pool) for e in args.epochs for pool in args.pools]:
-        p = dataclasses.replace(s.params.train, epochs=epochs, seed=args.seed)
+        p = s.params.train.model_copy(update={"epochs": epochs, "seed": args.seed})
         torch.manual_seed(args.seed)
-        mp = dataclasses.replace(s.params.model, video_pool=pool, video_frames=args.frames,
-                                 **json.loads(args.model))
+        mp = s.params.model.model_copy(update={"video_pool": pool, "video_frames": args.frames,
+                                               **json.loads(args.model)})
         net = build(model_config(mp, text.dim, ["video"]), text=text)
         sets = {}
         for name, rows in (("train", train_rows), ("test", test_rows)):

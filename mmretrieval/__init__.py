@@ -19,7 +19,7 @@ def __getattr__(name: str) -> Any:
 
         return RetrievalClient
     if name == "get_settings":
-        from mmretrieval.core.config import get_settings
+        from mmretrieval.core.settings import get_settings
 
         return get_settings
     if name in ("run_stage", "run_all"):

@@ -179,11 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="what the serving alias of a dataset points to")
     p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
+
+    p = sub.add_parser("params", help="params.yaml's JSON schema, for editors (`mmr params --schema > "
+                                      "params.schema.json`)")
+    p.add_argument("--schema", action="store_true", required=True, help="print the JSON schema of params.yaml")
     return parser
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from mmretrieval.core.config import get_settings
+    if args.verb == "params":  # before the settings: it helps to fix a params.yaml that does not load
+        from mmretrieval.core.params import Params
+
+        _print(Params.model_json_schema())
+        return 0
+    from mmretrieval.core.settings import get_settings
 
     settings = get_settings()
     verb = args.verb

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from mmretrieval.core.config import Settings
 from mmretrieval.core.errors import ConfigError, MMRError
+from mmretrieval.core.settings import Settings
 
 DAG_ID = "mmr_pipeline"
 WRITER_POOL = "mmr_milvus_writer"  # the pool of plugins/mmr_airflow.py

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.contracts import StageResult
+from mmretrieval.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,7 @@
 """Airflow glue for mmretrieval (the library itself never imports Airflow).
 
-* :class:`MmrHook` builds the library's :class:`~mmretrieval.core.config.Settings` from Airflow Connections, as an
-  Airflow
-  user expects: ``milvus_default`` (``host``/``port``/``schema`` -> URI, ``login``:``password`` -> token) and
+* :class:`MmrHook` builds the library's :class:`~mmretrieval.core.settings.Settings` from Airflow Connections, as an
+  Airflow user expects: ``milvus_default`` (``host``/``port``/``schema`` -> URI, ``login``:``password`` -> token) and
   ``mlflow_default`` (its URI), each falling back to the ``MMR_*`` environment when the Connection does not exist.
 * :func:`run_library` calls a library function and turns its *deterministic* errors (a bad manifest, a failed
   validation, a model that does not load, a pinned input that changed) into ``AirflowFailException``: retrying
@@ -20,7 +19,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +49,7 @@ class MmrHook(BaseHook):
             return None
 
     def get_settings(self) -> Any:
-        from mmretrieval.core.config import get_settings
+        from mmretrieval.core.settings import get_settings
 
         settings = get_settings()
         changes: dict[str, str] = {}
@@ -66,7 +64,7 @@ class MmrHook(BaseHook):
             uri = mlflow.get_uri()
             changes["mlflow_uri"] = uri if "://" in str(mlflow.host) else uri.replace("mlflow://", "http://", 1)
             changes["mlflow_artifacts"] = ""  # a tracking server keeps its own artifact store
-        return dataclasses.replace(settings, **changes) if changes else settings
+        return settings.model_copy(update=changes) if changes else settings
 
 
 def run_library(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -96,7 +94,7 @@ def datasets_of(context: dict[str, Any]) -> list[str]:
         return names
     param = str(context["params"]["dataset"])
     if param == "all":
-        from mmretrieval.core.config import get_settings
+        from mmretrieval.core.settings import get_settings
 
         return list(get_settings().params.datasets)
     return [param]

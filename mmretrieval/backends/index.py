@@ -35,7 +35,7 @@ from mmretrieval.core.errors import AliasNotFoundError, FilterError, IndexStoreE
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
-    from mmretrieval.core.config import IndexParams
+    from mmretrieval.core.params import IndexParams
 
 log = logging.getLogger(__name__)
 MISSING_ALIAS = ("not found", "not exist")  # server: "alias not found"; Lite: "alias '…' does not exist"

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmretrieval.core.config import Settings
 from mmretrieval.core.errors import ModelNotFoundError, TrackingError
 from mmretrieval.core.io import atomic_dir
+from mmretrieval.core.settings import Settings
 
 if TYPE_CHECKING:
     import pandas as pd

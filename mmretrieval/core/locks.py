@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from mmretrieval.core.config import Settings, get_settings
+from mmretrieval.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])

@@ -33,7 +33,7 @@ from mmretrieval.core.errors import ConfigError, ManifestError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mmretrieval.core.config import SplitParams
+    from mmretrieval.core.params import SplitParams
 
 CAPTION_SEPARATOR = " ||| "
 REQUIRED_COLUMNS = ("id", "modality", "path")

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mmretrieval.core.config import IndexParams
 from mmretrieval.core.errors import MediaError, TrainingError
+from mmretrieval.core.params import IndexParams
 from mmretrieval.core.schema import Modality, captions_of
 from mmretrieval.evaluation import centring
 from mmretrieval.evaluation.metrics import CHANCE_SUFFIX, EvalSet, both_directions, build_eval_set

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmretrieval.core.config import GateParams, RerankParams
 from mmretrieval.core.errors import TrainingError
+from mmretrieval.core.params import GateParams, RerankParams
 
 
 @dataclass(frozen=True)

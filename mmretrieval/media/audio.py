@@ -17,7 +17,7 @@ from mmretrieval.core.errors import MediaError
 from mmretrieval.media.files import Problem, _why, size_problem
 
 if TYPE_CHECKING:
-    from mmretrieval.core.config import ValidateParams
+    from mmretrieval.core.params import ValidateParams
 
 
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE", "VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III")

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mmretrieval.core.config import ValidateParams
+    from mmretrieval.core.params import ValidateParams
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmretrieval.core.config import MAX_IMAGE_PIXELS
 from mmretrieval.core.errors import MediaError
+from mmretrieval.core.params import MAX_IMAGE_PIXELS
 from mmretrieval.media.files import Problem, _why, size_problem
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from mmretrieval.core.config import ValidateParams
+    from mmretrieval.core.params import ValidateParams
 
 MAX_IMAGE_SIDE = 65_535  # the largest side any common format (JPEG, WebP) can declare; longer sides are refused
 FLAT_STD = 1.0  # a decoded image whose pixel standard deviation (0-255 scale) is below this counts as constant

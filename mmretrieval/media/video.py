@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from PIL import Image
 
-    from mmretrieval.core.config import ValidateParams
+    from mmretrieval.core.params import ValidateParams
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi")
 SEEK_GAP_S = 1.0  # without a keyframe index: decode forward to targets closer than this, seek to farther ones

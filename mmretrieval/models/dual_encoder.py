@@ -42,12 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
-HEADS = ("none", "linear", "mlp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUDIO_GATE_INIT = -1.0  # logit of the weight of a clip's audio track at the start of training: sigmoid(-1) = 0.27
 SILENT_PEAK = 1e-4  # an audio track whose samples never reach this is silent: the clip counts as without audio
-PRECISIONS = ("fp32", "bf16")
 FRAME_CHUNK = 16  # frames per image-tower call when embedding: small batches stay in the CPU caches
 
 
@@ -112,10 +110,6 @@ class DualEncoder(nn.Module):
                                  f"{config.text_trainable_layers}")
             self.text_layers = text.tuned
             self.pretrained.append(text.model)
-        for head, kind in (("image_head", config.image_head), ("text_head", config.text_head)):
-            if kind not in HEADS or (head == "image_head" and kind == "none"):
-                raise ConfigError(f"model.{head} {kind!r} is unknown; use one of "
-                                  f"{list(HEADS[1:] if head == 'image_head' else HEADS)}")
         if config.text_head == "none" and config.embed_dim != config.text_dim:
             raise ConfigError(f"model.text_head 'none' keeps the text model's {config.text_dim}-d space, but "
                               f"model.embed_dim is {config.embed_dim}: set it to 0 (the text model's) or "
@@ -151,9 +145,7 @@ class DualEncoder(nn.Module):
             self.register_buffer("concept_text", torch.zeros(config.image_concepts, config.text_dim))
             self.concept_mix = nn.Parameter(torch.tensor(0.0))
         self.config = config
-        if config.audio_tower:
-            if config.audio_tower != "cnn":
-                raise ModelError(f"audio tower {config.audio_tower!r} is unknown; use 'cnn'")
+        if config.audio_tower:  # "cnn", the one audio tower (model.audio_tower)
             from mmretrieval.models.audio import AudioCNN
 
             self.audio_backbone = AudioCNN(config.audio_sample_rate, config.n_mels, norm=config.audio_norm)
@@ -418,22 +410,12 @@ class RetrievalModel:
         self.device = device
         self.config = net.config
         self.transform = eval_transform(net.config)
-        self.precision = precision
+        self.precision = precision  # embed.precision: "fp32", or "bf16": the image tower under bfloat16 autocast on
+        # CPU (faster, vectors not exact)
         self._text_cache: dict[str, torch.Tensor] = {}
         backbone = getattr(net, "image_backbone", None)
         if isinstance(backbone, CNNImageTower) and device == "cpu":
             backbone.model.to(memory_format=torch.channels_last)  # what oneDNN's convolutions run fastest on
-
-    @property
-    def precision(self) -> str:
-        """``fp32``, or ``bf16``: the image tower under bfloat16 autocast on CPU (faster, vectors not exact)."""
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        if value not in PRECISIONS:
-            raise ConfigError(f"embed.precision {value!r} is unknown; use one of {list(PRECISIONS)}")
-        self._precision = value
 
     @property
     def dim(self) -> int:

@@ -12,24 +12,20 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
-from mmretrieval.core.errors import ConfigError
-
-POOLS = ("mean", "attention")
-
 
 class TemporalPool(nn.Module):
-    """(B, K, width) frame features -> (B, width) clip features; ``K`` is fixed by the model (``frames``)."""
+    """(B, K, width) frame features -> (B, width) clip features; ``K`` is fixed by the model (``frames`` >= 1).
+    ``kind`` and ``frames`` are ``model.video_pool`` and ``model.video_frames``, checked by :class:`ModelParams`
+    (:mod:`mmretrieval.core.params`)."""
 
-    def __init__(self, kind: str, width: int, frames: int, dim: int = 256, heads: int = 4,
+    def __init__(self, kind: Literal["mean", "attention"], width: int, frames: int, dim: int = 256, heads: int = 4,
                  dropout: float = 0.1) -> None:
         super().__init__()
-        if kind not in POOLS:
-            raise ConfigError(f"model.video_pool {kind!r} is unknown; use one of {list(POOLS)}")
-        if frames < 1:
-            raise ConfigError(f"model.video_frames must be >= 1, got {frames}")
         self.kind, self.frames = kind, frames
         if kind == "attention":
             self.reduce = nn.Linear(width, dim)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
-from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.errors import IndexStoreError, MediaError, MMRError, QueryError
 from mmretrieval.core.schema import MODALITIES
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.centring import PROPERTY as CENTRE_PROPERTY
 from mmretrieval.evaluation.centring import Centring
 from mmretrieval.serving import loading

@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import Settings
+from mmretrieval.core.settings import Settings
 
 if TYPE_CHECKING:
     from mmretrieval.models.dual_encoder import ModelConfig, RetrievalModel

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import Settings
 from mmretrieval.core.errors import ModelError
+from mmretrieval.core.settings import Settings
 from mmretrieval.serving.loading import cached
 
 if TYPE_CHECKING:

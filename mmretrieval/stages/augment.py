@@ -9,15 +9,15 @@ offline word list is packaged), stored in the ``aug_text`` column, seeded by (se
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from typing import Any
 
-from mmretrieval.core.config import AugmentParams, Settings, get_settings
 from mmretrieval.core.contracts import AugmentResult
 from mmretrieval.core.io import atomic_dir, write_json
 from mmretrieval.core.layout import read_clean
+from mmretrieval.core.params import AugmentParams
 from mmretrieval.core.schema import Split, join_captions, split_captions
+from mmretrieval.core.settings import Settings, get_settings
 
 
 def image_policy(p: AugmentParams) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def run(dataset: str, settings: Settings | None = None) -> AugmentResult:
         "data_version": data_version,
         "mode": "on_the_fly",
         "seed": params.augment.seed,
-        "params": dataclasses.asdict(params.augment),
+        "params": params.augment.model_dump(),
         "image": image_policy(params.augment),
         "audio": audio_policy(params.augment),
         "text": {"variants": p.text_variants, "word_share": p.text_word_share, "ops": list(TEXT_OPS),

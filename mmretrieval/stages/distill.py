@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.errors import ModelError
 from mmretrieval.core.layout import read_clean
 from mmretrieval.core.schema import Modality, Split
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.serving import loading, pyfunc
 
 log = logging.getLogger(__name__)

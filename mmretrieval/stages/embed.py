@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.contracts import EmbedStart, Pinned
 from mmretrieval.core.errors import ModelError, PinnedInputChanged
 from mmretrieval.core.io import read_json, write_json
 from mmretrieval.core.layout import SUMMARY, read_clean
 from mmretrieval.core.schema import Modality, split_captions
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.serving import loading
 
 if TYPE_CHECKING:

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.contracts import EvaluateResult
 from mmretrieval.core.errors import TrainingError
 from mmretrieval.core.io import write_json
 from mmretrieval.core.layout import read_clean
 from mmretrieval.core.locks import per_dataset
 from mmretrieval.core.schema import Split, read_manifest
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.evaluator import metrics_summary, score, score_all
 from mmretrieval.serving import loading
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from mmretrieval.backends import versioning
-from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.io import atomic_dir, write_json
 from mmretrieval.core.layout import NOT_COPIED
 from mmretrieval.core.schema import check_dataset_name, read_manifest
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.files import path_problem
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,11 @@ import logging
 from typing import Any
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.contracts import PromoteResult
 from mmretrieval.core.errors import ModelNotFoundError, TrainingError
 from mmretrieval.core.io import read_json
 from mmretrieval.core.locks import per_dataset
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.gate import Decision, decide
 
 log = logging.getLogger(__name__)

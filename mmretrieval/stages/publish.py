@@ -33,11 +33,12 @@ import numpy as np
 from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
 from mmretrieval.backends.regions import REGIONS
-from mmretrieval.core.config import IndexParams, Settings, get_settings
 from mmretrieval.core.contracts import Pinned, PublishResult
 from mmretrieval.core.errors import AliasNotFoundError, IndexStoreError, PinnedInputChanged, PublishError
 from mmretrieval.core.io import read_json
 from mmretrieval.core.layout import read_clean
+from mmretrieval.core.params import IndexParams
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation import centring
 
 if TYPE_CHECKING:

@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import RerankParams, Settings, get_settings
 from mmretrieval.core.contracts import RerankResult
 from mmretrieval.core.errors import ConfigError
 from mmretrieval.core.io import write_json
 from mmretrieval.core.layout import read_clean
 from mmretrieval.core.locks import per_dataset
+from mmretrieval.core.params import RerankParams
 from mmretrieval.core.schema import Modality, Split
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.gate import GateDecision, bootstrap_gate
 from mmretrieval.serving import loading
 from mmretrieval.serving.reranking import ARTIFACT, GATE_TAG, PASS, REFUSE, reranker_cache, reranker_key

@@ -31,20 +31,20 @@ from typing import Any
 import numpy as np
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import ModelParams, Settings, get_settings
 from mmretrieval.core.contracts import TrainResult
-from mmretrieval.core.errors import ConfigError, TrainingError
+from mmretrieval.core.errors import TrainingError
 from mmretrieval.core.io import read_json, read_parquet
 from mmretrieval.core.layout import read_clean
 from mmretrieval.core.locks import per_dataset
+from mmretrieval.core.params import ModelParams
 from mmretrieval.core.schema import Modality, Split
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.metrics import resolve_metric
 from mmretrieval.serving import pyfunc
 from mmretrieval.training.checkpoint import Checkpoint, fingerprint
 from mmretrieval.training.selection import EpochSelector
 
 log = logging.getLogger(__name__)
-LOSSES = ("infonce", "triplet")
 TUNED_PREFIXES = ("text_layers.", "image_layers.")  # DualEncoder's tuned blocks of pretrained towers
 __all__ = ["Checkpoint", "fingerprint", "param_groups", "run"]
 
@@ -106,10 +106,6 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
     settings = settings or get_settings()
     params = settings.params_for(dataset)
     p, mp = params.train, params.model
-    if p.loss not in LOSSES:
-        raise ConfigError(f"train.loss {p.loss!r} is not one of {list(LOSSES)}")
-    if p.epochs < 1 or p.batch_size < 2:
-        raise ConfigError(f"train.epochs ({p.epochs}) must be >= 1 and train.batch_size ({p.batch_size}) >= 2")
     started = time.monotonic()
     layout = settings.layout(dataset)
     train_frame = read_parquet(layout.training_manifest, f"augmented training split of {dataset!r}")

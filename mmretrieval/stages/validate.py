@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, NoReturn
 
 from mmretrieval.backends import data_docs, versioning
 from mmretrieval.backends.index import JSON_MAX_BYTES, METADATA_RESERVE, VARCHAR_LIMITS
-from mmretrieval.core.config import Settings, get_settings
 from mmretrieval.core.contracts import ValidateResult
 from mmretrieval.core.errors import ValidationFailed
 from mmretrieval.core.io import atomic_dir, write_json
 from mmretrieval.core.layout import NOT_COPIED
 from mmretrieval.core.schema import MESSAGE, METADATA, REASON, Modality, fill_splits, read_manifest, split_captions
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import audio_problem
 from mmretrieval.media.files import Problem, path_problem
 from mmretrieval.media.image import image_problem

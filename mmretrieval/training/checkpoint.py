@@ -8,15 +8,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mmretrieval.core.config import Params
 from mmretrieval.core.io import read_json, write_json
+from mmretrieval.core.params import Params
 
 
 def fingerprint(params: Params, data_version: str) -> str:
     """Identifies a training job: same params and data -> same checkpoint folder (resume)."""
     parts = {"data": data_version, "model": params.model, "train": params.train, "augment": params.augment,
              "split": params.split}
-    raw = json.dumps(parts, default=lambda o: o.__dict__, sort_keys=True)
+    raw = json.dumps(parts, default=lambda section: section.model_dump(), sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 

@@ -27,7 +27,7 @@ from mmretrieval.core.schema import Modality, split_captions
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mmretrieval.core.config import TrainParams
+    from mmretrieval.core.params import TrainParams
     from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig, VideoClip
     from mmretrieval.models.towers import TextEncoder
 

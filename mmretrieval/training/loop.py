@@ -24,7 +24,7 @@ from mmretrieval.training.data import CaptionBank, backbone_features
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mmretrieval.core.config import IndexParams
+    from mmretrieval.core.params import IndexParams
     from mmretrieval.models.dual_encoder import DualEncoder
     from mmretrieval.models.towers import TextEncoder
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmretrieval.core.config import RerankParams
 from mmretrieval.core.errors import ConfigError
+from mmretrieval.core.params import RerankParams
 from mmretrieval.core.schema import Modality, Split
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval.core.config import Settings, get_settings
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.runner import run_stage
 from mmretrieval.stages.ingest import ingest
 from tests.integration.test_training import tiny_dataset

@@ -194,7 +194,7 @@ def test_audio_reranker_attends_over_the_tower_frames_is_stored_served_and_disti
     ingest(audio_source, "tones")
     results = run_all("tones")
     assert results["rerank"]["passed"] is True
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
 
     report = json.loads(Path(results["rerank"]["report"]).read_text())
     assert report["modality"] == "audio" and report["reranker"]["config"]["regions"] == 3  # 1 s: 3 frames

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mmretrieval.backends.index import JSON_MAX_BYTES, VARCHAR_LIMITS, MilvusIndex
-from mmretrieval.core.config import IndexParams
 from mmretrieval.core.errors import FilterError, IndexStoreError, QueryError
+from mmretrieval.core.params import IndexParams
 from mmretrieval.serving.filters import build_filter
 
 pytestmark = pytest.mark.integration

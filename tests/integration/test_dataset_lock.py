@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import get_settings
+from mmretrieval.core.settings import get_settings
 
 pytestmark = pytest.mark.integration
 STAGE = ("import json, logging, sys\n"

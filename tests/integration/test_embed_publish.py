@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import PublishError
 from mmretrieval.core.io import read_json, write_json
+from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_all, run_stage
 from mmretrieval.serving.client import RetrievalClient
 from mmretrieval.stages import embed, publish

@@ -158,7 +158,7 @@ def test_the_asset_chain_fires_by_itself_and_serves_two_datasets_prepared_back_t
 
     from mmretrieval.backends import tracking
     from mmretrieval.backends.index import MilvusIndex
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
 
     settings = get_settings(workspace)
     with MilvusIndex(settings.milvus_uri) as ix:

@@ -20,8 +20,8 @@ import pytest
 
 from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import IndexStoreError
+from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_all, run_stage
 from mmretrieval.serving.client import RetrievalClient
 from mmretrieval.stages import publish

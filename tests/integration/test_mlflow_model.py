@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import QueryError
+from mmretrieval.core.settings import get_settings
 from mmretrieval.media.image import open_image
 from mmretrieval.runner import run_stage
 from mmretrieval.serving import loading

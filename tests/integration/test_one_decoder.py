@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from mmretrieval.backends.index import MilvusIndex
-from mmretrieval.core.config import get_settings
+from mmretrieval.core.settings import get_settings
 from mmretrieval.media.image import open_image
 from mmretrieval.runner import run_all
 from mmretrieval.serving.client import RetrievalClient

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.contracts import Pinned
 from mmretrieval.core.errors import PinnedInputChanged
+from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_stage
 from mmretrieval.stages import embed, publish
 

@@ -30,7 +30,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def settings_for(env: dict[str, str]):  # noqa: ANN201
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
 
     return get_settings(env["MMR_HOME"])
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import ModelError
+from mmretrieval.core.settings import get_settings
 from mmretrieval.models import efficientnet
 from mmretrieval.runner import run_stage
 

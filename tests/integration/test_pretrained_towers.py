@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import ConfigError, ModelError
+from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_all, run_stage
 from tests.tiny_clip import save_tiny_clip
 

@@ -8,7 +8,7 @@ import pytest
 
 from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
-from mmretrieval.core.config import get_settings
+from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_all, run_stage
 from mmretrieval.stages import publish
 from mmretrieval.stages.ingest import ingest

@@ -13,8 +13,8 @@ import pytest
 
 from mmretrieval.backends import tracking
 from mmretrieval.cli import main
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import PublishError, QueryError
+from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_stage
 from mmretrieval.serving import loading
 from tests.integration.test_pretrained_cnn import DEFAULT_TOWER

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from mmretrieval.core.config import Settings
+from mmretrieval.core.settings import Settings
 from mmretrieval.serving.http import ServiceConfig, create_app
 
 pytestmark = pytest.mark.integration
@@ -184,13 +184,11 @@ def test_an_unexpected_error_is_a_500_with_a_request_id_that_the_log_carries(
 def test_secrets_and_absolute_paths_never_appear_in_responses_or_logs(published_tiny: Settings,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     """A Milvus URI with a password that cannot be reached, and a dataset without a collection on the Lite file."""
-    from dataclasses import replace
-
     secret_uri = f"http://root:{SECRET}@127.0.0.1:9"  # the discard port: nothing answers
+    secret = published_tiny.model_copy(update={"milvus_uri": secret_uri, "milvus_token": f"root:{SECRET}"})
     seen: list[str] = []
     with caplog.at_level(logging.DEBUG):
-        for settings, names in ((replace(published_tiny, milvus_uri=secret_uri, milvus_token=f"root:{SECRET}"),
-                                 ["tiny"]), (published_tiny, ["ghost"])):
+        for settings, names in ((secret, ["tiny"]), (published_tiny, ["ghost"])):
             app = create_app(names, settings, ServiceConfig(api_keys=(KEY,)))
             with TestClient(app, base_url="http://127.0.0.1", headers={"X-API-Key": KEY},
                             raise_server_exceptions=False) as http:
@@ -205,9 +203,7 @@ def test_secrets_and_absolute_paths_never_appear_in_responses_or_logs(published_
     # RedactingFilter it installs on the root handlers: Milvus Lite names its file when it starts)
     from mmretrieval.serving.http import RedactingFilter, Redactor
 
-    redacting = RedactingFilter(Redactor.for_settings(replace(published_tiny, milvus_uri=secret_uri,
-                                                              milvus_token=f"root:{SECRET}"), ServiceConfig(
-        api_keys=(KEY,))))
+    redacting = RedactingFilter(Redactor.for_settings(secret, ServiceConfig(api_keys=(KEY,))))
     own = [r.getMessage() for r in caplog.records if r.name.startswith("mmretrieval")]
     served = [r.getMessage() for r in caplog.records if redacting.filter(r)]
     text = "\n".join(seen + own + served)

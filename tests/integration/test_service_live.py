@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from mmretrieval.cli import QUIET_LOGGERS
-from mmretrieval.core.config import Settings
+from mmretrieval.core.settings import Settings
 from mmretrieval.serving.http import ServiceConfig, create_app
 from tests.conftest import BIN, REPO
 

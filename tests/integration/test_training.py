@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import ModelError, TrainingError
+from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_stage
 from mmretrieval.stages.ingest import ingest
 from tests.conftest import write_manifest, write_png

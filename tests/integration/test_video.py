@@ -188,7 +188,7 @@ def test_mmr_run_takes_generated_clips_to_search_hits_that_say_when_they_matched
 
 def test_the_shared_sample_videos_decode_by_seeking(tmp_path: Path) -> None:
     """The 23 real clips (CC BY 4.0): every one opens, probes and yields K frames; one has an audio track."""
-    from mmretrieval.core.config import ValidateParams
+    from mmretrieval.core.params import ValidateParams
     from mmretrieval.media.video import probe, video_problem
 
     folder = shared("sample_videos")

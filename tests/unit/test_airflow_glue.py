@@ -58,7 +58,7 @@ def test_the_hook_reads_milvus_and_mlflow_connections_and_falls_back_to_the_envi
 
 
 def test_the_validate_task_logs_where_the_data_docs_page_is(workspace: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from mmretrieval.core.config import get_settings
+    from mmretrieval.core.settings import get_settings
 
     settings = get_settings(workspace)
     with caplog.at_level("INFO", logger="airflow.task"):

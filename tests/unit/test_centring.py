@@ -58,7 +58,7 @@ def test_a_mean_of_another_dimension_is_refused() -> None:
 
 
 def test_params_refuse_an_unknown_modality_to_centre(tmp_path) -> None:
-    from mmretrieval.core.config import load_params
+    from mmretrieval.core.params import load_params
 
     path = tmp_path / "params.yaml"
     path.write_text("index: {centre: [audio, smell]}\n")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mmretrieval.core.config import GateParams
 from mmretrieval.core.errors import TrainingError
+from mmretrieval.core.params import GateParams
 from mmretrieval.evaluation.gate import decide
 from mmretrieval.evaluation.metrics import both_directions, build_eval_set
 

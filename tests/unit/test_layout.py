@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mmretrieval.core import layout as layout_module
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import ConfigError
+from mmretrieval.core.settings import get_settings
 
 PACKAGE = Path(layout_module.__file__).resolve().parents[1]  # the mmretrieval package
 STAGE_MODULES = {"mmretrieval.stages.validate", "mmretrieval.stages.clean", "mmretrieval.stages.augment", "mmretrieval.stages.train",

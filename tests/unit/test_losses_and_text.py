@@ -45,7 +45,7 @@ def test_triplet_loss_is_zero_when_every_negative_is_beyond_the_margin_and_posit
 
 
 def test_text_augmentation_is_seeded_and_keeps_short_captions() -> None:
-    from mmretrieval.core.config import AugmentParams
+    from mmretrieval.core.params import AugmentParams
     from mmretrieval.stages.augment import text_variants
 
     p = AugmentParams(text_variants=2, text_word_share=0.2)

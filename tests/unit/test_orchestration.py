@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mmretrieval import orchestration
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import ConfigError
+from mmretrieval.core.settings import get_settings
 from tests.conftest import REPO, mmr
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmretrieval.core.config import RerankParams
+from mmretrieval.core.params import RerankParams
 from mmretrieval.evaluation.gate import bootstrap_gate
 
 GATE = RerankParams(bootstrap=500, seed=0)

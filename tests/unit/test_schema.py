@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval.core.config import SplitParams
 from mmretrieval.core.errors import ManifestError
+from mmretrieval.core.params import SplitParams
 from mmretrieval.core.schema import assign_split, fill_splits, read_manifest, split_captions
 
 

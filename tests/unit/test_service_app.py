@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Mount
 
-from mmretrieval.core.config import get_settings
+from mmretrieval.core.settings import get_settings
 from mmretrieval.serving.http import ServiceConfig, create_app
 
 ROUTES = [

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mmretrieval.backends.index import safe_uri
-from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import ConfigError
+from mmretrieval.core.settings import get_settings
 from mmretrieval.serving.http import (
     LOOPBACK,
     Redactor,

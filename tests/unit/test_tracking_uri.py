@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmretrieval.backends import tracking
-from mmretrieval.core.config import get_settings
+from mmretrieval.core.settings import get_settings
 
 
 @pytest.fixture

@@ -90,7 +90,7 @@ def test_the_contrastive_objective_learns_the_tracks_and_their_weight_when_only_
 
 
 def test_the_training_items_record_which_videos_have_a_track_and_only_then_the_model_fuses_audio() -> None:
-    from mmretrieval.core.config import ModelParams
+    from mmretrieval.core.params import ModelParams
     from mmretrieval.stages.train import model_config
     from mmretrieval.training.data import TrainItems
 
@@ -104,13 +104,13 @@ def test_the_training_items_record_which_videos_have_a_track_and_only_then_the_m
     assert with_track.video_audio and with_track.audio_tower == "cnn"
     without = model_config(mp, 16, ["video"], audio_tracks=False)
     assert not without.video_audio and without.audio_tower == ""
-    assert not model_config(dataclasses.replace(mp, video_audio=False), 16, ["video"], audio_tracks=True).video_audio
+    assert not model_config(mp.model_copy(update={"video_audio": False}), 16, ["video"], audio_tracks=True).video_audio
 
 
 def test_encoding_leaves_the_decoding_workers_their_cores_and_restores_torchs_threads() -> None:
     import os
 
-    from mmretrieval.core.config import EmbedParams
+    from mmretrieval.core.params import EmbedParams
     from mmretrieval.stages.embed import _threads, compute_threads
 
     cores = os.cpu_count() or 1

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mmretrieval.core.config import Settings
+from mmretrieval.core.settings import Settings
 from mmretrieval.serving.http.config import ServiceConfig
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from mmretrieval.core.config import Settings
+from mmretrieval.core.settings import Settings
 from mmretrieval.core.errors import MediaError, MMRError, QueryError
 from mmretrieval.serving.client import Hit, RetrievalClient
 from mmretrieval.serving.http.config import ServiceConfig

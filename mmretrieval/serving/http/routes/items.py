@@ -7,7 +7,7 @@ import io
 from fastapi import HTTPException
 from fastapi.responses import Response
 
-from mmretrieval.core.config import Settings
+from mmretrieval.core.settings import Settings
 from mmretrieval.core.errors import MediaError
 from mmretrieval.serving.http.state import DatasetState
 
