@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.core.errors import ConfigError
+from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.serving.http.config import LOOPBACK, ServiceConfig
 from mmretrieval.serving.http.dependencies import Access, default_dataset, named_dataset
 from mmretrieval.serving.http.errors import HANDLERS

@@ -12,8 +12,8 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from mmretrieval.core.settings import Settings
 from mmretrieval.core.errors import MediaError, MMRError, QueryError
+from mmretrieval.core.settings import Settings
 from mmretrieval.serving.client import Hit, RetrievalClient
 from mmretrieval.serving.http.config import ServiceConfig
 from mmretrieval.serving.http.metrics import Metrics

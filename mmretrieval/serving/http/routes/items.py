@@ -7,8 +7,8 @@ import io
 from fastapi import HTTPException
 from fastapi.responses import Response
 
-from mmretrieval.core.settings import Settings
 from mmretrieval.core.errors import MediaError
+from mmretrieval.core.settings import Settings
 from mmretrieval.serving.http.state import DatasetState
 
 THUMB_SIDE = 256  # pixels, the longer side
