@@ -1,4 +1,4 @@
-"""Small file helpers shared by the stages: atomic output folders, JSON, parquet."""
+"""Small file helpers shared by the stages: atomic output folders (one folder swap), JSON, parquet."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a scratch folder that replaces ``target`` only if the block finishes without an exception.
+    """Yield a scratch folder that replaces ``target`` (:func:`swap_dir`) only if the block finishes without an
+    exception.
 
     A crash or retry never leaves half a result in ``target``: the old content stays until the rename.
     """
@@ -32,10 +33,19 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_dir(tmp, target)
+
+
+def swap_dir(src: Path, target: Path) -> None:
+    """Put the folder ``src`` in the place of ``target`` (same file system) by renames: the old ``target`` is moved
+    aside as ``.<name>.old-<pid>`` and removed after, so a reader finds the old folder or the new one, never a mix
+    (for an instant, neither). The leftovers of killed writers of ``target`` are swept first (:func:`_sweep_dead`).
+    """
+    _sweep_dead(target)
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         target.rename(old)
-    tmp.rename(target)
+    src.rename(target)
     shutil.rmtree(old, ignore_errors=True)
 
 

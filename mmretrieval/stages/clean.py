@@ -24,6 +24,7 @@ from mmretrieval.core.errors import MediaError, ValidationFailed
 from mmretrieval.core.io import atomic_dir, read_parquet, sha256_file, write_json
 from mmretrieval.core.layout import read_data_version
 from mmretrieval.core.schema import MESSAGE, REASON, Modality, join_captions, split_captions
+from mmretrieval.core.params import Params
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import clean_audio
 from mmretrieval.media.dedup import ImageHash, dhash, find_duplicates
@@ -43,78 +44,19 @@ def media_name(item_id: str, suffix: str) -> str:
 
 
 def run(dataset: str, settings: Settings | None = None) -> CleanResult:
-    from tqdm import tqdm
-
+    """Clean the validated rows of ``dataset`` into ``data/clean/<dataset>/`` (replaced whole, atomically). Raises
+    :class:`ValidationFailed` when no row survives."""
     settings = settings or get_settings()
     params = settings.params_for(dataset)
     started = time.monotonic()
     layout = settings.layout(dataset)
     rows = read_parquet(layout.validated_rows, f"validated rows of {dataset!r}")
-    raw = layout.raw
     data_version = read_data_version(layout.validation_report)
 
     with atomic_dir(layout.clean) as tmp:  # files named as in the layout, the folder renamed into place
         (tmp / "media").mkdir()
-        reasons: list[str] = list(rows[REASON])
-        messages: list[str] = list(rows[MESSAGE])
-        media: list[str] = [""] * len(rows)
-        texts: list[str] = list(rows["text"])
-        hashes: list[str] = list(rows["sha256"])
-        phashes: list[ImageHash | None] = [None] * len(rows)
-        limit = params.validate.max_caption_chars
-        for i, row in tqdm(list(rows.iterrows()), desc=f"clean {dataset}", unit="item", leave=False, disable=None):
-            if reasons[i]:
-                continue
-            captions = normalize_captions(split_captions(row["text"]), params.clean.lowercase)
-            longest = max((len(c) for c in captions), default=0)
-            if longest > limit:
-                reasons[i], messages[i] = "caption_too_long", (
-                    f"{row['id']}: a caption has {longest} characters, above validate.max_caption_chars {limit}")
-                continue
-            texts[i] = join_captions(captions)
-            modality = row["modality"]
-            if modality == Modality.TEXT.value:
-                if not captions:
-                    reasons[i], messages[i] = "empty_text", f"{row['id']}: text is empty after normalisation"
-                continue
-            src = raw / row["path"]
-            hashes[i] = sha256_file(src)
-            if modality == Modality.IMAGE.value:
-                try:
-                    im = open_image(src, params.validate.max_image_pixels)
-                except MediaError as e:
-                    reasons[i], messages[i] = "undecodable", f"{row['id']}: {e}"
-                    continue
-                phashes[i] = dhash(im)
-                im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
-                name = media_name(row["id"], ".png")
-                im.save(tmp / "media" / name, format="PNG", optimize=False)
-            elif modality == Modality.VIDEO.value:  # the original file is kept; what probing found goes to metadata
-                name = media_name(row["id"], src.suffix.lower())
-                try:
-                    rows.at[i, "metadata"] = keep_video(src, tmp / "media" / name, rows.at[i, "metadata"])
-                except MediaError as e:
-                    reasons[i], messages[i] = getattr(e, "reason", "undecodable"), f"{row['id']}: {e}"
-                    continue
-            else:  # audio: mono, one sample rate, silence trimmed, loudness normalised, 16-bit WAV
-                name = media_name(row["id"], ".wav")
-                try:
-                    clean_audio(src, tmp / "media" / name, params.clean.audio_sample_rate, params.clean.audio_trim_db,
-                                params.clean.audio_target_dbfs, params.validate.max_audio_seconds)
-                except MediaError as e:
-                    reasons[i], messages[i] = "undecodable", f"{row['id']}: {e}"
-                    continue
-            media[i] = f"media/{name}"
-
-        rows = rows.assign(text=texts, sha256=hashes, media=media, **{REASON: reasons, MESSAGE: messages})
-        bad = rows[REASON] != ""
-        duplicates, leakage = _merge_duplicates(rows, bad, phashes, params.clean.near_duplicate_distance)
-        merged = rows.index.isin(duplicates["row"]) if len(duplicates) else rows.index.isin([])
-        clean = rows.loc[~bad & ~merged].drop(columns=[REASON, MESSAGE]).reset_index(drop=True)
-        quarantine = rows.loc[bad].drop(columns=["media"]).reset_index(drop=True)
-        if len(clean) + len(quarantine) + len(duplicates) != len(rows):  # the accounting promise
-            raise AssertionError(f"lost rows: {len(rows)} in, {len(clean)} clean + {len(quarantine)} quarantined "
-                                 f"+ {len(duplicates)} merged")
+        rows, phashes = _clean_rows(rows, layout.raw, tmp / "media", params, dataset)
+        clean, quarantine, duplicates, leakage = _tables(rows, phashes, params.clean.near_duplicate_distance)
         if clean.empty:
             raise ValidationFailed(f"dataset {dataset!r}: no row survived cleaning; see {layout.quarantine}")
         clean.to_parquet(tmp / layout.clean_manifest.name, index=False)
@@ -140,6 +82,87 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
     return CleanResult(dataset, data_version, report["input"], report["clean"], report["quarantined"],
                        report["merged_duplicates"], report["split_leakage_resolved"], report["reasons"],
                        str(layout.clean_manifest))
+
+
+def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, dataset: str
+                ) -> tuple[pd.DataFrame, list[ImageHash | None]]:
+    """Clean each row that validation passed: captions normalised (``text``), a media file re-encoded into
+    ``media_dir`` (``media``: its path relative to the clean folder; ``sha256``: of the raw file; video ``metadata``
+    completed by probing). A row that cannot be used gets its ``reason`` and ``message``. Returns the rows and the
+    image rows' difference hashes (None for other rows), by position."""
+    from tqdm import tqdm
+
+    reasons: list[str] = list(rows[REASON])
+    messages: list[str] = list(rows[MESSAGE])
+    media: list[str] = [""] * len(rows)
+    texts: list[str] = list(rows["text"])
+    hashes: list[str] = list(rows["sha256"])
+    phashes: list[ImageHash | None] = [None] * len(rows)
+    limit = params.validate.max_caption_chars
+    for i, row in tqdm(list(rows.iterrows()), desc=f"clean {dataset}", unit="item", leave=False, disable=None):
+        if reasons[i]:
+            continue
+        captions = normalize_captions(split_captions(row["text"]), params.clean.lowercase)
+        longest = max((len(c) for c in captions), default=0)
+        if longest > limit:
+            reasons[i], messages[i] = "caption_too_long", (
+                f"{row['id']}: a caption has {longest} characters, above validate.max_caption_chars {limit}")
+            continue
+        texts[i] = join_captions(captions)
+        if row["modality"] == Modality.TEXT.value:
+            if not captions:
+                reasons[i], messages[i] = "empty_text", f"{row['id']}: text is empty after normalisation"
+            continue
+        src = raw / row["path"]
+        hashes[i] = sha256_file(src)
+        try:
+            name, phashes[i], metadata = _clean_media(row, src, media_dir, params)
+        except MediaError as e:
+            reason = getattr(e, "reason", "undecodable") if row["modality"] == Modality.VIDEO.value else "undecodable"
+            reasons[i], messages[i] = reason, f"{row['id']}: {e}"
+            continue
+        if metadata is not None:
+            rows.at[i, "metadata"] = metadata
+        media[i] = f"media/{name}"
+    return rows.assign(text=texts, sha256=hashes, media=media, **{REASON: reasons, MESSAGE: messages}), phashes
+
+
+def _clean_media(row: pd.Series, src: Path, media_dir: Path, params: Params
+                 ) -> tuple[str, ImageHash | None, str | None]:
+    """Re-encode one media row's file ``src`` into ``media_dir``: images as PNG at most ``clean.image_max_side``
+    pixels a side; audio mono at one sample rate, silence trimmed, loudness normalised, 16-bit WAV; video kept as it
+    is. Returns (file name, the image's difference hash or None, the video row's new metadata JSON or None). Raises
+    :class:`MediaError` (for video a ``BadVideo`` with its ``reason``)."""
+    modality = row["modality"]
+    if modality == Modality.IMAGE.value:
+        im = open_image(src, params.validate.max_image_pixels)
+        phash = dhash(im)
+        im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
+        name = media_name(row["id"], ".png")
+        im.save(media_dir / name, format="PNG", optimize=False)
+        return name, phash, None
+    if modality == Modality.VIDEO.value:  # the original file is kept; what probing found goes to metadata
+        name = media_name(row["id"], src.suffix.lower())
+        return name, None, keep_video(src, media_dir / name, row["metadata"])
+    name = media_name(row["id"], ".wav")
+    clean_audio(src, media_dir / name, params.clean.audio_sample_rate, params.clean.audio_trim_db,
+                params.clean.audio_target_dbfs, params.validate.max_audio_seconds)
+    return name, None, None
+
+
+def _tables(rows: pd.DataFrame, phashes: list[ImageHash | None], max_distance: int
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
+    """The cleaned ``rows`` as (clean, quarantine, duplicates, groups that spanned splits): duplicates merged into
+    their group's first row (:func:`_merge_duplicates`), every row in exactly one table."""
+    bad = rows[REASON] != ""
+    duplicates, leakage = _merge_duplicates(rows, bad, phashes, max_distance)
+    merged = rows.index.isin(duplicates["row"]) if len(duplicates) else rows.index.isin([])
+    clean = rows.loc[~bad & ~merged].drop(columns=[REASON, MESSAGE]).reset_index(drop=True)
+    quarantine = rows.loc[bad].drop(columns=["media"]).reset_index(drop=True)
+    if len(clean) + len(quarantine) + len(duplicates) != len(rows):  # the accounting promise
+        raise AssertionError(f"lost rows: {len(rows)} in, {len(clean)} clean + {len(quarantine)} quarantined "
+                             f"+ {len(duplicates)} merged")
+    return clean, quarantine, duplicates, leakage
 
 
 def keep_video(src: Path, dst: Path, metadata: str) -> str:

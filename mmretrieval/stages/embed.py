@@ -1,17 +1,24 @@
-"""Stage ``embed``: every clean item through the model an MLflow alias names (reader -> encoder -> writer), in shards.
+"""Stage ``embed``: every clean item through the model an MLflow alias names, in shards: reader -> mapper -> writer.
 
 The clean manifest is cut into shards of ``embed.shard_rows`` rows. Each shard is written on its own
 (``part-<k>.parquet``: id, modality, vector, model_version, data_version) into a work folder
 ``data/embeddings/<dataset>/v<model_version>.partial/``, so a killed run resumes where it stopped and shards can be
 embedded by parallel workers (the Airflow DAG maps one task per shard). :func:`finish` checks completeness (every
-clean item embedded once, counts per modality, unit vectors, one dimension) and moves the folder to
+clean item embedded once, counts per modality, unit vectors, one dimension) and swaps the folder in as
 ``v<model_version>/`` with ``embed.json``. A rerun with the same model and data version does nothing.
+
+A shard goes through three pieces, as in clip-retrieval, each timed: the *reader* (:class:`_Reader`: rows of the
+manifest -> batches of one modality, files decoded and preprocessed in data-loader worker processes,
+``embed.num_workers``, while the model encodes the previous batch), the *mapper* (:class:`_Mapper`, the only piece
+that touches the model: batches -> unit vectors, video frame vectors and the re-ranker's regions; on CUDA the image
+tower runs under autocast) and the *writer* (:class:`_Writer`: the shard's parquet file and region shard). Their
+seconds and items/s, summed over the shards, are the summary's ``timings`` (:class:`Timings`), so a GPU or batched
+path can replace one piece and show what it changed. The three are private classes of this stage rather than a
+package of their own: nothing else embeds a manifest (training and evaluation encode in layers below), and a package
+would add a layer to the import contract for one user.
 
 Video rows also carry ``frame_times`` (seconds) and ``frame_vectors`` (K x dim: each sampled frame as an image), which
 publishing stores with the clip so that a hit can say where in the clip the query matched best.
-
-Files are decoded and preprocessed in data-loader worker processes (``embed.num_workers``) while the model encodes
-the previous batch; on CUDA the image tower runs under autocast.
 """
 
 from __future__ import annotations
@@ -19,18 +26,18 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from mmretrieval.backends import tracking
 from mmretrieval.core.contracts import EmbedStart, Pinned
 from mmretrieval.core.errors import ModelError, PinnedInputChanged
-from mmretrieval.core.io import read_json, write_json
+from mmretrieval.core.io import read_json, swap_dir, write_json
 from mmretrieval.core.layout import SUMMARY, read_clean
 from mmretrieval.core.schema import Modality, split_captions
 from mmretrieval.core.settings import Settings, get_settings
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mmretrieval.models.dual_encoder import RetrievalModel
+    from mmretrieval.serving.reranking import RegionWriter
 
 log = logging.getLogger(__name__)
 
@@ -119,44 +127,100 @@ def plan(dataset: str, settings: Settings | None = None, alias: str = tracking.C
     return p
 
 
+def timings_name(k: int) -> str:
+    return f"timings-{k:05d}.json"
+
+
+PIECES = ("reader", "mapper", "writer")
+
+
+@dataclass
+class Timings:
+    """Seconds each piece spent on ``items`` rows: ``reader`` waiting for batches (decoding them itself when
+    ``embed.num_workers`` is 0; worker processes decode while the mapper runs otherwise), ``mapper`` in the model,
+    ``writer`` writing shard files. Wall-clock seconds of this process (``time.perf_counter``)."""
+
+    items: int = 0
+    reader: float = 0.0
+    mapper: float = 0.0
+    writer: float = 0.0
+
+    def read(self, batches: Iterable[_Batch]) -> Iterator[_Batch]:
+        """``batches``, with the time spent making each (and starting the iteration) added to ``reader``."""
+        started = time.perf_counter()
+        it = iter(batches)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                self.reader += time.perf_counter() - started
+                return
+            self.reader += time.perf_counter() - started
+            yield batch
+            started = time.perf_counter()
+
+    @contextmanager
+    def timing(self, piece: str) -> Iterator[None]:
+        """Add the block's seconds to ``piece`` (one of :data:`PIECES`)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, piece, getattr(self, piece) + time.perf_counter() - started)
+
+    def add(self, other: Timings) -> None:
+        self.items += other.items
+        for piece in PIECES:
+            setattr(self, piece, getattr(self, piece) + getattr(other, piece))
+
+    def summary(self) -> dict[str, Any]:
+        """``{"items": N, "reader" | "mapper" | "writer": {"seconds": s, "items_per_second": N / s}}`` (items/s is
+        None for a piece that took no measurable time)."""
+        out: dict[str, Any] = {"items": self.items}
+        for piece in PIECES:
+            seconds = getattr(self, piece)
+            out[piece] = {"seconds": round(seconds, 3),
+                          "items_per_second": round(self.items / seconds, 1) if seconds > 0 else None}
+        return out
+
+
 def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: RetrievalModel | None = None
                 ) -> dict[str, Any]:
-    """Embed shard ``k`` of the plan (skipped when its file exists) and write it atomically."""
-    import pandas as pd
-
+    """Embed shard ``k`` of the plan (skipped when its file exists): reader and mapper (:func:`encode_rows`), then
+    the writer, which puts the shard's file in place last. Returns ``{"shard", "rows", "seconds", "timings"}``
+    (:meth:`Timings.summary`), or ``{"shard", "skipped": True}``. Raises :class:`ValueError` for a shard outside the
+    plan and :class:`ModelError` when the plan's re-ranker is gone."""
     settings = settings or get_settings()
-    target = p.work / shard_name(k)
     if not 0 <= k < p.shards:
         raise ValueError(f"shard {k} is outside 0..{p.shards - 1} of the {p.dataset!r} embedding plan")
-    if target.is_file():
+    if (p.work / shard_name(k)).is_file():
         return {"shard": k, "skipped": True}
     part = p.clean.iloc[k * p.shard_rows:(k + 1) * p.shard_rows].reset_index(drop=True)
     if model is None:
         model = load_model(settings, p)
     started = time.monotonic()
     frames: dict[int, tuple[list[float], np.ndarray]] = {}
-    writer = None
-    if p.regions:
-        from mmretrieval.serving.reranking import region_writer
-
-        writer = region_writer(settings, p.ref)
-        if writer is None or writer.modality != p.regions:
-            raise ModelError(f"the embedding plan of {p.ref.uri} carries {p.regions} regions, but its re-ranker is "
-                             "gone or changed: plan the embedding again")
+    regions = _region_writer(settings, p)
+    timings = Timings()
     vectors = encode_rows(part, p.clean_root, model, settings.params_for(p.dataset).embed,
-                          desc=f"embed {p.dataset} shard {k}", frames=frames, regions=writer)
-    if writer is not None:  # regions first: the vector shard's file marks the shard done
-        writer.write(p.work, k, part)
-    frame = pd.DataFrame({"id": part["id"].to_numpy(), "modality": part["modality"].to_numpy(),
-                          "vector": list(vectors), "model_version": p.ref.version, "data_version": p.data_version})
-    if frames:
-        frame["frame_times"] = [frames[j][0] if j in frames else [] for j in range(len(part))]
-        frame["frame_vectors"] = [frames[j][1].ravel() if j in frames else np.zeros(0, np.float32)
-                                  for j in range(len(part))]
-    tmp = target.with_name(target.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(target)
-    return {"shard": k, "rows": len(part), "seconds": round(time.monotonic() - started, 2)}
+                          desc=f"embed {p.dataset} shard {k}", frames=frames, regions=regions, timings=timings)
+    _Writer(p, regions)(k, part, vectors, frames, timings)
+    return {"shard": k, "rows": len(part), "seconds": round(time.monotonic() - started, 2),
+            "timings": timings.summary()}
+
+
+def _region_writer(settings: Settings, p: Plan) -> RegionWriter | None:
+    """The region writer of the plan's re-ranker when the plan carries regions, else None. Raises
+    :class:`ModelError` when that re-ranker is gone or is now one of another modality."""
+    if not p.regions:
+        return None
+    from mmretrieval.serving.reranking import region_writer
+
+    writer = region_writer(settings, p.ref)
+    if writer is None or writer.modality != p.regions:
+        raise ModelError(f"the embedding plan of {p.ref.uri} carries {p.regions} regions, but its re-ranker is "
+                         "gone or changed: plan the embedding again")
+    return writer
 
 
 def load_model(settings: Settings, p: Plan) -> RetrievalModel:
@@ -174,50 +238,23 @@ def load_model(settings: Settings, p: Plan) -> RetrievalModel:
 
 def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embed_params: Any,
                 desc: str = "embed", frames: dict[int, tuple[list[float], np.ndarray]] | None = None,
-                regions: Any = None) -> np.ndarray:
+                regions: Any = None, *, timings: Timings | None = None) -> np.ndarray:
     """(rows, dim) unit vectors for clean-manifest rows, in row order: texts in batches, files through a
-    DataLoader. Video rows (K frames each, sampled by seeking) also fill ``frames[row] = (times in seconds,
-    (K, dim) frame unit vectors)`` when ``frames`` is given. With ``regions`` (a
-    :class:`~mmretrieval.serving.reranking.RegionWriter`), the rows of its modality are encoded through their tower's maps,
-    which it also gets, so a re-ranker's regions cost no second decode or tower pass."""
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    vectors = np.zeros((len(part), model.dim), dtype=np.float32)
-    bs = embed_params.batch_size
-    texts = np.flatnonzero((part["modality"] == Modality.TEXT.value).to_numpy())
-    for start in range(0, len(texts), bs):
-        idx = texts[start:start + bs]
-        vectors[idx] = model.encode_texts([split_captions(t)[0] for t in part["text"].to_numpy()[idx]])
-    for modality in (Modality.IMAGE.value, Modality.AUDIO.value, Modality.VIDEO.value):
-        rows = np.flatnonzero((part["modality"] == modality).to_numpy())
-        if not len(rows):
-            continue
-        files = [clean_dir / m for m in part["media"].to_numpy()[rows]]
-        if modality == Modality.VIDEO.value:  # K frames per clip: a batch of clips is K times the images
-            bs = max(1, embed_params.batch_size // model.config.video_frames)
-        workers = min(embed_params.num_workers, max(0, len(rows) // bs))  # no worker start-up for one batch
-        loader = DataLoader(_Decoded(files, rows, modality, model), batch_size=bs, num_workers=workers,
-                            pin_memory=model.device.startswith("cuda"), prefetch_factor=4 if workers else None,
-                            persistent_workers=False)
-        encode = model.encode_pixels if modality == Modality.IMAGE.value else model.encode_waves
-        with torch.inference_mode(), _threads(compute_threads(embed_params, workers, model.device)):
-            for batch, idx in tqdm(loader, desc=f"{desc} {modality}", unit="batch", leave=False, disable=None):
-                if modality == Modality.VIDEO.value:  # a VideoClip batch: frames, times, audio tracks
-                    rows_ = idx.numpy()
-                    vectors[rows_], per_frame = model.encode_video_pixels(batch)
-                    if frames is not None:
-                        for j, row in enumerate(rows_):
-                            frames[int(row)] = ([round(float(t), 3) for t in batch.times[j]], per_frame[j])
-                    continue
-                if regions is not None and modality == regions.modality:
-                    maps = model.item_maps(modality, batch)
-                    vectors[idx.numpy()] = model.project_maps(modality, maps)
-                    regions.add(idx.numpy(), maps)
-                    continue
-                vectors[idx.numpy()] = encode(batch)
-    return vectors
+    DataLoader (:class:`_Reader`), all through the model (:class:`_Mapper`). Video rows (K frames each, sampled by
+    seeking) also fill ``frames[row] = (times in seconds, (K, dim) frame unit vectors)`` when ``frames`` is given.
+    With ``regions`` (a :class:`~mmretrieval.serving.reranking.RegionWriter`), the rows of its modality are encoded
+    through their tower's maps, which it also gets, so a re-ranker's regions cost no second decode or tower pass.
+    ``timings`` gets the rows and the reader's and mapper's seconds."""
+    timings = timings if timings is not None else Timings()
+    reader = _Reader(part, clean_dir, model, embed_params, desc)
+    mapper = _Mapper(model, len(part), frames, regions)
+    for modality in reader.modalities:
+        with _threads(reader.threads(modality)):
+            for batch in timings.read(reader.batches(modality)):
+                with timings.timing("mapper"):
+                    mapper(batch)
+    timings.items += len(part)
+    return mapper.vectors
 
 
 def compute_threads(embed_params: Any, workers: int, device: str) -> int:
@@ -248,8 +285,74 @@ def _threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+class _Batch(NamedTuple):
+    """What the reader hands the mapper: ``items`` of one ``modality`` for the shard rows ``rows`` ((B,) ints):
+    B captions (texts), (B, 3, S, S) pixels (images), (B, samples) waves (audio) or a batch of ``VideoClip``."""
+
+    modality: str
+    rows: np.ndarray
+    items: Any
+
+
+FILE_MODALITIES = (Modality.IMAGE.value, Modality.AUDIO.value, Modality.VIDEO.value)
+
+
+class _Reader:
+    """Reader: rows of the clean manifest -> :class:`_Batch` es, one modality after the other (text, image, audio,
+    video): texts as their first caption, files decoded and preprocessed (:class:`_Decoded`) in a DataLoader with
+    ``embed.num_workers`` worker processes (none for a single batch)."""
+
+    def __init__(self, part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embed_params: Any,
+                 desc: str) -> None:
+        self.part, self.clean_dir, self.model, self.params, self.desc = part, clean_dir, model, embed_params, desc
+        kinds = part["modality"].to_numpy()
+        self.rows = {m: rows for m in (Modality.TEXT.value, *FILE_MODALITIES)
+                     if len(rows := np.flatnonzero(kinds == m))}
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities of the rows, in reading order."""
+        return list(self.rows)
+
+    def batch_size(self, modality: str) -> int:
+        if modality == Modality.VIDEO.value:  # K frames per clip: a batch of clips is K times the images
+            return max(1, self.params.batch_size // self.model.config.video_frames)
+        return int(self.params.batch_size)
+
+    def workers(self, modality: str) -> int:
+        """Decoding worker processes for the modality's files: none for texts or a single batch."""
+        if modality == Modality.TEXT.value:
+            return 0
+        return min(self.params.num_workers, max(0, len(self.rows[modality]) // self.batch_size(modality)))
+
+    def threads(self, modality: str) -> int:
+        """Torch threads while the modality is encoded (:func:`compute_threads`; 0: unchanged, for texts)."""
+        if modality == Modality.TEXT.value:
+            return 0
+        return compute_threads(self.params, self.workers(modality), self.model.device)
+
+    def batches(self, modality: str) -> Iterator[_Batch]:
+        from torch.utils.data import DataLoader
+        from tqdm import tqdm
+
+        rows, bs = self.rows[modality], self.batch_size(modality)
+        if modality == Modality.TEXT.value:
+            texts = self.part["text"].to_numpy()
+            for start in range(0, len(rows), bs):
+                idx = rows[start:start + bs]
+                yield _Batch(modality, idx, [split_captions(t)[0] for t in texts[idx]])
+            return
+        files = [self.clean_dir / m for m in self.part["media"].to_numpy()[rows]]
+        workers = self.workers(modality)
+        loader = DataLoader(_Decoded(files, rows, modality, self.model), batch_size=bs, num_workers=workers,
+                            pin_memory=self.model.device.startswith("cuda"), prefetch_factor=4 if workers else None,
+                            persistent_workers=False)
+        for batch, idx in tqdm(loader, desc=f"{self.desc} {modality}", unit="batch", leave=False, disable=None):
+            yield _Batch(modality, idx.numpy(), batch)
+
+
 class _Decoded:
-    """Reader for a DataLoader: decodes and preprocesses one modality's files (in worker processes when set)."""
+    """The reader's dataset: decodes and preprocesses one modality's files (in worker processes when set)."""
 
     def __init__(self, files: list[Path], rows: np.ndarray, modality: str, model: RetrievalModel) -> None:
         self.files, self.rows, self.modality = files, rows, modality
@@ -268,10 +371,76 @@ class _Decoded:
         return self.load_wave(self.files[k]), int(self.rows[k])
 
 
-def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[str, Any]:
-    """Check the shards against the clean manifest and publish the folder as ``v<version>/``.
+class _Mapper:
+    """Mapper, the only piece that touches the model: each :class:`_Batch` -> the (B, dim) unit vectors of its rows,
+    kept in ``vectors`` (rows, dim) float32. Video clips also fill ``frames[row] = (times in seconds, (K, dim) frame
+    vectors)`` when ``frames`` is given; with ``regions`` (a ``RegionWriter``) the rows of its modality go through
+    their tower's maps, pooled into the vectors and handed to ``regions`` (one decode and one tower pass)."""
 
-    ``started`` (a ``time.monotonic()`` value) adds the run's wall time to the summary as ``seconds``.
+    def __init__(self, model: RetrievalModel, rows: int, frames: dict[int, tuple[list[float], np.ndarray]] | None,
+                 regions: RegionWriter | None) -> None:
+        self.model, self.frames, self.regions = model, frames, regions
+        self.vectors = np.zeros((rows, model.dim), dtype=np.float32)
+
+    def __call__(self, batch: _Batch) -> None:
+        import torch
+
+        model, rows, modality = self.model, batch.rows, batch.modality
+        with torch.inference_mode():
+            if modality == Modality.TEXT.value:
+                self.vectors[rows] = model.encode_texts(batch.items)
+            elif modality == Modality.VIDEO.value:  # a VideoClip batch: frames, times, audio tracks
+                self.vectors[rows], per_frame = model.encode_video_pixels(batch.items)
+                if self.frames is not None:
+                    for j, row in enumerate(rows):
+                        self.frames[int(row)] = ([round(float(t), 3) for t in batch.items.times[j]], per_frame[j])
+            elif self.regions is not None and modality == self.regions.modality:
+                maps = model.item_maps(modality, batch.items)
+                self.vectors[rows] = model.project_maps(modality, maps)
+                self.regions.add(rows, maps)
+            elif modality == Modality.IMAGE.value:
+                self.vectors[rows] = model.encode_pixels(batch.items)
+            else:
+                self.vectors[rows] = model.encode_waves(batch.items)
+
+
+class _Writer:
+    """Writer of a plan's shards: shard ``k``'s region shard (when the plan carries regions), its rows (id,
+    modality, vector, versions, video frames) and its :class:`Timings`, into the work folder; ``part-<k>.parquet``
+    comes last, by a rename, and marks the shard done."""
+
+    def __init__(self, p: Plan, regions: RegionWriter | None) -> None:
+        self.p, self.regions = p, regions
+
+    def __call__(self, k: int, part: pd.DataFrame, vectors: np.ndarray,
+                 frames: dict[int, tuple[list[float], np.ndarray]], timings: Timings) -> None:
+        import pandas as pd
+
+        p = self.p
+        target = p.work / shard_name(k)
+        tmp = target.with_name(target.name + ".tmp")
+        with timings.timing("writer"):
+            if self.regions is not None:
+                self.regions.write(p.work, k, part)
+            frame = pd.DataFrame({"id": part["id"].to_numpy(), "modality": part["modality"].to_numpy(),
+                                  "vector": list(vectors), "model_version": p.ref.version,
+                                  "data_version": p.data_version})
+            if frames:
+                frame["frame_times"] = [frames[j][0] if j in frames else [] for j in range(len(part))]
+                frame["frame_vectors"] = [frames[j][1].ravel() if j in frames else np.zeros(0, np.float32)
+                                          for j in range(len(part))]
+            frame.to_parquet(tmp, index=False)
+        write_json(p.work / timings_name(k), asdict(timings))
+        tmp.replace(target)
+
+
+def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[str, Any]:
+    """Check the shards against the clean manifest and swap the work folder in as ``v<version>/``
+    (:func:`~mmretrieval.core.io.swap_dir`), with the summary ``embed.json``. Raises :class:`ModelError` naming what
+    is missing or wrong.
+
+    ``started`` (a ``time.monotonic()`` value) adds the run's wall time to the summary as ``seconds``; ``timings``
+    sums the shards' :class:`Timings` (of the processes that wrote them).
     """
     import pandas as pd
 
@@ -281,8 +450,41 @@ def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[s
     missing = p.pending()
     if missing:
         raise ModelError(f"embeddings of {p.dataset!r} are incomplete: shard(s) {missing} of {p.shards} missing")
-    clean = p.clean
     frame = pd.concat([pd.read_parquet(p.work / shard_name(k)) for k in range(p.shards)], ignore_index=True)
+    vectors = _checked_vectors(p, frame)
+    counts = {k: int(v) for k, v in frame["modality"].value_counts().items()}
+    summary = {
+        "dataset": p.dataset, "model": p.ref.name, "model_version": p.ref.version, "model_uri": p.ref.uri,
+        "data_version": p.data_version, "dim": int(vectors.shape[1]), "rows": p.rows, "modalities": counts,
+        "shards": [shard_name(k) for k in range(p.shards)], "shard_rows": p.shard_rows, "device": device,
+        "path": str(p.final),
+    }
+    if p.regions:
+        from mmretrieval.serving.reranking import finish_regions
+
+        clean = p.clean
+        regions = finish_regions(p.ref, p.work, p.shards, list(clean.loc[clean["modality"] == p.regions, "id"]))
+        summary["regions"] = regions | {"path": str(p.final / "regions"), "modality": p.regions}
+    if started is not None:
+        summary["seconds"] = round(time.monotonic() - started, 2)
+    timing_files = [f for k in range(p.shards) if (f := p.work / timings_name(k)).is_file()]  # none: older shards
+    total = Timings()
+    for f in timing_files:
+        total.add(Timings(**read_json(f, "shard timings")))
+    summary["timings"] = total.summary()
+    write_json(p.work / SUMMARY, summary)
+    for f in [p.work / "plan.json", *timing_files]:
+        f.unlink()
+    swap_dir(p.work, p.final)
+    log.info("embed %s: reader %.2fs, mapper %.2fs, writer %.2fs for %d timed item(s)", p.dataset, total.reader,
+             total.mapper, total.writer, total.items)
+    return summary
+
+
+def _checked_vectors(p: Plan, frame: pd.DataFrame) -> np.ndarray:
+    """The (rows, dim) vectors of the plan's shards (``frame``), once they are one row per clean item in order, unit
+    length and as many per modality as the clean manifest has. Raises :class:`ModelError`."""
+    clean = p.clean
     if list(frame["id"]) != list(clean["id"]):
         raise ModelError(f"embeddings of {p.dataset!r} hold {len(frame)} rows that do not match the "
                          f"{len(clean)} clean items: embed again")
@@ -295,27 +497,7 @@ def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[s
     expected = {k: int(v) for k, v in clean["modality"].value_counts().items()}
     if counts != expected:
         raise ModelError(f"embedded counts per modality {counts} differ from the clean counts {expected}")
-    summary = {
-        "dataset": p.dataset, "model": p.ref.name, "model_version": p.ref.version, "model_uri": p.ref.uri,
-        "data_version": p.data_version, "dim": int(vectors.shape[1]), "rows": p.rows, "modalities": counts,
-        "shards": [shard_name(k) for k in range(p.shards)], "shard_rows": p.shard_rows, "device": device,
-        "path": str(p.final),
-    }
-    if p.regions:
-        from mmretrieval.serving.reranking import finish_regions
-
-        regions = finish_regions(p.ref, p.work, p.shards, list(clean.loc[clean["modality"] == p.regions, "id"]))
-        summary["regions"] = regions | {"path": str(p.final / "regions"), "modality": p.regions}
-    if started is not None:
-        summary["seconds"] = round(time.monotonic() - started, 2)
-    write_json(p.work / SUMMARY, summary)
-    (p.work / "plan.json").unlink()
-    old = p.final.with_name(p.final.name + ".old")
-    if p.final.exists():
-        p.final.rename(old)
-    p.work.rename(p.final)
-    shutil.rmtree(old, ignore_errors=True)
-    return summary
+    return vectors
 
 
 def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION,

@@ -26,6 +26,7 @@ from mmretrieval.core.errors import ValidationFailed
 from mmretrieval.core.io import atomic_dir, write_json
 from mmretrieval.core.layout import NOT_COPIED
 from mmretrieval.core.schema import MESSAGE, METADATA, REASON, Modality, fill_splits, read_manifest, split_captions
+from mmretrieval.core.params import Params
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import audio_problem
 from mmretrieval.media.files import Problem, path_problem
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 
 
 def _check_ids(df: pd.DataFrame, dataset: str) -> None:
-    """Ids are Milvus primary keys: each must fit :data:`~mmretrieval.backends.index.VARCHAR_LIMITS` ``["id"]`` UTF-8 bytes
-    and hold no NUL. A bad id stops the run (an id names an item everywhere; it is not quietly dropped)."""
+    """Ids are Milvus primary keys: each must fit :data:`~mmretrieval.backends.index.VARCHAR_LIMITS` ``["id"]``
+    UTF-8 bytes and hold no NUL. A bad id stops the run (an id names an item everywhere; it is not quietly dropped)."""
     limit = VARCHAR_LIMITS["id"]
     bad = [(int(i) + 2, str(v)) for i, v in df["id"].items() if len(str(v).encode("utf-8")) > limit or "\x00" in v]
     if bad:
@@ -53,9 +54,9 @@ def _check_ids(df: pd.DataFrame, dataset: str) -> None:
 
 
 def limit_problem(row: pd.Series) -> Problem | None:
-    """A row whose fields would not fit the collection schema (the limits of :mod:`mmretrieval.backends.index`): a string
-    field longer than its limit in UTF-8 bytes, a NUL character, metadata JSON above the JSON field's limit (less
-    the room publish needs for what it adds)."""
+    """A row whose fields would not fit the collection schema (the limits of :mod:`mmretrieval.backends.index`): a
+    string field longer than its limit in UTF-8 bytes, a NUL character, metadata JSON above the JSON field's limit
+    (less the room publish needs for what it adds)."""
     for column in ("path", "label", "text", "group", "source"):
         value = str(row[column])
         if "\x00" in value:
@@ -79,6 +80,8 @@ def limit_problem(row: pd.Series) -> Problem | None:
 
 
 def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
+    """Validate the raw manifest of ``dataset`` and its files into ``data/validated/<dataset>/`` (replaced whole,
+    atomically). Raises :class:`ValidationFailed` for raw data changed since its version, or a hard failure."""
     settings = settings or get_settings()
     params = settings.params_for(dataset)
     started = time.monotonic()
@@ -101,49 +104,11 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         _check_ids(df, dataset)
     except ValidationFailed as e:
         _fail(layout, dataset, data_version, suite, str(e))
-    reasons = dict(suite.row_reasons)
-    for i, row in df.iterrows():
-        if i not in reasons and (limit := limit_problem(row)) is not None:
-            reasons[int(i)] = (limit.reason, f"row {int(i) + 2} ({row['id']}): {limit.message}")
-    not_copied_file = raw / NOT_COPIED
-    not_copied = json.loads(not_copied_file.read_text(encoding="utf-8")) if not_copied_file.is_file() else {}
-    for i, row in df.iterrows():
-        if i in reasons:
-            continue
-        if row["modality"] == Modality.TEXT.value:
-            if not split_captions(row["text"]):
-                reasons[int(i)] = ("empty_text", "a text item needs non-empty text")
-            continue
-        problem = path_problem(row["path"], raw)
-        if problem is not None and problem.reason == "missing_file" and row["path"] in not_copied:
-            seen = not_copied[row["path"]]
-            problem = Problem(seen["reason"], f"at ingest: {seen['message']}")
-        if problem is None and str(row["sha256"]).strip():
-            problem = hash_problem(raw / row["path"], str(row["sha256"]).strip())
-        if problem is None and row["modality"] == Modality.IMAGE.value:
-            problem = image_problem(raw / row["path"], params.validate)
-        if problem is None and row["modality"] == Modality.AUDIO.value:
-            problem = audio_problem(raw / row["path"], params.validate)
-        if problem is None and row["modality"] == Modality.VIDEO.value:
-            from mmretrieval.media.video import video_problem
-
-            problem = video_problem(raw / row["path"], params.validate, params.model.video_frames)
-        if problem is not None:
-            reasons[int(i)] = (problem.reason, f"row {int(i) + 2} ({row['id']}): {problem.message}")
-
-    reassigned = bool(params.split.reassign_without_train and not (df["split"] == "train").any())
-    if reassigned and set(df["split"]) == {""}:  # the documented case: no splits given, a hash assigns them
-        log.info("validate %s: no split column values; assigning splits from the ratios in params.yaml", dataset)
-    elif reassigned:
-        log.warning("validate %s: the manifest has no train rows (splits %s); assigning splits from the ratios in "
-                    "params.yaml instead (split.reassign_without_train)", dataset, sorted(set(df["split"])))
-    rows = fill_splits(df.assign(split="") if reassigned else df, params.split)
-    if reassigned:  # keep the verdict on invalid split values
-        rows.loc[~df["split"].isin(["train", "val", "test", ""]), "split"] = df["split"]
+    reasons = _row_problems(df, raw, params, dict(suite.row_reasons))
+    rows, reassigned = _assign_splits(df, params, dataset)
     rows[REASON] = [reasons.get(i, ("", ""))[0] for i in range(len(rows))]
     rows[MESSAGE] = [reasons.get(i, ("", ""))[1] for i in range(len(rows))]
     bad = rows[REASON] != ""
-    counts = dict(Counter(rows.loc[bad, REASON]))
     by_kind = dict(Counter(zip(rows.loc[bad, "modality"], rows.loc[bad, REASON], strict=True)))
     if bad.all():
         first = rows.loc[bad, MESSAGE].head(3).tolist()
@@ -156,7 +121,7 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         "rows": len(rows),
         "valid": int((~bad).sum()),
         "quarantine": int(bad.sum()),
-        "reasons": counts,
+        "reasons": dict(Counter(rows.loc[bad, REASON])),
         "splits": {k: int(v) for k, v in rows.loc[~bad, "split"].value_counts().items()},
         "splits_reassigned": reassigned,
         "expectations": suite.summary,
@@ -170,10 +135,70 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         write_json(tmp / layout.validation_report.name, report)
         (tmp / layout.data_docs.name).write_text(page, encoding="utf-8")
     log.info("validate %s: %d rows, %d valid, %d to quarantine %s", dataset, len(rows), report["valid"],
-             report["quarantine"], counts)
+             report["quarantine"], report["reasons"])
     log.info("validate %s: data docs %s", dataset, layout.data_docs.resolve().as_uri())
     return ValidateResult(dataset, data_version, report["rows"], report["valid"], report["quarantine"],
                           report["reasons"], str(layout.validation_report), str(layout.data_docs))
+
+
+def _row_problems(df: pd.DataFrame, raw: Path, params: Params, reasons: dict[int, tuple[str, str]]
+                  ) -> dict[int, tuple[str, str]]:
+    """``reasons`` (row -> (reason, message): the suite's verdicts) completed with the first problem of each other
+    row: a field the index cannot hold (:func:`limit_problem`, every row first), then an empty text or its file
+    (:func:`media_problem`)."""
+    for i, row in df.iterrows():
+        if i not in reasons and (limit := limit_problem(row)) is not None:
+            reasons[int(i)] = (limit.reason, f"row {int(i) + 2} ({row['id']}): {limit.message}")
+    not_copied_file = raw / NOT_COPIED
+    not_copied = json.loads(not_copied_file.read_text(encoding="utf-8")) if not_copied_file.is_file() else {}
+    for i, row in df.iterrows():
+        if i in reasons:
+            continue
+        if row["modality"] == Modality.TEXT.value:
+            if not split_captions(row["text"]):
+                reasons[int(i)] = ("empty_text", "a text item needs non-empty text")
+            continue
+        problem = media_problem(row, raw, params, not_copied)
+        if problem is not None:
+            reasons[int(i)] = (problem.reason, f"row {int(i) + 2} ({row['id']}): {problem.message}")
+    return reasons
+
+
+def media_problem(row: pd.Series, raw: Path, params: Params, not_copied: dict[str, dict[str, str]]) -> Problem | None:
+    """The first problem of a media row's file under ``raw``: its path (for a missing file that ingest did not copy,
+    why: ``not_copied``, path -> reason and message), its bytes against the manifest's ``sha256`` when given, then
+    the checks of its modality (decoding, size, duration, frames)."""
+    path = raw / row["path"]
+    problem = path_problem(row["path"], raw)
+    if problem is not None and problem.reason == "missing_file" and row["path"] in not_copied:
+        seen = not_copied[row["path"]]
+        problem = Problem(seen["reason"], f"at ingest: {seen['message']}")
+    if problem is None and str(row["sha256"]).strip():
+        problem = hash_problem(path, str(row["sha256"]).strip())
+    if problem is None and row["modality"] == Modality.IMAGE.value:
+        problem = image_problem(path, params.validate)
+    if problem is None and row["modality"] == Modality.AUDIO.value:
+        problem = audio_problem(path, params.validate)
+    if problem is None and row["modality"] == Modality.VIDEO.value:
+        from mmretrieval.media.video import video_problem
+
+        problem = video_problem(path, params.validate, params.model.video_frames)
+    return problem
+
+
+def _assign_splits(df: pd.DataFrame, params: Params, dataset: str) -> tuple[pd.DataFrame, bool]:
+    """The rows with their splits filled from the ratios in ``params.split``, and whether every split was assigned
+    anew (``split.reassign_without_train`` and no train row; invalid split values are kept for their verdict)."""
+    reassigned = bool(params.split.reassign_without_train and not (df["split"] == "train").any())
+    if reassigned and set(df["split"]) == {""}:  # the documented case: no splits given, a hash assigns them
+        log.info("validate %s: no split column values; assigning splits from the ratios in params.yaml", dataset)
+    elif reassigned:
+        log.warning("validate %s: the manifest has no train rows (splits %s); assigning splits from the ratios in "
+                    "params.yaml instead (split.reassign_without_train)", dataset, sorted(set(df["split"])))
+    rows = fill_splits(df.assign(split="") if reassigned else df, params.split)
+    if reassigned:  # keep the verdict on invalid split values
+        rows.loc[~df["split"].isin(["train", "val", "test", ""]), "split"] = df["split"]
+    return rows, reassigned
 
 
 def hash_problem(path: Path, expected: str) -> Problem | None:

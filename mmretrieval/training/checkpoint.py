@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mmretrieval.core.io import read_json, write_json
+from mmretrieval.core.io import atomic_dir, read_json, write_json
 from mmretrieval.core.params import Params
 
 
@@ -22,7 +22,8 @@ def fingerprint(params: Params, data_version: str) -> str:
 
 class Checkpoint:
     """``weights.safetensors`` (now), ``best.safetensors`` (the kept epoch), ``state.pt`` (optimiser and schedule,
-    plain tensors read back with ``weights_only=True``) and ``meta.json``, replaced atomically each epoch."""
+    plain tensors read back with ``weights_only=True``) and ``meta.json``, replaced atomically each epoch
+    (:func:`~mmretrieval.core.io.atomic_dir`)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -34,19 +35,12 @@ class Checkpoint:
         import torch
         from safetensors.torch import save_file
 
-        tmp = self.folder.with_name(self.folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        save_file(weights, str(tmp / "weights.safetensors"))
-        save_file({k: v.cpu().contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "state.pt")
-        write_json(tmp / "meta.json", meta)
-        old = self.folder.with_name(self.folder.name + ".old")
-        if self.folder.exists():
-            self.folder.rename(old)
-        tmp.rename(self.folder)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(self.folder) as tmp:
+            weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            save_file(weights, str(tmp / "weights.safetensors"))
+            save_file({k: v.cpu().contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "state.pt")
+            write_json(tmp / "meta.json", meta)
 
     def load(self, net: Any, opt: Any, sched: Any, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restore ``net``/``opt``/``sched``; returns the kept epoch's weights and the meta dict."""

@@ -50,6 +50,9 @@ def test_a_killed_embedding_resumes_from_its_finished_shards(sharded: Path, monk
     assert calls == [5, 1]  # only the two missing shards ran (16 items: 5 + 5 + 5 + 1)
     assert summary["rows"] == 16 and summary["modalities"] == {"image": 16} and len(summary["shards"]) == 4
     assert not p.work.exists() and (p.final / "embed.json").is_file()
+    timings = summary["timings"]  # the shards of both runs, each piece timed; no timing file left in the folder
+    assert timings["items"] == 16 and all(timings[piece]["seconds"] > 0 for piece in ("reader", "mapper", "writer"))
+    assert not list(p.final.glob("timings-*"))
     calls.clear()
     assert embed.run("tiny")["skipped"] is True and calls == []
 

@@ -51,3 +51,20 @@ def test_an_atomic_write_sweeps_what_killed_writers_left_and_keeps_a_live_writer
         (scratch / "manifest.csv").write_text("id\n", encoding="utf-8")
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["clean", f".clean.tmp-{os.getppid()}"])  # the live one (our parent) stays
+
+
+def test_a_folder_swap_replaces_the_target_whole_and_sweeps_what_killed_swappers_left(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mmretrieval.core.io import swap_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid whose process has exited
+    target, work = tmp_path / "v1", tmp_path / "v1.partial"
+    for folder, name in ((target, "old.parquet"), (work, "part-00000.parquet"), (tmp_path / f".v1.old-{dead}", "x")):
+        folder.mkdir()
+        (folder / name).write_bytes(b"x" * 10)
+    swap_dir(work, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["v1"]
+    assert [p.name for p in target.iterdir()] == ["part-00000.parquet"]
