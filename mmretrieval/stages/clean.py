@@ -23,8 +23,8 @@ from mmretrieval.core.contracts import CleanResult
 from mmretrieval.core.errors import MediaError, ValidationFailed
 from mmretrieval.core.io import atomic_dir, read_parquet, sha256_file, write_json
 from mmretrieval.core.layout import read_data_version
-from mmretrieval.core.schema import MESSAGE, REASON, Modality, join_captions, split_captions
 from mmretrieval.core.params import Params
+from mmretrieval.core.schema import MESSAGE, REASON, Modality, join_captions, split_captions
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import clean_audio
 from mmretrieval.media.dedup import ImageHash, dhash, find_duplicates

@@ -25,8 +25,8 @@ from mmretrieval.core.contracts import ValidateResult
 from mmretrieval.core.errors import ValidationFailed
 from mmretrieval.core.io import atomic_dir, write_json
 from mmretrieval.core.layout import NOT_COPIED
-from mmretrieval.core.schema import MESSAGE, METADATA, REASON, Modality, fill_splits, read_manifest, split_captions
 from mmretrieval.core.params import Params
+from mmretrieval.core.schema import MESSAGE, METADATA, REASON, Modality, fill_splits, read_manifest, split_captions
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import audio_problem
 from mmretrieval.media.files import Problem, path_problem
