@@ -26,14 +26,12 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mmretrieval.core.errors import ConfigError, ManifestError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from mmretrieval.core.params import SplitParams
 
 CAPTION_SEPARATOR = " ||| "
 REQUIRED_COLUMNS = ("id", "modality", "path")
@@ -176,7 +174,15 @@ def raw_byte(path: Path, offset: int) -> str:
         return repr(f.read(1))
 
 
-def assign_split(key: str, ratios: SplitParams) -> str:
+class SplitRatios(Protocol):
+    """The shares of hash-assigned splits (``params.yaml`` ``split``: :class:`mmretrieval.core.params.SplitParams`)."""
+
+    train: float  # share of train, 0..1
+    val: float
+    salt: str  # changing it reshuffles every unassigned row
+
+
+def assign_split(key: str, ratios: SplitRatios) -> str:
     """Deterministic split for an item whose split is empty: a hash of its group (or id) and the salt."""
     digest = hashlib.sha256(f"{ratios.salt}:{key}".encode()).hexdigest()
     u = int(digest[:12], 16) / float(16**12)
@@ -187,7 +193,7 @@ def assign_split(key: str, ratios: SplitParams) -> str:
     return Split.TEST.value
 
 
-def fill_splits(df: pd.DataFrame, ratios: SplitParams) -> pd.DataFrame:
+def fill_splits(df: pd.DataFrame, ratios: SplitRatios) -> pd.DataFrame:
     """Assign a split to rows whose split is empty (other values are left for validation to judge)."""
     out = df.copy()
     empty = out["split"] == ""
