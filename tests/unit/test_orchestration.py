@@ -10,7 +10,7 @@ import pytest
 from mmretrieval import orchestration
 from mmretrieval.core.config import get_settings
 from mmretrieval.core.errors import ConfigError
-from tests.conftest import REPO, mmr
+from tests.helpers.workspace import REPO, mmr
 
 
 def checkout(root: Path) -> Path:
