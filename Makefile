@@ -21,6 +21,7 @@ export PYTHONUNBUFFERED := 1
 help:
 	@echo "make demo   - set up .venv, run the whole pipeline on the bundled sample through Airflow, search it"
 	@echo "make test   - set up .venv and .venv-milvus, run all tests (unit + integration, a real Milvus server included)"
+	@echo "make test-unit          - the fast tests only (no servers, pipelines or training; under 2 minutes)"
 	@echo "make test-milvus-server - only the tests against a real Milvus server"
 	@echo "make milvus-server      - run a Milvus server on 127.0.0.1:$(MILVUS_PORT) (data in var/milvus-server)"
 	@echo "make browser - install Debian's chromium and chromium-driver (the search page test; needs root or sudo)"
@@ -61,8 +62,9 @@ test: setup milvus-server-venv browser
 test-milvus-server: setup milvus-server-venv
 	MMR_REQUIRE_MILVUS_SERVER=1 $(BIN)/pytest -q -m milvus_server tests/integration/test_milvus_server.py
 
+# Everything but the tests marked `integration` (servers, subprocess pipelines, training): under 2 minutes on 2 cores
 test-unit: setup
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -m "not integration" tests
 
 lint: setup
 	$(BIN)/ruff check mmretrieval dags plugins tests

@@ -11,7 +11,7 @@ Stages find each other's outputs here, never by importing another stage. The tre
     data/reports/<ds>/                 evaluate.json/.html, evaluations/v<N>.json, rerank.json,
                                        stages/<verb>.json (every stage's result)          (evaluate, rerank, ...)
     data/embeddings/<ds>/v<N>/         part-*.parquet, embed.json, regions/ (+ v<N>.partial while embedding)
-    var/checkpoints/<ds>/<run>/        training checkpoints (train, rerank)
+    var/checkpoints/<ds>/<run>/        training checkpoints (train)
     var/promotions/<ds>.jsonl          every gate decision and alias move (promote, rerank)
     var/locks/<ds>.<name>.lock         per-dataset stage locks (train, gate, rerank)
     var/model-cache/<model>/           downloaded model versions

@@ -5,7 +5,7 @@ split, and gate the re-ranker.
    feature map (the evaluation crop and its mirror image), the text tower each caption's token states; the dual
    encoder's cosines rank every training image for every caption, and its top-ranked wrong images are the hard
    negatives (:func:`~mmretrieval.training.rerank.mine_hard_negatives`).
-2. **Training**: listwise, seeded, checkpointed after each epoch under ``var/checkpoints/<dataset>/rerank-v<N>/``.
+2. **Training**: listwise, seeded, in memory (no checkpoints: a killed run trains again from the start).
 3. **Evaluation** on the test split (exact search): every metric of the dual encoder alone and with its top
    ``rerank.depth`` re-ranked, both directions, with the query latency (p50/p95) of each.
 4. **Gate**: a paired bootstrap over test queries of the per-query ``rerank.metric`` (t2i hit@1): the re-ranker
@@ -155,12 +155,10 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     net = CrossReranker(cfg)
     if vocabulary:
         net.set_concepts(*vocabulary)
-    ckpt = layout.checkpoints(f"rerank-v{ref.version}")
     schedule = RerankSchedule(p.epochs, p.negatives, p.batch_size, p.lr, seed=p.seed, mixing_lr=p.mixing_lr,
                               queries=p.queries)
     t_train = time.monotonic()
-    losses = train_reranker(net, RerankData(tokens, mask, maps, es.relevant, train_dual), schedule,
-                            on_epoch=lambda epoch, _: save(net, ckpt, {"epoch": epoch}))
+    losses = train_reranker(net, RerankData(tokens, mask, maps, es.relevant, train_dual), schedule)
     train_seconds = time.monotonic() - t_train
     if cfg.references:  # caption centring (items ranking captions): a seeded sample of training items
         pick = torch.from_numpy(np.random.default_rng(p.seed).choice(maps.shape[1], cfg.references, replace=False))
@@ -202,9 +200,6 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
                                          "gate": PASS if decision.promote else REFUSE})
         register_reranker(settings, ref, Path(tmp) / ARTIFACT, metrics, decision, out)
     _log_decision(settings, dataset, ref.version, decision)
-    import shutil
-
-    shutil.rmtree(ckpt, ignore_errors=True)
     log.info("rerank %s v%s: %s; %s", dataset, ref.version, decision.reasons[0],
              f"once v{ref.version} serves, text searches over {p.modality} re-rank its top {p.depth} by default"
              if decision.promote else f"v{ref.version} serves without a re-ranker")

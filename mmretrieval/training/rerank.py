@@ -14,7 +14,7 @@ re-ranker's own layers:
   the candidates, what the re-ranker is asked at query time: order these N);
 * :func:`distill_kl`: KL(teacher || student) between the two score distributions over each query's candidate list,
   at a temperature: the student learns the teacher's *ranking* of hard negatives, not its raw scores;
-* :func:`train_reranker`: the seeded loop (AdamW, warm-up + cosine), optionally checkpointed after each epoch;
+* :func:`train_reranker`: the seeded loop (AdamW, warm-up + cosine);
 * :func:`train_student` / :func:`train_item_student` / :func:`train_concept_mix`: the distilled students.
 """
 
@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,13 +146,11 @@ def pair_lists(relevant: np.ndarray, dual: np.ndarray, negatives: int, queries: 
     return draw_lists(list_sides(relevant, dual, negatives, queries), rng)
 
 
-def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
-                   on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+def train_reranker(net: Any, data: RerankData, p: RerankSchedule) -> list[float]:
     """Train ``net`` (a :class:`~mmretrieval.models.reranker.CrossReranker`) listwise on candidate lists of one
     relevant pair and up to ``p.negatives`` hard negatives mined by the dual encoder (:func:`pair_lists`; captions
     ranking items, items ranking captions, or both, by ``p.queries``); each epoch redraws the positives and each
-    list's view. Returns the mean loss per epoch; ``on_epoch(epoch, loss)`` runs after each (e.g. to checkpoint).
-    Raises :class:`TrainingError` when the loss stops being finite."""
+    list's view. Returns the mean loss per epoch. Raises :class:`TrainingError` when the loss stops being finite."""
     torch.manual_seed(p.seed)
     rng = np.random.default_rng(p.seed)
     mixing = {id(q) for q in net.mixing_parameters()}
@@ -203,8 +200,6 @@ def train_reranker(net: Any, data: RerankData, p: RerankSchedule,
             parts.append(float(loss.item()))
         losses.append(float(np.mean(parts)))
         log.info("re-ranker epoch %d/%d: loss %.4f (%.1f s)", epoch, p.epochs, losses[-1], time.monotonic() - started)
-        if on_epoch:
-            on_epoch(epoch, losses[-1])
     net.eval()
     return losses
 
@@ -233,13 +228,6 @@ def rerank_matrix(net: Any, tokens: torch.Tensor, token_mask: torch.Tensor, regi
     out = queries - queries.max() - 1.0 + rescored.min() - 1.0  # everything below the re-ranked top
     np.put_along_axis(out, top, rescored, axis=1)
     return out
-
-
-def save_checkpoint(net: Any, folder: Path, epoch: int) -> None:
-    """The re-ranker's weights after ``epoch`` (safetensors) so a killed run can resume there."""
-    from mmretrieval.models.reranker import save
-
-    save(net, folder, {"epoch": epoch})
 
 
 @dataclass(frozen=True)

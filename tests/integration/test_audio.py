@@ -12,7 +12,9 @@ import pytest
 
 from mmretrieval.runner import run_all, run_stage
 from mmretrieval.stages.ingest import ingest
-from tests.conftest import write_manifest
+from tests.helpers.files import write_manifest
+
+pytestmark = pytest.mark.integration
 
 TONES = {"low": 220.0, "high": 1760.0}
 

@@ -9,15 +9,11 @@ import pytest
 from mmretrieval.core.errors import DatasetNotFoundError, ManifestError, ValidationFailed
 from mmretrieval.stages import clean, validate
 from mmretrieval.stages.ingest import ingest
-from tests.conftest import mmr, write_manifest, write_png
+from tests.helpers.files import good_rows, png_declaring, write_manifest, write_png
+from tests.helpers.pages import assets
+from tests.helpers.workspace import mmr
 
-
-def good_rows(src: Path, n: int = 4) -> list[dict[str, str]]:
-    rows = []
-    for i in range(n):
-        write_png(src / "images" / f"ok{i}.png", color=(i * 40, 100, 50))
-        rows.append({"id": f"ok{i}", "modality": "image", "path": f"images/ok{i}.png", "text": f"picture {i}"})
-    return rows
+pytestmark = pytest.mark.integration
 
 
 def test_each_bad_row_is_quarantined_with_its_reason_and_counts_add_up(workspace: Path) -> None:
@@ -54,8 +50,6 @@ def test_duplicate_ids_stop_validation_naming_the_ids_and_rows(workspace: Path) 
     with pytest.raises(ValidationFailed, match=r"'ok1'.*rows 3, 5.*data docs: .*data_docs.html"):
         validate.run("dups")
     # the failed validation's page is written (offline, see test_data_docs.py), and no data for later stages
-    from tests.integration.test_data_docs import assets
-
     out = workspace / "data/validated/dups"
     page = (out / "data_docs.html").read_text(encoding="utf-8")
     report = json.loads((out / "report.json").read_text())
@@ -116,19 +110,6 @@ def test_duplicates_merge_with_their_captions_and_split_leakage_is_resolved(work
     assert set(dupes["merged_into"]) == {"orig"}
     survivor = pd.read_parquet(workspace / "data/clean/dupes/manifest.parquet").set_index("id").loc["orig"]
     assert survivor["text"] == "a navy bar ||| a blue block" and survivor["split"] == "train"
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height (a decompression bomb to anyone who decodes it)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(
-        b"IEND", b"")
 
 
 def test_every_kind_of_bad_or_odd_file_gets_a_verdict_and_none_crashes(workspace: Path) -> None:
@@ -195,7 +176,8 @@ def test_labels_outside_the_configured_set_are_quarantined(workspace: Path) -> N
 
 
 def test_rows_beyond_the_index_limits_are_caught_at_validation_not_at_publish(workspace: Path) -> None:
-    """The limits come from the collection schema (mmretrieval.backends.index); ids stop the run, other fields quarantine."""
+    """The limits come from the collection schema (mmretrieval.backends.index); ids stop the run, other fields
+    quarantine."""
     src = workspace.parent / "src"
     rows = good_rows(src, 3)
     columns = ["id", "modality", "path", "text", "label", "split", "notes"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -15,18 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, FAST_PARAMS, REPO, mmr
-from tests.integration.test_training import tiny_dataset
-from tests.unit.test_compose import command_words, mlflow_server_args, services, workspace_mounts
+from tests.helpers.compose import command_words, covered, mlflow_server_args, services, workspace_mounts
+from tests.helpers.files import tiny_dataset
+from tests.helpers.servers import free_port
+from tests.helpers.workspace import BIN, FAST_PARAMS, REPO, mmr
+
+pytestmark = pytest.mark.integration
 
 CLEAN_ENV = ("MMR_HOME", "MMR_PARAMS", "MMR_MILVUS_URI", "MMR_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI",
              "MMR_MLFLOW_ARTIFACTS", "MMR_DATASET", "AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def status(url: str, host: str) -> int:
@@ -97,6 +93,10 @@ def git_dvc_workspace(root: Path) -> Path:
     return root
 
 
+def files_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
 def test_mmr_validate_runs_in_the_workspace_as_the_compose_mounts_lay_it_out(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     for var in CLEAN_ENV:
@@ -111,10 +111,13 @@ def test_mmr_validate_runs_in_the_workspace_as_the_compose_mounts_lay_it_out(tmp
             shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True)
         elif src.exists():
             shutil.copyfile(src, dst)
+    before = files_under(container)
     out = mmr("validate", "--dataset", "tiny", cwd=container, env={"MMR_HOME": str(container)})
     assert out.returncode == 0, f"mounts {mounts}: {out.stderr[-800:]}"
-    assert (container / "data/validated/tiny/report.json").is_file()
-    assert (container / "var").exists() or "var" not in mounts or "." in mounts
+    written = sorted(files_under(container) - before)
+    assert "data/validated/tiny/report.json" in written
+    lost = [rel for rel in written if not covered(mounts, rel)]
+    assert lost == [], f"written outside the mounts {mounts}, lost with the container: {lost}"
 
 
 def airflow(home: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:

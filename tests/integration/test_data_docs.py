@@ -5,7 +5,6 @@ from the network."""
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -13,33 +12,10 @@ import pytest
 from mmretrieval.core.errors import ValidationFailed
 from mmretrieval.stages import validate
 from mmretrieval.stages.ingest import ingest
-from tests.conftest import write_manifest
-from tests.integration.test_bad_input import good_rows
-from tests.integration.test_service_live import browser  # noqa: F401  (the fixture)
+from tests.helpers.files import good_rows, write_manifest
+from tests.helpers.pages import assets
 
-
-class Assets(HTMLParser):
-    """Every address the page would load (stylesheets, scripts, images, frames) and every link."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.loads: list[str] = []
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag in ("link", "script", "img", "iframe", "source", "embed") and (a.get("href") or a.get("src")):
-            self.loads.append(str(a.get("href") or a.get("src")))
-        if tag == "script":
-            self.loads.append("<script>")
-        if tag == "a" and a.get("href"):
-            self.links.append(str(a["href"]))
-
-
-def assets(page: str) -> Assets:
-    parser = Assets()
-    parser.feed(page)
-    return parser
+pytestmark = pytest.mark.integration
 
 
 def bad_dataset(workspace: Path) -> Path:
@@ -79,7 +55,7 @@ def test_a_passing_validation_page_is_offline_and_names_dataset_version_expectat
 
 
 def test_passing_and_failing_pages_render_in_a_headless_browser_without_the_network(
-        workspace: Path, browser: object, tmp_path: Path) -> None:  # noqa: F811
+        workspace: Path, browser: object, tmp_path: Path) -> None:
     ingest(bad_dataset(workspace), "bad")
     passing = Path(validate.run("bad")["data_docs"])
     src = workspace.parent / "dups"

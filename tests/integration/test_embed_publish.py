@@ -16,8 +16,10 @@ from mmretrieval.runner import run_all, run_stage
 from mmretrieval.serving.client import RetrievalClient
 from mmretrieval.stages import embed, publish
 from mmretrieval.stages.ingest import ingest
-from tests.conftest import FAST_PARAMS
-from tests.integration.test_training import tiny_dataset
+from tests.helpers.files import tiny_dataset
+from tests.helpers.workspace import FAST_PARAMS
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -20,18 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, FAST_PARAMS, REPO, make_workspace
+from tests.helpers.files import tiny_dataset
+from tests.helpers.servers import free_port
+from tests.helpers.workspace import BIN, FAST_PARAMS, REPO, make_workspace
 
 pytestmark = [pytest.mark.integration, pytest.mark.live_airflow]
 DATASETS = ("first", "second")
 DEADLINE_S = 480  # measured about 3 min on the shared 2-core machine
 CHAIN = ("mmr_prepare", "mmr_model", "mmr_serve")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def airflow_env(home: Path, workspace: Path) -> dict[str, str]:
@@ -95,8 +90,6 @@ def report(db: Path, home: Path) -> str:
 @pytest.fixture
 def live_airflow(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     """A fresh Airflow home (migrated, the Milvus writer pool created) with api-server, scheduler and dag-processor."""
-    from tests.integration.test_training import tiny_dataset
-
     workspace = make_workspace(tmp_path / "ws", FAST_PARAMS.replace("datasets: [demo]",
                                                                     f"datasets: [{', '.join(DATASETS)}]"))
     home = tmp_path / "airflow"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,17 +25,19 @@ from mmretrieval.runner import run_all, run_stage
 from mmretrieval.serving.client import RetrievalClient
 from mmretrieval.stages import publish
 from mmretrieval.stages.ingest import ingest
-from tests.conftest import REPO
-from tests.integration.test_backend_parity import (
+from tests.helpers.files import tiny_dataset
+from tests.helpers.index_checks import (
     EXPECTED_DEPTHS,
     IVF,
     TEXT_ROWS,
     check_depth,
     check_filters,
     check_limits,
+    kill_publish_at_each_step,
+    publish_with_a_row_past_the_limits,
 )
-from tests.integration.test_publish_safety import kill_publish_at_each_step, publish_with_a_row_past_the_limits
-from tests.integration.test_training import tiny_dataset
+from tests.helpers.servers import free_port
+from tests.helpers.workspace import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.milvus_server]
 
@@ -45,12 +46,6 @@ SERVER_SCRIPT = REPO / "scripts" / "milvus_server.py"
 START_TIMEOUT = 240.0  # documented 10-46 s; generous for a loaded 2-core CI runner
 KILL_AFTER = 3  # seconds: a loaded 2.3.5 standalone never stops gracefully (scripts/milvus_server.py) and we delete it
 STOP_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def require_server_venv() -> None:

@@ -17,6 +17,8 @@ from mmretrieval.media.image import open_image
 from mmretrieval.runner import run_stage
 from mmretrieval.serving import loading
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def champion(prepared: Path) -> Path:

@@ -1,7 +1,8 @@
 """One decoder at every entry point, and filters that mean what they say, on a real published collection.
 
-A dataset made of an image file of every Pillow mode and bit depth (tests/imagekinds.py) plus coloured squares goes
-through every stage (validate, clean, train, evaluate, promote, embed, publish: real DVC, GX, MLflow, Milvus Lite).
+A dataset made of an image file of every Pillow mode and bit depth (tests/helpers/imagekinds.py) plus coloured
+squares goes through every stage (validate, clean, train, evaluate, promote, embed, publish: real DVC, GX, MLflow,
+Milvus Lite).
 Each raw file is then used as a query through every query entry point -- ``RetrievalClient.search`` with a path,
 bytes and a PIL image, the HTTP upload and the CLI -- and must find its own published item (embedded from the
 cleaned copy) at score 1.000 with the same hits everywhere: the same pixels at validation, cleaning, training,
@@ -26,9 +27,9 @@ from mmretrieval.media.image import open_image
 from mmretrieval.runner import run_all
 from mmretrieval.serving.client import RetrievalClient
 from mmretrieval.stages.ingest import ingest
-from tests.conftest import make_workspace, mmr, write_manifest
-from tests.imagekinds import KINDS, write_kind
-from tests.integration.test_training import COLORS
+from tests.helpers.files import COLORS, write_manifest
+from tests.helpers.imagekinds import KINDS, write_kind
+from tests.helpers.workspace import enter_workspace, make_workspace, mmr
 
 pytestmark = pytest.mark.integration
 CONTENT_TYPES = {".png": "image/png", ".tif": "image/tiff"}
@@ -53,11 +54,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
             rows.append({"id": f"{name}{i}", "modality": "image", "path": rel, "label": name,
                          "text": f"a {name} square", "split": ("test", "val", "train", "train")[i]})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMR_HOME", str(root))
-        for var in ("MMR_PARAMS", "MMR_MILVUS_URI", "MMR_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI",
-                    "MMR_MLFLOW_ARTIFACTS", "MMR_DATASET"):
-            mp.delenv(var, raising=False)
-        mp.chdir(root)
+        enter_workspace(mp, root)
         ingest(write_manifest(src, rows), "kinds")
         results = run_all("kinds")
         yield {"root": root, "src": src, "expected": expected, "results": results}
@@ -71,7 +68,6 @@ def merged_into(root: Path) -> dict[str, str]:
 def test_every_kind_passes_validation_and_is_cleaned_to_the_pixels_the_decoder_promises(
         served: dict[str, object]) -> None:
     root, expected = Path(served["root"]), served["expected"]
-    assert isinstance(expected, dict)
     verdict = pd.read_parquet(root / "data/validated/kinds/rows.parquet").set_index("id")["reason"]
     assert (verdict == "").all(), verdict[verdict != ""].to_dict()
     clean = pd.read_parquet(root / "data/clean/kinds/manifest.parquet").set_index("id")

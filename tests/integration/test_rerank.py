@@ -17,7 +17,9 @@ from mmretrieval.core.errors import PublishError, QueryError
 from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_stage
 from mmretrieval.serving import loading
-from tests.integration.test_pretrained_cnn import DEFAULT_TOWER
+from tests.helpers.workspace import DEFAULT_TOWER
+
+pytestmark = pytest.mark.integration
 
 RERANK = {"enabled": True, "negatives": 3, "folds": 2, "epochs": 2, "batch_size": 8, "bootstrap": 200, "depth": 4}
 

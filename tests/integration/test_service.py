@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,19 +15,13 @@ from fastapi.testclient import TestClient
 
 from mmretrieval.core.settings import Settings
 from mmretrieval.serving.http import ServiceConfig, create_app
+from tests.helpers.files import png_declaring
+from tests.helpers.servers import free_port
+from tests.helpers.workspace import BIN
 
 pytestmark = pytest.mark.integration
 KEY = "test-key-0123456789abcdef"
 SECRET = "S3cret-Pa55word-xyz"
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A valid PNG signature and IHDR declaring ``width`` x ``height``, with an empty image stream (~70 bytes)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 def png(width: int, height: int, color: tuple[int, int, int] = (220, 30, 30)) -> bytes:
@@ -55,13 +47,13 @@ def hostile_inputs() -> list[tuple[str, str, dict[str, Any], set[int]]]:
     some_or = " or ".join(f'label == "{i}"' for i in range(60))  # short enough, too complex
     deep = "(" * 40 + 'label == "a"' + ")" * 40
     cases: list[tuple[str, str, dict[str, Any], set[int]]] = [
-        ("bomb 40000x40000 header", "/search/upload", {"files": {"file": ("b.png", png_header(40000, 40000),
+        ("bomb 40000x40000 header", "/search/upload", {"files": {"file": ("b.png", png_declaring(40000, 40000),
                                                                           "image/png")}}, {400}),
-        ("bomb 12000x12000 header", "/search/upload", {"files": {"file": ("b.png", png_header(12000, 12000),
+        ("bomb 12000x12000 header", "/search/upload", {"files": {"file": ("b.png", png_declaring(12000, 12000),
                                                                           "image/png")}}, {400}),
         ("thin 50000x1", "/search/upload", {"files": {"file": ("t.png", png(50000, 1), "image/png")}}, {400}),
         ("thin 50000x8", "/search/upload", {"files": {"file": ("t.png", png(50000, 8), "image/png")}}, {400}),
-        ("thin 1x50000 header", "/search/upload", {"files": {"file": ("t.png", png_header(1, 50000),
+        ("thin 1x50000 header", "/search/upload", {"files": {"file": ("t.png", png_declaring(1, 50000),
                                                                       "image/png")}}, {400}),
         ("surrogate in text", "/search", {"content": b'{"text": "cat \\ud800"}'}, {422}),
         ("surrogate in filter", "/search", {"content": b'{"text": "cat", "filter": "label == \\"\\udfff\\""}'}, {422}),
@@ -302,17 +294,12 @@ def test_a_second_server_on_a_locked_lite_file_is_live_but_not_ready(app_and_htt
     """This process holds the Lite file (the module's application): ``mmr serve`` in another process starts,
     answers /health/live, and says why it is not ready, without the file's absolute path."""
     import os
-    import socket
     import subprocess
     import time
 
     import httpx
 
-    from tests.conftest import BIN
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MMR_HOME": str(published_tiny.home), "MMR_API_KEYS": KEY}
     proc = subprocess.Popen([str(BIN / "mmr"), "serve", "--dataset", "tiny", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,19 +1,18 @@
 """The service as a real uvicorn server on loopback: schemathesis (its CLI, all checks) over HTTP, /health/live while
 uploads are in flight, the search page in a real headless Chromium, and the server's whole log checked for secrets.
 
-The browser is Debian's ``chromium`` with ``chromium-driver`` (``make test`` installs them); Selenium is pointed at
-``/usr/bin/chromedriver`` so that nothing is downloaded. Without them the browser test skips, unless
-``MMR_REQUIRE_BROWSER=1`` (``make test`` sets it): then it fails.
+The browser (the ``browser`` fixture of tests/integration/conftest.py) is Debian's ``chromium`` with
+``chromium-driver`` (``make test`` installs them); Selenium is pointed at ``/usr/bin/chromedriver`` so that nothing
+is downloaded. Without them the browser test skips, unless ``MMR_REQUIRE_BROWSER=1`` (``make test`` sets it): then it
+fails.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -28,12 +27,11 @@ import pytest
 from mmretrieval.cli import QUIET_LOGGERS
 from mmretrieval.core.settings import Settings
 from mmretrieval.serving.http import ServiceConfig, create_app
-from tests.conftest import BIN, REPO
+from tests.helpers.servers import free_port
+from tests.helpers.workspace import BIN, REPO
 
 pytestmark = pytest.mark.integration
 KEY = "live-key-0123456789abcdef"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = REPO / "build" / "test-artifacts" / "search-page.png"  # docs/search-page.png: the same page on the demo
 SCHEMATHESIS_EXAMPLES = 100  # per operation: about 1,900 requests, 25-40 s on 2 cores
 
@@ -43,12 +41,6 @@ class Live:
     url: str
     settings: Settings
     log: io.StringIO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -167,39 +159,6 @@ def test_health_answers_while_eight_clients_upload_images(live: Live) -> None:
     print(f"/health/live under upload load: max {max(latencies) * 1000:.1f} ms; uploads meanwhile {finished_during}")
     assert finished_during >= 8  # the uploads really were running while health was asked
     assert max(latencies) < 2.0
-
-
-def require_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium")
-    if not missing:
-        return
-    reason = f"{', '.join(missing)} missing: run `make browser` (Debian packages chromium chromium-driver)"
-    if os.environ.get("MMR_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"MMR_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
-    require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1100,900", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_the_search_page_finds_by_text_and_by_uploaded_image_in_a_real_browser(live: Live, browser: object,

@@ -12,22 +12,9 @@ from mmretrieval.core.errors import ModelError, TrainingError
 from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_stage
 from mmretrieval.stages.ingest import ingest
-from tests.conftest import write_manifest, write_png
+from tests.helpers.files import write_manifest, write_png
 
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
-
-
-def tiny_dataset(src: Path, per_color: int = 4) -> Path:
-    rows = []
-    for name, rgb in COLORS.items():
-        for i in range(per_color):
-            rel = f"images/{name}{i}.png"
-            write_png(src / rel, size=(36 + i, 36), color=tuple(min(255, c + 6 * i) for c in rgb))
-            split = "test" if i == 0 else ("val" if i == 1 else "train")
-            rows.append({"id": f"{name}{i}", "modality": "image", "path": rel, "split": split,
-                         "text": f"a {name} square ||| something {name}", "label": name})
-    return write_manifest(src, rows)
-
+pytestmark = pytest.mark.integration
 
 def registered_versions(ws: Path) -> list[str]:
     s = get_settings(ws)

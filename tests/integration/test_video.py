@@ -15,7 +15,10 @@ from mmretrieval.media.video import read_frames, write_clip
 from mmretrieval.runner import run_stage
 from mmretrieval.serving.pyfunc import ARTIFACT as PYFUNC_WEIGHTS
 from mmretrieval.stages.ingest import ingest
-from tests.conftest import mmr, shared, write_manifest
+from tests.helpers.files import write_manifest
+from tests.helpers.workspace import mmr, shared
+
+pytestmark = pytest.mark.integration
 
 VIDEO_PARAMS = """
 datasets: [demo]

@@ -6,53 +6,28 @@ tests/integration/test_compose_stack.py."""
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-COMPOSE = REPO / "docker-compose.yml"
+from tests.helpers.compose import (
+    COMPOSE,
+    command_words,
+    compose,
+    covered,
+    mlflow_server_args,
+    option,
+    services,
+    workspace_mounts,
+)
+from tests.helpers.workspace import REPO
+
 AIRFLOW_COMPONENTS = ("airflow-api", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 RESTARTS = ("always", "unless-stopped", "on-failure")
-
-
-def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
-
-
-def services() -> dict[str, dict[str, Any]]:
-    return compose()["services"]
-
-
-def command_words(service: dict[str, Any]) -> list[str]:
-    """A service's command as words (a string is split like a shell; ``bash -c "..."`` is opened up)."""
-    cmd = service.get("command", [])
-    words = shlex.split(cmd) if isinstance(cmd, str) else [str(w) for w in cmd]
-    if words[:2] == ["bash", "-c"] or words[:2] == ["sh", "-c"]:
-        words = shlex.split(" ".join(words[2:]))
-    return words
-
-
-def mlflow_server_args() -> list[str]:
-    """The arguments after ``mlflow server`` in the mlflow service's command."""
-    words = command_words(services()["mlflow"])
-    start = next(i for i in range(len(words) - 1) if words[i:i + 2] == ["mlflow", "server"])
-    return words[start + 2:]
-
-
-def option(args: list[str], name: str) -> str | None:
-    for i, w in enumerate(args):
-        if w == name and i + 1 < len(args):
-            return args[i + 1]
-        if w.startswith(name + "="):
-            return w.split("=", 1)[1]
-    return None
 
 
 def test_compose_has_milvus_mlflow_airflow_and_their_backends() -> None:
@@ -109,21 +84,6 @@ def test_airflow_components_start_after_the_migration_and_restart() -> None:
         assert isinstance(deps, dict), f"{name}: depends_on needs conditions"
         assert deps.get("airflow-init", {}).get("condition") == "service_completed_successfully", name
         assert svc[name].get("restart") in RESTARTS, f"{name} has no restart policy"
-
-
-def workspace_mounts(service: dict[str, Any]) -> dict[str, str]:
-    """Bind mounts under MMR_HOME: container path relative to MMR_HOME -> host source."""
-    home = service["environment"]["MMR_HOME"].rstrip("/")
-    out = {}
-    for spec in service.get("volumes", []):
-        source, target = str(spec).split(":")[:2]
-        if target == home or target.startswith(home + "/"):
-            out[target.removeprefix(home).lstrip("/") or "."] = source
-    return out
-
-
-def covered(mounts: dict[str, str], rel: str) -> bool:
-    return any(m == "." or rel == m or rel.startswith(m + "/") for m in mounts)
 
 
 def test_the_workspace_mount_holds_dvc_and_keeps_var() -> None:

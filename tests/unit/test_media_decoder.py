@@ -11,8 +11,8 @@ from PIL import Image
 from mmretrieval.core.errors import MediaError
 from mmretrieval.core.params import MAX_IMAGE_PIXELS, ValidateParams
 from mmretrieval.media.image import MAX_IMAGE_SIDE, decode_image, image_problem, open_image
-from tests.imagekinds import KINDS, RAMP8, RAMP16, H, W, write_kind, write_oriented
-from tests.integration.test_bad_input import png_declaring
+from tests.helpers.files import png_declaring
+from tests.helpers.imagekinds import KINDS, RAMP8, RAMP16, H, W, write_kind, write_oriented
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

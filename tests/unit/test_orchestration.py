@@ -10,7 +10,7 @@ import pytest
 from mmretrieval import orchestration
 from mmretrieval.core.errors import ConfigError
 from mmretrieval.core.settings import get_settings
-from tests.conftest import REPO, mmr
+from tests.helpers.workspace import REPO, mmr
 
 
 def checkout(root: Path) -> Path:

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, write_png
+from tests.helpers.files import write_png
+from tests.helpers.workspace import REPO
 
 
 def test_importing_every_library_module_changes_no_environment_variable_logger_or_pil_limit() -> None:

@@ -115,6 +115,7 @@ def test_distillation_pulls_the_student_to_the_teachers_known_ranking() -> None:
     assert distill_kl(teacher + 5.0, teacher).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.integration  # trains a model until it has learned the task
 def test_training_on_a_learnable_toy_task_lifts_the_relevant_items_over_hard_negatives() -> None:
     """Each query token matches its item's single bright region; the dual scores are uninformative noise."""
     g = torch.Generator().manual_seed(0)
@@ -145,6 +146,7 @@ def test_rerank_matrix_only_reorders_the_top_depth() -> None:
     assert np.argsort(-out[0])[2:].tolist() == [2, 1]  # the rest keep the dual order below
 
 
+@pytest.mark.integration  # trains a model until it has learned the task
 def test_out_of_fold_scores_only_compare_captions_with_unseen_images_of_their_fold() -> None:
     from mmretrieval.training.rerank import out_of_fold_scores
 
@@ -209,6 +211,7 @@ def test_concept_reranker_has_only_mixing_weights_and_survives_saving(tmp_path: 
         net.set_concepts(torch.zeros(3, 3), torch.zeros(3), torch.zeros(3, 4))
 
 
+@pytest.mark.integration  # trains a model until it has learned the task
 def test_concept_reranker_learns_its_mixing_weights_from_lists() -> None:
     """Relevant items are the ones whose concepts match the caption; the dual cosine is noise: training must
     raise the concept weights relative to the dual weight."""
@@ -228,6 +231,7 @@ def test_concept_reranker_learns_its_mixing_weights_from_lists() -> None:
     assert net.concept_mix.sum().item() / net.dual_weight.item() > before[1].sum().item() / before[0]
 
 
+@pytest.mark.integration  # trains a model until it has learned the task
 def test_concept_mix_is_fitted_to_a_teacher_that_ranks_by_concepts() -> None:
     """The student's dual vectors are noise; the teacher ranks by the items' concepts: the fitted mix must grow
     and make the student rank each list's relevant item first more often."""
@@ -287,6 +291,7 @@ def test_item_lists_hold_the_items_caption_first_then_its_hardest_wrong_captions
         pair_lists(rel, dual, 2, "images", np.random.default_rng(0))
 
 
+@pytest.mark.integration  # trains a model until it has learned the task
 def test_training_on_item_lists_finds_the_word_in_a_frame_sequence() -> None:
     """Audio-like toy: 4 words, 24 clips of 3 frames; a clip's word code sits in one frame, the others are noise;
     the dual scores are uninformative. Trained on item-asking lists, the re-ranker names each clip's word."""
@@ -326,6 +331,7 @@ class ToyStudent(torch.nn.Module):
         return torch.nn.functional.normalize(features, dim=-1)
 
 
+@pytest.mark.integration  # trains a model until it has learned the task
 def test_item_student_learns_the_teachers_known_ranking_of_captions() -> None:
     """Each item's list holds 4 captions in the teacher's order (logits 3, 2, 1, 0): the student's item head learns
     to rank them so."""

@@ -24,6 +24,7 @@ def test_mean_pooling_is_blind_to_order_and_attention_starts_as_mean_pooling() -
     assert torch.allclose(attention(x), x.mean(1))  # zero-initialised correction: training starts from the mean
 
 
+@pytest.mark.integration  # trains a model until it has learned the task
 def test_attention_pooling_learns_to_tell_a_sequence_from_its_reverse() -> None:
     """Forward vs reversed sequences of the same frames: a linear read-out of mean pooling is at chance, of the
     attention pool it separates them."""

@@ -58,6 +58,7 @@ def test_fusing_audio_needs_the_audio_tower_and_a_model_without_it_ignores_track
     assert net.audio_weight == 0.0
 
 
+@pytest.mark.integration  # trains a model until it has learned the task
 def test_the_contrastive_objective_learns_the_tracks_and_their_weight_when_only_the_sound_tells_clips_apart() -> None:
     """Every clip shows the same frames; its caption names its tone. Frames alone are at chance (1 of 4); trained with
     the symmetric InfoNCE the pipeline uses, the fused vectors find their caption and the audio weight grows."""
