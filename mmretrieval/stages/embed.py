@@ -34,6 +34,7 @@ from mmretrieval.core.errors import ModelError, PinnedInputChanged
 from mmretrieval.core.io import read_json, write_json
 from mmretrieval.core.layout import SUMMARY, read_clean
 from mmretrieval.core.schema import Modality, split_captions
+from mmretrieval.models.modalities import MEDIA_MODALITIES, media_modality
 from mmretrieval.serving import loading
 
 if TYPE_CHECKING:
@@ -177,9 +178,10 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
                 regions: Any = None) -> np.ndarray:
     """(rows, dim) unit vectors for clean-manifest rows, in row order: texts in batches, files through a
     DataLoader. Video rows (K frames each, sampled by seeking) also fill ``frames[row] = (times in seconds,
-    (K, dim) frame unit vectors)`` when ``frames`` is given. With ``regions`` (a
-    :class:`~mmretrieval.serving.reranking.RegionWriter`), the rows of its modality are encoded through their tower's maps,
-    which it also gets, so a re-ranker's regions cost no second decode or tower pass."""
+    (K, dim) frame unit vectors)`` when ``frames`` is given. Each modality's files are read and encoded as its entry
+    in :mod:`mmretrieval.models.modalities` says. With ``regions`` (a
+    :class:`~mmretrieval.serving.reranking.RegionWriter`), the rows of its modality are encoded through their tower's
+    maps, which it also gets, so a re-ranker's regions cost no second decode or tower pass."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -190,7 +192,7 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
     for start in range(0, len(texts), bs):
         idx = texts[start:start + bs]
         vectors[idx] = model.encode_texts([split_captions(t)[0] for t in part["text"].to_numpy()[idx]])
-    for modality in (Modality.IMAGE.value, Modality.AUDIO.value, Modality.VIDEO.value):
+    for modality in MEDIA_MODALITIES:
         rows = np.flatnonzero((part["modality"] == modality).to_numpy())
         if not len(rows):
             continue
@@ -201,7 +203,7 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
         loader = DataLoader(_Decoded(files, rows, modality, model), batch_size=bs, num_workers=workers,
                             pin_memory=model.device.startswith("cuda"), prefetch_factor=4 if workers else None,
                             persistent_workers=False)
-        encode = model.encode_pixels if modality == Modality.IMAGE.value else model.encode_waves
+        kind = media_modality(modality)
         with torch.inference_mode(), _threads(compute_threads(embed_params, workers, model.device)):
             for batch, idx in tqdm(loader, desc=f"{desc} {modality}", unit="batch", leave=False, disable=None):
                 if modality == Modality.VIDEO.value:  # a VideoClip batch: frames, times, audio tracks
@@ -216,7 +218,7 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
                     vectors[idx.numpy()] = model.project_maps(modality, maps)
                     regions.add(idx.numpy(), maps)
                     continue
-                vectors[idx.numpy()] = encode(batch)
+                vectors[idx.numpy()] = kind.encode_batch(model, batch)
     return vectors
 
 
@@ -252,20 +254,13 @@ class _Decoded:
     """Reader for a DataLoader: decodes and preprocesses one modality's files (in worker processes when set)."""
 
     def __init__(self, files: list[Path], rows: np.ndarray, modality: str, model: RetrievalModel) -> None:
-        self.files, self.rows, self.modality = files, rows, modality
-        self.transform, self.load_wave, self.load_clip = model.transform, model.load_wave, model.load_clip
+        self.files, self.rows, self.kind, self.model = files, rows, media_modality(modality), model
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, k: int) -> tuple[Any, int]:
-        from mmretrieval.media.image import open_image
-
-        if self.modality == Modality.IMAGE.value:
-            return self.transform(open_image(self.files[k])), int(self.rows[k])
-        if self.modality == Modality.VIDEO.value:
-            return self.load_clip(self.files[k]), int(self.rows[k])
-        return self.load_wave(self.files[k]), int(self.rows[k])
+        return self.kind.read(self.model, self.files[k]), int(self.rows[k])
 
 
 def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[str, Any]:
