@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from mmretrieval.core.errors import QueryError
 
-MAX_FILTER = 4000  # characters of a user expression; Milvus parses far longer ones, people do not write them
+MAX_EXPRESSION_CHARS = 4000  # characters of a user expression (Milvus parses far longer; people do not write them)
 MAX_LABELS = 1000
 
 
@@ -79,7 +79,8 @@ def build_filter(modality: str | None = None, expr: str = "", labels: Sequence[s
 
     ``expr`` is the user's raw expression (kept for power users) and always goes in parentheses, so an ``or``
     inside it cannot escape the other conditions. An empty result means no filter. Raises :class:`QueryError` for
-    an empty metadata key, a NUL character, too many labels or an expression longer than :data:`MAX_FILTER`.
+    an empty metadata key, a NUL character, too many labels or an expression longer than
+    :data:`MAX_EXPRESSION_CHARS`.
     """
     parts: list[str] = []
     if modality:
@@ -98,8 +99,8 @@ def build_filter(modality: str | None = None, expr: str = "", labels: Sequence[s
             raise QueryError(f"a metadata filter needs a key: got {key!r}={value!r}")
         parts.append(f"metadata[{quote(str(key))}] == {quote(str(value))}")
     expr = (expr or "").strip()
-    if len(expr) > MAX_FILTER:
-        raise QueryError(f"the filter has {len(expr)} characters; the limit is {MAX_FILTER}")
+    if len(expr) > MAX_EXPRESSION_CHARS:
+        raise QueryError(f"the filter has {len(expr)} characters; the limit is {MAX_EXPRESSION_CHARS}")
     if expr and (problem := bracket_problem(expr)):
         raise QueryError(f"the filter {expr[:80]!r} {problem}")
     if expr:

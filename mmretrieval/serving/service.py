@@ -60,7 +60,8 @@ STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
 AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac",
                "audio/ogg", "audio/mpeg")
-MAX_FILTER = 2000  # characters of a filter expression
+MAX_REQUEST_FILTER_CHARS = 2000  # characters of a request's filter expression (the library takes up to
+# filters.MAX_EXPRESSION_CHARS; the service admits less)
 MAX_FILTER_TERMS = 64  # comparisons and boolean operators in a filter
 MAX_FILTER_DEPTH = 16  # nested parentheses and brackets
 MAX_LABELS = 100
@@ -195,7 +196,7 @@ class SearchRequest(BaseModel):
     text: Annotated[Text, Field(min_length=1, max_length=MAX_TEXT, description="text query (blank: 400)")]
     k: Int = Field(10, ge=1, le=MAX_K, description="number of hits")
     modality: Modality | None = Field(None, description="only hits of this modality")
-    filter: Annotated[Text, Field(max_length=MAX_FILTER, description=(
+    filter: Annotated[Text, Field(max_length=MAX_REQUEST_FILTER_CHARS, description=(
         "Milvus boolean expression over the collection's scalar fields, e.g. `label == \"7\"`; at most "
         f"{MAX_FILTER_TERMS} comparisons and operators, nested at most {MAX_FILTER_DEPTH} deep"))] = ""
     labels: list[Label] = Field(default_factory=list, max_length=MAX_LABELS, description="only hits with one of "
@@ -698,7 +699,7 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
                          modality: Annotated[Literal["text", "image", "audio", "video", ""], Form(
                              description="only hits of this modality; empty: any")] = "",
                          fusion: Annotated[Fusion, Form()] = "vector",
-                         filter: Annotated[Text, Form(max_length=MAX_FILTER)] = "",
+                         filter: Annotated[Text, Form(max_length=MAX_REQUEST_FILTER_CHARS)] = "",
                          labels: Annotated[list[Label], Form(max_length=MAX_LABELS)] = [],  # noqa: B006
                          where: Annotated[Text, Form(max_length=4000, description="JSON object of metadata "
                                                      "key/value pairs")] = "",

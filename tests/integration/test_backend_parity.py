@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mmretrieval.backends.index import JSON_MAX_BYTES, VARCHAR_LIMITS, MilvusIndex
+from mmretrieval.backends.index import MilvusIndex
 from mmretrieval.core.config import IndexParams
 from mmretrieval.core.errors import FilterError, IndexStoreError, QueryError
+from mmretrieval.core.schema import JSON_MAX_BYTES, VARCHAR_LIMITS
 from mmretrieval.serving.filters import build_filter
 
 pytestmark = pytest.mark.integration
