@@ -12,9 +12,10 @@ time). Where the two differ, this module makes them behave alike:
 - dropping a collection that an alias still points at is refused here (Lite and 2.3 drop the alias silently, 2.4+
   refuse): point or drop the alias first;
 - row counts use Strong consistency, so fresh inserts count on a server;
-- the field limits (:data:`VARCHAR_LIMITS`, :data:`JSON_MAX_BYTES`) are defined here once, used to create every
-  collection and read by validation, so a row that would not fit is refused before training, not at publish (Lite
-  does not enforce the JSON size; a server does);
+- the field limits (:data:`~mmretrieval.core.schema.VARCHAR_LIMITS`, :data:`~mmretrieval.core.schema.JSON_MAX_BYTES`)
+  are the data contract's (:mod:`mmretrieval.core.schema`), used here to create every collection and by validation,
+  so a row that would not fit is refused before training, not at publish (Lite does not enforce the JSON size; a
+  server does);
 - HNSW's ``ef`` is raised to at least the number of hits asked for (Lite otherwise returns at most ``ef`` hits, a
   server errs or cuts), and a filter Milvus cannot parse is a :class:`FilterError` (the user's error), not a failure
   of the store.
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmretrieval.core.errors import AliasNotFoundError, FilterError, IndexStoreError
+from mmretrieval.core.schema import JSON_MAX_BYTES, VARCHAR_LIMITS
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -40,12 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MISSING_ALIAS = ("not found", "not exist")  # server: "alias not found"; Lite: "alias '…' does not exist"
 OUTPUT_FIELDS = ["id", "modality", "text", "path", "label", "metadata", "model_version", "data_version"]
-MAX_VARCHAR = 65_535
-# The collection schema's limits, in UTF-8 bytes: the one place that defines them (create() and validation read them)
-VARCHAR_LIMITS = {"id": 512, "modality": 16, "text": MAX_VARCHAR, "path": 4096, "label": 512,
-                  "model_version": 64, "data_version": 64}
-JSON_MAX_BYTES = 65_536  # a server refuses a JSON field above this ("json field exceeds max length"); Lite does not
-METADATA_RESERVE = 1_024  # of JSON_MAX_BYTES, kept for what publish adds to an item's metadata (clean_media)
 HNSW_TYPES = ("HNSW", "HNSW_SQ", "HNSW_PQ", "HNSW_PRQ")
 IVF_TYPES = ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN")
 MAX_NPROBE = 65_536  # Milvus' upper bound for nprobe

@@ -15,6 +15,8 @@ from mmretrieval.core.errors import DatasetNotFoundError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mmretrieval.core.layout import Layout
+
 
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
@@ -100,3 +102,17 @@ def read_parquet(path: Path, what: str) -> pd.DataFrame:
     if not path.is_file():
         raise DatasetNotFoundError(f"{what} not found at {path}: run the stage that writes it first")
     return pd.read_parquet(path)
+
+
+def append_promotion(layout: Layout, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append one gate decision or alias move to the dataset's promotions log (``var/promotions/<ds>.jsonl``, one
+    JSON object a line; MLflow keeps no alias history): ``entry`` after the ``time`` (UTC, ISO 8601 seconds) and the
+    ``dataset``. Returns the object written."""
+    import datetime as dt
+
+    line = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": layout.dataset, **entry}
+    path = layout.promotions_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+    return line

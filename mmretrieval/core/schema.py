@@ -42,6 +42,14 @@ METADATA = "metadata"
 REASON = "reason"  # machine-readable reason code of a quarantined row
 MESSAGE = "message"  # human-readable reason
 
+# The index collection's field limits, in UTF-8 bytes: the one place that defines them. The index creates every
+# collection with them (mmretrieval.backends.index) and validation refuses rows that would not fit, before training.
+MAX_VARCHAR = 65_535  # Milvus' longest VARCHAR field
+VARCHAR_LIMITS = {"id": 512, "modality": 16, "text": MAX_VARCHAR, "path": 4096, "label": 512,
+                  "model_version": 64, "data_version": 64}
+JSON_MAX_BYTES = 65_536  # a server refuses a JSON field above this ("json field exceeds max length"); Lite does not
+METADATA_RESERVE = 1_024  # of JSON_MAX_BYTES, kept for what publish adds to an item's metadata (clean_media)
+
 
 class Modality(enum.StrEnum):
     TEXT = "text"

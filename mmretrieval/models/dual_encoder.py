@@ -303,6 +303,17 @@ def pretrained_image_tower(config: ModelConfig, text: TextEncoder | None, device
     return PretrainedImageTower(ref, model, config.image_trainable_layers)
 
 
+def load_wave(config: ModelConfig, path: Path) -> torch.Tensor:
+    """An audio file as the (T,) float32 waveform a model of ``config`` takes, T = ``audio_sample_rate *
+    audio_seconds``: trimmed and loudness-normalised like the cleaned training clips, then the start of the clip,
+    zero-padded. Raises :class:`~mmretrieval.core.errors.MediaError` when it does not decode."""
+    from mmretrieval.media.audio import fit_length, load_audio, normalize_wave
+
+    rate = config.audio_sample_rate
+    wave = normalize_wave(load_audio(path, rate, config.audio_seconds * 4), rate)
+    return torch.from_numpy(fit_length(wave, int(rate * config.audio_seconds)))
+
+
 def load_clip(config: ModelConfig, path: Path, transform: Any = None) -> VideoClip:
     """A video file as a model of ``config`` takes it: K frames sampled by seeking, preprocessed as images are (the
     evaluation resize and centre crop, normalised; ``transform``: :func:`eval_transform`, made when None), their
@@ -431,13 +442,8 @@ class RetrievalModel:
         return int(self.config.audio_sample_rate * self.config.audio_seconds)
 
     def load_wave(self, path: Path) -> torch.Tensor:
-        """A file as the fixed-length waveform the audio tower takes: trimmed and loudness-normalised like the
-        cleaned training clips, then the start of the clip, zero-padded."""
-        from mmretrieval.media.audio import fit_length, load_audio, normalize_wave
-
-        rate = self.config.audio_sample_rate
-        wave = normalize_wave(load_audio(path, rate, self.config.audio_seconds * 4), rate)
-        return torch.from_numpy(fit_length(wave, self.audio_length))
+        """A file as the fixed-length waveform the audio tower takes (:func:`load_wave`)."""
+        return load_wave(self.config, path)
 
     def load_wave_bytes(self, data: bytes) -> torch.Tensor:
         """An uploaded audio file's bytes (any format :meth:`load_wave` reads) as the fixed-length waveform."""

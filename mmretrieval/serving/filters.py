@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 
 from mmretrieval.core.errors import QueryError
 
-MAX_FILTER = 4000  # characters of a user expression; Milvus parses far longer ones, people do not write them
-MAX_LABELS = 1000
+MAX_EXPRESSION_CHARS = 4000  # characters of a user expression (Milvus parses far longer; people do not write them)
+MAX_QUERY_LABELS = 1000  # labels in one library query (the HTTP request allows fewer: http.schemas.MAX_REQUEST_LABELS)
 
 
 def quote(value: str) -> str:
@@ -79,14 +79,15 @@ def build_filter(modality: str | None = None, expr: str = "", labels: Sequence[s
 
     ``expr`` is the user's raw expression (kept for power users) and always goes in parentheses, so an ``or``
     inside it cannot escape the other conditions. An empty result means no filter. Raises :class:`QueryError` for
-    an empty metadata key, a NUL character, too many labels or an expression longer than :data:`MAX_FILTER`.
+    an empty metadata key, a NUL character, too many labels or an expression longer than
+    :data:`MAX_EXPRESSION_CHARS`.
     """
     parts: list[str] = []
     if modality:
         parts.append(f"modality == {quote(modality)}")
     labels = [str(v) for v in labels]
-    if len(labels) > MAX_LABELS:
-        raise QueryError(f"{len(labels)} labels given; the limit is {MAX_LABELS}")
+    if len(labels) > MAX_QUERY_LABELS:
+        raise QueryError(f"{len(labels)} labels given; the limit is {MAX_QUERY_LABELS}")
     for value in [*labels, *(where or {}).keys(), *(where or {}).values(), expr]:
         if "\x00" in str(value):
             raise QueryError(f"filter value {str(value)!r} contains a NUL character")
@@ -98,8 +99,8 @@ def build_filter(modality: str | None = None, expr: str = "", labels: Sequence[s
             raise QueryError(f"a metadata filter needs a key: got {key!r}={value!r}")
         parts.append(f"metadata[{quote(str(key))}] == {quote(str(value))}")
     expr = (expr or "").strip()
-    if len(expr) > MAX_FILTER:
-        raise QueryError(f"the filter has {len(expr)} characters; the limit is {MAX_FILTER}")
+    if len(expr) > MAX_EXPRESSION_CHARS:
+        raise QueryError(f"the filter has {len(expr)} characters; the limit is {MAX_EXPRESSION_CHARS}")
     if expr and (problem := bracket_problem(expr)):
         raise QueryError(f"the filter {expr[:80]!r} {problem}")
     if expr:

@@ -98,7 +98,22 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         data = DistillData(sentences, pooled, owner, torch.from_numpy(items), teach)
         losses = train_student(student, data, schedule, d.kl_weight, d.temperature)
     train_seconds = time.monotonic() - t_train
-    data_version = source.data_version
+    new, run_id = _register(settings, dataset, ref, RetrievalModel(student, model.text, "cpu"), source.data_version,
+                            losses, train_seconds)
+    log.info("distill %s: student v%s from the re-ranker of v%s in %.1fs", dataset, new.version, ref.version,
+             train_seconds)
+    mix = getattr(student, "concept_mix", None)
+    return {"dataset": dataset, "teacher_version": ref.version, "model": new.name, "model_version": new.version,
+            "concept_mix": None if mix is None else round(float(mix.detach()), 4),
+            "run_id": run_id, "losses": [round(x, 4) for x in losses], "train_seconds": round(train_seconds, 1),
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def _register(settings: Settings, dataset: str, ref: tracking.ModelRef, student: Any, data_version: str,
+              losses: list[float], train_seconds: float) -> tuple[tracking.ModelRef, str]:
+    """Log the ``student`` (a RetrievalModel) in its own MLflow run with the distillation params and losses, register
+    it as the dataset's new ``challenger`` tagged with the teacher's version. Returns the new version and run id."""
+    d = settings.params_for(dataset).distill
     code_version = tracking.git_sha(Path(__file__).resolve().parents[1])
     tags = {"dataset": dataset, "data_version": data_version, "git_sha": code_version, "stage": "distill",
             "teacher_version": ref.version}
@@ -107,19 +122,13 @@ def run(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         for epoch, loss in enumerate(losses, start=1):
             tracking.log_metrics({"loss": loss}, step=epoch)
         tracking.log_metrics({"train_seconds": train_seconds})
-        pyfunc.log_model(RetrievalModel(student, model.text, "cpu"))
+        pyfunc.log_model(student)
         run_id = mlrun.info.run_id
     new = tracking.register(settings, dataset, run_id)
     tracking.tag_version(settings, new, {"data_version": data_version, "git_sha": code_version,
                                          "distilled_from": ref.version})
     tracking.set_alias(settings, dataset, tracking.CHALLENGER, new.version)
-    log.info("distill %s: student v%s from the re-ranker of v%s in %.1fs", dataset, new.version, ref.version,
-             train_seconds)
-    mix = getattr(student, "concept_mix", None)
-    return {"dataset": dataset, "teacher_version": ref.version, "model": new.name, "model_version": new.version,
-            "concept_mix": None if mix is None else round(float(mix.detach()), 4),
-            "run_id": run_id, "losses": [round(x, 4) for x in losses], "train_seconds": round(train_seconds, 1),
-            "seconds": round(time.monotonic() - started, 1)}
+    return new, run_id
 
 
 def concept_student(settings: Settings, ref: tracking.ModelRef, teacher: Any) -> Any:

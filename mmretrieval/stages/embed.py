@@ -41,6 +41,7 @@ from mmretrieval.core.io import read_json, swap_dir, write_json
 from mmretrieval.core.layout import SUMMARY, read_clean
 from mmretrieval.core.schema import Modality, split_captions
 from mmretrieval.core.settings import Settings, get_settings
+from mmretrieval.models.modalities import MEDIA_MODALITIES, media_modality
 from mmretrieval.serving import loading
 
 if TYPE_CHECKING:
@@ -294,7 +295,6 @@ class _Batch(NamedTuple):
     items: Any
 
 
-FILE_MODALITIES = (Modality.IMAGE.value, Modality.AUDIO.value, Modality.VIDEO.value)
 
 
 class _Reader:
@@ -306,7 +306,7 @@ class _Reader:
                  desc: str) -> None:
         self.part, self.clean_dir, self.model, self.params, self.desc = part, clean_dir, model, embed_params, desc
         kinds = part["modality"].to_numpy()
-        self.rows = {m: rows for m in (Modality.TEXT.value, *FILE_MODALITIES)
+        self.rows = {m: rows for m in (Modality.TEXT.value, *MEDIA_MODALITIES)
                      if len(rows := np.flatnonzero(kinds == m))}
 
     @property
@@ -355,20 +355,13 @@ class _Decoded:
     """The reader's dataset: decodes and preprocesses one modality's files (in worker processes when set)."""
 
     def __init__(self, files: list[Path], rows: np.ndarray, modality: str, model: RetrievalModel) -> None:
-        self.files, self.rows, self.modality = files, rows, modality
-        self.transform, self.load_wave, self.load_clip = model.transform, model.load_wave, model.load_clip
+        self.files, self.rows, self.kind, self.model = files, rows, media_modality(modality), model
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, k: int) -> tuple[Any, int]:
-        from mmretrieval.media.image import open_image
-
-        if self.modality == Modality.IMAGE.value:
-            return self.transform(open_image(self.files[k])), int(self.rows[k])
-        if self.modality == Modality.VIDEO.value:
-            return self.load_clip(self.files[k]), int(self.rows[k])
-        return self.load_wave(self.files[k]), int(self.rows[k])
+        return self.kind.read(self.model, self.files[k]), int(self.rows[k])
 
 
 class _Mapper:
@@ -398,10 +391,8 @@ class _Mapper:
                 maps = model.item_maps(modality, batch.items)
                 self.vectors[rows] = model.project_maps(modality, maps)
                 self.regions.add(rows, maps)
-            elif modality == Modality.IMAGE.value:
-                self.vectors[rows] = model.encode_pixels(batch.items)
             else:
-                self.vectors[rows] = model.encode_waves(batch.items)
+                self.vectors[rows] = media_modality(modality).encode_batch(model, batch.items)
 
 
 class _Writer:

@@ -3,16 +3,17 @@
 Output ``data/reports/<dataset>/evaluate.json`` (+ ``evaluate.html``); metrics are also logged on the challenger's
 MLflow run with a ``test_`` prefix. :func:`evaluate_manifest` scores a dataset's champion on any manifest.
 
-Vectors of the modalities in ``index.centre`` are centred on the mean of the evaluated items of that modality, as
-publishing centres them on the collection's (:mod:`mmretrieval.evaluation.centring`); the uncentred metrics are kept beside
-them with a ``raw_`` prefix.
+The scoring is the evaluator's (:class:`~mmretrieval.evaluation.evaluator.RetrievalEvaluator`): vectors of the
+modalities in ``index.centre`` are centred on the mean of the evaluated items of that modality, as publishing centres
+them on the collection's (:mod:`mmretrieval.evaluation.centring`); the uncentred metrics are kept beside them with a
+``raw_`` prefix.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mmretrieval.backends import tracking
 from mmretrieval.core.contracts import EvaluateResult
@@ -22,12 +23,8 @@ from mmretrieval.core.layout import read_clean
 from mmretrieval.core.locks import per_dataset
 from mmretrieval.core.schema import Split, read_manifest
 from mmretrieval.core.settings import Settings, get_settings
-from mmretrieval.evaluation.evaluator import metrics_summary, score, score_all
+from mmretrieval.evaluation.evaluator import RetrievalEvaluator, metrics_summary
 from mmretrieval.serving import loading
-
-if TYPE_CHECKING:
-
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +42,8 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     frame, root, data_version = clean.frame[clean.frame["split"] == Split.TEST.value], clean.root, clean.data_version
     if frame.empty:
         raise TrainingError(f"dataset {dataset!r} has no test rows: set split ratios in params.yaml or a split column")
+    params = settings.params_for(dataset)
+    evaluator = RetrievalEvaluator(frame, root, index=params.index, primary_metric=params.gate.metric)
     result: dict[str, Any] = {"dataset": dataset, "data_version": data_version, "split": "test",
                               "test_items": int(len(frame))}
     figures: dict[str, Path] = {}
@@ -59,10 +58,8 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
                 tracking.require_alias(settings, dataset, alias)
             result[alias] = None
             continue
-        per_modality = score_all(loading.load_model(settings, ref, device), frame, root, "media",
-                                 index=settings.params_for(dataset).index)
-        metrics = {k: v for scored in per_modality.values() for k, v in scored.metrics.items()}
-        metrics["items"] = sum(v for k, v in metrics.items() if k.endswith("_items"))
+        per_modality = evaluator.score(loading.load_model(settings, ref, device))
+        metrics = evaluator.merge(per_modality)
         result[alias] = {"version": ref.version, "run_id": ref.run_id, "metrics": metrics}
         if alias == tracking.CHALLENGER:
             from mmretrieval.evaluation.report import recall_curve_png, retrieval_grid_png
@@ -82,8 +79,8 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     tracking.log_run(settings, challenger["run_id"], metrics={f"test_{k}": v for k, v in challenger["metrics"].items()},
                      artifacts=[layout.evaluation_latest, html, *figures.values()])
     registered = tracking.get_version(settings, settings.registered_model(dataset), challenger["version"])
-    gate_metric = settings.params_for(dataset).gate.metric
-    tracking.describe_version(settings, registered, test_metrics=metrics_summary(challenger["metrics"], gate_metric))
+    tracking.describe_version(settings, registered,
+                              test_metrics=metrics_summary(challenger["metrics"], params.gate.metric))
     log.info("evaluate %s: challenger v%s %s", dataset, challenger["version"],
              {k: round(v, 3) for k, v in challenger["metrics"].items() if "recall" in k})
     return EvaluateResult(dataset, challenger["version"], challenger["version"],
@@ -93,13 +90,15 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
 
 def evaluate_manifest(dataset: str, manifest: Path, settings: Settings | None = None,
                       alias: str = tracking.CHAMPION) -> dict[str, Any]:
-    """Score the dataset's ``alias`` model on every image and audio row of any manifest (media relative to it)."""
+    """Score the dataset's ``alias`` model on every image, audio and video row of any manifest (media relative to
+    it)."""
     from mmretrieval.models.dual_encoder import pick_device
 
     settings = settings or get_settings()
-    frame = read_manifest(manifest)
+    params = settings.params_for(dataset)
+    evaluator = RetrievalEvaluator(read_manifest(manifest), manifest.parent, media_column="path", index=params.index,
+                                   primary_metric=params.gate.metric)
     ref = tracking.require_alias(settings, dataset, alias)
-    model = loading.load_model(settings, ref, pick_device(settings.device))
-    metrics = score(model, frame, manifest.parent, "path", index=settings.params_for(dataset).index)
+    metrics = evaluator(loading.load_model(settings, ref, pick_device(settings.device)))
     return {"dataset": dataset, "manifest": str(manifest), "model": ref.name, "model_version": ref.version,
             "alias": alias, **{k: round(v, 4) for k, v in metrics.items()}}

@@ -8,27 +8,18 @@ history).
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 from typing import Any
 
 from mmretrieval.backends import tracking
 from mmretrieval.core.contracts import PromoteResult
 from mmretrieval.core.errors import ModelNotFoundError, TrainingError
-from mmretrieval.core.io import read_json
+from mmretrieval.core.io import append_promotion, read_json
 from mmretrieval.core.locks import per_dataset
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.gate import Decision, decide
 
 log = logging.getLogger(__name__)
-
-
-def _log(settings: Settings, dataset: str, entry: dict[str, Any]) -> None:
-    path = settings.layout(dataset).promotions_log
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
 
 
 @per_dataset("gate")  # locks.py: a second run of this dataset waits
@@ -65,10 +56,10 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
         if champion:
             tracking.set_alias(settings, dataset, tracking.PREVIOUS, champion["version"])
         tracking.set_alias(settings, dataset, tracking.CHAMPION, challenger["version"])
-    entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": dataset,
-             "action": "promote" if promoted else "reject", "challenger": challenger["version"],
-             "champion_before": champion["version"] if champion else None, "reasons": decision.reasons}
-    _log(settings, dataset, entry)
+    entry = append_promotion(layout, {"action": "promote" if promoted else "reject",
+                                      "challenger": challenger["version"],
+                                      "champion_before": champion["version"] if champion else None,
+                                      "reasons": decision.reasons})
     tracking.log_run(settings, challenger["run_id"], tags={"gate.decision": entry["action"],
                                                            "gate.reasons": " | ".join(decision.reasons)})
     registered = tracking.get_version(settings, settings.registered_model(dataset), challenger["version"])
@@ -89,7 +80,5 @@ def rollback(dataset: str, settings: Settings | None = None) -> dict[str, Any]:
         raise ModelNotFoundError(f"{settings.registered_model(dataset)!r} has no 'previous' version to roll back to")
     tracking.set_alias(settings, dataset, tracking.CHAMPION, previous.version)
     tracking.set_alias(settings, dataset, tracking.PREVIOUS, champion.version)
-    entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": dataset,
-             "action": "rollback", "champion_before": champion.version, "champion": previous.version}
-    _log(settings, dataset, entry)
-    return entry
+    return append_promotion(settings.layout(dataset), {"action": "rollback", "champion_before": champion.version,
+                                                       "champion": previous.version})

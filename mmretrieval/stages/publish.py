@@ -4,7 +4,8 @@ Collection name: ``<alias>__m<model_version>__d<data_version[:12]>``. Three step
 three tasks; :func:`run` runs all):
 
 1. :func:`build` creates the collection (state ``building``), inserts, indexes and loads it; the vectors of the
-   modalities in ``index.centre`` are centred on their corpus mean first (:mod:`mmretrieval.evaluation.centring`), and the
+   modalities in ``index.centre`` are centred on their corpus mean first
+   (:mod:`mmretrieval.evaluation.centring`), and the
    means are stored on the collection for the queries;
 2. :func:`check` verifies it (row count, ANN recall@10 against exact search on a sample, a smoke query per
    modality) and sets state ``verified``;

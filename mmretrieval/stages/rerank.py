@@ -19,8 +19,6 @@ split, and gate the re-ranker.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import tempfile
 import time
@@ -32,13 +30,14 @@ import numpy as np
 from mmretrieval.backends import tracking
 from mmretrieval.core.contracts import RerankResult
 from mmretrieval.core.errors import ConfigError
-from mmretrieval.core.io import write_json
+from mmretrieval.core.io import append_promotion, write_json
 from mmretrieval.core.layout import read_clean
 from mmretrieval.core.locks import per_dataset
 from mmretrieval.core.params import RerankParams
 from mmretrieval.core.schema import Modality, Split
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.gate import GateDecision, bootstrap_gate
+from mmretrieval.models.modalities import media_modality
 from mmretrieval.serving import loading
 from mmretrieval.serving.reranking import ARTIFACT, GATE_TAG, PASS, REFUSE, reranker_cache, reranker_key
 from mmretrieval.training.rerank_inputs import concept_vocabulary, split_inputs, training_scores
@@ -119,10 +118,6 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     why); with ``true`` that is a :class:`ConfigError`."""
     import torch
 
-    from mmretrieval.evaluation.metrics import retrieval_metrics
-    from mmretrieval.models.reranker import CrossReranker, RerankerConfig, save
-    from mmretrieval.training.rerank import RerankData, RerankSchedule, rerank_matrix, train_reranker
-
     settings = settings or get_settings()
     p = settings.params_for(dataset).rerank
     if p.enabled is False:
@@ -143,7 +138,46 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     index = settings.params_for(dataset).index
     parts = {split: split_inputs(model, clean, clean_dir, split, p.modality, index)
              for split in (Split.TRAIN.value, Split.TEST.value)}
-    es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TRAIN.value]
+    net, losses, train_seconds = _train(model, parts[Split.TRAIN.value], p)
+
+    # evaluation on the test split: dual alone vs re-ranked top `depth`, both directions
+    test = parts[Split.TEST.value]
+    es, maps, _, _, _, item_vecs = test
+    with torch.no_grad():
+        regions = net.project_regions(maps[0].float()).half()
+    metrics, per_query = dual_vs_reranked(net, test, regions, p)
+    direction = p.metric.split("_", 1)[0]  # RerankParams checked it: t2<letter> or <letter>2t, hit_rate@1
+    decision = bootstrap_gate(per_query[f"dual_{direction}_hit_rate@1"], per_query[f"rerank_{direction}_hit_rate@1"],
+                              p)
+    latency = query_latency(model, net, es.captions, item_vecs, regions, p.depth)
+
+    out = layout.rerank_report
+    write_json(out, _report(dataset, ref.version, p, es, train_seconds, losses, metrics, latency, decision, net))
+    _register(settings, ref, net, metrics, decision, out)
+    append_promotion(layout, {"action": "reranker-pass" if decision.promote else "reranker-refuse",
+                              "model_version": ref.version, "gain": decision.gain,
+                              "interval": [decision.low, decision.high], "reasons": decision.reasons})
+    log.info("rerank %s v%s: %s; %s", dataset, ref.version, decision.reasons[0],
+             f"once v{ref.version} serves, text searches over {p.modality} re-rank its top {p.depth} by default"
+             if decision.promote else f"v{ref.version} serves without a re-ranker")
+    return RerankResult(dataset, ref.version, passed=decision.promote, reasons=decision.reasons,
+                        train_seconds=round(train_seconds, 1),
+                        metrics={k: round(v, 4) for k, v in metrics.items() if "hit_rate" in k or "recall" in k},
+                        latency=latency, seconds=round(time.monotonic() - started, 1), report=str(out))
+
+
+def _train(model: RetrievalModel, train: tuple[Any, ...], p: RerankParams
+           ) -> tuple[CrossReranker, list[float], float]:
+    """A seeded re-ranker trained on the train split's inputs (:func:`split_inputs`) against the first stage's
+    scores, in memory (no checkpoints); with caption lists (``rerank.queries`` text) it keeps a
+    seeded sample of training items' regions for caption centring. Returns the re-ranker, the per-epoch losses and
+    the training seconds."""
+    import torch
+
+    from mmretrieval.models.reranker import CrossReranker, RerankerConfig
+    from mmretrieval.training.rerank import RerankData, RerankSchedule, train_reranker
+
+    es, maps, tokens, mask, text_vecs, item_vecs = train
     train_dual = training_scores(model, es, maps, text_vecs, item_vecs, p)
     vocabulary = concept_vocabulary(model) if p.concepts else None
     cfg = RerankerConfig(text_dim=tokens.shape[-1], backbone_dim=maps.shape[2], regions=maps.shape[3] * maps.shape[4],
@@ -164,15 +198,23 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
         pick = torch.from_numpy(np.random.default_rng(p.seed).choice(maps.shape[1], cfg.references, replace=False))
         with torch.no_grad():
             net.set_references(net.project_regions(maps[0, pick].float()))
+    return net, losses, train_seconds
 
-    # evaluation on the test split: dual alone vs re-ranked top `depth`, both directions
-    es, maps, tokens, mask, text_vecs, item_vecs = parts[Split.TEST.value]
-    with torch.no_grad():
-        regions = net.project_regions(maps[0].float()).half()
+
+def dual_vs_reranked(net: CrossReranker, test: tuple[Any, ...], regions: torch.Tensor, p: RerankParams
+                 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Every metric of the dual encoder alone (``dual_*``) and with its top ``rerank.depth`` re-ranked
+    (``rerank_*``) on the test split's inputs (:func:`split_inputs`), both directions (``t2<letter>``,
+    ``<letter>2t``); ``regions`` (G, R, d) are the re-ranker's projected regions of the test items. Returns the
+    metrics and, per direction, the (queries,) per-query hit@1 of both that the gate compares."""
+    from mmretrieval.evaluation.metrics import retrieval_metrics
+    from mmretrieval.training.rerank import rerank_matrix
+
+    es, maps, tokens, mask, text_vecs, item_vecs = test
     sim = text_vecs @ item_vecs.T
     metrics: dict[str, float] = {}
     per_query: dict[str, np.ndarray] = {}
-    letter = p.modality[0]
+    letter = media_modality(p.modality).letter
     for direction, queries_are_text, rel in ((f"t2{letter}", True, es.relevant), (f"{letter}2t", False, es.relevant.T)):
         dual_scores = sim if queries_are_text else sim.T
         reranked = rerank_matrix(net, tokens, mask, regions.float(), sim, p.depth, queries_are_text)
@@ -180,33 +222,34 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
             metrics |= {f"{name}_{direction}_{k}": v for k, v in retrieval_metrics(scores, rel).items()}
             first = np.take_along_axis(rel, np.argsort(-scores, axis=1, kind="stable"), axis=1).argmax(axis=1)
             per_query[f"{name}_{direction}_hit_rate@1"] = (first == 0).astype(np.float64)
-    direction = p.metric.split("_", 1)[0]  # RerankParams checked it: t2<letter> or <letter>2t, hit_rate@1
-    decision = bootstrap_gate(per_query[f"dual_{direction}_hit_rate@1"], per_query[f"rerank_{direction}_hit_rate@1"],
-                              p)
-    latency = query_latency(model, net, es.captions, item_vecs, regions, p.depth)
+    return metrics, per_query
 
-    report = {"dataset": dataset, "model_version": ref.version, "modality": p.modality, "depth": p.depth,
-              "test_items": len(es.item_ids),
-              "test_captions": len(es.captions), "train_seconds": round(train_seconds, 1), "losses": losses,
-              "metrics": metrics, "latency": latency, "gate": {"pass": decision.promote, "gain": decision.gain,
-                                                               "interval": [decision.low, decision.high],
-                                                               "reasons": decision.reasons},
-              "reranker": {"config": cfg.__dict__, "stored_regions": cfg.stored_regions, "stored_dim": cfg.stored_dim,
-                           "parameters": sum(q.numel() for q in net.parameters() if q.requires_grad)}}
-    out = layout.rerank_report
-    write_json(out, report)
+
+def _report(dataset: str, version: str, p: RerankParams, es: Any, train_seconds: float, losses: list[float],
+            metrics: dict[str, float], latency: dict[str, Any], decision: GateDecision, net: CrossReranker
+            ) -> dict[str, Any]:
+    """The content of ``reports/<dataset>/rerank.json``."""
+    cfg = net.config
+    return {"dataset": dataset, "model_version": version, "modality": p.modality, "depth": p.depth,
+            "test_items": len(es.item_ids),
+            "test_captions": len(es.captions), "train_seconds": round(train_seconds, 1), "losses": losses,
+            "metrics": metrics, "latency": latency, "gate": {"pass": decision.promote, "gain": decision.gain,
+                                                             "interval": [decision.low, decision.high],
+                                                             "reasons": decision.reasons},
+            "reranker": {"config": cfg.__dict__, "stored_regions": cfg.stored_regions, "stored_dim": cfg.stored_dim,
+                         "parameters": sum(q.numel() for q in net.parameters() if q.requires_grad)}}
+
+
+def _register(settings: Settings, ref: tracking.ModelRef, net: CrossReranker, metrics: dict[str, float],
+              decision: GateDecision, report: Path) -> None:
+    """Save the re-ranker (with the dual encoder it belongs to and the gate's decision) and register it on the
+    dual encoder's run (:func:`register_reranker`)."""
+    from mmretrieval.models.reranker import save
+
     with tempfile.TemporaryDirectory() as tmp:
         save(net, Path(tmp) / ARTIFACT, {"dual_encoder": ref.name, "dual_encoder_version": ref.version,
                                          "gate": PASS if decision.promote else REFUSE})
-        register_reranker(settings, ref, Path(tmp) / ARTIFACT, metrics, decision, out)
-    _log_decision(settings, dataset, ref.version, decision)
-    log.info("rerank %s v%s: %s; %s", dataset, ref.version, decision.reasons[0],
-             f"once v{ref.version} serves, text searches over {p.modality} re-rank its top {p.depth} by default"
-             if decision.promote else f"v{ref.version} serves without a re-ranker")
-    return RerankResult(dataset, ref.version, passed=decision.promote, reasons=decision.reasons,
-                        train_seconds=round(train_seconds, 1),
-                        metrics={k: round(v, 4) for k, v in metrics.items() if "hit_rate" in k or "recall" in k},
-                        latency=latency, seconds=round(time.monotonic() - started, 1), report=str(out))
+        register_reranker(settings, ref, Path(tmp) / ARTIFACT, metrics, decision, report)
 
 
 def register_reranker(settings: Settings, ref: tracking.ModelRef, folder: Path, metrics: dict[str, float],
@@ -221,15 +264,4 @@ def register_reranker(settings: Settings, ref: tracking.ModelRef, folder: Path, 
 
     loading.forget(reranker_key(settings, ref))
     shutil.rmtree(reranker_cache(settings, ref), ignore_errors=True)
-
-
-def _log_decision(settings: Settings, dataset: str, version: str, decision: GateDecision) -> None:
-    path = settings.layout(dataset).promotions_log
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": dataset,
-             "action": "reranker-pass" if decision.promote else "reranker-refuse", "model_version": version,
-             "gain": decision.gain, "interval": [decision.low, decision.high], "reasons": decision.reasons}
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
-
 

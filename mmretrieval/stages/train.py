@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,6 @@ from mmretrieval.core.locks import per_dataset
 from mmretrieval.core.params import ModelParams
 from mmretrieval.core.schema import Modality, Split
 from mmretrieval.core.settings import Settings, get_settings
-from mmretrieval.evaluation.metrics import resolve_metric
 from mmretrieval.serving import pyfunc
 from mmretrieval.training.checkpoint import Checkpoint, fingerprint
 from mmretrieval.training.selection import EpochSelector
@@ -91,148 +91,233 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str], audio_track
         video_audio=video_audio, **source)
 
 
+@dataclass
+class _Job:
+    """What :func:`run`'s steps share: the dataset's inputs, and the model, data and optimiser built from them."""
+
+    dataset: str
+    settings: Settings
+    params: Any  # the dataset's params
+    layout: Any
+    started: float  # time.monotonic() when the stage started
+    train_frame: Any  # the augmented training split (pandas)
+    policy: dict[str, Any]  # the augmentation policy
+    clean_dir: Path
+    val_frame: Any  # the clean validation split (pandas)
+    items: Any  # training.data.TrainItems
+    data_version: str
+    device: str = "cpu"
+    text: Any = None  # TextEncoder
+    net: Any = None  # DualEncoder
+    captions: Any = None  # training.data.CaptionBank
+    label_ids: Any = None  # (items,) label class indices
+    gen: Any = None  # the loaders' torch.Generator
+    loaders: dict[str, Any] = field(default_factory=dict)
+    encoders: dict[str, Any] = field(default_factory=dict)
+    opt: Any = None
+    sched: Any = None
+    validator: Any = None  # training.loop.Validator, None without validation rows
+
+
 @per_dataset("train")  # locks.py: a second run of this dataset waits
 def run(dataset: str, settings: Settings | None = None) -> TrainResult:
     import torch
-    from tqdm import tqdm
 
-    from mmretrieval.models.dual_encoder import RetrievalModel, build, eval_transform, pick_device, train_transform
-    from mmretrieval.models.losses import symmetric_info_nce, triplet_hardest
-    from mmretrieval.models.towers import TextEncoder
-    from mmretrieval.training import data
-    from mmretrieval.training.loop import Validator, train_one_epoch
+    from mmretrieval.models.dual_encoder import pick_device
     from mmretrieval.training.schedule import warmup_cosine
 
     settings = settings or get_settings()
     params = settings.params_for(dataset)
-    p, mp = params.train, params.model
-    started = time.monotonic()
-    layout = settings.layout(dataset)
-    train_frame = read_parquet(layout.training_manifest, f"augmented training split of {dataset!r}")
-    policy = read_json(layout.augmentation_policy, "augmentation policy")
-    source = read_clean(layout)
-    clean, clean_dir = source.frame, source.root
-    val_frame = clean[clean["split"] == Split.VAL.value]
-    items = data.TrainItems.from_frame(train_frame)
-    if len(items) < 2:
-        raise TrainingError(f"the train split of {dataset!r} has {len(items)} image/audio item(s) with captions or "
-                            "labels; need at least 2 (check split ratios and the quarantine)")
-    data_version = str(policy["data_version"])
-
-    # the model
+    p = params.train
+    job = _read_inputs(dataset, settings, params, time.monotonic())
     torch.manual_seed(p.seed)
     np.random.seed(p.seed)
-    device = pick_device(settings.device)
-    text = TextEncoder(mp.text_model, device=device, trainable_layers=mp.text_trainable_layers)
-    net = build(model_config(mp, text.dim, items.present, any(items.audio_tracks)), mp.image_weights, text=text,
-                device=device).to(device)
-    config = net.config  # a pretrained image backbone brings its own image size and normalisation
-    if config.audio_tower:
-        net.audio_backbone.frontend.masks = audio_aug_masks(policy)  # SpecAugment, active in training mode only
-
-    # the data: one loader per modality; frozen pretrained image backbones are run once per image and view
-    captions = data.CaptionBank(items.captions, text, device)
-    label_ids = torch.tensor(items.label_ids(), device=device)
-    gen = torch.Generator()
-    loaders, encoders = {}, {}
-    for modality in items.present:
-        members = items.members(modality)
-        if modality == Modality.IMAGE.value and net.image_frozen:
-            mirror = bool(policy.get("image", {}).get("horizontal_flip"))
-            feats = data.cached_image_features(net, items, members, clean_dir, eval_transform(config), mirror, device)
-            dataset_, workers, encoders[modality] = data.FeatureDataset(feats, members, items.captions), 0, \
-                net.project_image
-            members = dataset_.members  # items with several captions are drawn once per caption
-        elif modality == Modality.VIDEO.value and net.image_frozen:  # K frames per clip through the backbone, once
-            feats, waves, audio = data.cached_video_features(net, items, members, clean_dir, device)
-            dataset_, workers = data.VideoFeatureDataset(feats, waves, audio, members, items.captions), 0
-            encoders[modality] = lambda b: net.project_video(b.pixels, b.wave, b.audio)  # audio tracks fused
-            members = dataset_.members
-        else:
-            transform = train_transform(config, policy.get("image", {}))
-            dataset_ = data.MediaDataset(items, members, clean_dir, config, transform, policy.get("audio", {}), p.seed)
-            workers, encoders[modality] = p.num_workers, (lambda m: lambda b: net.encode(m, b))(modality)
-        loaders[modality] = data.loader(dataset_, items, members, p, gen, workers)
-
-    opt = torch.optim.AdamW(param_groups(net, p.lr, p.tuned_lr), weight_decay=p.weight_decay)
-    sched = warmup_cosine(opt, p.epochs * sum(len(dl) for dl in loaders.values()))
-
-    def loss_fn(item_vecs: torch.Tensor, text_vecs: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-        if p.loss == "infonce":
-            return symmetric_info_nce(item_vecs, text_vecs, net.logit_scale, positives)
-        return triplet_hardest(item_vecs, text_vecs, positives, p.margin)
-
-    validator = Validator(net, text, val_frame, clean_dir, params.index, device) if len(val_frame) else None
-    gate_metric = params.gate.metric
-    select_on_val = len(val_frame) >= p.min_val_items
-    if len(val_frame) and not select_on_val:
-        log.info("train %s: %d validation items < train.min_val_items (%d): validation metrics are logged, the "
-                 "epoch with the lowest training loss is kept", dataset, len(val_frame), p.min_val_items)
-
-    # resume a killed run of the same job
-    ckpt = Checkpoint(layout.checkpoints(fingerprint(params, data_version)))
-    selector = EpochSelector(p.patience)
-    best_state: dict[str, Any] = {}
-    history: list[dict[str, float]] = []
-    run_id, first_epoch = None, 1
-    if ckpt.exists():
-        best_state, meta = ckpt.load(net, opt, sched, device)
-        selector = EpochSelector.from_state(meta["selector"])
-        first_epoch, history, run_id = meta["epoch"] + 1, meta["history"], meta["run_id"]
-        log.info("train %s: resuming run %s after epoch %d from %s", dataset, run_id, meta["epoch"], ckpt.folder)
+    job.device = pick_device(settings.device)
+    _build_model(job)
+    _build_data(job)
+    job.opt = torch.optim.AdamW(param_groups(job.net, p.lr, p.tuned_lr), weight_decay=p.weight_decay)
+    job.sched = warmup_cosine(job.opt, p.epochs * sum(len(dl) for dl in job.loaders.values()))
+    _build_validation(job)
+    ckpt = Checkpoint(job.layout.checkpoints(fingerprint(params, job.data_version)))
     code_version = tracking.git_sha(Path(__file__).resolve().parents[1])
-    tags = {"dataset": dataset, "data_version": data_version, "git_sha": code_version,
-            "stage": "train", "device": device, "fingerprint": ckpt.folder.name}
-
-    with tracking.start_run(settings, dataset, run_name=f"train-{dataset}", tags=tags, run_id=run_id) as mlrun:
-        if run_id is None:
-            tracking.log_params({k: str(v)[:500] for k, v in params.as_flat_dict().items()})
-            tracking.log_params({"train_items": len(items), "val_items": int(len(val_frame)), "captions": len(captions),
-                               "image_weights_source": config.image_weights_source or "none"})
-            tracking.log_dict(policy, "augmentation_policy.json")
-            tracking.log_dataset(dataset, data_version, layout.training_manifest, train_frame)
-            if layout.data_docs.is_file():  # the validation's data docs page, viewable in the run's artifacts
-                tracking.log_artifact(layout.data_docs, "data_docs")
-        bar = tqdm(range(first_epoch, p.epochs + 1), desc=f"train {dataset}", unit="epoch", disable=None,
-                   initial=first_epoch - 1, total=p.epochs)
-        for epoch in bar:
-            gen.manual_seed(p.seed * 100_003 + epoch)  # each epoch's order and captions depend only on (seed, epoch)
-            torch.manual_seed(p.seed * 100_003 + epoch)
-            stats = train_one_epoch(net, data.round_robin(loaders), encoders, captions, label_ids, loss_fn, opt,
-                                    sched, p.grad_clip, random.Random(p.seed * 100_003 + epoch), epoch, device)
-            record = {"loss": stats.loss, "lr": float(sched.get_last_lr()[0]),
-                      "temperature": float(1 / net.logit_scale.exp().item()),
-                      "train_samples_per_s": stats.samples / max(stats.seconds, 1e-9)}
-            if validator:
-                record |= {f"val_{k}": v for k, v in validator(net).items() if not k.endswith("_chance")}
-            history.append(record)
-            tracking.log_metrics({k.replace("@", "_at_"): v for k, v in record.items()}, step=epoch)
-            resolved = resolve_metric(gate_metric, {k.removeprefix("val_"): v for k, v in record.items()})
-            val_value = record.get(f"val_{resolved}") if resolved else None
-            if selector.update(epoch, val_value if select_on_val else None, record["loss"]):
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            ckpt.save(net, best_state, opt, sched, {"epoch": epoch, "selector": selector.state(), "history": history,
-                                                    "run_id": mlrun.info.run_id})
-            log.info("train %s epoch %d/%d: loss %.4f, val %s %s", dataset, epoch, p.epochs, record["loss"],
-                     resolved or gate_metric, f"{val_value:.4f}" if val_value is not None else
-                     "n/a (no validation items)" if not len(val_frame) else "n/a")
-            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_value if val_value is not None else -1:.3f}")
-            if selector.should_stop:
-                log.info("train %s: early stop after epoch %d (no better val %s for %d epochs)", dataset, epoch,
-                         gate_metric, selector.stale)
-                break
-        net.load_state_dict(best_state)
-        tracking.log_metrics({"best_epoch": selector.best_epoch, "epochs_run": len(history),
-                            "train_seconds": time.monotonic() - started})
-        pyfunc.log_model(RetrievalModel(net, text, device))
-        run_id = mlrun.info.run_id
+    selector, history, run_id = _train(job, ckpt, code_version)
     ref = tracking.register(settings, dataset, run_id)
-    tracking.describe_version(settings, ref, data_version=data_version, git_sha=code_version)
+    tracking.describe_version(settings, ref, data_version=job.data_version, git_sha=code_version)
     tracking.set_alias(settings, dataset, tracking.CHALLENGER, ref.version)
     ckpt.remove()
     best_epoch = selector.best_epoch
     final = history[best_epoch - 1]
     log.info("train %s: registered %s v%s (best epoch %d of %d)", dataset, ref.name, ref.version, best_epoch,
              len(history))
-    return TrainResult(dataset, data_version, run_id, ref.name, ref.version, best_epoch, len(history),
-                       {k: round(v, 4) for k, v in final.items()}, round(time.monotonic() - started, 1))
+    return TrainResult(dataset, job.data_version, run_id, ref.name, ref.version, best_epoch, len(history),
+                       {k: round(v, 4) for k, v in final.items()}, round(time.monotonic() - job.started, 1))
+
+
+def _read_inputs(dataset: str, settings: Settings, params: Any, started: float) -> _Job:
+    """The augmented training split and its policy, the clean validation split; raises :class:`TrainingError`
+    when fewer than two training items have captions or labels."""
+    from mmretrieval.training import data
+
+    layout = settings.layout(dataset)
+    train_frame = read_parquet(layout.training_manifest, f"augmented training split of {dataset!r}")
+    policy = read_json(layout.augmentation_policy, "augmentation policy")
+    source = read_clean(layout)
+    clean, clean_dir = source.frame, source.root
+    items = data.TrainItems.from_frame(train_frame)
+    if len(items) < 2:
+        raise TrainingError(f"the train split of {dataset!r} has {len(items)} image/audio item(s) with captions or "
+                            "labels; need at least 2 (check split ratios and the quarantine)")
+    return _Job(dataset, settings, params, layout, started, train_frame, policy, clean_dir,
+                clean[clean["split"] == Split.VAL.value], items, str(policy["data_version"]))
+
+
+def _build_model(job: _Job) -> None:
+    """The text tower and the dual encoder for the modalities of the training items (SpecAugment on the audio
+    tower from the augmentation policy, active in training mode only)."""
+    from mmretrieval.models.dual_encoder import build
+    from mmretrieval.models.towers import TextEncoder
+
+    mp, items = job.params.model, job.items
+    job.text = TextEncoder(mp.text_model, device=job.device, trainable_layers=mp.text_trainable_layers)
+    job.net = build(model_config(mp, job.text.dim, items.present, any(items.audio_tracks)), mp.image_weights,
+                    text=job.text, device=job.device).to(job.device)
+    if job.net.config.audio_tower:
+        job.net.audio_backbone.frontend.masks = audio_aug_masks(job.policy)
+
+
+def _build_data(job: _Job) -> None:
+    """The caption bank and one loader per modality, with the encoder each loader's batches go through; frozen
+    pretrained image backbones are run once per image and view (and per clip frame)."""
+    import torch
+
+    from mmretrieval.models.dual_encoder import eval_transform, train_transform
+    from mmretrieval.training import data
+
+    net, items, p, device = job.net, job.items, job.params.train, job.device
+    job.captions = data.CaptionBank(items.captions, job.text, device)
+    job.label_ids = torch.tensor(items.label_ids(), device=device)
+    job.gen = torch.Generator()
+    for modality in items.present:
+        members = items.members(modality)
+        if modality == Modality.IMAGE.value and net.image_frozen:
+            mirror = bool(job.policy.get("image", {}).get("horizontal_flip"))
+            feats = data.cached_image_features(net, items, members, job.clean_dir, eval_transform(net.config), mirror,
+                                               device)
+            dataset_, workers, job.encoders[modality] = data.FeatureDataset(feats, members, items.captions), 0, \
+                net.project_image
+            members = dataset_.members  # items with several captions are drawn once per caption
+        elif modality == Modality.VIDEO.value and net.image_frozen:  # K frames per clip through the backbone, once
+            feats, waves, audio = data.cached_video_features(net, items, members, job.clean_dir, device)
+            dataset_, workers = data.VideoFeatureDataset(feats, waves, audio, members, items.captions), 0
+            job.encoders[modality] = lambda b: net.project_video(b.pixels, b.wave, b.audio)  # audio tracks fused
+            members = dataset_.members
+        else:
+            transform = train_transform(net.config, job.policy.get("image", {}))
+            dataset_ = data.MediaDataset(items, members, job.clean_dir, net.config, transform,
+                                         job.policy.get("audio", {}), p.seed)
+            workers, job.encoders[modality] = p.num_workers, (lambda m: lambda b: net.encode(m, b))(modality)
+        job.loaders[modality] = data.loader(dataset_, items, members, p, job.gen, workers)
+
+
+def _build_validation(job: _Job) -> None:
+    """The validator over the clean validation split (none without validation rows); says when there are too few
+    validation items for it to pick the kept epoch."""
+    from mmretrieval.training.loop import Validator
+
+    p, val = job.params.train, job.val_frame
+    job.validator = Validator(job.net, job.text, val, job.clean_dir, job.params.index, job.device,
+                              job.params.gate.metric) if len(val) else None
+    if len(val) and len(val) < p.min_val_items:
+        log.info("train %s: %d validation items < train.min_val_items (%d): validation metrics are logged, the "
+                 "epoch with the lowest training loss is kept", job.dataset, len(val), p.min_val_items)
+
+
+def _train(job: _Job, ckpt: Checkpoint, code_version: str) -> tuple[EpochSelector, list[dict[str, float]], str]:
+    """The epochs in an MLflow run (resuming a killed run of the same job from ``ckpt``), then the kept epoch's
+    weights logged as the run's model. Returns the epoch selector, the per-epoch records and the run id."""
+    from tqdm import tqdm
+
+    from mmretrieval.models.dual_encoder import RetrievalModel
+
+    p, net = job.params.train, job.net
+    selector, best_state, history, run_id, first_epoch = EpochSelector(p.patience), {}, [], None, 1
+    if ckpt.exists():
+        best_state, meta = ckpt.load(net, job.opt, job.sched, job.device)
+        selector = EpochSelector.from_state(meta["selector"])
+        first_epoch, history, run_id = meta["epoch"] + 1, meta["history"], meta["run_id"]
+        log.info("train %s: resuming run %s after epoch %d from %s", job.dataset, run_id, meta["epoch"], ckpt.folder)
+    tags = {"dataset": job.dataset, "data_version": job.data_version, "git_sha": code_version,
+            "stage": "train", "device": job.device, "fingerprint": ckpt.folder.name}
+    with tracking.start_run(job.settings, job.dataset, run_name=f"train-{job.dataset}", tags=tags,
+                            run_id=run_id) as mlrun:
+        if run_id is None:
+            _log_inputs(job)
+        bar = tqdm(range(first_epoch, p.epochs + 1), desc=f"train {job.dataset}", unit="epoch", disable=None,
+                   initial=first_epoch - 1, total=p.epochs)
+        select_on_val = len(job.val_frame) >= p.min_val_items
+        for epoch in bar:
+            record = _epoch(job, epoch)
+            history.append(record)
+            tracking.log_metrics({k.replace("@", "_at_"): v for k, v in record.items()}, step=epoch)
+            resolved = job.validator.primary_metric if job.validator else None
+            val_value = record.get(f"val_{resolved}") if resolved else None
+            if selector.update(epoch, val_value if select_on_val else None, record["loss"]):
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            ckpt.save(net, best_state, job.opt, job.sched, {"epoch": epoch, "selector": selector.state(),
+                                                            "history": history, "run_id": mlrun.info.run_id})
+            log.info("train %s epoch %d/%d: loss %.4f, val %s %s", job.dataset, epoch, p.epochs, record["loss"],
+                     resolved or job.params.gate.metric, f"{val_value:.4f}" if val_value is not None else
+                     "n/a (no validation items)" if not len(job.val_frame) else "n/a")
+            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_value if val_value is not None else -1:.3f}")
+            if selector.should_stop:
+                log.info("train %s: early stop after epoch %d (no better val %s for %d epochs)", job.dataset, epoch,
+                         job.params.gate.metric, selector.stale)
+                break
+        net.load_state_dict(best_state)
+        tracking.log_metrics({"best_epoch": selector.best_epoch, "epochs_run": len(history),
+                              "train_seconds": time.monotonic() - job.started})
+        pyfunc.log_model(RetrievalModel(net, job.text, job.device))
+        run_id = mlrun.info.run_id
+    return selector, history, run_id
+
+
+def _log_inputs(job: _Job) -> None:
+    """A new run's params, augmentation policy, training manifest (``mlflow.log_input``) and data docs page."""
+    tracking.log_params({k: str(v)[:500] for k, v in job.params.as_flat_dict().items()})
+    tracking.log_params({"train_items": len(job.items), "val_items": int(len(job.val_frame)),
+                         "captions": len(job.captions),
+                         "image_weights_source": job.net.config.image_weights_source or "none"})
+    tracking.log_dict(job.policy, "augmentation_policy.json")
+    tracking.log_dataset(job.dataset, job.data_version, job.layout.training_manifest, job.train_frame)
+    if job.layout.data_docs.is_file():  # the validation's data docs page, viewable in the run's artifacts
+        tracking.log_artifact(job.layout.data_docs, "data_docs")
+
+
+def _epoch(job: _Job, epoch: int) -> dict[str, float]:
+    """One training pass and, with a validator, validation: the epoch's record (loss, lr, temperature, throughput,
+    ``val_*`` metrics without chance levels). Each epoch's order and captions depend only on (seed, epoch)."""
+    import torch
+
+    from mmretrieval.models.losses import symmetric_info_nce, triplet_hardest
+    from mmretrieval.training import data
+    from mmretrieval.training.loop import train_one_epoch
+
+    p, net = job.params.train, job.net
+
+    def loss_fn(item_vecs: torch.Tensor, text_vecs: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        if p.loss == "infonce":
+            return symmetric_info_nce(item_vecs, text_vecs, net.logit_scale, positives)
+        return triplet_hardest(item_vecs, text_vecs, positives, p.margin)
+
+    job.gen.manual_seed(p.seed * 100_003 + epoch)
+    torch.manual_seed(p.seed * 100_003 + epoch)
+    stats = train_one_epoch(net, data.round_robin(job.loaders), job.encoders, job.captions, job.label_ids, loss_fn,
+                            job.opt, job.sched, p.grad_clip, random.Random(p.seed * 100_003 + epoch), epoch,
+                            job.device)
+    record = {"loss": stats.loss, "lr": float(job.sched.get_last_lr()[0]),
+              "temperature": float(1 / net.logit_scale.exp().item()),
+              "train_samples_per_s": stats.samples / max(stats.seconds, 1e-9)}
+    if job.validator:
+        record |= {f"val_{k}": v for k, v in job.validator(net).items() if not k.endswith("_chance")}
+    return record
+

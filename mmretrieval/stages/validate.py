@@ -20,13 +20,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from mmretrieval.backends import data_docs, versioning
-from mmretrieval.backends.index import JSON_MAX_BYTES, METADATA_RESERVE, VARCHAR_LIMITS
 from mmretrieval.core.contracts import ValidateResult
 from mmretrieval.core.errors import ValidationFailed
 from mmretrieval.core.io import atomic_dir, write_json
 from mmretrieval.core.layout import NOT_COPIED
 from mmretrieval.core.params import Params
-from mmretrieval.core.schema import MESSAGE, METADATA, REASON, Modality, fill_splits, read_manifest, split_captions
+from mmretrieval.core.schema import (
+    JSON_MAX_BYTES,
+    MESSAGE,
+    METADATA,
+    METADATA_RESERVE,
+    REASON,
+    VARCHAR_LIMITS,
+    Modality,
+    fill_splits,
+    read_manifest,
+    split_captions,
+)
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import audio_problem
 from mmretrieval.media.files import Problem, path_problem
@@ -42,8 +52,8 @@ log = logging.getLogger(__name__)
 
 
 def _check_ids(df: pd.DataFrame, dataset: str) -> None:
-    """Ids are Milvus primary keys: each must fit :data:`~mmretrieval.backends.index.VARCHAR_LIMITS` ``["id"]``
-    UTF-8 bytes and hold no NUL. A bad id stops the run (an id names an item everywhere; it is not quietly dropped)."""
+    """Ids are Milvus primary keys: each must fit :data:`~mmretrieval.core.schema.VARCHAR_LIMITS` ``["id"]`` UTF-8
+    bytes and hold no NUL. A bad id stops the run (an id names an item everywhere; it is not quietly dropped)."""
     limit = VARCHAR_LIMITS["id"]
     bad = [(int(i) + 2, str(v)) for i, v in df["id"].items() if len(str(v).encode("utf-8")) > limit or "\x00" in v]
     if bad:
@@ -54,9 +64,9 @@ def _check_ids(df: pd.DataFrame, dataset: str) -> None:
 
 
 def limit_problem(row: pd.Series) -> Problem | None:
-    """A row whose fields would not fit the collection schema (the limits of :mod:`mmretrieval.backends.index`): a
-    string field longer than its limit in UTF-8 bytes, a NUL character, metadata JSON above the JSON field's limit
-    (less the room publish needs for what it adds)."""
+    """A row whose fields would not fit the collection schema (the index field limits of
+    :mod:`mmretrieval.core.schema`): a string field longer than its limit in UTF-8 bytes, a NUL character, metadata
+    JSON above the JSON field's limit (less the room publish needs for what it adds)."""
     for column in ("path", "label", "text", "group", "source"):
         value = str(row[column])
         if "\x00" in value:

@@ -23,20 +23,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmretrieval.core.schema import Modality, split_captions
+from mmretrieval.models.modalities import MEDIA_MODALITIES, media_modality
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from mmretrieval.core.params import TrainParams
-    from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig, VideoClip
+    from mmretrieval.models.dual_encoder import DualEncoder, ModelConfig
     from mmretrieval.models.towers import TextEncoder
-
-MEDIA = (Modality.IMAGE.value, Modality.AUDIO.value, Modality.VIDEO.value)
 
 
 @dataclass(frozen=True)
 class TrainItems:
-    """The media items (image, audio) of the training split that have captions or labels, in manifest order."""
+    """The media items (image, audio, video) of the training split that have captions or labels, in manifest
+    order."""
 
     ids: list[str]
     modalities: list[str]
@@ -50,7 +50,7 @@ class TrainItems:
         from mmretrieval.core.schema import captions_of
 
         ids, modalities, media, caps, labels, tracks = [], [], [], [], [], []
-        for _, row in frame[frame["modality"].isin(MEDIA)].iterrows():
+        for _, row in frame[frame["modality"].isin(list(MEDIA_MODALITIES))].iterrows():
             c = captions_of(row)
             c += [a for a in split_captions(row.get("aug_text", "")) if a not in c]  # materialised text augmentation
             if c:
@@ -128,18 +128,21 @@ class MediaDataset(Dataset):  # type: ignore[type-arg]
         return len(self.members)
 
     def __getitem__(self, k: int) -> tuple[Any, int]:
-        from mmretrieval.media.audio import augment_wave, change_speed, fit_length, load_audio
-        from mmretrieval.media.image import open_image
-
         i = self.members[k]
-        if self.items.modalities[i] == Modality.VIDEO.value:  # a trained backbone: frames decoded once, not augmented
-            if i not in self.cache:
-                self.cache[i] = video_clip(self.clean_dir / self.items.media[i], self.config)
-            return self.cache[i], i
-        if self.items.modalities[i] == Modality.IMAGE.value:
-            if i not in self.cache:
-                self.cache[i] = open_image(self.clean_dir / self.items.media[i])
+        modality = self.items.modalities[i]
+        if modality == Modality.AUDIO.value:
+            return self._augmented_wave(i), i
+        if i not in self.cache:  # decoded as the model takes the modality (mmretrieval.models.modalities)
+            self.cache[i] = media_modality(modality).load(self.config, self.clean_dir / self.items.media[i])
+        if modality == Modality.IMAGE.value:
             return self.transform(self.cache[i]), i
+        return self.cache[i], i  # a clip through a trained backbone: frames decoded once, not augmented
+
+    def _augmented_wave(self, i: int) -> torch.Tensor:
+        """Item ``i``'s waveform: decoded once at up to four times the clip length, then sped up or slowed down,
+        cropped and augmented (gain, noise, shift) anew each draw, as the audio policy says."""
+        from mmretrieval.media.audio import augment_wave, change_speed, fit_length, load_audio
+
         if i not in self.cache:
             self.cache[i] = load_audio(self.clean_dir / self.items.media[i], self.config.audio_sample_rate,
                                        self.config.audio_seconds * 4)
@@ -149,7 +152,7 @@ class MediaDataset(Dataset):  # type: ignore[type-arg]
             wave = change_speed(wave, 1 + rng.uniform(-1, 1) * aug.get("speed", 0.0))
             offset = int(rng.integers(0, max(1, len(wave) - self.audio_len + 1)))
             wave = augment_wave(wave[offset:offset + self.audio_len], rng, aug["gain_db"], aug["snr_db"], aug["shift"])
-        return torch.from_numpy(np.ascontiguousarray(fit_length(wave, self.audio_len))), i
+        return torch.from_numpy(np.ascontiguousarray(fit_length(wave, self.audio_len)))
 
 
 class FeatureDataset(Dataset):  # type: ignore[type-arg]
@@ -201,21 +204,12 @@ def backbone_features(net: DualEncoder, images: list[Any], transform: Callable[[
 def cached_image_features(net: DualEncoder, items: TrainItems, members: list[int], clean_dir: Path,
                           transform: Callable[[Any], torch.Tensor], mirror: bool, device: str) -> torch.Tensor:
     """(views, len(members), width): the evaluation view, and its mirror image when ``mirror``."""
-    from mmretrieval.media.image import open_image
-
-    images = [open_image(clean_dir / items.media[i]) for i in members]
+    load = media_modality(Modality.IMAGE.value).load
+    images = [load(net.config, clean_dir / items.media[i]) for i in members]
     views = [backbone_features(net, images, transform, device)]
     if mirror:
         views.append(backbone_features(net, images, transform, device, mirror=True))
     return torch.stack(views)
-
-
-def video_clip(path: Path, config: ModelConfig) -> VideoClip:
-    """A clip as the model takes it (evaluation-preprocessed frames sampled by seeking, the audio track when the model
-    fuses one): the same loading as embedding and evaluation."""
-    from mmretrieval.models.dual_encoder import load_clip
-
-    return load_clip(config, path)
 
 
 class VideoFeatureDataset(FeatureDataset):
@@ -240,9 +234,10 @@ def cached_video_features(net: DualEncoder, items: TrainItems, members: list[int
     """(1, len(members), K, width): each clip's K frames through the frozen backbone once (one view: a mirrored
     clip would swap left and right, which captions may name); with them the clips' audio tracks (len(members), T)
     and whether each has one (len(members),) bool (see :meth:`RetrievalModel.load_track`)."""
+    load = media_modality(Modality.VIDEO.value).load  # the clips as embedding and evaluation decode them
     parts, waves, audio = [], [], []
     for start in range(0, len(members), batch_size):
-        clips = [video_clip(clean_dir / items.media[i], net.config) for i in members[start:start + batch_size]]
+        clips = [load(net.config, clean_dir / items.media[i]) for i in members[start:start + batch_size]]
         pixels = torch.stack([c.pixels for c in clips]).to(device)
         waves += [c.wave for c in clips]
         audio += [c.audio for c in clips]

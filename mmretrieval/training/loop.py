@@ -19,12 +19,14 @@ from torch.utils.data import default_collate
 
 from mmretrieval.core.errors import TrainingError
 from mmretrieval.core.schema import Modality
+from mmretrieval.models.modalities import media_modality
 from mmretrieval.training.data import CaptionBank, backbone_features
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from mmretrieval.core.params import IndexParams
+    from mmretrieval.evaluation.evaluator import Decoded
     from mmretrieval.models.dual_encoder import DualEncoder
     from mmretrieval.models.towers import TextEncoder
 
@@ -74,70 +76,86 @@ def train_one_epoch(net: DualEncoder, batches: Iterable[tuple[str, Any]],
 
 
 class Validator:
-    """Scores the model on the validation split after each epoch, with the evaluation's own metric code.
+    """Scores the model on the validation split after each epoch with the evaluator
+    (:class:`~mmretrieval.evaluation.evaluator.RetrievalEvaluator`): its decoding, metrics, centring and primary
+    metric.
 
-    Media are decoded once. With a frozen pretrained image backbone the images' backbone features are computed once
-    too, and each epoch only projects them; audio clips go through the (training) audio tower every epoch.
+    Media are decoded once. With a frozen pretrained image backbone the images' (and video frames') backbone features
+    are computed once too, and each epoch only projects them; audio clips go through the (training) audio tower every
+    epoch.
     """
 
     def __init__(self, net: DualEncoder, text: TextEncoder, frame: pd.DataFrame, clean_dir: Path,
-                 index: IndexParams, device: str) -> None:
-        from mmretrieval.evaluation.evaluator import MEDIA_LETTER, gather
-        from mmretrieval.evaluation.metrics import build_eval_set
-        from mmretrieval.media.image import open_image
-        from mmretrieval.models.dual_encoder import RetrievalModel, eval_transform
+                 index: IndexParams, device: str, primary_metric: str) -> None:
+        from mmretrieval.evaluation.evaluator import RetrievalEvaluator
+        from mmretrieval.models.dual_encoder import RetrievalModel
 
-        self.index, self.device = index, device
-        self.parts: list[tuple[str, Any, Any, torch.Tensor]] = []  # (modality, eval set, media or features, captions)
-        probe = RetrievalModel(net, text, device)
-        for modality in MEDIA_LETTER:
-            if modality not in set(frame["modality"]) or modality not in probe.modalities:
+        self.evaluator = RetrievalEvaluator(frame, clean_dir, index=index, primary_metric=primary_metric)
+        self.device = device
+        self.probe = RetrievalModel(net, text, device)  # the model as evaluation decodes and prepares for it
+        self.parts: list[tuple[Decoded, Any, torch.Tensor]] = []  # (items, their media or features, caption features)
+        for modality in self.evaluator.modalities:
+            if modality not in self.probe.modalities:
                 continue
-            load = open_image if modality == Modality.IMAGE.value else probe.load_wave
-            if modality == Modality.VIDEO.value:
-                load = probe.load_clip
             try:
-                ids, media, caps, labels, _ = gather(frame, clean_dir, "media", modality, load)
+                decoded = self.evaluator.decode(self.probe, modality)
             except TrainingError:
                 continue  # fewer than two usable items: this modality is not validated
-            eval_set = build_eval_set(ids, caps, labels)
-            if modality == Modality.IMAGE.value and net.image_frozen:
-                media = backbone_features(net, media, eval_transform(net.config), device)
-            if modality == Modality.VIDEO.value and net.image_frozen:  # frame features (N, K, width), computed once
-                with torch.no_grad():
-                    feats = torch.cat([net.frame_features(torch.stack([c.pixels for c in media[i:i + 8]]).to(device))
-                                       .float().cpu() for i in range(0, len(media), 8)])
-                media = [c._replace(pixels=f) for c, f in zip(media, feats, strict=True)]
-            self.parts.append((modality, eval_set, media, text.encode(eval_set.captions)))
+            media = _frozen_features(net, decoded, device) if net.image_frozen else decoded.media
+            self.parts.append((decoded, media, text.encode(decoded.eval_set.captions)))
         net.train()
 
     def __bool__(self) -> bool:
         return bool(self.parts)
 
+    @property
+    def primary_metric(self) -> str:
+        """The key of the gate's metric among the last call's metrics (:meth:`RetrievalEvaluator.resolve_primary`)."""
+        return self.evaluator.primary_metric
+
     @torch.no_grad()
     def __call__(self, net: DualEncoder) -> dict[str, float]:
-        from mmretrieval.evaluation.evaluator import metrics_from_vectors
-        from mmretrieval.models.dual_encoder import eval_transform
-
         net.eval()
         metrics: dict[str, float] = {}
-        for modality, eval_set, media, caption_features in self.parts:
+        for decoded, media, caption_features in self.parts:
             texts = net.project_text(caption_features.to(self.device)).float().cpu().numpy()
-            if modality == Modality.VIDEO.value:  # clips: frame features (frozen backbone) or frames, audio tracks
-                encode = net.project_video if net.image_frozen else net.encode_video
-                batches = [default_collate(media[i:i + 8]).to(self.device) for i in range(0, len(media), 8)]
-                items = torch.cat([encode(b.pixels, b.wave, b.audio).float().cpu() for b in batches])
-            elif modality == Modality.AUDIO.value:
-                items = torch.cat([net.encode_audio(torch.stack(media[i:i + 64]).to(self.device)).float().cpu()
-                                   for i in range(0, len(media), 64)])
-            elif isinstance(media, torch.Tensor):
-                items = net.project_image(media.to(self.device)).float().cpu()
-            else:
-                transform = eval_transform(net.config)
-                items = torch.cat([net.encode_image(torch.stack([transform(im) for im in media[i:i + 64]])
-                                                    .to(self.device)).float().cpu()
-                                   for i in range(0, len(media), 64)])
-            found, _, _ = metrics_from_vectors(texts, items.numpy(), eval_set, modality, index=self.index)
+            items = self._item_vectors(net, decoded.modality, media)
+            found, _, _ = self.evaluator.metrics_of(texts, items.numpy(), decoded)
             metrics |= found
         net.train()
+        self.evaluator.resolve_primary(metrics)
         return metrics
+
+    def _item_vectors(self, net: DualEncoder, modality: str, media: Any) -> torch.Tensor:
+        """(items, D) unit vectors on CPU: cached image features through the image head, or the decoded items
+        prepared and batched as the modality table says, through their tower (video frame features: temporal
+        pooling and the head)."""
+        if isinstance(media, torch.Tensor):  # (items, width) features of a frozen image backbone
+            return net.project_image(media.to(self.device)).float().cpu()
+        kind = media_modality(modality)
+        frame_features = modality == Modality.VIDEO.value and net.image_frozen  # clips hold (K, width) features
+        parts = []
+        for start in range(0, len(media), kind.batch_size):
+            batch = default_collate([kind.prepare(self.probe, m) for m in media[start:start + kind.batch_size]])
+            batch = batch.to(self.device)
+            vectors = net.project_video(batch.pixels, batch.wave, batch.audio) if frame_features else \
+                net.encode(modality, batch)
+            parts.append(vectors.float().cpu())
+        return torch.cat(parts)
+
+
+@torch.no_grad()
+def _frozen_features(net: DualEncoder, decoded: Decoded, device: str) -> Any:
+    """With a frozen image backbone, what validation keeps of decoded items so each epoch only runs the heads:
+    images -> (items, width) backbone features; clips -> the clips with their frames' (K, width) features as
+    ``pixels``; other items as they are."""
+    from mmretrieval.models.dual_encoder import eval_transform
+
+    if decoded.modality == Modality.IMAGE.value:
+        return backbone_features(net, decoded.media, eval_transform(net.config), device)
+    if decoded.modality == Modality.VIDEO.value:
+        media = decoded.media
+        feats = torch.cat([net.frame_features(torch.stack([c.pixels for c in media[i:i + 8]]).to(device))
+                           .float().cpu() for i in range(0, len(media), 8)])
+        return [c._replace(pixels=f) for c, f in zip(media, feats, strict=True)]
+    return decoded.media

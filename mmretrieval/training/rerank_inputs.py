@@ -12,6 +12,7 @@ import numpy as np
 from mmretrieval.core.errors import ConfigError
 from mmretrieval.core.params import RerankParams
 from mmretrieval.core.schema import Modality, Split
+from mmretrieval.models.modalities import media_modality
 
 if TYPE_CHECKING:
     import torch
@@ -87,26 +88,28 @@ def pooled(model: RetrievalModel, maps: torch.Tensor, modality: str = Modality.I
 
 def split_inputs(model: RetrievalModel, clean: Any, clean_dir: Path, split: str,
                  modality: str = Modality.IMAGE.value, index: Any = None) -> tuple[Any, ...]:
-    """The frozen inputs of one split's ``modality`` items with captions: (eval set (relevance by caption and
-    label, as :mod:`mmretrieval.stages.evaluate` builds it), (V, N, C, H, W) region features (images: the evaluation crop
-    and, for the train split, its mirror image), (Q, L, dim) token states, (Q, L) token mask, (Q, D) text vectors,
-    (N, D) item vectors). With ``index`` (the serving settings) the vectors are centred as evaluation and the
-    published collection centre them, so their cosines are the first stage's scores."""
+    """The frozen inputs of one split's ``modality`` items with captions, decoded and related by the evaluator
+    (:class:`~mmretrieval.evaluation.evaluator.RetrievalEvaluator`): (eval set (relevance by caption and label),
+    (V, N, C, H, W) region features (images: the evaluation crop and, for the train split, its mirror image),
+    (Q, L, dim) token states, (Q, L) token mask, (Q, D) text vectors, (N, D) item vectors). With ``index`` (the
+    serving settings) the vectors are centred as evaluation and the published collection centre them, so their
+    cosines are the first stage's scores."""
     import torch
 
-    from mmretrieval.evaluation.evaluator import centred, gather
-    from mmretrieval.evaluation.metrics import build_eval_set
-    from mmretrieval.media.image import open_image
+    from mmretrieval.evaluation.evaluator import RetrievalEvaluator
     from mmretrieval.models.reranker import token_states
 
-    load = open_image if modality == Modality.IMAGE.value else model.load_wave
-    ids, media, caps, labels, _ = gather(clean[clean["split"] == split], clean_dir, "media", modality, load)
-    es = build_eval_set(ids, caps, labels)
+    letter = media_modality(modality).letter  # primary: the per-query hit the re-ranker is gated on
+    evaluator = RetrievalEvaluator(clean[clean["split"] == split], clean_dir, index=index,
+                                   primary_metric=f"t2{letter}_hit_rate@1")
+    decoded = evaluator.decode(model, modality)
+    es, media = decoded.eval_set, decoded.media
     mirrored = modality == Modality.IMAGE.value and split == Split.TRAIN.value
     views = [region_features(model, modality, media)] + (
         [region_features(model, modality, media, mirror=True)] if mirrored else [])
     tokens, mask = token_states(model.text.model, es.captions)
-    text_vecs, item_vecs = centred(model.encode_texts(es.captions), pooled(model, views[0], modality), modality, index)
+    text_vecs, item_vecs = evaluator.centred(model.encode_texts(es.captions), pooled(model, views[0], modality),
+                                             modality)
     return es, torch.stack(views), tokens, mask, text_vecs, item_vecs
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mmretrieval.backends.index import JSON_MAX_BYTES, VARCHAR_LIMITS, MilvusIndex
+from mmretrieval.backends.index import MilvusIndex
 from mmretrieval.core.errors import FilterError, IndexStoreError, QueryError
 from mmretrieval.core.params import IndexParams
+from mmretrieval.core.schema import JSON_MAX_BYTES, VARCHAR_LIMITS
 from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_stage
 from mmretrieval.serving.filters import build_filter

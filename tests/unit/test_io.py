@@ -68,3 +68,15 @@ def test_a_folder_swap_replaces_the_target_whole_and_sweeps_what_killed_swappers
     swap_dir(work, target)
     assert [p.name for p in tmp_path.iterdir()] == ["v1"]
     assert [p.name for p in target.iterdir()] == ["part-00000.parquet"]
+
+
+def test_promotions_log_lines_start_with_time_and_dataset_and_append(tmp_path: Path) -> None:
+    from mmretrieval.core.io import append_promotion
+    from mmretrieval.core.layout import Layout
+
+    layout = Layout(tmp_path / "data", tmp_path / "var", "demo")
+    first = append_promotion(layout, {"action": "promote", "challenger": "2"})
+    append_promotion(layout, {"action": "rollback", "champion": "1"})
+    lines = [json.loads(line) for line in layout.promotions_log.read_text(encoding="utf-8").splitlines()]
+    assert lines[0] == first and list(first)[:3] == ["time", "dataset", "action"] and first["dataset"] == "demo"
+    assert [line["action"] for line in lines] == ["promote", "rollback"]

@@ -13,10 +13,10 @@ from mmretrieval.serving.client import MAX_K, MAX_TEXT
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
 AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac",
                "audio/ogg", "audio/mpeg")
-MAX_FILTER = 2000  # characters of a filter expression
+MAX_REQUEST_FILTER_CHARS = 2000  # characters of a filter expression
 MAX_FILTER_TERMS = 64  # comparisons and boolean operators in a filter
 MAX_FILTER_DEPTH = 16  # nested parentheses and brackets
-MAX_LABELS = 100
+MAX_REQUEST_LABELS = 100
 MAX_WHERE = 16
 MAX_WHERE_FORM = 4000  # characters of the upload form's `where` (a JSON object)
 MAX_ITEM_ID = 256
@@ -60,11 +60,11 @@ class SearchRequest(BaseModel):
     text: Annotated[Text, Field(min_length=1, max_length=MAX_TEXT, description="text query (blank: 400)")]
     k: Int = Field(10, ge=1, le=MAX_K, description="number of hits")
     modality: Modality | None = Field(None, description="only hits of this modality")
-    filter: Annotated[Text, Field(max_length=MAX_FILTER, description=(
+    filter: Annotated[Text, Field(max_length=MAX_REQUEST_FILTER_CHARS, description=(
         "Milvus boolean expression over the collection's scalar fields, e.g. `label == \"7\"`; at most "
         f"{MAX_FILTER_TERMS} comparisons and operators, nested at most {MAX_FILTER_DEPTH} deep"))] = ""
-    labels: list[Label] = Field(default_factory=list, max_length=MAX_LABELS, description="only hits with one of "
-                                "these labels")
+    labels: list[Label] = Field(default_factory=list, max_length=MAX_REQUEST_LABELS,
+                                description="only hits with one of these labels")
     where: Annotated[dict[str, WhereValue], AfterValidator(_where_keys)] = Field(
         default_factory=dict, max_length=MAX_WHERE, json_schema_extra={"propertyNames": {"pattern": WHERE_KEY}},
         description="only hits whose metadata has these key/value pairs (keys: letters, digits, _)")

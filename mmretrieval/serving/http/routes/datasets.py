@@ -14,8 +14,8 @@ from mmretrieval.serving.client import MAX_K, MAX_TEXT, Hit
 from mmretrieval.serving.http.dependencies import ServiceDep
 from mmretrieval.serving.http.routes import items, search
 from mmretrieval.serving.http.schemas import (
-    MAX_FILTER,
-    MAX_LABELS,
+    MAX_REQUEST_FILTER_CHARS,
+    MAX_REQUEST_LABELS,
     MAX_WHERE_FORM,
     DatasetInfo,
     Fusion,
@@ -63,8 +63,8 @@ def dataset_routes(resolve: Callable[..., DatasetState], op: str = "") -> APIRou
                      modality: Annotated[Literal["text", "image", "audio", "video", ""], Form(
                          description="only hits of this modality; empty: any")] = "",
                      fusion: Annotated[Fusion, Form()] = "vector",
-                     filter: Annotated[Text, Form(max_length=MAX_FILTER)] = "",
-                     labels: Annotated[list[Label], Form(max_length=MAX_LABELS)] = [],  # noqa: B006
+                     filter: Annotated[Text, Form(max_length=MAX_REQUEST_FILTER_CHARS)] = "",
+                     labels: Annotated[list[Label], Form(max_length=MAX_REQUEST_LABELS)] = [],  # noqa: B006
                      where: Annotated[Text, Form(max_length=MAX_WHERE_FORM, description="JSON object of metadata "
                                                  "key/value pairs")] = "") -> list[Hit]:
         """Nearest items to an uploaded image or audio clip (optionally fused with a text)."""
