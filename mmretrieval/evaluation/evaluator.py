@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from PIL import Image
 
-    from mmretrieval.core.config import IndexParams
+    from mmretrieval.core.params import IndexParams
     from mmretrieval.models.dual_encoder import RetrievalModel
 
 
