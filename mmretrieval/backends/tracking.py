@@ -40,7 +40,12 @@ class ModelRef:
 
     @property
     def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+        return version_uri(self.name, self.version)
+
+
+def version_uri(name: str, version: str) -> str:
+    """``models:/<name>/<version>``: how MLflow, and every message of ours, names a registered version."""
+    return f"models:/{name}/{version}"
 
 
 def client(settings: Settings) -> MlflowClient:
@@ -302,14 +307,23 @@ def model_files(folder: Path) -> Path:
     return nested if (nested / "config.json").is_file() else folder
 
 
+def downloaded(settings: Settings, name: str, version: str) -> Path | None:
+    """The folder with ``config.json`` + ``weights.safetensors`` of version ``version`` of ``name`` when
+    :func:`download` already fetched it into ``var/model-cache`` (versions never change), else None. Asks MLflow
+    nothing: a query whose model is cached needs no registry."""
+    files = model_files(settings.var_dir / "model-cache" / name / version)
+    return files if (files / "config.json").is_file() else None
+
+
 def download(settings: Settings, ref: ModelRef) -> Path:
     """The folder with ``config.json`` + ``weights.safetensors`` of a version (inside the MLflow model folder it
     downloads and caches under ``var/model-cache``; versions never change). Raises :class:`TrackingError`."""
+    cached = downloaded(settings, ref.name, ref.version)
+    if cached is not None:
+        return cached
     import mlflow
 
     target = settings.var_dir / "model-cache" / ref.name / ref.version
-    if (model_files(target) / "config.json").is_file():
-        return model_files(target)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, tracking_uri=settings.mlflow_uri))
     except Exception as e:  # MLflow raises several unrelated types for a missing artifact

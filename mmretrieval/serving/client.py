@@ -56,6 +56,58 @@ class Hit:
         return json.dumps(asdict(self), ensure_ascii=False)
 
 
+@dataclass(frozen=True)
+class Query:
+    """A search request whose arguments passed :meth:`checked` (their meaning: :meth:`RetrievalClient.search`)."""
+
+    text: str | None
+    image: Any
+    audio: Any
+    k: int
+    modality: str | None
+    filter: str
+    labels: Sequence[str]
+    where: Mapping[str, str] | None
+    weights: Mapping[str, float]
+    fusion: str
+    rerank: int | None
+
+    @classmethod
+    def checked(cls, text: str | None, image: Any, audio: Any, *, k: Any, modality: str | None, filter: str,
+                labels: Sequence[str], where: Mapping[str, str] | None, weights: Mapping[str, float] | None,
+                fusion: str, rerank: Any) -> Query:
+        """The request with ``k`` and ``rerank`` as ints and the text stripped; raises :class:`QueryError` naming
+        the first bad argument and its value (whether a rerank depth suits k and the model is checked at search)."""
+        if not _whole(k) or not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
+        if rerank is not None and not _whole(rerank):
+            raise QueryError(f"rerank must be a whole number (0: off), got {rerank!r}")
+        if isinstance(labels, (str, bytes)):
+            raise QueryError(f"labels must be a list of labels, got the single string {labels!r}: wrap it in a list")
+        for part, weight in (weights or {}).items():
+            if part not in ("text", "image", "audio") or not _finite(weight):
+                raise QueryError(f"weights takes finite numbers for 'text', 'image' and 'audio'; got {part!r}: "
+                                 f"{weight!r}")
+        if modality is not None and modality not in MODALITIES:
+            raise QueryError(f"unknown modality {modality!r}; use one of {list(MODALITIES)}")
+        if text is not None:
+            text = text.strip()
+            if not text:
+                raise QueryError("the text query is empty")
+            if len(text) > MAX_TEXT:
+                raise QueryError(f"the text query has {len(text)} characters; the limit is {MAX_TEXT}")
+        if text is None and image is None and audio is None:
+            raise QueryError("give a text, image or audio query")
+        if fusion not in FUSIONS:
+            raise QueryError(f"unknown fusion {fusion!r}; use one of {list(FUSIONS)}")
+        return cls(text, image, audio, int(k), modality, filter, labels, where, weights or {}, fusion,
+                   None if rerank is None else int(rerank))
+
+    def restriction(self, modality: str | None) -> str:
+        """The Milvus filter expression of this request's restrictions, with ``modality`` as the modality one."""
+        return build_filter(modality, self.filter, self.labels, self.where)
+
+
 class RetrievalClient:
     """Search one serving alias. ``RetrievalClient("demo")`` uses the configured Milvus and MLflow."""
 
@@ -68,6 +120,7 @@ class RetrievalClient:
         self._model: tuple[str, RetrievalModel, Centring] | None = None
         self._loaded = ""  # the collection last made ready for search (one load check per alias move, not per query)
         self._params = self.settings.params_for(dataset).index
+        self._versions: dict[str, tracking.ModelRef] = {}  # collection -> the registered version that built it
         self._rerankers: dict[str, tuple[Any, Any] | None] = {}  # collection -> (re-ranker, region store) or None
         self._no_rerank: dict[str, str] = {}  # collection -> why it has no usable re-ranker
 
@@ -93,30 +146,36 @@ class RetrievalClient:
 
     def _rerank_info(self, collection: str) -> dict[str, Any]:
         """Whether text searches of ``collection`` can be re-ranked: the re-ranker's modality and default depth, or
-        why not (refused by its gate, none trained, no region store)."""
+        why not (refused by its gate, none trained, no region store). Reads the re-ranker's saved configuration
+        instead of building it, so ``mmr info`` imports no torch."""
         try:
-            usable = self._reranker_for(collection)
+            modality = self._rerank_modality(collection)
+            why = self._why_no_reranker(collection) if modality is None else ""
         except MMRError as e:  # the registry or the artifact store is unreachable: say so, info still answers
             return {"available": False, "why": f"unknown: {type(e).__name__}"}
-        if usable is None:
-            return {"available": False, "why": self._no_rerank.get(collection, "no re-ranker")}
-        return {"available": True, "modality": usable[0].config.modality,
-                "depth": self.settings.params_for(self.dataset).rerank.depth}
+        if modality is None:
+            return {"available": False, "why": why}
+        return {"available": True, "modality": modality, "depth": self.settings.params_for(self.dataset).rerank.depth}
+
+    def _version(self, collection: str) -> tracking.ModelRef:
+        """The registered model version that built ``collection`` (asks the registry once per collection)."""
+        if collection not in self._versions:
+            name, version = _built_by(self.index.properties(collection), collection)
+            self._versions[collection] = tracking.get_version(self.settings, name, version)
+        return self._versions[collection]
 
     def _model_for(self, collection: str) -> tuple[RetrievalModel, Centring]:
-        """The model that built ``collection`` and the corpus means its vectors were centred on (cached)."""
+        """The model that built ``collection`` and the corpus means its vectors were centred on (cached). A model
+        already downloaded loads without asking the registry."""
         if self._model is None or self._model[0] != collection:
             from mmretrieval.models.dual_encoder import pick_device
 
             props = self.index.properties(collection)
-            name, version = props.get("mmr.model_name"), props.get("mmr.model_version")
-            if not name or not version:
-                raise IndexStoreError(f"collection {collection!r} does not record the model that built it")
-            ref = tracking.get_version(self.settings, name, version)
-            model = loading.load_model(self.settings, ref, pick_device(self.settings.device))
+            name, version = _built_by(props, collection)
+            model = loading.load_version(self.settings, name, version, pick_device(self.settings.device))
             if model.dim != self.index.dim(collection):
-                raise IndexStoreError(f"model {ref.uri} makes {model.dim}-d vectors but {collection!r} holds "
-                                      f"{self.index.dim(collection)}-d vectors")
+                raise IndexStoreError(f"model {tracking.version_uri(name, version)} makes {model.dim}-d vectors but "
+                                      f"{collection!r} holds {self.index.dim(collection)}-d vectors")
             centre = Centring.from_property(props.get(CENTRE_PROPERTY), f"collection {collection!r}")
             self._model = (collection, model, centre)
         return self._model[1], self._model[2]
@@ -147,88 +206,101 @@ class RetrievalClient:
         Raises :class:`QueryError` for a bad request (a filter Milvus cannot parse included: no retry),
         :class:`MediaError` for a query file that cannot be used, :class:`IndexStoreError` for Milvus failures.
         """
-        import numpy as np
-
-        if not _whole(k) or not 1 <= k <= MAX_K:
-            raise QueryError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
-        k = int(k)
-        if rerank is not None and not _whole(rerank):
-            raise QueryError(f"rerank must be a whole number (0: off), got {rerank!r}")
-        rerank = None if rerank is None else int(rerank)
-        if isinstance(labels, (str, bytes)):
-            raise QueryError(f"labels must be a list of labels, got the single string {labels!r}: wrap it in a list")
-        for part, weight in (weights or {}).items():
-            if part not in ("text", "image", "audio") or not _finite(weight):
-                raise QueryError(f"weights takes finite numbers for 'text', 'image' and 'audio'; got {part!r}: "
-                                 f"{weight!r}")
-        if modality is not None and modality not in MODALITIES:
-            raise QueryError(f"unknown modality {modality!r}; use one of {list(MODALITIES)}")
-        if text is not None:
-            text = text.strip()
-            if not text:
-                raise QueryError("the text query is empty")
-            if len(text) > MAX_TEXT:
-                raise QueryError(f"the text query has {len(text)} characters; the limit is {MAX_TEXT}")
-        if text is None and image is None and audio is None:
-            raise QueryError("give a text, image or audio query")
-        if fusion not in FUSIONS:
-            raise QueryError(f"unknown fusion {fusion!r}; use one of {list(FUSIONS)}")
+        query = Query.checked(text, image, audio, k=k, modality=modality, filter=filter, labels=labels, where=where,
+                              weights=weights, fusion=fusion, rerank=rerank)
         collection = self.index.require_alias(self.alias)
         model, centre = self._model_for(collection)
-        parts: list[tuple[float, np.ndarray]] = []
-        w = weights or {}
-        if text is not None:
-            parts.append((w.get("text", 1.0), centre.apply(model.encode_texts([text])[0], "text")))
-        if image is not None:
-            if "image" not in model.modalities:
-                raise QueryError(f"the model behind {self.alias!r} has no image tower; image queries need one")
-            parts.append((w.get("image", 1.0), centre.apply(model.encode_images([_load_image(image)])[0], "image")))
-        if audio is not None:
-            if "audio" not in model.modalities:
-                raise QueryError(f"the model behind {self.alias!r} has no audio tower; audio queries need one")
-            wave = _load_wave(model, audio)[None]
-            parts.append((w.get("audio", 1.0), centre.apply(model.encode_waves(wave)[0], "audio")))
-        expr = build_filter(modality, filter, labels, where)
-        depth = self._rerank_depth(rerank, k, collection, modality, text_only=len(parts) == 1 and text is not None)
-        if depth:
-            assert text is not None
-            usable = self._reranker_for(collection)
-            assert usable is not None
-            candidates = self._search(collection, [parts[0][1]], depth,
-                                      build_filter(usable[0].config.modality, filter, labels, where))
-            hits = self._rerank(collection, model, text, candidates[0], k)
-        elif fusion == "late" and len(parts) > 1:
-            results = self._search(collection, [v for _, v in parts], min(MAX_K, FUSION_DEPTH * k), expr)
-            hits = late_fusion([weight for weight, _ in parts], results, k)
-        else:
-            vec = sum(weight * v for weight, v in parts)
-            hits = self._search(collection, [vec / max(float(np.linalg.norm(vec)), 1e-12)], k, expr)[0]
-        query = sum(weight * v for weight, v in parts)
+        parts = self._encode(query, model, centre)
+        hits = self._nearest(collection, model, query, parts)
+        vector = sum(weight * v for weight, v in parts)
         return [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
                     text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
-                    data_version=h["data_version"], **_moment(h.get("metadata") or {}, query),
+                    data_version=h["data_version"], **_moment(h.get("metadata") or {}, vector),
                     dual_score=round(h["dual_score"], 6) if "dual_score" in h else None)
                 for r, h in enumerate(hits, start=1)]
 
+    def _encode(self, query: Query, model: RetrievalModel, centre: Centring) -> list[tuple[float, np.ndarray]]:
+        """(weight, (dim,) unit vector, centred like the collection) of each part of ``query``: text, image, audio.
+        Raises :class:`QueryError` for a part the serving model has no tower for, :class:`MediaError`."""
+        parts: list[tuple[float, np.ndarray]] = []
+        w = query.weights
+        if query.text is not None:
+            parts.append((w.get("text", 1.0), centre.apply(model.encode_texts([query.text])[0], "text")))
+        if query.image is not None:
+            if "image" not in model.modalities:
+                raise QueryError(f"the model behind {self.alias!r} has no image tower; image queries need one")
+            vector = model.encode_images([_load_image(query.image)])[0]
+            parts.append((w.get("image", 1.0), centre.apply(vector, "image")))
+        if query.audio is not None:
+            if "audio" not in model.modalities:
+                raise QueryError(f"the model behind {self.alias!r} has no audio tower; audio queries need one")
+            wave = _load_wave(model, query.audio)[None]
+            parts.append((w.get("audio", 1.0), centre.apply(model.encode_waves(wave)[0], "audio")))
+        return parts
+
+    def _nearest(self, collection: str, model: RetrievalModel, query: Query,
+                 parts: list[tuple[float, np.ndarray]]) -> list[dict[str, Any]]:
+        """The best ``query.k`` rows of ``collection`` (Milvus' dicts, best first): re-ranked, late-fused or one
+        search with the parts' weighted vector sum, as :meth:`search` describes."""
+        import numpy as np
+
+        expr = query.restriction(query.modality)
+        text_only = len(parts) == 1 and query.text is not None
+        depth = self._rerank_depth(query.rerank, query.k, collection, query.modality, text_only=text_only)
+        if depth:
+            assert query.text is not None
+            usable = self._reranker_for(collection)
+            assert usable is not None
+            candidates = self._search(collection, [parts[0][1]], depth, query.restriction(usable[0].config.modality))
+            return self._rerank(collection, model, query.text, candidates[0], query.k)
+        if query.fusion == "late" and len(parts) > 1:
+            results = self._search(collection, [v for _, v in parts], min(MAX_K, FUSION_DEPTH * query.k), expr)
+            return late_fusion([weight for weight, _ in parts], results, query.k)
+        vec = sum(weight * v for weight, v in parts)
+        return self._search(collection, [vec / max(float(np.linalg.norm(vec)), 1e-12)], query.k, expr)[0]
+
+    def _regions_folder(self, collection: str) -> str:
+        """The folder of the region store the embed stage wrote for ``collection``; empty when it has none, and so no
+        re-ranking, whatever the registry says (nothing is asked of it)."""
+        from mmretrieval.backends.regions import REGIONS
+
+        return str(self.index.properties(collection).get(REGIONS) or "")
+
     def _reranker_for(self, collection: str) -> tuple[Any, Any] | None:
-        """(re-ranker, region store) of the collection's model version, or None when it serves without one."""
+        """(re-ranker, region store) of the collection's model version, or None when it serves without one (why:
+        :meth:`_why_no_reranker`)."""
         if collection not in self._rerankers:
-            from mmretrieval.backends.regions import REGIONS, RegionStore
+            from mmretrieval.backends.regions import RegionStore
             from mmretrieval.serving.reranking import serving_reranker
 
-            props = self.index.properties(collection)
-            ref = tracking.get_version(self.settings, str(props.get("mmr.model_name")),
-                                       str(props.get("mmr.model_version")))
-            net = serving_reranker(self.settings, ref)
-            folder = props.get(REGIONS)
-            self._rerankers[collection] = (net, RegionStore(Path(folder))) if net is not None and folder else None
-            if self._rerankers[collection] is None:
-                from mmretrieval.serving.reranking import why_unavailable
-
-                self._no_rerank[collection] = (
-                    why_unavailable(self.settings, self.dataset, ref) if net is None else
-                    f"collection {collection} has no region store for {ref.uri}'s re-ranker: embed and publish again")
+            folder = self._regions_folder(collection)
+            net = serving_reranker(self.settings, self._version(collection)) if folder else None
+            self._rerankers[collection] = (net, RegionStore(Path(folder))) if net is not None else None
         return self._rerankers[collection]
+
+    def _rerank_modality(self, collection: str) -> str | None:
+        """What the re-ranker of ``collection`` scores (``"image"`` or ``"audio"``), None when it serves without one;
+        from the re-ranker's saved configuration, so without torch."""
+        from mmretrieval.backends.regions import RegionStore
+        from mmretrieval.serving.reranking import reranker_config
+
+        folder = self._regions_folder(collection)
+        config = reranker_config(self.settings, self._version(collection)) if folder else None
+        if config is None:
+            return None
+        RegionStore(Path(folder))  # raises ModelError for a store a search could not read, as a search would
+        return str(config.get("modality", "image"))
+
+    def _why_no_reranker(self, collection: str) -> str:
+        """Why ``collection`` serves without a re-ranker: refused by its gate, none trained, or no region store."""
+        if collection not in self._no_rerank:
+            from mmretrieval.serving.reranking import gate_passed, why_unavailable
+
+            ref = self._version(collection)
+            self._no_rerank[collection] = (
+                f"collection {collection} has no region store for {ref.uri}'s re-ranker: embed and publish again"
+                if gate_passed(self.settings, ref) else why_unavailable(self.settings, self.dataset, ref))
+        return self._no_rerank[collection]
 
     def _rerank_depth(self, rerank: int | None, k: int, collection: str, modality: str | None,
                       text_only: bool) -> int:
@@ -246,7 +318,7 @@ class RetrievalClient:
                 return 0  # a mixed collection: re-ranking would drop its other modalities, so only on request
             return max(k, self.settings.params_for(self.dataset).rerank.depth)
         if usable is None:
-            raise QueryError(f"cannot re-rank: {self._no_rerank.get(collection, 'no re-ranker')}; search without "
+            raise QueryError(f"cannot re-rank: {self._why_no_reranker(collection)}; search without "
                              "re-ranking (rerank=0, mmr search --rerank 0)")
         if not text_only or modality not in (None, target):
             raise QueryError(f"re-ranking scores text queries against {target} items: give only a text query, and "
@@ -284,6 +356,14 @@ class RetrievalClient:
         except IndexStoreError:
             self.index.load(collection)
             return self.index.search(collection, vectors, k, self._params, expr=expr)
+
+
+def _built_by(props: Mapping[str, str], collection: str) -> tuple[str, str]:
+    """(registered model name, version) recorded on a collection by publish; raises :class:`IndexStoreError`."""
+    name, version = props.get("mmr.model_name"), props.get("mmr.model_version")
+    if not name or not version:
+        raise IndexStoreError(f"collection {collection!r} does not record the model that built it")
+    return str(name), str(version)
 
 
 def _moment(metadata: dict[str, Any], query: Any) -> dict[str, Any]:

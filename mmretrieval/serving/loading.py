@@ -59,3 +59,16 @@ def load_model(settings: Settings, ref: tracking.ModelRef, device: str = "cpu") 
 
     return cached(("dual", settings.mlflow_uri, ref.name, ref.version, device),
                   lambda: load(tracking.download(settings, ref), device=device))
+
+
+def load_version(settings: Settings, name: str, version: str, device: str = "cpu") -> RetrievalModel:
+    """The model of version ``version`` of the registered model ``name`` on ``device``, as :func:`load_model`; a
+    version already downloaded (:func:`~mmretrieval.backends.tracking.downloaded`) is loaded without asking the
+    registry (and without importing MLflow). Raises :class:`ModelNotFoundError` for a version the registry does
+    not know, :class:`TrackingError`."""
+    files = tracking.downloaded(settings, name, version)
+    if files is None:
+        return load_model(settings, tracking.get_version(settings, name, version), device)
+    from mmretrieval.models.dual_encoder import load
+
+    return cached(("dual", settings.mlflow_uri, name, version, device), lambda: load(files, device=device))

@@ -4,6 +4,7 @@ built here, kept in the model cache), why a version has none, and the region sto
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,17 +46,36 @@ def serving_reranker(settings: Settings, ref: tracking.ModelRef) -> CrossReranke
 
 
 def _load_reranker(settings: Settings, ref: tracking.ModelRef) -> CrossReranker | None:
+    if reranker_config(settings, ref) is None:
+        return None
     from mmretrieval.models.reranker import load
 
-    if tracking.version_tags(settings, ref).get(GATE_TAG) != PASS:
+    return load(reranker_cache(settings, ref))[0]
+
+
+def gate_passed(settings: Settings, ref: tracking.ModelRef) -> bool:
+    """Whether version ``ref``'s re-ranker passed its gate (the version's :data:`GATE_TAG` in the registry)."""
+    return tracking.version_tags(settings, ref).get(GATE_TAG) == PASS
+
+
+def reranker_config(settings: Settings, ref: tracking.ModelRef) -> dict[str, Any] | None:
+    """The saved configuration (the fields of :class:`~mmretrieval.models.reranker.RerankerConfig`, e.g.
+    ``modality``) of version ``ref``'s re-ranker when it passed its gate, else None. Downloads it once (into
+    :func:`reranker_cache`) and builds nothing, so it imports no torch. Raises :class:`ModelError` for a download
+    that is not a re-ranker or one trained for another version, :class:`TrackingError`."""
+    if not gate_passed(settings, ref):
         return None
     target = tracking.download_run_artifact(settings, ref.run_id, ARTIFACT, reranker_cache(settings, ref),
                                             f"{ref.uri} passed its re-ranker gate but")
-    net, meta = load(target)
+    cfg = target / "config.json"
+    if not cfg.is_file() or not (target / "weights.safetensors").is_file():
+        raise ModelError(f"{target} is not a saved re-ranker (needs config.json and weights.safetensors)")
+    raw = json.loads(cfg.read_text(encoding="utf-8"))
+    meta = raw.get("meta", {})
     if meta.get("dual_encoder_version") != ref.version:
         raise ModelError(f"re-ranker at {target} was trained for v{meta.get('dual_encoder_version')}, not "
                          f"{ref.uri}")
-    return net
+    return dict(raw["config"])
 
 
 def why_unavailable(settings: Settings, dataset: str, ref: tracking.ModelRef) -> str:
