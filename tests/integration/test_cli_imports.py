@@ -5,8 +5,8 @@ import json
 import os
 
 import pytest
-from mmretrieval.core.config import Settings
 
+from mmretrieval.core.settings import Settings
 from tests.helpers.processes import imported, modules_after
 
 pytestmark = pytest.mark.integration
