@@ -25,7 +25,7 @@ help:
 	@echo "make test-milvus-server - only the tests against a real Milvus server"
 	@echo "make milvus-server      - run a Milvus server on 127.0.0.1:$(MILVUS_PORT) (data in var/milvus-server)"
 	@echo "make browser - install Debian's chromium and chromium-driver (the search page test; needs root or sudo)"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff, and lint-imports (the layer contracts in pyproject.toml)"
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -67,7 +67,8 @@ test-unit: setup
 	$(BIN)/pytest -q -m "not integration" tests
 
 lint: setup
-	$(BIN)/ruff check mmretrieval dags plugins tests
+	$(BIN)/ruff check mmretrieval dags plugins tests bench scripts
+	$(BIN)/lint-imports
 
 clean-state:
 	rm -rf var data/validated data/clean data/augmented data/embeddings data/reports build
