@@ -164,20 +164,31 @@ def log_dict(value: dict[str, Any], name: str) -> None:
     mlflow.log_dict(value, name)
 
 
+def model_cache(settings: Settings, name: str, folder: str) -> Path:
+    """``var/model-cache/<name>/<folder>``: where downloaded model artifacts are kept (versions never change)."""
+    return settings.var_dir / "model-cache" / name / folder
+
+
+def _fetch(settings: Settings, target: Path, what: str, **where: str) -> None:
+    """Download the artifacts MLflow finds by ``where`` (``artifact_uri=`` or ``run_id=`` + ``artifact_path=``)
+    and put them in ``target`` whole (:func:`~mmretrieval.core.io.atomic_dir`). Raises :class:`TrackingError`
+    starting with ``what``."""
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(tracking_uri=settings.mlflow_uri, **where)
+    except Exception as e:  # MLflow raises several unrelated types for a missing artifact
+        raise TrackingError(f"{what}: {e}") from e
+    with atomic_dir(target) as tmp:
+        shutil.copytree(local, tmp, dirs_exist_ok=True)
+
+
 def download_run_artifact(settings: Settings, run_id: str, artifact_path: str, target: Path, what: str) -> Path:
     """Copy the artifact folder ``artifact_path`` of run ``run_id`` into ``target`` (once: a folder already
     holding ``config.json`` is kept) and return ``target``. Raises :class:`TrackingError` naming ``what``."""
-    import mlflow
-
-    if (target / "config.json").is_file():
-        return target
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
-                                                    tracking_uri=settings.mlflow_uri)
-    except Exception as e:  # MLflow raises several unrelated types for a missing artifact
-        raise TrackingError(f"{what}: its {artifact_path!r} artifact does not download: {e}") from e
-    with atomic_dir(target) as tmp:
-        shutil.copytree(local, tmp, dirs_exist_ok=True)
+    if not (target / "config.json").is_file():
+        _fetch(settings, target, f"{what} its {artifact_path!r} artifact does not download", run_id=run_id,
+               artifact_path=artifact_path)
     return target
 
 
@@ -311,7 +322,7 @@ def downloaded(settings: Settings, name: str, version: str) -> Path | None:
     """The folder with ``config.json`` + ``weights.safetensors`` of version ``version`` of ``name`` when
     :func:`download` already fetched it into ``var/model-cache`` (versions never change), else None. Asks MLflow
     nothing: a query whose model is cached needs no registry."""
-    files = model_files(settings.var_dir / "model-cache" / name / version)
+    files = model_files(model_cache(settings, name, version))
     return files if (files / "config.json").is_file() else None
 
 
@@ -321,15 +332,8 @@ def download(settings: Settings, ref: ModelRef) -> Path:
     cached = downloaded(settings, ref.name, ref.version)
     if cached is not None:
         return cached
-    import mlflow
-
-    target = settings.var_dir / "model-cache" / ref.name / ref.version
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.source, tracking_uri=settings.mlflow_uri))
-    except Exception as e:  # MLflow raises several unrelated types for a missing artifact
-        raise TrackingError(f"cannot download {ref.uri} from {ref.source}: {e}") from e
-    with atomic_dir(target) as tmp:
-        shutil.copytree(local, tmp, dirs_exist_ok=True)
+    target = model_cache(settings, ref.name, ref.version)
+    _fetch(settings, target, f"cannot download {ref.uri} from {ref.source}", artifact_uri=ref.source)
     return model_files(target)
 
 

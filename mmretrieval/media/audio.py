@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmretrieval.core.errors import MediaError
-from mmretrieval.media.files import Problem, _why, size_problem
+from mmretrieval.media.files import Problem, decoder_message, size_problem
 
 if TYPE_CHECKING:
     from mmretrieval.core.params import ValidateParams
@@ -59,7 +59,7 @@ def read_audio(path: Path, max_seconds: float) -> Audio:
         frames = int(min(info.frames, max_seconds * info.samplerate)) if info.frames > 0 else -1
         data, rate = sf.read(handle, frames=frames, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, OSError, ValueError, EOFError, struct.error) as e:
-        raise MediaError(f"audio {path.name} does not decode: {_why(e)}") from e
+        raise MediaError(f"audio {path.name} does not decode: {decoder_message(e)}") from e
     if info.subtype in FLOAT_SUBTYPES and data.size and np.isfinite(data).all():
         peak = float(np.abs(data).max())
         if peak > 1.0:

@@ -46,7 +46,7 @@ def path_problem(rel: str, root: Path) -> Problem | None:
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
-def _why(error: Exception) -> str:
+def decoder_message(error: Exception) -> str:
     """A decoder's message for users: in-memory file objects (``<_io.BytesIO object at 0x...>``) named as what
     they are, the first line only."""
     from PIL import UnidentifiedImageError

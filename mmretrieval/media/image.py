@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from mmretrieval.core.errors import MediaError
 from mmretrieval.core.params import MAX_IMAGE_PIXELS
-from mmretrieval.media.files import Problem, _why, size_problem
+from mmretrieval.media.files import Problem, decoder_message, size_problem
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -71,7 +71,7 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
         try:
             source.load()  # before reading the orientation: a lazy TIFF is turned by Pillow while loading
         except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise MediaError(f"{name} does not decode: {_why(e)}") from e
+            raise MediaError(f"{name} does not decode: {decoder_message(e)}") from e
         return _oriented(source, name)
     if isinstance(source, (bytes, bytearray, memoryview)):
         name, opened = "the uploaded image", io.BytesIO(bytes(source))
@@ -95,7 +95,7 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
                          f"{max_pixels}-pixel limit (Pillow refused to open it)") from e
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
             MemoryError) as e:  # what Pillow's format plugins raise on broken or hostile files
-        raise MediaError(f"{name} does not decode: {_why(e)}") from e
+        raise MediaError(f"{name} does not decode: {decoder_message(e)}") from e
 
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:

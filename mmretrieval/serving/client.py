@@ -211,8 +211,8 @@ class RetrievalClient:
         collection = self.index.require_alias(self.alias)
         model, centre = self._model_for(collection)
         parts = self._encode(query, model, centre)
-        hits = self._nearest(collection, model, query, parts)
         vector = sum(weight * v for weight, v in parts)
+        hits = self._nearest(collection, model, query, parts, vector)
         return [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
                     text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
                     data_version=h["data_version"], **_moment(h.get("metadata") or {}, vector),
@@ -239,9 +239,9 @@ class RetrievalClient:
         return parts
 
     def _nearest(self, collection: str, model: RetrievalModel, query: Query,
-                 parts: list[tuple[float, np.ndarray]]) -> list[dict[str, Any]]:
+                 parts: list[tuple[float, np.ndarray]], vec: np.ndarray) -> list[dict[str, Any]]:
         """The best ``query.k`` rows of ``collection`` (Milvus' dicts, best first): re-ranked, late-fused or one
-        search with the parts' weighted vector sum, as :meth:`search` describes."""
+        search with ``vec``, the parts' weighted vector sum, as :meth:`search` describes."""
         import numpy as np
 
         expr = query.restriction(query.modality)
@@ -256,7 +256,6 @@ class RetrievalClient:
         if query.fusion == "late" and len(parts) > 1:
             results = self._search(collection, [v for _, v in parts], min(MAX_K, FUSION_DEPTH * query.k), expr)
             return late_fusion([weight for weight, _ in parts], results, query.k)
-        vec = sum(weight * v for weight, v in parts)
         return self._search(collection, [vec / max(float(np.linalg.norm(vec)), 1e-12)], query.k, expr)[0]
 
     def _regions_folder(self, collection: str) -> str:

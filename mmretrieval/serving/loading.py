@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmretrieval.backends import tracking
@@ -55,10 +56,7 @@ def model_config(settings: Settings, ref: tracking.ModelRef) -> ModelConfig:
 
 def load_model(settings: Settings, ref: tracking.ModelRef, device: str = "cpu") -> RetrievalModel:
     """The model of a registered version on ``device`` (loaded once, then from the cache)."""
-    from mmretrieval.models.dual_encoder import load
-
-    return cached(("dual", settings.mlflow_uri, ref.name, ref.version, device),
-                  lambda: load(tracking.download(settings, ref), device=device))
+    return _dual(settings, ref.name, ref.version, device, lambda: tracking.download(settings, ref))
 
 
 def load_version(settings: Settings, name: str, version: str, device: str = "cpu") -> RetrievalModel:
@@ -69,6 +67,11 @@ def load_version(settings: Settings, name: str, version: str, device: str = "cpu
     files = tracking.downloaded(settings, name, version)
     if files is None:
         return load_model(settings, tracking.get_version(settings, name, version), device)
+    return _dual(settings, name, version, device, lambda: files)
+
+
+def _dual(settings: Settings, name: str, version: str, device: str, files: Callable[[], Path]) -> RetrievalModel:
+    """The cached dual encoder of ``name`` v``version`` on ``device``, loaded from ``files()`` on a miss."""
     from mmretrieval.models.dual_encoder import load
 
-    return cached(("dual", settings.mlflow_uri, name, version, device), lambda: load(files, device=device))
+    return cached(("dual", settings.mlflow_uri, name, version, device), lambda: load(files(), device=device))

@@ -22,17 +22,13 @@ if TYPE_CHECKING:
 
 
 ARTIFACT = "reranker"  # folder on the dual encoder's MLflow run
-
-
-GATE_TAG = "reranker.gate"
-
-
+GATE_TAG = "reranker.gate"  # the registered version's tag: PASS or REFUSE
 PASS, REFUSE = "pass", "refuse"
 
 
 def reranker_cache(settings: Settings, ref: tracking.ModelRef) -> Path:
     """Where the re-ranker of a version is kept after download."""
-    return settings.var_dir / "model-cache" / ref.name / f"{ref.version}-{ARTIFACT}"
+    return tracking.model_cache(settings, ref.name, f"{ref.version}-{ARTIFACT}")
 
 
 def reranker_key(settings: Settings, ref: tracking.ModelRef) -> tuple[str, ...]:
