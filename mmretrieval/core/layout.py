@@ -15,6 +15,8 @@ Stages find each other's outputs here, never by importing another stage. The tre
     var/promotions/<ds>.jsonl          every gate decision and alias move (promote, rerank)
     var/locks/<ds>.<name>.lock         per-dataset stage locks (train, gate, rerank)
     var/model-cache/<model>/           downloaded model versions
+    var/cache/<kind>/<key[:2]>/<key>   per-item results addressed by content (mmretrieval.core.cache), shared by
+                                       every dataset and data version on this machine
 """
 
 from __future__ import annotations
@@ -143,6 +145,12 @@ class Layout:
         """``var/locks/<ds>.<name>.lock``: the file lock a stage of this dataset holds
         (:mod:`mmretrieval.core.locks`)."""
         return self.var_dir / "locks" / f"{self.dataset}.{name}.lock"
+
+    @property
+    def item_cache(self) -> Path:
+        """``var/cache/``: the root of the per-item caches addressed by content (:class:`~.cache.ItemCache`;
+        shared by all datasets, since an entry is keyed by bytes and settings, not by dataset)."""
+        return self.var_dir / "cache"
 
     @property
     def promotions_log(self) -> Path:

@@ -1,0 +1,112 @@
+"""Content-addressed per-item caches: work keyed by what determines it, reused across data versions.
+
+An entry's key is the SHA-256 of everything that decides its content: the input bytes' digest (a file's sha256)
+plus the settings of the step that made it (or the model version that encoded it). Changed bytes or settings give a
+new key, so a cache can never serve a result made from different inputs; deleting a cache only costs time.
+
+Layout (local to the machine: a cache, never a hand-off)::
+
+    var/cache/<kind>/<key[:2]>/<key><suffix>
+
+Entries are written to a temporary file of this writer's own and renamed into place (:meth:`ItemCache.put`), so a
+killed writer leaves no half entry under a key (at most a ``.tmp`` file, which :meth:`ItemCache.get` never reads and
+:meth:`ItemCache.sweep` removes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def fingerprint(*parts: Any) -> str:
+    """Hex SHA-256 of ``parts`` as canonical JSON (sorted keys; pydantic models and paths via ``str``): the settings
+    part of a key. Equal inputs give equal fingerprints across processes and machines."""
+    def plain(value: Any) -> Any:
+        dump = getattr(value, "model_dump", None)
+        return dump(mode="json") if callable(dump) else str(value)
+
+    text = json.dumps(parts, sort_keys=True, default=plain, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class ItemCache:
+    """One kind of per-item result (e.g. ``clean-media``, ``vectors``) under ``root/<kind>/``.
+
+    ``settings`` is the fingerprint (:func:`fingerprint`) of what, besides the input bytes, decides an entry;
+    :meth:`key` mixes it with an item's digest. ``reused`` and ``computed`` count this run's hits and misses (stage
+    results and logs report them)."""
+
+    root: Path
+    kind: str
+    settings: str
+    suffix: str = ""
+    reused: int = field(default=0, init=False)
+    computed: int = field(default=0, init=False)
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.kind
+
+    def key(self, digest: str) -> str:
+        """The entry key of an input whose bytes hash to ``digest`` (hex sha256) under this cache's settings."""
+        if not digest:
+            raise ValueError(f"cache {self.kind!r}: an empty digest cannot key an entry")
+        return hashlib.sha256(f"{self.settings}:{digest}".encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}{self.suffix}"
+
+    def get(self, key: str) -> Path | None:
+        """The entry's file, or None when there is none (a miss is not counted here: see :meth:`fetch`)."""
+        path = self.path(key)
+        return path if path.is_file() else None
+
+    def put(self, key: str, write: Callable[[Path], None]) -> Path:
+        """Make the entry ``key`` by ``write(tmp_path)`` and rename it into place; returns the entry's path. A failed
+        or killed ``write`` leaves no entry."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=f".tmp{self.suffix}", dir=path.parent)
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def fetch(self, key: str, write: Callable[[Path], None]) -> tuple[Path, bool]:
+        """The entry ``key``, made by ``write`` when missing: (path, reused). Counts the hit or the miss."""
+        found = self.get(key)
+        if found is not None:
+            self.reused += 1
+            return found, True
+        self.computed += 1
+        return self.put(key, write), False
+
+    def counts(self) -> dict[str, int]:
+        """``{"reused": n, "computed": m}`` of this run, for stage results and logs."""
+        return {"reused": self.reused, "computed": self.computed}
+
+    def sweep(self) -> int:
+        """Remove temporary files left by killed writers (older than an hour); returns how many went."""
+        import time
+
+        removed, cutoff = 0, time.time() - 3600
+        for tmp in self.folder.glob("*/.*.tmp*"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
