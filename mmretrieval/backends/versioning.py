@@ -65,15 +65,24 @@ def checkout(home: Path, path: Path, version: str) -> None:
     """Put data version ``version`` of a tracked folder back in place (``dvc checkout`` from the local DVC cache):
     ``<path>.dvc`` is rewritten to name it, then the folder is made to match. Every version ``track`` made is in the
     cache, so it can be checked out and rebuilt; in a git checkout, ``git checkout REV <path>.dvc`` followed by
-    ``dvc checkout`` does the same. Raises :class:`VersioningError` when the version is not in the cache."""
+    ``dvc checkout`` does the same. Raises :class:`VersioningError`, with nothing changed, when the version is not
+    in the local cache (DVC would delete the folder) or the folder has changes that were never tracked."""
     import yaml
 
+    cache = Path(_dvc(home, "cache", "dir").strip())
+    cache = cache if cache.is_absolute() else home / cache
+    if not (cache / "files" / "md5" / version[:2] / f"{version[2:]}.dir").is_file():
+        raise VersioningError(f"data version {version!r} of {path.name} is not in the DVC cache {cache} (a version "
+                              "made elsewhere: `dvc fetch` it first)")
     dvc_file = path.with_name(path.name + ".dvc")
+    if dvc_file.is_file() and is_modified(home, path):
+        raise VersioningError(f"{path} has changes that were never tracked: `mmr ingest` them (or `dvc add`) "
+                              "before checking out another version")
     meta = {"outs": [{"md5": f"{version}.dir", "hash": "md5", "path": path.name}]}
     previous = dvc_file.read_text(encoding="utf-8") if dvc_file.is_file() else None
     dvc_file.write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
     try:
-        _dvc(home, "checkout", "--force", str(dvc_file.relative_to(home)))
+        _dvc(home, "checkout", str(dvc_file.relative_to(home)))
     except VersioningError:
         if previous is not None:
             dvc_file.write_text(previous, encoding="utf-8")

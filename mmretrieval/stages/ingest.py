@@ -142,7 +142,7 @@ def _append(manifest: Path | None, name: str, settings: Settings, remove: list[s
     if plan.rows.empty:
         raise IngestConflict(f"dataset {name!r} would have no rows left: remove it as a whole instead")
     version = previous
-    if plan.changed or not current:
+    if plan.changed or not current or previous is None:
         _write(plan, dest, manifest.parent if manifest else dest, name)
         version = versioning.track(settings.home, dest)
     result = _summary(plan, name, dest, version or "", previous)

@@ -13,7 +13,7 @@ import pytest
 
 from mmretrieval.backends import versioning
 from mmretrieval.cli import main
-from mmretrieval.core.errors import IngestConflict
+from mmretrieval.core.errors import IngestConflict, VersioningError
 from mmretrieval.core.schema import read_manifest
 from mmretrieval.runner import run_stage
 from mmretrieval.stages.ingest import ingest
@@ -79,6 +79,9 @@ def test_a_conflicting_batch_changes_nothing(workspace: Path, tmp_path: Path) ->
     assert (raw / "manifest.csv").read_bytes() == before and versioning.read_version(raw) == first["data_version"]
     assert not (raw / "images/fresh.png").exists()
     assert sorted(p.name for p in raw.parent.iterdir()) == ["tiny", "tiny.dvc"]  # no scratch folder left
+    with pytest.raises(VersioningError, match="not in the DVC cache"):  # DVC itself would delete the folder
+        versioning.checkout(workspace, raw, "0" * 32)
+    assert (raw / "manifest.csv").read_bytes() == before and versioning.read_version(raw) == first["data_version"]
 
 
 def test_first_append_identical_rerun_and_removals_that_change_nothing(workspace: Path, tmp_path: Path) -> None:
