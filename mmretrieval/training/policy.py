@@ -91,11 +91,13 @@ def changes(before: Mapping[str, str], after: Mapping[str, str]) -> Change:
     return Change(added, replaced, sum(1 for i in before if i not in after), len(before))
 
 
-def decide(when: str, grown_by: float, champion: Champion | None, now: DataRecord,
-           force: bool = False) -> tuple[bool, str]:
+def decide(when: str, grown_by: float, champion: Champion | None, now: DataRecord, force: bool = False,
+           rejected: str | None = None) -> tuple[bool, str]:
     """Whether to train a new model, and why: ``force``, ``when: always`` or no champion -> train; ``never`` ->
-    keep the champion; ``grown`` -> train when the champion has no record, was trained under other params, or the
-    items added or changed since its record reach ``grown_by`` (a share of its items) and are not none."""
+    keep the champion; ``grown`` -> keep it when ``rejected`` (a challenger version the gate rejected, trained on
+    exactly this data version and params: training again would repeat it), else train when the champion has no
+    record, was trained under other params, or the items added or changed since its record reach ``grown_by`` (a
+    share of its items) and are not none."""
     if force:
         return True, "forced (mmr train --force)"
     if when == "always":
@@ -105,6 +107,9 @@ def decide(when: str, grown_by: float, champion: Champion | None, now: DataRecor
     v = champion.version
     if when == "never":
         return False, f"train.when is never: champion v{v} keeps serving"
+    if rejected is not None:
+        return False, (f"challenger v{rejected} was trained on data version {now.data_version[:12]} with these params "
+                       f"and the gate rejected it: no new model, champion v{v} serves")
     record = champion.record
     if record is None:
         return True, f"champion v{v} has no record of the data it was trained on (trained before train.when)"
@@ -149,9 +154,22 @@ def should_train(settings: Settings, dataset: str, params: Params, now: DataReco
                  force: bool = False) -> tuple[bool, str, Champion | None]:
     """:func:`decide` on the dataset's champion (read from MLflow only when the policy needs it)."""
     p = params.train
-    serving = None if force or p.when == "always" else champion(settings, dataset)
-    retrain, reason = decide(p.when, p.grown_by, serving, now, force)
+    if force or p.when == "always":
+        return True, decide(p.when, p.grown_by, None, now, force)[1], None
+    serving = champion(settings, dataset)
+    retrain, reason = decide(p.when, p.grown_by, serving, now, force, rejected_on(settings, dataset, now))
     return retrain, reason, serving
+
+
+def rejected_on(settings: Settings, dataset: str, now: DataRecord) -> str | None:
+    """The challenger version the gate rejected after training on exactly ``now``'s data version and params, if
+    the latest challenger is one."""
+    ref = tracking.get_alias(settings, dataset, tracking.CHALLENGER)
+    if ref is None:
+        return None
+    tags, _ = tracking.run_data(settings, ref.run_id)
+    same = tags.get("data_version") == now.data_version and tags.get("params_fingerprint") == now.params
+    return ref.version if same and tags.get("gate.decision") == "reject" else None
 
 
 def log_record(now: DataRecord, folder: Path) -> dict[str, Any]:

@@ -101,3 +101,12 @@ def test_the_policy_params_are_checked() -> None:
         Params.model_validate({"train": {"when": "sometimes"}})
     with pytest.raises(ValidationError):
         Params.model_validate({"train": {"grown_by": -0.1}})
+
+
+def test_grown_does_not_train_again_what_the_gate_rejected_on_the_same_data_and_params() -> None:
+    grown = now(items(10) | items(10, "n"))  # doubled: would train
+    assert decide("grown", 0.2, champion(items(10)), grown)[0]
+    retrain, reason = decide("grown", 0.2, champion(items(10)), grown, rejected="4")
+    assert not retrain and "challenger v4" in reason and "rejected" in reason and "champion v3 serves" in reason
+    assert decide("always", 0.2, champion(items(10)), grown, rejected="4")[0]  # always means always
+    assert decide("grown", 0.2, champion(items(10)), grown, force=True, rejected="4")[0]
