@@ -67,14 +67,14 @@ MODEL_STEPS = ("evaluate", "rerank", "promote")  # what acts on the model a run'
 
 def passed_over(verb: str, trained: dict[str, Any]) -> dict[str, Any] | None:
     """What a model step (:data:`MODEL_STEPS`) returns instead of running when its run's ``train`` kept the champion
-    (``train.when``): the dataset, ``skipped`` and the reason; None when ``train`` trained a model (run the step).
-    Logged, so the step's log (an Airflow task log) says which way the run went and why."""
+    (``train.when``): the dataset, ``skipped``, train's reason and the champion's ``model_version``; None when
+    ``train`` trained a model (run the step). Logged, so the step's log (an Airflow task log) says which way the run
+    went and why; a step's result passed to the next step passes over it too."""
     if not trained.get("skipped"):
         return None
-    reason = (f"train kept champion v{trained['model_version']} (no new model to {verb}): "
-              f"{trained.get('reason', '')}")
-    log.info("%s %s: skipped: %s", verb, trained["dataset"], reason)
-    return {"dataset": trained["dataset"], "skipped": True, "reason": reason,
+    log.info("%s %s: skipped: train kept champion v%s (no new model to %s): %s", verb, trained["dataset"],
+             trained["model_version"], verb, trained.get("reason", ""))
+    return {"dataset": trained["dataset"], "skipped": True, "reason": trained.get("reason", ""),
             "model_version": trained["model_version"]}
 
 

@@ -7,5 +7,6 @@
 ``selection``       which epoch is kept, and early stopping
 ``schedule``        learning-rate warm-up and cosine decay
 ``checkpoint``      per-epoch checkpoints (safetensors) for resuming a killed run
+``policy``          ``train.when``: whether a new data version trains a new model, and the record a run keeps
 ==================  ============================================================================================
 """

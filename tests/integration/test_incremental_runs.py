@@ -45,7 +45,7 @@ def test_a_small_append_is_served_by_the_champion_without_training(tmp_path: Pat
     assert "3 new and 0 changed item(s)" in train["reason"] and "< train.grown_by 50.0%" in train["reason"]
     assert train["champion_data_version"] == first["clean"]["data_version"] != train["data_version"]
     for verb in ("evaluate", "rerank", "promote"):
-        assert second[verb]["skipped"] is True and "train kept champion v1" in second[verb]["reason"]
+        assert second[verb] == {"dataset": "tiny", "skipped": True, "reason": train["reason"], "model_version": "1"}
     assert tracking.require_alias(settings, "tiny", tracking.CHAMPION).version == "1"
     new_version = second["clean"]["data_version"]
     assert second["publish"]["changed"] is True and second["publish"]["data_version"] == new_version
