@@ -118,3 +118,10 @@ def test_the_merged_manifest_reads_back_to_the_same_rows_with_every_extra_column
     assert back.drop(columns="metadata").equals(p.rows.drop(columns="metadata").reset_index(drop=True))
     assert '"place": "Paris, France"' in back.set_index("id").at["d", "metadata"]
     assert "deleted" not in back.set_index("id").at["d", "metadata"]
+
+
+def test_a_batch_can_supply_the_file_an_id_was_missing(base: Path, tmp_path: Path) -> None:
+    batch = tmp_path / "batch"
+    write_png(batch / "images/missing.png", color=(7, 7, 7))
+    p = plan(base, [image("m", "images/missing.png")], batch)
+    assert (p.replaced, p.copy, p.not_copied) == (["m"], ["images/missing.png"], {})
