@@ -29,7 +29,7 @@ from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import clean_audio
 from mmretrieval.media.dedup import ImageHash, dhash, find_duplicates
 from mmretrieval.media.image import open_image
-from mmretrieval.media.text import normalize_captions
+from mmretrieval.media.text import count_fixed_captions, normalize_captions, normalize_metadata, normalize_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,6 +52,10 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
     layout = settings.layout(dataset)
     rows = read_parquet(layout.validated_rows, f"validated rows of {dataset!r}")
     data_version = read_data_version(layout.validation_report)
+    usable = rows[REASON] == ""  # labels and metadata values normalised like captions, queries and filter values
+    captions_fixed = count_fixed_captions(list(rows.loc[usable, "text"]))
+    rows["label"] = [normalize_text(v) if ok else v for v, ok in zip(rows["label"], usable, strict=True)]
+    rows["metadata"] = [normalize_metadata(v) if ok else v for v, ok in zip(rows["metadata"], usable, strict=True)]
 
     with atomic_dir(layout.clean) as tmp:  # files named as in the layout, the folder renamed into place
         (tmp / "media").mkdir()
@@ -69,6 +73,7 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
             "clean": len(clean),
             "quarantined": len(quarantine),
             "merged_duplicates": len(duplicates),
+            "captions_fixed": captions_fixed,
             "duplicates": dict(Counter(duplicates["reason"])),
             "split_leakage_resolved": leakage,
             "reasons": dict(Counter(quarantine[REASON])),

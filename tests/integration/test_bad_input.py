@@ -186,7 +186,7 @@ def test_rows_beyond_the_index_limits_are_caught_at_validation_not_at_publish(wo
     rows += [
         {"id": "long_label", "modality": "image", "path": "images/long_label.png", "text": "x", "label": "é" * 300},
         {"id": "huge_notes", "modality": "image", "path": "images/huge_notes.png", "text": "x", "notes": "n" * 70_000},
-        {"id": "nul_text", "modality": "image", "path": "images/nul_text.png", "text": "a\x00b"},
+        {"id": "nul_text", "modality": "image", "path": "images/nul_text.png", "text": "a\x00b"},  # clean fixes it
         {"id": "nul_notes", "modality": "image", "path": "images/nul_notes.png", "text": "x", "notes": "a\x00b"},
         {"id": "ok_notes", "modality": "image", "path": "images/ok_notes.png", "text": "x", "notes": "n" * 60_000},
         {"id": "words", "modality": "text", "path": "", "text": " ||| ".join(["w" * 1000] * 70)},  # short captions
@@ -195,7 +195,7 @@ def test_rows_beyond_the_index_limits_are_caught_at_validation_not_at_publish(wo
     validate.run("limits")
     verdict = pd.read_parquet(workspace / "data/validated/limits/rows.parquet").set_index("id")
     assert verdict["reason"].to_dict() == {"ok0": "", "ok1": "", "ok2": "", "long_label": "field_too_long",
-                                           "huge_notes": "metadata_too_large", "nul_text": "nul_character",
+                                           "huge_notes": "metadata_too_large", "nul_text": "",
                                            "nul_notes": "nul_character", "ok_notes": "",
                                            "words": "caption_too_long"}
     assert "label is 600 bytes, above the index's 512-byte limit" in verdict.loc["long_label", "message"]
