@@ -28,7 +28,7 @@ from mmretrieval.core.schema import MESSAGE, REASON, Modality, join_captions, sp
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import clean_audio
 from mmretrieval.media.dedup import ImageHash, dhash, find_duplicates
-from mmretrieval.media.image import open_image
+from mmretrieval.media.image import open_item_image
 from mmretrieval.media.text import count_fixed_captions, normalize_captions, normalize_metadata, normalize_text
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, 
         try:
             name, phashes[i], metadata = _clean_media(row, src, media_dir, params)
         except MediaError as e:
-            reason = getattr(e, "reason", "undecodable") if row["modality"] == Modality.VIDEO.value else "undecodable"
+            reason = getattr(e, "reason", "undecodable")  # BadVideo, BlankImage carry theirs
             reasons[i], messages[i] = reason, f"{row['id']}: {e}"
             continue
         if metadata is not None:
@@ -137,10 +137,10 @@ def _clean_media(row: pd.Series, src: Path, media_dir: Path, params: Params
     """Re-encode one media row's file ``src`` into ``media_dir``: images as PNG at most ``clean.image_max_side``
     pixels a side; audio mono at one sample rate, silence trimmed, loudness normalised, 16-bit WAV; video kept as it
     is. Returns (file name, the image's difference hash or None, the video row's new metadata JSON or None). Raises
-    :class:`MediaError` (for video a ``BadVideo`` with its ``reason``)."""
+    :class:`MediaError` (for video a ``BadVideo``, for a blank picture a ``BlankImage``, with its ``reason``)."""
     modality = row["modality"]
     if modality == Modality.IMAGE.value:
-        im = open_image(src, params.validate.max_image_pixels)
+        im = open_item_image(src, params.validate.max_image_pixels)  # a blank picture: BlankImage
         phash = dhash(im)
         im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
         name = media_name(row["id"], ".png")
