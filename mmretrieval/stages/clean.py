@@ -86,7 +86,7 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
              report["quarantined"], report["reasons"])
     return CleanResult(dataset, data_version, report["input"], report["clean"], report["quarantined"],
                        report["merged_duplicates"], report["split_leakage_resolved"], report["reasons"],
-                       str(layout.clean_manifest))
+                       str(layout.clean_manifest), captions_fixed)
 
 
 def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, dataset: str

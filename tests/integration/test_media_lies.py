@@ -70,7 +70,7 @@ def test_captions_are_fixed_not_lost_and_invisible_only_text_is_empty(workspace:
     assert verdict == {"p0": "", "p1": "", "p2": "", "p3": "", "p4": "", "hangul": "empty_text",
                        "braille": "empty_text", "zw": "empty_text", "words": ""}
     result = clean.run("caps")
-    assert result["clean"] == 6 and result["quarantined"] == 3
+    assert result["clean"] == 6 and result["quarantined"] == 3 and result["captions_fixed"] == 4
     report = (workspace / "data/clean/caps/report.json").read_text()
     assert '"captions_fixed": 4' in report  # p0, p1, p3 and words (p2's emoji and p4 need nothing)
     kept = pd.read_parquet(workspace / "data/clean/caps/manifest.parquet").set_index("id")
