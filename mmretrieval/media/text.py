@@ -143,7 +143,6 @@ def resolve_bidi(text: str) -> str:
 def _drop_invisible(text: str) -> str:
     """Step 3 and 4 of the module's normalisation: controls and invisible characters."""
     out: list[str] = []
-    n = len(text)
     for i, ch in enumerate(text):
         if ch in WHITE_CONTROLS:
             out.append(" ")
@@ -151,9 +150,6 @@ def _drop_invisible(text: str) -> str:
             continue
         elif ch in BLANK_LETTERS:
             out.append(" ")
-        elif ch in JAMO_FILLERS:
-            near = (text[i - 1] if i else "") + (text[i + 1] if i + 1 < n else "")
-            out.append(ch if any(_is_jamo(c) and c not in JAMO_FILLERS for c in near) else " ")
         elif ch in JOINERS:
             before = out[-1] if out else ""
             after = next((c for c in text[i + 1:] if not _is_selector(c)), "")
@@ -164,6 +160,20 @@ def _drop_invisible(text: str) -> str:
                 out.append(ch)
         else:
             out.append(ch)
+    return "".join(out)
+
+
+def _jamo_fillers(text: str) -> str:
+    """Hangul choseong/jungseong fillers as spaces, but inside a conjoining jamo sequence (after NFC composed what
+    it could: a filler never composes)."""
+    if not any(ch in JAMO_FILLERS for ch in text):
+        return text
+    out = list(text)
+    for i, ch in enumerate(text):
+        if ch in JAMO_FILLERS:
+            near = (text[i - 1] if i else "") + (text[i + 1] if i + 1 < len(text) else "")
+            if not any(_is_jamo(c) and c not in JAMO_FILLERS for c in near):
+                out[i] = " "
     return "".join(out)
 
 
@@ -182,7 +192,8 @@ def normalize_text(text: str, lowercase: bool = False) -> str:
     """``text`` as displayed and meant (see the module): NFC, bidi resolved, controls and invisible characters
     removed, blank letters as spaces, whitespace collapsed; ``""`` when nothing visible is left. Never raises."""
     text = unicodedata.normalize("NFC", str(text))
-    text = _drop_invisible(resolve_bidi(text))
+    text = unicodedata.normalize("NFC", _drop_invisible(resolve_bidi(text)))  # again: a mark may meet its letter
+    text = _jamo_fillers(text)
     text = _SPACE.sub(" ", text).strip()
     if not any(_visible(ch) for ch in text):
         return ""

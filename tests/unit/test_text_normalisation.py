@@ -121,3 +121,18 @@ def test_a_search_query_is_normalised_like_a_caption() -> None:
     for blank in ("\u3164\u3164", "\u200b", "\x00\x07"):
         with pytest.raises(QueryError, match="empty"):
             _query(blank)
+
+
+def test_normalising_twice_changes_nothing() -> None:
+    """Clean stores normalised captions that evaluation and merging normalise again: it must be idempotent, also
+    when a removed control brings a mark to its letter or a filler to a jamo sequence."""
+    import random
+
+    alphabet = [*"ab (é1", "\u0645", "\u05d0", "\U0001f468", "\U0001f3fd", "\u200d", "\u200c", "\u200b", "\ufe0f",
+                "\u20e3", "\u202e", "\u202d", "\u202c", "\u2066", "\u2069", "\x00", "\x07", "\n", "\u3164", "\u115f",
+                "\u1160", "\u1100", "\u1161", "\u11a8", "\u2800", "\U000e0067", "\U0001f3f4", "\u0301", "\u00ad"]
+    rng = random.Random(7)
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        once = normalize_text(text)
+        assert normalize_text(once) == once, repr(text)
