@@ -127,7 +127,8 @@ def representative_frame(im: Image.Image, name: str = "the image") -> int:
     earliest on a tie) among :data:`SAMPLED_FRAMES` spread evenly over its frames (an APNG's default image skipped
     when it is not part of the animation), so a blank first frame (a fade-in from white, a placeholder) is not
     taken. At most :data:`FRAME_PIXEL_BUDGET` pixels are decoded: a long, large animation is sampled over its
-    first frames only. Pillow's errors propagate (the caller names the file)."""
+    first frames only; a frame that does not decode ends the sampling (the best frame before it is taken). Pillow's
+    errors on the first candidate propagate (the caller names the file)."""
     frames = int(getattr(im, "n_frames", 1) or 1)
     if frames < 2 or not getattr(im, "is_animated", False) or im.format not in ANIMATED_FORMATS:
         im.seek(0)
@@ -139,8 +140,13 @@ def representative_frame(im: Image.Image, name: str = "the image") -> int:
     candidates = sorted({first + (i * (reach - first)) // count for i in range(count)})
     best, best_score = candidates[0], -1.0
     for index in candidates:
-        im.seek(index)
-        score = detail(_convert(im, name).image)
+        try:
+            im.seek(index)
+            score = detail(_convert(im, name).image)
+        except (OSError, EOFError, ValueError, SyntaxError):  # a broken later frame: choose among those before it
+            if index == candidates[0]:
+                raise
+            break
         if score > best_score + 1e-6:
             best, best_score = index, score
     im.seek(best)

@@ -90,3 +90,11 @@ def test_choosing_a_frame_decodes_a_bounded_number_of_frames(tmp_path: Path, mon
     seen.clear()
     monkeypatch.setattr(image, "FRAME_PIXEL_BUDGET", 5 * SIZE * SIZE)  # only the first five frames are in reach
     assert decode_image(io.BytesIO(path.read_bytes()).getvalue()).frame < 5 and len(seen) == 5
+
+
+def test_a_cut_off_animation_is_represented_by_a_frame_before_the_break(tmp_path: Path) -> None:
+    whole = save(fade_in(1) + [content(2), content(3)], tmp_path / "whole.gif")
+    cut = tmp_path / "cut.gif"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.8)])
+    decoded = decode_image(cut)
+    assert decoded.frame > 0 and image_problem(cut, ValidateParams()) is None
