@@ -28,8 +28,8 @@ from mmretrieval.core.schema import MESSAGE, REASON, Modality, join_captions, sp
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import clean_audio
 from mmretrieval.media.dedup import ImageHash, dhash, find_duplicates
-from mmretrieval.media.image import open_image
-from mmretrieval.media.text import normalize_captions
+from mmretrieval.media.image import open_item_image
+from mmretrieval.media.text import count_fixed_captions, normalize_captions, normalize_metadata, normalize_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,6 +52,10 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
     layout = settings.layout(dataset)
     rows = read_parquet(layout.validated_rows, f"validated rows of {dataset!r}")
     data_version = read_data_version(layout.validation_report)
+    usable = rows[REASON] == ""  # labels and metadata values normalised like captions, queries and filter values
+    captions_fixed = count_fixed_captions(list(rows.loc[usable, "text"]))
+    rows["label"] = [normalize_text(v) if ok else v for v, ok in zip(rows["label"], usable, strict=True)]
+    rows["metadata"] = [normalize_metadata(v) if ok else v for v, ok in zip(rows["metadata"], usable, strict=True)]
 
     with atomic_dir(layout.clean) as tmp:  # files named as in the layout, the folder renamed into place
         (tmp / "media").mkdir()
@@ -69,6 +73,7 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
             "clean": len(clean),
             "quarantined": len(quarantine),
             "merged_duplicates": len(duplicates),
+            "captions_fixed": captions_fixed,
             "duplicates": dict(Counter(duplicates["reason"])),
             "split_leakage_resolved": leakage,
             "reasons": dict(Counter(quarantine[REASON])),
@@ -81,7 +86,7 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
              report["quarantined"], report["reasons"])
     return CleanResult(dataset, data_version, report["input"], report["clean"], report["quarantined"],
                        report["merged_duplicates"], report["split_leakage_resolved"], report["reasons"],
-                       str(layout.clean_manifest))
+                       str(layout.clean_manifest), captions_fixed)
 
 
 def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, dataset: str
@@ -118,7 +123,7 @@ def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, 
         try:
             name, phashes[i], metadata = _clean_media(row, src, media_dir, params)
         except MediaError as e:
-            reason = getattr(e, "reason", "undecodable") if row["modality"] == Modality.VIDEO.value else "undecodable"
+            reason = getattr(e, "reason", "undecodable")  # BadVideo, BlankImage carry theirs
             reasons[i], messages[i] = reason, f"{row['id']}: {e}"
             continue
         if metadata is not None:
@@ -132,10 +137,10 @@ def _clean_media(row: pd.Series, src: Path, media_dir: Path, params: Params
     """Re-encode one media row's file ``src`` into ``media_dir``: images as PNG at most ``clean.image_max_side``
     pixels a side; audio mono at one sample rate, silence trimmed, loudness normalised, 16-bit WAV; video kept as it
     is. Returns (file name, the image's difference hash or None, the video row's new metadata JSON or None). Raises
-    :class:`MediaError` (for video a ``BadVideo`` with its ``reason``)."""
+    :class:`MediaError` (for video a ``BadVideo``, for a blank picture a ``BlankImage``, with its ``reason``)."""
     modality = row["modality"]
     if modality == Modality.IMAGE.value:
-        im = open_image(src, params.validate.max_image_pixels)
+        im = open_item_image(src, params.validate.max_image_pixels)  # a blank picture: BlankImage
         phash = dhash(im)
         im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
         name = media_name(row["id"], ".png")

@@ -41,6 +41,7 @@ from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import audio_problem
 from mmretrieval.media.files import Problem, path_problem
 from mmretrieval.media.image import image_problem
+from mmretrieval.media.text import normalize_captions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,11 +66,12 @@ def _check_ids(df: pd.DataFrame, dataset: str) -> None:
 
 def limit_problem(row: pd.Series) -> Problem | None:
     """A row whose fields would not fit the collection schema (the index field limits of
-    :mod:`mmretrieval.core.schema`): a string field longer than its limit in UTF-8 bytes, a NUL character, metadata
-    JSON above the JSON field's limit (less the room publish needs for what it adds)."""
+    :mod:`mmretrieval.core.schema`): a string field longer than its limit in UTF-8 bytes, a NUL character (not in
+    ``text``: clean removes control characters from captions, :mod:`mmretrieval.media.text`), metadata JSON above
+    the JSON field's limit (less the room publish needs for what it adds)."""
     for column in ("path", "label", "text", "group", "source"):
         value = str(row[column])
-        if "\x00" in value:
+        if "\x00" in value and column != "text":
             return Problem("nul_character", f"{column} contains a NUL character")
         limit = VARCHAR_LIMITS.get(column)
         size = len(value.encode("utf-8"))
@@ -165,8 +167,8 @@ def _row_problems(df: pd.DataFrame, raw: Path, params: Params, reasons: dict[int
         if i in reasons:
             continue
         if row["modality"] == Modality.TEXT.value:
-            if not split_captions(row["text"]):
-                reasons[int(i)] = ("empty_text", "a text item needs non-empty text")
+            if not normalize_captions(split_captions(row["text"])):  # invisible-only text is empty too
+                reasons[int(i)] = ("empty_text", "a text item needs text with something visible in it")
             continue
         problem = media_problem(row, raw, params, not_copied)
         if problem is not None:
