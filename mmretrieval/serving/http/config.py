@@ -28,8 +28,8 @@ class ServiceConfig(BaseSettings):
 
     Each field reads the variable ``MMR_<FIELD>`` (``MMR_API_KEYS``, ``MMR_API_KEYS_FILE``, ``MMR_TRUSTED_HOSTS``,
     ``MMR_CORS_ORIGINS``, ``MMR_MAX_CONCURRENT_SEARCHES``, ``MMR_HEADER_TIMEOUT``, ``MMR_API_DOCS``, ...); keyword
-    arguments win over the environment, an empty variable counts as unset, lists are comma-separated. A bad value raises pydantic's ``ValidationError``;
-    :meth:`from_env` raises :class:`ConfigError` naming the variable instead.
+    arguments win over the environment, an empty variable counts as unset, lists are comma-separated. A bad value
+    raises pydantic's ``ValidationError``; :meth:`from_env` raises :class:`ConfigError` naming the variable instead.
     """
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="forbid", frozen=True)
