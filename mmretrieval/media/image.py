@@ -45,7 +45,8 @@ class Decoded:
     source: str  # the source's mode and sample range, for messages (e.g. "I;16B 0..4095")
 
 
-def open_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS,
+               max_side: int | None = None) -> Image.Image:
     """The one image decoder: a file path, raw bytes (an upload) or a PIL image -> an RGB image (H x W x 3, uint8).
 
     The header's size is checked before any pixel is decoded: each side must be 1..:data:`MAX_IMAGE_SIDE` and
@@ -56,12 +57,18 @@ def open_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_I
     0, values outside clipped), and transparency (an alpha channel, a palette's alpha or a tRNS key colour)
     composited on white.
 
+    ``max_side`` (pixels; queries pass twice the side their model resizes to): a file or bytes larger than that is
+    decoded smaller, never below ``max_side`` on its short side: a JPEG at a reduced DCT scale (Pillow's
+    ``draft``), any other format decoded whole and reduced by an integer factor (box filter, Pillow's ``reduce``)
+    before any conversion, so that a 6000x6000 upload never exists as a float array.
+
     Raises :class:`MediaError` naming the image and its size, or why it does not decode.
     """
-    return decode_image(source, max_pixels).image
+    return decode_image(source, max_pixels, max_side).image
 
 
-def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Decoded:
+def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS,
+                 max_side: int | None = None) -> Decoded:
     """:func:`open_image`, also saying whether decoding flattened a varied source to a (near) constant image."""
     from PIL import Image
 
@@ -85,9 +92,12 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
             _check_size(im.size, name, max_pixels)
             im.seek(0)  # the first frame of an animation or a multi-page file
             orientation = _take_orientation(im)  # before load(): Pillow's TIFF loader would apply it, not always
+            if max_side and im.format == "JPEG" and min(im.size) > 2 * max_side:
+                w, h = im.size
+                im.draft(None, (w * max_side // min(w, h), h * max_side // min(w, h)))  # a DCT scale >= that
             im.load()
             _check_size(im.size, name, max_pixels)  # formats with several sizes (ICO) pick one when loading
-            return _oriented(im, name, orientation)
+            return _oriented(reduced(im, max_side) if max_side else im, name, orientation)
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
@@ -96,6 +106,22 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
             MemoryError) as e:  # what Pillow's format plugins raise on broken or hostile files
         raise MediaError(f"{name} does not decode: {decoder_message(e)}") from e
+
+
+def reduced(im: Image.Image, max_side: int) -> Image.Image:
+    """``im`` reduced by the largest integer factor that keeps its short side at least ``max_side`` pixels (itself
+    when that factor is 1). Modes ``reduce`` cannot take are converted first, as :func:`_convert` would read them:
+    a palette or a transparency key to RGBA, ``1`` to ``L``, 16-bit to ``I``."""
+    factor = min(im.size) // max(1, max_side)
+    if factor < 2:
+        return im
+    if im.mode == "P" or (im.info.get("transparency") is not None and im.mode in ("1", "L", "RGB")):
+        im = im.convert("RGBA")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode.startswith("I;16"):
+        im = im.convert("I")
+    return im.reduce(factor)
 
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
