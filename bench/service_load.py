@@ -13,6 +13,10 @@ connection), while one more thread asks ``/health/live`` every 50 ms:
 
 Prints JSON: QPS and p50/p95/p99/max latency per phase, errors by status, /health/live latency under each phase,
 and per hostile input its status, latency and the server's memory growth. Whole run: about 3 x seconds + start-up.
+
+``--soak SECONDS`` runs a soak instead (bench/service_soak.py): slow, large and normal clients mixed against one
+server for that long; ``--build-tiny`` first publishes the tests' tiny dataset in a temporary workspace (about a
+minute), so that no prepared workspace is needed.
 """
 
 from __future__ import annotations
@@ -103,8 +107,17 @@ def main() -> None:
     ap.add_argument("--dataset", default="demo")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=20.0, help="per phase (bounded: at most 60)")
+    ap.add_argument("--soak", type=float, default=0.0, help="run the mixed soak for this many seconds (at most 600)")
+    ap.add_argument("--build-tiny", action="store_true", help="publish the tests' tiny dataset in a temporary "
+                                                              "workspace first and serve it (--dataset tiny)")
     args = ap.parse_args()
     seconds = min(args.seconds, 60.0)
+    if args.soak:
+        sys.path.insert(0, str(REPO))
+        from bench.service_soak import soak
+
+        print(json.dumps(soak(min(args.soak, 600.0), args.dataset, args.build_tiny), indent=1))
+        return
 
     import pandas as pd
 

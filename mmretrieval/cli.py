@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
 
-    p = sub.add_parser("serve", help="HTTP search service and search page (FastAPI; OpenAPI docs at /docs)")
+    p = sub.add_parser("serve", help="HTTP search service and search page (FastAPI; OpenAPI at "
+                                            "/openapi.json, /docs with MMR_API_DOCS=1)")
     p.add_argument("--dataset", action="append", help="dataset to serve; repeat to serve several (the first is the "
                    "default of the routes without /datasets/NAME)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other address "

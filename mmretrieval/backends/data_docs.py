@@ -3,10 +3,14 @@
 One HTML file, ``Layout.data_docs`` (``data/validated/<dataset>/``), written for passing *and* failing
 validations, that opens from disk, an MLflow artifact view or an Airflow log link with no network:
 
-* GX's page (``ValidationResultsPageRenderer`` + ``DefaultJinjaPageView``) loads Bootstrap, jQuery, Vega, Font
-  Awesome and its logo from CDNs and links to a data docs site that does not exist here (Home, the suite page):
-  every external ``<link>``/``<script>``/``<img>`` and every script is removed, relative links point inside the page,
-  and a small stylesheet is inlined instead (the content is plain HTML, so nothing is lost but the styling);
+* GX's page (``ValidationResultsPageRenderer`` + ``DefaultJinjaPageView``) writes manifest values into the page
+  unescaped (great_expectations#11907) and loads Bootstrap, jQuery, Vega, Font Awesome and its logo from CDNs: its
+  body is passed through an allow-list HTML sanitiser (``nh3``, Rust's Ammonia) that keeps text, headings, lists,
+  tables, ``code``/``pre`` and links (``http``/``https``/``mailto`` or ``#``; relative links to a data docs site
+  that does not exist here become ``#``) and drops everything else: scripts, styles, event-handler and ``style``
+  attributes, ``javascript:`` URLs, images, frames, forms, SVG and MathML. The page is rebuilt around it with a
+  stylesheet of our own and a Content-Security-Policy (``<meta>``) that forbids every script and every load, so
+  that a sanitiser bug still runs nothing;
 * a summary on top says what GX's page cannot: the dataset and its DVC data version, the verdict (and the hard
   failure that stopped the pipeline), every expectation of the suite with its outcome, and the media and row
   checks mmretrieval runs after the suite, with how many rows each one quarantined.
@@ -53,20 +57,41 @@ text-align:left;vertical-align:top}th{background:#f1f3f5}
 code{background:#f1f3f5;padding:0 .2rem}ul{margin:.25rem 0}.navbar,.sticky,footer{display:none}
 """
 
-_EXTERNAL_TAG = re.compile(r"<(link|img)\b[^>]*>", re.I)
-_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.I | re.S)
-_CSS_URL = re.compile(r"url\(\s*(?!['\"]?data:)[^)]*\)", re.I)  # inline styles' images, fonts (not data: URIs)
-_RELATIVE_HREF = re.compile(r'href="(?!#|https?:|mailto:)[^"]*"', re.I)
+# What survives of GX's page: the allow-list (anything else is dropped, its text kept; script/style content dropped)
+TAGS = frozenset({"a", "abbr", "b", "blockquote", "br", "caption", "code", "col", "colgroup", "dd", "div", "dl",
+                  "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "li", "ol", "p", "pre", "small", "span",
+                  "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul"})
+ATTRIBUTES = {"*": {"class"}, "a": {"href"}, "td": {"colspan", "rowspan"}, "th": {"colspan", "rowspan", "scope"}}
+URL_SCHEMES = frozenset({"http", "https", "mailto"})
+# the page's own policy: no script, no load from anywhere (not even the page's folder), only its inline stylesheet
+PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+_BODY = re.compile(r"<body\b[^>]*>(.*)</body\s*>", re.I | re.S)
+
+
+def _href(tag: str, attribute: str, value: str) -> str | None:
+    """nh3's attribute filter: a link stays only as ``#fragment`` or an absolute http(s)/mailto address."""
+    if attribute != "href":
+        return value
+    return value if value.startswith("#") or re.match(r"(?i)(https?:|mailto:)", value) else "#"
+
+
+def sanitise(fragment: str) -> str:
+    """``fragment`` (HTML) through the allow-list sanitiser (``nh3``): only :data:`TAGS` with :data:`ATTRIBUTES`
+    (``class`` on any, ``href`` on links); links only ``#...`` or http/https/mailto (others become ``#``);
+    ``<script>``/``<style>`` dropped with their content; every other tag dropped, its text kept (escaped).
+    The result is safe to place in a page's body whatever the input held."""
+    import nh3
+
+    return nh3.clean(fragment, tags=set(TAGS), attributes={k: set(v) for k, v in ATTRIBUTES.items()},
+                     url_schemes=set(URL_SCHEMES), attribute_filter=_href, link_rel="noopener noreferrer",
+                     clean_content_tags={"script", "style"}, strip_comments=True)
 
 
 def offline(page: str) -> str:
-    """GX's page without anything loaded from elsewhere: no ``<script>`` at all, no ``<link>`` or ``<img>``
-    (stylesheets, favicon, logo), no CSS ``url(...)`` but ``data:`` ones, relative links (Home, the suite page of a
-    data docs site) turned into ``#``."""
-    page = _SCRIPT.sub("", page)
-    page = _EXTERNAL_TAG.sub("", page)
-    page = _CSS_URL.sub("none", page)
-    return _RELATIVE_HREF.sub('href="#"', page)
+    """The body of GX's page (the whole text when it has no ``<body>``), :func:`sanitise`-d: nothing in it loads
+    from elsewhere or runs."""
+    body = _BODY.search(page)
+    return sanitise(body.group(1) if body else page)
 
 
 def _cell(value: Any) -> str:
@@ -113,11 +138,9 @@ def summary_html(dataset: str, data_version: str, status: str, errors: Sequence[
 
 
 def render(gx_page: str, summary: str) -> str:
-    """One self-contained page: :func:`offline` GX page, the inline stylesheet, ``summary`` first in the body."""
-    page = offline(gx_page)
-    page = re.sub(r"</head>", f"<style>{STYLE}</style></head>", page, count=1, flags=re.I)
-    page, n = re.subn(r"(<body\b[^>]*>)", lambda m: m.group(1) + summary, page, count=1, flags=re.I)
-    if n == 0:
-        page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{STYLE}</style></head><body>{summary}" \
-               f"{page}</body></html>"
-    return page
+    """One self-contained page: our head (charset, :data:`PAGE_POLICY` as a CSP ``<meta>``, the inline
+    stylesheet), ``summary`` (built from escaped values) first in the body, then the :func:`offline` GX page."""
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{PAGE_POLICY}">'
+            f"<title>Validation report</title><style>{STYLE}</style></head><body>{summary}{offline(gx_page)}"
+            "</body></html>\n")

@@ -57,7 +57,8 @@ class Decoded:
     frames: int = 1  # frames in the file
 
 
-def open_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS,
+               max_side: int | None = None) -> Image.Image:
     """The one image decoder: a file path, raw bytes (an upload) or a PIL image -> an RGB image (H x W x 3, uint8).
 
     The header's size is checked before any pixel is decoded: each side must be 1..:data:`MAX_IMAGE_SIDE` and
@@ -70,12 +71,18 @@ def open_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_I
     0, values outside clipped), and transparency (an alpha channel, a palette's alpha or a tRNS key colour)
     composited on white.
 
+    ``max_side`` (pixels; queries pass twice the side their model resizes to): a file or bytes larger than that is
+    decoded smaller, never below ``max_side`` on its short side: a JPEG at a reduced DCT scale (Pillow's
+    ``draft``), any other format decoded whole and reduced by an integer factor (box filter, Pillow's ``reduce``)
+    before any conversion, so that a 6000x6000 upload never exists as a float array.
+
     Raises :class:`MediaError` naming the image and its size, or why it does not decode.
     """
-    return decode_image(source, max_pixels).image
+    return decode_image(source, max_pixels, max_side).image
 
 
-def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Decoded:
+def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS,
+                 max_side: int | None = None) -> Decoded:
     """:func:`open_image`, also saying whether decoding flattened a varied source to a (near) constant image."""
     from PIL import Image
 
@@ -104,9 +111,13 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
             _check_size(im.size, name, max_pixels)
             frame = representative_frame(im, name)  # 0 but for animations
             orientation = _take_orientation(im)  # before load(): Pillow's TIFF loader would apply it, not always
+            if max_side and im.format == "JPEG" and min(im.size) > 2 * max_side:
+                w, h = im.size
+                im.draft(None, (w * max_side // min(w, h), h * max_side // min(w, h)))  # a DCT scale >= that
             im.load()
             _check_size(im.size, name, max_pixels)  # formats with several sizes (ICO) pick one when loading
-            return _framed(_oriented(im, name, orientation), frame, getattr(im, "n_frames", 1))
+            frames = getattr(im, "n_frames", 1)
+            return _framed(_oriented(reduced(im, max_side) if max_side else im, name, orientation), frame, frames)
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
@@ -174,6 +185,22 @@ def blank_message(name: str, decoded: Decoded) -> str:
         else "it"
     return (f"image {name}: {where} is a blank picture (every colour channel's standard deviation below "
             f"{BLANK_STD:g} of 255): a constant or near-constant picture carries no content to search by")
+
+
+def reduced(im: Image.Image, max_side: int) -> Image.Image:
+    """``im`` reduced by the largest integer factor that keeps its short side at least ``max_side`` pixels (itself
+    when that factor is 1). Modes ``reduce`` cannot take are converted first, as :func:`_convert` would read them:
+    a palette or a transparency key to RGBA, ``1`` to ``L``, 16-bit to ``I``."""
+    factor = min(im.size) // max(1, max_side)
+    if factor < 2:
+        return im
+    if im.mode == "P" or (im.info.get("transparency") is not None and im.mode in ("1", "L", "RGB")):
+        im = im.convert("RGBA")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode.startswith("I;16"):
+        im = im.convert("I")
+    return im.reduce(factor)
 
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:

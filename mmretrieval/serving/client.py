@@ -227,6 +227,13 @@ class RetrievalClient:
                     dual_score=round(h["dual_score"], 6) if "dual_score" in h else None)
                 for r, h in enumerate(hits, start=1)]
 
+    def query_image_side(self) -> int:
+        """The short side (pixels) the serving model resizes a query image to: an image decoded with at least twice
+        that (:func:`~mmretrieval.media.image.open_image`'s ``max_side``) gives the same vector up to rounding.
+        Loads the model; raises what :meth:`search` raises for a missing alias or model."""
+        model, _ = self._model_for(self.index.require_alias(self.alias))
+        return query_side(model)
+
     def _encode(self, query: Query, model: RetrievalModel, centre: Centring) -> list[tuple[float, np.ndarray]]:
         """(weight, (dim,) unit vector, centred like the collection) of each part of ``query``: text, image, audio.
         Raises :class:`QueryError` for a part the serving model has no tower for, :class:`MediaError`."""
@@ -237,7 +244,7 @@ class RetrievalClient:
         if query.image is not None:
             if "image" not in model.modalities:
                 raise QueryError(f"the model behind {self.alias!r} has no image tower; image queries need one")
-            vector = model.encode_images([_load_image(query.image)])[0]
+            vector = model.encode_images([_load_image(query.image, 2 * query_side(model))])[0]
             parts.append((w.get("image", 1.0), centre.apply(vector, "image")))
         if query.audio is not None:
             if "audio" not in model.modalities:
@@ -410,18 +417,24 @@ def _load_wave(model: RetrievalModel, audio: Any) -> Any:
     return model.load_wave(path)
 
 
-def _load_image(image: Any) -> Image.Image:
-    """A query image (path, uploaded bytes or PIL image) via :func:`~mmretrieval.media.image.open_image`."""
+def query_side(model: RetrievalModel) -> int:
+    """The short side (pixels) ``model`` resizes a query image to before its centre crop."""
+    return int(model.config.image_size / model.config.image_crop_pct)
+
+
+def _load_image(image: Any, max_side: int | None = None) -> Image.Image:
+    """A query image (path, uploaded bytes or PIL image) via :func:`~mmretrieval.media.image.open_image`, a file or
+    bytes decoded no larger than needed (short side at least ``max_side``)."""
     from PIL import Image
 
     from mmretrieval.media.image import open_image
 
     if isinstance(image, (Image.Image, bytes, bytearray)):
-        return open_image(image)
+        return open_image(image, max_side=max_side)
     path = Path(image)
     if not path.is_file():
         raise MediaError(f"query image {str(path)!r} does not exist")
-    return open_image(path)
+    return open_image(path, max_side=max_side)
 
 
 def _whole(value: Any) -> bool:

@@ -79,3 +79,44 @@ def test_passing_and_failing_pages_render_in_a_headless_browser_without_the_netw
         driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
         assert shot.stat().st_size > 10_000
         print(f"screenshot: {shot}")
+
+
+def test_payloads_in_bad_modality_and_split_values_run_nothing_in_a_headless_browser(
+        workspace: Path, browser: object, tmp_path: Path) -> None:
+    """Each payload of tests/helpers/payloads.py as a manifest's ``modality`` and as its ``split``: GX writes these
+    unexpected values into its page; opened in Chromium (as written, and once more without the page's CSP, so that
+    the sanitiser alone is tested), none runs and the values are still shown as text."""
+    from mmretrieval.backends.data_docs import PAGE_POLICY
+    from tests.helpers.payloads import PAYLOADS
+
+    src = workspace.parent / "xss"
+    rows = good_rows(src, 2)
+    rows += [{"id": f"m{i}", "modality": p, "path": "images/ok0.png", "text": "x"} for i, p in enumerate(PAYLOADS)]
+    rows += [{"id": f"s{i}", "modality": "image", "path": "images/ok1.png", "text": "x", "split": p}
+             for i, p in enumerate(PAYLOADS)]
+    ingest(write_manifest(src, rows), "xss")
+    try:
+        validate.run("xss")
+    except ValidationFailed:
+        pass  # a failing validation writes the page too
+    written = workspace / "data/validated/xss/data_docs.html"
+    page = written.read_text(encoding="utf-8")
+    assert "unknown_modality" in page and "<details" not in page.lower() and "<svg" not in page.lower()
+    bare = tmp_path / "no_csp.html"
+    bare.write_text(page.replace(f'<meta http-equiv="Content-Security-Policy" content="{PAGE_POLICY}">', ""),
+                    encoding="utf-8")
+    assert "Content-Security-Policy" not in bare.read_text(encoding="utf-8")
+    driver = browser
+    for opened in (written, bare):
+        driver.get(opened.resolve().as_uri())  # type: ignore[attr-defined]
+        import time
+
+        time.sleep(1.0)  # handlers such as ontoggle/onfocus/onerror fire after load
+        for link in driver.find_elements("css selector", "a"):  # type: ignore[attr-defined]
+            href = link.get_attribute("href") or ""
+            assert not href.lower().startswith("javascript:"), href
+        state = driver.execute_script(  # type: ignore[attr-defined]
+            "return [window.__pwned === undefined, document.title, location.href]")
+        assert state == [True, "Validation report", opened.resolve().as_uri()], (opened.name, state)
+        text = driver.find_element("css selector", "body").text  # type: ignore[attr-defined]
+        assert "onload" in text or "onerror" in text  # the bad values are shown (as text), not lost

@@ -170,6 +170,11 @@ def test_the_search_page_finds_by_text_and_by_uploaded_image_in_a_real_browser(l
 
     driver = browser
     wait = WebDriverWait(driver, 30)  # type: ignore[arg-type]
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (  # type: ignore[attr-defined]
+        "window.__csp = []; document.addEventListener('securitypolicyviolation', "
+        "e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")})  # every CSP refusal, recorded
+    page = httpx.get(f"{live.url}/")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]  # the page runs under the policy
     driver.get(f"{live.url}/")  # type: ignore[attr-defined]
     driver.execute_script("sessionStorage.setItem('mmr-api-key', arguments[0])", KEY)  # type: ignore[attr-defined]
     driver.refresh()  # type: ignore[attr-defined]
@@ -207,6 +212,7 @@ def test_the_search_page_finds_by_text_and_by_uploaded_image_in_a_real_browser(l
     driver.set_window_size(390, 844)  # type: ignore[attr-defined]  # a phone: no horizontal scrolling
     assert driver.execute_script(  # type: ignore[attr-defined]
         "return document.documentElement.scrollWidth <= window.innerWidth")
+    assert driver.execute_script("return window.__csp") == []  # type: ignore[attr-defined]  # nothing refused
 
 
 def test_the_server_log_holds_no_secret_and_no_absolute_path(live: Live) -> None:

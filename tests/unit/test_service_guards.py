@@ -126,3 +126,63 @@ def test_serve_refuses_a_port_in_use_before_loading_anything() -> None:
         with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
             port_problem("127.0.0.1", port)
     port_problem("127.0.0.1", port)  # free again
+
+
+def test_keys_are_redacted_from_query_strings_in_any_encoding() -> None:
+    from urllib.parse import quote, quote_plus
+
+    from mmretrieval.serving.http.redaction import Redactor
+
+    key = "live-key/0123+456789 abc"
+    redact = Redactor([key])
+    lower = "".join(f"%{b:02x}" for b in key.encode())  # every byte escaped, lower-case hex
+    for target in (f"/search?api_key={quote(key, safe='')}", f"/search?text=a&X%2DAPI%2DKey={quote_plus(key)}",
+                   f"/search?q={lower}", f"/search?q={quote(key, safe='').lower()}&k=3",
+                   f"/items/{quote(key, safe='')}/thumbnail", "/search?APIKEY=other-secret&k=1",
+                   f"/search?token={key}"):
+        line = f'127.0.0.1:5555 - "GET {target} HTTP/1.1" 400'
+        out = redact(line)
+        assert key not in out and quote(key, safe="") not in out and lower not in out, out
+        assert "other-secret" not in out and out.endswith('HTTP/1.1" 400'), out
+    assert redact("GET /search?text=a%20cat&k=3") == "GET /search?text=a%20cat&k=3"  # nothing secret: unchanged
+
+
+def test_in_flight_requests_beyond_the_limit_get_503_with_retry_after() -> None:
+    import asyncio
+
+    from mmretrieval.serving.http.guards import InFlightLimit, RequestGuard
+    from mmretrieval.serving.http.metrics import Metrics
+    from mmretrieval.serving.http.redaction import Redactor
+
+    release = asyncio.Event()
+
+    async def slow(scope: dict, receive: object, send: object) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    app = RequestGuard(InFlightLimit(slow, limit=2), metrics=Metrics(), redact=Redactor([]))
+
+    async def one(path: str) -> tuple[int, dict[bytes, bytes]]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+        await app(scope, None, send)  # type: ignore[arg-type]
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    async def main() -> list[tuple[int, dict[bytes, bytes]]]:
+        held = [asyncio.create_task(one("/search")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        refused = await one("/search")
+        release.clear()
+        health = asyncio.create_task(one("/health/live"))
+        await asyncio.sleep(0.05)
+        release.set()
+        return [refused, *[await t for t in held], await health]
+
+    results = asyncio.run(main())
+    assert results[0][0] == 503 and results[0][1][b"retry-after"] == b"1"
+    assert [status for status, _ in results[1:]] == [200, 200, 200]

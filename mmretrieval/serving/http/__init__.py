@@ -2,7 +2,8 @@
 
 Routes (``{name}`` is one of the served datasets; the routes without ``/datasets/{name}`` use the first one):
 
-* ``GET /`` the search page (static files shipped in the package, no CDN); ``GET /docs`` the OpenAPI page;
+* ``GET /`` the search page (static files shipped in the package, no CDN); ``GET /openapi.json`` the OpenAPI
+  description (``/docs`` and ``/redoc``, which load JavaScript from a CDN, only with ``MMR_API_DOCS=1``);
 * ``GET /health/live`` (the process answers), ``GET /health/ready`` (every dataset's model loaded and a probe query
   answered; 503 otherwise), ``GET /metrics`` (Prometheus text format);
 * ``GET /datasets``; ``GET [/datasets/{name}]/info``; ``POST [/datasets/{name}]/search`` (JSON);

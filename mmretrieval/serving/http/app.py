@@ -14,7 +14,15 @@ from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.serving.http.config import LOOPBACK, ServiceConfig
 from mmretrieval.serving.http.dependencies import Access, default_dataset, named_dataset
 from mmretrieval.serving.http.errors import HANDLERS
-from mmretrieval.serving.http.guards import BodyLimit, RequestGuard, SameOrigin, TrustedHosts
+from mmretrieval.serving.http.guards import (
+    BodyLimit,
+    InFlightLimit,
+    NoKeyInQuery,
+    RequestGuard,
+    SameOrigin,
+    TrustedHosts,
+)
+from mmretrieval.serving.http.policy import SecurityHeaders
 from mmretrieval.serving.http.routes import monitoring, page
 from mmretrieval.serving.http.routes.datasets import dataset_routes
 from mmretrieval.serving.http.routes.datasets import router as listing
@@ -44,7 +52,8 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
         raise ConfigError("give at least one dataset to serve")
     service = Service(names, settings or get_settings(), config or ServiceConfig.from_env())
     config, access = service.config, Access.of(service.config)
-    app = FastAPI(title="mmretrieval", version="0.2.0", lifespan=lifespan, description=(
+    docs = {} if config.api_docs else {"docs_url": None, "redoc_url": None}  # /openapi.json is always served
+    app = FastAPI(title="mmretrieval", version="0.2.0", lifespan=lifespan, **docs, description=(
         f"Multimodal search over the serving alias of dataset(s) {', '.join(names)} (default {names[0]!r}). "
         "Errors carry a `detail` reason and a `request_id`."))
     app.state.service, app.state.config, app.state.states = service, config, service.states
@@ -65,9 +74,12 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Content-Type", "X-Request-ID"], max_age=600)
     app.add_middleware(BodyLimit, json_bytes=config.max_json_bytes, upload_bytes=config.max_upload_bytes)
+    app.add_middleware(InFlightLimit, limit=config.max_in_flight)
+    app.add_middleware(NoKeyInQuery)
     app.add_middleware(SameOrigin, allowed_origins=config.cors_origins)
     app.add_middleware(TrustedHosts, allowed_hosts=config.trusted_hosts)
-    app.add_middleware(RequestGuard, metrics=service.metrics, redact=service.redact)  # the outermost
+    app.add_middleware(RequestGuard, metrics=service.metrics, redact=service.redact)
+    app.add_middleware(SecurityHeaders, docs=config.api_docs)  # the outermost: every answer carries them
     return app
 
 
@@ -110,4 +122,15 @@ def serve(datasets: str | Sequence[str], host: str = "127.0.0.1", port: int = 80
             log.warning("MMR_TRUSTED_HOSTS is not set: only requests addressed to localhost/127.0.0.1 are answered")
     port_problem(host, port)  # before the models load, not after
     uvicorn.run(create_app(datasets, settings, config), host=host, port=port, log_level="info",
-                log_config=None, timeout_graceful_shutdown=5)  # uvicorn logs through the process's own handlers
+                log_config=None, timeout_graceful_shutdown=5,  # uvicorn logs through the process's own handlers
+                **uvicorn_limits(config))
+
+
+def uvicorn_limits(config: ServiceConfig) -> dict[str, object]:
+    """uvicorn's keyword arguments for ``config``'s connection limits: its own keep-alive timeout, and the h11
+    protocol with the header and body deadlines and the connection cap it lacks
+    (:func:`~mmretrieval.serving.http.protocol.guarded_protocol`)."""
+    from mmretrieval.serving.http.protocol import guarded_protocol
+
+    return {"http": guarded_protocol(config.header_timeout, config.body_timeout, config.max_connections),
+            "timeout_keep_alive": config.keep_alive_timeout}

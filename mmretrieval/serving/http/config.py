@@ -27,9 +27,9 @@ class ServiceConfig(BaseSettings):
     """What the service accepts and from whom (pydantic-settings).
 
     Each field reads the variable ``MMR_<FIELD>`` (``MMR_API_KEYS``, ``MMR_API_KEYS_FILE``, ``MMR_TRUSTED_HOSTS``,
-    ``MMR_CORS_ORIGINS``, ``MMR_MAX_CONCURRENT_SEARCHES``, ...); keyword arguments win over the environment, an
-    empty variable counts as unset, lists are comma-separated. A bad value raises pydantic's ``ValidationError``;
-    :meth:`from_env` raises :class:`ConfigError` naming the variable instead.
+    ``MMR_CORS_ORIGINS``, ``MMR_MAX_CONCURRENT_SEARCHES``, ``MMR_HEADER_TIMEOUT``, ``MMR_API_DOCS``, ...); keyword
+    arguments win over the environment, an empty variable counts as unset, lists are comma-separated. A bad value
+    raises pydantic's ``ValidationError``; :meth:`from_env` raises :class:`ConfigError` naming the variable instead.
     """
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="forbid", frozen=True)
@@ -43,6 +43,13 @@ class ServiceConfig(BaseSettings):
     max_concurrent_searches: int = 4  # searches (decode + model + Milvus) at once; below 1 counts as 1
     queue_seconds: float = 30.0  # a search waits this long for a slot, then 503 (with Retry-After)
     max_aspect: float = 20.0  # longest / shortest image side (a 50000x1 "thin" image is refused before decoding)
+    max_concurrent_decodes: int = 2  # uploaded images decoded at once (the rest wait for queue_seconds, then 503)
+    header_timeout: float = Field(10.0, gt=0)  # seconds for a request's headers to arrive (408 and closed after)
+    body_timeout: float = Field(60.0, gt=0)  # seconds for its body to arrive once the headers have (408 after)
+    keep_alive_timeout: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this (uvicorn's)
+    max_connections: int = Field(256, ge=1)  # open connections; a connection beyond gets 503 with Retry-After
+    max_in_flight: int = Field(64, ge=1)  # requests being handled at once (health checks aside); 503 beyond
+    api_docs: bool = False  # serve /docs (Swagger UI) and /redoc, which load their JavaScript from a CDN
 
     @field_validator("api_keys")
     @classmethod
@@ -72,7 +79,7 @@ class ServiceConfig(BaseSettings):
     def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(origin.rstrip("/") for origin in origins)
 
-    @field_validator("max_concurrent_searches")
+    @field_validator("max_concurrent_searches", "max_concurrent_decodes")
     @classmethod
     def _at_least_one(cls, searches: int) -> int:
         return max(1, searches)

@@ -26,12 +26,14 @@ class ErrorJSON(JSONResponse):
 
 
 class Refused(Exception):
-    """A refusal decided by a guard (middleware) before the application answers: HTTP ``status`` and ``detail``."""
+    """A refusal decided by a guard (middleware) before the application answers: HTTP ``status`` and ``detail``
+    (and the seconds of a ``Retry-After`` header, for a 503)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.retry_after = retry_after
 
 
 def request_id(request: Request) -> str:

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mmretrieval.serving.http.errors import ErrorJSON, Refused
 from mmretrieval.serving.http.metrics import Metrics
-from mmretrieval.serving.http.redaction import Redactor
+from mmretrieval.serving.http.redaction import Redactor, key_like
 
 log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")  # an incoming X-Request-ID of this shape is kept
@@ -63,7 +63,7 @@ class RequestGuard:
         try:
             await self.app(scope, receive, send_with_id)
         except Refused as e:
-            status = status or await answer(send, e.status, e.detail, request_id)
+            status = status or await answer(send, e.status, e.detail, request_id, e.retry_after)
         except Exception as e:  # noqa: BLE001 - the last resort: a 500 with a request id, never a reset connection
             frames = " < ".join(f"{Path(f.filename).name}:{f.lineno}"
                                 for f in traceback.extract_tb(e.__traceback__)[::-1][:8])
@@ -75,12 +75,14 @@ class RequestGuard:
                              time.perf_counter() - started)
 
 
-async def answer(send: Send, status: int, detail: str, request_id: str) -> int:
-    """Send the error body for a request the application did not answer (413 also closes the connection)."""
+async def answer(send: Send, status: int, detail: str, request_id: str, retry_after: int | None = None) -> int:
+    """Send the error body for a request the application did not answer (413 also closes the connection; a
+    ``retry_after`` in seconds becomes the ``Retry-After`` header)."""
     body = ErrorJSON({"detail": detail, "request_id": request_id, "errors": []}).body
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()), *([(b"connection", b"close")] if status == 413 else [])]})
+        (b"x-request-id", request_id.encode()), *([(b"connection", b"close")] if status == 413 else []),
+        *([(b"retry-after", str(retry_after).encode())] if retry_after is not None else [])]})
     await send({"type": "http.response.body", "body": body})
     return status
 
@@ -183,3 +185,48 @@ class BodyLimit:
         await self.app(scope, counted_receive, send_unless_cut_off)
         if refused is not None:
             raise refused
+
+
+class NoKeyInQuery:
+    """Refuses (400) a request with a credential in its query string (``?api_key=``, ``?X-API-Key=``, percent-encoded
+    names included): keys go in the ``X-API-Key`` header only, so that they never sit in URLs, browser history,
+    proxy or access logs. (Every log line is redacted too: :class:`~mmretrieval.serving.http.redaction.Redactor`.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            from urllib.parse import parse_qsl
+
+            query = scope["query_string"].decode("latin-1")
+            if any(key_like(name) for name, _ in parse_qsl(query, keep_blank_values=True)):
+                raise Refused(400, "API keys are not accepted in the URL (they would end up in logs and proxies); "
+                                   "send the key in the X-API-Key header")
+        await self.app(scope, receive, send)
+
+
+class InFlightLimit:
+    """Answers 503 with ``Retry-After`` when ``limit`` requests are already being handled (health checks are neither
+    counted nor refused, so that a busy service is not mistaken for a dead one)."""
+
+    EXEMPT = ("/health/live", "/health/ready")
+
+    def __init__(self, app: ASGIApp, limit: int, retry_after: int = 1) -> None:
+        self.app = app
+        self.limit = max(1, limit)
+        self.retry_after = retry_after
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            raise Refused(503, f"{self.in_flight} requests are in flight (MMR_MAX_IN_FLIGHT={self.limit}); retry "
+                               "later", retry_after=self.retry_after)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

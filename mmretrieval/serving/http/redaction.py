@@ -8,14 +8,29 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from mmretrieval.core.settings import Settings
 from mmretrieval.serving.http.config import ServiceConfig
 
+# a query parameter of a URL in a log line (an access log line holds the request's whole target)
+QUERY_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;\s\"'#?]{1,100})=(?P<value>[^&;\s\"'#]*)")
+# a run of URL characters holding percent escapes: a secret may hide in it encoded
+ENCODED = re.compile(r"[^\s\"'<>]*%[0-9A-Fa-f]{2}[^\s\"'<>]*")
+# query parameter names that carry a credential, compared lower-cased without `-`, `_`, `.`, whitespace
+KEY_NAMES = frozenset({"apikey", "xapikey", "key", "token", "accesstoken", "apitoken", "authorization", "auth",
+                       "secret", "password", "bearer"})
+
+
+def key_like(name: str) -> bool:
+    """Whether a query parameter name (percent-encoded or not) carries a credential (see :data:`KEY_NAMES`)."""
+    return re.sub(r"[-_.\s]", "", unquote_plus(name)).lower() in KEY_NAMES
+
 
 class Redactor:
-    """Removes secrets (Milvus password or token, API keys) and absolute paths from a message."""
+    """Removes secrets (Milvus password or token, API keys) and absolute paths from a message: a secret written as
+    is or percent-encoded (any case of the hex digits, ``+`` for spaces), and the value of every credential-like
+    query parameter (``?api_key=...``, ``?X%2DAPI%2DKey=...``: see :func:`key_like`) whatever it holds."""
 
     # absolute file paths under the usual roots (URL paths such as /health/live are left alone)
     PATH = re.compile(r"(?<![\w:/.~…-])/(?:home|root|tmp|work|usr|opt|var|srv|mnt|data|etc|proc|run|private|Users|"
@@ -36,7 +51,19 @@ class Redactor:
         code = Path(__file__).resolve().parents[3]  # what holds the mmretrieval package: a checkout, site-packages
         return cls(secrets, [str(settings.home), str(code), sys.prefix])
 
+    def _query(self, match: re.Match[str]) -> str:
+        if key_like(match["name"]):
+            return f"{match['lead']}{match['name']}=***"
+        return match.group(0)
+
+    def _encoded(self, match: re.Match[str]) -> str:
+        decoded = unquote_plus(match.group(0))
+        return decoded if any(secret in decoded for secret in self.secrets) else match.group(0)
+
     def __call__(self, text: str) -> str:
+        text = QUERY_PARAM.sub(self._query, text)
+        if "%" in text:  # a secret percent-encoded: decoded here, replaced below
+            text = ENCODED.sub(self._encoded, text)
         for secret in self.secrets:
             text = text.replace(secret, "***")
         for path in self.paths:  # wherever they live: the workspace, the code, the environment

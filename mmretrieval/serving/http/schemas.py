@@ -108,10 +108,17 @@ DESCRIPTIONS = {
     415: "The uploaded file's content type is not one of the supported image or audio types",
     422: "The request does not match the schema (type, range, length, unknown field, invalid Unicode)",
     500: "An unexpected error; quote the request_id",
-    503: "Not ready (model or collection not loaded, Milvus unavailable) or too busy; retry later",
+    503: "Not ready (model or collection not loaded, Milvus unavailable) or too busy (too many connections, requests "
+         "in flight, searches or image decodes waiting); retry after the `Retry-After` header's seconds",
 }
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses`` of a route that may answer ``codes`` (and 400, 413, 500, which any route may)."""
-    return {code: {"model": ErrorBody, "description": DESCRIPTIONS[code]} for code in sorted({*codes, 400, 413, 500})}
+    """The OpenAPI ``responses`` of a route that may answer ``codes`` (and 400, 413, 500 and 503, which any route
+    may: 503 with a ``Retry-After`` header)."""
+    return {code: {"model": ErrorBody, "description": DESCRIPTIONS[code], **(RETRY_AFTER if code == 503 else {})}
+            for code in sorted({*codes, 400, 413, 500, 503})}
+
+
+RETRY_AFTER = {"headers": {"Retry-After": {"description": "seconds to wait before retrying",
+                                           "schema": {"type": "integer"}}}}

@@ -3,6 +3,7 @@ and the bounded search slots (one :class:`Service` per application, as ``app.sta
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -50,6 +51,7 @@ class Service:
         self.metrics = Metrics()
         self.states: dict[str, DatasetState] = {}
         self.slots = threading.BoundedSemaphore(config.max_concurrent_searches)
+        self.decodes = threading.BoundedSemaphore(config.max_concurrent_decodes)
         self.probe_lock = threading.Lock()
 
     async def start(self) -> None:
@@ -92,6 +94,25 @@ class Service:
                         self.metrics.serving.labels(s.name, *s.serving.values()).set(1)
             self.metrics.ready.labels(state.name).set(int(state.ready))
 
+    def decode(self, state: DatasetState, data: bytes) -> Any:
+        """Uploaded image bytes -> the RGB PIL image the model needs (decoded at no more than twice its input side,
+        :func:`~mmretrieval.media.image.open_image`), holding one of ``max_concurrent_decodes`` slots: HTTP 503
+        (with Retry-After) after ``queue_seconds`` without one. Free heap memory goes back to the system after a
+        large image (:func:`~mmretrieval.serving.http.memory.trim`)."""
+        from mmretrieval.media.image import open_image
+        from mmretrieval.serving.http.memory import LARGE_PIXELS, trim
+
+        side = state.client.query_image_side()
+        if not self.decodes.acquire(timeout=self.config.queue_seconds):
+            raise HTTPException(503, "too many images being decoded at once; retry later", headers={"Retry-After": "1"})
+        large = declared_pixels(data) > LARGE_PIXELS
+        try:
+            return open_image(data, self.settings.params_for(state.name).validate.max_image_pixels, max_side=2 * side)
+        finally:
+            self.decodes.release()
+            if large:
+                trim()
+
     def search(self, state: DatasetState, **kwargs: Any) -> list[Hit]:
         """One search (``RetrievalClient.search`` arguments) holding one of the bounded slots, in the caller's
         worker thread: HTTP 503 after ``queue_seconds`` without a slot; a failure of the store marks the dataset
@@ -100,6 +121,8 @@ class Service:
             raise HTTPException(503, "too many searches at once; retry later", headers={"Retry-After": "1"})
         self.metrics.in_flight.inc()
         try:
+            if isinstance(kwargs.get("image"), (bytes, bytearray)):
+                kwargs["image"] = self.decode(state, kwargs.pop("image"))
             hits = state.client.search(**kwargs)
         except (QueryError, MediaError):
             raise
@@ -113,3 +136,18 @@ class Service:
         if not state.ready:
             self.probe(state)
         return hits
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height as an image's header declares them (0 for bytes Pillow cannot identify)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as header:
+                return int(header.size[0] * header.size[1])
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 0

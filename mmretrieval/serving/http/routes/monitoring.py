@@ -27,7 +27,7 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/health/ready", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "some dataset is not ready"}, **errors(403)})
+            responses={**errors(403), 503: {"model": Readiness, "description": "some dataset is not ready"}})
 async def ready(service: ServiceDep) -> JSONResponse:
     """Every dataset's model loaded and a probe query answered (a not-ready dataset is probed again)."""
     from starlette.concurrency import run_in_threadpool
