@@ -65,14 +65,25 @@ REMOTE = "mmr"  # the DVC remote of the shared data store, kept in .dvc/config.l
 
 
 def use_remote(home: Path, data_url: str) -> None:
-    """Point DVC's remote ``mmr`` of ``home`` at ``<data_url>/dvc`` (the shared store's bucket; created or
-    replaced, as the default), with the S3 endpoint of ``AWS_ENDPOINT_URL`` when set. Credentials stay in the
-    environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), never in a config file."""
+    """Point DVC's default remote ``mmr`` of ``home`` at ``<data_url>/dvc`` (the shared store's bucket), with the S3
+    endpoint of ``AWS_ENDPOINT_URL`` when set, in ``.dvc/config.local`` (never a tracked file; written without a DVC
+    process when there is none yet, else changed through ``dvc remote``). Credentials stay in the environment
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), never in a config file."""
     ensure_repo(home)
-    _dvc(home, "remote", "add", "--local", "--force", "--default", REMOTE, f"{data_url.rstrip('/')}/dvc")
+    lines = ["[core]", f"    remote = {REMOTE}", f"['remote \"{REMOTE}\"']", f"    url = {data_url.rstrip('/')}/dvc"]
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint and data_url.startswith("s3://"):
-        _dvc(home, "remote", "modify", "--local", REMOTE, "endpointurl", endpoint)
+        lines.append(f"    endpointurl = {endpoint}")
+    config = home / ".dvc" / "config.local"
+    text = "\n".join(lines) + "\n"
+    if not config.is_file():  # the usual case, a worker's fresh MMR_HOME: written directly (DVC's INI format)
+        tmp = config.with_name(f".config.local.{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, config)
+    elif config.read_text(encoding="utf-8") != text:  # someone's own local config: changed through DVC, kept
+        _dvc(home, "remote", "add", "--local", "--force", "--default", REMOTE, f"{data_url.rstrip('/')}/dvc")
+        if endpoint and data_url.startswith("s3://"):
+            _dvc(home, "remote", "modify", "--local", REMOTE, "endpointurl", endpoint)
 
 
 def push(home: Path, path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 from mmretrieval.backends.store import COMMIT, OBJECTS, Store
 from mmretrieval.core.errors import StoreError
 from tests.helpers.servers import S3_CREDENTIALS, s3_server
+from tests.helpers.workspace import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -118,8 +119,9 @@ def test_a_push_killed_between_its_objects_and_its_commit_leaves_readers_on_the_
     old = {"manifest.parquet": b"old" * 100, "media/1.jpg": b"x" * 500}
     committed = store.push(folder(tmp_path / "old", old), "clean/ds")
     new = folder(tmp_path / "new", {"manifest.parquet": b"new" * 100, "media/1.jpg": b"y" * 500, "media/2.jpg": b"z"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", KILLED_PUSH, url, str(new)], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert len(versions(store, "clean/ds")) == 2  # its objects were all uploaded...
     assert store.commit("clean/ds")["commit"] == committed["commit"]  # ...but never committed
@@ -159,7 +161,7 @@ def test_embedding_shards_are_committed_one_by_one_and_merged_by_the_finishing_w
         push_shard(store_of(settings), settings, "ds", "3", k)
     finisher = get_settings(make_workspace(tmp_path / "w3"))
     store = store_of(finisher)
-    assert store.units("embeddings/ds") == ["embeddings/ds/v3.partial/shard-00000", "embeddings/ds/v3.partial/shard-00001"]
+    assert store.units("embeddings/ds") == [f"embeddings/ds/v3.partial/shard-0000{k}" for k in (0, 1)]
     assert sorted(merge_shards(store, finisher, "ds", "3")) == [0, 1]
     assert tree(finisher.layout("ds").embeddings("3.partial")) == {
         "part-00000.parquet": b"rows 0", "part-00001.parquet": b"rows 1", "plan.json": plan,
@@ -170,3 +172,34 @@ def test_embedding_shards_are_committed_one_by_one_and_merged_by_the_finishing_w
     assert merge_shards(store_of(other), other, "ds", "3") == []
     drop_shards(store, "ds", "3")
     assert store.units("embeddings") == []
+
+
+def test_stages_hand_over_between_workspaces_that_share_no_folder(
+        url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ingest on one worker (its raw data pushed with DVC to the bucket), validate on a second, clean on a third
+    (raw data and validated rows pulled), augment back on the second (the clean output pulled over its old copy)."""
+    from mmretrieval.core.settings import get_settings
+    from mmretrieval.handoff import ingest
+    from mmretrieval.runner import run_stage
+    from tests.helpers.files import tiny_dataset
+    from tests.helpers.workspace import make_workspace
+
+    monkeypatch.setenv("MMR_DATA_URL", url)
+    homes = {name: get_settings(make_workspace(tmp_path / name)) for name in ("ingester", "w1", "w2")}
+    ingested = ingest(tiny_dataset(tmp_path / "src"), "tiny", homes["ingester"])
+    store = Store(url)
+    assert store.units("") == ["raw/tiny.dvc"] and store.fs.find(f"{store.root}/dvc")  # pointer + DVC's objects
+
+    validated = run_stage("validate", "tiny", homes["w1"])
+    assert validated["data_version"] == ingested["data_version"]  # exactly the ingested version, pulled by DVC
+    assert tree(homes["w1"].layout("tiny").raw) == tree(homes["ingester"].layout("tiny").raw)
+    cleaned = run_stage("clean", "tiny", homes["w2"])
+    assert not homes["w1"].layout("tiny").clean.exists()
+    augmented = run_stage("augment", "tiny", homes["w1"])
+    assert augmented["data_version"] == cleaned["data_version"] == ingested["data_version"]
+    assert tree(homes["w1"].layout("tiny").clean) == tree(homes["w2"].layout("tiny").clean)
+    assert store.units("") == ["augmented/tiny", "clean/tiny", "raw/tiny.dvc", "reports/tiny", "validated/tiny"]
+    reports = tmp_path / "reports"
+    store.pull("reports/tiny", reports)  # each worker pulled the reports before adding its stage's result
+    assert sorted(p.name for p in (reports / "stages").iterdir()) == ["augment.json", "clean.json", "validate.json"]
+    assert not (homes["ingester"].var_dir / "locks").exists()  # no model stage ran: no lock taken
