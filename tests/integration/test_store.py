@@ -203,3 +203,49 @@ def test_stages_hand_over_between_workspaces_that_share_no_folder(
     store.pull("reports/tiny", reports)  # each worker pulled the reports before adding its stage's result
     assert sorted(p.name for p in (reports / "stages").iterdir()) == ["augment.json", "clean.json", "validate.json"]
     assert not (homes["ingester"].var_dir / "locks").exists()  # no model stage ran: no lock taken
+
+
+def test_serve_tasks_on_different_workers_commit_shards_and_finish_from_the_store(
+        url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serve DAG's calls spread over workers with their own MMR_HOME: embed_start pins, shards are embedded on
+    two workers and committed one by one (a redelivered shard is skipped), a third finishes from the store and the
+    publish steps run on three. MLflow and Milvus are one store each (as their servers are in a cluster)."""
+    from mmretrieval.core.settings import get_settings
+    from mmretrieval.handoff import embed_shard, embed_start, ingest, publish_build, publish_check
+    from mmretrieval.runner import run_stage
+    from tests.helpers.files import tiny_dataset
+    from tests.helpers.workspace import FAST_PARAMS, make_workspace
+
+    for name, value in {"MMR_DATA_URL": url, "MMR_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        "MMR_MLFLOW_ARTIFACTS": str(tmp_path / "mlartifacts"),
+                        "MMR_MILVUS_URI": str(tmp_path / "milvus.db")}.items():
+        monkeypatch.setenv(name, value)
+    params = FAST_PARAMS + "embed: {shard_rows: 6}\n"  # the 16 tiny rows in 3 shards
+    w = {name: get_settings(make_workspace(tmp_path / name, params)) for name in ("trainer", "w1", "w2", "w3")}
+    ingest(tiny_dataset(tmp_path / "src"), "tiny", w["trainer"])
+    for verb in ("validate", "clean", "augment"):
+        run_stage(verb, "tiny", w["trainer"])
+    version = str(run_stage("train", "tiny", w["trainer"])["model_version"])
+    run_stage("evaluate", "tiny", w["w1"], version=version)  # the reports and promotions travel too
+    assert run_stage("promote", "tiny", w["w2"], version=version)["promoted"]
+
+    started = embed_start("tiny", w["w1"])
+    assert started.shards == [0, 1, 2]
+    pinned = started.pinned
+    assert not embed_shard("tiny", 0, w["w1"], pinned).get("skipped")
+    assert not embed_shard("tiny", 1, w["w2"], pinned).get("skipped")
+    assert embed_shard("tiny", 0, w["w2"], pinned) == {"shard": 0, "skipped": True}  # committed by w1
+    assert embed_start("tiny", w["w3"]).shards == [2]  # what no worker committed yet
+    embed_shard("tiny", 2, w["w2"], pinned)
+    summary = run_stage("embed", "tiny", w["w3"], pinned=pinned)
+    assert summary["rows"] == 16 and summary["shards"] == [f"part-0000{k}.parquet" for k in range(3)]
+    store = Store(url)
+    assert store.units("embeddings") == [f"embeddings/tiny/v{version}"]  # the shards' units deleted after
+
+    publish_build("tiny", w["w1"], pinned)
+    assert publish_check("tiny", w["w2"], pinned)["checks"]["rows"] == 16
+    published = run_stage("publish", "tiny", w["trainer"], pinned=pinned)
+    assert published["changed"] and published["model_version"] == version
+    stages = tmp_path / "reports"
+    store.pull("reports/tiny", stages)
+    assert {p.stem for p in (stages / "stages").iterdir()} >= {"train", "evaluate", "promote", "embed", "publish"}
