@@ -109,29 +109,41 @@ def unit(settings: Settings, dataset: str, name: str, version: str = "") -> tupl
 
 @contextlib.contextmanager
 def synced(verb: str, dataset: str, settings: Settings, inputs: dict[str, Any]) -> Iterator[None]:
-    """Around one stage run: pull its inputs, then (if the block succeeds) push its outputs; a no-op without a
-    data store. Holds the verb's per-dataset lock throughout when it has one."""
+    """Around one stage run: pull its inputs (:data:`READS` and ``reports``), then (if the block succeeds) push its
+    outputs (:data:`WRITES` and ``reports``); a no-op without a data store. Holds the verb's per-dataset lock
+    throughout when it has one (:data:`LOCKS`)."""
+    if not settings.data_url:
+        yield
+        return
+    version = model_version(settings, dataset, inputs) if verb in ("embed", "publish") else ""
+    with around(dataset, settings, (*READS[verb], "reports"), (*WRITES[verb], "reports"), LOCKS.get(verb), version):
+        yield
+    if verb == "embed":
+        drop_shards(store_of(settings), dataset, version)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def around(dataset: str, settings: Settings, reads: tuple[str, ...], writes: tuple[str, ...],
+           lock: str | None = None, version: str = "") -> Iterator[None]:
+    """Pull the outputs named in ``reads``, run the block, push those named in ``writes`` (after a success), all
+    under the dataset's lock ``lock`` when given; a no-op without a data store. For calls that are not a stage verb
+    (``mmr promote --rollback``, ``mmr distill``)."""
     store = store_of(settings)
     if store is None:
         yield
         return
     from mmretrieval.core.locks import dataset_lock
 
-    lock = dataset_lock(settings, dataset, LOCKS[verb]) if verb in LOCKS else contextlib.nullcontext()
-    with lock:
-        version = model_version(settings, dataset, inputs) if verb in ("embed", "publish") else ""
-        outputs = [*WRITES[verb], "reports"]
-        for name in outputs:
+    with dataset_lock(settings, dataset, lock) if lock else contextlib.nullcontext():
+        for name in writes:
             store.forget(unit(settings, dataset, name, version)[0])  # the local copy is about to change
-        for name in [*READS[verb], "reports"]:
+        for name in reads:
             pull(store, settings, dataset, name, version)
         yield
-        for name in outputs:
+        for name in writes:
             key, path = unit(settings, dataset, name, version)
             if path.exists():
                 store.push(path, key)
-        if verb == "embed":
-            drop_shards(store, dataset, version)
 
 
 def pull(store: Store, settings: Settings, dataset: str, name: str, version: str = "") -> None:
