@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmretrieval.core.contracts import EmbedStart, Pinned
+from mmretrieval.core.io import sha256_file
 from mmretrieval.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -210,7 +211,8 @@ def shard_unit(dataset: str, version: str, k: int) -> str:
 def shard_files(work: Path, k: int) -> list[Path]:
     """The files of shard ``k`` in an embedding work folder (its part file, timings, region shard) and plan.json."""
     tag = f"-{k:05d}."
-    return [p for p in sorted(work.rglob("*")) if p.is_file() and (tag in p.name or p.name == "plan.json")]
+    return [p for p in sorted(work.rglob("*"))
+            if p.is_file() and ((tag in p.name and ".tmp" not in p.name) or p.name == "plan.json")]
 
 
 def push_shard(store: Store, settings: Settings, dataset: str, version: str, k: int) -> None:
@@ -283,19 +285,21 @@ def embed_start(dataset: str, settings: Settings | None = None) -> EmbedStart:
 def embed_shard(dataset: str, shard: int, settings: Settings | None = None, pinned: Pinned | None = None
                 ) -> dict[str, Any]:
     """:func:`mmretrieval.stages.embed.run_shard`, its shard then committed on its own; skipped when the store
-    already holds that shard committed (a retried or redelivered task)."""
+    already holds that shard committed for the same plan (a retried or redelivered task)."""
     from mmretrieval.stages import embed
 
     settings = settings or get_settings()
     store = store_of(settings)
     if store is None:
         return embed.run_shard(dataset, shard, settings, pinned)
-    version = model_version(settings, dataset, {"pinned": pinned})
-    if store.commit(shard_unit(dataset, version, shard)) is not None:
-        return {"shard": shard, "skipped": True}
     pull(store, settings, dataset, "clean")
-    result = embed.run_shard(dataset, shard, settings, pinned)
-    push_shard(store, settings, dataset, version, shard)
+    p = embed.plan(dataset, settings, pinned=pinned)
+    committed = store.commit(shard_unit(dataset, p.ref.version, shard))
+    if committed is not None and (p.work / "plan.json").is_file() and committed["files"].get("plan.json", {}).get(
+            "sha256") == sha256_file(p.work / "plan.json"):
+        return {"shard": shard, "skipped": True}  # committed for this very plan (not one of older data)
+    result = embed.embed_shard(p, shard, settings)
+    push_shard(store, settings, dataset, p.ref.version, shard)
     return result
 
 
