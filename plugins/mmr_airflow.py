@@ -5,8 +5,8 @@
   ``mlflow_default`` (its URI), each falling back to the ``MMR_*`` environment when the Connection does not exist.
 * :func:`run_library` calls a library function and turns its *deterministic* errors (a bad manifest, a failed
   validation, a model that does not load, a pinned input that changed) into ``AirflowFailException``: retrying
-  cannot help, so the task fails at once. Transient ones (Milvus or MLflow unreachable) stay ordinary exceptions and
-  use the task's retries.
+  cannot help, so the task fails at once. Transient ones (Milvus, MLflow, the data store or the lock coordinator
+  unreachable) stay ordinary exceptions and use the task's retries.
 * :func:`datasets_of` reads the datasets a run works on: every dataset named by the Asset events that triggered it
   (several events consumed by one run are all served, none is dropped), else the run's ``dataset`` param
   (``all``: every dataset listed in ``params.yaml``).
@@ -69,14 +69,15 @@ class MmrHook(BaseHook):
 
 def run_library(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``; deterministic library errors fail the task without retries."""
-    from mmretrieval.core.errors import AliasNotFoundError, IndexStoreError, MMRError, ModelNotFoundError, TrackingError
+    from mmretrieval.core import errors
+    from mmretrieval.core.errors import AliasNotFoundError, MMRError, ModelNotFoundError
 
     try:
         return fn(*args, **kwargs)
     except (AliasNotFoundError, ModelNotFoundError) as e:
         raise AirflowFailException(f"mmr: {e}") from e
-    except (IndexStoreError, TrackingError):
-        raise  # Milvus or MLflow unreachable: worth the task's retries
+    except (errors.IndexStoreError, errors.TrackingError, errors.StoreError, errors.LockError):
+        raise  # Milvus, MLflow, the data store or the lock coordinator unreachable: worth the task's retries
     except MMRError as e:
         raise AirflowFailException(f"mmr: {e}") from e
 
