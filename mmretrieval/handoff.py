@@ -133,7 +133,7 @@ def around(dataset: str, settings: Settings, reads: tuple[str, ...], writes: tup
     if store is None:
         yield
         return
-    from mmretrieval.core.locks import dataset_lock
+    from mmretrieval.backends.locks import dataset_lock
 
     with dataset_lock(settings, dataset, lock) if lock else contextlib.nullcontext():
         for name in writes:

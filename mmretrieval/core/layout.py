@@ -145,7 +145,7 @@ class Layout:
 
     def lock(self, name: str) -> Path:
         """``var/locks/<ds>.<name>.lock``: the file lock a stage of this dataset holds
-        (:mod:`mmretrieval.core.locks`)."""
+        (:mod:`mmretrieval.backends.locks`)."""
         return self.var_dir / "locks" / f"{self.dataset}.{name}.lock"
 
     @property

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from mmretrieval.backends import tracking
+from mmretrieval.backends.locks import per_dataset
 from mmretrieval.core.contracts import EvaluateResult
 from mmretrieval.core.errors import TrainingError
 from mmretrieval.core.io import write_json
 from mmretrieval.core.layout import read_clean
-from mmretrieval.core.locks import per_dataset
 from mmretrieval.core.schema import Split, read_manifest
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.evaluator import RetrievalEvaluator, metrics_summary

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from mmretrieval.backends import versioning
+from mmretrieval.backends.locks import dataset_lock
 from mmretrieval.core.errors import DatasetNotFoundError, IngestConflict, ManifestError
 from mmretrieval.core.io import atomic_dir, write_json
 from mmretrieval.core.layout import NOT_COPIED
-from mmretrieval.core.locks import dataset_lock
 from mmretrieval.core.progress import progress
 from mmretrieval.core.schema import check_dataset_name, read_manifest
 from mmretrieval.core.settings import Settings, get_settings

@@ -12,10 +12,10 @@ import logging
 from typing import Any
 
 from mmretrieval.backends import tracking
+from mmretrieval.backends.locks import per_dataset
 from mmretrieval.core.contracts import PromoteResult
 from mmretrieval.core.errors import ModelNotFoundError, TrainingError
 from mmretrieval.core.io import append_promotion, read_json
-from mmretrieval.core.locks import per_dataset
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.gate import Decision, decide
 

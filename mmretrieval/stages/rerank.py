@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmretrieval.backends import tracking
+from mmretrieval.backends.locks import per_dataset
 from mmretrieval.core.contracts import RerankResult
 from mmretrieval.core.errors import ConfigError
 from mmretrieval.core.io import append_promotion, write_json
 from mmretrieval.core.layout import read_clean
-from mmretrieval.core.locks import per_dataset
 from mmretrieval.core.params import RerankParams
 from mmretrieval.core.schema import Modality, Split
 from mmretrieval.core.settings import Settings, get_settings

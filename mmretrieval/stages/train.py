@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from mmretrieval.backends import tracking
+from mmretrieval.backends.locks import per_dataset
 from mmretrieval.core.contracts import TrainResult
 from mmretrieval.core.errors import TrainingError
 from mmretrieval.core.io import read_json, read_parquet
 from mmretrieval.core.layout import read_clean
-from mmretrieval.core.locks import per_dataset
 from mmretrieval.core.params import ModelParams
 from mmretrieval.core.schema import Modality, Split
 from mmretrieval.core.settings import Settings, get_settings

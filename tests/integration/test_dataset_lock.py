@@ -1,6 +1,7 @@
-"""Two processes running the model stages of one dataset at once: the per-dataset locks (mmretrieval/core/locks.py) make
-the second wait, so each version gets its own training run, its own evaluation and one gate decision against the
-champion as it really is (real MLflow, CPU, separate OS processes as Airflow tasks are)."""
+"""Two processes running the model stages of one dataset at once: the per-dataset locks
+(mmretrieval/backends/locks.py) make the second wait, so each version gets its own training run, its own evaluation
+and one gate decision against the champion as it really is
+(real MLflow, CPU, separate OS processes as Airflow tasks are)."""
 
 from __future__ import annotations
 

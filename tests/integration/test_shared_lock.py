@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from mmretrieval.backends.locks import dataset_lock
 from mmretrieval.core.errors import LockError
-from mmretrieval.core.locks import dataset_lock
 from mmretrieval.core.settings import get_settings
 from tests.helpers.servers import free_port, postgres_server
 from tests.helpers.workspace import REPO, make_workspace
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 HOLD = """
 import json, logging, sys, time
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-from mmretrieval.core.locks import dataset_lock
+from mmretrieval.backends.locks import dataset_lock
 from mmretrieval.core.settings import get_settings
 settings = get_settings()
 with dataset_lock(settings, "tiny", "train"):

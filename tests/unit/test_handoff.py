@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from mmretrieval.backends.coordination import lock_key
+from mmretrieval.backends.locks import dataset_lock
 from mmretrieval.backends.store import COMMIT, Store
 from mmretrieval.core.errors import ConfigError, StoreError
-from mmretrieval.core.locks import dataset_lock
 from mmretrieval.core.settings import get_settings
 from mmretrieval.handoff import READS, WRITES, store_of, synced, unit
 from mmretrieval.runner import STAGES

@@ -19,9 +19,8 @@ another trains. A lock is taken by the stage functions themselves (:func:`per_da
 the DAGs and direct calls are all covered. A thread that holds a lock may take it again (re-entrant: the hand-off
 of :mod:`mmretrieval.handoff` holds the stage's lock around pull, run and push, and the stage takes it inside).
 
-This module is the interface; the shared coordinator's client lives in ``backends`` and is found by the URL's
-scheme (:data:`COORDINATORS`, imported by name on first use, as fsspec finds a protocol's file system): core never
-imports a backend module statically, and only backends import the database client.
+This module is the interface the stages use; the Postgres client is :mod:`mmretrieval.backends.coordination`,
+imported only when ``MMR_LOCK_URL`` is set (``postgresql://`` or ``postgres://``).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-COORDINATORS = {"postgresql": "mmretrieval.backends.coordination", "postgres": "mmretrieval.backends.coordination"}
+COORDINATED_SCHEMES = ("postgresql", "postgres")  # MMR_LOCK_URL schemes with a lock coordinator
 _held = threading.local()  # the locks this thread holds: {(where, dataset, name): depth}
 
 
@@ -69,14 +68,13 @@ def dataset_lock(settings: Settings, dataset: str, name: str) -> Iterator[None]:
 
 def _acquire(settings: Settings, dataset: str, name: str) -> contextlib.AbstractContextManager[None]:
     if settings.lock_url:
-        import importlib
-
         scheme = settings.lock_url.split("://", 1)[0].split("+", 1)[0]
-        if scheme not in COORDINATORS:
+        if scheme not in COORDINATED_SCHEMES:
             raise ConfigError(f"MMR_LOCK_URL={settings.lock_url.split('://')[0]}://…: no lock coordinator for "
-                              f"{scheme!r}; use one of {sorted(COORDINATORS)}")
-        client = importlib.import_module(COORDINATORS[scheme])
-        return client.advisory_lock(settings.lock_url, f"{dataset}.{name}")  # type: ignore[no-any-return]
+                              f"{scheme!r}; use one of {list(COORDINATED_SCHEMES)}")
+        from mmretrieval.backends.coordination import advisory_lock
+
+        return advisory_lock(settings.lock_url, f"{dataset}.{name}")
     return _file_lock(settings, dataset, name)
 
 
