@@ -12,7 +12,7 @@ from mmretrieval.core.io import atomic_dir, write_json
 from mmretrieval.core.layout import NOT_COPIED
 from mmretrieval.core.schema import check_dataset_name, read_manifest
 from mmretrieval.core.settings import Settings, get_settings
-from mmretrieval.media.files import path_problem
+from mmretrieval.media.files import copy_inside, path_problem
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def ingest(manifest: Path, name: str, settings: Settings | None = None) -> dict[
                 continue
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(root / rel, target)
+            copy_inside(root, rel, target)  # no link followed: a folder swapped for one is refused
             copied += 1
         # why a file is absent from the raw copy (e.g. a symlink out of the source root): validate reports it
         write_json(tmp / NOT_COPIED, not_copied)
