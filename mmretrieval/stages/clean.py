@@ -74,6 +74,7 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
     with atomic_dir(layout.clean) as tmp:  # files named as in the layout, the folder renamed into place
         (tmp / "media").mkdir()
         cache = CleanedMedia(layout.item_cache, params)
+        cache.files[Modality.IMAGE.value].sweep()  # temporary files of killed writers (one folder for all kinds)
         rows, phashes = _clean_rows(rows, layout.raw, tmp / "media", params, dataset, cache, data_version)
         clean, quarantine, duplicates, leakage = _tables(rows, phashes, params.clean.near_duplicate_distance)
         if clean.empty:

@@ -121,6 +121,7 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
     except ValidationFailed as e:
         _fail(layout, dataset, data_version, suite, str(e))
     checks = MediaChecks(layout.item_cache, params, digests, data_version)
+    checks.caches[Modality.IMAGE.value].sweep()  # temporary files of killed writers (one folder for all kinds)
     reasons = _row_problems(df, raw, params, dict(suite.row_reasons), checks, dataset)
     rows, reassigned = _assign_splits(df, params, dataset)
     rows["sha256"] = [checks.found.get(i, "") for i in range(len(rows))]
