@@ -165,9 +165,12 @@ def read_verified(path: Path, expected: str, data_version: str, limit: int) -> b
                                "mmretrieval): run `mmr validate` again")
     try:
         with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size > limit:  # not what was validated: hash it without holding it
+            if os.fstat(f.fileno()).st_size > limit:  # larger than validate passes: hash it before holding it
                 found = hashlib.file_digest(f, "sha256").hexdigest()
-                raise DataChangedError.of(path, f"sha256 {expected}", f"sha256 {found}", data_version, "validation")
+                if found != expected:
+                    raise DataChangedError.of(path, f"sha256 {expected}", f"sha256 {found}", data_version,
+                                              "validation")
+                f.seek(0)  # the limit changed since validation, not the file: read it (and check it again below)
             data = f.read()
     except FileNotFoundError:
         raise DataChangedError.of(path, f"sha256 {expected}", None, data_version, "validation") from None

@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NoReturn
 
 from mmretrieval.backends import data_docs, versioning
@@ -124,7 +124,8 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
     checks.caches[Modality.IMAGE.value].sweep()  # temporary files of killed writers (one folder for all kinds)
     reasons = _row_problems(df, raw, params, dict(suite.row_reasons), checks, dataset)
     rows, reassigned = _assign_splits(df, params, dataset)
-    rows["sha256"] = [checks.found.get(i, "") for i in range(len(rows))]
+    # the sha256 of every file checked (the manifest's own value kept where no file was read: quarantined rows)
+    rows["sha256"] = [checks.found.get(i, rows.at[i, "sha256"]) for i in range(len(rows))]
     rows[REASON] = [reasons.get(i, ("", ""))[0] for i in range(len(rows))]
     rows[MESSAGE] = [reasons.get(i, ("", ""))[1] for i in range(len(rows))]
     bad = rows[REASON] != ""
@@ -228,6 +229,7 @@ class MediaChecks:
 
     def digest(self, rel: str, path: Path) -> str:
         """The sha256 of ``rel`` read against its data version; a file outside the version is a change."""
+        rel = PurePosixPath(rel).as_posix()  # "./a//b.png" is DVC's "a/b.png"
         if rel not in self.digests:
             raise DataChangedError(f"{path} is not part of data version {self.data_version[:12]} (added after "
                                    "`mmr ingest`): run `mmr ingest` again so the change gets a data version")

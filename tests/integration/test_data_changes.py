@@ -77,7 +77,7 @@ def test_validate_and_clean_reuse_per_item_work_across_versions_and_settings(wor
         assert (out / row["media"]).stat().st_nlink == 2  # linked from the cache, not a second copy
     assert validate.run("grow")["reused"] == 12
     again = clean.run("grow")
-    assert (again["reused"], again["computed"]) == (0 + 12, 0) and _outputs(out) == before
+    assert (again["reused"], again["computed"]) == (12, 0) and _outputs(out) == before
     report = (out / "report.json").read_text(encoding="utf-8")
     assert '"reused": 12' in report and '"computed": 0' in report
 
@@ -107,9 +107,11 @@ def test_ingest_finds_names_in_another_unicode_form_and_copies_them_under_the_ma
     rows = [{"id": "coffee", "modality": "image", "path": f"photos/{nfc}", "text": "a cup of coffee"},
             {"id": "tea", "modality": "image", "path": "photos/" + unicodedata.normalize("NFD", "thé.png"),
              "text": "a cup of tea"},
-            {"id": "gone", "modality": "image", "path": "photos/cafe.png", "text": "not there"}]
+            {"id": "gone", "modality": "image", "path": "photos/cafe.png", "text": "not there"},
+            {"id": "dotted", "modality": "image", "path": "./photos//" + unicodedata.normalize("NFC", "thé.png"),
+             "text": "a cup of tea, spelt oddly"}]
     ingest(write_manifest(src, rows), "accents")
     assert (workspace / "data/raw/accents/photos" / nfc).is_file()  # under the manifest's name
     report = validate.run("accents")
-    assert report["valid"] == 2 and report["reasons"] == {"missing_file": 1}
-    assert clean.run("accents")["clean"] == 2
+    assert report["valid"] == 3 and report["reasons"] == {"missing_file": 1}
+    assert clean.run("accents")["merged_duplicates"] == 1  # tea and dotted: one file

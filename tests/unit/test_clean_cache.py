@@ -143,3 +143,8 @@ def test_clean_reads_exactly_the_validated_bytes_or_stops_with_one_line(tmp_path
     path.unlink()
     with pytest.raises(DataChangedError, match="the file is gone"):
         read_verified(path, digest, "0123456789abcdef", 1000)
+    path.write_bytes(b"x" * 2000)  # larger than the limit and not the validated bytes: never held in memory
+    with pytest.raises(DataChangedError, match=hashlib.sha256(b"x" * 2000).hexdigest()):
+        read_verified(path, digest, "0123456789abcdef", 1000)
+    big = hashlib.sha256(b"x" * 2000).hexdigest()  # the limit lowered since validation: the same bytes still pass
+    assert read_verified(path, big, "0123456789abcdef", 1000) == b"x" * 2000
