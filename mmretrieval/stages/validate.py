@@ -122,7 +122,7 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         _fail(layout, dataset, data_version, suite, str(e))
     checks = MediaChecks(layout.item_cache, params, digests, data_version)
     checks.caches[Modality.IMAGE.value].sweep()  # temporary files of killed writers (one folder for all kinds)
-    reasons = _row_problems(df, raw, params, dict(suite.row_reasons), checks, dataset)
+    reasons = _row_problems(df, raw, dict(suite.row_reasons), checks, dataset)
     rows, reassigned = _assign_splits(df, params, dataset)
     # the sha256 of every file checked (the manifest's own value kept where no file was read: quarantined rows)
     rows["sha256"] = [checks.found.get(i, rows.at[i, "sha256"]) for i in range(len(rows))]
@@ -163,8 +163,8 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
                           report["reused"], report["computed"])
 
 
-def _row_problems(df: pd.DataFrame, raw: Path, params: Params, reasons: dict[int, tuple[str, str]],
-                  checks: MediaChecks, dataset: str) -> dict[int, tuple[str, str]]:
+def _row_problems(df: pd.DataFrame, raw: Path, reasons: dict[int, tuple[str, str]], checks: MediaChecks,
+                  dataset: str) -> dict[int, tuple[str, str]]:
     """``reasons`` (row -> (reason, message): the suite's verdicts) completed with the first problem of each other
     row: a field the index cannot hold (:func:`limit_problem`, every row first), then an empty text or its file
     (:func:`media_problem`)."""
@@ -180,14 +180,14 @@ def _row_problems(df: pd.DataFrame, raw: Path, params: Params, reasons: dict[int
             if not split_captions(row["text"]):
                 reasons[int(i)] = ("empty_text", "a text item needs non-empty text")
             continue
-        problem = media_problem(row, raw, params, not_copied, checks, int(i))
+        problem = media_problem(row, raw, not_copied, checks, int(i))
         if problem is not None:
             reasons[int(i)] = (problem.reason, f"row {int(i) + 2} ({row['id']}): {problem.message}")
     return reasons
 
 
-def media_problem(row: pd.Series, raw: Path, params: Params, not_copied: dict[str, dict[str, str]],
-                  checks: MediaChecks, index: int) -> Problem | None:
+def media_problem(row: pd.Series, raw: Path, not_copied: dict[str, dict[str, str]], checks: MediaChecks,
+                  index: int) -> Problem | None:
     """The first problem of a media row's file under ``raw``: its path (for a missing file that ingest did not copy,
     why: ``not_copied``, path -> reason and message; a name in another Unicode form is reported, not taken), its
     bytes against the manifest's ``sha256`` when given, then the checks of its modality (decoding, size, duration,
