@@ -33,8 +33,32 @@ QUIET_LOGGERS = {name: logging.WARNING for name in (
                                             "milvus_lite": logging.CRITICAL}  # its lock error: one line of ours
 
 
+# characters a terminal acts on or reorders instead of showing: C0 and C1 controls (ESC starts escape sequences,
+# BEL ends OSC titles, U+009B is a one-byte CSI), DEL, and the bidi controls (U+202E shows text backwards)
+_UNSAFE = frozenset([*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)), *"\u061c\u200e\u200f\u2028\u2029",
+                     *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))])
+
+
+def terminal_safe(text: Any, keep: str = "") -> str:
+    """``text`` (any value, as ``str``) with every character a terminal would act on written as a visible escape:
+    ``\\x1b`` for C0/C1 controls and DEL, ``\\u202e`` for bidi controls and line/paragraph separators. Characters in
+    ``keep`` (e.g. a newline between log lines) stay. Every field the CLI prints from data goes through this."""
+    text = str(text)
+    if not any(ch in _UNSAFE for ch in text):
+        return text
+    return "".join(ch if ch in keep or ch not in _UNSAFE else
+                   (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}") for ch in text)
+
+
+def json_safe(text: str) -> str:
+    """JSON text with the characters of :func:`terminal_safe` that ``json.dumps(ensure_ascii=False)`` leaves raw
+    (DEL, C1, bidi controls) as ``\\uXXXX`` escapes: the same JSON value, harmless on a terminal (a raw C0 character
+    in JSON text is layout: ``json.dumps`` escapes those inside strings)."""
+    return "".join(f"\\u{ord(ch):04x}" if ch in _UNSAFE and ord(ch) >= 0x7F else ch for ch in text)
+
+
 def _print(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    print(json_safe(json.dumps(obj, indent=2, ensure_ascii=False, default=str)))
 
 
 DESTRUCTIVE = ("promote", "publish", "run", "dag-test")  # they move a champion or a serving alias: --dataset required
@@ -77,14 +101,14 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
                       "--label, --where, --filter)", file=sys.stderr)
             if args.json:
                 for h in hits:
-                    print(h.to_json())
+                    print(json_safe(h.to_json()))
                 continue
             if not hits:
                 continue
             if len(texts) > 1 or args.image or args.audio:
                 parts = [f'"{text}"' if text else "", f"image {args.image}" if args.image else "",
                          f"audio {args.audio}" if args.audio else ""]
-                print("\nquery: " + " + ".join(p for p in parts if p))
+                print("\nquery: " + terminal_safe(" + ".join(p for p in parts if p)))
             reranked = any(h.dual_score is not None for h in hits)
             if reranked:
                 print(f"(re-ranked by v{hits[0].model_version}'s cross-attention re-ranker: score = its logit, "
@@ -98,9 +122,21 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
                 dual = f"{h.dual_score:7.4f}  " if reranked else ""
                 if reranked and h.dual_score is None:
                     dual = f"{'':>7}  "
-                print(f"{h.rank:>4}  {h.score:7.4f}  {dual}{h.modality:8}  {h.path[:34]:34}  {h.label[:5]:5}  "
-                      f"{caption[:70]}")
+                path, label, modality = terminal_safe(h.path), terminal_safe(h.label), terminal_safe(h.modality)
+                print(f"{h.rank:>4}  {h.score:7.4f}  {dual}{modality:8}  {path[:34]:34}  {label[:5]:5}  "
+                      f"{terminal_safe(caption)[:70]}")
     return 0
+
+
+class TerminalSafeFormatter(logging.Formatter):
+    """Wraps a formatter: the formatted record (tracebacks included) through :func:`terminal_safe`, newlines kept."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(self.inner.format(record), keep="\n")
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -262,13 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # nor MLflow's per model download
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # log lines quote ids and paths from data
+        handler.setFormatter(TerminalSafeFormatter(handler.formatter))
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     try:
         return dispatch(args)
     except MMRError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        print(f"mmr: error: {'; '.join(lines)}", file=sys.stderr)  # always one line
+        print(f"mmr: error: {terminal_safe('; '.join(lines))}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("mmr: interrupted", file=sys.stderr)

@@ -21,21 +21,22 @@ from typing import Any
 
 # The checks run after the GX suite (validate.py), by modality, with the reason codes they quarantine rows with.
 MEDIA_CHECKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("all", "field sizes fit the index (UTF-8 bytes per column, metadata JSON), no NUL characters",
+    ("all", "field sizes fit the index (UTF-8 bytes per column, metadata JSON), no NUL characters (but in text: clean "
+     "removes control characters from captions)",
      ("field_too_long", "caption_too_long", "metadata_too_large", "nul_character")),
     ("image/audio/video", "the path is relative, inside the dataset and names an existing file",
      ("empty_path", "absolute_path", "parent_path", "path_escape", "missing_file")),
     ("image/audio/video", "the file is not empty and not above validate.max_file_bytes",
      ("empty_file", "file_too_large")),
     ("image/audio/video", "the file's SHA-256 is the manifest's sha256, when one is given", ("sha256_mismatch",)),
-    ("image", "decodes within the pixel limit, not flattened to a constant, not too small",
-     ("undecodable", "flattened_image", "image_too_small")),
+    ("image", "decodes within the pixel limit (an animation: its most detailed frame), not flattened to a constant, "
+     "not too small, not blank", ("undecodable", "flattened_image", "image_too_small", "blank_image")),
     ("audio", "decodes, has samples, no NaN, duration/channels/rate in bounds, not silent, not clipped",
      ("undecodable", "empty_audio", "nan_samples", "audio_too_short", "audio_too_long", "too_many_channels",
       "bad_sample_rate", "silent_audio", "clipped_audio")),
-    ("video", "its K frames decode by seeking, within the length and size limits",
-     ("undecodable", "video_too_long", "video_too_large")),
-    ("text", "a text item has non-empty text", ("empty_text",)),
+    ("video", "its K frames decode by seeking, within the length and size limits, and are not all one picture",
+     ("undecodable", "video_too_long", "video_too_large", "frozen_video")),
+    ("text", "a text item has visible text (invisible characters do not count)", ("empty_text",)),
 )
 
 STYLE = """

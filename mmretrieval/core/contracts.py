@@ -80,6 +80,8 @@ class CleanResult(StageResult):
     split_leakage_resolved: int
     reasons: dict[str, int]
     manifest: str
+    captions_fixed: int = 0  # captions of kept rows that the text normalisation changed (a control, bidi or
+    # invisible character removed; not NFC), fixed rather than the row quarantined
     reused: int = 0
     computed: int = 0
 

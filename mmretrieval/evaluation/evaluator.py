@@ -30,6 +30,7 @@ from mmretrieval.core.params import IndexParams
 from mmretrieval.core.schema import Modality, captions_of
 from mmretrieval.evaluation import centring
 from mmretrieval.evaluation.metrics import CHANCE_SUFFIX, EvalSet, both_directions, build_eval_set, resolve_metric
+from mmretrieval.media.text import normalize_captions
 from mmretrieval.models.modalities import MEDIA_MODALITIES, media_modality
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class RetrievalEvaluator:
         ids, media, captions, labels = [], [], [], []
         skipped = 0
         for _, row in self.frame[self.frame["modality"] == modality].iterrows():
-            caps = captions_of(row)
+            caps = normalize_captions(captions_of(row))  # a manifest of `evaluate --manifest` is not cleaned
             if not caps:
                 continue
             try:

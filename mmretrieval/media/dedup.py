@@ -26,17 +26,20 @@ class ImageHash:
     bits: int  # 64-bit difference hash: structure, blind to colour
     colour: tuple[float, float, float]  # mean RGB: tells a red square from a blue one
     min_side: int = MIN_SIDE  # of the image hashed; below MIN_SIDE only exact duplicates count
+    blank: bool = False  # a (near-)constant picture (media.image.is_blank): only exact duplicates count
 
 
 def dhash(image: Image.Image) -> ImageHash:
     """Difference hash (9x8 greyscale, one bit per horizontal neighbour comparison) plus the mean colour."""
     from PIL import Image
 
+    from mmretrieval.media.image import is_blank
+
     small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     bits = (small[:, 1:] > small[:, :-1]).flatten()
     mean = np.asarray(image.convert("RGB").resize((8, 8), Image.Resampling.BOX), dtype=np.float64).mean(axis=(0, 1))
     return ImageHash(int(sum(1 << i for i, b in enumerate(bits) if b)),
-                     (float(mean[0]), float(mean[1]), float(mean[2])), min(image.size))
+                     (float(mean[0]), float(mean[1]), float(mean[2])), min(image.size), is_blank(image.convert("RGB")))
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class Merge:
 def find_duplicates(hashes: Sequence[str], phashes: Sequence[ImageHash | None], max_distance: int,
                     labels: Sequence[str] | None = None) -> list[Merge]:
     """Rows with equal ``hashes`` (non-empty), or images of at least MIN_SIDE pixels whose difference hashes are within
-    ``max_distance`` bits and whose mean colours are close, are one group. Rows with different non-empty
+    ``max_distance`` bits and whose mean colours are close, are one group (never a blank picture's: all blanks hash
+    alike). Rows with different non-empty
     ``labels`` are never merged as near-duplicates."""
     n = len(hashes)
     parent = list(range(n))
@@ -73,7 +77,8 @@ def find_duplicates(hashes: Sequence[str], phashes: Sequence[ImageHash | None], 
                 union(first[h], i)
             else:
                 first[h] = i
-    images = [i for i, p in enumerate(phashes) if p is not None and p.min_side >= MIN_SIDE]
+    # a blank picture's hash says nothing about its content: distinct items would merge through it
+    images = [i for i, p in enumerate(phashes) if p is not None and p.min_side >= MIN_SIDE and not p.blank]
     labs = np.array(list(labels) if labels is not None else [""] * n, dtype=object)
     if max_distance >= 0 and len(images) > 1:
         codes = np.array([phashes[i].bits for i in images], dtype=np.uint64)  # type: ignore[union-attr]

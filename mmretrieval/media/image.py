@@ -34,6 +34,16 @@ TRUE_COLOUR = ("CMYK", "YCbCr", "LAB", "HSV")
 UINT16_MAX = 65_535
 ORIENTATION = 0x0112  # the EXIF orientation tag
 INT32_MIN, INT32_SPAN = -(2**31), 2**32 - 1
+BLANK_STD = 2.0  # a decoded picture whose every RGB channel has a standard deviation (0-255) below this is blank
+SAMPLED_FRAMES = 16  # frames of an animation compared to choose the one that represents it
+FRAME_PIXEL_BUDGET = 160_000_000  # pixels (frames x width x height) decoded at most to choose that frame
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")  # GIF, APNG and animated WebP; other multi-frame files keep frame 0
+
+
+class BlankImage(MediaError):
+    """A picture that decodes to a constant or near-constant image (``reason`` ``blank_image``)."""
+
+    reason = "blank_image"
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,8 @@ class Decoded:
     image: Image.Image  # mode RGB, EXIF orientation applied, transparency composited on white
     flattened: bool  # the result is (near) constant although the source's samples vary
     source: str  # the source's mode and sample range, for messages (e.g. "I;16B 0..4095")
+    frame: int = 0  # the frame decoded (an animation's representative frame, see :func:`representative_frame`)
+    frames: int = 1  # frames in the file
 
 
 def open_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
@@ -50,7 +62,9 @@ def open_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX_I
 
     The header's size is checked before any pixel is decoded: each side must be 1..:data:`MAX_IMAGE_SIDE` and
     width x height at most ``max_pixels`` (PIL's process-wide ``Image.MAX_IMAGE_PIXELS`` is neither used nor
-    changed). Then: the first frame of a multi-frame file, EXIF orientation applied, every Pillow mode converted
+    changed). Then: of an animation (GIF, APNG, animated WebP) the frame that represents it
+    (:func:`representative_frame`; never an APNG's default image that is not part of the animation), of another
+    multi-frame file the first frame; EXIF orientation applied, every Pillow mode converted
     by its range (``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``: as Pillow converts them; ``I;16``/``I;16B``/
     ``I;16L``: 0..65535; ``I``: 0..65535 when every sample fits, else the full int32 range; ``F``: 0.0..1.0, NaN as
     0, values outside clipped), and transparency (an alpha channel, a palette's alpha or a tRNS key colour)
@@ -69,10 +83,15 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
         name = "the query image"
         _check_size(source.size, name, max_pixels)
         try:
+            where = source.tell() if getattr(source, "is_animated", False) else None
+            frame = representative_frame(source, name) if where is not None else 0
             source.load()  # before reading the orientation: a lazy TIFF is turned by Pillow while loading
+            decoded = _oriented(source, name)
+            if where is not None:
+                source.seek(where)  # the caller's image is left at its frame
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             raise MediaError(f"{name} does not decode: {decoder_message(e)}") from e
-        return _oriented(source, name)
+        return _framed(decoded, frame, getattr(source, "n_frames", 1))
     if isinstance(source, (bytes, bytearray, memoryview)):
         name, opened = "the uploaded image", io.BytesIO(bytes(source))
     else:
@@ -83,11 +102,11 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
             im = Image.open(opened)
         with im:
             _check_size(im.size, name, max_pixels)
-            im.seek(0)  # the first frame of an animation or a multi-page file
+            frame = representative_frame(im, name)  # 0 but for animations
             orientation = _take_orientation(im)  # before load(): Pillow's TIFF loader would apply it, not always
             im.load()
             _check_size(im.size, name, max_pixels)  # formats with several sizes (ICO) pick one when loading
-            return _oriented(im, name, orientation)
+            return _framed(_oriented(im, name, orientation), frame, getattr(im, "n_frames", 1))
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
@@ -96,6 +115,65 @@ def decode_image(source: Path | str | bytes | Image.Image, max_pixels: int = MAX
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
             MemoryError) as e:  # what Pillow's format plugins raise on broken or hostile files
         raise MediaError(f"{name} does not decode: {decoder_message(e)}") from e
+
+
+def _framed(decoded: Decoded, frame: int, frames: int) -> Decoded:
+    return Decoded(decoded.image, decoded.flattened, decoded.source, frame, int(frames or 1))
+
+
+def representative_frame(im: Image.Image, name: str = "the image") -> int:
+    """Seek ``im`` to the frame that represents it and return its index: 0 for a still or a multi-page file; for an
+    animation (GIF, APNG, animated WebP) the frame with the most detail (largest summed RGB standard deviation, the
+    earliest on a tie) among :data:`SAMPLED_FRAMES` spread evenly over its frames (an APNG's default image skipped
+    when it is not part of the animation), so a blank first frame (a fade-in from white, a placeholder) is not
+    taken. At most :data:`FRAME_PIXEL_BUDGET` pixels are decoded: a long, large animation is sampled over its
+    first frames only; a frame that does not decode ends the sampling (the best frame before it is taken). Pillow's
+    errors on the first candidate propagate (the caller names the file)."""
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    if frames < 2 or not getattr(im, "is_animated", False) or im.format not in ANIMATED_FORMATS:
+        im.seek(0)
+        return 0
+    first = 1 if im.format == "PNG" and getattr(im, "default_image", False) else 0
+    w, h = im.size
+    reach = min(frames, first + max(1, FRAME_PIXEL_BUDGET // max(1, w * h)))  # seeking decodes the frames between
+    count = min(SAMPLED_FRAMES, reach - first)
+    candidates = sorted({first + (i * (reach - first)) // count for i in range(count)})
+    best, best_score = candidates[0], -1.0
+    for index in candidates:
+        try:
+            im.seek(index)
+            score = detail(_convert(im, name).image)
+        except (OSError, EOFError, ValueError, SyntaxError):  # a broken later frame: choose among those before it
+            if index == candidates[0]:
+                raise
+            break
+        if score > best_score + 1e-6:
+            best, best_score = index, score
+    im.seek(best)
+    return best
+
+
+def detail(image: Image.Image) -> float:
+    """The summed standard deviation (0-255 scale) of an RGB image's channels, from its histogram (no copy)."""
+    from PIL import ImageStat
+
+    return float(sum(ImageStat.Stat(image).stddev))
+
+
+def is_blank(image: Image.Image) -> bool:
+    """Whether every channel of an RGB image has a standard deviation below :data:`BLANK_STD`: a constant or
+    near-constant picture (white, black, one colour, a faint smudge) that carries no content."""
+    from PIL import ImageStat
+
+    return max(ImageStat.Stat(image).stddev) < BLANK_STD
+
+
+def blank_message(name: str, decoded: Decoded) -> str:
+    """Why a :func:`is_blank` picture is refused, naming the frame of an animation."""
+    where = f"its most detailed sampled frame ({decoded.frame + 1} of {decoded.frames})" if decoded.frames > 1 \
+        else "it"
+    return (f"image {name}: {where} is a blank picture (every colour channel's standard deviation below "
+            f"{BLANK_STD:g} of 255): a constant or near-constant picture carries no content to search by")
 
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
@@ -188,8 +266,18 @@ def _convert(im: Image.Image, name: str) -> Decoded:
     return Decoded(out, varies and (float(pixels.std()) < FLAT_STD or clipped > CLIPPED_SHARE), source)
 
 
+def open_item_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """:func:`open_image` for a dataset item: raises :class:`BlankImage` (``reason`` ``blank_image``) for a picture
+    that :func:`is_blank`, :class:`MediaError` when it does not decode."""
+    decoded = decode_image(path, max_pixels)
+    if is_blank(decoded.image):
+        raise BlankImage(blank_message(Path(path).name, decoded))
+    return decoded.image
+
+
 def image_problem(path: Path, params: ValidateParams) -> Problem | None:
-    """Decodes within the size limits, is not flattened to a constant by decoding, and is not too small."""
+    """Decodes within the size limits, is not flattened to a constant by decoding, is not too small, and is not
+    blank (:func:`is_blank`: ``blank_image``)."""
     if (problem := size_problem(path, params)) is not None:
         return problem
     try:
@@ -205,6 +293,8 @@ def image_problem(path: Path, params: ValidateParams) -> Problem | None:
     if min(im.size) < params.min_image_side:
         return Problem("image_too_small", f"image {path.name} is {im.size[0]}x{im.size[1]}, "
                        f"below the {params.min_image_side}-pixel minimum side")
+    if is_blank(im):
+        return Problem(BlankImage.reason, blank_message(path.name, decoded))
     return None
 
 

@@ -15,7 +15,14 @@ Reason codes of :func:`video_problem` (what validation quarantines):
 ``video_too_long``    longer than ``validate.max_video_seconds``
 ``video_too_large``   more pixels per frame than ``validate.max_video_pixels``
 ``bad_rotation``      rotation metadata that cannot be read as a multiple of 90 degrees
+``frozen_video``      every sampled frame is the same picture (a still, or a clip whose duration is unknown)
 ====================  =====================================================================================
+
+A container that declares no duration (a WebM written live by a browser's MediaRecorder: no Duration element, no
+Cues) is measured by demuxing its packets to the end (the last packet's end time, no decoding), so the sample times
+spread over the whole clip. Rotation: the display matrix counts degrees counter-clockwise, the legacy ``rotate``
+stream tag that older FFmpeg muxers wrote counts them clockwise; both are turned into
+:attr:`VideoInfo.rotation` (counter-clockwise), and the matrix wins when a file has both.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ SKIP_MARGIN_S = 0.05  # decoding towards a target t, non-reference frames shown 
 # dropped by the decoder (nothing depends on them; they cannot be the frame on screen at t)
 TRUNCATION_SLACK = 0.25  # frames ending before (1 - this) of the declared duration mean a truncated file
 VFR_SPREAD = 1.5  # packet intervals differing by more than this factor: variable frame rate
+FROZEN_MAX_DIFF = 4  # sampled frames (16-pixel short side) whose pixels all differ by at most this: one picture
 
 
 @dataclass(frozen=True)
@@ -91,16 +99,17 @@ def _open(path: Path) -> Any:
 
 
 def _rotation(stream: Any, path: Path) -> int:
-    """Rotation from the ``rotate`` tag or the display matrix; :class:`BadVideo` when it is unreadable."""
+    """Degrees counter-clockwise that turn the stored frames upright: the display matrix's (counter-clockwise, as
+    PyAV exposes it on decoded frames), else the negated legacy ``rotate`` tag (clockwise: FFmpeg's old muxers wrote
+    the turn a player applies clockwise). :class:`BadVideo` (``bad_rotation``) when either is unreadable."""
     tags = {str(k).lower(): str(v) for k, v in (stream.metadata or {}).items()}
     raw = tags.get("rotate")
-    if raw is not None:
+    degrees = _first_frame_rotation(stream)  # the display matrix
+    if not degrees and raw is not None:
         try:
-            degrees = float(raw)
+            degrees = -float(raw)  # clockwise -> counter-clockwise
         except ValueError:
             raise BadVideo("bad_rotation", f"video {path.name} has rotation metadata {raw!r}, not a number") from None
-    else:  # the display matrix, which PyAV exposes on decoded frames
-        degrees = _first_frame_rotation(stream)
     if not math.isfinite(degrees) or abs(degrees / 90 - round(degrees / 90)) > 1e-3:
         raise BadVideo("bad_rotation", f"video {path.name} has rotation {degrees} degrees, not a multiple of 90")
     return int(round(degrees)) % 360
@@ -128,11 +137,42 @@ def _rewind(container: Any) -> None:
 
 
 def _duration(container: Any, stream: Any) -> float:
+    """Seconds: the stream's declared duration, else the container's, else measured (:func:`_demuxed_duration`)."""
     if stream.duration is not None and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration:
         return float(container.duration / 1_000_000)
-    return 0.0
+    return _demuxed_duration(container, stream)
+
+
+def _demuxed_duration(container: Any, stream: Any) -> float:
+    """The duration (seconds) of a stream whose container declares none (a live WebM from MediaRecorder): from its
+    first packet's start to its last packet's end, demuxed to the end of the file (packets read, none decoded; a
+    packet without a duration lasts one frame interval); without timestamps, the packet count over the frame rate
+    (decoding order). 0.0 when nothing can be read."""
+    import av
+
+    tb = stream.time_base or Fraction(1, 1000)
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    step = (1 / (float(rate) * float(tb))) if rate else 0.0  # one frame interval in time-base units
+    first = end = None
+    count = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's flush packet
+                continue
+            count += 1
+            if packet.pts is not None:
+                stop = packet.pts + (packet.duration or step)
+                first = packet.pts if first is None else min(first, packet.pts)
+                end = stop if end is None else max(end, stop)
+    except (av.FFmpegError, OSError, ValueError):
+        pass  # a cut-off file: what could be read (the frame checks judge the rest)
+    _rewind(container)
+    if end is not None and first is not None:
+        origin = stream.start_time if stream.start_time is not None else first
+        return max(0.0, float((end - min(origin, first)) * tb))
+    return count / float(rate) if rate else 0.0
 
 
 def _variable_rate(container: Any, stream: Any, packets: int = 120) -> bool:
@@ -335,10 +375,27 @@ def video_problem(path: Path, params: ValidateParams, k: int = 8) -> Problem | N
         if info.width * info.height > params.max_video_pixels:
             return Problem("video_too_large", f"video {path.name} is {info.width}x{info.height}, above "
                            f"validate.max_video_pixels {params.max_video_pixels}")
-        read_frames(path, k, short_side=16)
+        frames = read_frames(path, k, short_side=16)
     except BadVideo as e:
         return Problem(e.reason, str(e))
+    if frozen(frames.images):
+        return Problem("frozen_video", f"video {path.name}: all {len(frames.images)} frames sampled over its "
+                       f"{frames.info.duration_s:.2f} s are the same picture (a still, or a clip that shows nothing "
+                       "new); quarantined rather than indexed as one repeated frame")
     return None
+
+
+def frozen(images: list[Image.Image]) -> bool:
+    """Whether ``images`` (two or more frames of one clip) are all the same picture: no pixel differs from the first
+    frame's by more than :data:`FROZEN_MAX_DIFF` (0-255). One frame proves nothing: False."""
+    import numpy as np
+
+    if len(images) < 2:
+        return False
+    first = np.asarray(images[0].convert("RGB"), dtype=np.int16)
+    return all(np.asarray(im.convert("RGB"), dtype=np.int16).shape == first.shape
+               and int(np.abs(np.asarray(im.convert("RGB"), dtype=np.int16) - first).max()) <= FROZEN_MAX_DIFF
+               for im in images[1:])
 
 
 def write_clip(path: Path, frames: Any, fps: float = 8.0, codec: str = "libx264", times: list[float] | None = None,

@@ -20,6 +20,7 @@ from mmretrieval.core.schema import MODALITIES
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.centring import PROPERTY as CENTRE_PROPERTY
 from mmretrieval.evaluation.centring import Centring
+from mmretrieval.media.text import normalize_text
 from mmretrieval.serving import loading
 from mmretrieval.serving.filters import build_filter
 
@@ -33,6 +34,7 @@ MAX_K = 1000
 FUSIONS = ("vector", "late")
 FUSION_DEPTH = 4  # late fusion: candidates per query part, as a multiple of k
 MAX_TEXT = 2000
+MAX_TEXT_RAW = 4 * MAX_TEXT  # characters before normalisation (invisible ones included)
 ImageInput = "str | Path | bytes | Image.Image"
 
 
@@ -76,7 +78,8 @@ class Query:
     def checked(cls, text: str | None, image: Any, audio: Any, *, k: Any, modality: str | None, filter: str,
                 labels: Sequence[str], where: Mapping[str, str] | None, weights: Mapping[str, float] | None,
                 fusion: str, rerank: Any) -> Query:
-        """The request with ``k`` and ``rerank`` as ints and the text stripped; raises :class:`QueryError` naming
+        """The request with ``k`` and ``rerank`` as ints and the text normalised
+        (:func:`~mmretrieval.media.text.normalize_text`); raises :class:`QueryError` naming
         the first bad argument and its value (whether a rerank depth suits k and the model is checked at search)."""
         if not _whole(k) or not 1 <= k <= MAX_K:
             raise QueryError(f"k must be a whole number between 1 and {MAX_K}, got {k!r}")
@@ -90,10 +93,15 @@ class Query:
                                  f"{weight!r}")
         if modality is not None and modality not in MODALITIES:
             raise QueryError(f"unknown modality {modality!r}; use one of {list(MODALITIES)}")
-        if text is not None:
-            text = text.strip()
+        if text is not None:  # normalised as captions are (mmretrieval.media.text): what displays is what is meant
+            if not isinstance(text, str):
+                raise QueryError(f"the text query must be a string, got {type(text).__name__}")
+            if len(text) > MAX_TEXT_RAW:  # before normalising, so a huge text costs nothing
+                raise QueryError(f"the text query has {len(text)} characters; the limit is {MAX_TEXT}")
+            text = normalize_text(text)
             if not text:
-                raise QueryError("the text query is empty")
+                raise QueryError("the text query is empty (nothing visible once control and invisible characters "
+                                 "are removed)")
             if len(text) > MAX_TEXT:
                 raise QueryError(f"the text query has {len(text)} characters; the limit is {MAX_TEXT}")
         if text is None and image is None and audio is None:

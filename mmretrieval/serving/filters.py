@@ -7,8 +7,10 @@ Pure functions (no Milvus import). :func:`build_filter` joins the parts with ``a
     build_filter(labels=["7", "1"], where={"source": 'say "hi"'})
     -> 'label in ["7", "1"] and metadata["source"] == "say \\"hi\\""'
 
-Every value is quoted and escaped (backslash, double quote, control characters), so a label or a metadata value
-can never end the string and inject an expression.
+Label and metadata values are first normalised like captions (:func:`mmretrieval.media.text.normalize_text`:
+bidi overrides resolved, control and invisible characters removed), as clean normalises the stored ones, so a value
+matches what displays. Every value is quoted and escaped (backslash, double quote, control characters), so a label
+or a metadata value can never end the string and inject an expression.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from mmretrieval.core.errors import QueryError
+from mmretrieval.media.text import normalize_text
 
 MAX_EXPRESSION_CHARS = 4000  # characters of a user expression (Milvus parses far longer; people do not write them)
 MAX_QUERY_LABELS = 1000  # labels in one library query (the HTTP request allows fewer: http.schemas.MAX_REQUEST_LABELS)
@@ -78,19 +81,22 @@ def build_filter(modality: str | None = None, expr: str = "", labels: Sequence[s
     """One Milvus expression: ``modality == "m" and label in [...] and metadata["k"] == "v" and (<expr>)``.
 
     ``expr`` is the user's raw expression (kept for power users) and always goes in parentheses, so an ``or``
-    inside it cannot escape the other conditions. An empty result means no filter. Raises :class:`QueryError` for
-    an empty metadata key, a NUL character, too many labels or an expression longer than
+    inside it cannot escape the other conditions. An empty result means no filter. Label and metadata values are
+    normalised (:func:`~mmretrieval.media.text.normalize_text`). Raises :class:`QueryError` for an empty metadata
+    key, a NUL character in a key or ``expr``, too many labels or an expression longer than
     :data:`MAX_EXPRESSION_CHARS`.
     """
     parts: list[str] = []
     if modality:
         parts.append(f"modality == {quote(modality)}")
-    labels = [str(v) for v in labels]
     if len(labels) > MAX_QUERY_LABELS:
         raise QueryError(f"{len(labels)} labels given; the limit is {MAX_QUERY_LABELS}")
     for value in [*labels, *(where or {}).keys(), *(where or {}).values(), expr]:
-        if "\x00" in str(value):
+        if "\x00" in str(value):  # validate quarantines such labels and values: refused, not matched cleaned
             raise QueryError(f"filter value {str(value)!r} contains a NUL character")
+    # values normalised as clean normalises labels and metadata values (mmretrieval.media.text)
+    labels = [normalize_text(str(v)) for v in labels]
+    where = {k: normalize_text(str(v)) for k, v in (where or {}).items()}
     if labels:
         parts.append(f"label == {quote(labels[0])}" if len(labels) == 1 else
                      "label in [" + ", ".join(quote(v) for v in dict.fromkeys(labels)) + "]")

@@ -128,6 +128,7 @@ class RetrievalPyfunc(mlflow.pyfunc.PythonModel):
         tower for; :class:`~mmretrieval.core.errors.MediaError` for bytes that do not decode.
         """
         from mmretrieval.media.image import open_image
+        from mmretrieval.media.text import normalize_text
 
         frame = pd.DataFrame(model_input)
         known = columns_of(self.model)
@@ -148,8 +149,12 @@ class RetrievalPyfunc(mlflow.pyfunc.PythonModel):
             if not rows:
                 continue
             values = [frame[kind].iloc[i] for i in rows]
-            if kind == "text":
-                out[rows] = self.model.encode_texts([str(v) for v in values])
+            if kind == "text":  # normalised as captions and library queries are
+                texts = [normalize_text(str(v)) for v in values]
+                if "" in texts:
+                    raise QueryError(f"row {rows[texts.index('')]}: the text is empty once control and invisible "
+                                     "characters are removed")
+                out[rows] = self.model.encode_texts(texts)
             elif kind == "image":
                 out[rows] = self.model.encode_images([open_image(_raw(v, kind, i)) for v, i in zip(values, rows,
                                                                                                    strict=True)])

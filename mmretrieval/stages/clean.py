@@ -42,8 +42,8 @@ from mmretrieval.core.schema import MESSAGE, REASON, Modality, join_captions, sp
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import clean_audio
 from mmretrieval.media.dedup import ImageHash, dhash, find_duplicates
-from mmretrieval.media.image import open_image
-from mmretrieval.media.text import normalize_captions
+from mmretrieval.media.image import open_item_image
+from mmretrieval.media.text import count_fixed_captions, normalize_captions, normalize_metadata, normalize_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 # Bump when re-encoding, the difference hash or video probing changes what they make: every cached entry is then
 # made anew.
-CLEAN_VERSION = 1
+CLEAN_VERSION = 2  # 2: an animation's representative frame, blank pictures refused (issue 25)
 
 
 def media_name(item_id: str, suffix: str) -> str:
@@ -70,6 +70,10 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
     layout = settings.layout(dataset)
     rows = read_parquet(layout.validated_rows, f"validated rows of {dataset!r}")
     data_version = read_data_version(layout.validation_report)
+    usable = rows[REASON] == ""  # labels and metadata values normalised like captions, queries and filter values
+    captions_fixed = count_fixed_captions(list(rows.loc[usable, "text"]))
+    rows["label"] = [normalize_text(v) if ok else v for v, ok in zip(rows["label"], usable, strict=True)]
+    rows["metadata"] = [normalize_metadata(v) if ok else v for v, ok in zip(rows["metadata"], usable, strict=True)]
 
     with atomic_dir(layout.clean) as tmp:  # files named as in the layout, the folder renamed into place
         (tmp / "media").mkdir()
@@ -89,6 +93,7 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
             "clean": len(clean),
             "quarantined": len(quarantine),
             "merged_duplicates": len(duplicates),
+            "captions_fixed": captions_fixed,
             "duplicates": dict(Counter(duplicates["reason"])),
             "split_leakage_resolved": leakage,
             "reasons": dict(Counter(quarantine[REASON])),
@@ -103,7 +108,7 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
              report["computed"])
     return CleanResult(dataset, data_version, report["input"], report["clean"], report["quarantined"],
                        report["merged_duplicates"], report["split_leakage_resolved"], report["reasons"],
-                       str(layout.clean_manifest), report["reused"], report["computed"])
+                       str(layout.clean_manifest), captions_fixed, report["reused"], report["computed"])
 
 
 def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, dataset: str,
@@ -140,13 +145,13 @@ def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, 
         try:
             entry, made = cache.fetch(row["modality"], hashes[i], src.name, data)
         except MediaError as e:
-            reason = getattr(e, "reason", "undecodable") if row["modality"] == Modality.VIDEO.value else "undecodable"
+            reason = getattr(e, "reason", "undecodable")  # BadVideo, BlankImage carry theirs
             reasons[i], messages[i] = reason, f"{row['id']}: {e}"
             continue
         name = media_name(row["id"], made["suffix"])
         place(entry, media_dir / name)
-        phashes[i] = ImageHash(made["dhash"]["bits"], tuple(made["dhash"]["colour"]),
-                               made["dhash"]["min_side"]) if made.get("dhash") else None
+        phashes[i] = ImageHash(made["dhash"]["bits"], tuple(made["dhash"]["colour"]), made["dhash"]["min_side"],
+                               made["dhash"].get("blank", False)) if made.get("dhash") else None
         if made.get("video") is not None:
             rows.at[i, "metadata"] = json.dumps(json.loads(row["metadata"] or "{}") | {"video": made["video"]},
                                                 ensure_ascii=False)
@@ -201,7 +206,7 @@ class CleanedMedia:
 
     plus :data:`CLEAN_VERSION`. An entry is the cleaned file ``<key>.media`` (read-only: it is hard-linked into
     clean outputs) and a JSON sidecar ``<key>.json`` written after it, the entry's commit mark: ``media_sha256``,
-    the file's ``suffix``, an image's difference hash (``dhash``: bits, colour, min_side), a video's ``video``
+    the file's ``suffix``, an image's difference hash (``dhash``: bits, colour, min_side, blank), a video's ``video``
     facts. An entry whose file is missing or whose bytes differ from ``media_sha256`` is made anew."""
 
     def __init__(self, root: Path, params: Params) -> None:
@@ -255,26 +260,22 @@ class CleanedMedia:
 
 def clean_media(modality: str, data: bytes, name: str, dst: Path, params: Params) -> dict:
     """Clean one media file's bytes ``data`` (from a file named ``name``) into ``dst``: images as PNG at most
-    ``clean.image_max_side`` pixels a side; audio mono at one sample rate, silence trimmed, loudness normalised,
-    16-bit WAV; video kept as it is. Returns the sidecar facts: ``suffix`` of the clean file, an image's ``dhash``
-    (bits, colour, min_side), a video's ``video`` (duration_s, fps, width, height, codec, has_audio, rotation,
-    variable_frame_rate). Raises :class:`MediaError` (for video a ``BadVideo`` with its ``reason``)."""
-    if modality == Modality.IMAGE.value:
-        im = open_image(data, params.validate.max_image_pixels)
-        phash = dhash(im)
-        im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
-        im.save(dst, format="PNG", optimize=False)
-        return {"suffix": ".png", "dhash": {"bits": phash.bits, "colour": list(phash.colour),
-                                            "min_side": phash.min_side}}
-    return _from_copy(modality, data, name, dst, params)
-
-
-def _from_copy(modality: str, data: bytes, name: str, dst: Path, params: Params) -> dict:
-    """Audio and video, decoded from a private copy of the verified bytes (named like the raw file, so messages
-    name it)."""
+    ``clean.image_max_side`` pixels a side (an animation's representative frame); audio mono at one sample rate,
+    silence trimmed, loudness normalised, 16-bit WAV; video kept as it is. Decoded from a private copy of the
+    verified bytes, named like the raw file (messages name it). Returns the sidecar facts: ``suffix`` of the clean
+    file, an image's ``dhash`` (bits, colour, min_side, blank), a video's ``video`` (duration_s, fps, width, height,
+    codec, has_audio, rotation, variable_frame_rate). Raises :class:`MediaError` (for video a ``BadVideo``, for a
+    blank picture a ``BlankImage``, with its ``reason``)."""
     with tempfile.TemporaryDirectory(prefix="mmr-clean-") as scratch:
         src = Path(scratch) / name
         src.write_bytes(data)
+        if modality == Modality.IMAGE.value:
+            im = open_item_image(src, params.validate.max_image_pixels)  # a blank picture: BlankImage
+            phash = dhash(im)
+            im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
+            im.save(dst, format="PNG", optimize=False)
+            return {"suffix": ".png", "dhash": {"bits": phash.bits, "colour": list(phash.colour),
+                                                "min_side": phash.min_side, "blank": phash.blank}}
         if modality == Modality.VIDEO.value:  # the original file is kept; what probing found goes to metadata
             from mmretrieval.media.video import probe
 

@@ -43,6 +43,7 @@ from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import audio_problem
 from mmretrieval.media.files import Problem, path_problem
 from mmretrieval.media.image import image_problem
+from mmretrieval.media.text import normalize_captions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when a media check changes what it decides: every cached verdict is then made anew.
-CHECKS_VERSION = 1
+CHECKS_VERSION = 2  # 2: blank pictures, representative frames, measured WebM durations (issue 25)
 
 
 def _check_ids(df: pd.DataFrame, dataset: str) -> None:
@@ -70,11 +71,12 @@ def _check_ids(df: pd.DataFrame, dataset: str) -> None:
 
 def limit_problem(row: pd.Series) -> Problem | None:
     """A row whose fields would not fit the collection schema (the index field limits of
-    :mod:`mmretrieval.core.schema`): a string field longer than its limit in UTF-8 bytes, a NUL character, metadata
-    JSON above the JSON field's limit (less the room publish needs for what it adds)."""
+    :mod:`mmretrieval.core.schema`): a string field longer than its limit in UTF-8 bytes, a NUL character (not in
+    ``text``: clean removes control characters from captions, :mod:`mmretrieval.media.text`), metadata JSON above
+    the JSON field's limit (less the room publish needs for what it adds)."""
     for column in ("path", "label", "text", "group", "source"):
         value = str(row[column])
-        if "\x00" in value:
+        if "\x00" in value and column != "text":
             return Problem("nul_character", f"{column} contains a NUL character")
         limit = VARCHAR_LIMITS.get(column)
         size = len(value.encode("utf-8"))
@@ -177,8 +179,8 @@ def _row_problems(df: pd.DataFrame, raw: Path, reasons: dict[int, tuple[str, str
         if i in reasons:
             continue
         if row["modality"] == Modality.TEXT.value:
-            if not split_captions(row["text"]):
-                reasons[int(i)] = ("empty_text", "a text item needs non-empty text")
+            if not normalize_captions(split_captions(row["text"])):  # invisible-only text is empty too
+                reasons[int(i)] = ("empty_text", "a text item needs text with something visible in it")
             continue
         problem = media_problem(row, raw, not_copied, checks, int(i))
         if problem is not None:

@@ -14,11 +14,19 @@ MANIFEST_COLUMNS = ["id", "modality", "path", "text", "label", "split"]
 
 def write_png(path: Path, size: tuple[int, int] = (40, 30), color: tuple[int, int, int] = (200, 30, 30),
               mode: str = "RGB") -> Path:
-    """A ``size`` (width, height) PNG of one ``color`` (RGB; other modes are left at Pillow's default fill)."""
+    """A ``size`` (width, height) PNG of one ``color`` (RGB; other modes are left at Pillow's default fill) with a
+    square of a lighter or darker shade in its middle: a picture, not a blank (validation quarantines constant
+    pictures as ``blank_image``); its corners keep ``color``."""
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, color if mode == "RGB" else None).save(path)
+    im = Image.new(mode, size, color if mode == "RGB" else None)
+    if mode == "RGB":
+        w, h = size
+        side = max(1, min(w, h) // 2)
+        box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+        im.paste(tuple(c + 60 if c < 128 else c - 60 for c in color), box)
+    im.save(path)
     return path
 
 

@@ -118,22 +118,29 @@ def test_every_kind_of_bad_or_odd_file_gets_a_verdict_and_none_crashes(workspace
     src = workspace.parent / "src"
     img = src / "img"
     img.mkdir(parents=True)
-    Image.new("RGB", (64, 48), (10, 120, 200)).save(img / "full.jpg", quality=95)
+    def marked(mode: str, size: tuple[int, int], fill: object, mark: object) -> Image.Image:
+        im = Image.new(mode, size, fill)  # type: ignore[arg-type]
+        im.paste(mark, (8, 8, 24, 24))  # type: ignore[arg-type]  # a picture, not a blank
+        return im
+
+    marked("RGB", (64, 48), (10, 120, 200), (240, 240, 0)).save(img / "full.jpg", quality=95)
     (img / "truncated.jpg").write_bytes((img / "full.jpg").read_bytes()[:200])
     (img / "zero.jpg").write_bytes(b"")
     (img / "text.jpg").write_text("I am a text file, not a JPEG")
     (img / "bomb.png").write_bytes(png_declaring(30000, 30000))
-    Image.new("CMYK", (40, 40), (0, 200, 100, 0)).save(img / "cmyk.jpg")
-    Image.new("I;16", (40, 40), 40000).save(img / "deep.png")
-    Image.new("P", (40, 40), 3).save(img / "palette.png")
-    Image.new("RGBA", (40, 40), (200, 0, 0, 128)).save(img / "rgba.png")
-    frames = [Image.new("RGB", (40, 40), c) for c in ((255, 0, 0), (0, 255, 0))]
+    marked("CMYK", (40, 40), (0, 200, 100, 0), (200, 0, 0, 0)).save(img / "cmyk.jpg")
+    marked("I;16", (40, 40), 40000, 9000).save(img / "deep.png")
+    marked("RGB", (40, 40), (30, 60, 200), (250, 200, 0)).convert("P", palette=Image.Palette.ADAPTIVE).save(
+        img / "palette.png")
+    marked("RGBA", (40, 40), (200, 0, 0, 128), (0, 0, 200, 255)).save(img / "rgba.png")
+    frames = [marked("RGB", (40, 40), c, (0, 0, 0)) for c in ((255, 0, 0), (0, 255, 0))]
     frames[0].save(img / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    Image.new("RGB", (40, 40), (250, 250, 250)).save(img / "blank.png")
     outside = workspace.parent / "secret.png"
     write_png(outside)
     (img / "link.png").symlink_to(outside)
     names = ["full.jpg", "truncated.jpg", "zero.jpg", "text.jpg", "bomb.png", "cmyk.jpg", "deep.png", "palette.png",
-             "rgba.png", "anim.gif", "link.png"]
+             "rgba.png", "anim.gif", "link.png", "blank.png"]
     rows = [{"id": n.split(".")[0], "modality": "image", "path": f"img/{n}", "text": f"picture {n}"} for n in names]
     rows += [{"id": "notext", "modality": "text", "path": "", "text": "   "},
              {"id": "rtl", "modality": "text", "path": "", "text": "مرحبا بالعالم 👋\x07 ok"}]
@@ -142,10 +149,10 @@ def test_every_kind_of_bad_or_odd_file_gets_a_verdict_and_none_crashes(workspace
     reasons = pd.read_parquet(workspace / "data/validated/odd/rows.parquet").set_index("id")["reason"].to_dict()
     assert reasons == {"full": "", "truncated": "undecodable", "zero": "empty_file", "text": "undecodable",
                        "bomb": "decompression_bomb", "cmyk": "", "deep": "", "palette": "", "rgba": "", "anim": "",
-                       "link": "path_escape", "notext": "empty_text", "rtl": ""}
+                       "link": "path_escape", "notext": "empty_text", "rtl": "", "blank": "blank_image"}
     assert report["valid"] == 7
     result = clean.run("odd")
-    assert result["input"] == result["clean"] + result["quarantined"] + result["merged_duplicates"] == 13
+    assert result["input"] == result["clean"] + result["quarantined"] + result["merged_duplicates"] == 14
     clean_rows = pd.read_parquet(workspace / "data/clean/odd/manifest.parquet").set_index("id")
     assert clean_rows.loc["rtl", "text"] == "مرحبا بالعالم 👋 ok"
     for name in ("cmyk", "deep", "palette", "rgba", "anim"):
@@ -186,7 +193,7 @@ def test_rows_beyond_the_index_limits_are_caught_at_validation_not_at_publish(wo
     rows += [
         {"id": "long_label", "modality": "image", "path": "images/long_label.png", "text": "x", "label": "é" * 300},
         {"id": "huge_notes", "modality": "image", "path": "images/huge_notes.png", "text": "x", "notes": "n" * 70_000},
-        {"id": "nul_text", "modality": "image", "path": "images/nul_text.png", "text": "a\x00b"},
+        {"id": "nul_text", "modality": "image", "path": "images/nul_text.png", "text": "a\x00b"},  # clean fixes it
         {"id": "nul_notes", "modality": "image", "path": "images/nul_notes.png", "text": "x", "notes": "a\x00b"},
         {"id": "ok_notes", "modality": "image", "path": "images/ok_notes.png", "text": "x", "notes": "n" * 60_000},
         {"id": "words", "modality": "text", "path": "", "text": " ||| ".join(["w" * 1000] * 70)},  # short captions
@@ -195,7 +202,7 @@ def test_rows_beyond_the_index_limits_are_caught_at_validation_not_at_publish(wo
     validate.run("limits")
     verdict = pd.read_parquet(workspace / "data/validated/limits/rows.parquet").set_index("id")
     assert verdict["reason"].to_dict() == {"ok0": "", "ok1": "", "ok2": "", "long_label": "field_too_long",
-                                           "huge_notes": "metadata_too_large", "nul_text": "nul_character",
+                                           "huge_notes": "metadata_too_large", "nul_text": "",
                                            "nul_notes": "nul_character", "ok_notes": "",
                                            "words": "caption_too_long"}
     assert "label is 600 bytes, above the index's 512-byte limit" in verdict.loc["long_label", "message"]

@@ -27,7 +27,7 @@ from mmretrieval.media.image import open_image
 from mmretrieval.runner import run_all
 from mmretrieval.serving.client import RetrievalClient
 from mmretrieval.stages.ingest import ingest
-from tests.helpers.files import COLORS, write_manifest
+from tests.helpers.files import COLORS, write_manifest, write_png
 from tests.helpers.imagekinds import KINDS, write_kind
 from tests.helpers.workspace import enter_workspace, make_workspace, mmr
 
@@ -50,7 +50,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
         for i in range(4):
             rel = f"squares/{name}{i}.png"
             (src / "squares").mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (36 + i, 36), tuple(min(255, c + 6 * i) for c in rgb)).save(src / rel)
+            write_png(src / rel, (36 + i, 36), tuple(min(255, c + 6 * i) for c in rgb))  # not blank: a mark
             rows.append({"id": f"{name}{i}", "modality": "image", "path": rel, "label": name,
                          "text": f"a {name} square", "split": ("test", "val", "train", "train")[i]})
     with pytest.MonkeyPatch.context() as mp:

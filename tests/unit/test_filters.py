@@ -23,17 +23,19 @@ def test_labels_and_metadata_become_quoted_conditions() -> None:
     assert build_filter(expr='  label == "x"  ') == 'label == "x"'
 
 
-@pytest.mark.parametrize(("value", "literal"), [
-    ('say "hi"', r'"say \"hi\""'),
-    ("back\\slash", r'"back\\slash"'),
-    ('" or modality != "', r'"\" or modality != \""'),  # an injection attempt stays one string
-    ("line\nbreak\ttab", r'"line\nbreak\ttab"'),
-    ("bell\x07", r'"bell\u0007"'),
-    ("ünïcödé 猫", '"ünïcödé 猫"'),
+@pytest.mark.parametrize(("value", "literal", "label"), [
+    ('say "hi"', r'"say \"hi\""', r'"say \"hi\""'),
+    ("back\\slash", r'"back\\slash"', r'"back\\slash"'),
+    ('" or modality != "', r'"\" or modality != \""', r'"\" or modality != \""'),  # an injection stays one string
+    ("line\nbreak\ttab", r'"line\nbreak\ttab"', '"line break tab"'),  # a filter value is normalised first
+    ("bell\x07", r'"bell\u0007"', '"bell"'),
+    ("ünïcödé 猫", '"ünïcödé 猫"', '"ünïcödé 猫"'),
+    ("\u202etac", '"\u202etac"', '"cat"'),  # what displays, as clean stores labels
 ])
-def test_every_value_is_one_escaped_string_literal(value: str, literal: str) -> None:
+def test_every_value_is_one_escaped_string_literal(value: str, literal: str, label: str) -> None:
     assert quote(value) == literal
-    assert build_filter(labels=[value]) == f"label == {literal}"
+    assert build_filter(labels=[value]) == f"label == {label}"
+    assert build_filter(where={"k": value}) == f'metadata["k"] == {label}'
 
 
 def test_where_items_split_at_the_first_equals_sign() -> None:

@@ -88,11 +88,13 @@ def test_a_varied_source_that_decodes_to_a_constant_picture_is_quarantined_as_fl
     assert problem is not None and problem.reason == "flattened_image" and name in problem.message
 
 
-def test_constant_sources_are_not_flattened(tmp_path: Path) -> None:
+def test_constant_sources_are_not_flattened_but_blank(tmp_path: Path) -> None:
     Image.new("I;16", (W, H), 40000).save(tmp_path / "flat16.png")
     Image.new("RGBA", (W, H), (9, 9, 9, 0)).save(tmp_path / "clear.png")
     for name in ("flat16.png", "clear.png"):
-        assert image_problem(tmp_path / name, ValidateParams()) is None
+        assert decode_image(tmp_path / name).flattened is False  # decoding lost nothing: the source is constant
+        problem = image_problem(tmp_path / name, ValidateParams())
+        assert problem is not None and problem.reason == "blank_image" and name in problem.message
 
 
 @pytest.mark.parametrize(("width", "height", "words"), [
