@@ -55,6 +55,40 @@ def read_version(path: Path) -> str:
     return md5.removesuffix(".dir")
 
 
+def recorded_files(home: Path, path: Path) -> dict[str, str] | None:
+    """The md5 of every file of the tracked folder ``path`` as its data version recorded it (relative POSIX path ->
+    hex md5), read from the version's ``.dir`` object in the DVC cache. ``None`` for a version hashed the legacy
+    way (DVC 2's ``md5-dos2unix``, not the bytes' md5). DVC itself trusts a file's inode, mtime and size; these
+    digests let a stage compare the actual bytes. Raises :class:`VersioningError` when the object is not in the
+    cache (``dvc fetch`` or `mmr ingest` again)."""
+    import yaml
+
+    dvc_file = path.with_name(path.name + ".dvc")
+    if not dvc_file.is_file():
+        raise DatasetNotFoundError(f"{path} is not DVC-tracked ({dvc_file.name} missing): run `mmr ingest` first")
+    out = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [{}])[0]
+    if out.get("hash") != "md5":
+        return None
+    oid = str(out.get("md5", ""))
+    if not oid.endswith(".dir"):
+        raise VersioningError(f"{dvc_file} does not track a folder (md5 {oid!r})")
+    cache = _cache_dir(home)
+    obj = cache / "files" / "md5" / oid[:2] / oid[2:]
+    if not obj.is_file():
+        raise VersioningError(f"the DVC cache {cache} lacks {oid} (the file list of {path.name}'s data version): run "
+                              f"`dvc fetch {dvc_file.relative_to(home)}` or `mmr ingest` again")
+    return {str(e["relpath"]): str(e["md5"]) for e in json.loads(obj.read_text(encoding="utf-8"))}
+
+
+def _cache_dir(home: Path) -> Path:
+    """The DVC cache folder of ``home``: ``.dvc/cache`` unless ``cache.dir`` is configured (then DVC says where)."""
+    configured = any("[cache]" in p.read_text(encoding="utf-8") for p in (home / ".dvc/config",
+                     home / ".dvc/config.local") if p.is_file())
+    if not configured:
+        return home / ".dvc" / "cache"
+    return Path(_dvc(home, "cache", "dir").strip())
+
+
 def is_modified(home: Path, path: Path) -> bool:
     """True when the folder changed since it was last tracked (``dvc status``)."""
     out = _dvc(home, "status", "--json", str(path.relative_to(home)) + ".dvc")

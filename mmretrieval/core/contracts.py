@@ -51,7 +51,8 @@ class StageResult(Mapping[str, Any]):
 
 @dataclass(frozen=True)
 class ValidateResult(StageResult):
-    """``validate``: row counts of the raw manifest, quarantine reasons, the report's and data docs page's paths."""
+    """``validate``: row counts of the raw manifest, quarantine reasons, the report's and data docs page's paths;
+    ``reused``/``computed``: media checks taken from the content-addressed cache / run anew."""
 
     dataset: str
     data_version: str
@@ -61,11 +62,14 @@ class ValidateResult(StageResult):
     reasons: dict[str, int]
     report: str
     data_docs: str = ""
+    reused: int = 0
+    computed: int = 0
 
 
 @dataclass(frozen=True)
 class CleanResult(StageResult):
-    """``clean``: input = clean + quarantined + merged duplicates; the clean manifest's path."""
+    """``clean``: input = clean + quarantined + merged duplicates; the clean manifest's path; ``reused``/``computed``:
+    cleaned media taken from the content-addressed cache / made anew."""
 
     dataset: str
     data_version: str
@@ -78,6 +82,8 @@ class CleanResult(StageResult):
     manifest: str
     captions_fixed: int = 0  # captions of kept rows that the text normalisation changed (a control, bidi or
     # invisible character removed; not NFC), fixed rather than the row quarantined
+    reused: int = 0
+    computed: int = 0
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ Every error is an :class:`MMRError` and also subclasses the builtin it resembles
     ├── IngestConflict         (ValueError)    a batch that cannot be merged into its dataset (a path holding other
     │                                          bytes for another id, an id twice, nothing to remove)
     ├── ValidationFailed       (ValueError)    hard validation failures: the pipeline stops before training
+    │   └── DataChangedError   (ValueError)    a raw file's bytes differ from those its data version recorded
     ├── DatasetNotFoundError   (FileNotFoundError)  unknown dataset name or a stage output that is not there yet
     ├── MediaError             (ValueError)    one media file that cannot be used (query uploads, evaluation)
+    ├── UnsafePathError        (PermissionError)  a path that would leave its folder (a link) or changed under a copy
     ├── VersioningError        (RuntimeError)  DVC failed
     ├── TrackingError          (RuntimeError)  MLflow run/registry problems
     │   └── ModelNotFoundError (LookupError)   no such registered model, version or alias
@@ -48,12 +50,31 @@ class ValidationFailed(MMRError, ValueError):
     """Hard validation failures: the pipeline stops before training."""
 
 
+class DataChangedError(ValidationFailed):
+    """A raw file changed (rewritten, replaced or deleted) after its data version or its validation recorded its
+    digest: the stage stops rather than mix bytes of two versions. The message names the file, the expected and
+    found digests, the data version and what to run."""
+
+    @classmethod
+    def of(cls, path: object, expected: str, found: str | None, data_version: str, when: str) -> DataChangedError:
+        """The one-line error for the file ``path`` whose sha256 (or md5) should be ``expected`` and is ``found``
+        (``None``: the file is gone), ``when`` naming the record (e.g. "validation")."""
+        now = f"found {found}" if found else "the file is gone"
+        return cls(f"{path} changed after {when} of data version {data_version[:12]}: expected {expected}, {now}; "
+                   "run `mmr ingest` again (then `mmr validate`) so the change gets a data version")
+
+
 class DatasetNotFoundError(MMRError, FileNotFoundError):
     """An unknown dataset or a stage output that does not exist yet."""
 
 
 class MediaError(MMRError, ValueError):
     """One media file that cannot be decoded or used."""
+
+
+class UnsafePathError(MMRError, PermissionError):
+    """A path that would be followed out of its folder (a symbolic link, a folder swapped for one between a check
+    and a copy) or that is not a regular file: refused, never followed."""
 
 
 class VersioningError(MMRError, RuntimeError):
@@ -113,6 +134,7 @@ class FilterError(QueryError):
 __all__ = [
     "AliasNotFoundError",
     "ConfigError",
+    "DataChangedError",
     "DatasetNotFoundError",
     "FilterError",
     "IndexStoreError",
@@ -127,6 +149,7 @@ __all__ = [
     "QueryError",
     "TrackingError",
     "TrainingError",
+    "UnsafePathError",
     "ValidationFailed",
     "VersioningError",
 ]

@@ -74,6 +74,19 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def file_digests(path: Path, algorithms: tuple[str, ...] = ("md5", "sha256")) -> dict[str, str]:
+    """Hex digests of a file's bytes for each of ``algorithms`` (hashlib names), from one read in 1 MiB chunks.
+    Raises ``OSError`` (``FileNotFoundError`` for a missing file)."""
+    import hashlib
+
+    hashers = {name: hashlib.new(name) for name in algorithms}
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            for h in hashers.values():
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashers.items()}
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON atomically: a temp file of this writer's own (parallel writers of the same file never
     share one), then a rename; readers see the old or the new file, never half of one."""

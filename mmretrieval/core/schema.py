@@ -12,7 +12,7 @@ text        no        caption(s); several are joined with `` ||| ``
 label       no        class label; items with the same label are relevant to each other in evaluation
 split       no        ``train``, ``val``, ``test`` or empty (empty: assigned from a hash, see :func:`assign_split`)
 group       no        items with the same group always land in the same split (default: the id)
-sha256      no        expected file hash; filled in by ``clean``
+sha256      no        expected file hash; ``validate`` records the file's actual one
 source      no        where the item came from (free text)
 ==========  ========  ==================================================================================
 

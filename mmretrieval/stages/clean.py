@@ -4,7 +4,15 @@ Input: ``data/validated/<dataset>/rows.parquet``. Output ``data/clean/<dataset>/
 ``manifest.parquet`` (clean rows; ``path`` stays the raw relative path, ``media`` names the re-encoded file
 relative to this folder), ``quarantine.parquet`` (the original row plus ``reason`` and ``message``),
 ``duplicates.parquet`` (rows merged into a surviving duplicate: ``merged_into``, reason, distance), ``media/`` and
-``report.json``. Every input row ends in exactly one of the three tables: input = clean + quarantined + merged.
+``report.json``. ``media_sha256`` (clean manifest) is the sha256 of the cleaned file under ``media/``: readers
+verify the bytes they read against it.
+
+Each raw file is read once into memory and its sha256 compared with the one ``validate`` recorded (``sha256``):
+bytes changed or a file deleted after validation stop the stage with one :class:`DataChangedError` line. Cleaned
+media are addressed by content (:class:`CleanedMedia`: the raw file's sha256 + the settings that decide the result):
+an entry made for earlier data versions is hard-linked into ``media/`` instead of being re-encoded.
+
+Every input row ends in exactly one of the three tables: input = clean + quarantined + merged.
 Exact (sha256) and near-duplicate images (difference hash) collapse into the first of their group, which keeps the
 union of their captions; a group that spanned splits (leakage) is reported.
 """
@@ -12,18 +20,24 @@ union of their captions; a group that spanned splits (leakage) is reported.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mmretrieval.core.cache import ItemCache, fingerprint
 from mmretrieval.core.contracts import CleanResult
-from mmretrieval.core.errors import MediaError, ValidationFailed
+from mmretrieval.core.errors import DataChangedError, MediaError, ValidationFailed
 from mmretrieval.core.io import atomic_dir, read_parquet, sha256_file, write_json
 from mmretrieval.core.layout import read_data_version
 from mmretrieval.core.params import Params
+from mmretrieval.core.progress import progress
 from mmretrieval.core.schema import MESSAGE, REASON, Modality, join_captions, split_captions
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import clean_audio
@@ -35,6 +49,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
+
+# Bump when re-encoding, the difference hash or video probing changes what they make: every cached entry is then
+# made anew.
+CLEAN_VERSION = 2  # 2: an animation's representative frame, blank pictures refused (issue 25)
 
 
 def media_name(item_id: str, suffix: str) -> str:
@@ -59,7 +77,9 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
 
     with atomic_dir(layout.clean) as tmp:  # files named as in the layout, the folder renamed into place
         (tmp / "media").mkdir()
-        rows, phashes = _clean_rows(rows, layout.raw, tmp / "media", params, dataset)
+        cache = CleanedMedia(layout.item_cache, params)
+        cache.files[Modality.IMAGE.value].sweep()  # temporary files of killed writers (one folder for all kinds)
+        rows, phashes = _clean_rows(rows, layout.raw, tmp / "media", params, dataset, cache, data_version)
         clean, quarantine, duplicates, leakage = _tables(rows, phashes, params.clean.near_duplicate_distance)
         if clean.empty:
             raise ValidationFailed(f"dataset {dataset!r}: no row survived cleaning; see {layout.quarantine}")
@@ -77,34 +97,36 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
             "duplicates": dict(Counter(duplicates["reason"])),
             "split_leakage_resolved": leakage,
             "reasons": dict(Counter(quarantine[REASON])),
+            **cache.counts(),
             "modalities": {k: int(v) for k, v in clean["modality"].value_counts().items()},
             "splits": {k: int(v) for k, v in clean["split"].value_counts().items()},
             "seconds": round(time.monotonic() - started, 2),
         }
         write_json(tmp / layout.clean_report.name, report)
-    log.info("clean %s: %d in = %d clean + %d quarantined %s", dataset, report["input"], report["clean"],
-             report["quarantined"], report["reasons"])
+    log.info("clean %s: %d in = %d clean + %d quarantined %s; media: %d reused, %d computed", dataset,
+             report["input"], report["clean"], report["quarantined"], report["reasons"], report["reused"],
+             report["computed"])
     return CleanResult(dataset, data_version, report["input"], report["clean"], report["quarantined"],
                        report["merged_duplicates"], report["split_leakage_resolved"], report["reasons"],
-                       str(layout.clean_manifest), captions_fixed)
+                       str(layout.clean_manifest), captions_fixed, report["reused"], report["computed"])
 
 
-def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, dataset: str
-                ) -> tuple[pd.DataFrame, list[ImageHash | None]]:
+def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, dataset: str,
+                cache: CleanedMedia, data_version: str) -> tuple[pd.DataFrame, list[ImageHash | None]]:
     """Clean each row that validation passed: captions normalised (``text``), a media file re-encoded into
-    ``media_dir`` (``media``: its path relative to the clean folder; ``sha256``: of the raw file; video ``metadata``
-    completed by probing). A row that cannot be used gets its ``reason`` and ``message``. Returns the rows and the
-    image rows' difference hashes (None for other rows), by position."""
-    from tqdm import tqdm
-
+    ``media_dir`` or linked from ``cache`` (``media``: its path relative to the clean folder; ``media_sha256``: of
+    that file; ``sha256``: of the raw file, as validated; video ``metadata`` completed by probing). A row that
+    cannot be used gets its ``reason`` and ``message``. Returns the rows and the image rows' difference hashes
+    (None for other rows), by position. Raises :class:`DataChangedError` for a raw file changed since validation."""
     reasons: list[str] = list(rows[REASON])
     messages: list[str] = list(rows[MESSAGE])
     media: list[str] = [""] * len(rows)
+    media_sha: list[str] = [""] * len(rows)
     texts: list[str] = list(rows["text"])
     hashes: list[str] = list(rows["sha256"])
     phashes: list[ImageHash | None] = [None] * len(rows)
     limit = params.validate.max_caption_chars
-    for i, row in tqdm(list(rows.iterrows()), desc=f"clean {dataset}", unit="item", leave=False, disable=None):
+    for i, row in progress(rows.iterrows(), f"clean {dataset}", total=len(rows)):
         if reasons[i]:
             continue
         captions = normalize_captions(split_captions(row["text"]), params.clean.lowercase)
@@ -119,40 +141,152 @@ def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, 
                 reasons[i], messages[i] = "empty_text", f"{row['id']}: text is empty after normalisation"
             continue
         src = raw / row["path"]
-        hashes[i] = sha256_file(src)
+        data = read_verified(src, hashes[i], data_version, params.validate.max_file_bytes)
         try:
-            name, phashes[i], metadata = _clean_media(row, src, media_dir, params)
+            entry, made = cache.fetch(row["modality"], hashes[i], src.name, data)
         except MediaError as e:
             reason = getattr(e, "reason", "undecodable")  # BadVideo, BlankImage carry theirs
             reasons[i], messages[i] = reason, f"{row['id']}: {e}"
             continue
-        if metadata is not None:
-            rows.at[i, "metadata"] = metadata
-        media[i] = f"media/{name}"
-    return rows.assign(text=texts, sha256=hashes, media=media, **{REASON: reasons, MESSAGE: messages}), phashes
+        name = media_name(row["id"], made["suffix"])
+        place(entry, media_dir / name)
+        phashes[i] = ImageHash(made["dhash"]["bits"], tuple(made["dhash"]["colour"]), made["dhash"]["min_side"],
+                               made["dhash"].get("blank", False)) if made.get("dhash") else None
+        if made.get("video") is not None:
+            rows.at[i, "metadata"] = json.dumps(json.loads(row["metadata"] or "{}") | {"video": made["video"]},
+                                                ensure_ascii=False)
+        media[i], media_sha[i] = f"media/{name}", made["media_sha256"]
+    return rows.assign(text=texts, sha256=hashes, media=media, media_sha256=media_sha,
+                       **{REASON: reasons, MESSAGE: messages}), phashes
 
 
-def _clean_media(row: pd.Series, src: Path, media_dir: Path, params: Params
-                 ) -> tuple[str, ImageHash | None, str | None]:
-    """Re-encode one media row's file ``src`` into ``media_dir``: images as PNG at most ``clean.image_max_side``
-    pixels a side; audio mono at one sample rate, silence trimmed, loudness normalised, 16-bit WAV; video kept as it
-    is. Returns (file name, the image's difference hash or None, the video row's new metadata JSON or None). Raises
-    :class:`MediaError` (for video a ``BadVideo``, for a blank picture a ``BlankImage``, with its ``reason``)."""
-    modality = row["modality"]
-    if modality == Modality.IMAGE.value:
-        im = open_item_image(src, params.validate.max_image_pixels)  # a blank picture: BlankImage
-        phash = dhash(im)
-        im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
-        name = media_name(row["id"], ".png")
-        im.save(media_dir / name, format="PNG", optimize=False)
-        return name, phash, None
-    if modality == Modality.VIDEO.value:  # the original file is kept; what probing found goes to metadata
-        name = media_name(row["id"], src.suffix.lower())
-        return name, None, keep_video(src, media_dir / name, row["metadata"])
-    name = media_name(row["id"], ".wav")
-    clean_audio(src, media_dir / name, params.clean.audio_sample_rate, params.clean.audio_trim_db,
-                params.clean.audio_target_dbfs, params.validate.max_audio_seconds)
-    return name, None, None
+def read_verified(path: Path, expected: str, data_version: str, limit: int) -> bytes:
+    """The bytes of the raw file ``path``, read once, whose sha256 must be ``expected`` (what ``validate`` found):
+    the bytes hashed are the bytes cleaned, so a swap between the check and the decoding cannot pass. Raises
+    :class:`DataChangedError` (one line: the file, both digests, the data version, what to run) for other bytes
+    or a missing file; :class:`ValidationFailed` for rows validated without a digest (an older validate)."""
+    if not expected:
+        raise ValidationFailed(f"{path}: the validated rows carry no sha256 for it (validated by an older "
+                               "mmretrieval): run `mmr validate` again")
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > limit:  # larger than validate passes: hash it before holding it
+                found = hashlib.file_digest(f, "sha256").hexdigest()
+                if found != expected:
+                    raise DataChangedError.of(path, f"sha256 {expected}", f"sha256 {found}", data_version,
+                                              "validation")
+                f.seek(0)  # the limit changed since validation, not the file: read it (and check it again below)
+            data = f.read()
+    except FileNotFoundError:
+        raise DataChangedError.of(path, f"sha256 {expected}", None, data_version, "validation") from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise DataChangedError.of(path, f"sha256 {expected}", f"an unreadable path ({e.strerror})", data_version,
+                                  "validation") from None
+    found = hashlib.sha256(data).hexdigest()
+    if found != expected:
+        raise DataChangedError.of(path, f"sha256 {expected}", f"sha256 {found}", data_version, "validation")
+    return data
+
+
+def place(entry: Path, target: Path) -> None:
+    """Put the cache entry ``entry`` at ``target``: a hard link (no copy, no time), a copy across file systems."""
+    try:
+        os.link(entry, target)
+    except OSError:
+        shutil.copyfile(entry, target)
+
+
+class CleanedMedia:
+    """Cleaned media addressed by content: one :class:`~mmretrieval.core.cache.ItemCache` entry (kind
+    ``clean-media``) per raw file's sha256 and exactly the settings that decide its cleaning, for each modality:
+
+    - image: ``clean.image_max_side``, ``validate.max_image_pixels``;
+    - audio: ``clean.audio_sample_rate``, ``audio_trim_db``, ``audio_target_dbfs``, ``validate.max_audio_seconds``;
+    - video: nothing but the code (the file is kept; probing fills its metadata);
+
+    plus :data:`CLEAN_VERSION`. An entry is the cleaned file ``<key>.media`` (read-only: it is hard-linked into
+    clean outputs) and a JSON sidecar ``<key>.json`` written after it, the entry's commit mark: ``media_sha256``,
+    the file's ``suffix``, an image's difference hash (``dhash``: bits, colour, min_side, blank), a video's ``video``
+    facts. An entry whose file is missing or whose bytes differ from ``media_sha256`` is made anew."""
+
+    def __init__(self, root: Path, params: Params) -> None:
+        c, v = params.clean, params.validate
+        decides = {
+            Modality.IMAGE.value: {"image_max_side": c.image_max_side, "max_image_pixels": v.max_image_pixels},
+            Modality.AUDIO.value: {"audio_sample_rate": c.audio_sample_rate, "audio_trim_db": c.audio_trim_db,
+                                   "audio_target_dbfs": c.audio_target_dbfs, "max_audio_seconds": v.max_audio_seconds},
+            Modality.VIDEO.value: {},
+        }
+        self.files = {m: ItemCache(root, "clean-media", fingerprint(m, CLEAN_VERSION, d), ".media")
+                      for m, d in decides.items()}
+        self.sidecars = {m: ItemCache(root, "clean-media", fingerprint(m, CLEAN_VERSION, d), ".json")
+                         for m, d in decides.items()}
+        self.params = params
+        self.reused = self.computed = 0
+
+    def get(self, modality: str, digest: str) -> tuple[Path, dict] | None:
+        """The entry of the raw bytes ``digest``: (cleaned file, sidecar), or None (no sidecar, no file, or a file
+        whose bytes are not the ones recorded)."""
+        key = self.files[modality].key(digest)
+        sidecar, entry = self.sidecars[modality].get(key), self.files[modality].get(key)
+        if sidecar is None or entry is None:
+            return None
+        made = json.loads(sidecar.read_text(encoding="utf-8"))
+        return (entry, made) if sha256_file(entry) == made.get("media_sha256") else None
+
+    def fetch(self, modality: str, digest: str, name: str, data: bytes) -> tuple[Path, dict]:
+        """The entry for the raw ``data`` (sha256 ``digest``, file name ``name``), made when missing
+        (:func:`clean_media`): the file first, then the sidecar. Raises :class:`MediaError` (not cached)."""
+        if (found := self.get(modality, digest)) is not None:
+            self.reused += 1
+            return found
+        key = self.files[modality].key(digest)
+        made: dict = {}
+
+        def write(tmp: Path) -> None:
+            made.update(clean_media(modality, data, name, tmp, self.params))
+            made["media_sha256"] = sha256_file(tmp)
+            tmp.chmod(0o444)
+
+        entry = self.files[modality].put(key, write)
+        self.sidecars[modality].put(key, lambda tmp: tmp.write_text(json.dumps(made), encoding="utf-8"))
+        self.computed += 1
+        return entry, made
+
+    def counts(self) -> dict[str, int]:
+        """``{"reused": n, "computed": m}``: entries linked from the cache / made in this run."""
+        return {"reused": self.reused, "computed": self.computed}
+
+
+def clean_media(modality: str, data: bytes, name: str, dst: Path, params: Params) -> dict:
+    """Clean one media file's bytes ``data`` (from a file named ``name``) into ``dst``: images as PNG at most
+    ``clean.image_max_side`` pixels a side (an animation's representative frame); audio mono at one sample rate,
+    silence trimmed, loudness normalised, 16-bit WAV; video kept as it is. Decoded from a private copy of the
+    verified bytes, named like the raw file (messages name it). Returns the sidecar facts: ``suffix`` of the clean
+    file, an image's ``dhash`` (bits, colour, min_side, blank), a video's ``video`` (duration_s, fps, width, height,
+    codec, has_audio, rotation, variable_frame_rate). Raises :class:`MediaError` (for video a ``BadVideo``, for a
+    blank picture a ``BlankImage``, with its ``reason``)."""
+    with tempfile.TemporaryDirectory(prefix="mmr-clean-") as scratch:
+        src = Path(scratch) / name
+        src.write_bytes(data)
+        if modality == Modality.IMAGE.value:
+            im = open_item_image(src, params.validate.max_image_pixels)  # a blank picture: BlankImage
+            phash = dhash(im)
+            im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
+            im.save(dst, format="PNG", optimize=False)
+            return {"suffix": ".png", "dhash": {"bits": phash.bits, "colour": list(phash.colour),
+                                                "min_side": phash.min_side, "blank": phash.blank}}
+        if modality == Modality.VIDEO.value:  # the original file is kept; what probing found goes to metadata
+            from mmretrieval.media.video import probe
+
+            info = probe(src).as_dict()
+            dst.write_bytes(data)
+            return {"suffix": Path(name).suffix.lower(), "video": info}
+        out = Path(scratch) / "clean.wav"  # the writer takes the format from the name
+        clean_audio(src, out, params.clean.audio_sample_rate, params.clean.audio_trim_db,
+                    params.clean.audio_target_dbfs, params.validate.max_audio_seconds)
+        shutil.copyfile(out, dst)
+        return {"suffix": ".wav"}
 
 
 def _tables(rows: pd.DataFrame, phashes: list[ImageHash | None], max_distance: int
@@ -163,24 +297,11 @@ def _tables(rows: pd.DataFrame, phashes: list[ImageHash | None], max_distance: i
     duplicates, leakage = _merge_duplicates(rows, bad, phashes, max_distance)
     merged = rows.index.isin(duplicates["row"]) if len(duplicates) else rows.index.isin([])
     clean = rows.loc[~bad & ~merged].drop(columns=[REASON, MESSAGE]).reset_index(drop=True)
-    quarantine = rows.loc[bad].drop(columns=["media"]).reset_index(drop=True)
+    quarantine = rows.loc[bad].drop(columns=["media", "media_sha256"]).reset_index(drop=True)
     if len(clean) + len(quarantine) + len(duplicates) != len(rows):  # the accounting promise
         raise AssertionError(f"lost rows: {len(rows)} in, {len(clean)} clean + {len(quarantine)} quarantined "
                              f"+ {len(duplicates)} merged")
     return clean, quarantine, duplicates, leakage
-
-
-def keep_video(src: Path, dst: Path, metadata: str) -> str:
-    """Copy the original video to ``dst``; returns ``metadata`` (JSON) with ``video``: duration_s, fps, width,
-    height, codec, has_audio, rotation, variable_frame_rate. Raises :class:`MediaError` (a ``BadVideo``)."""
-    import json
-    import shutil
-
-    from mmretrieval.media.video import probe
-
-    info = probe(src)
-    shutil.copyfile(src, dst)
-    return json.dumps(json.loads(metadata or "{}") | {"video": info.as_dict()}, ensure_ascii=False)
 
 
 def _merge_duplicates(rows: pd.DataFrame, bad: pd.Series, phashes: list[ImageHash | None],

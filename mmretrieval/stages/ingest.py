@@ -27,7 +27,7 @@ from mmretrieval.core.layout import NOT_COPIED
 from mmretrieval.core.progress import progress
 from mmretrieval.core.schema import check_dataset_name, read_manifest
 from mmretrieval.core.settings import Settings, get_settings
-from mmretrieval.media.files import path_problem
+from mmretrieval.media.files import copy_inside, path_problem
 from mmretrieval.media.merge import MergePlan, plan_merge, write_manifest
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,10 @@ def ingest(manifest: Path | None, name: str, settings: Settings | None = None, a
 
 def _copy_in(root: Path, rel: str, target: Path) -> None:
     """Copy the file ``rel`` of a manifest's folder ``root`` to ``target``: the one place a source file is read into
-    the raw folder."""
-    shutil.copyfile(root / rel, target)
+    the raw folder. No link is followed on the way (:func:`~mmretrieval.media.files.copy_inside`: a folder swapped
+    for a symlink between the check and the copy is refused); a name in another Unicode form is found and copied
+    under the manifest's name (logged)."""
+    copy_inside(root, rel, target)
 
 
 def _carry(source: Path, target: Path) -> None:

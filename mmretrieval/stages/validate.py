@@ -16,15 +16,17 @@ import logging
 import re
 import time
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NoReturn
 
 from mmretrieval.backends import data_docs, versioning
+from mmretrieval.core.cache import ItemCache, fingerprint
 from mmretrieval.core.contracts import ValidateResult
-from mmretrieval.core.errors import ValidationFailed
-from mmretrieval.core.io import atomic_dir, write_json
+from mmretrieval.core.errors import DataChangedError, ValidationFailed
+from mmretrieval.core.io import atomic_dir, file_digests, sha256_file, write_json
 from mmretrieval.core.layout import NOT_COPIED
 from mmretrieval.core.params import Params
+from mmretrieval.core.progress import progress
 from mmretrieval.core.schema import (
     JSON_MAX_BYTES,
     MESSAGE,
@@ -50,6 +52,9 @@ if TYPE_CHECKING:
     from mmretrieval.core.layout import Layout
 
 log = logging.getLogger(__name__)
+
+# Bump when a media check changes what it decides: every cached verdict is then made anew.
+CHECKS_VERSION = 2  # 2: blank pictures, representative frames, measured WebM durations (issue 25)
 
 
 def _check_ids(df: pd.DataFrame, dataset: str) -> None:
@@ -105,6 +110,7 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
             f"{raw} changed since it was tracked (data version {data_version[:12]}): "
             f"run `mmr ingest` again (or `dvc add {raw.relative_to(settings.home)}`) so the change gets a version"
         )
+    digests = raw_digests(settings.home, raw, data_version)
     df = read_manifest(raw / "manifest.csv")
 
     from mmretrieval.backends.expectations import run_suite
@@ -116,8 +122,12 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         _check_ids(df, dataset)
     except ValidationFailed as e:
         _fail(layout, dataset, data_version, suite, str(e))
-    reasons = _row_problems(df, raw, params, dict(suite.row_reasons))
+    checks = MediaChecks(layout.item_cache, params, digests, data_version)
+    checks.caches[Modality.IMAGE.value].sweep()  # temporary files of killed writers (one folder for all kinds)
+    reasons = _row_problems(df, raw, dict(suite.row_reasons), checks, dataset)
     rows, reassigned = _assign_splits(df, params, dataset)
+    # the sha256 of every file checked (the manifest's own value kept where no file was read: quarantined rows)
+    rows["sha256"] = [checks.found.get(i, rows.at[i, "sha256"]) for i in range(len(rows))]
     rows[REASON] = [reasons.get(i, ("", ""))[0] for i in range(len(rows))]
     rows[MESSAGE] = [reasons.get(i, ("", ""))[1] for i in range(len(rows))]
     bad = rows[REASON] != ""
@@ -138,6 +148,7 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         "splits_reassigned": reassigned,
         "expectations": suite.summary,
         "first_problems": rows.loc[bad, ["id", REASON, MESSAGE]].head(20).to_dict("records"),
+        **checks.counts(),
         "seconds": round(time.monotonic() - started, 2),
     }
     page = data_docs.render(suite.html, data_docs.summary_html(
@@ -146,15 +157,16 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         rows.to_parquet(tmp / layout.validated_rows.name, index=False)
         write_json(tmp / layout.validation_report.name, report)
         (tmp / layout.data_docs.name).write_text(page, encoding="utf-8")
-    log.info("validate %s: %d rows, %d valid, %d to quarantine %s", dataset, len(rows), report["valid"],
-             report["quarantine"], report["reasons"])
+    log.info("validate %s: %d rows, %d valid, %d to quarantine %s; media checks: %d reused, %d computed", dataset,
+             len(rows), report["valid"], report["quarantine"], report["reasons"], report["reused"], report["computed"])
     log.info("validate %s: data docs %s", dataset, layout.data_docs.resolve().as_uri())
     return ValidateResult(dataset, data_version, report["rows"], report["valid"], report["quarantine"],
-                          report["reasons"], str(layout.validation_report), str(layout.data_docs))
+                          report["reasons"], str(layout.validation_report), str(layout.data_docs),
+                          report["reused"], report["computed"])
 
 
-def _row_problems(df: pd.DataFrame, raw: Path, params: Params, reasons: dict[int, tuple[str, str]]
-                  ) -> dict[int, tuple[str, str]]:
+def _row_problems(df: pd.DataFrame, raw: Path, reasons: dict[int, tuple[str, str]], checks: MediaChecks,
+                  dataset: str) -> dict[int, tuple[str, str]]:
     """``reasons`` (row -> (reason, message): the suite's verdicts) completed with the first problem of each other
     row: a field the index cannot hold (:func:`limit_problem`, every row first), then an empty text or its file
     (:func:`media_problem`)."""
@@ -163,39 +175,123 @@ def _row_problems(df: pd.DataFrame, raw: Path, params: Params, reasons: dict[int
             reasons[int(i)] = (limit.reason, f"row {int(i) + 2} ({row['id']}): {limit.message}")
     not_copied_file = raw / NOT_COPIED
     not_copied = json.loads(not_copied_file.read_text(encoding="utf-8")) if not_copied_file.is_file() else {}
-    for i, row in df.iterrows():
+    for i, row in progress(df.iterrows(), f"validate {dataset}", total=len(df)):
         if i in reasons:
             continue
         if row["modality"] == Modality.TEXT.value:
             if not normalize_captions(split_captions(row["text"])):  # invisible-only text is empty too
                 reasons[int(i)] = ("empty_text", "a text item needs text with something visible in it")
             continue
-        problem = media_problem(row, raw, params, not_copied)
+        problem = media_problem(row, raw, not_copied, checks, int(i))
         if problem is not None:
             reasons[int(i)] = (problem.reason, f"row {int(i) + 2} ({row['id']}): {problem.message}")
     return reasons
 
 
-def media_problem(row: pd.Series, raw: Path, params: Params, not_copied: dict[str, dict[str, str]]) -> Problem | None:
+def media_problem(row: pd.Series, raw: Path, not_copied: dict[str, dict[str, str]], checks: MediaChecks,
+                  index: int) -> Problem | None:
     """The first problem of a media row's file under ``raw``: its path (for a missing file that ingest did not copy,
-    why: ``not_copied``, path -> reason and message), its bytes against the manifest's ``sha256`` when given, then
-    the checks of its modality (decoding, size, duration, frames)."""
-    path = raw / row["path"]
-    problem = path_problem(row["path"], raw)
+    why: ``not_copied``, path -> reason and message; a name in another Unicode form is reported, not taken), its
+    bytes against the manifest's ``sha256`` when given, then the checks of its modality (decoding, size, duration,
+    frames; :class:`MediaChecks`, cached by content). Records the file's sha256 in ``checks.found[index]``."""
+    problem = path_problem(row["path"], raw, match_forms=False)
     if problem is not None and problem.reason == "missing_file" and row["path"] in not_copied:
         seen = not_copied[row["path"]]
         problem = Problem(seen["reason"], f"at ingest: {seen['message']}")
-    if problem is None and str(row["sha256"]).strip():
-        problem = hash_problem(path, str(row["sha256"]).strip())
-    if problem is None and row["modality"] == Modality.IMAGE.value:
-        problem = image_problem(path, params.validate)
-    if problem is None and row["modality"] == Modality.AUDIO.value:
-        problem = audio_problem(path, params.validate)
-    if problem is None and row["modality"] == Modality.VIDEO.value:
-        from mmretrieval.media.video import video_problem
+    if problem is not None:
+        return problem
+    path = raw / row["path"]
+    digest = checks.digest(row["path"], path)
+    checks.found[index] = digest
+    if str(row["sha256"]).strip():
+        problem = hash_problem(path, str(row["sha256"]).strip(), digest)
+    return problem if problem is not None else checks.verdict(row, path, digest)
 
-        problem = video_problem(path, params.validate, params.model.video_frames)
-    return problem
+
+class MediaChecks:
+    """The modality checks of media files, cached by content (:class:`~mmretrieval.core.cache.ItemCache` kind
+    ``validate-media``: key = the file's sha256 and name + exactly the settings its modality's checks read +
+    :data:`CHECKS_VERSION`; entry = the verdict as JSON). ``digests`` are the files' sha256 as read against the data
+    version (:func:`raw_digests`); ``found`` collects each row's (row index -> sha256)."""
+
+    def __init__(self, root: Path, params: Params, digests: dict[str, str], data_version: str) -> None:
+        v = params.validate
+        common = {"max_file_bytes": v.max_file_bytes, "code": CHECKS_VERSION}
+        decides = {
+            Modality.IMAGE.value: {"max_image_pixels": v.max_image_pixels, "min_image_side": v.min_image_side},
+            Modality.AUDIO.value: {k: getattr(v, k) for k in ("max_audio_seconds", "min_audio_seconds",
+                                                               "max_audio_channels", "clipped_share")},
+            Modality.VIDEO.value: {"max_video_seconds": v.max_video_seconds, "max_video_pixels": v.max_video_pixels,
+                                   "frames": params.model.video_frames},
+        }
+        self.caches = {m: ItemCache(root, "validate-media", fingerprint(m, common | d), ".json")
+                       for m, d in decides.items()}
+        self.params, self.digests, self.data_version = params, digests, data_version
+        self.found: dict[int, str] = {}
+
+    def digest(self, rel: str, path: Path) -> str:
+        """The sha256 of ``rel`` read against its data version; a file outside the version is a change."""
+        rel = PurePosixPath(rel).as_posix()  # "./a//b.png" is DVC's "a/b.png"
+        if rel not in self.digests:
+            raise DataChangedError(f"{path} is not part of data version {self.data_version[:12]} (added after "
+                                   "`mmr ingest`): run `mmr ingest` again so the change gets a data version")
+        return self.digests[rel]
+
+    def verdict(self, row: pd.Series, path: Path, digest: str) -> Problem | None:
+        """The modality checks' verdict on ``path`` (whose bytes hash to ``digest``): reused when cached; else
+        computed, the file hashed again (a file rewritten during its checks is a change, not a verdict) and kept."""
+        cache = self.caches.get(row["modality"])
+        if cache is None:
+            return None
+        key = cache.key(f"{digest}:{path.name}")  # messages name the file
+        if (entry := cache.get(key)) is not None:
+            cache.reused += 1
+            found = json.loads(entry.read_text(encoding="utf-8"))
+            return Problem(found["reason"], found["message"]) if found["reason"] else None
+        problem = modality_problem(row["modality"], path, self.params)
+        if (now := sha256_file(path)) != digest:
+            raise DataChangedError.of(path, f"sha256 {digest}", f"sha256 {now}", self.data_version, "ingest")
+        verdict = {"reason": problem.reason if problem else "", "message": problem.message if problem else ""}
+        cache.put(key, lambda tmp: tmp.write_text(json.dumps(verdict, ensure_ascii=False), encoding="utf-8"))
+        cache.computed += 1
+        return problem
+
+    def counts(self) -> dict[str, int]:
+        """``{"reused": n, "computed": m}`` over every modality."""
+        return {"reused": sum(c.reused for c in self.caches.values()),
+                "computed": sum(c.computed for c in self.caches.values())}
+
+
+def modality_problem(modality: str, path: Path, params: Params) -> Problem | None:
+    """The checks of one media file by its modality (decoding, size, duration, frames)."""
+    if modality == Modality.IMAGE.value:
+        return image_problem(path, params.validate)
+    if modality == Modality.AUDIO.value:
+        return audio_problem(path, params.validate)
+    from mmretrieval.media.video import video_problem
+
+    return video_problem(path, params.validate, params.model.video_frames)
+
+
+def raw_digests(home: Path, raw: Path, data_version: str) -> dict[str, str]:
+    """The sha256 of every file of the raw folder (relative POSIX path -> hex), each file read once and its md5
+    compared with the one its data version recorded (:func:`~mmretrieval.backends.versioning.recorded_files`): a
+    rewrite that kept the size and the modification time (which DVC trusts) is caught here. Raises
+    :class:`DataChangedError` naming the first changed or deleted file."""
+    recorded = versioning.recorded_files(home, raw)
+    if recorded is None:  # a legacy (DVC 2) version: no byte-exact md5 to compare with
+        log.warning("validate: %s was versioned with DVC's legacy md5; its bytes are hashed but not compared", raw)
+        recorded = {p.relative_to(raw).as_posix(): "" for p in sorted(raw.rglob("*")) if p.is_file()}
+    digests: dict[str, str] = {}
+    for rel, md5 in progress(sorted(recorded.items()), f"hash {raw.name}", unit="files"):
+        try:
+            found = file_digests(raw / rel)
+        except FileNotFoundError:
+            raise DataChangedError.of(raw / rel, f"md5 {md5}", None, data_version, "ingest") from None
+        if md5 and found["md5"] != md5:
+            raise DataChangedError.of(raw / rel, f"md5 {md5}", f"md5 {found['md5']}", data_version, "ingest")
+        digests[rel] = found["sha256"]
+    return digests
 
 
 def _assign_splits(df: pd.DataFrame, params: Params, dataset: str) -> tuple[pd.DataFrame, bool]:
@@ -213,13 +309,10 @@ def _assign_splits(df: pd.DataFrame, params: Params, dataset: str) -> tuple[pd.D
     return rows, reassigned
 
 
-def hash_problem(path: Path, expected: str) -> Problem | None:
-    """The manifest's ``sha256`` for a file: a 64-digit hex SHA-256 that must match the file's bytes."""
-    from mmretrieval.core.io import sha256_file
-
+def hash_problem(path: Path, expected: str, actual: str) -> Problem | None:
+    """The manifest's ``sha256`` for a file: a 64-digit hex SHA-256 that must match ``actual``, the file's."""
     if not re.fullmatch(r"[0-9a-fA-F]{64}", expected):
         return Problem("sha256_mismatch", f"sha256 {expected[:80]!r} is not a SHA-256 digest (64 hex digits)")
-    actual = sha256_file(path)
     if actual != expected.lower():
         return Problem("sha256_mismatch", f"file {path.name} has sha256 {actual[:16]}…, the manifest expects "
                                           f"{expected.lower()[:16]}…: changed or corrupted since the manifest was made")
