@@ -193,13 +193,21 @@ def pull_raw(store: Store, settings: Settings, dataset: str) -> None:
     log.info("raw %s: pulled data version %s", dataset, versioning.read_version(raw)[:12])
 
 
-def ingest(manifest: Path, name: str, settings: Settings | None = None) -> dict[str, Any]:
-    """``mmr ingest``: :func:`mmretrieval.stages.ingest.ingest`, then :func:`push_raw` (with a data store)."""
+def ingest(manifest: Path | None, name: str, settings: Settings | None = None, append: bool = False,
+           remove: Path | None = None) -> dict[str, Any]:
+    """``mmr ingest``: :func:`mmretrieval.stages.ingest.ingest` (same arguments), then :func:`push_raw` (with a data
+    store). An ``append`` or ``remove`` merges into the current version, so with a data store that version is pulled
+    first; the dataset's ``ingest`` lock is held throughout (across hosts with ``MMR_LOCK_URL``)."""
+    from mmretrieval.backends.locks import dataset_lock
     from mmretrieval.stages.ingest import ingest as copy_and_track
 
     settings = settings or get_settings()
-    result = copy_and_track(manifest, name, settings)
-    push_raw(settings, name)
+    with dataset_lock(settings, name, "ingest"):
+        store = store_of(settings)
+        if store is not None and (append or remove is not None):
+            pull_raw(store, settings, name)
+        result = copy_and_track(manifest, name, settings, append=append, remove=remove)
+        push_raw(settings, name)
     return result
 
 
