@@ -115,9 +115,9 @@ def serve_tasks(datasets: Any, outlets: list[Asset]) -> None:
 
     @task
     def embed_plan(dataset: str) -> dict:
-        from mmretrieval.stages.embed import start
+        from mmretrieval.handoff import embed_start  # pulls what it reads when MMR_DATA_URL names a store
 
-        return {"dataset": dataset, **run_library(start, dataset, MmrHook().get_settings()).to_json()}
+        return {"dataset": dataset, **run_library(embed_start, dataset, MmrHook().get_settings()).to_json()}
 
     @task
     def shard_work(plans: list[dict]) -> list[dict]:
@@ -126,7 +126,7 @@ def serve_tasks(datasets: Any, outlets: list[Asset]) -> None:
     @task(max_active_tis_per_dagrun=4)
     def embed_shard(work: dict) -> dict:
         from mmretrieval.core.contracts import Pinned
-        from mmretrieval.stages.embed import run_shard
+        from mmretrieval.handoff import embed_shard as run_shard  # commits its shard on its own with a store
 
         return run_library(run_shard, work["dataset"], work["shard"], MmrHook().get_settings(), Pinned.of(work))
 
@@ -139,14 +139,14 @@ def serve_tasks(datasets: Any, outlets: list[Asset]) -> None:
     @task(pool=MILVUS_WRITER_POOL)
     def publish_build(plan: dict) -> dict:
         from mmretrieval.core.contracts import Pinned
-        from mmretrieval.stages.publish import build
+        from mmretrieval.handoff import publish_build as build
 
         return run_library(build, plan["dataset"], MmrHook().get_settings(), Pinned.of(plan))
 
     @task(pool=MILVUS_WRITER_POOL)
     def publish_check(plan: dict) -> dict:
         from mmretrieval.core.contracts import Pinned
-        from mmretrieval.stages.publish import check
+        from mmretrieval.handoff import publish_check as check
 
         return run_library(check, plan["dataset"], MmrHook().get_settings(), Pinned.of(plan))
 

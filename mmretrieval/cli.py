@@ -201,7 +201,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         _print(build(args.out))
     elif verb == "ingest":
-        from mmretrieval.stages.ingest import ingest
+        from mmretrieval.handoff import ingest  # the stage, then the data version pushed with MMR_DATA_URL
 
         _print(ingest(args.manifest, args.name, settings))
     elif verb == "search":

@@ -2,7 +2,9 @@
 
 Each stage's ``run(dataset, settings=None, **inputs)`` returns its typed result (:mod:`mmretrieval.core.contracts`:
 ``ValidateResult`` ... ``PublishResult``; embed's summary still a JSON dict) of paths, counts, metrics and versions;
-:func:`run_stage` keeps its JSON form and returns it. ``inputs`` are what an earlier step of the same run pinned:
+:func:`run_stage` keeps its JSON form and returns it, and with a shared data store (``MMR_DATA_URL``) pulls the
+stage's inputs before and pushes its outputs after (:mod:`mmretrieval.handoff`).
+``inputs`` are what an earlier step of the same run pinned:
 ``evaluate``, ``rerank`` (that version's cross-attention re-ranker) and ``promote`` take the ``version`` their run's
 ``train`` registered; ``embed`` and ``publish`` take the ``pinned`` model and data version
 (:class:`~mmretrieval.core.contracts.Pinned`) resolved once at the start of serving.
@@ -49,15 +51,20 @@ def stage(verb: str) -> Callable[..., StageResult | dict[str, Any]]:
 
 
 def run_stage(verb: str, dataset: str, settings: Settings | None = None, **inputs: Any) -> dict[str, Any]:
-    """Run one stage and keep its result in ``data/reports/<dataset>/stages/<verb>.json`` (audit trail, DVC out)."""
+    """Run one stage and keep its result in ``data/reports/<dataset>/stages/<verb>.json`` (audit trail, DVC out).
+
+    With a shared data store (``MMR_DATA_URL``) its inputs are pulled first and its outputs pushed after
+    (:func:`mmretrieval.handoff.synced`); without one nothing else happens."""
     from mmretrieval.core.io import write_json
+    from mmretrieval.handoff import synced
 
     settings = settings or get_settings()
     started = time.monotonic()
-    result = stage(verb)(dataset, settings, **inputs)
-    if isinstance(result, StageResult):
-        result = result.to_json()
-    write_json(settings.layout(dataset).stage_result(verb), result)
+    with synced(verb, dataset, settings, inputs):
+        result = stage(verb)(dataset, settings, **inputs)
+        if isinstance(result, StageResult):
+            result = result.to_json()
+        write_json(settings.layout(dataset).stage_result(verb), result)
     log.info("%s %s done in %.1fs", verb, dataset, time.monotonic() - started)
     return result
 
@@ -70,9 +77,9 @@ def run_all(dataset: str, settings: Settings | None = None) -> dict[str, dict[st
     version = str(results["train"]["model_version"])
     for verb in ("evaluate", "rerank", "promote"):
         results[verb] = run_stage(verb, dataset, settings, version=version)
-    from mmretrieval.stages.embed import start
+    from mmretrieval.handoff import embed_start
 
-    started = start(dataset, settings)
+    started = embed_start(dataset, settings)
     pinned = started.pinned
     for verb in ("embed", "publish"):
         results[verb] = run_stage(verb, dataset, settings, pinned=pinned)

@@ -54,6 +54,15 @@ class VersioningError(MMRError, RuntimeError):
     """A DVC command failed."""
 
 
+class StoreError(MMRError, RuntimeError):
+    """The shared data store (``MMR_DATA_URL``) failed, or holds a committed output that cannot be used (an object
+    its commit record lists is missing, or its bytes differ from the recorded size and sha256)."""
+
+
+class LockError(MMRError, RuntimeError):
+    """The shared lock coordinator (``MMR_LOCK_URL``) cannot be reached or used."""
+
+
 class TrackingError(MMRError, RuntimeError):
     """An MLflow run or registry operation failed."""
 

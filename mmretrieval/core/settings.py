@@ -13,6 +13,10 @@ MMR_MLFLOW_TRACKING_URI    MLflow tracking/registry URI (``MLFLOW_TRACKING_URI``
 MMR_MLFLOW_ARTIFACTS       artifact root for new experiments (a path or ``s3://…``)      ``$MMR_HOME/var/mlartifacts``
                                                                                          (server's choice for http URIs)
 MMR_DEVICE                 ``auto``, ``cpu`` or ``cuda``                                  ``auto``
+MMR_DATA_URL               shared data store of the stage outputs (``s3://bucket/prefix``;  empty: this machine only
+                           :mod:`mmretrieval.backends.store`); ``data/`` is then a cache
+MMR_LOCK_URL               shared coordinator of the per-dataset locks                   empty: file locks under
+                           (``postgresql://user@host:port/db``; :mod:`.locks`)            ``var/locks/``
 =========================  ===========================================================  ==========================
 
 How stages behave is :mod:`mmretrieval.core.params` (``params.yaml``).
@@ -55,11 +59,20 @@ class Settings(BaseSettings):
                             validation_alias=AliasChoices("MMR_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"))
     mlflow_artifacts: str = Field(default_factory=_artifacts, validation_alias="MMR_MLFLOW_ARTIFACTS")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias="MMR_DEVICE")
+    data_url: str = Field("", validation_alias="MMR_DATA_URL")  # "" = local only; s3://bucket/prefix = shared store
+    lock_url: str = Field("", validation_alias="MMR_LOCK_URL")  # "" = file locks; postgresql://… = advisory locks
 
     @field_validator("home")
     @classmethod
     def _absolute(cls, home: Path) -> Path:
         return home.resolve()
+
+    @field_validator("data_url", "lock_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and "://" not in value:
+            raise ValueError(f"{value!r} is not a URL (scheme://…), e.g. s3://bucket/prefix or postgresql://host/db")
+        return value.rstrip("/")
 
     @field_validator("params", mode="before")
     @classmethod

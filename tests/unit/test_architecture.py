@@ -37,6 +37,8 @@ FORBIDDEN = [
     ("core/forbidden.py", "import mlflow\n", "backend-doors", "mmretrieval.core.forbidden -> mlflow"),
     ("serving/forbidden.py", "import pymilvus\n", "backend-doors", "mmretrieval.serving.forbidden -> pymilvus"),
     ("stages/forbidden.py", "import dvc.repo\n", "backend-doors", "mmretrieval.stages.forbidden -> dvc"),
+    ("stages/forbidden.py", "import s3fs\n", "backend-doors", "mmretrieval.stages.forbidden -> s3fs"),
+    ("core/forbidden.py", "import psycopg2\n", "backend-doors", "mmretrieval.core.forbidden -> psycopg2"),
     ("media/forbidden.py", "import airflow\n", "no-airflow", "mmretrieval.media.forbidden -> airflow"),
     ("media/forbidden.py", "import torch\n", "light-lower-layers", "mmretrieval.media.forbidden -> torch"),
 ]
