@@ -2,8 +2,9 @@
 
 What runs (each server its own process group, logs under ``<root>/logs/``):
 
-* PostgreSQL 15 (Debian's ``/usr/lib/postgresql/15/bin``): the Airflow metadata (``airflow``) and the MLflow backend
-  store (``mlflow``); run as the ``postgres`` user when this script runs as root (postgres refuses root).
+* PostgreSQL 15 (Debian's ``/usr/lib/postgresql/15/bin``): the Airflow metadata (``airflow``), the MLflow backend
+  store (``mlflow``) and the per-dataset advisory locks (``mmr``, ``MMR_LOCK_URL``); run as the ``postgres`` user
+  when this script runs as root (postgres refuses root).
 * redis-server (Debian): the Celery broker.
 * ``moto_server`` (PyPI ``moto[server]``): the S3-compatible object store, bucket ``mmr``; stands for S3/MinIO.
 * ``mlflow server``: Postgres backend store, artifacts in ``s3://mmr/mlflow`` served through the server.
@@ -121,7 +122,16 @@ class Cluster:
         return proc
 
     def stop(self) -> None:
-        """SIGTERM to every process group (newest first), SIGKILL to those still there after ``stop_timeout``."""
+        """SIGTERM to every process group (newest first), SIGKILL to those still there after ``stop_timeout``, and
+        to any process below them (Airflow runs each task in a process group of its own)."""
+        import psutil
+
+        below = []
+        for proc in self.procs.values():
+            try:
+                below += psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
         for proc in reversed(list(self.procs.values())):
             if proc.poll() is None:
                 _signal_group(proc.pid, signal.SIGTERM)
@@ -131,10 +141,15 @@ class Cluster:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            _signal_group(proc.pid, signal.SIGKILL)  # also the group's leftovers (task processes, pool children)
+            _signal_group(proc.pid, signal.SIGKILL)  # also the group's leftovers (pool children)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
+                pass
+        for child in below:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
                 pass
 
     def timed(self, name: str, start: Callable[[], None]) -> None:
@@ -165,7 +180,7 @@ class Cluster:
         con = psycopg2.connect(host=HOST, port=self.ports["postgres"], user="mmr", dbname="postgres")
         con.autocommit = True
         with con.cursor() as cur:
-            for db in ("airflow", "mlflow"):
+            for db in ("airflow", "mlflow", "mmr"):  # mmr: the per-dataset advisory locks
                 cur.execute(f"CREATE DATABASE {db}")
         con.close()
 
@@ -270,7 +285,7 @@ class Cluster:
 
     def store_env(self) -> dict[str, str]:
         """What a process needs to use the stores: Milvus, MLflow, the bucket (data and DVC remote)."""
-        env = {**S3_KEYS, "MMR_DATA_URL": f"s3://{BUCKET}/data", "MMR_S3_ENDPOINT_URL": self.s3_url,
+        env = {**S3_KEYS, "MMR_DATA_URL": f"s3://{BUCKET}/data", "MMR_LOCK_URL": f"{self.pg_url}/mmr",
                "AWS_ENDPOINT_URL": self.s3_url, "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
                "MMR_MLFLOW_TRACKING_URI": self.mlflow_url}
         if self.milvus:
