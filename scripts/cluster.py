@@ -164,8 +164,10 @@ class Cluster:
         if self.pg_user:
             shutil.chown(pg, self.pg_user)
         pg.chmod(0o700)
-        subprocess.run([str(PG_BIN / "initdb"), "-D", str(pg / "data"), "-U", "mmr", "-A", "trust", "-E", "UTF8",
-                        "--no-sync"], check=True, capture_output=True, user=self.pg_user, cwd=pg)
+        init = subprocess.run([str(PG_BIN / "initdb"), "-D", str(pg / "data"), "-U", "mmr", "-A", "trust", "-E",
+                               "UTF8", "--no-sync"], capture_output=True, text=True, user=self.pg_user, cwd=pg)
+        if init.returncode != 0:  # e.g. the postgres user cannot reach a folder above --root
+            raise StartError(f"initdb failed (as {self.pg_user or 'this user'}):\n{init.stdout}{init.stderr}")
         settings = {"listen_addresses": HOST, "port": self.ports["postgres"], "unix_socket_directories": str(pg),
                     "max_connections": 300, "shared_buffers": "64MB", "fsync": "off",
                     "synchronous_commit": "off", "full_page_writes": "off"}  # a throwaway cluster: speed over safety

@@ -33,6 +33,7 @@ def running_cluster(params: str, timeout: float = 420.0) -> Iterator[dict[str, A
     """``scripts/cluster.py`` on a fresh folder (the workers' params: ``params``); yields its ``cluster.json`` once
     every server answers. Stops it at the end (SIGTERM, then SIGKILL to its process group) and removes the folder."""
     root = Path(tempfile.mkdtemp(prefix="mmr-cluster-test-"))  # not under pytest's 0700 tmp: postgres must reach it
+    root.chmod(0o711)
     (root / "params.yaml").write_text(params, encoding="utf-8")
     log = open(root / "cluster.out", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(BIN / "python"), str(REPO / "scripts" / "cluster.py"), "--root", str(root / "c"),
