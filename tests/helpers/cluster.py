@@ -109,6 +109,7 @@ def report(info: dict[str, Any]) -> str:
                         "WHERE state IS NULL OR state != 'success' ORDER BY dag_id, task_id")
     logs = "\n".join(f"--- {name}\n{Path(path).read_text(errors='replace')[-1500:]}"
                      for name, path in info["logs"].items() if name.startswith(("worker", "scheduler")))
-    tails = sorted(Path(info["root"]).rglob("*.log"), key=lambda p: p.stat().st_mtime)[-3:]
-    task_logs = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-2000:]}" for p in tails)
+    tails = sorted((p for p in Path(info["root"]).rglob("*.log") if "task_id=" in str(p)),
+                   key=lambda p: p.stat().st_mtime)[-3:]
+    task_logs = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-4000:]}" for p in tails)
     return f"dag runs: {runs}\nunfinished tasks: {tasks}\n{task_logs}\n{logs}"

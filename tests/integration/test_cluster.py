@@ -73,15 +73,18 @@ def first_run(cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory)
     """The dataset ingested on a client workspace (raw data to the bucket), ``mmr_prepare`` triggered, the chain
     waited for."""
     tmp = tmp_path_factory.mktemp("client")
+    began = time.monotonic()
     client = make_workspace(tmp / "ws", PARAMS)
     out = subprocess.run([str(BIN / "mmr"), "ingest", str(tiny_dataset(tmp / "src")), "--name", DATASET],
                          env=client_env(cluster, MMR_HOME=str(client)), cwd=client, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    TIMINGS["ingest (raw data pushed to the bucket)"] = round(time.monotonic() - began, 1)
     began = time.monotonic()
     while not {d for (d,) in query(cluster, "SELECT dag_id FROM dag")} >= {"mmr_prepare", "mmr_model", "mmr_serve"}:
         assert time.monotonic() - began < 180, report(cluster)
         time.sleep(2)
+    TIMINGS["waiting for the DAGs to be parsed"] = round(time.monotonic() - began, 1)
     began = time.monotonic()
     airflow(cluster, "dags", "trigger", "mmr_prepare", "--conf", json.dumps({"dataset": DATASET}))
     wait_served(cluster, 1, began)
@@ -117,8 +120,10 @@ def test_the_asset_chain_runs_on_both_workers_and_serves_from_the_servers(cluste
     assert set(hosts(cluster)) == {"worker-a", "worker-b"}, hosts(cluster)  # both workers ran tasks
     shard_hosts = hosts(cluster, "embed_shard")
     assert len(shard_hosts) == 3 and set(shard_hosts) == {"worker-a", "worker-b"}, shard_hosts
-    for worker in cluster["workers"].values():  # each worker's data/ is its own cache, nobody else's folder
-        assert Path(worker["mmr_home"]).is_dir()
+    secret = cluster["env"]["AWS_SECRET_ACCESS_KEY"]
+    for worker in cluster["workers"].values():  # the store's secret key is in every worker's environment...
+        logs = [p for p in Path(worker["airflow_home"]).rglob("*.log")]
+        assert logs and not [p for p in logs if secret in p.read_text(errors="replace")]  # ...and in no task log
     assert_served(cluster, first_run["client"])
 
 
