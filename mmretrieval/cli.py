@@ -221,17 +221,21 @@ def dispatch(args: argparse.Namespace) -> int:
 
             _print(evaluate_manifest(dataset, args.manifest, settings, alias=args.alias))
         elif verb == "promote" and args.rollback:
+            from mmretrieval.handoff import around
             from mmretrieval.stages.promote import rollback
 
-            _print(rollback(dataset, settings))
+            with around(dataset, settings, ("promotions",), ("promotions",), lock="gate"):  # MMR_DATA_URL: the log
+                _print(rollback(dataset, settings))
         elif verb == "publish" and args.rollback:
             from mmretrieval.stages.publish import rollback as unpublish
 
             _print(unpublish(dataset, settings))
         elif verb == "distill":
+            from mmretrieval.handoff import around
             from mmretrieval.stages.distill import run as distill
 
-            _print(distill(dataset, settings))
+            with around(dataset, settings, ("clean",), ()):  # with MMR_DATA_URL: the clean data pulled first
+                _print(distill(dataset, settings))
         elif verb == "run":
             from mmretrieval.runner import run_all
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmretrieval.core.contracts import EmbedStart, Pinned
+from mmretrieval.core.io import sha256_file
 from mmretrieval.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -109,29 +110,41 @@ def unit(settings: Settings, dataset: str, name: str, version: str = "") -> tupl
 
 @contextlib.contextmanager
 def synced(verb: str, dataset: str, settings: Settings, inputs: dict[str, Any]) -> Iterator[None]:
-    """Around one stage run: pull its inputs, then (if the block succeeds) push its outputs; a no-op without a
-    data store. Holds the verb's per-dataset lock throughout when it has one."""
+    """Around one stage run: pull its inputs (:data:`READS` and ``reports``), then (if the block succeeds) push its
+    outputs (:data:`WRITES` and ``reports``); a no-op without a data store. Holds the verb's per-dataset lock
+    throughout when it has one (:data:`LOCKS`)."""
+    if not settings.data_url:
+        yield
+        return
+    version = model_version(settings, dataset, inputs) if verb in ("embed", "publish") else ""
+    with around(dataset, settings, (*READS[verb], "reports"), (*WRITES[verb], "reports"), LOCKS.get(verb), version):
+        yield
+    if verb == "embed":
+        drop_shards(store_of(settings), dataset, version)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def around(dataset: str, settings: Settings, reads: tuple[str, ...], writes: tuple[str, ...],
+           lock: str | None = None, version: str = "") -> Iterator[None]:
+    """Pull the outputs named in ``reads``, run the block, push those named in ``writes`` (after a success), all
+    under the dataset's lock ``lock`` when given; a no-op without a data store. For calls that are not a stage verb
+    (``mmr promote --rollback``, ``mmr distill``)."""
     store = store_of(settings)
     if store is None:
         yield
         return
     from mmretrieval.core.locks import dataset_lock
 
-    lock = dataset_lock(settings, dataset, LOCKS[verb]) if verb in LOCKS else contextlib.nullcontext()
-    with lock:
-        version = model_version(settings, dataset, inputs) if verb in ("embed", "publish") else ""
-        outputs = [*WRITES[verb], "reports"]
-        for name in outputs:
+    with dataset_lock(settings, dataset, lock) if lock else contextlib.nullcontext():
+        for name in writes:
             store.forget(unit(settings, dataset, name, version)[0])  # the local copy is about to change
-        for name in [*READS[verb], "reports"]:
+        for name in reads:
             pull(store, settings, dataset, name, version)
         yield
-        for name in outputs:
+        for name in writes:
             key, path = unit(settings, dataset, name, version)
             if path.exists():
                 store.push(path, key)
-        if verb == "embed":
-            drop_shards(store, dataset, version)
 
 
 def pull(store: Store, settings: Settings, dataset: str, name: str, version: str = "") -> None:
@@ -198,7 +211,8 @@ def shard_unit(dataset: str, version: str, k: int) -> str:
 def shard_files(work: Path, k: int) -> list[Path]:
     """The files of shard ``k`` in an embedding work folder (its part file, timings, region shard) and plan.json."""
     tag = f"-{k:05d}."
-    return [p for p in sorted(work.rglob("*")) if p.is_file() and (tag in p.name or p.name == "plan.json")]
+    return [p for p in sorted(work.rglob("*"))
+            if p.is_file() and ((tag in p.name and ".tmp" not in p.name) or p.name == "plan.json")]
 
 
 def push_shard(store: Store, settings: Settings, dataset: str, version: str, k: int) -> None:
@@ -271,19 +285,21 @@ def embed_start(dataset: str, settings: Settings | None = None) -> EmbedStart:
 def embed_shard(dataset: str, shard: int, settings: Settings | None = None, pinned: Pinned | None = None
                 ) -> dict[str, Any]:
     """:func:`mmretrieval.stages.embed.run_shard`, its shard then committed on its own; skipped when the store
-    already holds that shard committed (a retried or redelivered task)."""
+    already holds that shard committed for the same plan (a retried or redelivered task)."""
     from mmretrieval.stages import embed
 
     settings = settings or get_settings()
     store = store_of(settings)
     if store is None:
         return embed.run_shard(dataset, shard, settings, pinned)
-    version = model_version(settings, dataset, {"pinned": pinned})
-    if store.commit(shard_unit(dataset, version, shard)) is not None:
-        return {"shard": shard, "skipped": True}
     pull(store, settings, dataset, "clean")
-    result = embed.run_shard(dataset, shard, settings, pinned)
-    push_shard(store, settings, dataset, version, shard)
+    p = embed.plan(dataset, settings, pinned=pinned)
+    committed = store.commit(shard_unit(dataset, p.ref.version, shard))
+    if committed is not None and (p.work / "plan.json").is_file() and committed["files"].get("plan.json", {}).get(
+            "sha256") == sha256_file(p.work / "plan.json"):
+        return {"shard": shard, "skipped": True}  # committed for this very plan (not one of older data)
+    result = embed.embed_shard(p, shard, settings)
+    push_shard(store, settings, dataset, p.ref.version, shard)
     return result
 
 

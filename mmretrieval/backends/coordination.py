@@ -2,11 +2,13 @@
 
 Why Postgres and not Redis: the cluster already runs Postgres (Airflow's and MLflow's metadata), and a session
 advisory lock belongs to the holder's connection: the server releases it the moment that connection ends, so a
-worker killed mid-stage (SIGKILL, OOM, a lost host once TCP keepalive gives up) never wedges the dataset, and no
-lease has to be guessed long enough for the longest training. A Redis lock (SET NX PX) expires on a timer instead:
-too short and a slow training loses its lock while it still writes, too long and a dead worker blocks the dataset
-for that long; its safety across a Redis failover is also weaker. An Airflow pool of one slot would cover only
-Airflow tasks, not ``mmr`` or a library call, and not per dataset without a pool per dataset.
+worker killed mid-stage (SIGKILL, OOM: at once; a vanished host: once TCP keepalive gives up, ~25 s) never wedges
+the dataset, and no lease has to be guessed long enough for the longest training. (The flip side, as with every
+lock service: a holder cut off from the server for longer than that loses its lock while it still runs.) A Redis
+lock (SET NX PX) expires on a timer instead: too short and a slow training loses its lock while it still writes,
+too long and a dead worker blocks the dataset for that long; its safety across a Redis failover is also weaker. An
+Airflow pool of one slot would cover only Airflow tasks, not ``mmr`` or a library call, and not per dataset without
+a pool per dataset.
 
 The lock key is the first 8 bytes of ``sha256("mmretrieval:" + name)`` as a signed 64-bit integer (the key space of
 ``pg_try_advisory_lock(bigint)``); ``name`` is ``<dataset>.<lock>`` as in ``var/locks/``.
@@ -24,7 +26,10 @@ from mmretrieval.core.errors import LockError
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often a waiting worker asks again
-KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+# TCP keepalive on both ends (the server side set for this session): a holder's host that vanishes without closing
+# its connection is noticed after about 10 + 3 x 5 = 25 s, and its lock released
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+             "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"}
 
 
 def lock_key(name: str) -> int:

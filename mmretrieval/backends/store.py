@@ -24,12 +24,14 @@ Any fsspec URL works (``file://`` too); for ``s3://`` the endpoint and credentia
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -195,11 +197,28 @@ class Store:
         the commit record, or None when nothing is committed (``local`` left alone). Raises :class:`StoreError` for
         a commit that cannot be used (an object missing, a size or sha256 that differs); ``local`` is then
         unchanged."""
-        record = self.commit(unit)
-        if record is None:
-            return None
-        if self.marked(unit) == record["commit"] and local.exists():
+        with self._local_lock(unit):  # two tasks of one worker pulling the same unit: one downloads
+            record = self.commit(unit)
+            if record is None:
+                return None
+            if self.marked(unit) != record["commit"] or not local.exists():
+                self._replace(unit, record, local)
             return record
+
+    @contextlib.contextmanager
+    def _local_lock(self, unit: str) -> Iterator[None]:
+        if self.markers is None:
+            yield
+            return
+        from filelock import FileLock
+
+        path = self.markers / f"{unit}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path)):
+            yield
+
+    def _replace(self, unit: str, record: dict[str, Any], local: Path) -> None:
+        """Download commit ``record`` of ``unit`` and put it in the place of ``local`` (folder swap or rename)."""
         started = time.monotonic()
         if record["kind"] == "dir":
             with atomic_dir(local) as tmp:
@@ -218,7 +237,6 @@ class Store:
         self._mark(unit, record["commit"])
         log.info("store: pulled %s@%s (%d file(s)) in %.1fs", unit, record["commit"][:8], len(record["files"]),
                  time.monotonic() - started)
-        return record
 
     def _download(self, unit: str, record: dict[str, Any], into: Path) -> None:
         base = f"{self.key(unit)}/{OBJECTS}/{record['commit']}"

@@ -14,6 +14,8 @@ Stages find each other's outputs here, never by importing another stage. The tre
     var/checkpoints/<ds>/<run>/        training checkpoints (train)
     var/promotions/<ds>.jsonl          every gate decision and alias move (promote, rerank)
     var/locks/<ds>.<name>.lock         per-dataset stage locks (train, gate, rerank)
+    var/store/<unit>.commit.json       with MMR_DATA_URL: the commit of the shared store a local copy holds
+                                       (mmretrieval.backends.store; data/ is then a cache of the store)
     var/model-cache/<model>/           downloaded model versions
     var/cache/<kind>/<key[:2]>/<key>   per-item results addressed by content (mmretrieval.core.cache), shared by
                                        every dataset and data version on this machine

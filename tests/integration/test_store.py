@@ -155,9 +155,9 @@ def test_embedding_shards_are_committed_one_by_one_and_merged_by_the_finishing_w
     for k, worker in enumerate(("w1", "w2")):  # each worker embedded one shard into its own work folder
         settings = get_settings(make_workspace(tmp_path / worker))
         work = settings.layout("ds").embeddings("3.partial")
-        folder(work, {"plan.json": plan, f"part-{k:05d}.parquet": f"rows {k}".encode(),
-                      f"timings-{k:05d}.json": b"{}", f"regions/regions-{k:05d}.npy": b"r", f"regions/ids-{k:05d}.json":
-                      b"[]", f"part-{1 - k:05d}.parquet.tmp": b"not this worker's"})
+        folder(work, {"plan.json": plan, f"part-{k:05d}.parquet": f"rows {k}".encode(), f"timings-{k:05d}.json": b"{}",
+                      f"regions/regions-{k:05d}.npy": b"r", f"regions/ids-{k:05d}.json": b"[]",
+                      f"part-{1 - k:05d}.parquet": b"not this shard", f"part-{k:05d}.parquet.tmp": b"being written"})
         push_shard(store_of(settings), settings, "ds", "3", k)
     finisher = get_settings(make_workspace(tmp_path / "w3"))
     store = store_of(finisher)
@@ -174,32 +174,57 @@ def test_embedding_shards_are_committed_one_by_one_and_merged_by_the_finishing_w
     assert store.units("embeddings") == []
 
 
-def test_stages_hand_over_between_workspaces_that_share_no_folder(
+def test_the_pipeline_spread_over_workers_that_share_no_folder_hands_over_through_the_store(
         url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ingest on one worker (its raw data pushed with DVC to the bucket), validate on a second, clean on a third
-    (raw data and validated rows pulled), augment back on the second (the clean output pulled over its old copy)."""
+    """Every stage on another worker with its own MMR_HOME: ingest (raw data pushed by DVC to the bucket), validate
+    and clean elsewhere (exactly that data version pulled by DVC), augment, train, evaluate, promote each elsewhere;
+    then the serve DAG's calls: embed_start pins, shards embedded on two workers and committed one by one (a
+    redelivered shard is skipped), a third finishes from the store, the publish steps on three. MLflow and Milvus
+    are one store each, as their servers are in a cluster: models never travel through the data store."""
     from mmretrieval.core.settings import get_settings
-    from mmretrieval.handoff import ingest
+    from mmretrieval.handoff import embed_shard, embed_start, ingest, publish_build, publish_check
     from mmretrieval.runner import run_stage
     from tests.helpers.files import tiny_dataset
-    from tests.helpers.workspace import make_workspace
+    from tests.helpers.workspace import FAST_PARAMS, make_workspace
 
-    monkeypatch.setenv("MMR_DATA_URL", url)
-    homes = {name: get_settings(make_workspace(tmp_path / name)) for name in ("ingester", "w1", "w2")}
-    ingested = ingest(tiny_dataset(tmp_path / "src"), "tiny", homes["ingester"])
+    for name, value in {"MMR_DATA_URL": url, "MMR_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        "MMR_MLFLOW_ARTIFACTS": str(tmp_path / "mlartifacts"),
+                        "MMR_MILVUS_URI": str(tmp_path / "milvus.db")}.items():
+        monkeypatch.setenv(name, value)
+    params = FAST_PARAMS + "embed: {shard_rows: 6}\n"  # the 16 tiny rows in 3 shards
+    w = {name: get_settings(make_workspace(tmp_path / name, params)) for name in ("w0", "w1", "w2", "w3")}
+    ingested = ingest(tiny_dataset(tmp_path / "src"), "tiny", w["w0"])
     store = Store(url)
     assert store.units("") == ["raw/tiny.dvc"] and store.fs.find(f"{store.root}/dvc")  # pointer + DVC's objects
-
-    validated = run_stage("validate", "tiny", homes["w1"])
+    validated = run_stage("validate", "tiny", w["w1"])
     assert validated["data_version"] == ingested["data_version"]  # exactly the ingested version, pulled by DVC
-    assert tree(homes["w1"].layout("tiny").raw) == tree(homes["ingester"].layout("tiny").raw)
-    cleaned = run_stage("clean", "tiny", homes["w2"])
-    assert not homes["w1"].layout("tiny").clean.exists()
-    augmented = run_stage("augment", "tiny", homes["w1"])
-    assert augmented["data_version"] == cleaned["data_version"] == ingested["data_version"]
-    assert tree(homes["w1"].layout("tiny").clean) == tree(homes["w2"].layout("tiny").clean)
-    assert store.units("") == ["augmented/tiny", "clean/tiny", "raw/tiny.dvc", "reports/tiny", "validated/tiny"]
-    reports = tmp_path / "reports"
-    store.pull("reports/tiny", reports)  # each worker pulled the reports before adding its stage's result
-    assert sorted(p.name for p in (reports / "stages").iterdir()) == ["augment.json", "clean.json", "validate.json"]
-    assert not (homes["ingester"].var_dir / "locks").exists()  # no model stage ran: no lock taken
+    assert tree(w["w1"].layout("tiny").raw) == tree(w["w0"].layout("tiny").raw)
+    run_stage("clean", "tiny", w["w2"])
+    assert not w["w1"].layout("tiny").clean.exists()
+    assert run_stage("augment", "tiny", w["w1"])["data_version"] == ingested["data_version"]
+    assert tree(w["w1"].layout("tiny").clean) == tree(w["w2"].layout("tiny").clean)
+    version = str(run_stage("train", "tiny", w["w0"])["model_version"])
+    run_stage("evaluate", "tiny", w["w1"], version=version)  # the reports and promotions travel too
+    assert run_stage("promote", "tiny", w["w2"], version=version)["promoted"]
+
+    started = embed_start("tiny", w["w1"])
+    assert started.shards == [0, 1, 2]
+    pinned = started.pinned
+    assert not embed_shard("tiny", 0, w["w1"], pinned).get("skipped")
+    assert not embed_shard("tiny", 1, w["w2"], pinned).get("skipped")
+    assert embed_shard("tiny", 0, w["w2"], pinned) == {"shard": 0, "skipped": True}  # committed by w1
+    assert embed_start("tiny", w["w3"]).shards == [2]  # what no worker committed yet
+    embed_shard("tiny", 2, w["w2"], pinned)
+    summary = run_stage("embed", "tiny", w["w3"], pinned=pinned)
+    assert summary["rows"] == 16 and summary["shards"] == [f"part-0000{k}.parquet" for k in range(3)]
+    assert store.units("embeddings") == [f"embeddings/tiny/v{version}"]  # the shards' units deleted after
+
+    publish_build("tiny", w["w1"], pinned)
+    assert publish_check("tiny", w["w2"], pinned)["checks"]["rows"] == 16
+    published = run_stage("publish", "tiny", w["w0"], pinned=pinned)
+    assert published["changed"] and published["model_version"] == version
+    assert store.units("") == ["augmented/tiny", "clean/tiny", f"embeddings/tiny/v{version}", "raw/tiny.dvc",
+                               "reports/tiny", "validated/tiny", "var/promotions/tiny.jsonl"]
+    store.pull("reports/tiny", tmp_path / "reports")  # each worker pulled the reports before adding its result
+    assert {p.stem for p in (tmp_path / "reports" / "stages").iterdir()} == {
+        "validate", "clean", "augment", "train", "evaluate", "promote", "embed", "publish"}
