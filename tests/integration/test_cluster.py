@@ -140,8 +140,11 @@ def assert_served(cluster: dict[str, Any], client: Path) -> str:
                       aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mmr", Prefix="mlflow/").get("Contents", [])]
     assert any(model.run_id in k for k in keys), (model.run_id, keys[:20])  # the artifacts are in the bucket
-    loaded = mlflow.pyfunc.load_model(f"models:/mmr-{DATASET}@champion")
-    assert loaded.metadata.run_id == model.run_id
+    loaded = mlflow.pyfunc.load_model(f"models:/mmr-{DATASET}@champion")  # downloaded through the server
+    import pandas as pd
+
+    vectors = loaded.predict(pd.DataFrame([{"text": "a red square"}]))
+    assert vectors.shape[0] == 1 and vectors.shape[1] > 0
 
     from mmretrieval.backends.index import MilvusIndex
 
