@@ -16,7 +16,8 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-unit test-milvus-server milvus-server-venv milvus-server browser lint clean-state help
+.PHONY: setup demo test test-unit test-milvus-server milvus-server-venv milvus-server browser cluster-deps cluster \
+	test-cluster lint clean-state help
 
 help:
 	@echo "make demo   - set up .venv, run the whole pipeline on the bundled sample through Airflow, search it"
@@ -24,6 +25,9 @@ help:
 	@echo "make test-unit          - the fast tests only (no servers, pipelines or training; under 2 minutes)"
 	@echo "make test-milvus-server - only the tests against a real Milvus server"
 	@echo "make milvus-server      - run a Milvus server on 127.0.0.1:$(MILVUS_PORT) (data in var/milvus-server)"
+	@echo "make cluster - run the scale-out cluster on 127.0.0.1 (Postgres, Redis, S3, MLflow, Milvus, Airflow Celery"
+	@echo "               with two workers) until Ctrl-C; see docs/cluster.md"
+	@echo "make cluster-deps - install Debian's postgresql and redis-server (the cluster; needs root or sudo)"
 	@echo "make browser - install Debian's chromium and chromium-driver (the search page test; needs root or sudo)"
 	@echo "make lint   - ruff, and lint-imports (the layer contracts in pyproject.toml)"
 
@@ -56,8 +60,23 @@ browser:
 	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; fi
 
-test: setup milvus-server-venv browser
-	MMR_REQUIRE_MILVUS_SERVER=1 MMR_REQUIRE_BROWSER=1 $(BIN)/pytest -q tests
+# The cluster's servers come from Debian (PostgreSQL 15, Redis), never a downloaded build; idempotent.
+cluster-deps:
+	@if [ -x /usr/lib/postgresql/15/bin/postgres ] && [ -x /usr/bin/redis-server ]; then \
+		echo "postgresql 15 and redis-server present"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			postgresql-15 redis-server; fi
+
+# Everything scripts/cluster.py starts, on free loopback ports under a temporary folder, until Ctrl-C
+cluster: setup milvus-server-venv cluster-deps
+	$(BIN)/python scripts/cluster.py $(CLUSTER_ARGS)
+
+test: setup milvus-server-venv browser cluster-deps
+	MMR_REQUIRE_MILVUS_SERVER=1 MMR_REQUIRE_BROWSER=1 MMR_REQUIRE_CLUSTER=1 $(BIN)/pytest -q tests
+
+test-cluster: setup milvus-server-venv cluster-deps
+	MMR_REQUIRE_CLUSTER=1 $(BIN)/pytest -q -s -m cluster tests/integration/test_cluster.py
 
 test-milvus-server: setup milvus-server-venv
 	MMR_REQUIRE_MILVUS_SERVER=1 $(BIN)/pytest -q -m milvus_server tests/integration/test_milvus_server.py

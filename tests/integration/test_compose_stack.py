@@ -1,11 +1,11 @@
 """docker-compose.yml checked against the real binaries it starts, without Docker (issue 18): the MLflow server with
-the service's own flags, ``mmr validate`` in a copy of the workspace laid out as the compose mounts lay it out, and
-Airflow's migration check (the init job's exit and its health check) on a real unmigrated SQLite home."""
+the service's own flags, and Airflow's migration check (the init job's exit and its health check) on a real
+unmigrated SQLite home. The workers' topology (own workspace each, hand-off through the bucket, Celery over Redis)
+runs for real in tests/integration/test_cluster.py."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.compose import command_words, covered, mlflow_server_args, services, workspace_mounts
-from tests.helpers.files import tiny_dataset
+from tests.helpers.compose import command_words, mlflow_server_args, services
 from tests.helpers.servers import free_port
-from tests.helpers.workspace import BIN, FAST_PARAMS, REPO, mmr
+from tests.helpers.workspace import BIN
 
 pytestmark = pytest.mark.integration
 
@@ -78,48 +77,6 @@ def test_the_real_mlflow_server_with_the_compose_flags_accepts_the_container_hos
         proc.wait(timeout=30)
 
 
-def git_dvc_workspace(root: Path) -> Path:
-    """A workspace like the project folder on a server: a git repository with DVC (SCM mode) and a dataset."""
-    root.mkdir(parents=True)
-    (root / "params.yaml").write_text(FAST_PARAMS, encoding="utf-8")
-    shutil.copyfile(REPO / "dvc.yaml", root / "dvc.yaml")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=env)
-    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=root, check=True, env=env)
-    out = mmr("ingest", str(tiny_dataset(root.parent / "src")), "--name", "tiny", cwd=root,
-              env={"MMR_HOME": str(root)})
-    assert out.returncode == 0, out.stderr
-    return root
-
-
-def files_under(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-
-
-def test_mmr_validate_runs_in_the_workspace_as_the_compose_mounts_lay_it_out(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in CLEAN_ENV:
-        monkeypatch.delenv(var, raising=False)
-    host = git_dvc_workspace(tmp_path / "project")
-    container = tmp_path / "container" / "workspace"
-    container.mkdir(parents=True)
-    mounts = workspace_mounts(services()["airflow-scheduler"])
-    for rel, source in sorted(mounts.items()):  # "." first, then anything mounted inside it
-        src, dst = (host / source).resolve(), container / rel
-        if src.is_dir():
-            shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True)
-        elif src.exists():
-            shutil.copyfile(src, dst)
-    before = files_under(container)
-    out = mmr("validate", "--dataset", "tiny", cwd=container, env={"MMR_HOME": str(container)})
-    assert out.returncode == 0, f"mounts {mounts}: {out.stderr[-800:]}"
-    written = sorted(files_under(container) - before)
-    assert "data/validated/tiny/report.json" in written
-    lost = [rel for rel in written if not covered(mounts, rel)]
-    assert lost == [], f"written outside the mounts {mounts}, lost with the container: {lost}"
-
-
 def airflow(home: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV and not k.startswith("AIRFLOW__")}
     env |= {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -137,13 +94,28 @@ def test_airflow_components_wait_for_an_init_job_whose_exit_and_health_check_mea
     home.mkdir()
     before = airflow(home, *check[1:])
     assert before.returncode != 0, before.stdout
-    init = command_words(svc["airflow-init"])
-    assert init[0] == "airflow"
-    migrated = airflow(home, *init[1:], timeout=600)
-    assert migrated.returncode == 0, migrated.stderr[-800:]
+    words = command_words(svc["airflow-init"])
+    steps = _split(words, "&&")
+    assert steps[0] == ["airflow", "db", "migrate"] and all(step[0] == "airflow" for step in steps), steps
+    for step in steps:  # the migration, then the Milvus writer pool the DAG's publish tasks need
+        done = airflow(home, *step[1:], timeout=600)
+        assert done.returncode == 0, done.stderr[-800:]
     after = airflow(home, *check[1:])
     assert after.returncode == 0, after.stdout + after.stderr
-    for name in ("airflow-api", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+    assert "mmr_milvus_writer" in airflow(home, "pools", "list").stdout
+    for name in ("airflow-api", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker-a",
+                 "airflow-worker-b"):
         assert svc[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
 
 
+
+
+def _split(words: list[str], separator: str) -> list[list[str]]:
+    """``a b && c d`` -> ``[[a, b], [c, d]]``."""
+    steps: list[list[str]] = [[]]
+    for word in words:
+        if word == separator:
+            steps.append([])
+        else:
+            steps[-1].append(word)
+    return steps

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))  # as Airflow does for its plugins folder
 
-from mmr_airflow import MmrHook, datasets_of, log_data_docs, run_library  # noqa: E402
+from mmr_airflow import MmrHook, datasets_of, is_transient, log_data_docs, run_library  # noqa: E402
 
 
 def events(*names: str) -> dict:
@@ -59,6 +59,83 @@ def test_the_hook_reads_milvus_and_mlflow_connections_and_falls_back_to_the_envi
     settings = MmrHook().get_settings()
     assert settings.milvus_uri == "http://milvus.internal:19530" and settings.milvus_token == "root:Milvus"
     assert settings.mlflow_uri == "http://mlflow.internal:5000" and settings.mlflow_artifacts == ""
+
+
+SECRET = "s3cr3t-Key-0123456789"
+
+
+def store_connection(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """An ``aws``-type data store Connection with a recognisable secret; the AWS variables it exports undone after."""
+    import json
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                "MLFLOW_S3_ENDPOINT_URL", "MMR_DATA_URL", "MMR_LOCK_URL"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # registered with monkeypatch, so whatever the hook exports is undone
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AIRFLOW_CONN_MMR_DATA_DEFAULT", json.dumps({
+        "conn_type": "aws", "login": "AKIDEXAMPLE", "password": SECRET,
+        "extra": {"endpoint_url": endpoint, "region_name": "eu-west-1", "data_url": "s3://bucket/prefix"}}))
+
+
+def test_the_hook_is_declared_as_a_provider_hook_and_reads_the_data_store_connection(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    assert (MmrHook.default_conn_name, MmrHook.conn_type, MmrHook.conn_name_attr, MmrHook.hook_name) == (
+        "mmr_data_default", "aws", "data_conn_id", "mmretrieval")
+    assert getattr(MmrHook(), MmrHook.conn_name_attr) == MmrHook.default_conn_name
+    assert MmrHook().get_conn().data_url == ""  # no Connection: the environment's (none)
+    store_connection(monkeypatch, "http://s3.internal:9000")
+    settings = MmrHook().get_conn()
+    assert settings.data_url == "s3://bucket/prefix" and settings.home == workspace
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET and os.environ["AWS_ACCESS_KEY_ID"] == "AKIDEXAMPLE"
+    assert os.environ["AWS_ENDPOINT_URL"] == "http://s3.internal:9000" == os.environ["MLFLOW_S3_ENDPOINT_URL"]
+    assert os.environ["AWS_DEFAULT_REGION"] == "eu-west-1"
+
+
+def test_test_connection_names_each_unreachable_service_and_never_prints_a_secret(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.helpers.servers import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    store_connection(monkeypatch, closed)
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", closed)
+    monkeypatch.setenv("AIRFLOW_CONN_MILVUS_DEFAULT", f"http://root:{SECRET}@127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with caplog.at_level("DEBUG"):
+        ok, message = MmrHook().test_connection()
+    assert not ok
+    assert "milvus:" in message and "mlflow:" in message and "data store:" in message, message
+    assert SECRET not in message and SECRET not in caplog.text
+
+
+def test_store_errors_are_retried_only_when_the_store_was_unreachable() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mmretrieval.core.errors import LockError, StoreError
+
+    def store_error(message: str, cause: BaseException | None) -> StoreError:
+        try:
+            raise StoreError(message) from cause
+        except StoreError as e:
+            return e
+
+    def raises(error: Exception) -> None:
+        raise error
+
+    unreachable = store_error("download of s3://b/clean/x@1 failed: connection refused", ConnectionRefusedError())
+    missing = store_error("commit 1 of s3://b/clean/x is unusable: object(s) missing", FileNotFoundError("k"))
+    corrupt = store_error("commit 1 of s3://b/clean/x: a.png differs from its commit record", None)
+    assert is_transient(unreachable) and is_transient(LockError("lock coordinator unreachable"))
+    assert not is_transient(missing) and not is_transient(corrupt)
+    with pytest.raises(StoreError, match="connection refused"):  # not an AirflowFailException: retried
+        run_library(raises, unreachable)
+    for error in (missing, corrupt):
+        with pytest.raises(AirflowFailException, match="mmr: commit 1"):
+            run_library(raises, error)
 
 
 def test_the_validate_task_logs_where_the_data_docs_page_is(workspace: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -18,7 +18,6 @@ from tests.helpers.compose import (
     COMPOSE,
     command_words,
     compose,
-    covered,
     mlflow_server_args,
     option,
     services,
@@ -26,12 +25,13 @@ from tests.helpers.compose import (
 )
 from tests.helpers.workspace import REPO
 
-AIRFLOW_COMPONENTS = ("airflow-api", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
+WORKERS = ("airflow-worker-a", "airflow-worker-b")
+AIRFLOW_COMPONENTS = ("airflow-api", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", *WORKERS)
 RESTARTS = ("always", "unless-stopped", "on-failure")
 
 
 def test_compose_has_milvus_mlflow_airflow_and_their_backends() -> None:
-    assert {"etcd", "minio", "milvus", "mlflow", "mlflow-db", "airflow-db", "airflow-init",
+    assert {"etcd", "minio", "milvus", "mlflow", "mlflow-db", "airflow-db", "airflow-init", "redis",
             *AIRFLOW_COMPONENTS} <= set(services())
 
 
@@ -57,9 +57,9 @@ def test_the_validator_rejects_a_file_that_breaks_the_specification(tmp_path: Pa
 
 def test_every_mmr_variable_compose_sets_is_read_by_the_library() -> None:
     source = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "mmretrieval").rglob("*.py"))
-    env = services()["airflow-scheduler"]["environment"]
+    env = services()["airflow-worker-a"]["environment"]
     mmr_vars = [k for k in env if k.startswith("MMR_")]
-    assert {"MMR_MILVUS_URI", "MMR_MLFLOW_TRACKING_URI"} <= set(mmr_vars)
+    assert {"MMR_MILVUS_URI", "MMR_MLFLOW_TRACKING_URI", "MMR_DATA_URL", "MMR_LOCK_URL"} <= set(mmr_vars)
     for var in mmr_vars:
         assert re.search(rf"[\"']{var}[\"']", source), f"{var} is set in compose but never read"
     assert env["MMR_MILVUS_URI"].startswith("http://milvus:")
@@ -76,7 +76,7 @@ def test_mlflow_allows_the_host_name_the_containers_use() -> None:
 
 def test_airflow_components_start_after_the_migration_and_restart() -> None:
     svc = services()
-    assert command_words(svc["airflow-init"])[-2:] == ["db", "migrate"]
+    assert command_words(svc["airflow-init"])[:3] == ["airflow", "db", "migrate"]
     assert svc["airflow-init"].get("restart") == "no"
     assert svc["airflow-init"]["depends_on"]["airflow-db"]["condition"] == "service_healthy"
     for name in AIRFLOW_COMPONENTS:
@@ -86,12 +86,36 @@ def test_airflow_components_start_after_the_migration_and_restart() -> None:
         assert svc[name].get("restart") in RESTARTS, f"{name} has no restart policy"
 
 
-def test_the_workspace_mount_holds_dvc_and_keeps_var() -> None:
-    for name in ("airflow-scheduler", "airflow-api"):
-        mounts = workspace_mounts(services()[name])
-        for rel in (".dvc", "data", "params.yaml", "dvc.yaml", "var"):
-            assert covered(mounts, rel), f"{name}: {rel} is not mounted in the workspace ({mounts})"
-        assert all(src.startswith(".") for src in mounts.values())  # host folders, kept across restarts
+def test_each_worker_has_its_own_workspace_and_no_workspace_is_shared() -> None:
+    """As tests/integration/test_cluster.py runs it: data travels through the bucket, never a shared folder."""
+    svc = compose()["services"]
+    named = compose().get("volumes", {})
+    sources: dict[str, list[str]] = {}
+    for name in AIRFLOW_COMPONENTS:
+        for spec in svc[name].get("volumes", []):
+            sources.setdefault(str(spec).split(":")[0], []).append(name)
+    assert all(len(users) == 1 for users in sources.values()), sources  # nothing mounted by two components
+    for name in WORKERS:
+        mounts = workspace_mounts(svc[name])
+        assert list(mounts) == ["."] and mounts["."] in named, f"{name}: {mounts}"  # a named volume, the whole home
+    for name in set(AIRFLOW_COMPONENTS) - set(WORKERS):
+        assert workspace_mounts(svc[name]) == {}, name
+
+
+def test_the_workers_use_celery_through_redis_and_hand_over_through_the_bucket() -> None:
+    svc = services()
+    for name in AIRFLOW_COMPONENTS:
+        env = svc[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:"), name
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql"), name
+    for name in WORKERS:
+        assert command_words(svc[name])[:3] == ["airflow", "celery", "worker"], name
+    env = svc["airflow-worker-a"]["environment"]
+    bucket = env["MMR_DATA_URL"].removeprefix("s3://").split("/")[0]
+    assert env["AWS_ENDPOINT_URL"].startswith("http://minio:")
+    assert (option(mlflow_server_args(), "--artifacts-destination") or "").startswith(f"s3://{bucket}/")
+    assert env["MMR_LOCK_URL"].startswith("postgresql://")
 
 
 def test_a_one_shot_service_creates_the_bucket_mlflow_writes_to() -> None:
@@ -110,12 +134,12 @@ def test_there_is_a_triggerer() -> None:
     assert any(command_words(s)[-2:] == ["airflow", "triggerer"] for s in services().values())
 
 
-def test_the_container_that_runs_training_and_embedding_reserves_gpus() -> None:
+def test_the_containers_that_run_training_and_embedding_reserve_gpus() -> None:
     svc = services()
-    assert svc["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"  # tasks run there
-    devices = svc["airflow-scheduler"].get("deploy", {}).get("resources", {}).get("reservations", {}).get(
-        "devices", [])
-    assert any("gpu" in d.get("capabilities", []) for d in devices), "the scheduler reserves no GPU"
+    for name in WORKERS:  # the Celery workers run the tasks
+        devices = svc[name].get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        assert any("gpu" in d.get("capabilities", []) for d in devices), f"{name} reserves no GPU"
+    assert "deploy" not in svc["airflow-scheduler"]  # it schedules only
 
 
 def test_the_image_knows_its_code_version_without_git() -> None:
