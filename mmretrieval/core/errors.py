@@ -6,6 +6,7 @@ Every error is an :class:`MMRError` and also subclasses the builtin it resembles
     ├── ConfigError            (ValueError)    bad params.yaml key/value or environment override
     ├── ManifestError          (ValueError)    a manifest that cannot be read at all (columns, encoding, empty)
     ├── ValidationFailed       (ValueError)    hard validation failures: the pipeline stops before training
+    │   └── DataChangedError   (ValueError)    bytes changed since the data version that recorded them
     ├── DatasetNotFoundError   (FileNotFoundError)  unknown dataset name or a stage output that is not there yet
     ├── MediaError             (ValueError)    one media file that cannot be used (query uploads, evaluation)
     ├── VersioningError        (RuntimeError)  DVC failed
@@ -40,6 +41,10 @@ class ManifestError(MMRError, ValueError):
 
 class ValidationFailed(MMRError, ValueError):
     """Hard validation failures: the pipeline stops before training."""
+
+
+class DataChangedError(ValidationFailed):
+    """Bytes changed since the data version that recorded them"""
 
 
 class DatasetNotFoundError(MMRError, FileNotFoundError):
