@@ -379,7 +379,7 @@ def out_of_fold_vectors(pooled: torch.Tensor, sentences: torch.Tensor, owner: to
         scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
         opt = torch.optim.AdamW([*head.parameters(), scale], lr=lr, weight_decay=1e-4)
         train_q = torch.nonzero(fold_of[owner] != f).squeeze(1)
-        for _ in range(epochs):
+        for _ in progress(range(epochs), f"cross-fitted first stage, fold {f + 1}/{folds}", unit="epochs"):
             order = train_q[torch.from_numpy(rng.permutation(len(train_q)))]
             for start in range(0, len(order), batch_size):
                 q = order[start:start + batch_size]

@@ -162,4 +162,8 @@ def test_retraining_runs_only_new_images_through_the_frozen_backbone(prepared: P
     second = run_stage("train", "tiny")
     assert second["features"] == {"image": {"reused": 8, "computed": 0}}
     assert sum(seen) == 4  # only validation ran through the backbone
-    assert second["metrics"] == first["metrics"]  # the same features, bit for bit: the same seeded training
+    def quality(m: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in m.items() if not k.endswith("_per_s")}
+
+    assert quality(second["metrics"]) == quality(first["metrics"])  # the same features bit for bit: the same
+    # seeded training
