@@ -17,6 +17,13 @@ path can replace one piece and show what it changed. The three are private class
 package of their own: nothing else embeds a manifest (training and evaluation encode in layers below), and a package
 would add a layer to the import contract for one user.
 
+In front of the reader and the mapper sits the item cache (:class:`_Cache`, ``var/cache/vectors/`` and
+``regions/``): a row whose content digest (its clean file's recorded ``media_sha256``, or its text) was embedded
+before by the same model weights and settings is taken from there, with no decode and no model; only the other rows
+are read (their bytes checked against the recorded digest first: :class:`~mmretrieval.core.errors.DataChangedError`)
+and encoded, in batches as before. The summary's ``cache`` counts both; ``checksums`` (sha256 per shard file) let
+publishing check the shards it inserts.
+
 Video rows also carry ``frame_times`` (seconds) and ``frame_vectors`` (K x dim: each sampled frame as an image), which
 publishing stores with the clip so that a hit can say where in the clip the query matched best.
 """
