@@ -106,7 +106,16 @@ class CaptionBank:
         self.index = {c: i for i, c in enumerate(self.vocab)}
         self.captions = captions
         self.text = text
-        self.cached = text.encode(self.vocab).to(device) if text.frozen else None  # (V, text_dim)
+        self.cached = self._encoded(text).to(device) if text.frozen else None  # (V, text_dim)
+
+    def _encoded(self, text: TextEncoder, chunk: int = 1024) -> torch.Tensor:
+        """(V, text_dim) features of the vocabulary, in chunks (progress lines for a large one)."""
+        from mmretrieval.core.progress import progress
+
+        starts = progress(range(0, len(self.vocab), chunk), "caption features", total=len(self.vocab),
+                          unit="captions", size=lambda s: len(self.vocab[s:s + chunk]))
+        parts = [text.encode(self.vocab[s:s + chunk]) for s in starts]
+        return torch.cat(parts) if parts else text.encode([])
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -201,8 +210,8 @@ def backbone_features(net: DualEncoder, images: list[Any], transform: Callable[[
     from mmretrieval.core.progress import progress
 
     parts = []
-    starts = progress(range(0, len(images), batch_size), "image backbone features", total=len(images), unit="images",
-                      size=lambda start: len(images[start:start + batch_size]))
+    starts = progress(range(0, len(images), batch_size), "image backbone features" + (" (mirrored)" if mirror else ""),
+                      total=len(images), unit="images", size=lambda start: len(images[start:start + batch_size]))
     for start in starts:
         pixels = torch.stack([transform(im) for im in images[start:start + batch_size]]).to(device)
         if mirror:
