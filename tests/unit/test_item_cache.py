@@ -1,4 +1,5 @@
-"""Array entries of the item cache (vectors, regions, backbone features) and the byte checks of clean media files."""
+"""Array entries of the item cache (vectors, regions, backbone features), the byte checks of clean media files, and
+progress lines over batches."""
 
 from __future__ import annotations
 
@@ -88,3 +89,16 @@ def test_byte_checks_name_the_changed_or_missing_file(tmp_path: Path) -> None:
     f.unlink()
     with pytest.raises(DataChangedError, match=r"red0\.png is gone"):
         verify_files([f], [recorded])
+
+
+def test_progress_counts_the_items_of_batches_and_logs_lines_without_a_terminal(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from mmretrieval.core.progress import progress
+
+    batches = [list(range(32)), list(range(32)), list(range(8))]
+    with caplog.at_level("INFO", logger="mmretrieval.progress"):
+        seen = list(progress(iter(batches), "embed demo image", total=72, size=len, every=0))
+    assert seen == batches
+    lines = [r.getMessage() for r in caplog.records if r.name == "mmretrieval.progress"]
+    assert lines[0].startswith("embed demo image: 32/72 items (44%)") and "items/s" in lines[0] and "left" in lines[0]
+    assert lines[2].startswith("embed demo image: 72/72 items (100%)") and len(lines) == 4  # + the closing line
