@@ -652,8 +652,8 @@ def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CH
         embed_shard(p, k, settings, model)
     summary = finish(p, device=model.device if model else "cpu", started=started)
     log.info("embed %s: %d items with %s v%s in %.1fs (%d shard(s)); %d reused from the item cache, %d computed",
-             dataset, p.rows, p.ref.name, p.ref.version, summary["seconds"], p.shards, summary["cache"]["reused"],
-             summary["cache"]["computed"])
+             dataset, p.rows, p.ref.name, p.ref.version, summary.get("seconds", 0.0), p.shards,
+             summary.get("cache", {}).get("reused", 0), summary.get("cache", {}).get("computed", 0))
     return summary
 
 
