@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 
@@ -117,6 +117,8 @@ class TrainResult(StageResult):
     skipped: bool = False
     reason: str = ""
     champion_data_version: str | None = None
+    features: dict[str, dict[str, int]] = field(default_factory=dict)  # per modality with cached backbone
+    # features: {"reused": items taken from the item cache, "computed": items decoded and run through the backbone}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Every error is an :class:`MMRError` and also subclasses the builtin it resembles
     ├── IngestConflict         (ValueError)    a batch that cannot be merged into its dataset (a path holding other
     │                                          bytes for another id, an id twice, nothing to remove)
     ├── ValidationFailed       (ValueError)    hard validation failures: the pipeline stops before training
-    │   └── DataChangedError   (ValueError)    a raw file's bytes differ from those its data version recorded
+    │   └── DataChangedError   (ValueError)    bytes differ from those their data version (or validation) recorded
     ├── DatasetNotFoundError   (FileNotFoundError)  unknown dataset name or a stage output that is not there yet
     ├── MediaError             (ValueError)    one media file that cannot be used (query uploads, evaluation)
     ├── UnsafePathError        (PermissionError)  a path that would leave its folder (a link) or changed under a copy
@@ -51,9 +51,10 @@ class ValidationFailed(MMRError, ValueError):
 
 
 class DataChangedError(ValidationFailed):
-    """A raw file changed (rewritten, replaced or deleted) after its data version or its validation recorded its
-    digest: the stage stops rather than mix bytes of two versions. The message names the file, the expected and
-    found digests, the data version and what to run."""
+    """Bytes changed since the data version that recorded them: a raw file rewritten, replaced or deleted after its
+    data version or its validation recorded its digest, a clean media file or an embedding shard changed after the
+    stage that wrote it recorded its sha256. The stage stops rather than mix bytes of two versions; the message names
+    the file, the expected and found digests and what to run."""
 
     @classmethod
     def of(cls, path: object, expected: str, found: str | None, data_version: str, when: str) -> DataChangedError:

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -51,11 +51,12 @@ def line(desc: str, done: int, total: int | None, elapsed: float, unit: str = "i
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "items",
-             every: float | None = None) -> Iterator[T]:
+             every: float | None = None, size: Callable[[T], int] | None = None) -> Iterator[T]:
     """Yield ``items`` unchanged, reporting progress: a bar when stderr is a terminal, a log line (INFO) every
     ``every`` seconds (default :func:`interval`) and a final one with the total time. ``total`` defaults to
-    ``len(items)`` when it has one."""
-    if total is None and hasattr(items, "__len__"):
+    ``len(items)`` when it has one. With ``size``, each yielded element counts ``size(element)`` units (a batch of
+    B items: B), and ``total`` is in those units."""
+    if total is None and size is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     every = interval() if every is None else every
     bar = None
@@ -68,9 +69,10 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
     try:
         for item in items:
             yield item
-            done += 1
+            step = size(item) if size is not None else 1
+            done += step
             if bar is not None:
-                bar.update(1)
+                bar.update(step)
             now = time.monotonic()
             if now - last >= every:
                 last = now

@@ -27,6 +27,7 @@ import numpy as np
 
 from mmretrieval.core.errors import MediaError, TrainingError
 from mmretrieval.core.params import IndexParams
+from mmretrieval.core.progress import progress
 from mmretrieval.core.schema import Modality, captions_of
 from mmretrieval.evaluation import centring
 from mmretrieval.evaluation.metrics import CHANCE_SUFFIX, EvalSet, both_directions, build_eval_set, resolve_metric
@@ -122,7 +123,8 @@ class RetrievalEvaluator:
         load = media_modality(modality).load
         ids, media, captions, labels = [], [], [], []
         skipped = 0
-        for _, row in self.frame[self.frame["modality"] == modality].iterrows():
+        rows = self.frame[self.frame["modality"] == modality]
+        for _, row in progress(rows.iterrows(), f"decode {modality} items", total=len(rows)):
             caps = normalize_captions(captions_of(row))  # a manifest of `evaluate --manifest` is not cleaned
             if not caps:
                 continue

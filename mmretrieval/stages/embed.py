@@ -17,6 +17,13 @@ path can replace one piece and show what it changed. The three are private class
 package of their own: nothing else embeds a manifest (training and evaluation encode in layers below), and a package
 would add a layer to the import contract for one user.
 
+In front of the reader and the mapper sits the item cache (:class:`_Cache`, ``var/cache/vectors/`` and
+``regions/``): a row whose content digest (its clean file's recorded ``media_sha256``, or its text) was embedded
+before by the same model weights and settings is taken from there, with no decode and no model; only the other rows
+are read (their bytes checked against the recorded digest first: :class:`~mmretrieval.core.errors.DataChangedError`)
+and encoded, in batches as before. The summary's ``cache`` counts both; ``checksums`` (sha256 per shard file) let
+publishing check the shards it inserts.
+
 Video rows also carry ``frame_times`` (seconds) and ``frame_vectors`` (K x dim: each sampled frame as an image), which
 publishing stores with the clip so that a hit can say where in the clip the query matched best.
 """
@@ -37,8 +44,9 @@ import numpy as np
 from mmretrieval.backends import tracking
 from mmretrieval.core.contracts import EmbedStart, Pinned
 from mmretrieval.core.errors import ModelError, PinnedInputChanged
-from mmretrieval.core.io import read_json, swap_dir, write_json
+from mmretrieval.core.io import read_json, sha256_file, swap_dir, write_json
 from mmretrieval.core.layout import SUMMARY, read_clean
+from mmretrieval.core.progress import progress
 from mmretrieval.core.schema import Modality, split_captions
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.models.modalities import MEDIA_MODALITIES, media_modality
@@ -145,6 +153,8 @@ class Timings:
     reader: float = 0.0
     mapper: float = 0.0
     writer: float = 0.0
+    reused: int = 0  # rows whose entries came from the item cache (no decode, no model)
+    computed: int = 0  # rows read and encoded
 
     def read(self, batches: Iterable[_Batch]) -> Iterator[_Batch]:
         """``batches``, with the time spent making each (and starting the iteration) added to ``reader``."""
@@ -170,18 +180,18 @@ class Timings:
             setattr(self, piece, getattr(self, piece) + time.perf_counter() - started)
 
     def add(self, other: Timings) -> None:
-        self.items += other.items
-        for piece in PIECES:
-            setattr(self, piece, getattr(self, piece) + getattr(other, piece))
+        for name in ("items", "reused", "computed", *PIECES):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def summary(self) -> dict[str, Any]:
-        """``{"items": N, "reader" | "mapper" | "writer": {"seconds": s, "items_per_second": N / s}}`` (items/s is
-        None for a piece that took no measurable time)."""
-        out: dict[str, Any] = {"items": self.items}
+        """``{"items": N, "reused": r, "computed": c, "reader" | "mapper" | "writer": {"seconds": s,
+        "items_per_second": n / s}}``: n is the computed rows for the reader and the mapper (reused rows skip both),
+        all N rows for the writer; items/s is None for a piece that took no measurable time."""
+        out: dict[str, Any] = {"items": self.items, "reused": self.reused, "computed": self.computed}
         for piece in PIECES:
-            seconds = getattr(self, piece)
+            seconds, n = getattr(self, piece), self.items if piece == "writer" else self.computed
             out[piece] = {"seconds": round(seconds, 3),
-                          "items_per_second": round(self.items / seconds, 1) if seconds > 0 else None}
+                          "items_per_second": round(n / seconds, 1) if seconds > 0 else None}
         return out
 
 
@@ -200,14 +210,16 @@ def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: Retrie
     if model is None:
         model = load_model(settings, p)
     started = time.monotonic()
-    frames: dict[int, tuple[list[float], np.ndarray]] = {}
     regions = _region_writer(settings, p)
     timings = Timings()
-    vectors = encode_rows(part, p.clean_root, model, settings.params_for(p.dataset).embed,
-                          desc=f"embed {p.dataset} shard {k}", frames=frames, regions=regions, timings=timings)
+    cached = _Cache(settings, p, model, regions)
+    vectors, frames = cached(part, model, settings.params_for(p.dataset).embed, f"embed {p.dataset} shard {k}",
+                             timings)
     _Writer(p, regions)(k, part, vectors, frames, timings)
+    log.info("embed %s shard %d: %d item(s) reused from the item cache, %d computed", p.dataset, k, timings.reused,
+             timings.computed)
     return {"shard": k, "rows": len(part), "seconds": round(time.monotonic() - started, 2),
-            "timings": timings.summary()}
+            "reused": timings.reused, "computed": timings.computed, "timings": timings.summary()}
 
 
 def _region_writer(settings: Settings, p: Plan) -> RegionWriter | None:
@@ -251,7 +263,9 @@ def encode_rows(part: pd.DataFrame, clean_dir: Path, model: RetrievalModel, embe
     mapper = _Mapper(model, len(part), frames, regions)
     for modality in reader.modalities:
         with _threads(reader.threads(modality)):
-            for batch in timings.read(reader.batches(modality)):
+            batches = progress(timings.read(reader.batches(modality)), f"{desc} {modality}",
+                               total=len(reader.rows[modality]), size=lambda b: len(b.rows))
+            for batch in batches:
                 with timings.timing("mapper"):
                     mapper(batch)
     timings.items += len(part)
@@ -333,7 +347,6 @@ class _Reader:
 
     def batches(self, modality: str) -> Iterator[_Batch]:
         from torch.utils.data import DataLoader
-        from tqdm import tqdm
 
         rows, bs = self.rows[modality], self.batch_size(modality)
         if modality == Modality.TEXT.value:
@@ -347,7 +360,7 @@ class _Reader:
         loader = DataLoader(_Decoded(files, rows, modality, self.model), batch_size=bs, num_workers=workers,
                             pin_memory=self.model.device.startswith("cuda"), prefetch_factor=4 if workers else None,
                             persistent_workers=False)
-        for batch, idx in tqdm(loader, desc=f"{self.desc} {modality}", unit="batch", leave=False, disable=None):
+        for batch, idx in loader:
             yield _Batch(modality, idx.numpy(), batch)
 
 
@@ -425,6 +438,130 @@ class _Writer:
         tmp.replace(target)
 
 
+CACHE_FORMAT = 1  # bump when what an entry holds, or how items are decoded into it, changes
+
+
+def model_identity(p: Plan, model: RetrievalModel, embed_params: Any) -> dict[str, Any]:
+    """What, besides an item's bytes, decides its vector: the registered model (name, version, MLflow run id), a
+    checksum of its weights (text tower included; computed once per loaded model), ``embed.precision`` and the device
+    type (autocast on CUDA and bf16 change the bits)."""
+    from mmretrieval.models.checksum import weights_checksum
+
+    checksum = getattr(model, "_mmr_weights_sha256", None)
+    if checksum is None:
+        checksum = weights_checksum(model.net, getattr(model.text, "model", None))
+        model._mmr_weights_sha256 = checksum  # type: ignore[attr-defined]
+    return {"format": CACHE_FORMAT, "model": p.ref.name, "version": p.ref.version, "run_id": p.ref.run_id,
+            "weights_sha256": checksum, "precision": embed_params.precision, "device": model.device.split(":")[0]}
+
+
+class _Cache:
+    """The item cache in front of the reader and the mapper (``var/cache/vectors/``, ``var/cache/regions/``).
+
+    An entry is keyed by the item's content digest (the clean media file's recorded ``media_sha256``, or the sha256
+    of the file when none is recorded; for a text item, the sha256 of the text it encodes) and by
+    :func:`model_identity`; a region entry also by a checksum of the re-ranker's weights. Rows with entries (and, in
+    the re-ranker's modality, region entries) are taken from the cache with no decode and no model; the others have
+    their bytes checked against the recorded digest, go through the reader and the mapper in batches and are stored.
+    """
+
+    def __init__(self, settings: Settings, p: Plan, model: RetrievalModel, regions: RegionWriter | None) -> None:
+        from mmretrieval.core.array_cache import ArrayCache
+        from mmretrieval.core.cache import fingerprint
+        from mmretrieval.models.checksum import weights_checksum
+
+        identity = model_identity(p, model, settings.params_for(p.dataset).embed)
+        root = settings.layout(p.dataset).item_cache
+        self.vectors = ArrayCache(root, "vectors", fingerprint(identity))
+        self.regions = regions
+        self.region_entries = (ArrayCache(root, "regions", fingerprint(identity, weights_checksum(regions.net)))
+                               if regions is not None else None)
+        self.clean_root = p.clean_root
+
+    def digests(self, part: pd.DataFrame) -> tuple[list[str], list[str]]:
+        """Each row's item digest (:func:`~mmretrieval.core.integrity.item_digest`) and its recorded media digest
+        (``""``: none). Hashes the media files that have none recorded; raises :class:`DataChangedError` for one
+        that is gone."""
+        from mmretrieval.core.integrity import item_digest, recorded, text_digest, verify_file
+
+        known = recorded(part)
+        out = []
+        for modality, text, media, digest in zip(part["modality"], part["text"], part["media"], known, strict=True):
+            if modality == Modality.TEXT.value:
+                out.append(item_digest(modality, text_digest(split_captions(text)[0])))
+            else:
+                out.append(item_digest(modality, digest or verify_file(self.clean_root / media)))
+        return out, known
+
+    def lookup(self, modality: str, digest: str) -> dict[str, np.ndarray] | None:
+        """The arrays of a row's entries (``vector``, video ``frame_times``/``frame_vectors``, ``regions`` in the
+        re-ranker's modality), or None when one is missing."""
+        entry = self.vectors.load(self.vectors.key(digest))
+        if entry is None or self.region_entries is None or modality != self.regions.modality:  # type: ignore[union-attr]
+            return entry
+        regions = self.region_entries.load(self.region_entries.key(digest))
+        return None if regions is None else entry | regions
+
+    def __call__(self, part: pd.DataFrame, model: RetrievalModel, embed_params: Any, desc: str, timings: Timings
+                 ) -> tuple[np.ndarray, dict[int, tuple[list[float], np.ndarray]]]:
+        """The shard's (rows, dim) vectors and video frames, reused where the cache has them, computed otherwise;
+        ``timings`` gets the counts and the reader's and mapper's seconds. The region writer gets every row's
+        regions. Raises :class:`DataChangedError` naming a file whose bytes changed."""
+        digests, known = self.digests(part)
+        vectors = np.zeros((len(part), model.dim), dtype=np.float32)
+        frames: dict[int, tuple[list[float], np.ndarray]] = {}
+        misses = []
+        for j, (modality, digest) in enumerate(zip(part["modality"], digests, strict=True)):
+            entry = self.lookup(modality, digest)
+            if entry is None:
+                misses.append(j)
+                continue
+            vectors[j] = entry["vector"]
+            if "frame_times" in entry:
+                frames[j] = (entry["frame_times"].tolist(), entry["frame_vectors"])
+            if "regions" in entry:
+                self.regions.rows[j] = entry["regions"]  # type: ignore[union-attr]
+        timings.items += len(part) - len(misses)
+        timings.reused += len(part) - len(misses)
+        timings.computed += len(misses)
+        if misses:
+            self.compute(part, np.asarray(misses), [digests[j] for j in misses], [known[j] for j in misses],
+                         (model, embed_params, desc, timings), vectors, frames)
+        return vectors, frames
+
+    def compute(self, part: pd.DataFrame, rows: np.ndarray, digests: list[str], known: list[str],
+                how: tuple[RetrievalModel, Any, str, Timings], vectors: np.ndarray,
+                frames: dict[int, tuple[list[float], np.ndarray]]) -> None:
+        """Encode the shard's rows ``rows`` (their files' bytes checked first), fill ``vectors``, ``frames`` and the
+        region writer at those rows, and store their entries."""
+        from mmretrieval.core.integrity import verify_files
+
+        model, embed_params, desc, timings = how
+        sub = part.iloc[rows].reset_index(drop=True)
+        media = [self.clean_root / m if k else self.clean_root for m, k in zip(sub["media"], known, strict=True)]
+        verify_files(media, known, f"{desc} byte check")
+        sub_frames: dict[int, tuple[list[float], np.ndarray]] = {}
+        kept = dict(self.regions.rows) if self.regions is not None else {}
+        if self.regions is not None:
+            self.regions.rows = {}
+        computed = encode_rows(sub, self.clean_root, model, embed_params, desc=desc, frames=sub_frames,
+                               regions=self.regions, timings=timings)
+        new_regions = self.regions.rows if self.regions is not None else {}
+        for j, (row, digest) in enumerate(zip(rows.tolist(), digests, strict=True)):
+            vectors[row] = computed[j]
+            arrays = {"vector": computed[j]}
+            if j in sub_frames:
+                frames[row] = sub_frames[j]
+                arrays |= {"frame_times": np.asarray(sub_frames[j][0], dtype=np.float64),
+                           "frame_vectors": np.asarray(sub_frames[j][1])}
+            self.vectors.save(self.vectors.key(digest), **arrays)
+            if j in new_regions and self.region_entries is not None:
+                kept[row] = new_regions[j]
+                self.region_entries.save(self.region_entries.key(digest), regions=new_regions[j])
+        if self.regions is not None:
+            self.regions.rows = kept
+
+
 def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[str, Any]:
     """Check the shards against the clean manifest and swap the work folder in as ``v<version>/``
     (:func:`~mmretrieval.core.io.swap_dir`), with the summary ``embed.json``. Raises :class:`ModelError` naming what
@@ -463,12 +600,15 @@ def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[s
     for f in timing_files:
         total.add(Timings(**read_json(f, "shard timings")))
     summary["timings"] = total.summary()
+    summary["cache"] = {"reused": total.reused, "computed": total.computed}
+    summary["checksums"] = {shard_name(k): sha256_file(p.work / shard_name(k)) for k in range(p.shards)}
     write_json(p.work / SUMMARY, summary)
     for f in [p.work / "plan.json", *timing_files]:
         f.unlink()
     swap_dir(p.work, p.final)
-    log.info("embed %s: reader %.2fs, mapper %.2fs, writer %.2fs for %d timed item(s)", p.dataset, total.reader,
-             total.mapper, total.writer, total.items)
+    log.info("embed %s: reader %.2fs, mapper %.2fs, writer %.2fs for %d timed item(s): %d reused from the item "
+             "cache, %d computed", p.dataset, total.reader, total.mapper, total.writer, total.items, total.reused,
+             total.computed)
     return summary
 
 
@@ -511,8 +651,9 @@ def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CH
     for k in pending:
         embed_shard(p, k, settings, model)
     summary = finish(p, device=model.device if model else "cpu", started=started)
-    log.info("embed %s: %d items with %s v%s in %.1fs (%d shard(s))", dataset, p.rows, p.ref.name, p.ref.version,
-             summary["seconds"], p.shards)
+    log.info("embed %s: %d items with %s v%s in %.1fs (%d shard(s)); %d reused from the item cache, %d computed",
+             dataset, p.rows, p.ref.name, p.ref.version, summary.get("seconds", 0.0), p.shards,
+             summary.get("cache", {}).get("reused", 0), summary.get("cache", {}).get("computed", 0))
     return summary
 
 

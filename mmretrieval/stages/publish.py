@@ -35,10 +35,17 @@ from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
 from mmretrieval.backends.regions import REGIONS
 from mmretrieval.core.contracts import Pinned, PublishResult
-from mmretrieval.core.errors import AliasNotFoundError, IndexStoreError, PinnedInputChanged, PublishError
+from mmretrieval.core.errors import (
+    AliasNotFoundError,
+    DataChangedError,
+    IndexStoreError,
+    PinnedInputChanged,
+    PublishError,
+)
 from mmretrieval.core.io import read_json
 from mmretrieval.core.layout import read_clean
 from mmretrieval.core.params import IndexParams
+from mmretrieval.core.progress import progress
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation import centring
 
@@ -59,12 +66,39 @@ def load_embeddings(settings: Settings, t: Target) -> tuple[pd.DataFrame, np.nda
     import pandas as pd
 
     folder = settings.layout(t.dataset).embeddings(t.ref.version)
+    check_shards(folder, t.summary)
     frame = pd.concat([pd.read_parquet(folder / s) for s in t.summary["shards"]], ignore_index=True)
     vectors = np.stack(frame["vector"].to_numpy()).astype(np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != int(t.summary["dim"]) or len(frame) != int(t.summary["rows"]):
         raise PublishError(f"embeddings in {folder} hold {vectors.shape} vectors but their summary says "
                            f"{t.summary['rows']} x {t.summary['dim']}-d: embed again")
     return frame, vectors
+
+
+def _steps(counts: Iterator[int]) -> Iterator[int]:
+    """Cumulative row counts (what an insert yields) -> the rows each step added."""
+    done = 0
+    for count in counts:
+        yield count - done
+        done = count
+
+
+def check_shards(folder: Path, summary: dict[str, Any]) -> None:
+    """Check each embedding shard's bytes against the sha256 its summary (``embed.json``) recorded. Raises
+    :class:`DataChangedError` naming a shard that changed or is gone; a summary written before checksums were
+    recorded is taken as it is (logged)."""
+    from mmretrieval.core.integrity import verify_file
+
+    sums = summary.get("checksums")
+    if not sums:
+        log.warning("publish: %s records no shard checksums (embedded by an older version): not checked", folder)
+        return
+    for shard in summary["shards"]:
+        try:
+            verify_file(folder / shard, sums.get(shard, ""))
+        except DataChangedError as e:
+            raise DataChangedError(f"embedding shard {folder / shard} changed or is gone since embed recorded it: "
+                                   "embed again") from e
 
 
 def verify(ix: MilvusIndex, name: str, ids: list[str], modalities: list[str], vectors: np.ndarray,
@@ -133,8 +167,6 @@ class _Publication:
         return load_embeddings(self.settings, self.t)
 
     def build(self) -> dict[str, Any]:
-        from tqdm import tqdm
-
         ix, t = self.ix, self.t
         serving = ix.resolve_alias(t.alias)
         if ix.exists(t.name):  # never dropped while serving: the serving one was verified before its swap
@@ -173,16 +205,14 @@ class _Publication:
         if t.summary.get("regions"):  # the re-ranker's region store of these embeddings (mmretrieval.stages.rerank)
             props[REGIONS] = t.summary["regions"]["path"]
         ix.create(t.name, int(t.summary["dim"]), props)
-        with tqdm(total=len(rows), desc=f"publish {self.dataset}", unit="row", leave=False, disable=None) as bar:
-            done = 0
-            try:
-                for count in ix.insert(t.name, rows):
-                    bar.update(count - done)
-                    done = count
-            except IndexStoreError as e:  # a row the schema refuses: no half-built collection is left behind
-                ix.drop(t.name)
-                raise PublishError(f"publish {self.dataset}: {e}; the alias {t.alias!r} stays on {serving} "
-                                   "(validation checks these limits: validate the data again)") from e
+        try:
+            for _ in progress(_steps(ix.insert(t.name, rows)), f"publish {self.dataset} insert", total=len(rows),
+                              unit="rows", size=int):
+                pass
+        except IndexStoreError as e:  # a row the schema refuses: no half-built collection is left behind
+            ix.drop(t.name)
+            raise PublishError(f"publish {self.dataset}: {e}; the alias {t.alias!r} stays on {serving} "
+                               "(validation checks these limits: validate the data again)") from e
         ix.build_index(t.name, self.params)
         ix.load(t.name)
         return {"collection": t.name, "built": True, "rows": len(rows), "serving": serving}

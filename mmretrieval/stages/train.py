@@ -36,6 +36,7 @@ from mmretrieval.backends import tracking
 from mmretrieval.backends.locks import per_dataset
 from mmretrieval.core.contracts import TrainResult
 from mmretrieval.core.errors import TrainingError
+from mmretrieval.core.integrity import MEDIA_SHA256, recorded, verify_files
 from mmretrieval.core.io import read_json, read_parquet
 from mmretrieval.core.layout import read_clean
 from mmretrieval.core.params import ModelParams
@@ -120,6 +121,7 @@ class _Job:
     sched: Any = None
     validator: Any = None  # training.loop.Validator, None without validation rows
     record: Any = None  # training.policy.DataRecord: the clean data this model is trained on
+    features: dict[str, dict[str, int]] = field(default_factory=dict)  # backbone features reused/computed
 
 
 @per_dataset("train")  # locks.py: a second run of this dataset waits
@@ -164,7 +166,7 @@ def run(dataset: str, settings: Settings | None = None, force: bool = False) -> 
              len(history))
     return TrainResult(dataset, job.data_version, run_id, ref.name, ref.version, best_epoch, len(history),
                        {k: round(v, 4) for k, v in final.items()}, round(time.monotonic() - job.started, 1),
-                       reason=reason)
+                       reason=reason, features=job.features)
 
 
 def _kept(dataset: str, settings: Settings, serving: policy.Champion | None, now: policy.DataRecord, reason: str,
@@ -188,6 +190,9 @@ def _read_inputs(dataset: str, settings: Settings, params: Any, started: float) 
     policy = read_json(layout.augmentation_policy, "augmentation policy")
     source = read_clean(layout)
     clean, clean_dir = source.frame, source.root
+    if MEDIA_SHA256 in clean.columns:  # the clean file digests the byte checks and the feature cache use
+        digests = clean.drop_duplicates("id").set_index("id")[MEDIA_SHA256]
+        train_frame = train_frame.assign(**{MEDIA_SHA256: train_frame["id"].map(digests).fillna("")})
     items = data.TrainItems.from_frame(train_frame)
     if len(items) < 2:
         raise TrainingError(f"the train split of {dataset!r} has {len(items)} image/audio item(s) with captions or "
@@ -227,16 +232,19 @@ def _build_data(job: _Job) -> None:
         if modality == Modality.IMAGE.value and net.image_frozen:
             mirror = bool(job.policy.get("image", {}).get("horizontal_flip"))
             feats = data.cached_image_features(net, items, members, job.clean_dir, eval_transform(net.config), mirror,
-                                               device)
+                                               device, job.layout.item_cache, job.features)
             dataset_, workers, job.encoders[modality] = data.FeatureDataset(feats, members, items.captions), 0, \
                 net.project_image
             members = dataset_.members  # items with several captions are drawn once per caption
         elif modality == Modality.VIDEO.value and net.image_frozen:  # K frames per clip through the backbone, once
-            feats, waves, audio = data.cached_video_features(net, items, members, job.clean_dir, device)
+            feats, waves, audio = data.cached_video_features(net, items, members, job.clean_dir, device,
+                                                             cache_root=job.layout.item_cache, counts=job.features)
             dataset_, workers = data.VideoFeatureDataset(feats, waves, audio, members, items.captions), 0
             job.encoders[modality] = lambda b: net.project_video(b.pixels, b.wave, b.audio)  # audio tracks fused
             members = dataset_.members
-        else:
+        else:  # decoded while training: the bytes are checked first
+            verify_files([job.clean_dir / items.media[i] for i in members], [items.digest(i) for i in members],
+                         f"train {job.dataset} {modality} byte check")
             transform = train_transform(net.config, job.policy.get("image", {}))
             dataset_ = data.MediaDataset(items, members, job.clean_dir, net.config, transform,
                                          job.policy.get("audio", {}), p.seed)
@@ -250,6 +258,9 @@ def _build_validation(job: _Job) -> None:
     from mmretrieval.training.loop import Validator
 
     p, val = job.params.train, job.val_frame
+    media = val["media"].tolist()
+    verify_files([job.clean_dir / m if isinstance(m, str) and m else job.clean_dir for m in media], recorded(val),
+                 f"train {job.dataset} validation byte check")
     job.validator = Validator(job.net, job.text, val, job.clean_dir, job.params.index, job.device,
                               job.params.gate.metric) if len(val) else None
     if len(val) and len(val) < p.min_val_items:
@@ -260,8 +271,7 @@ def _build_validation(job: _Job) -> None:
 def _train(job: _Job, ckpt: Checkpoint, code_version: str) -> tuple[EpochSelector, list[dict[str, float]], str]:
     """The epochs in an MLflow run (resuming a killed run of the same job from ``ckpt``), then the kept epoch's
     weights logged as the run's model. Returns the epoch selector, the per-epoch records and the run id."""
-    from tqdm import tqdm
-
+    from mmretrieval.core.progress import progress
     from mmretrieval.models.dual_encoder import RetrievalModel
 
     p, net = job.params.train, job.net
@@ -277,10 +287,9 @@ def _train(job: _Job, ckpt: Checkpoint, code_version: str) -> tuple[EpochSelecto
                             run_id=run_id) as mlrun:
         if run_id is None:
             _log_inputs(job)
-        bar = tqdm(range(first_epoch, p.epochs + 1), desc=f"train {job.dataset}", unit="epoch", disable=None,
-                   initial=first_epoch - 1, total=p.epochs)
+        epochs = progress(range(first_epoch, p.epochs + 1), f"train {job.dataset}", unit="epochs", every=0)
         select_on_val = len(job.val_frame) >= p.min_val_items
-        for epoch in bar:
+        for epoch in epochs:
             record = _epoch(job, epoch)
             history.append(record)
             tracking.log_metrics({k.replace("@", "_at_"): v for k, v in record.items()}, step=epoch)
@@ -293,7 +302,6 @@ def _train(job: _Job, ckpt: Checkpoint, code_version: str) -> tuple[EpochSelecto
             log.info("train %s epoch %d/%d: loss %.4f, val %s %s", job.dataset, epoch, p.epochs, record["loss"],
                      resolved or job.params.gate.metric, f"{val_value:.4f}" if val_value is not None else
                      "n/a (no validation items)" if not len(job.val_frame) else "n/a")
-            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_value if val_value is not None else -1:.3f}")
             if selector.should_stop:
                 log.info("train %s: early stop after epoch %d (no better val %s for %d epochs)", job.dataset, epoch,
                          job.params.gate.metric, selector.stale)
@@ -328,6 +336,7 @@ def _epoch(job: _Job, epoch: int) -> dict[str, float]:
     ``val_*`` metrics without chance levels). Each epoch's order and captions depend only on (seed, epoch)."""
     import torch
 
+    from mmretrieval.core.progress import progress
     from mmretrieval.models.losses import symmetric_info_nce, triplet_hardest
     from mmretrieval.training import data
     from mmretrieval.training.loop import train_one_epoch
@@ -341,7 +350,9 @@ def _epoch(job: _Job, epoch: int) -> dict[str, float]:
 
     job.gen.manual_seed(p.seed * 100_003 + epoch)
     torch.manual_seed(p.seed * 100_003 + epoch)
-    stats = train_one_epoch(net, data.round_robin(job.loaders), job.encoders, job.captions, job.label_ids, loss_fn,
+    batches = progress(data.round_robin(job.loaders), f"train {job.dataset} epoch {epoch}",
+                       total=sum(len(dl) for dl in job.loaders.values()), unit="batches")
+    stats = train_one_epoch(net, batches, job.encoders, job.captions, job.label_ids, loss_fn,
                             job.opt, job.sched, p.grad_clip, random.Random(p.seed * 100_003 + epoch), epoch,
                             job.device)
     record = {"loss": stats.loss, "lr": float(job.sched.get_last_lr()[0]),

@@ -44,12 +44,18 @@ class TrainItems:
     captions: list[list[str]]  # captions (a labelled item without text: its label), plus materialised text variants
     labels: list[str]  # "" when unlabelled
     audio_tracks: list[bool]  # a video whose clean metadata records an audio track (``video.has_audio``)
+    digests: tuple[str, ...] = ()  # the clean media file's recorded sha256 (``media_sha256``), "" when none
+
+    def digest(self, i: int) -> str:
+        """Item ``i``'s recorded media sha256, ``""`` when the manifest records none."""
+        return self.digests[i] if i < len(self.digests) else ""
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> TrainItems:
+        from mmretrieval.core.integrity import MEDIA_SHA256
         from mmretrieval.core.schema import captions_of
 
-        ids, modalities, media, caps, labels, tracks = [], [], [], [], [], []
+        ids, modalities, media, caps, labels, tracks, digests = [], [], [], [], [], [], []
         for _, row in frame[frame["modality"].isin(list(MEDIA_MODALITIES))].iterrows():
             c = captions_of(row)
             c += [a for a in split_captions(row.get("aug_text", "")) if a not in c]  # materialised text augmentation
@@ -60,7 +66,9 @@ class TrainItems:
                 caps.append(c)
                 labels.append(str(row["label"]))
                 tracks.append(row["modality"] == Modality.VIDEO.value and has_audio_track(row.get("metadata", "")))
-        return cls(ids, modalities, media, caps, labels, tracks)
+                digest = row.get(MEDIA_SHA256, "")
+                digests.append(digest if isinstance(digest, str) else "")
+        return cls(ids, modalities, media, caps, labels, tracks, tuple(digests))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,7 +106,16 @@ class CaptionBank:
         self.index = {c: i for i, c in enumerate(self.vocab)}
         self.captions = captions
         self.text = text
-        self.cached = text.encode(self.vocab).to(device) if text.frozen else None  # (V, text_dim)
+        self.cached = self._encoded(text).to(device) if text.frozen else None  # (V, text_dim)
+
+    def _encoded(self, text: TextEncoder, chunk: int = 1024) -> torch.Tensor:
+        """(V, text_dim) features of the vocabulary, in chunks (progress lines for a large one)."""
+        from mmretrieval.core.progress import progress
+
+        starts = progress(range(0, len(self.vocab), chunk), "caption features", total=len(self.vocab),
+                          unit="captions", size=lambda s: len(self.vocab[s:s + chunk]))
+        parts = [text.encode(self.vocab[s:s + chunk]) for s in starts]
+        return torch.cat(parts) if parts else text.encode([])
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -190,8 +207,12 @@ def backbone_features(net: DualEncoder, images: list[Any], transform: Callable[[
                       mirror: bool = False, batch_size: int = 32) -> torch.Tensor:
     """(N,) PIL images -> (N, width) features of the (frozen) image backbone on CPU, each image preprocessed by
     ``transform`` and, with ``mirror``, flipped left-right first."""
+    from mmretrieval.core.progress import progress
+
     parts = []
-    for start in range(0, len(images), batch_size):
+    starts = progress(range(0, len(images), batch_size), "image backbone features" + (" (mirrored)" if mirror else ""),
+                      total=len(images), unit="images", size=lambda start: len(images[start:start + batch_size]))
+    for start in starts:
         pixels = torch.stack([transform(im) for im in images[start:start + batch_size]]).to(device)
         if mirror:
             pixels = pixels.flip(-1)
@@ -201,15 +222,89 @@ def backbone_features(net: DualEncoder, images: list[Any], transform: Callable[[
     return torch.cat(parts) if parts else torch.zeros(0, width)
 
 
+FEATURES_FORMAT = 1  # bump when what a feature entry holds, or how items are decoded into it, changes
+
+
+class FeatureCache:
+    """Backbone features per item in the item cache (``var/cache/<kind>/``), keyed by the clean media file's digest
+    (its recorded ``media_sha256``, or its sha256 when none is recorded) and by the frozen backbone's identity (its
+    name and a checksum of its weights), the decoding settings and the device type (``settings``). ``root`` None:
+    nothing is cached, but the bytes of every item read are still checked against the recorded digest."""
+
+    def __init__(self, root: Path | None, kind: str, net: DualEncoder, backbone: Any, settings: dict[str, Any],
+                 device: str) -> None:
+        from mmretrieval.core.array_cache import ArrayCache
+        from mmretrieval.core.cache import fingerprint
+        from mmretrieval.models.checksum import weights_checksum
+
+        identity = {"format": FEATURES_FORMAT, "backbone": net.config.image_backbone,
+                    "weights_sha256": weights_checksum(backbone), "device": device.split(":")[0]} | settings
+        self.cache = ArrayCache(root, kind, fingerprint(identity)) if root is not None else None
+        self.kind = kind
+
+    def split(self, items: TrainItems, members: list[int], clean_dir: Path, needs: tuple[str, ...]
+              ) -> tuple[dict[int, dict[str, np.ndarray]], list[int], list[str]]:
+        """(entries found by position in ``members`` (each holding every array of ``needs``), the positions to
+        compute (their files' bytes checked), each position's item digest)."""
+        from mmretrieval.core.integrity import item_digest, verify_file
+
+        digests = [item_digest(items.modalities[i], items.digest(i) or verify_file(clean_dir / items.media[i]))
+                   for i in members]
+        found: dict[int, dict[str, np.ndarray]] = {}
+        for pos, digest in enumerate(digests):
+            entry = self.cache.load(self.cache.key(digest)) if self.cache is not None else None
+            if entry is not None and all(name in entry for name in needs):
+                found[pos] = entry
+        misses = [pos for pos in range(len(members)) if pos not in found]
+        for pos in misses:
+            if items.digest(members[pos]):
+                verify_file(clean_dir / items.media[members[pos]], items.digest(members[pos]))
+        return found, misses, digests
+
+    def save(self, digest: str, **arrays: np.ndarray) -> None:
+        if self.cache is not None:
+            self.cache.save(self.cache.key(digest), **arrays)
+
+    def counts(self, found: int, computed: int) -> dict[str, int]:
+        import logging
+
+        logging.getLogger(__name__).info("train %s: %d item(s) reused from the item cache, %d computed", self.kind,
+                                         found, computed)
+        return {"reused": found, "computed": computed}
+
+
 def cached_image_features(net: DualEncoder, items: TrainItems, members: list[int], clean_dir: Path,
-                          transform: Callable[[Any], torch.Tensor], mirror: bool, device: str) -> torch.Tensor:
-    """(views, len(members), width): the evaluation view, and its mirror image when ``mirror``."""
+                          transform: Callable[[Any], torch.Tensor], mirror: bool, device: str,
+                          cache_root: Path | None = None, counts: dict[str, dict[str, int]] | None = None
+                          ) -> torch.Tensor:
+    """(views, len(members), width): the evaluation view, and its mirror image when ``mirror``. With ``cache_root``
+    (``layout.item_cache``) each item's views are kept in the item cache (:class:`FeatureCache`: media digest,
+    backbone weights, transform) and only new items are decoded; ``counts["image"]`` gets the reused and computed
+    items. Raises :class:`~mmretrieval.core.errors.DataChangedError` for a file whose bytes changed."""
+    from mmretrieval.core.progress import progress
+
+    views = ("eval", "mirror") if mirror else ("eval",)
+    cache = FeatureCache(cache_root, "image-features", net, net.image_backbone,
+                         {"transform": repr(transform), "image_size": net.config.image_size}, device)
+    found, misses, digests = cache.split(items, members, clean_dir, views)
     load = media_modality(Modality.IMAGE.value).load
-    images = [load(net.config, clean_dir / items.media[i]) for i in members]
-    views = [backbone_features(net, images, transform, device)]
+    images = [load(net.config, clean_dir / items.media[members[pos]])
+              for pos in progress(misses, "train image decode", unit="images")]
+    computed = {"eval": backbone_features(net, images, transform, device)}
     if mirror:
-        views.append(backbone_features(net, images, transform, device, mirror=True))
-    return torch.stack(views)
+        computed["mirror"] = backbone_features(net, images, transform, device, mirror=True)
+    width = computed["eval"].shape[1] if misses else next(iter(found.values()))["eval"].shape[-1] if found else 0
+    out = torch.zeros(len(views), len(members), width)
+    for pos, entry in found.items():
+        for v, name in enumerate(views):
+            out[v, pos] = torch.from_numpy(entry[name])
+    for j, pos in enumerate(misses):
+        for v, name in enumerate(views):
+            out[v, pos] = computed[name][j]
+        cache.save(digests[pos], **{name: computed[name][j].numpy() for name in views})
+    if counts is not None:
+        counts["image"] = cache.counts(len(found), len(misses))
+    return out
 
 
 class VideoFeatureDataset(FeatureDataset):
@@ -230,20 +325,40 @@ class VideoFeatureDataset(FeatureDataset):
 
 @torch.no_grad()
 def cached_video_features(net: DualEncoder, items: TrainItems, members: list[int], clean_dir: Path, device: str,
-                          batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          batch_size: int = 8, cache_root: Path | None = None,
+                          counts: dict[str, dict[str, int]] | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(1, len(members), K, width): each clip's K frames through the frozen backbone once (one view: a mirrored
     clip would swap left and right, which captions may name); with them the clips' audio tracks (len(members), T)
-    and whether each has one (len(members),) bool (see :meth:`RetrievalModel.load_track`)."""
+    and whether each has one (len(members),) bool (see :meth:`RetrievalModel.load_track`). With ``cache_root`` each
+    clip's entry is kept in the item cache (:class:`FeatureCache`) and only new clips are decoded; ``counts["video"]``
+    gets the reused and computed clips. Raises :class:`~mmretrieval.core.errors.DataChangedError`."""
+    from mmretrieval.core.progress import progress
+
+    c = net.config
+    cache = FeatureCache(cache_root, "video-features", net, net.image_backbone,
+                         {"image_size": c.image_size, "frames": c.video_frames, "rate": c.audio_sample_rate,
+                          "seconds": c.audio_seconds, "video_audio": c.video_audio}, device)
+    names = ("frames", "wave", "audio")
+    found, misses, digests = cache.split(items, members, clean_dir, names)
     load = media_modality(Modality.VIDEO.value).load  # the clips as embedding and evaluation decode them
-    parts, waves, audio = [], [], []
-    for start in range(0, len(members), batch_size):
-        clips = [load(net.config, clean_dir / items.media[i]) for i in members[start:start + batch_size]]
-        pixels = torch.stack([c.pixels for c in clips]).to(device)
-        waves += [c.wave for c in clips]
-        audio += [c.audio for c in clips]
+    entries: dict[int, dict[str, Any]] = {pos: {n: torch.from_numpy(e[n]) for n in names} for pos, e in found.items()}
+    chunks = progress(range(0, len(misses), batch_size), "train video features", total=len(misses), unit="clips",
+                      size=lambda start: len(misses[start:start + batch_size]))
+    for start in chunks:
+        chunk = misses[start:start + batch_size]
+        clips = [load(net.config, clean_dir / items.media[members[pos]]) for pos in chunk]
+        pixels = torch.stack([clip.pixels for clip in clips]).to(device)
         with torch.autocast(device_type="cuda", enabled=device.startswith("cuda")):
-            parts.append(net.frame_features(pixels).float().cpu())
-    return torch.cat(parts)[None], torch.stack(waves), torch.stack(audio)
+            feats = net.frame_features(pixels).float().cpu()
+        for pos, clip, f in zip(chunk, clips, feats, strict=True):
+            entries[pos] = {"frames": f, "wave": clip.wave, "audio": clip.audio}
+            cache.save(digests[pos], **{n: torch.as_tensor(entries[pos][n]).numpy() for n in names})
+    if counts is not None:
+        counts["video"] = cache.counts(len(found), len(misses))
+    ordered = [entries[pos] for pos in range(len(members))]
+    frames, waves, audio = ([torch.as_tensor(e[n]) for e in ordered] for n in names)
+    return torch.stack(frames)[None], torch.stack(waves), torch.stack(audio)
 
 
 def sampler(items: TrainItems, members: list[int], balance_labels: bool, gen: torch.Generator

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from mmretrieval.core.errors import TrainingError
+from mmretrieval.core.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def train_reranker(net: Any, data: RerankData, p: RerankSchedule) -> list[float]
         if len(sides) > 1:
             batches = [batches[j] for j in rng.permutation(len(batches))]
         net.train()
-        for texts, cand in batches:  # (B, C) caption and item index of every pair of B lists
+        for texts, cand in progress(batches, f"re-ranker epoch {epoch}/{p.epochs}", unit="batches"):  # (B, C) pairs
             b, c = cand.shape
             view = torch.from_numpy(rng.integers(0, views, size=b)).repeat_interleave(c)
             # each (view, item) of the batch is projected once, however many lists it appears in
@@ -220,7 +221,8 @@ def rerank_matrix(net: Any, tokens: torch.Tensor, token_mask: torch.Tensor, regi
     c_idx = top.reshape(-1)
     t_idx, i_idx = (q_idx, c_idx) if text_queries else (c_idx, q_idx)
     scores = []
-    for s in range(0, len(t_idx), batch):
+    for s in progress(range(0, len(t_idx), batch), "re-rank", total=len(t_idx), unit="pairs",
+                      size=lambda s: len(t_idx[s:s + batch])):
         t, i = torch.from_numpy(t_idx[s:s + batch]), torch.from_numpy(i_idx[s:s + batch])
         scores.append(net(tokens[t], token_mask[t], regions[i], torch.from_numpy(sim[t_idx[s:s + batch],
                                                                                       i_idx[s:s + batch]])))
@@ -254,7 +256,8 @@ def teacher_logits(net: Any, data: RerankData, texts: np.ndarray, items: np.ndar
                                                                                               256)])
     t_idx, i_idx = texts.reshape(-1), items.reshape(-1)
     out = []
-    for s in range(0, len(t_idx), batch):
+    for s in progress(range(0, len(t_idx), batch), "teacher logits", total=len(t_idx), unit="pairs",
+                      size=lambda s: len(t_idx[s:s + batch])):
         t, i = torch.from_numpy(t_idx[s:s + batch]), torch.from_numpy(i_idx[s:s + batch])
         out.append(net(data.tokens[t].float(), data.token_mask[t], regions[i],
                        torch.from_numpy(data.dual[t_idx[s:s + batch], i_idx[s:s + batch]])))
@@ -319,7 +322,8 @@ def _fit_student(student: Any, rows: int, batch_loss: Callable[[torch.Tensor, np
     for epoch in range(1, p.epochs + 1):
         parts = []
         order = torch.from_numpy(rng.permutation(rows))
-        for start in range(0, len(order), p.batch_size):
+        for start in progress(range(0, len(order), p.batch_size), f"student epoch {epoch}/{p.epochs}",
+                              unit="batches"):
             loss = batch_loss(order[start:start + p.batch_size], rng)
             if not torch.isfinite(loss):
                 raise TrainingError(f"student loss became {loss.item()} at epoch {epoch}: lower the learning rate")
@@ -375,7 +379,7 @@ def out_of_fold_vectors(pooled: torch.Tensor, sentences: torch.Tensor, owner: to
         scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
         opt = torch.optim.AdamW([*head.parameters(), scale], lr=lr, weight_decay=1e-4)
         train_q = torch.nonzero(fold_of[owner] != f).squeeze(1)
-        for _ in range(epochs):
+        for _ in progress(range(epochs), f"cross-fitted first stage, fold {f + 1}/{folds}", unit="epochs"):
             order = train_q[torch.from_numpy(rng.permutation(len(train_q)))]
             for start in range(0, len(order), batch_size):
                 q = order[start:start + batch_size]

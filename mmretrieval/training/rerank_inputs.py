@@ -32,8 +32,12 @@ def feature_maps(model: RetrievalModel, images: list[Any], mirror: bool = False,
     if not isinstance(backbone, CNNImageTower):
         raise ConfigError(f"the re-ranker attends over a pretrained CNN's feature map; image backbone "
                           f"{model.config.image_backbone!r} has none (use efficientnet_lite0/1/2)")
+    from mmretrieval.core.progress import progress
+
     parts = []
-    for start in range(0, len(images), batch_size):
+    starts = progress(range(0, len(images), batch_size), "re-ranker feature maps", total=len(images),
+                      unit="images", size=lambda start: len(images[start:start + batch_size]))
+    for start in starts:
         px = torch.stack([model.transform(im) for im in images[start:start + batch_size]])
         parts.append(model.item_maps(Modality.IMAGE.value, px.flip(-1) if mirror else px).half())
     return torch.cat(parts)

@@ -6,6 +6,7 @@ turns it off."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,16 @@ def test_a_reranker_that_passes_after_publishing_is_embedded_and_attached_on_the
     with RetrievalClient("tiny", settings=get_settings(prepared)) as client:
         assert all(h.dual_score is not None for h in client.search("a red square", k=2))  # re-ranked by default
         assert client.info()["rerank"] == {"available": True, "modality": "image", "depth": RERANK["depth"]}
+    # the vectors were cached by the first embedding, the regions were not: every image was decoded again, and
+    # now both are reused, the region store rebuilt bit for bit without decoding an image
+    rows = embedded["rows"]
+    assert embedded["cache"] == {"reused": 0, "computed": rows}
+    store = Path(embedded["regions"]["path"])
+    before = {f.name: f.read_bytes() for f in sorted(store.glob("*-*.*"))}
+    shutil.rmtree(embedded["path"])
+    rebuilt = run_stage("embed", "tiny")
+    assert rebuilt["cache"] == {"reused": rows, "computed": 0} and rebuilt["regions"]["rows"] == rows
+    assert {f.name: f.read_bytes() for f in sorted(store.glob("*-*.*"))} == before
 
 
 def test_auto_rerank_skips_a_model_without_a_feature_map_and_says_why_while_true_refuses(prepared: Path) -> None:

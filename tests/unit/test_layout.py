@@ -62,8 +62,10 @@ def test_stage_results_are_typed_and_serialise_to_their_json_form() -> None:
     trained = TrainResult("demo", "d" * 32, "run1", "mmr-demo", "3", 2, 4, {"val_recall@1": 0.5}, 12.5)
     assert trained.model_version == trained["model_version"] == "3"
     assert list(trained.to_json()) == ["dataset", "data_version", "run_id", "model", "model_version", "best_epoch",
-                                       "epochs_run", "metrics", "seconds", "skipped", "reason"]
+                                       "epochs_run", "metrics", "seconds", "skipped", "reason",
+                                       "features"]
     assert trained.skipped is False
+    assert trained.features == {}  # no frozen backbone: no cached features
     with pytest.raises(AttributeError):
         trained.model_version = "4"  # type: ignore[misc]  # frozen
     unchanged = PublishResult("demo", "mmr_demo", "c1", changed=False)
