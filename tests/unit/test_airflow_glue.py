@@ -43,8 +43,8 @@ def test_deterministic_library_errors_fail_the_task_and_transient_ones_keep_thei
         run_library(raises, AliasNotFoundError("no collection behind alias 'mmr_x'"))
     with pytest.raises(IndexStoreError):  # Milvus unreachable: not an AirflowFailException, so retried
         run_library(raises, IndexStoreError("cannot open Milvus at 'http://milvus:19530'"))
-    with pytest.raises(StoreError):  # the data store unreachable: retried too
-        run_library(raises, StoreError("download of s3://mmr/clean/demo failed"))
+    with pytest.raises(AirflowFailException, match="differs"):  # a store error with no I/O cause: deterministic
+        run_library(raises, StoreError("s3://mmr/clean/demo/a.png differs from its commit record"))
     with pytest.raises(LockError):  # the lock coordinator unreachable: retried too
         run_library(raises, LockError("lock coordinator postgresql://db:5432/mmr unreachable"))
     assert run_library(lambda a, b=0: a + b, 2, b=3) == 5
