@@ -110,6 +110,7 @@ def find_duplicates(hashes: Sequence[str], phashes: Sequence[ImageHash | None], 
 _CELL = 13.8  # colour-grid cell side: two colours in one cell are < 24 apart (13.8 * sqrt(3) = 23.9)
 _OFFSETS = [(a, b, c) for a in range(-2, 3) for b in range(-2, 3) for c in range(-2, 3)]  # 24 = 1.74 cells
 _SMALL = 4096  # item pairs up to which two groups of equal hashes are compared item by item
+_BATCH = 1 << 21  # item pairs compared at once
 
 
 class _NearLinks:
@@ -133,41 +134,52 @@ class _NearLinks:
         from mmretrieval.media.hamming import near_pairs
 
         uniq, inverse = np.unique(self.codes, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        counts = np.bincount(inverse, minlength=len(uniq))
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        self.order = np.argsort(inverse, kind="stable")  # items grouped by hash, groups in hash order
+        self.counts = np.bincount(inverse, minlength=len(uniq))
+        self.starts = np.concatenate(([0], np.cumsum(self.counts)[:-1]))
+        multi = np.flatnonzero(self.counts > 1)
+        self._pairs_of_groups(multi, multi, same=True)
+        if max_distance > 0:
+            p, q = near_pairs(uniq, max_distance)
+            self._pairs_of_groups(p, q, same=False)
 
-        def members(g: int) -> np.ndarray:
-            return order[starts[g]:starts[g] + counts[g]]
+    def _members(self, g: int) -> np.ndarray:
+        return self.order[self.starts[g]:self.starts[g] + self.counts[g]]
 
-        for g in np.flatnonzero(counts > 1).tolist():
-            self._groups(members(g), members(g), same=True)
-        if max_distance == 0:
-            return
-        p, q = near_pairs(uniq, max_distance)
-        single = (counts[p] == 1) & (counts[q] == 1)
-        a, b = order[starts[p[single]]], order[starts[q[single]]]
+    def _pairs_of_groups(self, p: np.ndarray, q: np.ndarray, same: bool) -> None:
+        """Link the items of groups ``p[k]`` and ``q[k]`` (hashes within the distance; the same group when
+        ``same``): small pairs item by item, vectorised in batches; big ones through the colour grid."""
+        sizes = self.counts[p] * self.counts[q]
+        big = sizes > _SMALL
+        for g, h in zip(p[big].tolist(), q[big].tolist(), strict=True):
+            self._dense(self._members(g), self._members(h), same)
+        p, q, sizes = p[~big], q[~big], sizes[~big]
+        bounds = np.searchsorted(np.cumsum(sizes), np.arange(1, 1 + int(sizes.sum()) // _BATCH) * _BATCH)
+        for lo, hi in zip(np.concatenate(([0], bounds)), np.append(bounds, len(p)), strict=True):
+            if hi > lo:
+                self._item_pairs(p[lo:hi], q[lo:hi], same)
+
+    def _item_pairs(self, p: np.ndarray, q: np.ndarray, same: bool) -> None:
+        """Every item of group ``p[k]`` against every item of group ``q[k]``; the links go into the forest."""
+        sp, sq = self.counts[p], self.counts[q]
+        sizes = sp * sq
+        pair = np.repeat(np.arange(len(p)), sizes)
+        local = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        ia, ib = local // sq[pair], local % sq[pair]
+        if same:
+            keep = ia < ib
+            pair, ia, ib = pair[keep], ia[keep], ib[keep]
+        a, b = self.order[self.starts[p[pair]] + ia], self.order[self.starts[q[pair]] + ib]
         ok = self._ok(a, b)
-        for x, y in zip(a[ok].tolist(), b[ok].tolist(), strict=True):
-            self.forest.union(int(self.rows[x]), int(self.rows[y]))
-        for g, h in zip(p[~single].tolist(), q[~single].tolist(), strict=True):
-            self._groups(members(g), members(h), same=False)
+        rows, union = self.rows, self.forest.union
+        for x, y in zip(rows[a[ok]].tolist(), rows[b[ok]].tolist(), strict=True):
+            union(x, y)
 
     def _ok(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Whether items ``a[k]`` and ``b[k]`` (hashes already close) link: colour and label rules."""
         close = np.linalg.norm(self.colours[a] - self.colours[b], axis=-1) <= MAX_COLOUR_DISTANCE
         la, lb = self.labels[a], self.labels[b]
         return close & ((la == lb) | (la == 0) | (lb == 0))
-
-    def _groups(self, a: np.ndarray, b: np.ndarray, same: bool) -> None:
-        """Link the items of two groups whose hashes are within the distance (the same group when ``same``)."""
-        if len(a) * len(b) > _SMALL:
-            self._dense(a, b, same)
-            return
-        x, y = np.repeat(a, len(b)), np.tile(b, len(a))
-        keep = self._ok(x, y) & ((x < y) if same else True)
-        for i, j in zip(x[keep].tolist(), y[keep].tolist(), strict=True):
-            self.forest.union(int(self.rows[i]), int(self.rows[j]))
 
     def _nodes(self, items: np.ndarray) -> dict[tuple[int, int, int, int], np.ndarray]:
         """``items`` by (label, colour cell): within a group of equal hashes each node is a clique."""

@@ -3,40 +3,55 @@
 Pigeonhole: split the 64 bit positions into ``k`` bands. Two codes that differ in at most ``d`` bits differ in at
 most ``d`` bands, so they agree exactly on at least ``k - d`` of them. One table per choice of ``k - d`` bands keys
 every code by its bits there (``code & mask``); codes with equal keys are candidates, and each candidate pair is
-verified exactly (popcount of the XOR). ``k`` is chosen to keep (tables x candidate pairs) small for uniform codes;
-``k = d + 1`` is the classic one-band-must-match index. Work is O(tables x (n log n + candidates)), candidates
-being about n^2 / 2^(key bits) for well-spread codes, instead of n^2 / 2.
+verified exactly (popcount of the XOR). ``k`` is chosen for the least (tables x sorting + candidate pairs), the
+candidates counted on a sample of the codes; ``k = d + 1`` is the classic one-band-must-match index. Work is
+O(tables x (n log n + candidates)), candidates being about n^2 / 2^(key bits) for well-spread codes, not n^2 / 2.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import combinations
-from math import comb, log2
+from math import comb
 
 import numpy as np
 
 MAX_TABLES = 512  # beyond this many tables (large distances) the index is no cheaper than all pairs
+SAMPLE = 20_000  # codes sampled to count candidate pairs when choosing the band count
 
 
-def _plan(n: int, max_distance: int) -> tuple[int, list[int]]:
-    """(k, masks): the band count and one 64-bit mask per table, chosen for the least estimated work."""
-    d = max_distance
-    best: tuple[float, int] | None = None
-    for k in range(d + 1, 65):
-        tables = comb(k, d)
-        if tables > MAX_TABLES and best is not None:
-            break
-        key_bits = 64 * (k - d) / k
-        cost = tables * (n * max(1.0, log2(max(n, 2))) / 4 + n * n / 2 ** (key_bits + 1))
-        if best is None or cost < best[0]:
-            best = (cost, k)
-    if best is None:  # d = 64: every pair is within reach, one table with an empty key
-        return 1, [0]
-    k = best[1]
+def _masks(k: int, d: int) -> list[int]:
+    """One key mask per table: the bits of each choice of ``k - d`` of ``k`` interleaved bands."""
     bands = [sum(1 << i for i in range(64) if i % k == b) for b in range(k)]  # interleaved: neighbours split up
-    masks = [sum(bands[b] for b in keep) for keep in combinations(range(k), k - d)] 
-    return k, masks
+    return [sum(bands[b] for b in keep) for keep in combinations(range(k), k - d)]
+
+
+def _pairs_in(keys: np.ndarray) -> int:
+    """How many pairs of equal values ``keys`` holds."""
+    _, counts = np.unique(keys, return_counts=True)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def _plan(codes: np.ndarray, max_distance: int) -> list[int]:
+    """The key masks of the cheapest index for these codes: for each band count k, tables x sort work plus the
+    candidate pairs, counted on a sample of the codes (real hashes crowd some buckets; uniform ones do not)."""
+    d, n = max_distance, len(codes)
+    if d >= 64:  # every pair is within reach: one table with an empty key
+        return [0]
+    sample = codes if n <= SAMPLE else np.random.default_rng(0).choice(codes, size=SAMPLE, replace=False)
+    scale = (n / len(sample)) ** 2
+    best: tuple[float, list[int]] | None = None
+    for k in range(d + 1, 65):
+        if comb(k, d) > MAX_TABLES and best is not None:
+            break
+        masks = _masks(k, d)
+        candidates = sum(_pairs_in(sample & np.uint64(m)) for m in masks) * scale
+        cost = len(masks) * n * 2.0 + candidates  # sorting a key costs about two candidate checks
+        if best is None or cost < best[0]:
+            best = (cost, masks)
+        elif cost > 4 * best[0]:
+            break
+    return best[1] if best is not None else _masks(d + 1, d)
 
 
 def _equal_key_pairs(keys: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -64,10 +79,9 @@ def near_pairs(codes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nda
     if not 0 <= max_distance <= 64:
         raise ValueError(f"max_distance must be within 0..64, got {max_distance}")
     codes = np.ascontiguousarray(codes, dtype=np.uint64)
-    n = len(codes)
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
-    _, masks = _plan(n, max_distance)
+    masks = _plan(codes, max_distance)
     mask_arr = np.array(masks, dtype=np.uint64)
     for t, mask in enumerate(mask_arr):
         keys = codes & mask
