@@ -85,23 +85,36 @@ def prepare_tasks(outlets: list[Asset]) -> Any:
     return augment.expand(dataset=clean.expand(dataset=validate.expand(dataset=datasets())))
 
 
+def passed_over(verb: str, trained: dict) -> dict | None:
+    from mmretrieval.runner import passed_over
+
+    return passed_over(verb, trained)
+
+
 def model_tasks(datasets: Any, outlets: list[Asset]) -> Any:
+    """train -> evaluate -> rerank -> promote. When train keeps the champion (``train.when``), the three after it
+    pass its result on without running (their logs say why) and promote still emits the champion's Asset, so the
+    champion embeds and publishes the new data version."""
+
     @task
     def train(dataset: str) -> dict:
         return stage("train", dataset)
 
     @task
     def evaluate(trained: dict) -> dict:
-        return stage("evaluate", trained["dataset"], version=trained["model_version"])
+        skipped = passed_over("evaluate", trained)
+        return skipped or stage("evaluate", trained["dataset"], version=trained["model_version"])
 
     @task
     def rerank(evaluated: dict) -> dict:  # the version's cross-attention re-ranker, gated (rerank.enabled: auto)
-        stage("rerank", evaluated["dataset"], version=evaluated["model_version"])
+        if not passed_over("rerank", evaluated):
+            stage("rerank", evaluated["dataset"], version=evaluated["model_version"])
         return evaluated
 
     @task(outlets=outlets)
     def promote(evaluated: dict, **context: Any) -> str:
-        stage("promote", evaluated["dataset"], version=evaluated["model_version"])
+        if not passed_over("promote", evaluated):
+            stage("promote", evaluated["dataset"], version=evaluated["model_version"])
         emit(context, outlets, evaluated["dataset"])
         return str(evaluated["dataset"])
 

@@ -110,6 +110,19 @@ class OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"mmr: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _ingest_parser(sub: Any) -> None:
+    p = sub.add_parser("ingest", help="register a dataset from a manifest CSV (DVC-tracked under data/raw)")
+    p.add_argument("manifest", type=Path, nargs="?",
+                   help="manifest CSV; media paths are relative to its folder (optional with --remove)")
+    p.add_argument("--name", required=True, help="dataset name (lowercase letters, digits, _)")
+    p.add_argument("--append", action="store_true",
+                   help="merge MANIFEST into the dataset as a batch: new ids added, changed ids replaced, rows with "
+                        "a true `deleted` column removed (default: replace the dataset)")
+    p.add_argument("--remove", type=Path, metavar="FILE",
+                   help="remove the ids listed in FILE (one per line) from the dataset, with or without a MANIFEST "
+                        "(with one: add --append)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(prog="mmr", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -118,9 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="build the demo sample from images bundled in installed packages")
     p.add_argument("--out", type=Path, default=Path("build/sample"), help="output folder (default build/sample)")
 
-    p = sub.add_parser("ingest", help="register a dataset from a manifest CSV (DVC-tracked under data/raw)")
-    p.add_argument("manifest", type=Path, help="manifest CSV; media paths are relative to its folder")
-    p.add_argument("--name", required=True, help="dataset name (lowercase letters, digits, _)")
+    _ingest_parser(sub)
 
     for verb, text in STAGE_HELP.items():
         p = sub.add_parser(verb, help=text, description=text)
@@ -131,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="score the dataset's champion on this manifest instead (vectors of the index.centre "
                                 "modalities centred on this manifest's items; uncentred metrics as raw_*)")
             p.add_argument("--alias", default="champion", help="model alias to score with --manifest")
+        if verb == "train":
+            p.add_argument("--force", action="store_true",
+                           help="train a new challenger whatever train.when says (the gate still decides whether it "
+                                "serves)")
         if verb in ("promote", "publish"):
             p.add_argument("--rollback", action="store_true",
                            help="restore the previous champion" if verb == "promote" else
@@ -203,7 +218,9 @@ def dispatch(args: argparse.Namespace) -> int:
     elif verb == "ingest":
         from mmretrieval.stages.ingest import ingest
 
-        _print(ingest(args.manifest, args.name, settings))
+        if args.manifest is None and args.remove is None:
+            raise MMRError("mmr ingest needs a MANIFEST (or --remove FILE to remove ids)")
+        _print(ingest(args.manifest, args.name, settings, append=args.append, remove=args.remove))
     elif verb == "search":
         return _search(args, settings)
     elif verb == "serve":
@@ -248,7 +265,8 @@ def dispatch(args: argparse.Namespace) -> int:
         else:
             from mmretrieval.runner import run_stage
 
-            _print(run_stage(verb, dataset, settings))
+            inputs = {"force": True} if verb == "train" and args.force else {}
+            _print(run_stage(verb, dataset, settings, **inputs))
     return 0
 
 

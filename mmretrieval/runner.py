@@ -62,14 +62,31 @@ def run_stage(verb: str, dataset: str, settings: Settings | None = None, **input
     return result
 
 
+MODEL_STEPS = ("evaluate", "rerank", "promote")  # what acts on the model a run's train step registered
+
+
+def passed_over(verb: str, trained: dict[str, Any]) -> dict[str, Any] | None:
+    """What a model step (:data:`MODEL_STEPS`) returns instead of running when its run's ``train`` kept the champion
+    (``train.when``): the dataset, ``skipped`` and the reason; None when ``train`` trained a model (run the step).
+    Logged, so the step's log (an Airflow task log) says which way the run went and why."""
+    if not trained.get("skipped"):
+        return None
+    reason = (f"train kept champion v{trained['model_version']} (no new model to {verb}): "
+              f"{trained.get('reason', '')}")
+    log.info("%s %s: skipped: %s", verb, trained["dataset"], reason)
+    return {"dataset": trained["dataset"], "skipped": True, "reason": reason,
+            "model_version": trained["model_version"]}
+
+
 def run_all(dataset: str, settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     """Every stage in order, without Airflow (``mmr run``). Like the DAG, it evaluates and promotes the version its
-    own training registered, and embeds and publishes the champion it resolved once, whatever else runs meanwhile."""
+    own training registered (nothing, when ``train.when`` kept the champion), and embeds and publishes the champion it
+    resolved once, whatever else runs meanwhile."""
     settings = settings or get_settings()
     results = {verb: run_stage(verb, dataset, settings) for verb in ("validate", "clean", "augment", "train")}
     version = str(results["train"]["model_version"])
-    for verb in ("evaluate", "rerank", "promote"):
-        results[verb] = run_stage(verb, dataset, settings, version=version)
+    for verb in MODEL_STEPS:
+        results[verb] = passed_over(verb, results["train"]) or run_stage(verb, dataset, settings, version=version)
     from mmretrieval.stages.embed import start
 
     started = start(dataset, settings)

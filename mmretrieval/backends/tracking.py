@@ -255,6 +255,32 @@ def log_run(settings: Settings, run_id: str, metrics: dict[str, float] | None = 
         c.log_artifact(run_id, str(path), artifact_path="reports")
 
 
+def run_data(settings: Settings, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The tags and params of a run (as MLflow stores them: strings)."""
+    run = client(settings).get_run(run_id)
+    return dict(run.data.tags or {}), dict(run.data.params or {})
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    """Tag the active run."""
+    import mlflow
+
+    mlflow.set_tags(tags)
+
+
+def run_file(settings: Settings, run_id: str, artifact_path: str, folder: Path) -> Path | None:
+    """Download the file artifact ``artifact_path`` of a run into ``folder``; None when the run has no such file."""
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(folder),
+                                                    tracking_uri=settings.mlflow_uri)
+    except Exception as e:  # noqa: BLE001 - MLflow raises several unrelated types for a missing artifact
+        log.info("run %s has no artifact %s (%s)", run_id, artifact_path, str(e).splitlines()[0][:200])
+        return None
+    return Path(local) if Path(local).is_file() else None
+
+
 def version_tags(settings: Settings, ref: ModelRef) -> dict[str, str]:
     """The tags of a registered version (gate decisions, the re-ranker's gate)."""
     return dict(client(settings).get_model_version(ref.name, ref.version).tags or {})

@@ -59,3 +59,22 @@ def is_modified(home: Path, path: Path) -> bool:
     """True when the folder changed since it was last tracked (``dvc status``)."""
     out = _dvc(home, "status", "--json", str(path.relative_to(home)) + ".dvc")
     return bool(json.loads(out or "{}"))
+
+
+def checkout(home: Path, path: Path, version: str) -> None:
+    """Put data version ``version`` of a tracked folder back in place (``dvc checkout`` from the local DVC cache):
+    ``<path>.dvc`` is rewritten to name it, then the folder is made to match. Every version ``track`` made is in the
+    cache, so it can be checked out and rebuilt; in a git checkout, ``git checkout REV <path>.dvc`` followed by
+    ``dvc checkout`` does the same. Raises :class:`VersioningError` when the version is not in the cache."""
+    import yaml
+
+    dvc_file = path.with_name(path.name + ".dvc")
+    meta = {"outs": [{"md5": f"{version}.dir", "hash": "md5", "path": path.name}]}
+    previous = dvc_file.read_text(encoding="utf-8") if dvc_file.is_file() else None
+    dvc_file.write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+    try:
+        _dvc(home, "checkout", "--force", str(dvc_file.relative_to(home)))
+    except VersioningError:
+        if previous is not None:
+            dvc_file.write_text(previous, encoding="utf-8")
+        raise

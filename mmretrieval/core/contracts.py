@@ -90,17 +90,25 @@ class AugmentResult(StageResult):
 
 @dataclass(frozen=True)
 class TrainResult(StageResult):
-    """``train``: the registered model version (what evaluate, rerank and promote of the same run act on)."""
+    """``train``: the registered model version (what evaluate, rerank and promote of the same run act on), or, when
+    ``train.when`` kept the champion (``skipped`` true), the champion that goes on serving (``model_version``,
+    ``run_id``: its run; ``champion_data_version``: the data it was trained on). ``reason`` says why, either way;
+    after a skip the run's evaluate, rerank and promote do nothing and the champion embeds the new data version."""
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"best_epoch", "epochs_run", "metrics", "champion_data_version"})
 
     dataset: str
     data_version: str
     run_id: str
     model: str
     model_version: str
-    best_epoch: int
-    epochs_run: int
-    metrics: dict[str, float]
-    seconds: float
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    metrics: dict[str, float] | None = None
+    seconds: float = 0.0
+    skipped: bool = False
+    reason: str = ""
+    champion_data_version: str | None = None
 
 
 @dataclass(frozen=True)

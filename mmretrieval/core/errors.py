@@ -5,6 +5,8 @@ Every error is an :class:`MMRError` and also subclasses the builtin it resembles
     MMRError
     ├── ConfigError            (ValueError)    bad params.yaml key/value or environment override
     ├── ManifestError          (ValueError)    a manifest that cannot be read at all (columns, encoding, empty)
+    ├── IngestConflict         (ValueError)    a batch that cannot be merged into its dataset (a path holding other
+    │                                          bytes for another id, an id twice, nothing to remove)
     ├── ValidationFailed       (ValueError)    hard validation failures: the pipeline stops before training
     ├── DatasetNotFoundError   (FileNotFoundError)  unknown dataset name or a stage output that is not there yet
     ├── MediaError             (ValueError)    one media file that cannot be used (query uploads, evaluation)
@@ -36,6 +38,10 @@ class ConfigError(MMRError, ValueError):
 
 class ManifestError(MMRError, ValueError):
     """A manifest that cannot be read at all (missing columns, not UTF-8, no rows)."""
+
+
+class IngestConflict(MMRError, ValueError):
+    """A batch that cannot be merged into its dataset (``mmr ingest --append/--remove``): nothing was changed."""
 
 
 class ValidationFailed(MMRError, ValueError):
@@ -101,6 +107,7 @@ __all__ = [
     "DatasetNotFoundError",
     "FilterError",
     "IndexStoreError",
+    "IngestConflict",
     "MMRError",
     "ManifestError",
     "MediaError",

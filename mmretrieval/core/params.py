@@ -188,6 +188,10 @@ class TrainParams(Section):
     margin: Number = Field(0.2, ge=0)  # triplet margin
     patience: Whole = Field(0, ge=0)  # stop after this many epochs without a better validation gate metric (0:
     # never)
+    when: Literal["always", "grown", "never"] = "always"  # train a new model on every run ("always"), only when the
+    # clean items added or changed since the champion was trained reach grown_by of its items, or its params changed
+    # ("grown"; below that the champion embeds the new items), or only while there is no champion ("never")
+    grown_by: Number = Field(0.2, ge=0)  # with when: grown, the share of new + changed items that trains a new model
     min_val_items: Whole = Field(100, ge=0)  # fewer validation items: their metrics are logged, but the kept epoch
     # is the one with the lowest training loss (a tiny validation part picks epochs by chance; docs/benchmarks.md,
     # E3 vs E4)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from mmretrieval.core.params import ModelParams
 from mmretrieval.core.schema import Modality, Split
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.serving import pyfunc
+from mmretrieval.training import policy
 from mmretrieval.training.checkpoint import Checkpoint, fingerprint
 from mmretrieval.training.selection import EpochSelector
 
@@ -117,10 +119,13 @@ class _Job:
     opt: Any = None
     sched: Any = None
     validator: Any = None  # training.loop.Validator, None without validation rows
+    record: Any = None  # training.policy.DataRecord: the clean data this model is trained on
 
 
 @per_dataset("train")  # locks.py: a second run of this dataset waits
-def run(dataset: str, settings: Settings | None = None) -> TrainResult:
+def run(dataset: str, settings: Settings | None = None, force: bool = False) -> TrainResult:
+    """Train and register a challenger, or, when ``train.when`` says the champion is good enough for this data
+    (:mod:`mmretrieval.training.policy`; ``force``: train anyway), return the champion with ``skipped`` and why."""
     import torch
 
     from mmretrieval.models.dual_encoder import pick_device
@@ -129,7 +134,15 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
     settings = settings or get_settings()
     params = settings.params_for(dataset)
     p = params.train
-    job = _read_inputs(dataset, settings, params, time.monotonic())
+    started = time.monotonic()
+    source = read_clean(settings.layout(dataset))
+    now = policy.current_record(source.frame, source.data_version, params)
+    retrain, reason, serving = policy.should_train(settings, dataset, params, now, force)
+    if not retrain:
+        return _kept(dataset, settings, serving, now, reason, started)
+    log.info("train %s: training a new model: %s", dataset, reason)
+    job = _read_inputs(dataset, settings, params, started)
+    job.record = now
     torch.manual_seed(p.seed)
     np.random.seed(p.seed)
     job.device = pick_device(settings.device)
@@ -150,7 +163,19 @@ def run(dataset: str, settings: Settings | None = None) -> TrainResult:
     log.info("train %s: registered %s v%s (best epoch %d of %d)", dataset, ref.name, ref.version, best_epoch,
              len(history))
     return TrainResult(dataset, job.data_version, run_id, ref.name, ref.version, best_epoch, len(history),
-                       {k: round(v, 4) for k, v in final.items()}, round(time.monotonic() - job.started, 1))
+                       {k: round(v, 4) for k, v in final.items()}, round(time.monotonic() - job.started, 1),
+                       reason=reason)
+
+
+def _kept(dataset: str, settings: Settings, serving: policy.Champion | None, now: policy.DataRecord, reason: str,
+          started: float) -> TrainResult:
+    """The result of a run whose policy kept the champion (which :func:`policy.decide` only does with one)."""
+    if serving is None:
+        raise TrainingError(f"train {dataset}: no new model but no champion either ({reason})")
+    log.info("train %s: no new model: %s", dataset, reason)
+    return TrainResult(dataset, now.data_version, serving.run_id, settings.registered_model(dataset), serving.version,
+                       seconds=round(time.monotonic() - started, 1), skipped=True, reason=reason,
+                       champion_data_version=serving.record.data_version if serving.record else None)
 
 
 def _read_inputs(dataset: str, settings: Settings, params: Any, started: float) -> _Job:
@@ -289,6 +314,11 @@ def _log_inputs(job: _Job) -> None:
                          "image_weights_source": job.net.config.image_weights_source or "none"})
     tracking.log_dict(job.policy, "augmentation_policy.json")
     tracking.log_dataset(job.dataset, job.data_version, job.layout.training_manifest, job.train_frame)
+    with tempfile.TemporaryDirectory() as tmp:  # what train.when compares the next data version with
+        kept = policy.log_record(job.record, Path(tmp))
+        tracking.log_params(kept["params"])
+        tracking.set_tags(kept["tags"])
+        tracking.log_artifact(kept["path"], str(Path(policy.ITEMS_ARTIFACT).parent))
     if job.layout.data_docs.is_file():  # the validation's data docs page, viewable in the run's artifacts
         tracking.log_artifact(job.layout.data_docs, "data_docs")
 

@@ -7,8 +7,9 @@ from mmretrieval.cli import build_parser, main
 
 # The CLI's contract (the README and docs/ document it): every verb and the flags it takes
 VERBS = {
-    "sample": {"--out"}, "ingest": {"--name"}, "validate": {"--dataset"}, "clean": {"--dataset"},
-    "augment": {"--dataset"}, "train": {"--dataset"}, "evaluate": {"--dataset", "--manifest", "--alias"},
+    "sample": {"--out"}, "ingest": {"--name", "--append", "--remove"}, "validate": {"--dataset"},
+    "clean": {"--dataset"}, "augment": {"--dataset"}, "train": {"--dataset", "--force"},
+    "evaluate": {"--dataset", "--manifest", "--alias"},
     "rerank": {"--dataset"}, "promote": {"--dataset", "--rollback"}, "embed": {"--dataset"},
     "publish": {"--dataset", "--rollback"}, "distill": {"--dataset"}, "run": {"--dataset"}, "dag-test": {"--dataset"},
     "search": {"--image", "--audio", "--k", "--modality", "--label", "--where", "--filter", "--fusion", "--rerank",
