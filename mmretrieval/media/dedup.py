@@ -177,9 +177,11 @@ class _NearLinks:
 
     def _ok(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Whether items ``a[k]`` and ``b[k]`` (hashes already close) link: colour and label rules."""
-        close = np.linalg.norm(self.colours[a] - self.colours[b], axis=-1) <= MAX_COLOUR_DISTANCE
         la, lb = self.labels[a], self.labels[b]
-        return close & ((la == lb) | (la == 0) | (lb == 0))
+        ok = (la == lb) | (la == 0) | (lb == 0)
+        both = np.flatnonzero(ok)
+        ok[both] = np.linalg.norm(self.colours[a[both]] - self.colours[b[both]], axis=-1) <= MAX_COLOUR_DISTANCE
+        return ok
 
     def _nodes(self, items: np.ndarray) -> dict[tuple[int, int, int, int], np.ndarray]:
         """``items`` by (label, colour cell): within a group of equal hashes each node is a clique."""

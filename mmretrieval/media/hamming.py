@@ -16,8 +16,8 @@ from math import comb
 
 import numpy as np
 
-MAX_TABLES = 512  # beyond this many tables (large distances) the index is no cheaper than all pairs
-SAMPLE = 20_000  # codes sampled to count candidate pairs when choosing the band count
+MAX_TABLES = 128  # band counts needing more tables are not tried (once one plan exists)
+SAMPLE = 10_000  # codes sampled to count candidate pairs when choosing the band count
 
 
 def _masks(k: int, d: int) -> list[int]:
@@ -49,7 +49,7 @@ def _plan(codes: np.ndarray, max_distance: int) -> list[int]:
         cost = len(masks) * n * 2.0 + candidates  # sorting a key costs about two candidate checks
         if best is None or cost < best[0]:
             best = (cost, masks)
-        elif cost > 4 * best[0]:
+        elif cost > 2 * best[0]:
             break
     return best[1] if best is not None else _masks(d + 1, d)
 

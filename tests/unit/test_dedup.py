@@ -121,9 +121,9 @@ def planted(n: int, max_flips: int, seed: int, colour_spread: float = 30.0
     return hashes[:n], phashes[:n], labels[:n]
 
 
-@pytest.mark.parametrize("max_distance", [-1, 0, 1, 2, 4, 6, 9, 16, 64])
+@pytest.mark.parametrize("max_distance", [-1, 0, 1, 4, 9, 16, 64])
 def test_indexed_search_merges_exactly_like_all_pairs_on_planted_near_duplicates(max_distance: int) -> None:
-    hashes, phashes, labels = planted(1500, max_flips=max(0, max_distance) + 3, seed=max_distance + 10)
+    hashes, phashes, labels = planted(1000, max_flips=max(0, max_distance) + 3, seed=max_distance + 10)
     want = exhaustive(hashes, phashes, max_distance, labels)
     assert want  # the planted set has duplicates to find
     assert find_duplicates(hashes, phashes, max_distance, labels) == want
@@ -204,6 +204,7 @@ def test_near_pairs_finds_every_pair_within_the_distance_once(max_distance: int)
     i, j = near_pairs(codes, max_distance)
     dist = np.bitwise_count(codes[:, None] ^ codes[None, :])
     want = set(zip(*np.nonzero(np.triu(dist <= max_distance, 1)), strict=True))
-    assert (len(want) > 0 or max_distance == 0) and len(i) == len(want) and set(zip(i.tolist(), j.tolist(), strict=True)) == want
+    assert len(want) > 0 or max_distance == 0
+    assert len(i) == len(want) and set(zip(i.tolist(), j.tolist(), strict=True)) == want
     with pytest.raises(ValueError, match="65"):
         near_pairs(codes, 65)
