@@ -187,15 +187,16 @@ def _first_rows(manifest: Path, count: int) -> Path:
     return seed
 
 
-def bench_items(n: int, work: Path, share: float, seed_items: int) -> dict:
+def bench_items(n: int, work: Path, share: float, seed_items: int, reuse: Path | None = None) -> dict:
     """The chain on ``n`` generated items, then an append of ``share`` x n new ones. The champion is trained first
     on the corpus's first ``seed_items`` rows (untimed: training is not part of the ratio, and its cost grows with
-    epochs, not with what a data version adds)."""
+    epochs, not with what a data version adds). ``reuse``: the MMR_HOME of an earlier run, whose champion serves."""
     if not _has_append():
         raise SystemExit("`mmr ingest --append` is missing in this checkout: the append half needs it (issue 24 "
                          "item 1); merge the branch that adds it")
-    home = work / "home"
-    _workspace(home)
+    home = reuse or work / "home"
+    if reuse is None:
+        _workspace(home)
     started = time.perf_counter()
     manifest = make_corpus(work / "corpus", n, seed=0)
     extra = max(1, round(n * share))
@@ -203,7 +204,8 @@ def bench_items(n: int, work: Path, share: float, seed_items: int) -> dict:
     print(json.dumps({"generated_items": n + extra, "seconds": round(time.perf_counter() - started, 1),
                       "corpus_mb": round(sum(p.stat().st_size for p in (work / "corpus").rglob("*")) / 2**20)}),
           flush=True)
-    model = _chain("champion", SEED, _first_rows(manifest, min(n, seed_items)), home, min(n, seed_items), False)
+    model = [] if reuse else _chain("champion", SEED, _first_rows(manifest, min(n, seed_items)), home,
+                                    min(n, seed_items), False)
     full = _chain("full", FULL, manifest, home, n, append=False)
     more = _chain("append", FULL, batch, home, extra, append=True)
     chain = sum(r["seconds"] for r in full)
@@ -248,7 +250,12 @@ def _load(ix: object, name: str, vectors: np.ndarray, raw: bool, chunk: int = 10
     if raw:
         ix.client.flush(name)  # as publish does: the index is built over sealed segments
     inserted = time.perf_counter()
-    ix.build_index(name, params)
+    try:
+        ix.build_index(name, params)
+    except Exception as e:  # noqa: BLE001 - pymilvus resends create_index after a dropped connection (GOAWAY)
+        if "already exists" not in str(e):
+            raise
+        print(json.dumps({"note": f"{name}: create_index was resent by pymilvus and refused as done: {e}"}))
     ix.load(name)
     done = time.perf_counter()
     print(json.dumps({"collection": name, "raw": raw, "insert_s": round(inserted - started, 1),
@@ -303,6 +310,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, help="full run + append on this many generated photos")
     ap.add_argument("--append-share", type=float, default=0.01, help="size of the appended batch (default 0.01)")
     ap.add_argument("--seed-items", type=int, default=300, help="the champion is trained on this many (default 300)")
+    ap.add_argument("--reuse-home", type=Path, help="MMR_HOME of an earlier --keep run: its champion, no training")
     ap.add_argument("--vectors", type=int, help="publish and search this many generated vectors")
     ap.add_argument("--queries", type=int, default=500, help="searches timed in --vectors mode (default 500)")
     ap.add_argument("--no-raw", action="store_true", help="--vectors: skip the raw pymilvus insert for comparison")
@@ -316,7 +324,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         result: dict = {}
         if args.items:
-            result["items"] = bench_items(args.items, work, args.append_share, args.seed_items)
+            result["items"] = bench_items(args.items, work, args.append_share, args.seed_items, args.reuse_home)
         if args.vectors:
             result["vectors"] = [bench_vectors(args.vectors, str(work / "milvus.db"), args.queries, not args.no_raw)]
             if args.milvus_uri:
