@@ -79,6 +79,8 @@ def near_pairs(codes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nda
     if not 0 <= max_distance <= 64:
         raise ValueError(f"max_distance must be within 0..64, got {max_distance}")
     codes = np.ascontiguousarray(codes, dtype=np.uint64)
+    if len(codes) < 2:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     masks = _plan(codes, max_distance)

@@ -208,3 +208,4 @@ def test_near_pairs_finds_every_pair_within_the_distance_once(max_distance: int)
     assert len(i) == len(want) and set(zip(i.tolist(), j.tolist(), strict=True)) == want
     with pytest.raises(ValueError, match="65"):
         near_pairs(codes, 65)
+    assert [len(x) for x in near_pairs(codes[:1], max_distance) + near_pairs(codes[:0], max_distance)] == [0] * 4
