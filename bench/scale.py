@@ -1,0 +1,337 @@
+"""Scale: the whole chain on a generated corpus, then a +1 % append; publish and search at up to 1M vectors.
+
+    PYTHONPATH=. nice .venv/bin/python bench/scale.py --items 10000          # full run + 1 % append
+    PYTHONPATH=. nice .venv/bin/python bench/scale.py --vectors 1000000      # Milvus Lite (and --milvus-uri URI)
+
+``--items N``: a corpus of N generated photos is written into a temporary workspace (never the repository): JPEGs of
+384x288 px at quality 90, each a random crop of one of the demo's bundled photos (scikit-image / scikit-learn),
+colour-shifted and overlaid with sensor-like noise so that it decodes like a real photo; one to three captions each;
+about 0.2 % broken files (truncated JPEGs, text named .jpg), 0.7 % exact copies and 0.6 % re-encoded near copies.
+Every stage runs as ``mmr VERB`` in its own subprocess (so its peak RSS is its own, read with ``os.wait4``).
+First a champion is trained on the corpus's first ``--seed-items`` rows (ingest .. train, evaluate, promote; a small
+from-scratch model: resnet18 at 32 px, one epoch, re-ranker off; reported, but training is not what is measured and
+is left out of the ratio). Then the full run: the whole corpus ingested as a new version (replacing the seed), and
+validate, clean, augment, embed, publish; then a batch of 1 % new photos appended (``mmr ingest --append``) and the
+same stages again. Printed: per stage seconds, seconds per 1,000 items and peak RSS; the append's share of the full
+run's wall time.
+
+``--vectors N``: N unit vectors (``model.embed_dim`` of params.yaml, clustered) through our publish path
+(``backends.index.MilvusIndex``: create, insert in 10,000-row chunks, ``build_index`` and ``load`` with the
+configured ``index`` params), then ``--queries`` single-vector searches (vectors from the same clusters): p50/p99
+latency and recall@10 against exact (numpy) cosine search; then the same rows through pymilvus ``insert`` +
+``flush`` directly (raw: same schema, chunks and index), for publish's speed relative to raw insert + index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "scale"
+PARAMS = """datasets: [scale]
+model: {image_backbone: resnet18, image_size: 32, embed_dim: 64, text_head: mlp, image_dropout: 0.0}
+train: {epochs: 1, batch_size: 64}
+rerank: {enabled: false}
+gate: {floor: 0.0, margin_over_chance: -1.0, chance_z: 0.0}
+"""
+SEED = ("ingest", "validate", "clean", "augment", "train", "evaluate", "promote")  # the champion, untimed
+FULL = ("ingest", "validate", "clean", "augment", "embed", "publish")  # a data version through to serving
+ADJECTIVES = ["warm", "cold", "bright", "dim", "faded", "vivid", "grainy", "sharp"]
+
+
+def demo_photos() -> list[tuple[object, list[str]]]:
+    """(RGB picture, captions) of the demo's bundled photos."""
+    import importlib
+
+    from PIL import Image
+
+    from mmretrieval.core.schema import CAPTION_SEPARATOR
+
+    dirs = {"skimage": ("skimage", "data"), "sklearn": ("sklearn.datasets", "images")}
+    out = []
+    with open(REPO / "mmretrieval" / "demo" / "sample" / "photos.csv", encoding="utf-8") as f:
+        for rec in csv.DictReader(f):
+            module, sub = dirs[rec["package"]]
+            path = Path(str(importlib.import_module(module).__file__)).parent / sub / rec["file"]
+            with Image.open(path) as im:
+                out.append((im.convert("RGB"), rec["captions"].split(CAPTION_SEPARATOR)))
+    return out
+
+
+def _photo(rng: np.random.Generator, sources: list, size: tuple[int, int] = (384, 288)) -> tuple[object, str]:
+    from PIL import Image
+
+    base, captions = sources[int(rng.integers(len(sources)))]
+    w, h = base.size
+    scale = rng.uniform(0.5, 1.0)
+    cw, ch = int(w * scale), int(h * scale)
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    arr = np.asarray(base.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    arr = arr * rng.uniform(0.75, 1.25, size=3) + rng.normal(0, 7, size=arr.shape)  # colour shift, sensor noise
+    caption = f"{captions[int(rng.integers(len(captions)))]}, {ADJECTIVES[int(rng.integers(len(ADJECTIVES)))]}"
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8)), caption
+
+
+def make_corpus(folder: Path, n: int, seed: int, first_id: int = 0) -> Path:
+    """``folder/manifest.csv`` and ``folder/images/`` for ``n`` generated items (ids from ``first_id``)."""
+    import io
+
+    from mmretrieval.core.progress import progress
+
+    rng = np.random.default_rng(seed)
+    sources = demo_photos()
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows, previous = [], b""
+    for k in progress(range(n), desc="generate", total=n):
+        item = first_id + k
+        rel = f"images/p{item:07d}.jpg"
+        im, caption = _photo(rng, sources)
+        buf = io.BytesIO()
+        if k % 150 == 149 and previous:  # an exact copy of the previous file
+            data = previous
+        elif k % 170 == 169:  # a near copy: smaller, re-encoded
+            im.resize((346, 259)).save(buf, "JPEG", quality=80)
+            data = buf.getvalue()
+        else:
+            im.save(buf, "JPEG", quality=90)
+            data = buf.getvalue()
+        if k % 500 == 499:
+            data = data[: len(data) * 2 // 5]  # truncated
+        elif k % 700 == 699:
+            data = b"this is not an image\n"
+        (folder / rel).write_bytes(data)
+        previous = data
+        rows.append({"id": f"p{item:07d}", "modality": "image", "path": rel, "text": caption, "label": "",
+                     "split": "", "source": "bench/scale.py"})
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def run_verb(args: list[str], home: Path) -> dict[str, float]:
+    """``mmr ARGS`` in a subprocess under MMR_HOME=``home``: wall seconds and its peak RSS (MB, with children)."""
+    env = {**os.environ, "MMR_HOME": str(home), "PYTHONPATH": str(REPO)}
+    for var in ("MMR_PARAMS", "MMR_MILVUS_URI", "MMR_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI", "MMR_DATASET"):
+        env.pop(var, None)
+    log = open(home / "bench.log", "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    log.write(f"\n== mmr {' '.join(args)}\n")
+    log.flush()
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "mmretrieval.cli", *args], cwd=home, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    log.close()
+    if proc.returncode != 0:
+        tail = (home / "bench.log").read_text(encoding="utf-8").splitlines()[-25:]
+        raise SystemExit(f"mmr {' '.join(args)} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def stage_args(verb: str, manifest: Path | None = None, append: bool = False) -> list[str]:
+    if verb == "ingest":
+        return ["ingest", str(manifest), "--name", DATASET, *(["--append"] if append else [])]
+    return [verb, "--dataset", DATASET]
+
+
+def _has_append() -> bool:
+    from mmretrieval.cli import build_parser
+
+    try:
+        build_parser().parse_args(["ingest", "x.csv", "--name", DATASET, "--append"])
+    except SystemExit:
+        return False
+    return True
+
+
+def _chain(title: str, verbs: tuple[str, ...], manifest: Path, home: Path, items: int, append: bool) -> list[dict]:
+    out = []
+    for verb in verbs:
+        m = run_verb(stage_args(verb, manifest, append), home)
+        row = {"run": title, "stage": verb, "items": items, "seconds": round(m["seconds"], 2),
+               "s_per_1000": round(m["seconds"] / items * 1000, 2), "peak_rss_mb": round(m["peak_rss_mb"])}
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
+def _workspace(home: Path) -> None:
+    home.mkdir(parents=True)
+    (home / "params.yaml").write_text(PARAMS, encoding="utf-8")
+    shutil.copyfile(REPO / "dvc.yaml", home / "dvc.yaml")
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=home, check=True,
+                   env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+
+
+def _first_rows(manifest: Path, count: int) -> Path:
+    """A manifest of the first ``count`` rows of ``manifest``, beside it (same media paths)."""
+    with open(manifest, encoding="utf-8") as f:
+        lines = f.readlines()
+    seed = manifest.with_name("seed.csv")
+    seed.write_text("".join(lines[:count + 1]), encoding="utf-8")
+    return seed
+
+
+def bench_items(n: int, work: Path, share: float, seed_items: int, reuse: Path | None = None) -> dict:
+    """The chain on ``n`` generated items, then an append of ``share`` x n new ones. The champion is trained first
+    on the corpus's first ``seed_items`` rows (untimed: training is not part of the ratio, and its cost grows with
+    epochs, not with what a data version adds). ``reuse``: the MMR_HOME of an earlier run, whose champion serves."""
+    if not _has_append():
+        raise SystemExit("`mmr ingest --append` is missing in this checkout: the append half needs it (issue 24 "
+                         "item 1); merge the branch that adds it")
+    home = reuse or work / "home"
+    if reuse is None:
+        _workspace(home)
+    started = time.perf_counter()
+    manifest = make_corpus(work / "corpus", n, seed=0)
+    extra = max(1, round(n * share))
+    batch = make_corpus(work / "batch", extra, seed=1, first_id=n)
+    print(json.dumps({"generated_items": n + extra, "seconds": round(time.perf_counter() - started, 1),
+                      "corpus_mb": round(sum(p.stat().st_size for p in (work / "corpus").rglob("*")) / 2**20)}),
+          flush=True)
+    model = [] if reuse else _chain("champion", SEED, _first_rows(manifest, min(n, seed_items)), home,
+                                    min(n, seed_items), False)
+    full = _chain("full", FULL, manifest, home, n, append=False)
+    more = _chain("append", FULL, batch, home, extra, append=True)
+    chain = sum(r["seconds"] for r in full)
+    added = sum(r["seconds"] for r in more)
+    summary = {"items": n, "appended": extra, "full_chain_s": round(chain, 1), "append_chain_s": round(added, 1),
+               "append_share_of_full": round(added / chain, 3),
+               "max_peak_rss_mb": max(r["peak_rss_mb"] for r in full + more)}
+    print(json.dumps(summary), flush=True)
+    return {"stages": model + full + more, "summary": summary}
+
+
+def clustered_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    """``n`` unit vectors around 1,000 fixed centres (the same for every ``seed``: queries fall among the data)."""
+    centres = np.random.default_rng(0).normal(size=(1000, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed + 1)
+    v = centres[rng.integers(0, 1000, n)] + 0.6 * rng.normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _rows(vectors: np.ndarray, first: int) -> list[dict]:
+    return [{"id": f"v{first + i}", "modality": "image", "vector": v.tolist(), "text": "", "path": "", "label": "",
+             "metadata": {}, "model_version": "1", "data_version": "0"} for i, v in enumerate(vectors)]
+
+
+def _load(ix: object, name: str, vectors: np.ndarray, raw: bool, chunk: int = 10_000) -> float:
+    """Create ``name``, insert ``vectors`` (ours: ``MilvusIndex.insert``; raw: the client's ``insert``, same chunks)
+    and build + load the configured index; seconds."""
+    from mmretrieval.core.settings import get_settings
+
+    params = get_settings().params.index
+    if ix.exists(name):
+        ix.drop(name)
+    started = time.perf_counter()
+    ix.create(name, vectors.shape[1], {})
+    for lo in range(0, len(vectors), chunk):
+        rows = _rows(vectors[lo:lo + chunk], lo)
+        if raw:
+            ix.client.insert(name, rows)
+        else:
+            for _ in ix.insert(name, rows):
+                pass
+    if raw:
+        ix.client.flush(name)  # as publish does: the index is built over sealed segments
+    inserted = time.perf_counter()
+    try:
+        ix.build_index(name, params)
+    except Exception as e:  # noqa: BLE001 - pymilvus resends create_index after a dropped connection (GOAWAY)
+        if "already exists" not in str(e):
+            raise
+        print(json.dumps({"note": f"{name}: create_index was resent by pymilvus and refused as done: {e}"}))
+    ix.load(name)
+    done = time.perf_counter()
+    print(json.dumps({"collection": name, "raw": raw, "insert_s": round(inserted - started, 1),
+                      "index_load_s": round(done - inserted, 1)}), flush=True)
+    return done - started
+
+
+def _queries(ix: object, name: str, vectors: np.ndarray, count: int) -> dict:
+    from mmretrieval.core.settings import get_settings
+
+    params = get_settings().params.index
+    queries = clustered_vectors(count, vectors.shape[1], seed=2)
+    exact = np.empty((count, 10), dtype=np.int64)
+    for lo in range(0, count, 100):
+        scores = queries[lo:lo + 100] @ vectors.T
+        exact[lo:lo + 100] = np.argpartition(-scores, 10, axis=1)[:, :10]
+    latencies, hits = [], 0
+    for q, truth in zip(queries, exact, strict=True):
+        started = time.perf_counter()
+        found = ix.search(name, [q.tolist()], 10, params, output_fields=["id"])[0]
+        latencies.append(time.perf_counter() - started)
+        hits += len({int(str(h["id"])[1:]) for h in found} & set(truth.tolist()))
+    ms = np.array(latencies) * 1000
+    return {"queries": count, "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "recall@10": round(hits / (10 * count), 4)}
+
+
+def bench_vectors(n: int, uri: str, queries: int, raw: bool) -> dict:
+    from mmretrieval.backends.index import MilvusIndex
+    from mmretrieval.core.settings import get_settings
+
+    s = get_settings()
+    dim = s.params.model.embed_dim or 384  # 0: the text model's (MiniLM)
+    vectors = clustered_vectors(n, dim, seed=0)
+    out: dict = {"vectors": n, "dim": dim, "uri": uri if "://" in uri else "milvus-lite",
+                 "index": s.params.index.index_type, "build_params": dict(s.params.index.build_params),
+                 "search_params": dict(s.params.index.search_params)}
+    with MilvusIndex(uri) as ix:
+        out["publish_s"] = round(_load(ix, f"bench_scale_{n}", vectors, raw=False), 1)
+        out |= _queries(ix, f"bench_scale_{n}", vectors, queries)
+        ix.drop(f"bench_scale_{n}")
+        if raw:
+            out["raw_s"] = round(_load(ix, f"bench_raw_{n}", vectors, raw=True), 1)
+            out["publish_speed_vs_raw"] = round(out["raw_s"] / out["publish_s"], 3)
+            ix.drop(f"bench_raw_{n}")
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, help="full run + append on this many generated photos")
+    ap.add_argument("--append-share", type=float, default=0.01, help="size of the appended batch (default 0.01)")
+    ap.add_argument("--seed-items", type=int, default=300, help="the champion is trained on this many (default 300)")
+    ap.add_argument("--reuse-home", type=Path, help="MMR_HOME of an earlier --keep run: its champion, no training")
+    ap.add_argument("--vectors", type=int, help="publish and search this many generated vectors")
+    ap.add_argument("--queries", type=int, default=500, help="searches timed in --vectors mode (default 500)")
+    ap.add_argument("--no-raw", action="store_true", help="--vectors: skip the raw pymilvus insert for comparison")
+    ap.add_argument("--milvus-uri", help="--vectors: also on this Milvus server (e.g. http://127.0.0.1:19530)")
+    ap.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    args = ap.parse_args()
+    if not args.items and not args.vectors:
+        ap.error("give --items N, --vectors N or both")
+    with tempfile.TemporaryDirectory(prefix="mmr-scale-") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        result: dict = {}
+        if args.items:
+            result["items"] = bench_items(args.items, work, args.append_share, args.seed_items, args.reuse_home)
+        if args.vectors:
+            result["vectors"] = [bench_vectors(args.vectors, str(work / "milvus.db"), args.queries, not args.no_raw)]
+            if args.milvus_uri:
+                result["vectors"].append(bench_vectors(args.vectors, args.milvus_uri, args.queries,
+                                                       not args.no_raw))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
