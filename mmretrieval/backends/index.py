@@ -218,11 +218,28 @@ class MilvusIndex:
         self.client.flush(name)
 
     def build_index(self, name: str, params: IndexParams) -> None:
+        """Build the vector index of ``name``. A long build can outlive the gRPC keep-alive: pymilvus then sends
+        the request again and the server answers that the index exists (the first request built it); that answer
+        counts as done when the existing index is the one asked for (its type), else it is re-raised."""
+        from pymilvus.exceptions import MilvusException
+
         index = self.client.prepare_index_params()
         index.add_index(field_name="vector", index_type=params.index_type, metric_type=params.metric_type,
                         params=dict(params.build_params))
-        with _lite_lacks_timestamps():
-            self.client.create_index(name, index)
+        try:
+            with _lite_lacks_timestamps():
+                self.client.create_index(name, index)
+        except MilvusException as e:
+            if "already exist" not in str(e) or not self._has_index(name, params.index_type):
+                raise
+
+    def _has_index(self, name: str, index_type: str) -> bool:
+        """Whether ``name``'s vector field has an index of ``index_type``."""
+        for index_name in self.client.list_indexes(name, field_name="vector"):
+            described = self.client.describe_index(name, index_name)
+            if str(described.get("index_type", "")).upper() == index_type.upper():
+                return True
+        return False
 
     def load(self, name: str) -> None:
         state = str(self.client.get_load_state(name).get("state", ""))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.files import write_png
 from tests.helpers.workspace import REPO
 
@@ -88,3 +90,21 @@ def test_milvus_keeps_pymilvus_logging_as_configured_and_hides_only_the_misses_i
         pymilvus_logger.removeHandler(records)
     errors = [r.getMessage() for r in records.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "describe_collection" in errors[0], errors
+
+
+def test_an_index_build_answered_already_exists_counts_when_it_is_the_index_asked_for(tmp_path: Path) -> None:
+    """A long create_index outlives the gRPC keep-alive, pymilvus sends it again and Milvus answers that the index
+    exists: that is done when the existing index is the one asked for, and still an error when it is another."""
+    import pymilvus
+
+    from mmretrieval.backends.index import MilvusIndex
+    from mmretrieval.core.params import IndexParams
+
+    hnsw = IndexParams(index_type="HNSW", metric_type="COSINE", build_params={"M": 8, "efConstruction": 64})
+    with MilvusIndex(str(tmp_path / "milvus.db")) as ix:
+        ix.create("c1", 8, {})
+        ix.build_index("c1", hnsw)
+        ix.build_index("c1", hnsw)  # the resent request: the index is there already, as asked
+        other = IndexParams(index_type="IVF_FLAT", metric_type="COSINE", build_params={"nlist": 8})
+        with pytest.raises(pymilvus.MilvusException, match="already exist"):
+            ix.build_index("c1", other)
