@@ -204,14 +204,17 @@ class FeatureDataset(Dataset):  # type: ignore[type-arg]
 
 @torch.no_grad()
 def backbone_features(net: DualEncoder, images: list[Any], transform: Callable[[Any], torch.Tensor], device: str,
-                      mirror: bool = False, batch_size: int = 32) -> torch.Tensor:
+                      mirror: bool = False, batch_size: int = 32, report: bool = True) -> torch.Tensor:
     """(N,) PIL images -> (N, width) features of the (frozen) image backbone on CPU, each image preprocessed by
-    ``transform`` and, with ``mirror``, flipped left-right first."""
+    ``transform`` and, with ``mirror``, flipped left-right first. ``report``: progress lines (off when the caller
+    reports its own)."""
     from mmretrieval.core.progress import progress
 
     parts = []
-    starts = progress(range(0, len(images), batch_size), "image backbone features" + (" (mirrored)" if mirror else ""),
-                      total=len(images), unit="images", size=lambda start: len(images[start:start + batch_size]))
+    starts: Any = range(0, len(images), batch_size)
+    if report:
+        starts = progress(starts, "image backbone features" + (" (mirrored)" if mirror else ""), total=len(images),
+                          unit="images", size=lambda start: len(images[start:start + batch_size]))
     for start in starts:
         pixels = torch.stack([transform(im) for im in images[start:start + batch_size]]).to(device)
         if mirror:
@@ -287,24 +290,42 @@ def cached_image_features(net: DualEncoder, items: TrainItems, members: list[int
     cache = FeatureCache(cache_root, "image-features", net, net.image_backbone,
                          {"transform": repr(transform), "image_size": net.config.image_size}, device)
     found, misses, digests = cache.split(items, members, clean_dir, views)
-    load = media_modality(Modality.IMAGE.value).load
-    images = [load(net.config, clean_dir / items.media[members[pos]])
-              for pos in progress(misses, "train image decode", unit="images")]
-    computed = {"eval": backbone_features(net, images, transform, device)}
-    if mirror:
-        computed["mirror"] = backbone_features(net, images, transform, device, mirror=True)
-    width = computed["eval"].shape[1] if misses else next(iter(found.values()))["eval"].shape[-1] if found else 0
-    out = torch.zeros(len(views), len(members), width)
+    out = _Views(views, len(members))
     for pos, entry in found.items():
-        for v, name in enumerate(views):
-            out[v, pos] = torch.from_numpy(entry[name])
-    for j, pos in enumerate(misses):
-        for v, name in enumerate(views):
-            out[v, pos] = computed[name][j]
-        cache.save(digests[pos], **{name: computed[name][j].numpy() for name in views})
+        out.put(pos, {name: torch.from_numpy(entry[name]) for name in views})
+    load = media_modality(Modality.IMAGE.value).load
+    batches = [misses[k:k + DECODE_CHUNK] for k in range(0, len(misses), DECODE_CHUNK)]
+    chunks = progress(batches, "train image features", total=len(misses), unit="images",
+                      size=len)
+    for chunk in chunks:  # decoded a chunk at a time: memory holds one chunk of pictures, not the split's
+        images = [load(net.config, clean_dir / items.media[members[pos]]) for pos in chunk]
+        computed = {name: backbone_features(net, images, transform, device, mirror=name == "mirror", report=False)
+                    for name in views}
+        for j, pos in enumerate(chunk):
+            out.put(pos, {name: computed[name][j] for name in views})
+            cache.save(digests[pos], **{name: computed[name][j].numpy() for name in views})
     if counts is not None:
         counts["image"] = cache.counts(len(found), len(misses))
-    return out
+    return out.tensor()
+
+
+DECODE_CHUNK = 256  # training images decoded at once for the frozen backbone's features
+
+
+class _Views:
+    """The (views, N, width) feature tensor, allocated when the first item's width is known."""
+
+    def __init__(self, views: tuple[str, ...], n: int) -> None:
+        self.views, self.n, self.out = views, n, None
+
+    def put(self, pos: int, arrays: dict[str, torch.Tensor]) -> None:
+        if self.out is None:
+            self.out = torch.zeros(len(self.views), self.n, arrays[self.views[0]].shape[-1])
+        for v, name in enumerate(self.views):
+            self.out[v, pos] = arrays[name]
+
+    def tensor(self) -> torch.Tensor:
+        return self.out if self.out is not None else torch.zeros(len(self.views), self.n, 0)
 
 
 class VideoFeatureDataset(FeatureDataset):
