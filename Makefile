@@ -73,7 +73,8 @@ cluster: setup milvus-server-venv cluster-deps
 	$(BIN)/python scripts/cluster.py $(CLUSTER_ARGS)
 
 test: setup milvus-server-venv browser cluster-deps
-	MMR_REQUIRE_MILVUS_SERVER=1 MMR_REQUIRE_BROWSER=1 MMR_REQUIRE_CLUSTER=1 $(BIN)/pytest -q tests
+	MMR_REQUIRE_MILVUS_SERVER=1 MMR_REQUIRE_BROWSER=1 $(BIN)/pytest -q -m "not cluster" tests
+	MMR_REQUIRE_CLUSTER=1 $(BIN)/pytest -q -m cluster tests/integration/test_cluster.py
 
 test-cluster: setup milvus-server-venv cluster-deps
 	MMR_REQUIRE_CLUSTER=1 $(BIN)/pytest -q -s -m cluster tests/integration/test_cluster.py

@@ -33,6 +33,16 @@ CHAIN_DEADLINE_S = 600  # about 7 min measured on 2 shared cores under load; the
 TIMINGS: dict[str, float] = {}
 
 
+@pytest.fixture(autouse=True)
+def environment_restored() -> Iterator[None]:
+    """Whatever a test or the hook exports into this process's environment (the store's AWS_* keys, an MLflow S3
+    endpoint) is taken back after it: no later test meets the cluster's addresses."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict[str, Any]]:
     absent = missing()
