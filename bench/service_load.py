@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -47,13 +45,6 @@ def pct(samples: list[float]) -> dict[str, float]:
     a = np.array(samples) * 1000
     return {f"p{q}_ms": round(float(np.percentile(a, q)), 1) for q in (50, 95, 99)} | {
         "max_ms": round(float(a.max()), 1)}
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def phase(url: str, clients: int, seconds: float, make: Callable[[int, int], dict[str, Any]],
@@ -112,8 +103,10 @@ def main() -> None:
                                                               "workspace first and serve it (--dataset tiny)")
     args = ap.parse_args()
     seconds = min(args.seconds, 60.0)
+    sys.path.insert(0, str(REPO))
+    from bench.served import rss_mb, start, wait_ready
+
     if args.soak:
-        sys.path.insert(0, str(REPO))
         from bench.service_soak import soak
 
         print(json.dumps(soak(min(args.soak, 600.0), args.dataset, args.build_tiny), indent=1))
@@ -129,27 +122,11 @@ def main() -> None:
     texts = [t.split(" ||| ")[0] for t in clean["text"] if t] or ["a photo"]
     images = [(clean_dir / m).read_bytes() for m in clean[clean["modality"] == "image"]["media"]][:64]
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MMR_API_KEYS": KEY}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mmr"), "serve", "--dataset", args.dataset,
-                               "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, server = start(args.dataset, {**os.environ, "MMR_API_KEYS": KEY})
     try:
-        t0 = time.perf_counter()
-        while True:
-            assert server.poll() is None, "the server exited (run `mmr serve` by hand to see why)"
-            assert time.perf_counter() - t0 < 300, "the server was not ready within 300 s"
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        ready = wait_ready(url, server)
         result: dict[str, Any] = {"dataset": args.dataset, "items": len(clean), "clients": args.clients,
-                                  "seconds_per_phase": seconds, "start_to_ready_s": round(time.perf_counter() - t0, 1),
+                                  "seconds_per_phase": seconds, "start_to_ready_s": ready,
                                   "cpus": os.cpu_count()}
         result["search"] = phase(url, args.clients, seconds,
                                  lambda c, i: {"json": {"text": texts[(c * 7919 + i) % len(texts)], "k": 10}},
@@ -157,7 +134,6 @@ def main() -> None:
         result["upload"] = phase(url, args.clients, seconds, lambda c, i: {
             "files": {"file": ("q.png", images[(c * 31 + i) % len(images)], "image/png")}, "data": {"k": "10"}},
             "/search/upload")
-        sys.path.insert(0, str(REPO))
         from tests.integration.test_service import hostile_inputs
 
         hostile = {}

@@ -31,15 +31,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.served import rss_mb, start, wait_ready
+
 KEY = "soak-key-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def large_png(seed: int, side: int = 6000) -> bytes:
@@ -101,27 +96,13 @@ def soak(seconds: float, dataset: str, build_tiny: bool) -> dict[str, Any]:
     """Run the soak (see the module docstring) and return its numbers."""
     home = tiny_workspace() if build_tiny else None
     dataset = "tiny" if build_tiny else dataset
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MMR_API_KEYS": KEY, "MMR_HEADER_TIMEOUT": "5", "MMR_BODY_TIMEOUT": "10",
            **({"MMR_HOME": str(home)} if home else {})}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mmr"), "serve", "--dataset", dataset, "--port",
-                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, server = start(dataset, env)
     try:
-        t0 = time.perf_counter()
-        while True:
-            assert server.poll() is None, "the server exited (run `mmr serve` by hand to see why)"
-            assert time.perf_counter() - t0 < 300, "the server was not ready within 300 s"
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        return {"dataset": dataset, "seconds": seconds, "cpus": os.cpu_count(),
-                "start_to_ready_s": round(time.perf_counter() - t0, 1), **mixed(url, server.pid, seconds)}
+        ready = wait_ready(url, server)
+        return {"dataset": dataset, "seconds": seconds, "cpus": os.cpu_count(), "start_to_ready_s": ready,
+                **mixed(url, server.pid, seconds)}
     finally:
         server.terminate()
         server.wait(30)

@@ -52,8 +52,8 @@ def terminal_safe(text: Any, keep: str = "") -> str:
 
 def json_safe(text: str) -> str:
     """JSON text with the characters of :func:`terminal_safe` that ``json.dumps(ensure_ascii=False)`` leaves raw
-    (DEL, C1, bidi controls) as ``\\uXXXX`` escapes: the same JSON value, harmless on a terminal (a raw C0 character
-    in JSON text is layout: ``json.dumps`` escapes those inside strings)."""
+    (DEL, C1, bidi controls) as four-digit ``\\u`` escapes (``\\u202e``): the same JSON value, harmless on a
+    terminal (a raw C0 character in JSON text is layout: ``json.dumps`` escapes those inside strings)."""
     return "".join(f"\\u{ord(ch):04x}" if ch in _UNSAFE and ord(ch) >= 0x7F else ch for ch in text)
 
 

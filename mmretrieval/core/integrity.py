@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mmretrieval.core.errors import DataChangedError
+from mmretrieval.core.io import sha256_file
 
 MEDIA_SHA256 = "media_sha256"  # clean manifest column: hex sha256 of the clean media file ("" or absent: unknown)
 
@@ -31,8 +32,7 @@ def verify_file(path: Path, expected: str = "") -> str:
     """Hex SHA-256 of ``path``'s bytes, checked against ``expected`` (the recorded digest; ``""``: nothing recorded,
     nothing to check). Raises :class:`DataChangedError` naming the file when it is gone or its bytes differ."""
     try:
-        with open(path, "rb") as f:
-            actual = hashlib.file_digest(f, "sha256").hexdigest()
+        actual = sha256_file(path)
     except FileNotFoundError:
         raise DataChangedError(f"{path} is gone since the clean data version recorded it: run clean again") from None
     if expected and actual != expected:

@@ -14,7 +14,6 @@ champion's record and applies it.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmretrieval.backends import tracking
+from mmretrieval.core.cache import fingerprint
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,7 +81,7 @@ def params_fingerprint(params: Params) -> str:
     train = {k: v for k, v in params.train.model_dump().items() if k not in POLICY_KEYS}
     parts = {"model": params.model.model_dump(), "train": train, "augment": params.augment.model_dump(),
              "split": params.split.model_dump(), "gate.metric": params.gate.metric}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint(parts)[:16]
 
 
 def changes(before: Mapping[str, str], after: Mapping[str, str]) -> Change:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -15,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.processes import stop_groups
 from tests.helpers.workspace import BIN, REPO
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -49,13 +49,7 @@ def running_cluster(params: str, timeout: float = 420.0) -> Iterator[dict[str, A
         time.sleep(0.5)  # written in one call; let the READY line follow
         yield json.loads(info_file.read_text())
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_groups([proc], timeout=90)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 

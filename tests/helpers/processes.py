@@ -27,3 +27,19 @@ def modules_after(argv: list[str], cwd: Path | None = None, env: dict[str, str] 
 def imported(modules: set[str], packages: tuple[str, ...]) -> list[str]:
     """The names of ``packages`` of which ``modules`` holds the package itself or any submodule."""
     return [p for p in packages if any(m == p or m.startswith(p + ".") for m in modules)]
+
+
+def stop_groups(procs: list[subprocess.Popen[Any]], timeout: float) -> None:
+    """Stop processes started with ``start_new_session=True``, each with its process group (its workers and task
+    processes): SIGTERM to every group still running, then wait ``timeout`` seconds for each before SIGKILL."""
+    import signal
+
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

@@ -45,15 +45,17 @@ class Served:
 
 @contextmanager
 def mmr_serve(home: Path, dataset: str, log: Path, env: dict[str, str] | None = None,
-              timeout: float = 240) -> Iterator[Served]:
-    """``mmr serve --dataset dataset`` (the installed CLI, this environment plus ``env``, ``MMR_HOME=home``) on a
-    free loopback port, its stdout and stderr in ``log``, once ``/health/ready`` answers 200; stopped after."""
+              timeout: float = 240, environ: dict[str, str] | None = None) -> Iterator[Served]:
+    """``mmr serve --dataset dataset`` (the installed CLI, ``environ`` (default: this environment) plus ``env``,
+    ``MMR_HOME=home``) on a free loopback port, its stdout and stderr in ``log``, once ``/health/ready`` answers
+    200; stopped after."""
     import httpx
 
     port = free_port()
+    base = os.environ if environ is None else environ
     with log.open("w", encoding="utf-8") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "mmr"), "serve", "--dataset", dataset, "--port",
-                                 str(port)], env={**os.environ, "MMR_HOME": str(home), **(env or {})},
+                                 str(port)], env={**base, "MMR_HOME": str(home), **(env or {})},
                                 stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

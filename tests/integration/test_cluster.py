@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers.cluster import airflow, client_env, kill_tree, missing, query, report, running_cluster
 from tests.helpers.files import tiny_dataset
-from tests.helpers.servers import free_port
+from tests.helpers.servers import mmr_serve
 from tests.helpers.workspace import BIN, FAST_PARAMS, make_workspace
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -169,26 +169,11 @@ def assert_served(cluster: dict[str, Any], client: Path) -> str:
 def search_through_mmr_serve(cluster: dict[str, Any], client: Path) -> None:
     import httpx
 
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "mmr"), "serve", "--dataset", DATASET, "--port", str(port)],
-                            env=client_env(cluster, MMR_HOME=str(client)), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        hits = httpx.post(f"http://127.0.0.1:{port}/search", json={"text": "a red square", "k": 3}, timeout=60)
+    log = client.parent / "serve.log"
+    with mmr_serve(client, DATASET, log, timeout=180, environ=client_env(cluster)) as server:
+        hits = httpx.post(f"{server.url}/search", json={"text": "a red square", "k": 3}, timeout=60)
         assert hits.status_code == 200 and len(hits.json()) == 3, hits.text
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=30)[0]
-    assert cluster["env"]["AWS_SECRET_ACCESS_KEY"] not in out
+    assert cluster["env"]["AWS_SECRET_ACCESS_KEY"] not in log.read_text(encoding="utf-8", errors="replace")
 
 
 def test_a_worker_killed_mid_task_is_outlived_by_the_run(cluster: dict[str, Any], first_run: dict[str, Any],

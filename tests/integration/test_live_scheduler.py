@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.files import tiny_dataset
+from tests.helpers.processes import stop_groups
 from tests.helpers.servers import free_port
 from tests.helpers.workspace import BIN, FAST_PARAMS, REPO, make_workspace
 
@@ -109,15 +109,8 @@ def live_airflow(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     try:
         yield env, workspace
     finally:
-        for proc, _ in procs:  # each component is its own process group (its workers and task processes with it)
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc, log in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        stop_groups([proc for proc, _ in procs], timeout=30)  # each component is its own process group
+        for _, log in procs:
             log.close()
 
 
