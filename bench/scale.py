@@ -4,9 +4,11 @@
     PYTHONPATH=. nice .venv/bin/python bench/scale.py --vectors 1000000      # Milvus Lite (and --milvus-uri URI)
 
 ``--items N``: a corpus of N generated photos is written into a temporary workspace (never the repository): JPEGs of
-384x288 px at quality 90, each a random crop of one of the demo's bundled photos (scikit-image / scikit-learn),
-colour-shifted and overlaid with sensor-like noise so that it decodes like a real photo; one to three captions each;
-about 0.2 % broken files (truncated JPEGs, text named .jpg), 0.7 % exact copies and 0.6 % re-encoded near copies.
+384x288 px at quality 90, each 1, 2 or 4 tiles cut from random crops of the demo's bundled photos (scikit-image /
+scikit-learn), mirrored at random, colour-shifted, with a few translucent shapes, under a brightness ramp and
+sensor-like noise, so that it decodes like a real photo and difference hashes spread like a real collection's; one
+caption each naming the tiles; about 0.2 % broken files (truncated JPEGs, text named .jpg), 0.7 % exact copies
+and 0.6 % re-encoded near copies.
 Every stage runs as ``mmr VERB`` in its own subprocess (so its peak RSS is its own, read with ``os.wait4``).
 First a champion is trained on the corpus's first ``--seed-items`` rows (ingest .. train, evaluate, promote; a small
 from-scratch model: resnet18 at 32 px, one epoch, re-ranker off; reported, but training is not what is measured and
@@ -69,31 +71,78 @@ def demo_photos() -> list[tuple[object, list[str]]]:
     return out
 
 
-def _photo(rng: np.random.Generator, sources: list, size: tuple[int, int] = (384, 288)) -> tuple[object, str]:
+LAYOUTS = ((1, 1), (1, 2), (2, 1), (2, 2))  # (rows, columns) of tiles in one generated photo
+
+
+def _tile(rng: np.random.Generator, base: object, size: tuple[int, int]) -> np.ndarray:
+    """A random crop of ``base`` resized to ``size``, maybe mirrored, colour-shifted (float32 HxWx3)."""
     from PIL import Image
 
-    base, captions = sources[int(rng.integers(len(sources)))]
     w, h = base.size
-    scale = rng.uniform(0.5, 1.0)
-    cw, ch = int(w * scale), int(h * scale)
+    scale = rng.uniform(0.35, 1.0)
+    cw, ch = max(8, int(w * scale)), max(8, int(h * scale))
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    arr = np.asarray(base.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-    arr = arr * rng.uniform(0.75, 1.25, size=3) + rng.normal(0, 7, size=arr.shape)  # colour shift, sensor noise
-    caption = f"{captions[int(rng.integers(len(captions)))]}, {ADJECTIVES[int(rng.integers(len(ADJECTIVES)))]}"
+    tile = base.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        tile = tile.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(tile, dtype=np.float32) * rng.uniform(0.7, 1.3, size=3)
+
+
+def _shapes(rng: np.random.Generator, arr: np.ndarray) -> np.ndarray:
+    """Two to five translucent ellipses and boxes of random colours over ``arr`` (objects in the scene): they move
+    each photo's coarse structure, which is what the difference hash sees."""
+    from PIL import Image, ImageDraw
+
+    h, w = arr.shape[:2]
+    layer = Image.new("RGBA", (w, h))
+    draw = ImageDraw.Draw(layer)
+    for _ in range(int(rng.integers(2, 6))):
+        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        x1, y1 = x0 + int(rng.integers(20, w // 2)), y0 + int(rng.integers(20, h // 2))
+        fill = (*map(int, rng.integers(0, 256, 3)), int(rng.integers(120, 230)))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=fill)
+    base = Image.fromarray(arr.clip(0, 255).astype(np.uint8)).convert("RGBA")
+    return np.asarray(Image.alpha_composite(base, layer).convert("RGB"), dtype=np.float32)
+
+
+def _photo(rng: np.random.Generator, sources: list, size: tuple[int, int] = (384, 288)) -> tuple[object, str]:
+    """One generated photo: 1, 2 or 4 tiles (random crops of random bundled photos) with a brightness ramp and
+    sensor noise, so that difference hashes spread like a real collection's; its caption names the tiles."""
+    from PIL import Image
+
+    rows, cols = LAYOUTS[int(rng.integers(len(LAYOUTS)))]
+    w, h = size[0] // cols, size[1] // rows
+    arr = np.zeros((size[1], size[0], 3), dtype=np.float32)
+    words = []
+    for r in range(rows):
+        for c in range(cols):
+            base, captions = sources[int(rng.integers(len(sources)))]
+            arr[r * h:(r + 1) * h, c * w:(c + 1) * w] = _tile(rng, base, (w, h))
+            words.append(captions[int(rng.integers(len(captions)))])
+    lo_hi = (rng.uniform(0.7, 1.0), rng.uniform(1.0, 1.3))  # a brightness ramp across or down the frame
+    if rng.random() < 0.5:
+        arr *= np.linspace(*lo_hi, size[0], dtype=np.float32)[None, :, None]
+    else:
+        arr *= np.linspace(*lo_hi, size[1], dtype=np.float32)[:, None, None]
+    arr = _shapes(rng, arr)
+    arr += rng.normal(0, 7, size=arr.shape).astype(np.float32)  # sensor noise
+    caption = " beside ".join(words[:2]) + f", {ADJECTIVES[int(rng.integers(len(ADJECTIVES)))]}"
     return Image.fromarray(arr.clip(0, 255).astype(np.uint8)), caption
 
 
-def make_corpus(folder: Path, n: int, seed: int, first_id: int = 0) -> Path:
-    """``folder/manifest.csv`` and ``folder/images/`` for ``n`` generated items (ids from ``first_id``)."""
+CHUNK = 1_500  # items one generator process writes (a multiple of the copy and breakage periods below)
+
+
+def _write_chunk(job: tuple[Path, int, int, int, int]) -> list[dict]:
+    """Generate items ``lo`` .. ``hi`` - 1 of a corpus into ``folder`` (a process of its own); their manifest rows.
+    Each chunk draws from its own seed, so the corpus does not depend on how many processes wrote it."""
     import io
 
-    from mmretrieval.core.progress import progress
-
-    rng = np.random.default_rng(seed)
+    folder, seed, first_id, lo, hi = job
+    rng = np.random.default_rng([seed, lo])
     sources = demo_photos()
-    (folder / "images").mkdir(parents=True, exist_ok=True)
     rows, previous = [], b""
-    for k in progress(range(n), desc="generate", total=n):
+    for k in range(lo, hi):
         item = first_id + k
         rel = f"images/p{item:07d}.jpg"
         im, caption = _photo(rng, sources)
@@ -114,6 +163,22 @@ def make_corpus(folder: Path, n: int, seed: int, first_id: int = 0) -> Path:
         previous = data
         rows.append({"id": f"p{item:07d}", "modality": "image", "path": rel, "text": caption, "label": "",
                      "split": "", "source": "bench/scale.py"})
+    return rows
+
+
+def make_corpus(folder: Path, n: int, seed: int, first_id: int = 0, processes: int | None = None) -> Path:
+    """``folder/manifest.csv`` and ``folder/images/`` for ``n`` generated items (ids from ``first_id``), written by
+    ``processes`` processes (default: the machine's cores)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mmretrieval.core.progress import progress
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    jobs = [(folder, seed, first_id, lo, min(n, lo + CHUNK)) for lo in range(0, n, CHUNK)]
+    rows: list[dict] = []
+    with ProcessPoolExecutor(processes or os.cpu_count() or 1) as pool:
+        for chunk in progress(pool.map(_write_chunk, jobs), desc="generate", total=len(jobs), unit="chunks"):
+            rows.extend(chunk)
     manifest = folder / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
