@@ -22,7 +22,8 @@ from tests.helpers.workspace import DEFAULT_TOWER
 
 pytestmark = pytest.mark.integration
 
-RERANK = {"enabled": True, "negatives": 3, "folds": 2, "epochs": 2, "batch_size": 8, "bootstrap": 200, "depth": 4}
+RERANK = {"enabled": True, "negatives": 3, "folds": 2, "epochs": 2, "batch_size": 8, "bootstrap": 200, "depth": 4,
+          "min_test_items": 2}  # the tiny test split has a handful of items: let the gate decide on them
 
 
 def set_params(ws: Path, rerank: dict[str, object]) -> None:
