@@ -158,6 +158,13 @@ def _evaluate_scores_what_serving_returns(ws: Path, settings: object, ref: track
     first = next(rank for rank, i in enumerate(ranked, 1) if i in red)
     assert own["reranked/t2i_mrr"] == pytest.approx(1 / first, abs=1e-4)
 
+    run_stage("evaluate", "tiny")  # the champion (and challenger) now serve a gated re-ranker: both modes reported
+    report = json.loads((ws / "data/reports/tiny/evaluate.json").read_text())
+    modes = report["champion"]["modes"]
+    assert {"reranked/t2i_recall@1", "reranked/t2i_recall@1_chance"} <= set(modes)
+    assert modes["reranked/t2i_recall@1_chance"] == report["champion"]["metrics"]["t2i_recall@1_chance"]
+    assert f"champion (v{ref.version}) reranked" in (ws / "data/reports/tiny/evaluate.html").read_text()
+
 
 def test_publish_refuses_a_region_store_that_lacks_an_image(tmp_path: Path) -> None:
     import numpy as np
