@@ -17,7 +17,8 @@ STAGE_HELP = {
     "clean": "normalise captions, re-encode media, quarantine bad rows",
     "augment": "select the training split and record the augmentation policy",
     "train": "train the dual encoder, log to MLflow, register a challenger",
-    "evaluate": "score challenger and champion on the test split (or the champion on --manifest)",
+    "evaluate": "score challenger and champion on the test split (or the champion on --manifest, in every search mode "
+                "it serves; --queries: your own queries)",
     "rerank": "train and gate the challenger's cross-attention re-ranker (rerank.enabled: auto skips a model or data "
               "it cannot serve, saying why)",
     "promote": "gate: make the challenger champion if it passes (or --rollback)",
@@ -178,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="score the dataset's champion on this manifest instead (vectors of the index.centre "
                                 "modalities centred on this manifest's items; uncentred metrics as raw_*)")
             p.add_argument("--alias", default="champion", help="model alias to score with --manifest")
+            p.add_argument("--queries", type=Path, metavar="CSV",
+                           help="with --manifest: score these text queries (columns `query` and `relevant`, several "
+                                "relevant manifest ids joined by ' ||| ') instead of the manifest's captions")
         if verb == "train":
             p.add_argument("--force", action="store_true",
                            help="train a new challenger whatever train.when says (the gate still decides whether it "
@@ -238,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _evaluate_manifest(args: argparse.Namespace, dataset: str, settings: Any) -> dict[str, Any]:
+    """``mmr evaluate --manifest M [--queries CSV]``: the champion (``--alias``) in every search mode it serves."""
+    if args.manifest is None:
+        raise MMRError("mmr evaluate --queries needs --manifest (the items the queries' relevant ids name)")
+    from mmretrieval.stages.evaluate import evaluate_manifest
+
+    return evaluate_manifest(dataset, args.manifest, settings, alias=args.alias, queries=args.queries)
+
+
 def dispatch(args: argparse.Namespace) -> int:
     if args.verb == "params":  # before the settings: it helps to fix a params.yaml that does not load
         from mmretrieval.core.params import Params
@@ -270,10 +283,8 @@ def dispatch(args: argparse.Namespace) -> int:
         serve(datasets, args.host, args.port, settings, insecure_no_auth=args.insecure_no_auth)
     else:
         dataset = _dataset(args, settings)
-        if verb == "evaluate" and args.manifest:
-            from mmretrieval.stages.evaluate import evaluate_manifest
-
-            _print(evaluate_manifest(dataset, args.manifest, settings, alias=args.alias))
+        if verb == "evaluate" and (args.manifest or args.queries):
+            _print(_evaluate_manifest(args, dataset, settings))
         elif verb == "promote" and args.rollback:
             from mmretrieval.handoff import around
             from mmretrieval.stages.promote import rollback

@@ -241,10 +241,13 @@ class RerankParams(Section):
     metric: str = "t2i_hit_rate@1"  # the gate's metric, per query: the re-ranker must beat the dual encoder on
     # it...
     bootstrap: Whole = Field(2000, ge=1, le=1_000_000)  # ...in this many paired bootstrap resamples of the test
-    # queries...
+    # items (a cluster bootstrap: a drawn item brings all of its queries)...
     confidence: Number = Field(0.95, gt=0, lt=1)  # ...with the lower bound of this two-sided interval of the gain
     # above min_gain
     min_gain: Number = Field(0.0, ge=-1, le=1)  # a gain of the per-query hit rate
+    min_test_items: Whole = Field(50, ge=2, le=1_000_000)  # fewer test items (clusters of the bootstrap) than this
+    # and the gate cannot decide: the re-ranker is not promoted (a percentile bootstrap over few clusters is too
+    # narrow)
 
     @field_validator("enabled", mode="before")
     @classmethod

@@ -64,6 +64,7 @@ class Scored:
     eval_set: EvalSet
     sim: np.ndarray  # (captions, items) cosine similarities
     images: list[Image.Image]
+    decoded: Decoded | None = None  # the items scored (ids, decoded media), for the search modes' rankers
 
 
 class RetrievalEvaluator:
@@ -115,18 +116,19 @@ class RetrievalEvaluator:
         metrics[f"{modality}_items"] = float(len(decoded.ids))
         metrics[f"{modality}_skipped_undecodable"] = float(decoded.skipped)
         images = decoded.media if modality == Modality.IMAGE.value else []
-        return Scored(metrics, decoded.eval_set, text_vecs @ item_vecs.T, images)
+        return Scored(metrics, decoded.eval_set, text_vecs @ item_vecs.T, images, decoded)
 
-    def decode(self, model: RetrievalModel, modality: str) -> Decoded:
-        """The ``modality`` rows that have captions, decoded as the model takes them; a row whose file does not
-        decode is skipped and counted. Raises :class:`TrainingError` when fewer than two items are left."""
+    def decode(self, model: RetrievalModel, modality: str, captioned: bool = True) -> Decoded:
+        """The ``modality`` rows that have captions (every row with ``captioned`` False: a gallery for queries of
+        one's own), decoded as the model takes them; a row whose file does not decode is skipped and counted. Raises
+        :class:`TrainingError` when fewer than two items are left."""
         load = media_modality(modality).load
         ids, media, captions, labels = [], [], [], []
         skipped = 0
         rows = self.frame[self.frame["modality"] == modality]
         for _, row in progress(rows.iterrows(), f"decode {modality} items", total=len(rows)):
             caps = normalize_captions(captions_of(row))  # a manifest of `evaluate --manifest` is not cleaned
-            if not caps:
+            if captioned and not caps:
                 continue
             try:
                 media.append(load(model.config, self.root / row[self.media_column]))
@@ -137,7 +139,8 @@ class RetrievalEvaluator:
             captions.append(caps)
             labels.append(str(row["label"]))
         if len(ids) < 2:
-            raise TrainingError(f"only {len(ids)} {modality} item(s) with captions to evaluate on; need at least 2")
+            raise TrainingError(f"only {len(ids)} {modality} item(s){' with captions' if captioned else ''} to "
+                                "evaluate on; need at least 2")
         return Decoded(modality, ids, media, build_eval_set(ids, captions, labels), skipped)
 
     def metrics_of(self, text_vecs: np.ndarray, item_vecs: np.ndarray, decoded: Decoded

@@ -65,23 +65,53 @@ class GateDecision:
     low: float  # bounds of the bootstrap interval of the gain
     high: float
     reasons: list[str]
+    decided: bool = True  # False: too few test items for the interval to mean anything (never promoted then)
 
 
-def bootstrap_gate(dual: np.ndarray, reranked: np.ndarray, p: RerankParams) -> GateDecision:
-    """Paired bootstrap over queries: (Q,) per-query values of the metric (e.g. hit@1 as 0/1) without and with
-    re-ranking. Passes when the lower end of the two-sided ``p.confidence`` interval of the mean gain (resampling
-    queries with replacement ``p.bootstrap`` times, seeded by ``p.seed``) is above ``p.min_gain``."""
-    if dual.shape != reranked.shape or dual.ndim != 1 or len(dual) < 2:
-        raise TrainingError(f"paired bootstrap needs two equal (queries,) arrays; got {dual.shape} and "
-                            f"{reranked.shape}")
+def cluster_bootstrap_means(diff: np.ndarray, clusters: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(resamples,) means of the per-query ``diff`` (Q,) over cluster-bootstrap resamples: each resample draws as many
+    clusters as there are (the distinct values of ``clusters`` (Q,), e.g. the test item a caption query describes)
+    with replacement and takes every query of each drawn cluster (a cluster drawn twice counts twice); its mean is
+    the sum of the drawn queries' values over their count. With every query its own cluster this is the plain
+    bootstrap over queries."""
+    _, index = np.unique(clusters, return_inverse=True)
+    sums = np.bincount(index, weights=diff)  # (C,) per-cluster sum and size
+    sizes = np.bincount(index).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, 256):  # (chunk, C) draws at a time
+        draws = rng.integers(0, len(sums), (min(256, resamples - start), len(sums)))
+        means[start:start + len(draws)] = sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    return means
+
+
+def bootstrap_gate(dual: np.ndarray, reranked: np.ndarray, p: RerankParams, clusters: np.ndarray | None = None
+                   ) -> GateDecision:
+    """Paired cluster bootstrap: (Q,) per-query values of the metric (e.g. hit@1 as 0/1) without and with
+    re-ranking, and (Q,) ``clusters``, the test item each query belongs to (a caption's item; None: every query
+    its own). Resamples test items with replacement, each with all its queries, ``p.bootstrap`` times (seeded by
+    ``p.seed``): :func:`cluster_bootstrap_means`. Passes when the lower end of the two-sided ``p.confidence``
+    interval of the mean gain is above ``p.min_gain``; with fewer than ``p.min_test_items`` test items it cannot
+    decide (``decided`` False, not promoted, the reason says so). Raises :class:`TrainingError` for arrays that do
+    not pair."""
+    clusters = np.arange(len(dual)) if clusters is None else np.asarray(clusters)
+    if dual.shape != reranked.shape or dual.ndim != 1 or len(dual) < 2 or clusters.shape != dual.shape:
+        raise TrainingError(f"paired bootstrap needs equal (queries,) arrays of dual, re-ranked values and clusters; "
+                            f"got {dual.shape}, {reranked.shape} and {clusters.shape}")
     diff = reranked.astype(np.float64) - dual.astype(np.float64)
-    rng = np.random.default_rng(p.seed)
-    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(p.bootstrap)])
+    items = len(np.unique(clusters))
+    means = cluster_bootstrap_means(diff, clusters, p.bootstrap, p.seed)
     tail = (1 - p.confidence) / 2
     low, high = float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
     gain = float(diff.mean())
-    ok = low > p.min_gain
+    decided = items >= p.min_test_items
+    ok = decided and low > p.min_gain
+    verdict = ("is above" if ok else "does not clear") if decided else "cannot decide against"
     reasons = [f"{p.metric}: dual {dual.mean():.4f}, re-ranked {reranked.mean():.4f}, gain {gain:+.4f} over "
-               f"{len(diff)} queries; {p.confidence:.0%} paired-bootstrap interval [{low:+.4f}, {high:+.4f}] "
-               f"({p.bootstrap} resamples) {'is above' if ok else 'does not clear'} min_gain {p.min_gain}"]
-    return GateDecision(ok, gain, low, high, reasons)
+               f"{len(diff)} queries of {items} test items; {p.confidence:.0%} cluster-bootstrap interval "
+               f"[{low:+.4f}, {high:+.4f}] ({p.bootstrap} resamples of the items) {verdict} min_gain {p.min_gain}"]
+    if not decided:
+        reasons.append(f"cannot decide: {items} test items, fewer than rerank.min_test_items {p.min_test_items}; an "
+                       "interval over so few items is too narrow to trust, so the re-ranker is not promoted (use a "
+                       "larger test split)")
+    return GateDecision(ok, gain, low, high, reasons, decided)

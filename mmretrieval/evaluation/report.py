@@ -34,19 +34,41 @@ def _img_tag(path: Path) -> str:
     return f"<img alt='{html.escape(path.stem)}' style='max-width:100%' src='data:image/png;base64,{data}'>"
 
 
+def mode_columns(result: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """(header, metrics by unprefixed name) per model and search mode of an evaluate result: each alias's
+    ``metrics`` as its ``vector`` column, then each mode of its ``modes`` (``reranked/t2i_mrr`` -> column
+    ``reranked``, row ``t2i_mrr``)."""
+    from mmretrieval.evaluation.modes import SEPARATOR, VECTOR
+
+    columns = []
+    for alias in ("challenger", "champion"):
+        model = result.get(alias)
+        if not model:
+            continue
+        columns.append((f"{alias} (v{model['version']}) {VECTOR}", model["metrics"]))
+        by_mode: dict[str, dict[str, float]] = {}
+        for key, value in (model.get("modes") or {}).items():
+            mode, name = key.split(SEPARATOR, 1)
+            by_mode.setdefault(mode, {})[name] = value
+        columns += [(f"{alias} (v{model['version']}) {mode}", values) for mode, values in by_mode.items()]
+    return columns
+
+
 def write_evaluation_html(path: Path, result: dict[str, Any], figures: dict[str, Path] | None = None) -> Path:
-    models = [(alias, result[alias]) for alias in ("challenger", "champion") if result.get(alias)]
+    """The evaluate stage's report: the run, a table of every metric per model and search mode side by side (the
+    dual encoder's ``vector`` column, a ``reranked`` one where the version serves a gated re-ranker) beside its
+    chance level, and the ``figures`` (title -> PNG)."""
     from mmretrieval.evaluation.metrics import CHANCE_SUFFIX
 
-    keys = sorted({k for _, m in models for k in m["metrics"] if not k.endswith(CHANCE_SUFFIX)})
-    chance = models[0][1]["metrics"] if models else {}
+    columns = mode_columns(result)
+    keys = sorted({k for _, m in columns for k in m if not k.endswith(CHANCE_SUFFIX)})
+    chance = {k: v for _, m in columns for k, v in m.items() if k.endswith(CHANCE_SUFFIX)}
 
     def fmt(value: float | None) -> str:
         return "" if value is None else f"{value:.4f}"
 
-    rows = [[k] + [fmt(m["metrics"].get(k, float("nan"))) for _, m in models] + [fmt(chance.get(k + CHANCE_SUFFIX))]
-            for k in keys]
-    header = ["metric"] + [f"{alias} (v{m['version']})" for alias, m in models] + ["chance (random ranking)"]
+    rows = [[k] + [fmt(m.get(k)) for _, m in columns] + [fmt(chance.get(k + CHANCE_SUFFIX))] for k in keys]
+    header = ["metric"] + [title for title, _ in columns] + ["chance (random ranking)"]
     info = _table([[k, str(result.get(k))] for k in ("dataset", "data_version", "split", "test_items")],
                   ["field", "value"])
     sections = [("Run", info), ("Metrics", _table(rows, header))]

@@ -3,6 +3,10 @@
 Output ``data/reports/<dataset>/evaluate.json`` (+ ``evaluate.html``); metrics are also logged on the challenger's
 MLflow run with a ``test_`` prefix. :func:`evaluate_manifest` scores a dataset's champion on any manifest.
 
+Each version is also scored in the other search modes it serves (:mod:`mmretrieval.serving.modes`: re-ranked by
+its gated re-ranker), text -> items, as ``"modes": {"reranked/t2i_recall@10": ...}`` beside its ``metrics`` (the
+dual encoder's, which the promotion gate reads); the HTML report shows them side by side.
+
 The scoring is the evaluator's (:class:`~mmretrieval.evaluation.evaluator.RetrievalEvaluator`): vectors of the
 modalities in ``index.centre`` are centred on the mean of the evaluated items of that modality, as publishing centres
 them on the collection's (:mod:`mmretrieval.evaluation.centring`); the uncentred metrics are kept beside them with a
@@ -24,7 +28,10 @@ from mmretrieval.core.layout import read_clean
 from mmretrieval.core.schema import Split, read_manifest
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.evaluator import RetrievalEvaluator, metrics_summary
+from mmretrieval.evaluation.modes import SEPARATOR, VECTOR, prefixed, ranking_metrics
+from mmretrieval.evaluation.queries import QuerySet, read_queries
 from mmretrieval.serving import loading
+from mmretrieval.serving.modes import MODES, Gallery, ModeContext, rankers
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +65,12 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
                 tracking.require_alias(settings, dataset, alias)
             result[alias] = None
             continue
-        per_modality = evaluator.score(loading.load_model(settings, ref, device))
+        model = loading.load_model(settings, ref, device)
+        per_modality = evaluator.score(model)
         metrics = evaluator.merge(per_modality)
-        result[alias] = {"version": ref.version, "run_id": ref.run_id, "metrics": metrics}
+        result[alias] = {"version": ref.version, "run_id": ref.run_id, "metrics": metrics,
+                         "modes": caption_mode_metrics(settings, dataset, ref, model, per_modality, frame,
+                                                       exclude=(VECTOR,))}
         if alias == tracking.CHALLENGER:
             from mmretrieval.evaluation.report import recall_curve_png, retrieval_grid_png
 
@@ -89,16 +99,98 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
 
 
 def evaluate_manifest(dataset: str, manifest: Path, settings: Settings | None = None,
-                      alias: str = tracking.CHAMPION) -> dict[str, Any]:
+                      alias: str = tracking.CHAMPION, queries: Path | None = None) -> dict[str, Any]:
     """Score the dataset's ``alias`` model on every image, audio and video row of any manifest (media relative to
-    it)."""
+    it), in every search mode that version serves (:mod:`mmretrieval.serving.modes`): ``vector/<metric>`` (the dual
+    encoder; both directions, as the evaluate stage) and, where it serves a gated re-ranker, ``reranked/<metric>``
+    (text -> items). The queries are the manifest's captions, or with ``queries`` a CSV of one's own
+    (:func:`query_set_metrics`). Counts of items stay unprefixed. Raises :class:`ManifestError` (the manifest or
+    the query file), :class:`TrainingError` (nothing to evaluate)."""
     from mmretrieval.models.dual_encoder import pick_device
 
     settings = settings or get_settings()
     params = settings.params_for(dataset)
-    evaluator = RetrievalEvaluator(read_manifest(manifest), manifest.parent, media_column="path", index=params.index,
+    frame = read_manifest(manifest)
+    evaluator = RetrievalEvaluator(frame, manifest.parent, media_column="path", index=params.index,
                                    primary_metric=params.gate.metric)
+    query_set = None if queries is None else read_queries(queries, set(frame["id"].astype(str)))
     ref = tracking.require_alias(settings, dataset, alias)
-    metrics = evaluator(loading.load_model(settings, ref, pick_device(settings.device)))
-    return {"dataset": dataset, "manifest": str(manifest), "model": ref.name, "model_version": ref.version,
-            "alias": alias, **{k: round(v, 4) for k, v in metrics.items()}}
+    model = loading.load_model(settings, ref, pick_device(settings.device))
+    head = {"dataset": dataset, "manifest": str(manifest), "model": ref.name, "model_version": ref.version,
+            "alias": alias}
+    if query_set is not None:
+        return head | {"queries_file": str(queries)} | query_set_metrics(settings, dataset, ref, model, evaluator,
+                                                                               query_set)
+    per_modality = evaluator.score(model)
+    counts, metrics = split_counts(evaluator.merge(per_modality))
+    extra = caption_mode_metrics(settings, dataset, ref, model, per_modality, frame, exclude=(VECTOR,))
+    modes = [VECTOR] + sorted({k.split(SEPARATOR, 1)[0] for k in extra})
+    return head | {"modes": modes} | counts | {k: round(v, 4) for k, v in (prefixed(VECTOR, metrics) | extra).items()}
+
+
+def split_counts(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(item counts, metrics) of an evaluator's result: ``items``, ``<modality>_items`` and
+    ``<modality>_skipped_undecodable`` describe the data, not a search mode, so they stay unprefixed."""
+    is_count = [k for k in metrics if k == "items" or k.endswith(("_items", "_skipped_undecodable"))]
+    return {k: metrics[k] for k in is_count}, {k: v for k, v in metrics.items() if k not in is_count}
+
+
+def gallery_of(decoded: Any, frame: Any) -> Gallery:
+    """The :class:`~mmretrieval.serving.modes.Gallery` of an evaluator's decoded items (``Decoded``), their manifest
+    rows looked up in ``frame`` by id."""
+    rows = {str(r["id"]): r for r in frame.to_dict("records")}
+    return Gallery(decoded.modality, list(decoded.ids), list(decoded.media), [rows[str(i)] for i in decoded.ids])
+
+
+def mode_context(settings: Settings, dataset: str, ref: tracking.ModelRef, model: Any, gallery: Gallery
+                 ) -> ModeContext:
+    """The search modes' context for version ``ref`` of ``dataset`` over ``gallery`` (its index and rerank params)."""
+    params = settings.params_for(dataset)
+    return ModeContext(settings, ref, model, gallery, params.index, params.rerank)
+
+
+def caption_mode_metrics(settings: Settings, dataset: str, ref: tracking.ModelRef, model: Any,
+                         per_modality: dict[str, Any], frame: Any, exclude: tuple[str, ...] = ()) -> dict[str, float]:
+    """``<mode>/t2<letter>_*`` metrics (each with its chance level) of every search mode but ``exclude`` that
+    version ``ref`` serves, per modality of the evaluator's ``per_modality`` result (its captions as the queries,
+    its relevance by caption and label)."""
+    from mmretrieval.models.modalities import media_modality
+
+    out: dict[str, float] = {}
+    for modality, scored in per_modality.items():
+        ctx = mode_context(settings, dataset, ref, model, gallery_of(scored.decoded, frame))
+        for mode, rank in rankers(ctx, [m for m in MODES if m not in exclude]).items():
+            es = scored.eval_set
+            out |= prefixed(mode, ranking_metrics(rank(es.captions), es.relevant, es.item_ids,
+                                                  f"t2{media_modality(modality).letter}", ctx.ks))
+    return out
+
+
+def query_set_metrics(settings: Settings, dataset: str, ref: tracking.ModelRef, model: Any,
+                      evaluator: RetrievalEvaluator, query_set: QuerySet) -> dict[str, Any]:
+    """``<mode>/t2<letter>_*`` metrics of a query file in every search mode version ``ref`` serves, per media
+    modality the model encodes (the gallery: all of that modality's manifest rows that decode, captioned or not);
+    a query is scored in the modalities holding one of its relevant items. Also ``queries`` (in the file),
+    ``<modality>_items`` and ``modes``. Raises :class:`TrainingError` when no query has a relevant item the model
+    can rank."""
+    from mmretrieval.models.modalities import media_modality
+
+    out: dict[str, Any] = {"queries": len(query_set.queries)}
+    metrics: dict[str, float] = {}
+    modes: list[str] = []
+    for modality in [m for m in evaluator.modalities if m in model.modalities]:
+        decoded = evaluator.decode(model, modality, captioned=False)
+        relevant = query_set.relevance(decoded.ids)
+        out |= {f"{modality}_items": len(decoded.ids), f"{modality}_skipped_undecodable": decoded.skipped}
+        if not relevant.any():
+            continue
+        ctx = mode_context(settings, dataset, ref, model, gallery_of(decoded, evaluator.frame))
+        for mode, rank in rankers(ctx).items():
+            modes += [mode] if mode not in modes else []
+            metrics |= prefixed(mode, ranking_metrics(rank(query_set.queries), relevant, decoded.ids,
+                                                      f"t2{media_modality(modality).letter}", ctx.ks))
+    if not metrics:
+        raise TrainingError(f"no query of the query file has a relevant item among the manifest's "
+                            f"{evaluator.modalities} items the model ranks (relevant ids of other modalities, e.g. "
+                            "text rows, cannot be scored)")
+    return out | {"modes": modes} | {k: round(v, 4) for k, v in metrics.items()}

@@ -8,9 +8,10 @@ split, and gate the re-ranker.
 2. **Training**: listwise, seeded, in memory (no checkpoints: a killed run trains again from the start).
 3. **Evaluation** on the test split (exact search): every metric of the dual encoder alone and with its top
    ``rerank.depth`` re-ranked, both directions, with the query latency (p50/p95) of each.
-4. **Gate**: a paired bootstrap over test queries of the per-query ``rerank.metric`` (t2i hit@1): the re-ranker
-   passes when the lower end of the ``confidence`` interval of its gain exceeds ``min_gain``. Otherwise the model
-   serves without it.
+4. **Gate**: a paired cluster bootstrap over test items (each drawn item with all its caption queries) of the
+   per-query ``rerank.metric`` (t2i hit@1): the re-ranker passes when the lower end of the ``confidence`` interval
+   of its gain exceeds ``min_gain``; with fewer than ``min_test_items`` test items the gate cannot decide.
+   Otherwise the model serves without it.
 5. **Registration**: the re-ranker is logged on the dual encoder's own MLflow run (artifact ``reranker/``): it
    exists only with the version whose candidates it re-ranks. The version gets tags ``reranker.gate`` (``pass`` or
    ``refuse``) and ``reranker.reasons``; the decision is appended to ``var/promotions/<dataset>.jsonl``;
@@ -148,13 +149,14 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     metrics, per_query = dual_vs_reranked(net, test, regions, p)
     direction = p.metric.split("_", 1)[0]  # RerankParams checked it: t2<letter> or <letter>2t, hit_rate@1
     decision = bootstrap_gate(per_query[f"dual_{direction}_hit_rate@1"], per_query[f"rerank_{direction}_hit_rate@1"],
-                              p)
+                              p, clusters=query_items(es.relevant, direction.startswith("t2")))
     latency = query_latency(model, net, es.captions, item_vecs, regions, p.depth)
 
     out = layout.rerank_report
     write_json(out, _report(dataset, ref.version, p, es, train_seconds, losses, metrics, latency, decision, net))
     _register(settings, ref, net, metrics, decision, out)
-    append_promotion(layout, {"action": "reranker-pass" if decision.promote else "reranker-refuse",
+    append_promotion(layout, {"action": "reranker-pass" if decision.promote else
+                              "reranker-refuse" if decision.decided else "reranker-undecided",
                               "model_version": ref.version, "gain": decision.gain,
                               "interval": [decision.low, decision.high], "reasons": decision.reasons})
     log.info("rerank %s v%s: %s; %s", dataset, ref.version, decision.reasons[0],
@@ -164,6 +166,13 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
                         train_seconds=round(train_seconds, 1),
                         metrics={k: round(v, 4) for k, v in metrics.items() if "hit_rate" in k or "recall" in k},
                         latency=latency, seconds=round(time.monotonic() - started, 1), report=str(out))
+
+
+def query_items(relevant: np.ndarray, queries_are_text: bool) -> np.ndarray:
+    """(Q,) the test item each query of a direction belongs to, the clusters of the gate's bootstrap: a caption's
+    first relevant item (its own; with labels, the first item of its label, so a label's captions move together)
+    from the (captions, items) ``relevant``, or for items ranking captions the item itself."""
+    return relevant.argmax(axis=1) if queries_are_text else np.arange(relevant.shape[1])
 
 
 def _train(model: RetrievalModel, train: tuple[Any, ...], p: RerankParams
@@ -233,7 +242,8 @@ def _report(dataset: str, version: str, p: RerankParams, es: Any, train_seconds:
     return {"dataset": dataset, "model_version": version, "modality": p.modality, "depth": p.depth,
             "test_items": len(es.item_ids),
             "test_captions": len(es.captions), "train_seconds": round(train_seconds, 1), "losses": losses,
-            "metrics": metrics, "latency": latency, "gate": {"pass": decision.promote, "gain": decision.gain,
+            "metrics": metrics, "latency": latency, "gate": {"pass": decision.promote, "decided": decision.decided,
+                                                             "gain": decision.gain,
                                                              "interval": [decision.low, decision.high],
                                                              "reasons": decision.reasons},
             "reranker": {"config": cfg.__dict__, "stored_regions": cfg.stored_regions, "stored_dim": cfg.stored_dim,

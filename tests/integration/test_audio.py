@@ -189,7 +189,8 @@ def test_audio_reranker_attends_over_the_tower_frames_is_stored_served_and_disti
     re-ranks text queries over the clips by default, and distil makes an item-asking student."""
     rerank = {"enabled": True, "modality": "audio", "concepts": False, "layers": 1, "region_dim": 16, "heads": 2,
               "folds": 0, "queries": "item", "negatives": 1, "epochs": 2, "bootstrap": 100, "depth": 4,
-              "metric": "a2t_hit_rate@1", "min_gain": -1.0}  # any re-ranker passes: the plumbing is tested
+              "metric": "a2t_hit_rate@1", "min_gain": -1.0,
+              "min_test_items": 2}  # any re-ranker passes (a handful of test tones): the plumbing is tested
     (workspace / "params.yaml").write_text(
         (workspace / "params.yaml").read_text() + "\noverrides: {tones: {train: {epochs: 2}, model: {audio_seconds: "
         f"1.0}}, index: {{centre_min_items: 2}}, rerank: {json.dumps(rerank)}, distill: {{epochs: 2}}}}}}\n")

@@ -126,7 +126,7 @@ def test_evaluate_scores_the_champion_on_any_manifest(demo: dict[str, str]) -> N
         media = sum(row["modality"] in ("image", "video") for row in csv.DictReader(f))
     assert metrics["items"] == media == 331  # every photo, digit and clip of the sample manifest, from its own folder
     # mostly training items: far above what a random ranking of the same relevance gets
-    assert metrics["t2i_recall@10"] > 0.5 > 3 * metrics["t2i_recall@10_chance"]
+    assert metrics["vector/t2i_recall@10"] > 0.5 > 3 * metrics["vector/t2i_recall@10_chance"]  # the dual encoder
 
 
 def test_republishing_unchanged_inputs_creates_nothing(demo: dict[str, str]) -> None:

@@ -22,7 +22,8 @@ from tests.helpers.workspace import DEFAULT_TOWER
 
 pytestmark = pytest.mark.integration
 
-RERANK = {"enabled": True, "negatives": 3, "folds": 2, "epochs": 2, "batch_size": 8, "bootstrap": 200, "depth": 4}
+RERANK = {"enabled": True, "negatives": 3, "folds": 2, "epochs": 2, "batch_size": 8, "bootstrap": 200, "depth": 4,
+          "min_test_items": 2}  # the tiny test split has a handful of items: let the gate decide on them
 
 
 def set_params(ws: Path, rerank: dict[str, object]) -> None:
@@ -82,6 +83,7 @@ def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
     assert stored == pytest.approx(expected, abs=2e-3)  # float16 in the store
     published = run_stage("publish", "tiny")
     assert published["checks"]["regions"]["items"] == images
+    _evaluate_scores_what_serving_returns(prepared, settings, ref, clean, capsys)
 
     with RetrievalClient("tiny", settings=settings) as client:
         default = client.search("a red square", k=2)  # image-only collection, gated re-ranker: on by default
@@ -116,6 +118,52 @@ def test_reranker_is_gated_versioned_stored_and_used_by_client_and_cli(
         assert off.status_code == 200 and all(h["dual_score"] is None for h in off.json())
         too_shallow = http.post("/search", json={"text": "a red square", "k": 5, "rerank": 2})
         assert too_shallow.status_code == 400 and "between k" in too_shallow.json()["detail"]
+
+
+def _evaluate_scores_what_serving_returns(ws: Path, settings: object, ref: tracking.ModelRef, clean: object,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``mmr evaluate --manifest`` (the clean items, as the collection holds them) scores the champion with and
+    without its gated re-ranker side by side, and the re-ranked mode ranks exactly as a default search returns."""
+    from mmretrieval.evaluation.evaluator import RetrievalEvaluator
+    from mmretrieval.serving.client import RetrievalClient
+    from mmretrieval.serving.modes import rankers
+    from mmretrieval.stages.evaluate import evaluate_manifest, gallery_of, mode_context
+
+    manifest = ws / "data/clean/tiny/as_manifest.csv"  # media relative to the clean folder
+    frame = clean.reset_index()[["id", "modality", "media", "text", "label"]].rename(columns={"media": "path"})
+    frame.to_csv(manifest, index=False)
+    scored = evaluate_manifest("tiny", manifest, settings)
+    assert scored["modes"] == ["vector", "reranked"] and scored["model_version"] == ref.version
+    assert {"vector/t2i_recall@1", "vector/i2t_mrr", "reranked/t2i_recall@1", "reranked/t2i_mrr",
+            "items"} <= set(scored)
+    assert not any(k.startswith("reranked/i2t_") for k in scored)  # serving re-ranks text queries only
+    assert scored["reranked/t2i_recall@10_chance"] == scored["vector/t2i_recall@10_chance"]
+
+    evaluator = RetrievalEvaluator(frame, manifest.parent, media_column="path", primary_metric="t2i_recall@10")
+    model = loading.load_model(settings, ref)
+    ctx = mode_context(settings, "tiny", ref, model, gallery_of(evaluator.decode(model, "image"), frame))
+    ranked = rankers(ctx)["reranked"](["a red square"])[0]
+    k = min(10, len(ranked))
+    with RetrievalClient("tiny", settings=settings) as client:
+        served = client.search("a red square", k=k)  # re-ranked by default, depth max(k, rerank.depth)
+    assert [h.id for h in served] == ranked[:k]
+
+    queries = ws / "queries.csv"
+    red = [i for i in frame["id"] if i.startswith("red")]
+    queries.write_text(f"query,relevant\na red square,{' ||| '.join(red)}\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["evaluate", "--dataset", "tiny", "--manifest", str(manifest), "--queries", str(queries)]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["queries"] == 1 and own["modes"] == ["vector", "reranked"]
+    first = next(rank for rank, i in enumerate(ranked, 1) if i in red)
+    assert own["reranked/t2i_mrr"] == pytest.approx(1 / first, abs=1e-4)
+
+    run_stage("evaluate", "tiny")  # the champion (and challenger) now serve a gated re-ranker: both modes reported
+    report = json.loads((ws / "data/reports/tiny/evaluate.json").read_text())
+    modes = report["champion"]["modes"]
+    assert {"reranked/t2i_recall@1", "reranked/t2i_recall@1_chance"} <= set(modes)
+    assert modes["reranked/t2i_recall@1_chance"] == report["champion"]["metrics"]["t2i_recall@1_chance"]
+    assert f"champion (v{ref.version}) reranked" in (ws / "data/reports/tiny/evaluate.html").read_text()
 
 
 def test_publish_refuses_a_region_store_that_lacks_an_image(tmp_path: Path) -> None:

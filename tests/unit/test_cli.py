@@ -9,7 +9,7 @@ from mmretrieval.cli import build_parser, main
 VERBS = {
     "sample": {"--out"}, "ingest": {"--name", "--append", "--remove"}, "validate": {"--dataset"},
     "clean": {"--dataset"}, "augment": {"--dataset"}, "train": {"--dataset", "--force"},
-    "evaluate": {"--dataset", "--manifest", "--alias"},
+    "evaluate": {"--dataset", "--manifest", "--alias", "--queries"},
     "rerank": {"--dataset"}, "promote": {"--dataset", "--rollback"}, "embed": {"--dataset"},
     "publish": {"--dataset", "--rollback"}, "distill": {"--dataset"}, "run": {"--dataset"}, "dag-test": {"--dataset"},
     "search": {"--image", "--audio", "--k", "--modality", "--label", "--where", "--filter", "--fusion", "--rerank",
