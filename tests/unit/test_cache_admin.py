@@ -269,3 +269,24 @@ def test_mmr_cache_actions_keep_their_flags(action: str, flags: set[str], capsys
 
     assert set(FLAG.findall(help_text(["cache", action], capsys))) - {"--help"} == flags
     assert build_parser().parse_args(["cache", "prune", "--max-size", "20GB", "--dry-run"]).max_size == "20GB"
+
+
+def test_cache_max_size_in_params_yaml_is_checked_and_prunes_after_a_run(tmp_path: Path) -> None:
+    from mmretrieval.core.errors import ConfigError
+    from mmretrieval.core.params import load_params
+    from mmretrieval.core.settings import get_settings
+    from mmretrieval.runner import prune_caches
+
+    assert load_params(None).cache.max_size == ""  # off unless set
+    (tmp_path / "params.yaml").write_text("cache: {max_size: 20 parsecs}\n")
+    with pytest.raises(ConfigError, match=r"cache\.max_size '20 parsecs' is not a size"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("cache: {max_size: [20]}\n")
+    with pytest.raises(ConfigError, match=r"cache\.max_size: expected a size such as 20GB, got \[20\]"):
+        load_params(tmp_path / "params.yaml")
+    cache = ArrayCache(tmp_path / "var" / "cache", "vectors", fingerprint("m"))
+    old, new = entries(cache, 2)
+    aged(cache, old, DAY)
+    (tmp_path / "params.yaml").write_text(f"cache: {{max_size: {cache.path(new).stat().st_size}}}\n")  # bytes
+    result = prune_caches(get_settings(tmp_path))
+    assert result["removed"] == 1 and not cache.path(old).exists() and cache.path(new).exists()
