@@ -90,14 +90,16 @@ def kinds(root: Path, kind: str | None = None) -> list[str]:
 
 
 def scan(root: Path, kind: str) -> Scan:
-    """The entries and temporary files of ``root/kind`` (one ``stat`` per file; a file removed meanwhile is
-    skipped)."""
+    """The entries and temporary files of ``root/kind`` (one ``stat`` per file; a file or folder removed meanwhile
+    is skipped)."""
     groups: dict[str, list[tuple[Path, os.stat_result]]] = {}
     tmp: list[tuple[Path, float, int]] = []
-    for shard in sorted((root / kind).iterdir()):
-        if not shard.is_dir():
+    for shard in sorted((root / kind).iterdir()) if (root / kind).is_dir() else []:
+        try:
+            items = list(os.scandir(shard)) if shard.is_dir() else []
+        except FileNotFoundError:
             continue
-        for item in os.scandir(shard):
+        for item in items:
             try:
                 st = item.stat(follow_symlinks=False)
             except FileNotFoundError:

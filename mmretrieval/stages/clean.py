@@ -152,6 +152,7 @@ def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, 
         try:
             place(entry, media_dir / name)
         except FileNotFoundError:  # the entry was pruned since it was found: made again (a fresh entry, kept)
+            cache.reused -= 1  # counted as reused by the fetch above (a fresh entry is never pruned: its grace)
             entry, made = cache.fetch(row["modality"], hashes[i], src.name, data)
             place(entry, media_dir / name)
         phashes[i] = ImageHash(made["dhash"]["bits"], tuple(made["dhash"]["colour"]), made["dhash"]["min_side"],

@@ -193,4 +193,5 @@ def test_an_entry_pruned_between_its_check_and_its_use_is_made_again(tmp_path: P
     cache = CleanedMedia(tmp_path / "cache", params())
     out, _ = clean._clean_rows(rows, tmp_path / "raw", tmp_path / "media", params(), "demo", cache, "0" * 32)
     assert len(pruned) == 2 and out.at[0, REASON] == "" and out.at[0, "media_sha256"] == made["media_sha256"]
+    assert cache.counts() == {"reused": 0, "computed": 1}
     assert hashlib.sha256((tmp_path / out.at[0, "media"]).read_bytes()).hexdigest() == made["media_sha256"]
