@@ -216,13 +216,17 @@ def human(size: float) -> str:
     return f"{size / 1000:.1f} TB"
 
 
+def _entries(n: int) -> str:
+    return f"{n:,} entry" if n == 1 else f"{n:,} entries"
+
+
 def describe_info(report: dict[str, Any]) -> list[str]:
     """Lines for people of an :func:`info` report: one per kind, then the total."""
     def line(name: str, s: dict[str, Any]) -> str:
         used = f"used {s['oldest_use']} .. {s['newest_use']}" if s["entries"] else "empty"
         linked = f" ({human(s['linked_bytes'])} also in stage outputs)" if s["linked_bytes"] else ""
         tmp = f"; {s['tmp_files']} temporary file(s)" if s["tmp_files"] else ""
-        return f"{name:<16} {s['entries']:>9,} entries {human(s['bytes']):>10}{linked}, {used}{tmp}"
+        return f"{name:<16} {_entries(s['entries']):>17} {human(s['bytes']):>10}{linked}, {used}{tmp}"
 
     return [f"{report['root']}:", *(line(k, s) for k, s in report["kinds"].items()),
             line("total", report["total"])]
@@ -231,9 +235,9 @@ def describe_info(report: dict[str, Any]) -> list[str]:
 def describe_prune(result: dict[str, Any]) -> list[str]:
     """Lines for people of a :func:`prune` result."""
     verb = "would remove" if result["dry_run"] else "removed"
-    lines = [f"{kind:<16} {verb} {p['removed']:,} entries ({human(p['removed_bytes'])}), kept {p['kept']:,} "
+    lines = [f"{kind:<16} {verb} {_entries(p['removed'])} ({human(p['removed_bytes'])}), kept {p['kept']:,} "
              f"({human(p['kept_bytes'])})" for kind, p in result["kinds"].items()]
-    lines.append(f"{result['root']}: {verb} {result['removed']:,} entries ({human(result['removed_bytes'])}) and "
+    lines.append(f"{result['root']}: {verb} {_entries(result['removed'])} ({human(result['removed_bytes'])}) and "
                  f"{result['tmp_removed']} temporary file(s); kept {result['kept']:,} ({human(result['kept_bytes'])})")
     if result["over_budget"]:
         lines.append(f"still above the size: the rest was used in the last {GRACE_S / 60:.0f} minutes (a running "

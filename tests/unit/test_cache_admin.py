@@ -239,11 +239,11 @@ def test_mmr_cache_info_and_prune(tmp_path: Path) -> None:
     report = json.loads(shown.stdout)
     assert report["kinds"]["vectors"]["entries"] == 3 == report["total"]["entries"]
     dry = mmr(tmp_path, "cache", "prune", "--older-than", "30d", "--kind", "vectors", "--dry-run")
-    assert dry.returncode == 0 and "would remove 1 entries" in dry.stdout and cache.path(keys[0]).exists()
+    assert dry.returncode == 0 and "would remove 1 entry (" in dry.stdout and cache.path(keys[0]).exists()
     done = json.loads(mmr(tmp_path, "cache", "prune", "--older-than", "10d", "--json").stdout)
     assert done["removed"] == 2 and [cache.path(k).exists() for k in keys] == [False, False, True]
     text = mmr(tmp_path, "cache", "info")
-    assert text.returncode == 0 and "vectors" in text.stdout and "1 entries" in text.stdout
+    assert text.returncode == 0 and "vectors" in text.stdout and "1 entry " in text.stdout
     bad = mmr(tmp_path, "cache", "prune", "--max-size", "20XB")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "mmr: error: --max-size '20XB' is not a size: use a number and a unit, e.g. 20GB, 500MB, 2GiB or 0"]
