@@ -160,6 +160,42 @@ def _ingest_parser(sub: Any) -> None:
                         "(with one: add --append)")
 
 
+def _cache_parser(sub: Any) -> None:
+    p = sub.add_parser("cache", help="report or prune the per-item caches under var/cache (deleting entries only "
+                                     "costs time: the next run computes them again)")
+    verbs = p.add_subparsers(dest="cache_verb", required=True, metavar="ACTION")
+    q = verbs.add_parser("info", help="entries, bytes and oldest/newest use of each cache kind")
+    q.add_argument("--kind", help="only this kind (e.g. clean-media, vectors)")
+    q.add_argument("--json", action="store_true", help="one JSON object")
+    q = verbs.add_parser("prune", help="remove entries unused for an age, then the least recently used until the "
+                                       "cache fits a size, and temporary files of killed writers older than an hour")
+    q.add_argument("--max-size", metavar="SIZE", help="e.g. 20GB (1000-based), 20GiB or 20G (1024-based), 0")
+    q.add_argument("--older-than", metavar="AGE", help="e.g. 30d, 12h, 90m, 2w")
+    q.add_argument("--kind", help="only this kind (e.g. clean-media, vectors); --max-size then applies to it alone")
+    q.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
+    q.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def _cache(args: argparse.Namespace, settings: Any) -> int:
+    """``mmr cache info|prune`` over ``var/cache`` (:attr:`Layout.item_cache`, shared by every dataset)."""
+    from mmretrieval.core import cache_admin
+
+    root = settings.var_dir / "cache"
+    if args.cache_verb == "info":
+        report = cache_admin.info(root, args.kind)
+        lines = cache_admin.describe_info(report)
+    else:
+        size = cache_admin.parse_size(args.max_size, "--max-size") if args.max_size is not None else None
+        age = cache_admin.parse_age(args.older_than, "--older-than") if args.older_than is not None else None
+        report = cache_admin.prune(root, size, age, args.kind, dry_run=args.dry_run)
+        lines = cache_admin.describe_prune(report)
+    if args.json:
+        _print(report)
+    else:
+        print("\n".join(terminal_safe(line) for line in lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(prog="mmr", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -169,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("build/sample"), help="output folder (default build/sample)")
 
     _ingest_parser(sub)
+    _cache_parser(sub)
 
     for verb, text in STAGE_HELP.items():
         p = sub.add_parser(verb, help=text, description=text)
@@ -273,6 +310,8 @@ def dispatch(args: argparse.Namespace) -> int:
         _print(ingest(args.manifest, args.name, settings, append=args.append, remove=args.remove))
     elif verb == "search":
         return _search(args, settings)
+    elif verb == "cache":
+        return _cache(args, settings)
     elif verb == "serve":
         from mmretrieval.serving.http import RedactingFilter, Redactor, ServiceConfig, serve
 

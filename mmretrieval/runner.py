@@ -100,4 +100,17 @@ def run_all(dataset: str, settings: Settings | None = None) -> dict[str, dict[st
     pinned = started.pinned
     for verb in ("embed", "publish"):
         results[verb] = run_stage(verb, dataset, settings, pinned=pinned)
+    if settings.params.cache.max_size:
+        results["cache"] = prune_caches(settings)
     return results
+
+
+def prune_caches(settings: Settings) -> dict[str, Any]:
+    """Prune ``var/cache`` to ``cache.max_size`` (least recently used entries first:
+    :func:`~mmretrieval.core.cache_admin.prune`); returns its result. ``mmr run`` calls it after its stages when
+    ``cache.max_size`` is set."""
+    from mmretrieval.core import cache_admin
+
+    result = cache_admin.prune(settings.var_dir / "cache", cache_admin.parse_size(settings.params.cache.max_size))
+    log.info("cache: pruned to %s: %s", settings.params.cache.max_size, "; ".join(cache_admin.describe_prune(result)))
+    return result

@@ -10,7 +10,9 @@ Layout (local to the machine: a cache, never a hand-off)::
 
 Entries are written to a temporary file of this writer's own and renamed into place (:meth:`ItemCache.put`), so a
 killed writer leaves no half entry under a key (at most a ``.tmp`` file, which :meth:`ItemCache.get` never reads and
-:meth:`ItemCache.sweep` removes).
+:meth:`ItemCache.sweep` removes). A hit refreshes the entry's modification time, so the time of an entry's last use
+is its mtime: :mod:`mmretrieval.core.cache_admin` reports and prunes caches by it (least recently used first), and an
+entry may vanish between :meth:`ItemCache.get` and the read: :meth:`ItemCache.read` turns that into a miss.
 """
 
 from __future__ import annotations
@@ -65,9 +67,30 @@ class ItemCache:
         return self.folder / key[:2] / f"{key}{self.suffix}"
 
     def get(self, key: str) -> Path | None:
-        """The entry's file, or None when there is none (a miss is not counted here: see :meth:`fetch`)."""
+        """The entry's file, or None when there is none (a miss is not counted here: see :meth:`fetch`). A hit
+        refreshes the file's modification time (one ``utime`` call): the entry's last use, which pruning reads. A
+        prune may still remove the entry before the caller opens it: read it with :meth:`read` (or treat
+        ``FileNotFoundError`` as a miss)."""
         path = self.path(key)
-        return path if path.is_file() else None
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return None
+        except OSError:  # another user's entry or a read-only file system: a hit that is not marked as used
+            return path if path.is_file() else None
+        return path
+
+    def read(self, key: str, reader: Callable[[Path], Any]) -> Any | None:
+        """``reader(entry file)`` of the entry ``key``, or None when there is none, including one removed (by a
+        prune) after it was found: never half an entry, since an entry is only ever renamed into place or
+        unlinked, and an open file keeps its bytes. Counts nothing."""
+        path = self.get(key)
+        if path is None:
+            return None
+        try:
+            return reader(path)
+        except FileNotFoundError:
+            return None
 
     def put(self, key: str, write: Callable[[Path], None]) -> Path:
         """Make the entry ``key`` by ``write(tmp_path)`` and rename it into place; returns the entry's path. A failed

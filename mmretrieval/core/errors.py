@@ -11,6 +11,7 @@ Every error is an :class:`MMRError` and also subclasses the builtin it resembles
     │   └── DataChangedError   (ValueError)    bytes differ from those their data version (or validation) recorded
     ├── DatasetNotFoundError   (FileNotFoundError)  unknown dataset name or a stage output that is not there yet
     ├── MediaError             (ValueError)    one media file that cannot be used (query uploads, evaluation)
+    ├── CacheError             (ValueError)    a cache size, age or kind that cannot be used (`mmr cache`)
     ├── UnsafePathError        (PermissionError)  a path that would leave its folder (a link) or changed under a copy
     ├── VersioningError        (RuntimeError)  DVC failed
     ├── TrackingError          (RuntimeError)  MLflow run/registry problems
@@ -71,6 +72,10 @@ class DatasetNotFoundError(MMRError, FileNotFoundError):
 
 class MediaError(MMRError, ValueError):
     """One media file that cannot be decoded or used."""
+
+
+class CacheError(MMRError, ValueError):
+    """A size, age or kind of the per-item caches that cannot be used (``mmr cache``, ``cache.max_size``)."""
 
 
 class UnsafePathError(MMRError, PermissionError):

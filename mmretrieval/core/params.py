@@ -316,6 +316,26 @@ class IndexParams(Section):
     centre_min_items: Whole = Field(20, ge=0)  # a modality with fewer items in the corpus is not centred
 
 
+class CacheParams(Section):
+    """The per-item caches under ``var/cache/`` (shared by every dataset: per-dataset overrides do not apply)."""
+
+    max_size: str = ""  # "" (off) or a size such as 20GB: `mmr run` prunes var/cache to it after its stages,
+    # least recently used entries first (`mmr cache prune --max-size`)
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> str:
+        from mmretrieval.core.cache_admin import parse_size
+
+        if isinstance(value, int) and not isinstance(value, bool):  # `max_size: 0` in YAML: bytes
+            value = str(value)
+        if not isinstance(value, str):
+            raise ValueError(f"expected a size such as 20GB, got {value!r}")
+        if value.strip():
+            parse_size(value, "cache.max_size")  # a CacheError (a ValueError) naming the value
+        return value.strip()
+
+
 with warnings.catch_warnings():  # the section `validate` shadows BaseModel.validate (deprecated since pydantic 2)
     warnings.filterwarnings("ignore", 'Field name "validate"', UserWarning)
 
@@ -334,6 +354,7 @@ with warnings.catch_warnings():  # the section `validate` shadows BaseModel.vali
         rerank: RerankParams = RerankParams()
         distill: DistillParams = DistillParams()
         index: IndexParams = IndexParams()
+        cache: CacheParams = CacheParams()
         overrides: dict[str, dict[str, Any]] = {}
 
         def for_dataset(self, dataset: str) -> Params:

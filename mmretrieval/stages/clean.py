@@ -149,7 +149,12 @@ def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, 
             reasons[i], messages[i] = reason, f"{row['id']}: {e}"
             continue
         name = media_name(row["id"], made["suffix"])
-        place(entry, media_dir / name)
+        try:
+            place(entry, media_dir / name)
+        except FileNotFoundError:  # the entry was pruned since it was found: made again (a fresh entry, kept)
+            cache.reused -= 1  # counted as reused by the fetch above (a fresh entry is never pruned: its grace)
+            entry, made = cache.fetch(row["modality"], hashes[i], src.name, data)
+            place(entry, media_dir / name)
         phashes[i] = ImageHash(made["dhash"]["bits"], tuple(made["dhash"]["colour"]), made["dhash"]["min_side"],
                                made["dhash"].get("blank", False)) if made.get("dhash") else None
         if made.get("video") is not None:
@@ -228,11 +233,14 @@ class CleanedMedia:
         """The entry of the raw bytes ``digest``: (cleaned file, sidecar), or None (no sidecar, no file, or a file
         whose bytes are not the ones recorded)."""
         key = self.files[modality].key(digest)
-        sidecar, entry = self.sidecars[modality].get(key), self.files[modality].get(key)
-        if sidecar is None or entry is None:
+        made = self.sidecars[modality].read(key, lambda sidecar: json.loads(sidecar.read_text(encoding="utf-8")))
+        entry = self.files[modality].get(key)
+        if made is None or entry is None:
             return None
-        made = json.loads(sidecar.read_text(encoding="utf-8"))
-        return (entry, made) if sha256_file(entry) == made.get("media_sha256") else None
+        try:
+            return (entry, made) if sha256_file(entry) == made.get("media_sha256") else None
+        except FileNotFoundError:  # removed by a prune since it was found: a miss
+            return None
 
     def fetch(self, modality: str, digest: str, name: str, data: bytes) -> tuple[Path, dict]:
         """The entry for the raw ``data`` (sha256 ``digest``, file name ``name``), made when missing

@@ -244,9 +244,9 @@ class MediaChecks:
         if cache is None:
             return None
         key = cache.key(f"{digest}:{path.name}")  # messages name the file
-        if (entry := cache.get(key)) is not None:
+        found = cache.read(key, lambda entry: json.loads(entry.read_text(encoding="utf-8")))  # pruned: a miss
+        if found is not None:
             cache.reused += 1
-            found = json.loads(entry.read_text(encoding="utf-8"))
             return Problem(found["reason"], found["message"]) if found["reason"] else None
         problem = modality_problem(row["modality"], path, self.params)
         if (now := sha256_file(path)) != digest:

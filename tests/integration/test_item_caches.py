@@ -100,6 +100,40 @@ def test_embedding_again_reuses_every_vector_bit_for_bit_and_recomputes_only_wha
                for i, v in after.items())
 
 
+def test_embed_reads_count_as_use_and_a_pruned_cache_recomputes_only_what_went(
+        promoted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mmr cache prune`` between runs: entries the last run read stay, the others go, and the next run computes
+    exactly those again (the same vectors)."""
+    import os
+    import time
+
+    from mmretrieval.core import cache_admin
+
+    root = get_settings().layout("tiny").item_cache
+    embed.run("tiny")
+    p = embed.plan("tiny")
+    before = vectors_of(p.final)
+    files = sorted((root / "vectors").glob("*/*.npz"))
+    assert len(files) == 16
+    long_ago = time.time() - 3 * 86400
+    for f in files:  # written three days ago...
+        os.utime(f, (long_ago, long_ago))
+    shutil.rmtree(p.final)
+    assert embed.run("tiny")["cache"] == {"reused": 16, "computed": 0}  # ... and read now
+    assert cache_admin.prune(root, older_than=86400, kind="vectors")["removed"] == 0
+    for f in files[:6]:
+        os.utime(f, (long_ago, long_ago))
+    pruned = cache_admin.prune(root, older_than=86400, kind="vectors")
+    assert (pruned["removed"], pruned["kept"]) == (6, 10) and not any(f.exists() for f in files[:6])
+    calls = counting(monkeypatch)
+    shutil.rmtree(p.final)
+    assert embed.run("tiny")["cache"] == {"reused": 10, "computed": 6} and sum(calls) == 6
+    after = vectors_of(p.final)
+    assert after.keys() == before.keys() and all(
+        np.allclose(np.frombuffer(after[i], np.float32), np.frombuffer(v, np.float32), atol=1e-5)
+        for i, v in before.items())
+
+
 def test_a_changed_embed_setting_recomputes_every_item(promoted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     embed.run("tiny")
     p = embed.plan("tiny")

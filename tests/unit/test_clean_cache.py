@@ -148,3 +148,50 @@ def test_clean_reads_exactly_the_validated_bytes_or_stops_with_one_line(tmp_path
         read_verified(path, digest, "0123456789abcdef", 1000)
     big = hashlib.sha256(b"x" * 2000).hexdigest()  # the limit lowered since validation: the same bytes still pass
     assert read_verified(path, big, "0123456789abcdef", 1000) == b"x" * 2000
+
+
+def test_an_entry_pruned_between_its_check_and_its_use_is_made_again(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mmr cache prune`` in another process may remove an entry clean has just found: a miss, never a crash."""
+    import pandas as pd
+
+    from mmretrieval.core.schema import MESSAGE, REASON
+    from mmretrieval.stages import clean
+
+    data = png_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    entry, made = fetch(CleanedMedia(tmp_path / "cache", params()), data)
+    real_hash = clean.sha256_file
+    pruned: list[Path] = []
+
+    def prune_then_hash(path: Path) -> str:  # the prune lands after get found the files, before they are read
+        if not pruned:
+            pruned.append(path)
+            path.unlink()
+        return real_hash(path)
+
+    monkeypatch.setattr(clean, "sha256_file", prune_then_hash)
+    cache = CleanedMedia(tmp_path / "cache", params())
+    entry2, made2 = fetch(cache, data)
+    assert pruned == [entry] and cache.counts() == {"reused": 0, "computed": 1} and made2 == made
+    monkeypatch.setattr(clean, "sha256_file", real_hash)
+
+    real_place = clean.place
+
+    def prune_then_place(src: Path, target: Path) -> None:  # ... or after clean found the entry, before linking it
+        if len(pruned) == 1:
+            pruned.append(src)
+            src.unlink()
+        real_place(src, target)
+
+    monkeypatch.setattr(clean, "place", prune_then_place)
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "x.png").write_bytes(data)
+    (tmp_path / "media").mkdir()
+    rows = pd.DataFrame({"id": ["a"], "modality": ["image"], "path": ["x.png"], "text": ["a red box"],
+                         "sha256": [digest], "metadata": [""], REASON: [""], MESSAGE: [""]})
+    cache = CleanedMedia(tmp_path / "cache", params())
+    out, _ = clean._clean_rows(rows, tmp_path / "raw", tmp_path / "media", params(), "demo", cache, "0" * 32)
+    assert len(pruned) == 2 and out.at[0, REASON] == "" and out.at[0, "media_sha256"] == made["media_sha256"]
+    assert cache.counts() == {"reused": 0, "computed": 1}
+    assert hashlib.sha256((tmp_path / out.at[0, "media"]).read_bytes()).hexdigest() == made["media_sha256"]

@@ -15,6 +15,7 @@ VERBS = {
     "search": {"--image", "--audio", "--k", "--modality", "--label", "--where", "--filter", "--fusion", "--rerank",
                "--dataset", "--json"},
     "serve": {"--dataset", "--host", "--port", "--insecure-no-auth"}, "info": {"--dataset"}, "params": {"--schema"},
+    "cache": set(),  # its actions and their flags: tests/unit/test_cache_admin.py
 }
 FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 
