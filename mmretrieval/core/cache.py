@@ -66,12 +66,15 @@ class ItemCache:
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}{self.suffix}"
 
-    def get(self, key: str) -> Path | None:
+    def get(self, key: str, touch: bool = True) -> Path | None:
         """The entry's file, or None when there is none (a miss is not counted here: see :meth:`fetch`). A hit
-        refreshes the file's modification time (one ``utime`` call): the entry's last use, which pruning reads. A
-        prune may still remove the entry before the caller opens it: read it with :meth:`read` (or treat
-        ``FileNotFoundError`` as a miss)."""
+        refreshes the file's modification time (one ``utime`` call): the entry's last use, which pruning reads;
+        ``touch=False`` leaves it (a file hard-linked into a DVC-tracked output, whose changed mtime would make DVC
+        hash it again: its entry marks use on another file). A prune may still remove the entry before the caller
+        opens it: read it with :meth:`read` (or treat ``FileNotFoundError`` as a miss)."""
         path = self.path(key)
+        if not touch:
+            return path if path.is_file() else None
         try:
             os.utime(path)
         except FileNotFoundError:

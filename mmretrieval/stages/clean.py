@@ -234,7 +234,7 @@ class CleanedMedia:
         whose bytes are not the ones recorded)."""
         key = self.files[modality].key(digest)
         made = self.sidecars[modality].read(key, lambda sidecar: json.loads(sidecar.read_text(encoding="utf-8")))
-        entry = self.files[modality].get(key)
+        entry = self.files[modality].get(key, touch=False)  # hard-linked into data/clean: the sidecar marks use
         if made is None or entry is None:
             return None
         try:

@@ -51,6 +51,21 @@ def test_a_reused_entry_is_not_made_again_and_gives_the_same_bytes(tmp_path: Pat
     assert gone.counts()["computed"] == 1 and entry3.read_bytes() == entry.read_bytes() and made3 == made
 
 
+def test_a_hit_marks_use_on_the_sidecar_and_leaves_the_linked_media_file_alone(tmp_path: Path) -> None:
+    """The cleaned file is hard-linked into data/clean (a DVC output): a changed mtime there makes DVC hash it
+    again on every run, so a hit marks the entry's use on its sidecar only (pruning reads the newer of the two)."""
+    import os
+
+    data = png_bytes()
+    entry, _ = fetch(CleanedMedia(tmp_path, params()), data)
+    sidecar = entry.with_suffix(".json")
+    os.utime(entry, (1_000_000, 1_000_000))
+    os.utime(sidecar, (1_000_000, 1_000_000))
+    fetch(CleanedMedia(tmp_path, params()), data)
+    assert entry.stat().st_mtime == 1_000_000
+    assert sidecar.stat().st_mtime > 1_000_000
+
+
 def test_changed_bytes_or_a_changed_setting_get_a_new_key(tmp_path: Path) -> None:
     cache = CleanedMedia(tmp_path, params(image_max_side=64))
     small, _ = fetch(cache, png_bytes())
