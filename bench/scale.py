@@ -173,13 +173,18 @@ def make_corpus(folder: Path, n: int, seed: int, first_id: int = 0, processes: i
 
     from mmretrieval.core.progress import progress
 
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():  # a --keep folder's corpus: the same seed and size give the same files, reused
+        with open(manifest, encoding="utf-8") as f:
+            rows_kept = sum(1 for _ in f) - 1
+        if rows_kept == n:
+            return manifest
     (folder / "images").mkdir(parents=True, exist_ok=True)
     jobs = [(folder, seed, first_id, lo, min(n, lo + CHUNK)) for lo in range(0, n, CHUNK)]
     rows: list[dict] = []
     with ProcessPoolExecutor(processes or os.cpu_count() or 1) as pool:
         for chunk in progress(pool.map(_write_chunk, jobs), desc="generate", total=len(jobs), unit="chunks"):
             rows.extend(chunk)
-    manifest = folder / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
