@@ -196,6 +196,31 @@ def _cache(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
+def _search_parser(sub: Any) -> None:
+    """``mmr search``'s arguments."""
+    p = sub.add_parser("search", help="query the serving collection of a dataset")
+    p.add_argument("text", nargs="*", help="text query (several: one search each)")
+    p.add_argument("--image", type=Path, help="image file query")
+    p.add_argument("--audio", type=Path, help="audio file query")
+    p.add_argument("--k", type=int, default=10, help="number of hits (1-1000, default 10)")
+    p.add_argument("--modality", help="only hits of this modality (image, text, audio, video)")
+    p.add_argument("--label", action="append", metavar="LABEL",
+                   help="only hits with this label (repeat for any of several: --label 7 --label 1)")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE",
+                   help="only hits whose metadata (the manifest's extra columns) has KEY equal to VALUE (repeatable)")
+    p.add_argument("--filter", help='raw Milvus boolean expression, e.g. \'label == "7" or label == "1"\'; '
+                   "combined with the other restrictions by `and`")
+    p.add_argument("--fusion", choices=("vector", "late"), default="vector",
+                   help="how a text and an image/audio query combine: one search with the weighted sum of their "
+                        "vectors (default) or one search each, scores summed")
+    p.add_argument("--rerank", type=int, default=None, metavar="N",
+                   help="re-rank the dual encoder's top N images (or audio clips) with the model's cross-attention "
+                        "re-ranker (text queries; default: on at rerank.depth when the serving model has one that "
+                        "passed its gate; 0: off)")
+    p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
+    p.add_argument("--json", action="store_true", help="one JSON object per hit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(prog="mmr", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -238,27 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dag-test", help="run the Airflow DAG locally (`airflow dags test`, SQLite)")
     p.add_argument("--dataset", help="dataset name (required)")
 
-    p = sub.add_parser("search", help="query the serving collection of a dataset")
-    p.add_argument("text", nargs="*", help="text query (several: one search each)")
-    p.add_argument("--image", type=Path, help="image file query")
-    p.add_argument("--audio", type=Path, help="audio file query")
-    p.add_argument("--k", type=int, default=10, help="number of hits (1-1000, default 10)")
-    p.add_argument("--modality", help="only hits of this modality (image, text, audio, video)")
-    p.add_argument("--label", action="append", metavar="LABEL",
-                   help="only hits with this label (repeat for any of several: --label 7 --label 1)")
-    p.add_argument("--where", action="append", metavar="KEY=VALUE",
-                   help="only hits whose metadata (the manifest's extra columns) has KEY equal to VALUE (repeatable)")
-    p.add_argument("--filter", help='raw Milvus boolean expression, e.g. \'label == "7" or label == "1"\'; '
-                   "combined with the other restrictions by `and`")
-    p.add_argument("--fusion", choices=("vector", "late"), default="vector",
-                   help="how a text and an image/audio query combine: one search with the weighted sum of their "
-                        "vectors (default) or one search each, scores summed")
-    p.add_argument("--rerank", type=int, default=None, metavar="N",
-                   help="re-rank the dual encoder's top N images (or audio clips) with the model's cross-attention "
-                        "re-ranker (text queries; default: on at rerank.depth when the serving model has one that "
-                        "passed its gate; 0: off)")
-    p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
-    p.add_argument("--json", action="store_true", help="one JSON object per hit")
+    _search_parser(sub)
 
     p = sub.add_parser("serve", help="HTTP search service and search page (FastAPI; OpenAPI at "
                                             "/openapi.json, /docs with MMR_API_DOCS=1)")
