@@ -313,6 +313,16 @@ class IndexParams(Section):
     centre_min_items: Whole = Field(20, ge=0)  # a modality with fewer items in the corpus is not centred
 
 
+class CalibrationParams(Section):
+    """Score calibration and "no good match" (:mod:`mmretrieval.evaluation.calibration`)."""
+
+    min_queries: Whole = Field(50, ge=1)  # the evaluate stage fits no calibration of a query modality pair with
+    # fewer test queries (recorded as uncalibrated, with the reason): serving then gives no confidence
+    top_k: Whole = Field(10, ge=1, le=1000)  # hits per test query the calibration is fitted on
+    min_confidence: Share = 0.1  # no_good_match when the best hit's confidence (probability of relevance) is below;
+    # a search may override it (min_confidence=, --min-confidence, the request's `min_confidence`)
+
+
 with warnings.catch_warnings():  # the section `validate` shadows BaseModel.validate (deprecated since pydantic 2)
     warnings.filterwarnings("ignore", 'Field name "validate"', UserWarning)
 
@@ -331,6 +341,7 @@ with warnings.catch_warnings():  # the section `validate` shadows BaseModel.vali
         rerank: RerankParams = RerankParams()
         distill: DistillParams = DistillParams()
         index: IndexParams = IndexParams()
+        calibration: CalibrationParams = CalibrationParams()
         overrides: dict[str, dict[str, Any]] = {}
 
         def for_dataset(self, dataset: str) -> Params:

@@ -37,6 +37,7 @@ from mmretrieval.backends.regions import REGIONS
 from mmretrieval.core.contracts import Pinned, PublishResult
 from mmretrieval.core.errors import (
     AliasNotFoundError,
+    CalibrationError,
     DataChangedError,
     IndexStoreError,
     PinnedInputChanged,
@@ -47,7 +48,7 @@ from mmretrieval.core.layout import read_clean
 from mmretrieval.core.params import IndexParams
 from mmretrieval.core.progress import progress
 from mmretrieval.core.settings import Settings, get_settings
-from mmretrieval.evaluation import centring
+from mmretrieval.evaluation import calibration, centring
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -201,7 +202,8 @@ class _Publication:
         props = {STATE: BUILDING, "mmr.dataset": self.dataset, "mmr.model_name": t.ref.name,
                  "mmr.model_version": t.ref.version, "mmr.data_version": t.summary["data_version"],
                  "mmr.dim": str(t.summary["dim"]), "mmr.previous": serving or "",
-                 centring.PROPERTY: centre.to_property()}
+                 centring.PROPERTY: centre.to_property(),
+                 calibration.PROPERTY: calibration_of(self.settings, t.ref)}
         if t.summary.get("regions"):  # the re-ranker's region store of these embeddings (mmretrieval.stages.rerank)
             props[REGIONS] = t.summary["regions"]["path"]
         ix.create(t.name, int(t.summary["dim"]), props)
@@ -305,6 +307,21 @@ def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = 
     return PublishResult(dataset, t.alias, t.name, swapped["changed"], swapped["previous"], t.ref.name,
                          t.ref.version, t.summary["data_version"], checks, swapped["dropped"],
                          round(time.monotonic() - started, 2))
+
+
+def calibration_of(settings: Settings, ref: tracking.ModelRef) -> str:
+    """The score calibration the evaluate stage recorded on model version ``ref`` (its JSON, checked), for the
+    collection's :data:`~mmretrieval.evaluation.calibration.PROPERTY`; empty when it has none (evaluated before
+    calibration existed) or it does not parse (logged): the collection then serves without confidences."""
+    raw = tracking.version_tags(settings, ref).get(calibration.TAG, "")
+    try:
+        calibration.Calibration.from_json(raw, f"{ref.uri}'s {calibration.TAG!r} tag")
+    except CalibrationError as e:
+        log.warning("publish: %s; the collection serves without confidences", e)
+        return ""
+    if not raw:
+        log.info("publish: %s has no score calibration: hits get no confidence, no no_good_match", ref.uri)
+    return raw
 
 
 def regions_missing(props: dict[str, Any], summary: dict[str, Any]) -> bool:
