@@ -319,7 +319,7 @@ class CalibrationParams(Section):
     min_queries: Whole = Field(50, ge=1)  # the evaluate stage fits no calibration of a query modality pair with
     # fewer test queries (recorded as uncalibrated, with the reason): serving then gives no confidence
     top_k: Whole = Field(10, ge=1, le=1000)  # hits per test query the calibration is fitted on
-    min_confidence: Share = 0.1  # no_good_match when the best hit's confidence (probability of relevance) is below;
+    min_confidence: Share = 0.05  # no_good_match when the best hit's confidence (probability of relevance) is below;
     # a search may override it (min_confidence=, --min-confidence, the request's `min_confidence`)
 
 

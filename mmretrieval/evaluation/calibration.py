@@ -8,8 +8,9 @@ hit is unlikely to be (docs/serving.md#no-good-match).
 The fit: for every test query (a caption) of each media modality, the top ``top_k`` hits of the exact search the
 evaluator ran (the scores serving would give: centred where ``index.centre`` says), labelled relevant or not, then an
 isotonic regression of relevance on score (monotone non-decreasing), kept as at most :data:`KNOTS` (score,
-probability) knots and interpolated linearly between them (constant beyond the ends): monotone by construction. A
-query modality pair with fewer than ``min_queries`` queries is left uncalibrated, with the reason recorded.
+probability) knots, the middles of its steps, and interpolated linearly between them (constant beyond the ends):
+monotone by construction. A query modality pair with fewer than ``min_queries`` queries is left uncalibrated, with
+the reason recorded.
 
 The calibration travels with the model version (the registry tag :data:`TAG`) and is copied onto the collection at
 publish (the property :data:`PROPERTY`), so serving uses exactly the calibration of the model that built the
@@ -103,7 +104,7 @@ class Calibration:
 
 def fit_curve(scores: np.ndarray, relevant: np.ndarray, *, min_queries: int, knots: int = KNOTS) -> Curve:
     """A :class:`Curve` from (queries, k) ``scores`` of each query's top k hits and their (queries, k) boolean
-    ``relevant`` labels (isotonic regression of relevance on score, kept at ``knots`` score quantiles).
+    ``relevant`` labels (isotonic regression of relevance on score, kept as :func:`knots_of` says).
 
     Raises :class:`CalibrationError` for fewer than ``min_queries`` queries (a curve from a handful of queries says
     more about them than about the model), mismatched shapes, non-finite scores, or labels all alike (nothing to
@@ -123,9 +124,25 @@ def fit_curve(scores: np.ndarray, relevant: np.ndarray, *, min_queries: int, kno
         raise CalibrationError(f"all {len(y)} calibration hits are {'relevant' if y[0] else 'irrelevant'}: "
                                "nothing to calibrate")
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(x, y)
-    grid = np.unique(np.round(np.quantile(x, np.linspace(0.0, 1.0, max(2, knots))), 4))
-    p = np.maximum.accumulate(np.clip(np.round(iso.predict(grid), 4), 0.0, 1.0))  # monotone whatever the rounding
+    grid, p = knots_of(iso.X_thresholds_, iso.y_thresholds_, knots)
     return Curve(tuple(float(v) for v in grid), tuple(float(v) for v in p), int(scores.shape[0]), int(x.size))
+
+
+def knots_of(xs: np.ndarray, ys: np.ndarray, knots: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``knots`` (score, probability) points of an isotonic step function given by its thresholds ``xs``
+    (non-decreasing) and values ``ys`` (non-decreasing): the middle of each step, plus both ends, so that linear
+    interpolation rises between steps instead of jumping; rounded to 4 decimals, then made strictly increasing in
+    score and non-decreasing in probability (monotone by construction)."""
+    steps = np.flatnonzero(np.r_[True, np.diff(ys) > 0, True])  # the first threshold of each step, and the end
+    mids = [(xs[a] + xs[b - 1]) / 2 for a, b in zip(steps[:-1], steps[1:], strict=True)]
+    x = np.r_[xs[0], mids, xs[-1]]
+    p = np.r_[ys[0], ys[steps[:-1]], ys[-1]]
+    if len(x) > knots:  # keep both ends and evenly spaced steps between
+        keep = np.unique(np.round(np.linspace(0, len(x) - 1, max(2, knots))).astype(int))
+        x, p = x[keep], p[keep]
+    x, first = np.unique(np.round(x, 4), return_index=True)
+    p = np.maximum.accumulate(np.clip(np.round(p[first], 4), 0.0, 1.0))
+    return x, p
 
 
 def top_hits(sim: np.ndarray, relevant: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
