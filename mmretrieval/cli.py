@@ -97,6 +97,13 @@ def no_good_match_line(hits: Any) -> str:
             f"{hits.min_confidence:.3f} (calibration.min_confidence, --min-confidence); the nearest items anyway:")
 
 
+def add_confidence_flag(p: argparse.ArgumentParser) -> None:
+    """``mmr search --min-confidence``: the per-search ``no_good_match`` threshold."""
+    p.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                   help="say \"no good match\" when the best hit's confidence (probability of relevance, 0-1) is "
+                        "below P (default: calibration.min_confidence)")
+
+
 def _search(args: argparse.Namespace, settings: Any) -> int:
     """One search per text given (several amortise the model load); an image/audio query fuses with each text."""
     from mmretrieval.serving.client import RetrievalClient
@@ -119,12 +126,12 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
                 continue
             if not hits:
                 continue
-            if getattr(hits, "no_good_match", False):
-                print(no_good_match_line(hits))
             if len(texts) > 1 or args.image or args.audio:
                 parts = [f'"{text}"' if text else "", f"image {args.image}" if args.image else "",
                          f"audio {args.audio}" if args.audio else ""]
                 print("\nquery: " + terminal_safe(" + ".join(p for p in parts if p)))
+            if getattr(hits, "no_good_match", False):
+                print(no_good_match_line(hits))
             reranked = any(h.dual_score is not None for h in hits)
             if reranked:
                 print(f"(re-ranked by v{hits[0].model_version}'s cross-attention re-ranker: score = its logit, "
@@ -233,9 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "re-ranker (text queries; default: on at rerank.depth when the serving model has one that "
                         "passed its gate; 0: off)")
     p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
-    p.add_argument("--min-confidence", type=float, default=None, metavar="P",
-                   help="say \"no good match\" when the best hit's confidence (probability of relevance, 0-1) is "
-                        "below P (default: calibration.min_confidence)")
+    add_confidence_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object per hit, with its confidence and the "
                                                       "search's no_good_match")
 
