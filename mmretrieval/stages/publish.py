@@ -6,7 +6,8 @@ three tasks; :func:`run` runs all):
 1. :func:`build` creates the collection (state ``building``), inserts, indexes and loads it; the vectors of the
    modalities in ``index.centre`` are centred on their corpus mean first
    (:mod:`mmretrieval.evaluation.centring`), and the
-   means are stored on the collection for the queries;
+   means are stored on the collection for the queries, with the model version's score calibration
+   (:mod:`mmretrieval.evaluation.calibration`: the hits' ``confidence`` and ``no_good_match``);
 2. :func:`check` verifies it (row count, ANN recall@10 against exact search on a sample, a smoke query per
    modality) and sets state ``verified``;
 3. :func:`swap` points the serving alias at it and drops collections beyond ``index.keep_collections`` (never the
@@ -202,8 +203,9 @@ class _Publication:
         props = {STATE: BUILDING, "mmr.dataset": self.dataset, "mmr.model_name": t.ref.name,
                  "mmr.model_version": t.ref.version, "mmr.data_version": t.summary["data_version"],
                  "mmr.dim": str(t.summary["dim"]), "mmr.previous": serving or "",
-                 centring.PROPERTY: centre.to_property(),
-                 calibration.PROPERTY: calibration_of(self.settings, t.ref)}
+                 centring.PROPERTY: centre.to_property()}
+        if scores := calibration_of(self.settings, t.ref):  # a model evaluated before calibration existed has none
+            props[calibration.PROPERTY] = scores
         if t.summary.get("regions"):  # the re-ranker's region store of these embeddings (mmretrieval.stages.rerank)
             props[REGIONS] = t.summary["regions"]["path"]
         ix.create(t.name, int(t.summary["dim"]), props)

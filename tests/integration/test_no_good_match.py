@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
+from mmretrieval.core.errors import QueryError
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.calibration import PROPERTY, TAG, Calibration
 from mmretrieval.serving.client import RetrievalClient
@@ -85,6 +86,8 @@ def test_a_far_query_is_flagged_and_a_near_one_keeps_its_hits(calibrated: Settin
             assert hits.no_good_match and max(h.confidence for h in hits) < threshold, (text, hits[0])
             assert len(hits) == 4  # the nearest items are still there for whoever wants them
         assert not client.search(FAR[0], k=4, min_confidence=0.0).no_good_match  # per-search override
+        with pytest.raises(QueryError, match="min_confidence must be a number between 0 and 1, got 1.5"):
+            client.search(NEAR[0], min_confidence=1.5)
 
 
 def test_the_cli_prints_confidence_and_no_good_match(calibrated: Settings, capsys: pytest.CaptureFixture[str]) -> None:
