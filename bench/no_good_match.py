@@ -1,7 +1,7 @@
 """How well ``no_good_match`` tells unanswerable queries from answerable ones, through the serving client.
 
     MMR_HOME=/tmp/ws .venv/bin/python bench/no_good_match.py --dataset flickr \
-        [--no-answer bench/data/no_answer_queries.txt] [--min-confidence 0.03]
+        [--no-answer bench/data/no_answer_queries.txt] [--min-confidence 0.03] [--alternatives]
 
 Needs a workspace whose dataset is evaluated (so its model version carries a score calibration), promoted, embedded
 and published (e.g. after ``bench/train_quality.py ... --workspace DIR``: ``mmr promote``, ``mmr embed``,
@@ -63,11 +63,51 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
+def alternatives(dataset: str, none: list[str], some: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """Other scores a calibration could map, computed offline from the champion's embeddings (exact search over
+    every embedded item): per score, its ROC AUC (answerable vs no-answer) and the share of no-answer queries
+    flagged at the cut that keeps 95 % of answerable queries."""
+    import pandas as pd
+
+    from mmretrieval.backends import tracking
+    from mmretrieval.core.settings import get_settings
+    from mmretrieval.serving import loading
+
+    settings = get_settings()
+    ref = tracking.require_alias(settings, dataset, tracking.CHAMPION)
+    model = loading.load_model(settings, ref, "cpu")
+    folder = settings.layout(dataset).embeddings(ref.version)
+    emb = pd.concat([pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))], ignore_index=True)
+    vectors = np.stack(emb["vector"].to_numpy()).astype(np.float32)
+    mean = vectors.mean(axis=0)
+
+    def scores(texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        q = model.encode_texts(texts)
+        sim = q @ vectors.T
+        top = -np.sort(-sim, axis=1)
+        return {"top-1 cosine": top[:, 0], "top-1 minus the query's mean score": top[:, 0] - sim.mean(axis=1),
+                "top-1 minus query . corpus mean": top[:, 0] - q @ mean,
+                "z-score of top-1": (top[:, 0] - sim.mean(axis=1)) / sim.std(axis=1),
+                "top-1 minus mean of top 10": top[:, 0] - top[:, :10].mean(axis=1)}, sim
+
+    neg, _ = scores(none)
+    pos, sim = scores([q for _, q in some])
+    row = {i: j for j, i in enumerate(emb["id"])}
+    ok = np.array([row[item] in np.argsort(-sim[j])[:10] for j, (item, _) in enumerate(some)])
+    out = {}
+    for name in neg:
+        cut = float(np.quantile(pos[name][ok], 0.05, method="lower"))
+        out[name] = {"auc": round(auc(pos[name][ok], neg[name]), 4),
+                     "flagged_at_95pct_kept": round(float(np.mean(neg[name] < cut)), 4)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="flickr")
     ap.add_argument("--no-answer", type=Path, default=HERE / "data" / "no_answer_queries.txt")
     ap.add_argument("--min-confidence", type=float, help="threshold (default: the dataset's params)")
+    ap.add_argument("--alternatives", action="store_true", help="also score other no-match signals offline")
     args = ap.parse_args()
 
     from mmretrieval import RetrievalClient
@@ -101,6 +141,8 @@ def main() -> None:
         "unflagged_no_answer_examples": [r[1] for r in none if r[2] >= threshold][:10],
         "seconds": round(time.monotonic() - started, 1),
     }
+    if args.alternatives:
+        out["alternatives"] = alternatives(args.dataset, [r[1] for r in none], [(r[0], r[1]) for r in some])
     print(json.dumps(out, indent=1, ensure_ascii=False))
 
 

@@ -54,6 +54,14 @@ WhereValue = Annotated[str, Field(max_length=200), AfterValidator(_no_surrogates
 ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ITEM_ID, pattern=r"^[^\x00-\x1f\x7f]+$",
                                   description="the item's id (no control characters)")]
 
+NO_GOOD_MATCH = "X-No-Good-Match"  # response header of the search routes: true | false
+MIN_CONFIDENCE_DOC = (
+    "the `no_good_match` threshold (0..1) for this request: the search answers with the header "
+    f"`{NO_GOOD_MATCH}: true` when the best hit's `confidence` is below it; omitted: the dataset's "
+    "`calibration.min_confidence`")
+MinConfidence = Annotated[Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_not_bool)] | None,
+                          Field(description=MIN_CONFIDENCE_DOC)]
+
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -76,12 +84,6 @@ class SearchRequest(BaseModel):
     min_confidence: MinConfidence = None
 
 
-NO_GOOD_MATCH = "X-No-Good-Match"  # response header of the search routes: true | false
-MIN_CONFIDENCE_DOC = (
-    "the `no_good_match` threshold (0..1) for this request: the search answers with the header "
-    f"`{NO_GOOD_MATCH}: true` when the best hit's `confidence` is below it; omitted: the dataset's "
-    "`calibration.min_confidence`")
-MinConfidence = Annotated[float | None, Field(ge=0.0, le=1.0, description=MIN_CONFIDENCE_DOC)]
 SEARCH_OK = {200: {"description": "the hits, best first; each hit's `confidence` is the probability that it is "
                                   "relevant (null where the collection has no score calibration)",
                    "headers": {NO_GOOD_MATCH: {
