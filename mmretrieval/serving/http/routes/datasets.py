@@ -70,8 +70,8 @@ def dataset_routes(resolve: Callable[..., DatasetState], op: str = "") -> APIRou
                      labels: Annotated[list[Label], Form(max_length=MAX_REQUEST_LABELS)] = [],  # noqa: B006
                      where: Annotated[Text, Form(max_length=MAX_WHERE_FORM, description="JSON object of metadata "
                                                  "key/value pairs")] = "",
-                     min_confidence: Annotated[float | None, Form(ge=0.0, le=1.0,
-                                                                  description=MIN_CONFIDENCE_DOC)] = None
+                     min_confidence: Annotated[float, Form(ge=0.0, le=1.0, description=MIN_CONFIDENCE_DOC)
+                                               ] = None,  # type: ignore[assignment]  # absent: None (no "null")
                      ) -> list[Hit]:
         """Nearest items to an uploaded image or audio clip (optionally fused with a text)."""
         return search.flagged(response, search.upload(service, state, file, text, k, modality or None, fusion,
