@@ -6,6 +6,7 @@ Query vectors of a modality the collection was centred on (``mmr.centre``) are c
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
-from mmretrieval.core.errors import IndexStoreError, MediaError, MMRError, QueryError
+from mmretrieval.core.errors import CalibrationError, IndexStoreError, MediaError, MMRError, QueryError
 from mmretrieval.core.schema import MODALITIES
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.calibration import PROPERTY as CALIBRATION_PROPERTY
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
     from mmretrieval.models.dual_encoder import RetrievalModel
 
+log = logging.getLogger(__name__)
 MAX_K = 1000
 FUSIONS = ("vector", "late")
 FUSION_DEPTH = 4  # late fusion: candidates per query part, as a multiple of k
@@ -264,10 +266,15 @@ class RetrievalClient:
         return float(value)
 
     def calibration(self, collection: str) -> Calibration:
-        """The score calibration published with ``collection`` (empty for a collection without one; cached)."""
+        """The score calibration published with ``collection`` (cached); empty for a collection without one, or with
+        one that does not parse (logged: its searches go on, without confidences)."""
         if collection not in self._calibrations:
             raw = self.index.properties(collection).get(CALIBRATION_PROPERTY)
-            self._calibrations[collection] = Calibration.from_json(raw, f"collection {collection!r}")
+            try:
+                self._calibrations[collection] = Calibration.from_json(raw, f"collection {collection!r}")
+            except CalibrationError as e:
+                log.warning("%s: hits get no confidence and no no_good_match", e)
+                self._calibrations[collection] = Calibration()
         return self._calibrations[collection]
 
     def _confidences(self, collection: str, query: Query, hits: list[dict[str, Any]]) -> list[float | None]:

@@ -115,3 +115,16 @@ def test_params_bound_the_threshold_and_the_minimum() -> None:
         CalibrationParams(min_confidence=1.5)
     with pytest.raises(ValidationError):
         CalibrationParams(min_queries=0)
+
+
+def test_serving_reads_an_unreadable_calibration_as_none_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from mmretrieval.evaluation.calibration import PROPERTY
+    from mmretrieval.serving.client import RetrievalClient
+
+    client = RetrievalClient.__new__(RetrievalClient)  # only what calibration() reads: the collection's properties
+    client._calibrations = {}
+    client.index = SimpleNamespace(properties=lambda name: {PROPERTY: "{not json"})
+    assert client.calibration("mmr_x__m1") == Calibration()  # searches go on, without confidences
+    assert "collection 'mmr_x__m1' has an unreadable mmr.calibration" in caplog.text
