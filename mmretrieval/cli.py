@@ -84,6 +84,27 @@ def _dataset(args: argparse.Namespace, settings: Any) -> str:
     return names[0]
 
 
+def hit_json(hit: Any, hits: Any) -> str:
+    """One line of ``mmr search --json``: the hit (with its ``confidence``) and its search's ``no_good_match``."""
+    from dataclasses import asdict
+
+    return json.dumps({**asdict(hit), "no_good_match": bool(getattr(hits, "no_good_match", False))},
+                      ensure_ascii=False)
+
+
+def no_good_match_line(hits: Any) -> str:
+    """What the plain ``mmr search`` prints above the hits of a search flagged ``no_good_match``."""
+    return (f"no good match: the best hit's confidence {max(h.confidence or 0.0 for h in hits):.3f} is below "
+            f"{hits.min_confidence:.3f} (calibration.min_confidence, --min-confidence); the nearest items anyway:")
+
+
+def add_confidence_flag(p: argparse.ArgumentParser) -> None:
+    """``mmr search --min-confidence``: the per-search ``no_good_match`` threshold."""
+    p.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                   help="say \"no good match\" when the best hit's confidence (probability of relevance, 0-1) is "
+                        "below P (default: calibration.min_confidence)")
+
+
 def _search(args: argparse.Namespace, settings: Any) -> int:
     """One search per text given (several amortise the model load); an image/audio query fuses with each text."""
     from mmretrieval.serving.client import RetrievalClient
@@ -96,13 +117,13 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
         for text in texts:
             hits = client.search(text=text, image=args.image, audio=args.audio, k=args.k, modality=args.modality,
                                  filter=args.filter or "", labels=args.label or [], where=where,
-                                 fusion=args.fusion, rerank=args.rerank)
+                                 fusion=args.fusion, rerank=args.rerank, min_confidence=args.min_confidence)
             if not hits:  # say so: an empty table cannot tell a too narrow filter from a bug
                 print("mmr: no hits: nothing in the collection matches the query's restrictions (--modality, "
                       "--label, --where, --filter)", file=sys.stderr)
             if args.json:
                 for h in hits:
-                    print(json_safe(h.to_json()))
+                    print(json_safe(hit_json(h, hits)))
                 continue
             if not hits:
                 continue
@@ -110,6 +131,8 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
                 parts = [f'"{text}"' if text else "", f"image {args.image}" if args.image else "",
                          f"audio {args.audio}" if args.audio else ""]
                 print("\nquery: " + terminal_safe(" + ".join(p for p in parts if p)))
+            if getattr(hits, "no_good_match", False):
+                print(no_good_match_line(hits))
             reranked = any(h.dual_score is not None for h in hits)
             if reranked:
                 print(f"(re-ranked by v{hits[0].model_version}'s cross-attention re-ranker: score = its logit, "
@@ -218,7 +241,9 @@ def _search_parser(sub: Any) -> None:
                         "re-ranker (text queries; default: on at rerank.depth when the serving model has one that "
                         "passed its gate; 0: off)")
     p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
-    p.add_argument("--json", action="store_true", help="one JSON object per hit")
+    add_confidence_flag(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per hit, with its confidence and the "
+                                                      "search's no_good_match")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ Every error is an :class:`MMRError` and also subclasses the builtin it resembles
     │   └── ModelNotFoundError (LookupError)   no such registered model, version or alias
     ├── ModelError             (RuntimeError)  a model that cannot be built, loaded or used as asked
     ├── TrainingError          (RuntimeError)  training cannot run or diverged (NaN loss, empty split)
+    ├── CalibrationError       (ValueError)    a score calibration refused (too few queries) or unreadable
     ├── IndexStoreError        (RuntimeError)  Milvus problems
     │   └── AliasNotFoundError (LookupError)   no collection behind a serving alias
     ├── PublishError           (RuntimeError)  a new collection failed its checks; the alias was left alone
@@ -110,6 +111,10 @@ class ModelError(MMRError, RuntimeError):
 
 class TrainingError(MMRError, RuntimeError):
     """Training cannot run (empty split) or diverged (NaN loss)."""
+
+
+class CalibrationError(MMRError, ValueError):
+    """A score calibration that cannot be fitted (too few test queries, labels all alike) or read back."""
 
 
 class IndexStoreError(MMRError, RuntimeError):

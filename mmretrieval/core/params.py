@@ -336,6 +336,16 @@ class CacheParams(Section):
         return value.strip()
 
 
+class CalibrationParams(Section):
+    """Score calibration and "no good match" (:mod:`mmretrieval.evaluation.calibration`)."""
+
+    min_queries: Whole = Field(50, ge=1)  # the evaluate stage fits no calibration of a query modality pair with
+    # fewer test queries (recorded as uncalibrated, with the reason): serving then gives no confidence
+    top_k: Whole = Field(10, ge=1, le=1000)  # hits per test query the calibration is fitted on
+    min_confidence: Share = 0.05  # no_good_match when the best hit's confidence (probability of relevance) is below;
+    # a search may override it (min_confidence=, --min-confidence, the request's `min_confidence`)
+
+
 with warnings.catch_warnings():  # the section `validate` shadows BaseModel.validate (deprecated since pydantic 2)
     warnings.filterwarnings("ignore", 'Field name "validate"', UserWarning)
 
@@ -355,6 +365,7 @@ with warnings.catch_warnings():  # the section `validate` shadows BaseModel.vali
         distill: DistillParams = DistillParams()
         index: IndexParams = IndexParams()
         cache: CacheParams = CacheParams()
+        calibration: CalibrationParams = CalibrationParams()
         overrides: dict[str, dict[str, Any]] = {}
 
         def for_dataset(self, dataset: str) -> Params:

@@ -6,6 +6,7 @@ Query vectors of a modality the collection was centred on (``mmr.centre``) are c
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
-from mmretrieval.core.errors import IndexStoreError, MediaError, MMRError, QueryError
+from mmretrieval.core.errors import CalibrationError, IndexStoreError, MediaError, MMRError, QueryError
 from mmretrieval.core.schema import MODALITIES
 from mmretrieval.core.settings import Settings, get_settings
+from mmretrieval.evaluation.calibration import PROPERTY as CALIBRATION_PROPERTY
+from mmretrieval.evaluation.calibration import Calibration, decide
 from mmretrieval.evaluation.centring import PROPERTY as CENTRE_PROPERTY
 from mmretrieval.evaluation.centring import Centring
 from mmretrieval.media.text import normalize_text
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
     from mmretrieval.models.dual_encoder import RetrievalModel
 
+log = logging.getLogger(__name__)
 MAX_K = 1000
 FUSIONS = ("vector", "late")
 FUSION_DEPTH = 4  # late fusion: candidates per query part, as a multiple of k
@@ -53,6 +57,8 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
     best_time_s: float | None = None  # video hits: time (seconds) of the sampled frame nearest to the query
     dual_score: float | None = None  # with re-ranking: the dual encoder's cosine (``score`` is the re-ranker's)
+    confidence: float | None = None  # probability that the hit is relevant (the collection's score calibration);
+    # None without one (docs/serving.md#no-good-match)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -116,6 +122,18 @@ class Query:
         return build_filter(modality, self.filter, self.labels, self.where)
 
 
+class SearchHits(list):  # noqa: FURB189 - a list that keeps list's API for callers of search()
+    """The hits of a search, best first (a ``list`` of :class:`Hit`), and whether none of them is a good match.
+
+    ``no_good_match``: the best hit's ``confidence`` is below ``min_confidence`` (False when no hit has a
+    confidence: an uncalibrated collection, a multi-part query).
+    """
+
+    def __init__(self, hits: Sequence[Hit] = (), no_good_match: bool = False, min_confidence: float = 0.0) -> None:
+        super().__init__(hits)
+        self.no_good_match, self.min_confidence = no_good_match, min_confidence
+
+
 class RetrievalClient:
     """Search one serving alias. ``RetrievalClient("demo")`` uses the configured Milvus and MLflow."""
 
@@ -131,6 +149,7 @@ class RetrievalClient:
         self._versions: dict[str, tracking.ModelRef] = {}  # collection -> the registered version that built it
         self._rerankers: dict[str, tuple[Any, Any] | None] = {}  # collection -> (re-ranker, region store) or None
         self._no_rerank: dict[str, str] = {}  # collection -> why it has no usable re-ranker
+        self._calibrations: dict[str, Calibration] = {}  # collection -> its score calibration (maybe empty)
 
     def close(self) -> None:
         self.index.close()
@@ -191,7 +210,8 @@ class RetrievalClient:
     def search(self, text: str | None = None, image: Any = None, audio: Any = None, *, k: int = 10,
                modality: str | None = None, filter: str = "", labels: Sequence[str] = (),
                where: Mapping[str, str] | None = None, weights: dict[str, float] | None = None,
-               fusion: str = "vector", rerank: int | None = None) -> list[Hit]:
+               fusion: str = "vector", rerank: int | None = None, min_confidence: float | None = None
+               ) -> SearchHits:
         """The ``k`` (1..:data:`MAX_K`) nearest items to the query, best first; fewer only when fewer items match.
 
         ``image`` is a path, raw bytes or a PIL image (decoded by :func:`mmretrieval.media.image.open_image`); ``audio``
@@ -211,21 +231,61 @@ class RetrievalClient:
         it); 0: off. A positive value below k, or one asked of a model or
         query without re-ranking, raises :class:`QueryError`.
 
+        Each hit of a one-part query gets ``confidence``, the probability that it is relevant from the collection's
+        score calibration (:mod:`mmretrieval.evaluation.calibration`; from ``dual_score`` when re-ranked), and the
+        result's ``no_good_match`` is True when the best confidence is below ``min_confidence`` (0..1; None:
+        ``calibration.min_confidence``). Without a calibration: confidences None, ``no_good_match`` False.
+
         Raises :class:`QueryError` for a bad request (a filter Milvus cannot parse included: no retry),
         :class:`MediaError` for a query file that cannot be used, :class:`IndexStoreError` for Milvus failures.
         """
         query = Query.checked(text, image, audio, k=k, modality=modality, filter=filter, labels=labels, where=where,
                               weights=weights, fusion=fusion, rerank=rerank)
+        threshold = self._min_confidence(min_confidence)
         collection = self.index.require_alias(self.alias)
         model, centre = self._model_for(collection)
         parts = self._encode(query, model, centre)
         vector = sum(weight * v for weight, v in parts)
         hits = self._nearest(collection, model, query, parts, vector)
-        return [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
-                    text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
-                    data_version=h["data_version"], **_moment(h.get("metadata") or {}, vector),
-                    dual_score=round(h["dual_score"], 6) if "dual_score" in h else None)
-                for r, h in enumerate(hits, start=1)]
+        confidences = self._confidences(collection, query, hits)
+        found = [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
+                     text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
+                     data_version=h["data_version"], **_moment(h.get("metadata") or {}, vector),
+                     dual_score=round(h["dual_score"], 6) if "dual_score" in h else None,
+                     confidence=None if c is None else round(c, 4))
+                 for r, (h, c) in enumerate(zip(hits, confidences, strict=True), start=1)]
+        return SearchHits(found, decide(confidences, threshold), threshold)
+
+    def _min_confidence(self, value: Any) -> float:
+        """The ``no_good_match`` threshold of a search: ``value`` (a number in 0..1) or the dataset's
+        ``calibration.min_confidence``; raises :class:`QueryError` naming a bad value."""
+        if value is None:
+            return float(self.settings.params_for(self.dataset).calibration.min_confidence)
+        if not _finite(value) or not 0.0 <= float(value) <= 1.0:
+            raise QueryError(f"min_confidence must be a number between 0 and 1, got {value!r}")
+        return float(value)
+
+    def calibration(self, collection: str) -> Calibration:
+        """The score calibration published with ``collection`` (cached); empty for a collection without one, or with
+        one that does not parse (logged: its searches go on, without confidences)."""
+        if collection not in self._calibrations:
+            raw = self.index.properties(collection).get(CALIBRATION_PROPERTY)
+            try:
+                self._calibrations[collection] = Calibration.from_json(raw, f"collection {collection!r}")
+            except CalibrationError as e:
+                log.warning("%s: hits get no confidence and no no_good_match", e)
+                self._calibrations[collection] = Calibration()
+        return self._calibrations[collection]
+
+    def _confidences(self, collection: str, query: Query, hits: list[dict[str, Any]]) -> list[float | None]:
+        """Each hit's probability of relevance (its dual encoder cosine through the collection's calibration of the
+        query's modality against the hit's); None for all of a multi-part query's hits."""
+        kinds = [m for m, part in (("text", query.text), ("image", query.image), ("audio", query.audio))
+                 if part is not None]
+        calibration = self.calibration(collection)
+        if len(kinds) != 1 or not calibration.curves:
+            return [None] * len(hits)
+        return [calibration.confidence(kinds[0], h["modality"], h.get("dual_score", h["score"])) for h in hits]
 
     def query_image_side(self) -> int:
         """The short side (pixels) the serving model resizes a query image to: an image decoded with at least twice

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmretrieval.backends import tracking
 from mmretrieval.backends.locks import per_dataset
@@ -27,11 +27,17 @@ from mmretrieval.core.io import write_json
 from mmretrieval.core.layout import read_clean
 from mmretrieval.core.schema import Split, read_manifest
 from mmretrieval.core.settings import Settings, get_settings
+from mmretrieval.evaluation.calibration import TAG, summary
+from mmretrieval.evaluation.calibration import from_evaluation as calibrate_scored
 from mmretrieval.evaluation.evaluator import RetrievalEvaluator, metrics_summary
 from mmretrieval.evaluation.modes import SEPARATOR, VECTOR, prefixed, ranking_metrics
 from mmretrieval.evaluation.queries import QuerySet, read_queries
 from mmretrieval.serving import loading
 from mmretrieval.serving.modes import MODES, Gallery, ModeContext, rankers
+
+if TYPE_CHECKING:
+    from mmretrieval.core.params import CalibrationParams
+    from mmretrieval.evaluation.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,7 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     result: dict[str, Any] = {"dataset": dataset, "data_version": data_version, "split": "test",
                               "test_items": int(len(frame))}
     figures: dict[str, Path] = {}
+    calibration = None
     out = layout.reports
     out.mkdir(parents=True, exist_ok=True)
     for alias in (tracking.CHALLENGER, tracking.CHAMPION):
@@ -74,6 +81,9 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
         if alias == tracking.CHALLENGER:
             from mmretrieval.evaluation.report import recall_curve_png, retrieval_grid_png
 
+            calibration = calibrate(per_modality, params.calibration)
+            result["calibration"] = summary(calibration)
+
             for modality, scored in per_modality.items():
                 figures[f"{modality}: recall@K curve"] = recall_curve_png(
                     out / f"recall_curve_{modality}.png", scored.sim, scored.eval_set, media=modality)
@@ -89,6 +99,8 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     tracking.log_run(settings, challenger["run_id"], metrics={f"test_{k}": v for k, v in challenger["metrics"].items()},
                      artifacts=[layout.evaluation_latest, html, *figures.values()])
     registered = tracking.get_version(settings, settings.registered_model(dataset), challenger["version"])
+    if calibration is not None:  # publish copies it onto the collection (mmretrieval.evaluation.calibration)
+        tracking.tag_version(settings, registered, {TAG: calibration.to_json()})
     tracking.describe_version(settings, registered,
                               test_metrics=metrics_summary(challenger["metrics"], params.gate.metric))
     log.info("evaluate %s: challenger v%s %s", dataset, challenger["version"],
@@ -96,6 +108,15 @@ def run(dataset: str, settings: Settings | None = None, version: str | None = No
     return EvaluateResult(dataset, challenger["version"], challenger["version"],
                           (result[tracking.CHAMPION] or {}).get("version"),
                           {k: round(v, 4) for k, v in challenger["metrics"].items()}, str(layout.evaluation_latest))
+
+
+def calibrate(per_modality: dict[str, Any], params: CalibrationParams) -> Calibration:
+    """The challenger's score calibration from its test scores (a pair with too few queries is recorded as
+    uncalibrated with the reason, never an error: docs/serving.md#no-good-match)."""
+    calibration = calibrate_scored(per_modality, top_k=params.top_k, min_queries=params.min_queries)
+    for key, why in calibration.uncalibrated.items():
+        log.warning("evaluate: %s left uncalibrated (no confidence, no no_good_match at serving): %s", key, why)
+    return calibration
 
 
 def evaluate_manifest(dataset: str, manifest: Path, settings: Settings | None = None,

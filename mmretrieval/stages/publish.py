@@ -6,7 +6,8 @@ three tasks; :func:`run` runs all):
 1. :func:`build` creates the collection (state ``building``), inserts, indexes and loads it; the vectors of the
    modalities in ``index.centre`` are centred on their corpus mean first
    (:mod:`mmretrieval.evaluation.centring`), and the
-   means are stored on the collection for the queries;
+   means are stored on the collection for the queries, with the model version's score calibration
+   (:mod:`mmretrieval.evaluation.calibration`: the hits' ``confidence`` and ``no_good_match``);
 2. :func:`check` verifies it (row count, ANN recall@10 against exact search on a sample, a smoke query per
    modality) and sets state ``verified``;
 3. :func:`swap` points the serving alias at it and drops collections beyond ``index.keep_collections`` (never the
@@ -37,6 +38,7 @@ from mmretrieval.backends.regions import REGIONS
 from mmretrieval.core.contracts import Pinned, PublishResult
 from mmretrieval.core.errors import (
     AliasNotFoundError,
+    CalibrationError,
     DataChangedError,
     IndexStoreError,
     PinnedInputChanged,
@@ -47,7 +49,7 @@ from mmretrieval.core.layout import read_clean
 from mmretrieval.core.params import IndexParams
 from mmretrieval.core.progress import progress
 from mmretrieval.core.settings import Settings, get_settings
-from mmretrieval.evaluation import centring
+from mmretrieval.evaluation import calibration, centring
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -202,6 +204,8 @@ class _Publication:
                  "mmr.model_version": t.ref.version, "mmr.data_version": t.summary["data_version"],
                  "mmr.dim": str(t.summary["dim"]), "mmr.previous": serving or "",
                  centring.PROPERTY: centre.to_property()}
+        if scores := calibration_of(self.settings, t.ref):  # a model evaluated before calibration existed has none
+            props[calibration.PROPERTY] = scores
         if t.summary.get("regions"):  # the re-ranker's region store of these embeddings (mmretrieval.stages.rerank)
             props[REGIONS] = t.summary["regions"]["path"]
         ix.create(t.name, int(t.summary["dim"]), props)
@@ -305,6 +309,21 @@ def run(dataset: str, settings: Settings | None = None, pinned: Pinned | None = 
     return PublishResult(dataset, t.alias, t.name, swapped["changed"], swapped["previous"], t.ref.name,
                          t.ref.version, t.summary["data_version"], checks, swapped["dropped"],
                          round(time.monotonic() - started, 2))
+
+
+def calibration_of(settings: Settings, ref: tracking.ModelRef) -> str:
+    """The score calibration the evaluate stage recorded on model version ``ref`` (its JSON, checked), for the
+    collection's :data:`~mmretrieval.evaluation.calibration.PROPERTY`; empty when it has none (evaluated before
+    calibration existed) or it does not parse (logged): the collection then serves without confidences."""
+    raw = tracking.version_tags(settings, ref).get(calibration.TAG, "")
+    try:
+        calibration.Calibration.from_json(raw, f"{ref.uri}'s {calibration.TAG!r} tag")
+    except CalibrationError as e:
+        log.warning("publish: %s; the collection serves without confidences", e)
+        return ""
+    if not raw:
+        log.info("publish: %s has no score calibration: hits get no confidence, no no_good_match", ref.uri)
+    return raw
 
 
 def regions_missing(props: dict[str, Any], summary: dict[str, Any]) -> bool:

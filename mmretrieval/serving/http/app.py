@@ -26,7 +26,7 @@ from mmretrieval.serving.http.policy import SecurityHeaders
 from mmretrieval.serving.http.routes import monitoring, page
 from mmretrieval.serving.http.routes.datasets import dataset_routes
 from mmretrieval.serving.http.routes.datasets import router as listing
-from mmretrieval.serving.http.schemas import errors
+from mmretrieval.serving.http.schemas import NO_GOOD_MATCH, errors
 from mmretrieval.serving.http.state import Service
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def create_app(datasets: str | Sequence[str], settings: Settings | None = None,
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["X-API-Key", "Content-Type", "X-Request-ID"], max_age=600)
+                           allow_headers=["X-API-Key", "Content-Type", "X-Request-ID"],
+                           expose_headers=[NO_GOOD_MATCH], max_age=600)
     app.add_middleware(BodyLimit, json_bytes=config.max_json_bytes, upload_bytes=config.max_upload_bytes)
     app.add_middleware(InFlightLimit, limit=config.max_in_flight)
     app.add_middleware(NoKeyInQuery)

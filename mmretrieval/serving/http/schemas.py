@@ -21,7 +21,8 @@ MAX_WHERE = 16
 MAX_WHERE_FORM = 4000  # characters of the upload form's `where` (a JSON object)
 MAX_ITEM_ID = 256
 WHERE_KEY = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-UPLOAD_FIELDS = frozenset({"file", "text", "k", "modality", "fusion", "filter", "labels", "where"})  # its form
+UPLOAD_FIELDS = frozenset({"file", "text", "k", "modality", "fusion", "filter", "labels", "where",
+                           "min_confidence"})  # its form
 Modality = Literal["text", "image", "audio", "video"]
 Fusion = Literal["vector", "late"]
 
@@ -53,6 +54,14 @@ WhereValue = Annotated[str, Field(max_length=200), AfterValidator(_no_surrogates
 ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ITEM_ID, pattern=r"^[^\x00-\x1f\x7f]+$",
                                   description="the item's id (no control characters)")]
 
+NO_GOOD_MATCH = "X-No-Good-Match"  # response header of the search routes: true | false
+MIN_CONFIDENCE_DOC = (
+    "the `no_good_match` threshold (0..1) for this request: the search answers with the header "
+    f"`{NO_GOOD_MATCH}: true` when the best hit's `confidence` is below it; omitted: the dataset's "
+    "`calibration.min_confidence`")
+MinConfidence = Annotated[Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_not_bool)] | None,
+                          Field(description=MIN_CONFIDENCE_DOC)]
+
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -72,6 +81,16 @@ class SearchRequest(BaseModel):
         "re-rank the dual encoder's top N images with the serving model's cross-attention re-ranker (N >= k; hits "
         "then carry `dual_score`); 0: off; omitted: on at the configured depth when the model has a re-ranker that "
         "passed its gate and the search is over images"))
+    min_confidence: MinConfidence = None
+
+
+SEARCH_OK = {200: {"description": "the hits, best first; each hit's `confidence` is the probability that it is "
+                                  "relevant (null where the collection has no score calibration)",
+                   "headers": {NO_GOOD_MATCH: {
+                       "description": "`true` when even the best hit is unlikely to be relevant (its confidence is "
+                                      "below the threshold): show \"no good match\" rather than the hits; `false` "
+                                      "otherwise, and always where the collection has no calibration",
+                       "schema": {"type": "string", "enum": ["true", "false"]}}}}}
 
 
 class FieldError(BaseModel):

@@ -17,6 +17,8 @@ from mmretrieval.serving.http.schemas import (
     MAX_REQUEST_FILTER_CHARS,
     MAX_REQUEST_LABELS,
     MAX_WHERE_FORM,
+    MIN_CONFIDENCE_DOC,
+    SEARCH_OK,
     DatasetInfo,
     Fusion,
     ItemId,
@@ -48,15 +50,16 @@ def dataset_routes(resolve: Callable[..., DatasetState], op: str = "") -> APIRou
         """What the serving alias points to: collection, model and data version, rows."""
         return state.client.info()
 
-    @routes.post("/search", response_model=list[Hit], operation_id=f"{op}search", responses=errors(404, 422, 503))
-    def search_route(req: SearchRequest, state: Dataset, service: ServiceDep) -> list[Hit]:
+    @routes.post("/search", response_model=list[Hit], operation_id=f"{op}search",
+                 responses={**SEARCH_OK, **errors(404, 422, 503)})
+    def search_route(req: SearchRequest, state: Dataset, service: ServiceDep, response: Response) -> list[Hit]:
         """Nearest items to a text query."""
-        return search.search(service, state, req)
+        return search.flagged(response, search.search(service, state, req))
 
     @routes.post("/search/upload", response_model=list[Hit], dependencies=[Depends(search.upload_fields)],
-                 operation_id=f"{op}search_upload", responses=errors(404, 415, 422, 503))
+                 operation_id=f"{op}search_upload", responses={**SEARCH_OK, **errors(404, 415, 422, 503)})
     def upload_route(file: Annotated[UploadFile, File(description="an image or audio file")],
-                     state: Dataset, service: ServiceDep,
+                     state: Dataset, service: ServiceDep, response: Response,
                      text: Annotated[Text | None, Form(min_length=1, max_length=MAX_TEXT,
                                                        description="text to fuse with the file")] = None,
                      k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
@@ -66,9 +69,13 @@ def dataset_routes(resolve: Callable[..., DatasetState], op: str = "") -> APIRou
                      filter: Annotated[Text, Form(max_length=MAX_REQUEST_FILTER_CHARS)] = "",
                      labels: Annotated[list[Label], Form(max_length=MAX_REQUEST_LABELS)] = [],  # noqa: B006
                      where: Annotated[Text, Form(max_length=MAX_WHERE_FORM, description="JSON object of metadata "
-                                                 "key/value pairs")] = "") -> list[Hit]:
+                                                 "key/value pairs")] = "",
+                     min_confidence: Annotated[float, Form(ge=0.0, le=1.0, description=MIN_CONFIDENCE_DOC)
+                                               ] = None,  # type: ignore[assignment]  # absent: None (no "null")
+                     ) -> list[Hit]:
         """Nearest items to an uploaded image or audio clip (optionally fused with a text)."""
-        return search.upload(service, state, file, text, k, modality or None, fusion, filter, labels, where)
+        return search.flagged(response, search.upload(service, state, file, text, k, modality or None, fusion,
+                                                      filter, labels, where, min_confidence))
 
     @routes.get("/items/{item_id}/thumbnail", operation_id=f"{op}thumbnail", response_class=Response,
                 responses={**JPEG, **errors(404, 422, 503)})

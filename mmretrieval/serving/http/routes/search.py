@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import re
 
-from fastapi import HTTPException, Request, UploadFile
+from fastapi import HTTPException, Request, Response, UploadFile
 
-from mmretrieval.serving.client import Hit
+from mmretrieval.serving.client import Hit, SearchHits
 from mmretrieval.serving.http.checks import filter_problem, image_header_problem
 from mmretrieval.serving.http.schemas import (
     AUDIO_TYPES,
     IMAGE_TYPES,
     MAX_WHERE,
+    NO_GOOD_MATCH,
     UPLOAD_FIELDS,
     WHERE_KEY,
     SearchRequest,
@@ -24,11 +25,19 @@ def search(service: Service, state: DatasetState, req: SearchRequest) -> list[Hi
     """Nearest items to a text query (400: a filter too complex to run)."""
     check_filter(req.filter)
     return service.search(state, text=req.text, k=req.k, modality=req.modality, filter=req.filter,
-                          labels=req.labels, where=req.where, rerank=req.rerank)
+                          labels=req.labels, where=req.where, rerank=req.rerank, min_confidence=req.min_confidence)
+
+
+def flagged(response: Response, hits: list[Hit]) -> list[Hit]:
+    """``hits`` unchanged, with the :data:`~mmretrieval.serving.http.schemas.NO_GOOD_MATCH` header saying whether
+    even the best of them is unlikely to be relevant (:class:`~mmretrieval.serving.client.SearchHits`)."""
+    response.headers[NO_GOOD_MATCH] = "true" if getattr(hits, "no_good_match", False) else "false"
+    return list(hits) if isinstance(hits, SearchHits) else hits
 
 
 def upload(service: Service, state: DatasetState, file: UploadFile, text: str | None, k: int, modality: str | None,
-           fusion: str, filter: str, labels: list[str], where: str) -> list[Hit]:
+           fusion: str, filter: str, labels: list[str], where: str, min_confidence: float | None = None
+           ) -> list[Hit]:
     """Nearest items to an uploaded image or audio clip (optionally fused with ``text``), checked in this order:
     415 content type, 400 filter, 400 ``where`` (a JSON object), 413 file size, 400 empty file, 400 image header."""
     ctype = (file.content_type or "").split(";", 1)[0].strip().lower()
@@ -43,7 +52,8 @@ def upload(service: Service, state: DatasetState, file: UploadFile, text: str | 
         raise HTTPException(413, f"the uploaded file is larger than {limit} bytes")
     if not data:
         raise HTTPException(400, "the uploaded file is empty")
-    query = dict(text=text, k=k, modality=modality, fusion=fusion, filter=filter, labels=labels, where=where_map)
+    query = dict(text=text, k=k, modality=modality, fusion=fusion, filter=filter, labels=labels, where=where_map,
+                 min_confidence=min_confidence)
     if ctype in AUDIO_TYPES:
         return service.search(state, audio=data, **query)
     vp = service.settings.params_for(state.name).validate

@@ -4,7 +4,7 @@
   const $ = (id) => document.getElementById(id);
   const form = $("search"), q = $("q"), file = $("file"), drop = $("drop"), dropLabel = $("drop-label");
   const clearFile = $("clear-file"), status = $("status"), results = $("results"), key = $("key");
-  const datasetSelect = $("dataset");
+  const datasetSelect = $("dataset"), noMatch = $("no-match"), showAnyway = $("show-anyway");
   let chosen = null;  // the File to search with, if any
   const thumbs = [];  // object URLs to release on the next search
 
@@ -106,6 +106,9 @@
     const rows = [["label", hit.label || "–"], ["score", hit.score.toFixed(4)], ["modality", hit.modality],
       ["id", hit.id], ["collection", hit.collection], ["model", `v${hit.model_version}`],
       ["data", String(hit.data_version).slice(0, 12)]];
+    if (hit.confidence !== null && hit.confidence !== undefined) {  // the collection's score calibration
+      rows.splice(2, 0, ["confidence", hit.confidence.toFixed(3)]);
+    }
     if (hit.best_time_s !== null && hit.best_time_s !== undefined) {  // video: where in the clip the query matched
       rows.splice(2, 0, ["best at", `${hit.best_time_s.toFixed(1)} s`]);
     }
@@ -143,13 +146,18 @@
       });
     }
     say("Searching…");
+    noMatch.hidden = true;
     $("go").disabled = true;
     try {
-      const hits = await (await request).json();
+      const response = await request;
+      const hits = await response.json();
+      const flagged = response.headers.get("X-No-Good-Match") === "true";  // the best hit is unlikely relevant
       thumbs.splice(0).forEach((url) => URL.revokeObjectURL(url));
-      results.replaceChildren(...hits.map(card));
-      say(`${hits.length} result${hits.length === 1 ? "" : "s"}` +
-          (chosen ? ` for ${chosen.name}` : "") + (text ? ` for “${text}”` : ""));
+      noMatch.hidden = !flagged;
+      results.replaceChildren(...(flagged ? [] : hits.map(card)));
+      showAnyway.onclick = () => { noMatch.hidden = true; results.replaceChildren(...hits.map(card)); };
+      const what = (chosen ? ` for ${chosen.name}` : "") + (text ? ` for “${text}”` : "");
+      say(flagged ? `No good match${what}` : `${hits.length} result${hits.length === 1 ? "" : "s"}${what}`);
     } catch (err) {
       say(err.message, true);
     } finally {
