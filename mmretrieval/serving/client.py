@@ -21,7 +21,7 @@ from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.centring import PROPERTY as CENTRE_PROPERTY
 from mmretrieval.evaluation.centring import Centring
 from mmretrieval.media.text import normalize_text
-from mmretrieval.serving import loading
+from mmretrieval.serving import hybrid, loading
 from mmretrieval.serving.filters import build_filter
 
 if TYPE_CHECKING:
@@ -73,11 +73,12 @@ class Query:
     weights: Mapping[str, float]
     fusion: str
     rerank: int | None
+    mode: str | None = None  # vector | keyword | hybrid (mmretrieval.serving.hybrid); None: index.search_mode
 
     @classmethod
     def checked(cls, text: str | None, image: Any, audio: Any, *, k: Any, modality: str | None, filter: str,
                 labels: Sequence[str], where: Mapping[str, str] | None, weights: Mapping[str, float] | None,
-                fusion: str, rerank: Any) -> Query:
+                fusion: str, rerank: Any, mode: str | None = None) -> Query:
         """The request with ``k`` and ``rerank`` as ints and the text normalised
         (:func:`~mmretrieval.media.text.normalize_text`); raises :class:`QueryError` naming
         the first bad argument and its value (whether a rerank depth suits k and the model is checked at search)."""
@@ -108,8 +109,10 @@ class Query:
             raise QueryError("give a text, image or audio query")
         if fusion not in FUSIONS:
             raise QueryError(f"unknown fusion {fusion!r}; use one of {list(FUSIONS)}")
+        if mode is not None:
+            check_query_mode(mode, text, rerank)
         return cls(text, image, audio, int(k), modality, filter, labels, where, weights or {}, fusion,
-                   None if rerank is None else int(rerank))
+                   None if rerank is None else int(rerank), mode)
 
     def restriction(self, modality: str | None) -> str:
         """The Milvus filter expression of this request's restrictions, with ``modality`` as the modality one."""
@@ -191,7 +194,7 @@ class RetrievalClient:
     def search(self, text: str | None = None, image: Any = None, audio: Any = None, *, k: int = 10,
                modality: str | None = None, filter: str = "", labels: Sequence[str] = (),
                where: Mapping[str, str] | None = None, weights: dict[str, float] | None = None,
-               fusion: str = "vector", rerank: int | None = None) -> list[Hit]:
+               fusion: str = "vector", rerank: int | None = None, mode: str | None = None) -> list[Hit]:
         """The ``k`` (1..:data:`MAX_K`) nearest items to the query, best first; fewer only when fewer items match.
 
         ``image`` is a path, raw bytes or a PIL image (decoded by :func:`mmretrieval.media.image.open_image`); ``audio``
@@ -211,11 +214,18 @@ class RetrievalClient:
         it); 0: off. A positive value below k, or one asked of a model or
         query without re-ranking, raises :class:`QueryError`.
 
+        ``mode`` (:mod:`mmretrieval.serving.hybrid`): ``"vector"`` (the above), ``"keyword"`` (BM25 over the items'
+        keyword field; ``score`` is the BM25 score) or ``"hybrid"`` (the vector and keyword lists fused by
+        ``index.hybrid``; ``score`` is the fused score; the vector side is the parts' weighted sum); keyword and
+        hybrid need a text query and never re-rank. None: ``index.search_mode`` for a text query (vector where the
+        collection has no keyword field, or with ``rerank`` > 0), else vector. An explicit keyword or hybrid mode on a
+        Milvus without BM25 raises :class:`~mmretrieval.core.errors.SearchModeUnavailable` (a :class:`QueryError`).
+
         Raises :class:`QueryError` for a bad request (a filter Milvus cannot parse included: no retry),
         :class:`MediaError` for a query file that cannot be used, :class:`IndexStoreError` for Milvus failures.
         """
         query = Query.checked(text, image, audio, k=k, modality=modality, filter=filter, labels=labels, where=where,
-                              weights=weights, fusion=fusion, rerank=rerank)
+                              weights=weights, fusion=fusion, rerank=rerank, mode=mode)
         collection = self.index.require_alias(self.alias)
         model, centre = self._model_for(collection)
         parts = self._encode(query, model, centre)
@@ -260,6 +270,12 @@ class RetrievalClient:
         import numpy as np
 
         expr = query.restriction(query.modality)
+        mode = self._mode(query, collection)
+        if mode != "vector":
+            self._ensure_loaded(collection)
+            unit = vec / max(float(np.linalg.norm(vec)), 1e-12)
+            return hybrid.search_rows(self.index, collection, self._params, mode, [unit], [str(query.text)],
+                                      query.k, expr)[0]
         text_only = len(parts) == 1 and query.text is not None
         depth = self._rerank_depth(query.rerank, query.k, collection, query.modality, text_only=text_only)
         if depth:
@@ -358,11 +374,35 @@ class RetrievalClient:
         order = torch.argsort(scores, descending=True, stable=True)[:k].tolist()
         return [{**hits[j], "dual_score": hits[j]["score"], "score": float(scores[j])} for j in order]
 
-    def _search(self, collection: str, vectors: list[Any], k: int, expr: str) -> list[list[dict[str, Any]]]:
-        """Search, making sure the collection is loaded once per alias move (and again if someone released it)."""
+    def _mode(self, query: Query, collection: str) -> str:
+        """The search mode of ``query``: its own, else ``index.search_mode`` for a text query where the collection
+        has a keyword field, else "vector"."""
+        if query.mode is not None:
+            return query.mode
+        if query.text is None or self._params.search_mode == "vector" or query.rerank:
+            return "vector"
+        return self._params.search_mode if self.index.has_keywords(collection) else "vector"
+
+    def search_ids(self, mode: str, query_vectors: Sequence[Sequence[float]] | None,
+                   query_texts: Sequence[str] | None, k: int, expr: str = "") -> list[list[str]]:
+        """Ranked item ids per query of the serving collection in ``mode`` (vector | keyword | hybrid), for
+        evaluation: ``query_vectors`` (Q, dim) unit vectors in the collection's space (centred like it),
+        ``query_texts`` (Q,) raw texts; see :func:`mmretrieval.serving.hybrid.search_ids` for what each mode needs
+        and raises."""
+        collection = self.index.require_alias(self.alias)
+        self._ensure_loaded(collection)
+        return hybrid.search_ids(self.index, collection, self._params, hybrid.check_mode(mode), query_vectors,
+                                 query_texts, k, expr)
+
+    def _ensure_loaded(self, collection: str) -> None:
+        """Load ``collection`` once per alias move."""
         if collection != self._loaded:
             self.index.load(collection)
             self._loaded = collection
+
+    def _search(self, collection: str, vectors: list[Any], k: int, expr: str) -> list[list[dict[str, Any]]]:
+        """Search, making sure the collection is loaded once per alias move (and again if someone released it)."""
+        self._ensure_loaded(collection)
         try:
             return self.index.search(collection, vectors, k, self._params, expr=expr)
         except QueryError:  # the request is wrong (a filter Milvus cannot parse): nothing to reload or retry
@@ -370,6 +410,16 @@ class RetrievalClient:
         except IndexStoreError:
             self.index.load(collection)
             return self.index.search(collection, vectors, k, self._params, expr=expr)
+
+
+def check_query_mode(mode: Any, text: str | None, rerank: Any) -> None:
+    """Raise :class:`QueryError` for a mode that is not one of :data:`~mmretrieval.serving.hybrid.SEARCH_MODES`, a
+    keyword or hybrid search without a text query, or one asked to re-rank."""
+    hybrid.check_mode(mode)
+    if mode != "vector" and text is None:
+        raise QueryError(f"search mode {mode!r} matches words: give a text query (or use mode 'vector')")
+    if mode != "vector" and rerank:
+        raise QueryError(f"search mode {mode!r} does not re-rank: use rerank 0 (off) or mode 'vector'")
 
 
 def _built_by(props: Mapping[str, str], collection: str) -> tuple[str, str]:

@@ -24,7 +24,7 @@ def search(service: Service, state: DatasetState, req: SearchRequest) -> list[Hi
     """Nearest items to a text query (400: a filter too complex to run)."""
     check_filter(req.filter)
     return service.search(state, text=req.text, k=req.k, modality=req.modality, filter=req.filter,
-                          labels=req.labels, where=req.where, rerank=req.rerank)
+                          labels=req.labels, where=req.where, rerank=req.rerank, mode=req.mode)
 
 
 def upload(service: Service, state: DatasetState, file: UploadFile, text: str | None, k: int, modality: str | None,
