@@ -131,11 +131,13 @@ class Bench:
 
     def lists(self, name: str, cat: dict) -> tuple[list, list]:
         """The vector and keyword result lists (:data:`K` deep) of every query, searched once per collection."""
+        from mmretrieval.backends.index import KEYWORDS
         from mmretrieval.core.params import IndexParams
         from mmretrieval.serving.hybrid import search_rows
 
         params = IndexParams()
-        near = search_rows(self.ix, name, params, "vector", cat["query_vectors"], None, K, output_fields=["id"])
+        near = search_rows(self.ix, name, params, "vector", cat["query_vectors"], None, K,
+                           output_fields=["id", KEYWORDS])
         words = search_rows(self.ix, name, params, "keyword", None, cat["queries"], K, output_fields=["id"])
         return near, words
 
@@ -153,10 +155,10 @@ class Bench:
 def fused_ids(near: list, words: list, fusion: dict | None) -> list[list[str]]:
     """Each query's two lists fused as ``fusion`` (``index.hybrid`` keys) says: what hybrid search returns."""
     from mmretrieval.core.params import HybridParams
-    from mmretrieval.serving.hybrid import fuse
+    from mmretrieval.serving.hybrid import fuse, textless_ids
 
     params = HybridParams(**(fusion or {}))
-    return [[str(h["id"]) for h in fuse(v, w, params, K)] for v, w in zip(near, words, strict=True)]
+    return [[str(h["id"]) for h in fuse(v, w, params, K, textless_ids(v))] for v, w in zip(near, words, strict=True)]
 
 
 FUSIONS = ([{"fusion": "rrf", "rrf_k": k, "vector_weight": w} for k in (10, 30, 60, 100) for w in (0.5, 1.0, 1.5, 2.0)]

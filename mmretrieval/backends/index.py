@@ -348,7 +348,8 @@ class MilvusIndex:
         """The sparse inverted index BM25 searches; built on the empty collection, it grows with every insert."""
         index = self.client.prepare_index_params()
         index.add_index(field_name=KEYWORD_SPARSE, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        self.client.create_index(name, index)
+        with _lite_lacks_timestamps():
+            self.client.create_index(name, index)
 
     def keyword_search(self, name: str, texts: Sequence[str], k: int, expr: str = "",
                        output_fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[dict[str, Any]]]:

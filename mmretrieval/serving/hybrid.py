@@ -9,9 +9,10 @@ Milvus Lite and a server:
 * ``weighted``: score = sum of ``weight x`` the item's score min-max normalised within its list (best 1, worst 0; a
   list whose scores are all equal gives 1), a list that did not return the item adds 0.
 
-Ties go to the item ranked better by the vector list, then to the smaller id. An item without text (a photo, a clip
-with no caption) has no keyword hits but keeps its vector rank, so hybrid search still finds it. Keyword and hybrid
-modes need a text query and a Milvus with the BM25 function
+Ties go to the item ranked better by the vector list, then to the smaller id. An item without keyword text (a photo,
+a clip with no caption) can never be a keyword hit: its vector part stands in for its keyword part (:func:`fuse`), so
+hybrid search still finds it by vector among captioned items; a query none of whose words any item has gets the
+vector order. Keyword and hybrid modes need a text query and a Milvus with the BM25 function
 (:meth:`~mmretrieval.backends.index.MilvusIndex.keyword_search` raises
 :class:`~mmretrieval.core.errors.SearchModeUnavailable` where there is none, e.g. a Milvus 2.3 server).
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mmretrieval.backends.index import OUTPUT_FIELDS, MilvusIndex
+from mmretrieval.backends.index import KEYWORDS, OUTPUT_FIELDS, MilvusIndex
 from mmretrieval.core.errors import QueryError
 
 if TYPE_CHECKING:
@@ -40,24 +41,16 @@ def check_mode(mode: Any) -> str:
     return str(mode)
 
 
-def rrf(lists: Sequence[Sequence[dict[str, Any]]], weights: Sequence[float], rrf_k: int, limit: int
-        ) -> list[dict[str, Any]]:
-    """Reciprocal rank fusion of result lists (each best first, hits with ``id``): the best ``limit`` rows, each
-    the first list's row for it with ``score`` = sum of ``weight / (rrf_k + rank)``."""
-    return _fused(lists, [[w / (rrf_k + rank) for rank in range(1, len(hits) + 1)]
-                          for w, hits in zip(weights, lists, strict=True)], limit)
+def rank_parts(hits: Sequence[dict[str, Any]], rrf_k: int) -> list[float]:
+    """Reciprocal-rank values of a list (best first): ``1 / (rrf_k + rank)``, rank from 1."""
+    return [1.0 / (rrf_k + rank) for rank in range(1, len(hits) + 1)]
 
 
-def weighted(lists: Sequence[Sequence[dict[str, Any]]], weights: Sequence[float], limit: int
-             ) -> list[dict[str, Any]]:
-    """Weighted-score fusion: each list's ``score`` min-max normalised to [0, 1] (all equal: 1), times its weight,
-    summed per item; the best ``limit`` rows."""
-    contributions = []
-    for w, hits in zip(weights, lists, strict=True):
-        scores = [float(h["score"]) for h in hits]
-        low, high = (min(scores), max(scores)) if scores else (0.0, 0.0)
-        contributions.append([w * ((s - low) / (high - low) if high > low else 1.0) for s in scores])
-    return _fused(lists, contributions, limit)
+def score_parts(hits: Sequence[dict[str, Any]]) -> list[float]:
+    """A list's ``score`` min-max normalised to [0, 1] (best 1; all equal: 1)."""
+    scores = [float(h["score"]) for h in hits]
+    low, high = (min(scores), max(scores)) if scores else (0.0, 0.0)
+    return [(s - low) / (high - low) if high > low else 1.0 for s in scores]
 
 
 def _fused(lists: Sequence[Sequence[dict[str, Any]]], contributions: list[list[float]], limit: int
@@ -78,12 +71,26 @@ def _fused(lists: Sequence[Sequence[dict[str, Any]]], contributions: list[list[f
 
 
 def fuse(vector_hits: Sequence[dict[str, Any]], keyword_hits: Sequence[dict[str, Any]], params: HybridParams,
-         limit: int) -> list[dict[str, Any]]:
-    """The vector and keyword lists of one query fused as ``params`` (``index.hybrid``) says; the best ``limit``."""
-    weights = (params.vector_weight, params.keyword_weight)
+         limit: int, textless: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The vector and keyword lists of one query (best first, hits with ``id`` and ``score``) fused as ``params``
+    (``index.hybrid``) says; the best ``limit`` rows, each with its fused ``score``.
+
+    An item in ``textless`` (no keyword text: it can never be a keyword hit) stands in for its missing keyword part
+    with its vector part (RRF: as if its keyword rank were its vector rank; weighted: its normalised vector score),
+    so a photo without a caption competes with captioned ones on its vector evidence alone instead of sinking
+    below every keyword match. When the keyword list is empty (no item has a query word), the vector list is the
+    answer."""
+    if not keyword_hits:
+        return [dict(h) for h in vector_hits[:limit]]
     if params.fusion == "rrf":
-        return rrf([vector_hits, keyword_hits], weights, params.rrf_k, limit)
-    return weighted([vector_hits, keyword_hits], weights, limit)
+        near, words = rank_parts(vector_hits, params.rrf_k), rank_parts(keyword_hits, params.rrf_k)
+    else:
+        near, words = score_parts(vector_hits), score_parts(keyword_hits)
+    stand_in = [(h, part) for h, part in zip(vector_hits, near, strict=True) if str(h["id"]) in textless]
+    lists = [vector_hits, keyword_hits, [h for h, _ in stand_in]]
+    contributions = [[params.vector_weight * p for p in near], [params.keyword_weight * p for p in words],
+                     [params.keyword_weight * p for _, p in stand_in]]
+    return _fused(lists, contributions, limit)
 
 
 def search_rows(index: MilvusIndex, collection: str, params: IndexParams, mode: str,
@@ -108,8 +115,16 @@ def search_rows(index: MilvusIndex, collection: str, params: IndexParams, mode: 
         return index.keyword_search(collection, _given(texts), k, expr=expr, output_fields=output_fields)
     depth = min(MAX_DEPTH, max(k, params.hybrid.depth))
     words = index.keyword_search(collection, _given(texts), depth, expr=expr, output_fields=output_fields)
-    near = index.search(collection, _given(vectors), depth, params, expr=expr, output_fields=output_fields)
-    return [fuse(v, w, params.hybrid, k) for v, w in zip(near, words, strict=True)]
+    asked = list(dict.fromkeys([*output_fields, KEYWORDS]))
+    near = index.search(collection, _given(vectors), depth, params, expr=expr, output_fields=asked)
+    fused = [fuse(v, w, params.hybrid, k, textless_ids(v)) for v, w in zip(near, words, strict=True)]
+    drop = KEYWORDS not in output_fields
+    return [[{f: x for f, x in h.items() if not (drop and f == KEYWORDS)} for h in hits] for hits in fused]
+
+
+def textless_ids(hits: Sequence[dict[str, Any]]) -> frozenset[str]:
+    """The ids of the hits whose keyword text is empty (they carry the ``keywords`` field)."""
+    return frozenset(str(h["id"]) for h in hits if not str(h.get(KEYWORDS) or "").strip())
 
 
 def _given(queries: Any) -> Any:
