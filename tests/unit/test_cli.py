@@ -13,7 +13,7 @@ VERBS = {
     "rerank": {"--dataset"}, "promote": {"--dataset", "--rollback"}, "embed": {"--dataset"},
     "publish": {"--dataset", "--rollback"}, "distill": {"--dataset"}, "run": {"--dataset"}, "dag-test": {"--dataset"},
     "search": {"--image", "--audio", "--k", "--modality", "--label", "--where", "--filter", "--fusion", "--rerank",
-               "--dataset", "--json"},
+               "--mode", "--dataset", "--json"},
     "serve": {"--dataset", "--host", "--port", "--insecure-no-auth"}, "info": {"--dataset"}, "params": {"--schema"},
 }
 FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
