@@ -134,6 +134,7 @@ class RetrievalClient:
         self._versions: dict[str, tracking.ModelRef] = {}  # collection -> the registered version that built it
         self._rerankers: dict[str, tuple[Any, Any] | None] = {}  # collection -> (re-ranker, region store) or None
         self._no_rerank: dict[str, str] = {}  # collection -> why it has no usable re-ranker
+        self._keywords: dict[str, bool] = {}  # collection -> whether it has the BM25 keyword field
 
     def close(self) -> None:
         self.index.close()
@@ -153,7 +154,15 @@ class RetrievalClient:
                 "dim": self.index.dim(name), "rows": self.index.count(name),
                 "published_at": props.get("mmr.published_at"),
                 "centred": Centring.from_property(props.get(CENTRE_PROPERTY), f"collection {name}").modalities,
-                "rerank": self._rerank_info(name)}
+                "rerank": self._rerank_info(name), **self.modes(name)}
+
+    def modes(self, collection: str) -> dict[str, Any]:
+        """``search_modes``: the modes ``collection`` can answer (keyword and hybrid only with its BM25 keyword
+        field); ``search_mode``: the one a text query without ``mode`` gets (``index.search_mode`` where possible)."""
+        keywords = self._has_keywords(collection)
+        available = list(hybrid.SEARCH_MODES) if keywords else ["vector"]
+        default = self._params.search_mode if self._params.search_mode in available else "vector"
+        return {"search_modes": available, "search_mode": default}
 
     def _rerank_info(self, collection: str) -> dict[str, Any]:
         """Whether text searches of ``collection`` can be re-ranked: the re-ranker's modality and default depth, or
@@ -381,7 +390,13 @@ class RetrievalClient:
             return query.mode
         if query.text is None or self._params.search_mode == "vector" or query.rerank:
             return "vector"
-        return self._params.search_mode if self.index.has_keywords(collection) else "vector"
+        return self._params.search_mode if self._has_keywords(collection) else "vector"
+
+    def _has_keywords(self, collection: str) -> bool:
+        """Whether ``collection`` has the BM25 keyword field (asked once per collection: a schema never changes)."""
+        if collection not in self._keywords:
+            self._keywords[collection] = self.index.has_keywords(collection)
+        return self._keywords[collection]
 
     def search_ids(self, mode: str, query_vectors: Sequence[Sequence[float]] | None,
                    query_texts: Sequence[str] | None, k: int, expr: str = "") -> list[list[str]]:

@@ -41,6 +41,8 @@ def test_hybrid_mode_puts_the_word_matches_first_and_still_returns_k_items(clien
 
 
 def test_the_evaluation_hook_ranks_ids_per_mode(client: RetrievalClient) -> None:
+    info = client.info()
+    assert info["search_modes"] == ["vector", "keyword", "hybrid"] and info["search_mode"] == "vector"
     assert [set(ids) for ids in client.search_ids("keyword", None, ["red", "blue square"], 4)] == [RED, BLUE]
     with pytest.raises(QueryError, match="unknown search mode 'both'"):
         client.search_ids("both", None, ["red"], 4)
