@@ -117,7 +117,8 @@ def _search(args: argparse.Namespace, settings: Any) -> int:
         for text in texts:
             hits = client.search(text=text, image=args.image, audio=args.audio, k=args.k, modality=args.modality,
                                  filter=args.filter or "", labels=args.label or [], where=where,
-                                 fusion=args.fusion, rerank=args.rerank, min_confidence=args.min_confidence)
+                                 fusion=args.fusion, rerank=args.rerank, min_confidence=args.min_confidence,
+                                 mode=args.mode)
             if not hits:  # say so: an empty table cannot tell a too narrow filter from a bug
                 print("mmr: no hits: nothing in the collection matches the query's restrictions (--modality, "
                       "--label, --where, --filter)", file=sys.stderr)
@@ -240,6 +241,9 @@ def _search_parser(sub: Any) -> None:
                    help="re-rank the dual encoder's top N images (or audio clips) with the model's cross-attention "
                         "re-ranker (text queries; default: on at rerank.depth when the serving model has one that "
                         "passed its gate; 0: off)")
+    p.add_argument("--mode", choices=("vector", "keyword", "hybrid"), default=None,
+                   help="text queries: vector (the dual encoder), keyword (BM25 over captions and "
+                        "index.keyword_fields) or hybrid (both, fused by index.hybrid); default: index.search_mode")
     p.add_argument("--dataset", help="dataset name (default: $MMR_DATASET, else the only ingested dataset)")
     add_confidence_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object per hit, with its confidence and the "

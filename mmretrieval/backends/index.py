@@ -18,7 +18,13 @@ time). Where the two differ, this module makes them behave alike:
   server does);
 - HNSW's ``ef`` is raised to at least the number of hits asked for (Lite otherwise returns at most ``ef`` hits, a
   server errs or cuts), and a filter Milvus cannot parse is a :class:`FilterError` (the user's error), not a failure
-  of the store.
+  of the store;
+- keyword search (BM25): where Milvus has the BM25 function (Milvus Lite 2.5+, a 2.5+ server),
+  :meth:`MilvusIndex.create` adds an analysed ``keywords`` field (what :func:`keyword_text` makes of the item's
+  captions and the fields in ``index.keyword_fields``) and a sparse field the function fills; on a server without
+  it (2.3) the collection is created without both, publish and vector search work as before, and
+  :meth:`MilvusIndex.keyword_search` raises :class:`SearchModeUnavailable` naming the server's version. Lite reports
+  a BM25 hit's distance negated, a server positive: scores here are the BM25 score (>= 0) on both.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmretrieval.core.errors import AliasNotFoundError, FilterError, IndexStoreError
-from mmretrieval.core.schema import JSON_MAX_BYTES, VARCHAR_LIMITS
+from mmretrieval.core.errors import AliasNotFoundError, FilterError, IndexStoreError, SearchModeUnavailable
+from mmretrieval.core.schema import JSON_MAX_BYTES, MAX_VARCHAR, VARCHAR_LIMITS, split_captions
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -46,6 +52,8 @@ HNSW_TYPES = ("HNSW", "HNSW_SQ", "HNSW_PQ", "HNSW_PRQ")
 IVF_TYPES = ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN")
 MAX_NPROBE = 65_536  # Milvus' upper bound for nprobe
 RPC_LOGGER = "pymilvus.decorators"  # where pymilvus logs a failed call, with its traceback
+KEYWORDS, KEYWORD_SPARSE, BM25_FUNCTION = "keywords", "keywords_bm25", "keywords_bm25_fn"
+BM25_SINCE = (2, 5)  # the first Milvus (and Milvus Lite) version with the BM25 function
 FILTER_WORDS = ("expr", "parse", "column", "field", "operand", "operator", "invalid", "literal", "token")
 
 
@@ -62,6 +70,7 @@ class MilvusIndex:
         self.uri = uri
         self.token = token
         self._client: MilvusClient | None = None
+        self._version = ""  # the Milvus version, asked once (server_version)
 
     @property
     def client(self) -> MilvusClient:
@@ -161,7 +170,9 @@ class MilvusIndex:
     def set_properties(self, name: str, props: dict[str, str]) -> None:
         self.client.alter_collection_properties(name, properties=props)
 
-    def create(self, name: str, dim: int, props: dict[str, str]) -> None:
+    def create(self, name: str, dim: int, props: dict[str, str], keywords: bool = True) -> None:
+        """Create collection ``name`` with ``dim``-d vectors and properties ``props``; with ``keywords`` and a Milvus
+        that has the BM25 function, also the keyword fields (:func:`add_keyword_fields`); else vectors only."""
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -175,7 +186,15 @@ class MilvusIndex:
         schema.add_field("metadata", DataType.JSON)
         schema.add_field("model_version", DataType.VARCHAR, max_length=limit["model_version"])
         schema.add_field("data_version", DataType.VARCHAR, max_length=limit["data_version"])
+        bm25 = keywords and self.supports_bm25()
+        if bm25:
+            add_keyword_fields(schema)
+        elif keywords:
+            log.info("Milvus %s at %s has no BM25 function: %s gets no keyword field (vector search only)",
+                     self.server_version(), safe_uri(self.uri), name)
         self.client.create_collection(name, schema=schema, consistency_level="Strong")
+        if bm25:
+            self.index_keywords(name)
         if props:
             self.set_properties(name, props)
 
@@ -307,7 +326,105 @@ class MilvusIndex:
     def _search(self, name: str, data: list[list[float]], k: int, expr: str, output_fields: Sequence[str],
                 metric: str, search: dict[str, Any]) -> Any:
         return self.client.search(name, data=data, limit=k, filter=expr, output_fields=list(output_fields),
-                                  search_params={"metric_type": metric, "params": search})
+                                  anns_field="vector", search_params={"metric_type": metric, "params": search})
+
+    # --- keyword search (BM25) -----------------------------------------------------------------------------
+    def server_version(self) -> str:
+        """Milvus' own version string: ``v2.3.5`` for a server, ``milvus_lite-3.2.2`` for Milvus Lite."""
+        if not self._version:
+            self._version = str(self.client.get_server_version())
+        return self._version
+
+    def supports_bm25(self) -> bool:
+        """Whether this Milvus has the BM25 function (version :data:`BM25_SINCE` or later, Lite or server)."""
+        return milvus_version(self.server_version()) >= BM25_SINCE
+
+    def has_keywords(self, name: str) -> bool:
+        """Whether collection ``name`` has the keyword field and its BM25 function (created by :meth:`create`)."""
+        functions = self.client.describe_collection(name).get("functions") or []
+        return any(str(f.get("name")) == BM25_FUNCTION for f in functions)
+
+    def index_keywords(self, name: str) -> None:
+        """The sparse inverted index BM25 searches; built on the empty collection, it grows with every insert."""
+        index = self.client.prepare_index_params()
+        index.add_index(field_name=KEYWORD_SPARSE, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        with _lite_lacks_timestamps():
+            self.client.create_index(name, index)
+
+    def keyword_search(self, name: str, texts: Sequence[str], k: int, expr: str = "",
+                       output_fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[dict[str, Any]]]:
+        """The ``k`` rows whose keyword field best matches each text by BM25, best first; rows sharing no word
+        with a text are not returned (a list may be shorter than ``k``, or empty). Each hit's ``score`` is its BM25
+        score (>= 0). Raises :class:`SearchModeUnavailable` (naming the server version) where the collection has no
+        keyword field, :class:`FilterError` for a filter Milvus cannot parse, :class:`IndexStoreError` otherwise."""
+        from pymilvus.exceptions import MilvusException
+
+        self.require_keywords(name)
+        try:
+            with _handled_here():
+                res = self.client.search(name, data=[str(t) for t in texts], anns_field=KEYWORD_SPARSE, limit=k,
+                                         filter=expr, output_fields=list(output_fields),
+                                         search_params={"metric_type": "BM25"})
+        except MilvusException as e:
+            message = _message(e)
+            if expr and any(word in message.lower() for word in FILTER_WORDS):
+                raise FilterError(f"the filter {expr!r} is not a valid Milvus expression: "
+                                  f"{message.strip().splitlines()[0] if message.strip() else 'rejected'}") from e
+            raise IndexStoreError(f"keyword search in {name!r} failed: {message}") from e
+        return [[{"id": h["id"], "score": abs(float(h["distance"])), **h.get("entity", {})} for h in hits]
+                for hits in res]
+
+    def require_keywords(self, name: str) -> None:
+        """Raise :class:`SearchModeUnavailable` unless collection ``name`` can be searched by keyword."""
+        if self.has_keywords(name):
+            return
+        version = self.server_version()
+        if not self.supports_bm25():
+            raise SearchModeUnavailable(
+                f"keyword and hybrid search need Milvus' BM25 function (Milvus {'.'.join(map(str, BM25_SINCE))} or "
+                f"later); the Milvus at {safe_uri(self.uri)} is version {version}: use mode 'vector' or a newer "
+                "server")
+        raise SearchModeUnavailable(f"collection {name!r} on Milvus {version} has no keyword field (published "
+                                    "before keyword search, or without it): publish again, or use mode 'vector'")
+
+
+def add_keyword_fields(schema: Any) -> None:
+    """Add to a pymilvus collection ``schema`` the ``keywords`` field, analysed by Milvus' standard analyzer (words
+    split on spaces and punctuation, lower-cased; no stemming), empty by default so rows without it insert; its
+    sparse BM25 field; and the BM25 function that fills the second from the first."""
+    from pymilvus import DataType, Function, FunctionType
+
+    schema.add_field(KEYWORDS, DataType.VARCHAR, max_length=MAX_VARCHAR, enable_analyzer=True,
+                     analyzer_params={"type": "standard"}, default_value="")
+    schema.add_field(KEYWORD_SPARSE, DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_function(Function(name=BM25_FUNCTION, function_type=FunctionType.BM25, input_field_names=[KEYWORDS],
+                                 output_field_names=[KEYWORD_SPARSE]))
+
+
+def milvus_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a Milvus version string (``v2.3.5``, ``milvus_lite-3.2.2``, ``2.5.0-beta``); (0, 0) when
+    it has none."""
+    import re
+
+    found = re.search(r"(\d+)\.(\d+)", version)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+def keyword_text(text: str, label: str, metadata: Mapping[str, Any], fields: Sequence[str]) -> str:
+    """What the keyword field of an item holds: each of ``fields`` ("text": its captions, one a line; "label";
+    "metadata.<key>": that metadata value, a list's items one a line) that the item has, one a line, cut to the
+    field's :data:`~mmretrieval.core.schema.MAX_VARCHAR` bytes."""
+    parts: list[str] = []
+    for source in fields:
+        if source == "text":
+            parts.extend(split_captions(text or ""))
+        elif source == "label":
+            parts.append(str(label or ""))
+        else:
+            value = metadata.get(source.removeprefix("metadata."))
+            values = value if isinstance(value, list) else [value]
+            parts.extend(str(v) for v in values if v is not None and not isinstance(v, (dict, bool)))
+    return clip_utf8("\n".join(p.strip() for p in parts if p and p.strip()), MAX_VARCHAR)
 
 
 class _ThisThread(logging.Filter):

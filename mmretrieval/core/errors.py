@@ -24,7 +24,8 @@ Every error is an :class:`MMRError` and also subclasses the builtin it resembles
     ├── PublishError           (RuntimeError)  a new collection failed its checks; the alias was left alone
     ├── PinnedInputChanged     (RuntimeError)  a run's pinned model or data version is no longer what it finds
     └── QueryError             (ValueError)    a bad search request (empty text, k out of range, …)
-        └── FilterError        (ValueError)    a filter expression Milvus cannot parse (HTTP 400, no retry)
+        ├── FilterError        (ValueError)    a filter expression Milvus cannot parse (HTTP 400, no retry)
+        └── SearchModeUnavailable (ValueError) keyword/hybrid search where Milvus has no BM25 function (HTTP 400)
 
 Messages name the bad value and, where there is one, what to do about it.
 """
@@ -142,6 +143,12 @@ class FilterError(QueryError):
     """A filter expression Milvus cannot parse (unknown field, syntax): the user's error, never retried."""
 
 
+class SearchModeUnavailable(QueryError):
+    """A search mode the serving collection cannot answer: keyword or hybrid search on a Milvus without the BM25
+    function (a 2.3 server), or on a collection published without a keyword field. The message names the server
+    version."""
+
+
 __all__ = [
     "AliasNotFoundError",
     "ConfigError",
@@ -158,6 +165,7 @@ __all__ = [
     "PinnedInputChanged",
     "PublishError",
     "QueryError",
+    "SearchModeUnavailable",
     "TrackingError",
     "TrainingError",
     "UnsafePathError",

@@ -302,6 +302,32 @@ class EmbedParams(Section):
     # workers leave
 
 
+KEYWORD_SOURCES = ("text", "label")  # item columns index.keyword_fields may name; "metadata.<key>" names a metadata key
+
+
+def _keyword_field(name: str) -> str:
+    if name in KEYWORD_SOURCES or (name.startswith("metadata.") and len(name) > len("metadata.")):
+        return name
+    raise ValueError(f"keyword field {name!r} is not 'text', 'label' or 'metadata.<key>'")
+
+
+class HybridParams(Section):
+    """How hybrid search fuses the vector and keyword (BM25) result lists (:mod:`mmretrieval.serving.hybrid`)."""
+
+    fusion: Literal["rrf", "weighted"] = "rrf"  # "rrf": sum of weight / (rrf_k + rank); "weighted": sum of weight x
+    # the score min-max normalised within its list (a list that misses an item gives it 0)
+    rrf_k: Whole = Field(60, ge=1)  # RRF's rank offset: larger flattens the difference between ranks
+    vector_weight: Number = Field(1.0, ge=0)
+    keyword_weight: Number = Field(1.0, ge=0)
+    depth: Whole = Field(100, ge=1, le=1000)  # candidates taken from each list before fusing (at least k)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> HybridParams:
+        if self.vector_weight + self.keyword_weight <= 0:
+            raise ValueError("index.hybrid: vector_weight and keyword_weight cannot both be 0")
+        return self
+
+
 class IndexParams(Section):
     index_type: str = "HNSW"  # any Milvus index type the server (or Milvus Lite) supports
     metric_type: str = "COSINE"
@@ -314,6 +340,12 @@ class IndexParams(Section):
     centre: Annotated[tuple[Modality, ...], BeforeValidator(_listed)] = ("audio",)  # modalities centred on the
     # corpus mean at publish/query/evaluate time
     centre_min_items: Whole = Field(20, ge=0)  # a modality with fewer items in the corpus is not centred
+    search_mode: Literal["vector", "keyword", "hybrid"] = "vector"  # text queries' default mode: "vector" (the
+    # dual encoder), "keyword" (BM25 over keyword_fields) or "hybrid" (both, fused as index.hybrid says)
+    keyword_fields: Annotated[tuple[Annotated[str, AfterValidator(_keyword_field)], ...],
+                              BeforeValidator(_listed)] = ("text", "label")  # what BM25 indexes per item: "text"
+    # (captions), "label", "metadata.<key>"
+    hybrid: HybridParams = HybridParams()
 
 
 class CacheParams(Section):

@@ -24,7 +24,7 @@ from mmretrieval.evaluation.calibration import Calibration, decide
 from mmretrieval.evaluation.centring import PROPERTY as CENTRE_PROPERTY
 from mmretrieval.evaluation.centring import Centring
 from mmretrieval.media.text import normalize_text
-from mmretrieval.serving import loading
+from mmretrieval.serving import hybrid, loading
 from mmretrieval.serving.filters import build_filter
 
 if TYPE_CHECKING:
@@ -79,11 +79,12 @@ class Query:
     weights: Mapping[str, float]
     fusion: str
     rerank: int | None
+    mode: str | None = None  # vector | keyword | hybrid (mmretrieval.serving.hybrid); None: index.search_mode
 
     @classmethod
     def checked(cls, text: str | None, image: Any, audio: Any, *, k: Any, modality: str | None, filter: str,
                 labels: Sequence[str], where: Mapping[str, str] | None, weights: Mapping[str, float] | None,
-                fusion: str, rerank: Any) -> Query:
+                fusion: str, rerank: Any, mode: str | None = None) -> Query:
         """The request with ``k`` and ``rerank`` as ints and the text normalised
         (:func:`~mmretrieval.media.text.normalize_text`); raises :class:`QueryError` naming
         the first bad argument and its value (whether a rerank depth suits k and the model is checked at search)."""
@@ -114,8 +115,10 @@ class Query:
             raise QueryError("give a text, image or audio query")
         if fusion not in FUSIONS:
             raise QueryError(f"unknown fusion {fusion!r}; use one of {list(FUSIONS)}")
+        if mode is not None:
+            check_query_mode(mode, text, rerank)
         return cls(text, image, audio, int(k), modality, filter, labels, where, weights or {}, fusion,
-                   None if rerank is None else int(rerank))
+                   None if rerank is None else int(rerank), mode)
 
     def restriction(self, modality: str | None) -> str:
         """The Milvus filter expression of this request's restrictions, with ``modality`` as the modality one."""
@@ -150,6 +153,7 @@ class RetrievalClient:
         self._rerankers: dict[str, tuple[Any, Any] | None] = {}  # collection -> (re-ranker, region store) or None
         self._no_rerank: dict[str, str] = {}  # collection -> why it has no usable re-ranker
         self._calibrations: dict[str, Calibration] = {}  # collection -> its score calibration (maybe empty)
+        self._keywords: dict[str, bool] = {}  # collection -> whether it has the BM25 keyword field
 
     def close(self) -> None:
         self.index.close()
@@ -169,7 +173,15 @@ class RetrievalClient:
                 "dim": self.index.dim(name), "rows": self.index.count(name),
                 "published_at": props.get("mmr.published_at"),
                 "centred": Centring.from_property(props.get(CENTRE_PROPERTY), f"collection {name}").modalities,
-                "rerank": self._rerank_info(name)}
+                "rerank": self._rerank_info(name), **self.modes(name)}
+
+    def modes(self, collection: str) -> dict[str, Any]:
+        """``search_modes``: the modes ``collection`` can answer (keyword and hybrid only with its BM25 keyword
+        field); ``search_mode``: the one a text query without ``mode`` gets (``index.search_mode`` where possible)."""
+        keywords = self._has_keywords(collection)
+        available = list(hybrid.SEARCH_MODES) if keywords else ["vector"]
+        default = self._params.search_mode if self._params.search_mode in available else "vector"
+        return {"search_modes": available, "search_mode": default}
 
     def _rerank_info(self, collection: str) -> dict[str, Any]:
         """Whether text searches of ``collection`` can be re-ranked: the re-ranker's modality and default depth, or
@@ -210,8 +222,8 @@ class RetrievalClient:
     def search(self, text: str | None = None, image: Any = None, audio: Any = None, *, k: int = 10,
                modality: str | None = None, filter: str = "", labels: Sequence[str] = (),
                where: Mapping[str, str] | None = None, weights: dict[str, float] | None = None,
-               fusion: str = "vector", rerank: int | None = None, min_confidence: float | None = None
-               ) -> SearchHits:
+               fusion: str = "vector", rerank: int | None = None, min_confidence: float | None = None,
+               mode: str | None = None) -> SearchHits:
         """The ``k`` (1..:data:`MAX_K`) nearest items to the query, best first; fewer only when fewer items match.
 
         ``image`` is a path, raw bytes or a PIL image (decoded by :func:`mmretrieval.media.image.open_image`); ``audio``
@@ -234,20 +246,29 @@ class RetrievalClient:
         Each hit of a one-part query gets ``confidence``, the probability that it is relevant from the collection's
         score calibration (:mod:`mmretrieval.evaluation.calibration`; from ``dual_score`` when re-ranked), and the
         result's ``no_good_match`` is True when the best confidence is below ``min_confidence`` (0..1; None:
-        ``calibration.min_confidence``). Without a calibration: confidences None, ``no_good_match`` False.
+        ``calibration.min_confidence``). Without a calibration, and in keyword and hybrid mode (their scores are not
+        the cosines the calibration maps): confidences None, ``no_good_match`` False.
+
+        ``mode`` (:mod:`mmretrieval.serving.hybrid`): ``"vector"`` (the above), ``"keyword"`` (BM25 over the items'
+        keyword field; ``score`` is the BM25 score) or ``"hybrid"`` (the vector and keyword lists fused by
+        ``index.hybrid``; ``score`` is the fused score; the vector side is the parts' weighted sum); keyword and
+        hybrid need a text query and never re-rank. None: ``index.search_mode`` for a text query (vector where the
+        collection has no keyword field, or with ``rerank`` > 0), else vector. An explicit keyword or hybrid mode on a
+        Milvus without BM25 raises :class:`~mmretrieval.core.errors.SearchModeUnavailable` (a :class:`QueryError`).
 
         Raises :class:`QueryError` for a bad request (a filter Milvus cannot parse included: no retry),
         :class:`MediaError` for a query file that cannot be used, :class:`IndexStoreError` for Milvus failures.
         """
         query = Query.checked(text, image, audio, k=k, modality=modality, filter=filter, labels=labels, where=where,
-                              weights=weights, fusion=fusion, rerank=rerank)
+                              weights=weights, fusion=fusion, rerank=rerank, mode=mode)
         threshold = self._min_confidence(min_confidence)
         collection = self.index.require_alias(self.alias)
         model, centre = self._model_for(collection)
         parts = self._encode(query, model, centre)
         vector = sum(weight * v for weight, v in parts)
         hits = self._nearest(collection, model, query, parts, vector)
-        confidences = self._confidences(collection, query, hits)
+        confidences = self._confidences(collection, query, hits) if self._mode(query, collection) == "vector" \
+            else [None] * len(hits)  # keyword and hybrid scores are not the cosines the calibration maps
         found = [Hit(rank=r, id=h["id"], score=round(h["score"], 6), modality=h["modality"], path=h["path"],
                      text=h["text"], label=h["label"], collection=collection, model_version=h["model_version"],
                      data_version=h["data_version"], **_moment(h.get("metadata") or {}, vector),
@@ -320,6 +341,12 @@ class RetrievalClient:
         import numpy as np
 
         expr = query.restriction(query.modality)
+        mode = self._mode(query, collection)
+        if mode != "vector":
+            self._ensure_loaded(collection)
+            unit = vec / max(float(np.linalg.norm(vec)), 1e-12)
+            return hybrid.search_rows(self.index, collection, self._params, mode, [unit], [str(query.text)],
+                                      query.k, expr)[0]
         text_only = len(parts) == 1 and query.text is not None
         depth = self._rerank_depth(query.rerank, query.k, collection, query.modality, text_only=text_only)
         if depth:
@@ -418,11 +445,41 @@ class RetrievalClient:
         order = torch.argsort(scores, descending=True, stable=True)[:k].tolist()
         return [{**hits[j], "dual_score": hits[j]["score"], "score": float(scores[j])} for j in order]
 
-    def _search(self, collection: str, vectors: list[Any], k: int, expr: str) -> list[list[dict[str, Any]]]:
-        """Search, making sure the collection is loaded once per alias move (and again if someone released it)."""
+    def _mode(self, query: Query, collection: str) -> str:
+        """The search mode of ``query``: its own, else ``index.search_mode`` for a text query where the collection
+        has a keyword field, else "vector"."""
+        if query.mode is not None:
+            return query.mode
+        if query.text is None or self._params.search_mode == "vector" or query.rerank:
+            return "vector"
+        return self._params.search_mode if self._has_keywords(collection) else "vector"
+
+    def _has_keywords(self, collection: str) -> bool:
+        """Whether ``collection`` has the BM25 keyword field (asked once per collection: a schema never changes)."""
+        if collection not in self._keywords:
+            self._keywords[collection] = self.index.has_keywords(collection)
+        return self._keywords[collection]
+
+    def search_ids(self, mode: str, query_vectors: Sequence[Sequence[float]] | None,
+                   query_texts: Sequence[str] | None, k: int, expr: str = "") -> list[list[str]]:
+        """Ranked item ids per query of the serving collection in ``mode`` (vector | keyword | hybrid), for
+        evaluation: ``query_vectors`` (Q, dim) unit vectors in the collection's space (centred like it),
+        ``query_texts`` (Q,) raw texts; see :func:`mmretrieval.serving.hybrid.search_ids` for what each mode needs
+        and raises."""
+        collection = self.index.require_alias(self.alias)
+        self._ensure_loaded(collection)
+        return hybrid.search_ids(self.index, collection, self._params, hybrid.check_mode(mode), query_vectors,
+                                 query_texts, k, expr)
+
+    def _ensure_loaded(self, collection: str) -> None:
+        """Load ``collection`` once per alias move."""
         if collection != self._loaded:
             self.index.load(collection)
             self._loaded = collection
+
+    def _search(self, collection: str, vectors: list[Any], k: int, expr: str) -> list[list[dict[str, Any]]]:
+        """Search, making sure the collection is loaded once per alias move (and again if someone released it)."""
+        self._ensure_loaded(collection)
         try:
             return self.index.search(collection, vectors, k, self._params, expr=expr)
         except QueryError:  # the request is wrong (a filter Milvus cannot parse): nothing to reload or retry
@@ -430,6 +487,16 @@ class RetrievalClient:
         except IndexStoreError:
             self.index.load(collection)
             return self.index.search(collection, vectors, k, self._params, expr=expr)
+
+
+def check_query_mode(mode: Any, text: str | None, rerank: Any) -> None:
+    """Raise :class:`QueryError` for a mode that is not one of :data:`~mmretrieval.serving.hybrid.SEARCH_MODES`, a
+    keyword or hybrid search without a text query, or one asked to re-rank."""
+    hybrid.check_mode(mode)
+    if mode != "vector" and text is None:
+        raise QueryError(f"search mode {mode!r} matches words: give a text query (or use mode 'vector')")
+    if mode != "vector" and rerank:
+        raise QueryError(f"search mode {mode!r} does not re-rank: use rerank 0 (off) or mode 'vector'")
 
 
 def _built_by(props: Mapping[str, str], collection: str) -> tuple[str, str]:

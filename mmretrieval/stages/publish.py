@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmretrieval.backends import tracking
-from mmretrieval.backends.index import MilvusIndex
+from mmretrieval.backends.index import KEYWORDS, MilvusIndex, keyword_text
 from mmretrieval.backends.regions import REGIONS
 from mmretrieval.core.contracts import Pinned, PublishResult
 from mmretrieval.core.errors import (
@@ -209,6 +209,8 @@ class _Publication:
         if t.summary.get("regions"):  # the re-ranker's region store of these embeddings (mmretrieval.stages.rerank)
             props[REGIONS] = t.summary["regions"]["path"]
         ix.create(t.name, int(t.summary["dim"]), props)
+        if ix.has_keywords(t.name):  # a Milvus with BM25: keyword and hybrid search (mmretrieval.serving.hybrid)
+            add_keywords(rows, self.params.keyword_fields)
         try:
             for _ in progress(_steps(ix.insert(t.name, rows)), f"publish {self.dataset} insert", total=len(rows),
                               unit="rows", size=int):
@@ -352,6 +354,13 @@ def check_regions(folder: Path, ids: list[str]) -> dict[str, Any]:
     if lacking:
         raise PublishError(f"{len(lacking)} row(s) have no regions in {folder}, e.g. {lacking[:3]}: embed again")
     return {"items": len(ids), "bytes_per_item": store.meta["bytes_per_item"]}
+
+
+def add_keywords(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:
+    """Give each collection row its keyword text (:func:`~mmretrieval.backends.index.keyword_text` of
+    ``index.keyword_fields``), in place."""
+    for row in rows:
+        row[KEYWORDS] = keyword_text(row.get("text") or "", row.get("label") or "", row.get("metadata") or {}, fields)
 
 
 def _metadata(raw: str, media: str) -> dict[str, Any]:

@@ -19,10 +19,12 @@ import pytest
 
 from mmretrieval.backends import tracking
 from mmretrieval.backends.index import MilvusIndex
-from mmretrieval.core.errors import IndexStoreError
+from mmretrieval.core.errors import IndexStoreError, SearchModeUnavailable
+from mmretrieval.core.params import IndexParams
 from mmretrieval.core.settings import get_settings
 from mmretrieval.runner import run_all, run_stage
 from mmretrieval.serving.client import RetrievalClient
+from mmretrieval.serving.hybrid import search_ids
 from mmretrieval.stages import publish
 from mmretrieval.stages.ingest import ingest
 from tests.helpers.files import tiny_dataset
@@ -268,3 +270,25 @@ def test_rows_beyond_the_schema_limits_are_refused_naming_the_row_on_the_server(
 def test_a_row_the_server_would_refuse_stops_publish_in_one_line_and_leaves_nothing_half_built(
         server_workspace: Path) -> None:
     assert publish_with_a_row_past_the_limits(server_workspace).startswith("mmr: error: publish tiny: row ")
+
+
+def test_keyword_and_hybrid_search_are_refused_on_a_server_without_bm25_naming_its_version(milvus_server: str) -> None:
+    empty(milvus_server)
+    flat = IndexParams(index_type="FLAT", build_params={}, search_params={})
+    rows = [{"id": i, "modality": "image", "vector": v, "text": t, "path": "", "label": "", "metadata": {},
+             "model_version": "1", "data_version": "d"} for i, v, t in (("a", [1.0, 0.0], "a red square"),
+                                                                       ("b", [0.0, 1.0], "a blue square"))]
+    with MilvusIndex(milvus_server) as ix:
+        version = ix.server_version()
+        ix.create("words", 2, {})  # keyword fields asked for: a 2.3 server has no BM25, so vectors only
+        assert not ix.supports_bm25() and not ix.has_keywords("words")
+        list(ix.insert("words", rows))
+        ix.build_index("words", flat)
+        ix.load("words")
+        assert search_ids(ix, "words", flat, "vector", [[1.0, 0.0]], None, 2) == [["a", "b"]]
+        for mode in ("keyword", "hybrid"):
+            with pytest.raises(SearchModeUnavailable) as e:
+                search_ids(ix, "words", flat, mode, [[1.0, 0.0]], ["red"], 2)
+            message = str(e.value)
+            assert f"is version {version}" in message and "2.5 or later" in message and "\n" not in message
+    empty(milvus_server)

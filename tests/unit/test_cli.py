@@ -13,7 +13,7 @@ VERBS = {
     "rerank": {"--dataset"}, "promote": {"--dataset", "--rollback"}, "embed": {"--dataset"},
     "publish": {"--dataset", "--rollback"}, "distill": {"--dataset"}, "run": {"--dataset"}, "dag-test": {"--dataset"},
     "search": {"--image", "--audio", "--k", "--modality", "--label", "--where", "--filter", "--fusion", "--rerank",
-               "--min-confidence", "--dataset", "--json"},
+               "--min-confidence", "--mode", "--dataset", "--json"},
     "serve": {"--dataset", "--host", "--port", "--insecure-no-auth"}, "info": {"--dataset"}, "params": {"--schema"},
     "cache": set(),  # its actions and their flags: tests/unit/test_cache_admin.py
 }

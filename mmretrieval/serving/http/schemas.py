@@ -25,6 +25,7 @@ UPLOAD_FIELDS = frozenset({"file", "text", "k", "modality", "fusion", "filter", 
                            "min_confidence"})  # its form
 Modality = Literal["text", "image", "audio", "video"]
 Fusion = Literal["vector", "late"]
+SearchMode = Literal["vector", "keyword", "hybrid"]  # mmretrieval.serving.hybrid.SEARCH_MODES
 
 
 def _no_surrogates(value: str) -> str:
@@ -82,6 +83,12 @@ class SearchRequest(BaseModel):
         "then carry `dual_score`); 0: off; omitted: on at the configured depth when the model has a re-ranker that "
         "passed its gate and the search is over images"))
     min_confidence: MinConfidence = None
+    mode: SearchMode | None = Field(None, description=(
+        "`vector`: the dual encoder's nearest items; `keyword`: BM25 over the items' captions and keyword fields "
+        "(score: BM25); `hybrid`: both lists fused (reciprocal rank fusion or weighted scores, `index.hybrid`; "
+        "score: the fused score). Omitted: the configured `index.search_mode`. Keyword and hybrid need a Milvus "
+        "with the BM25 function (Milvus Lite, a 2.5+ server): elsewhere 400 naming the server version; they never "
+        "re-rank (with `rerank` > 0: 400)"))
 
 
 SEARCH_OK = {200: {"description": "the hits, best first; each hit's `confidence` is the probability that it is "

@@ -25,7 +25,8 @@ def search(service: Service, state: DatasetState, req: SearchRequest) -> list[Hi
     """Nearest items to a text query (400: a filter too complex to run)."""
     check_filter(req.filter)
     return service.search(state, text=req.text, k=req.k, modality=req.modality, filter=req.filter,
-                          labels=req.labels, where=req.where, rerank=req.rerank, min_confidence=req.min_confidence)
+                          labels=req.labels, where=req.where, rerank=req.rerank, min_confidence=req.min_confidence,
+                          mode=req.mode)
 
 
 def flagged(response: Response, hits: list[Hit]) -> list[Hit]:

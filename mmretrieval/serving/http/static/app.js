@@ -130,6 +130,7 @@
     if (!text && !chosen) { say("Type a query or choose a file.", true); q.focus(); return; }
     const k = Math.max(1, Math.min(100, parseInt($("k").value, 10) || 12));
     const modality = $("modality").value || null;
+    const mode = $("mode").value || null;  // text searches: vector | keyword | hybrid; empty: the service's default
     let request;
     if (chosen) {
       const body = new FormData();
@@ -142,7 +143,7 @@
     } else {
       request = call(`datasets/${dataset()}/search`, {
         method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ text, k, modality, labels: labels() }),
+        body: JSON.stringify({ text, k, modality, labels: labels(), mode }),
       });
     }
     say("Searching…");
