@@ -1,6 +1,7 @@
 """Multilingual text towers (issue 27): English and cross-lingual text -> image retrieval per tower, linear probe.
 
     nice .venv/bin/python bench/multilingual.py ../shared/data/flickr8k_dev
+    nice .venv/bin/python bench/multilingual.py build/sample --demo-workspace <MMR_HOME of a trained 'demo'>
 
 The E4 split (hash of the photo id with ``split: {train: 0.5, val: 0.0, test: 0.5}``: 340 train / 301 unseen test
 photos). Frozen EfficientNet-Lite0 pooled features of every photo and its mirror image (computed once, cached under
@@ -13,6 +14,10 @@ Spanish, French, Chinese, written for this benchmark), the ratio of each languag
 eight descriptions (``mmretrieval/demo/sample/queries.csv``, translated in the same file) ranked against the 19 demo
 photos by the head trained on all 641 Flickr photos (hits at rank 1 / in the top 3, out of 8). ``centred``: the
 tower's vectors minus the mean of the training captions' vectors, renormalised (e5's space is anisotropic).
+
+With ``--demo-workspace``: the pipeline's own model instead (the challenger of dataset ``demo`` trained there, e.g.
+by ``bench/train_quality.py build/sample --name demo --workspace W --set train.epochs=15``): the demo's eight
+descriptions in each language ranked against the sample's 319 images (``dataset_dir``: ``mmr sample --out``).
 """
 
 from __future__ import annotations
@@ -132,8 +137,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/mmr_multilingual"))
     ap.add_argument("--towers", default=",".join(TOWERS), help="comma-separated names of " + ", ".join(TOWERS))
+    ap.add_argument("--demo-workspace", type=Path, help="rank the demo's descriptions with the model trained here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("MMR_BENCH_THREADS", "1")))
+    if args.demo_workspace:
+        demo_ranks(args.dataset_dir, args.demo_workspace)
+        return
     from mmretrieval.demo.sample import _package_file
 
     ids, captions, split = e4_split(args.dataset_dir)
@@ -197,6 +206,30 @@ def evaluate(name: str, ref: str, ids: list[str], captions: dict[str, list[str]]
               for lang in LANGS]
     cells.append(" ".join(f"{mean[f'demo {lang}'][0]:.1f}/{mean[f'demo {lang}'][1]:.1f}" for lang in LANGS))
     print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+def demo_ranks(sample: Path, home: Path) -> None:
+    """Print, per language, the hits at rank 1 and in the top 3 (of 8) of the demo's descriptions among the
+    sample's images, by the challenger of dataset ``demo`` in the MMR_HOME ``home``, and each query's rank."""
+    from PIL import Image
+
+    from mmretrieval.backends import tracking
+    from mmretrieval.core.settings import get_settings
+    from mmretrieval.models.dual_encoder import load
+
+    settings = get_settings(home)
+    model = load(tracking.download(settings, tracking.require_alias(settings, "demo", tracking.CHALLENGER)))
+    with open(sample / "manifest.csv", newline="", encoding="utf-8") as f:
+        images = [r for r in csv.DictReader(f) if r["modality"] == "image"]
+    gallery = torch.from_numpy(model.encode_images([Image.open(sample / r["path"]).convert("RGB") for r in images]))
+    demo = read_queries()["demo"]
+    owner = torch.tensor([[r["id"] for r in images].index(q) for q in demo])
+    print(f"{model.config.text_model} ({model.dim}-d), {len(images)} images")
+    for lang in LANGS:
+        queries = torch.from_numpy(model.encode_texts([q[lang] for q in demo.values()]))
+        sims = queries @ gallery.T
+        ranks = (sims > sims.gather(1, owner[:, None])).sum(1) + 1
+        print(f"{lang}: top-1 {int((ranks == 1).sum())}/8, top-3 {int((ranks <= 3).sum())}/8, ranks {ranks.tolist()}")
 
 
 if __name__ == "__main__":
