@@ -4,8 +4,9 @@ The clean manifest is cut into shards of ``embed.shard_rows`` rows. Each shard i
 (``part-<k>.parquet``: id, modality, vector, model_version, data_version) into a work folder
 ``data/embeddings/<dataset>/v<model_version>.partial/``, so a killed run resumes where it stopped and shards can be
 embedded by parallel workers (the Airflow DAG maps one task per shard). :func:`finish` checks completeness (every
-clean item embedded once, counts per modality, unit vectors, one dimension) and swaps the folder in as
-``v<model_version>/`` with ``embed.json``. A rerun with the same model and data version does nothing.
+clean item embedded once, counts per modality, unit vectors, one dimension; the shards read a block of rows at
+a time, never all at once) and swaps the folder in as ``v<model_version>/`` with ``embed.json``. A rerun with the
+same model and data version does nothing.
 
 A shard goes through three pieces, as in clip-retrieval, each timed: the *reader* (:class:`_Reader`: rows of the
 manifest -> batches of one modality, files decoded and preprocessed in data-loader worker processes,

@@ -14,6 +14,11 @@ three tasks; :func:`run` runs all):
 
 A crash at any step leaves the alias on the old collection; the next run drops a half-built collection and starts
 again (a verified one is reused); a rerun with unchanged inputs changes nothing.
+
+Every step streams: the embedding shards are read a block of :data:`INSERT_ROWS` rows at a time
+(:class:`Embeddings`), the centring is fitted with running sums, the rows are made by a generator
+(:func:`rows_of`) that the insert draws one batch at a time, and the check's exact search keeps a running top-k;
+only the clean manifest's display columns stay in memory (:class:`Display`).
 """
 
 from __future__ import annotations
