@@ -122,3 +122,36 @@ def test_the_index_draws_a_generators_rows_one_batch_at_a_time(tmp_path: Path, m
         with pytest.raises(IndexStoreError, match=r"row 'r12' does not fit collection 'c': field 'path' is 5000"):
             list(ix.insert("c", rows(bad=12), batch=5))
         assert len(drawn) == 15 and ix.count("c") == 10  # the batches before the bad row's went in
+
+
+def finish_checks(tmp_path: Path, vectors: np.ndarray, kinds: list[str], clean_ids: list[str],
+                  clean_kinds: list[str]) -> tuple[int, dict[str, int]]:
+    """embed's finish checks on shards of 40 rows read in blocks, against a clean manifest of ``clean_ids``."""
+    from mmretrieval.backends.tracking import ModelRef
+    from mmretrieval.stages import embed
+
+    write_shards(tmp_path, vectors, kinds, per_shard=40)
+    clean = pd.DataFrame({"id": clean_ids, "modality": clean_kinds})
+    p = embed.Plan("ds", ModelRef("m", "1", "run", "src"), "d", len(clean), 40, tmp_path / "v1", tmp_path, clean,
+                   tmp_path)
+    return embed._checked_shards(p)
+
+
+def test_embeds_finish_checks_ids_norms_and_counts_shard_by_shard(tmp_path: Path) -> None:
+    from mmretrieval.core.errors import ModelError
+
+    vectors, kinds = corpus(n=110, dim=6)
+    ids = [f"item{i:04d}" for i in range(110)]
+    assert finish_checks(tmp_path, vectors, kinds, ids, kinds) == (6, {"audio": 37, "image": 37, "text": 36})
+    swapped = ids[:50] + [ids[51], ids[50]] + ids[52:]
+    with pytest.raises(ModelError, match="hold 110 rows that do not match the 110 clean items"):
+        finish_checks(tmp_path, vectors, kinds, swapped, kinds)
+    with pytest.raises(ModelError, match="hold 110 rows that do not match the 111 clean items"):
+        finish_checks(tmp_path, vectors, kinds, [*ids, "item9999"], [*kinds, "text"])
+    broken = vectors.copy()
+    broken[[3, 75]] *= 2
+    broken[90] = np.nan
+    with pytest.raises(ModelError, match="3 embeddings of 'ds' are not unit vectors"):
+        finish_checks(tmp_path, broken, kinds, ids, kinds)
+    with pytest.raises(ModelError, match=r"embedded counts per modality .* differ from the clean counts"):
+        finish_checks(tmp_path, vectors, kinds, ids, ["image"] * 110)
