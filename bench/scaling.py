@@ -93,6 +93,7 @@ def clustered_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def bench_publish(sizes: list[int], uri: str, dim: int) -> list[dict[str, float]]:
     from mmretrieval.backends.index import MilvusIndex
     from mmretrieval.core.settings import get_settings
+    from mmretrieval.core.shards import Block
     from mmretrieval.stages.publish import verify
 
     params = get_settings().params.index
@@ -115,7 +116,8 @@ def bench_publish(sizes: list[int], uri: str, dim: int) -> list[dict[str, float]
             ix.build_index(name, params)
             ix.load(name)
             t2 = time.perf_counter()
-            checks = verify(ix, name, ids, ["image"] * n, vectors, params)
+            block = Block("", ids, np.full(n, "image", dtype=object), vectors, None)
+            checks = verify(ix, name, n, lambda b=block: [b], params)
             t3 = time.perf_counter()
             ix.drop(name)
             out.append({"vectors": n, "insert_s": round(t1 - t0, 2), "index_load_s": round(t2 - t1, 2),

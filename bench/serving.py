@@ -71,7 +71,8 @@ def main() -> None:
 
     # --- publish: pipeline vs raw insert + index + load ----------------------------------------------------
     params = s.params_for(ds).index
-    _, vectors = publish.load_embeddings(s, publish.target(ds, s))
+    emb = publish.Embeddings(s, publish.target(ds, s))
+    vectors = np.concatenate([b.vectors for b in emb.blocks()])  # the raw insert below sends them all at once
     with MilvusIndex(s.milvus_uri) as ix:
         name = publish.collection_name(s.alias(ds), ref.version, summary["data_version"])
         if ix.resolve_alias(s.alias(ds)) == name:  # force a rebuild: point the alias away, drop the collection

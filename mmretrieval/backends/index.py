@@ -33,7 +33,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,22 @@ def clip_utf8(text: str, limit: int) -> str:
     """Cut a string so its UTF-8 encoding fits ``limit`` bytes (Milvus VARCHAR limits are in bytes)."""
     raw = text.encode("utf-8")
     return text if len(raw) <= limit else raw[:limit].decode("utf-8", errors="ignore")
+
+
+def _batches(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
+    """``rows`` in lists of ``size``; the text field is a display copy of the captions (merged duplicates may exceed
+    it): a row whose text is too long comes as a copy with the text cut, never refused."""
+    chunk: list[Mapping[str, Any]] = []
+    for row in rows:
+        text = row.get("text")
+        if isinstance(text, str) and (cut := clip_utf8(text, VARCHAR_LIMITS["text"])) is not text:
+            row = dict(row, text=cut)
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class MilvusIndex:
@@ -212,28 +228,32 @@ class MilvusIndex:
                 return int(f["params"]["dim"])
         raise IndexStoreError(f"collection {name!r} has no vector field")
 
-    def insert(self, name: str, rows: Sequence[dict[str, Any]], batch: int = 1000) -> Iterator[int]:
-        """Insert in batches, yielding the count after each batch (for progress bars).
+    def insert(self, name: str, rows: Iterable[Mapping[str, Any]], batch: int = 1000) -> Iterator[int]:
+        """Insert in batches of ``batch`` rows, yielding the count after each batch (for progress bars).
 
-        Every row is checked against the schema's limits first (:func:`row_problem`), on Lite as on a server; a row
-        that does not fit, or a batch Milvus refuses, raises :class:`IndexStoreError` naming the row's id.
+        ``rows`` may be any iterable: it is drawn one batch at a time, so a generator's rows are built as they are
+        sent and at most one batch of them is held here. Every row of a batch is checked against the schema's limits
+        before the batch is sent (:func:`row_problem`), on Lite as on a server; a row that does not fit, or a batch
+        Milvus refuses, raises :class:`IndexStoreError` naming the row's id (the batches before it are in the
+        collection: drop it).
         """
         from pymilvus.exceptions import MilvusException
 
-        for row in rows:
-            if (problem := row_problem(row)) is not None:
-                raise IndexStoreError(f"row {str(row.get('id'))[:80]!r} does not fit collection {name!r}: {problem}")
-        for start in range(0, len(rows), batch):
-            # the text field is a display copy of the captions (merged duplicates may exceed it): cut, not refused
-            chunk = [dict(r, text=clip_utf8(r["text"], VARCHAR_LIMITS["text"])) if isinstance(r.get("text"), str)
-                     else dict(r) for r in rows[start:start + batch]]
+        done = 0
+        for chunk in _batches(rows, batch):
+            for row in chunk:
+                if (problem := row_problem(row)) is not None:
+                    raise IndexStoreError(f"row {str(row.get('id'))[:80]!r} does not fit collection {name!r}: "
+                                          f"{problem}")
             try:
                 with _handled_here():
                     self.client.insert(name, chunk)
             except MilvusException as e:
-                raise IndexStoreError(f"insert into {name!r} failed for the batch of rows {start + 1}-"
-                                      f"{start + len(chunk)} ({_culprit(chunk, str(e))}): {_message(e)}") from e
-            yield start + len(chunk)
+                raise IndexStoreError(f"insert into {name!r} failed for the batch of rows {done + 1}-"
+                                      f"{done + len(chunk)} ({_culprit(chunk, str(e))}): {_message(e)}") from e
+            done += len(chunk)
+            del chunk  # not held while the next batch is drawn
+            yield done
         self.client.flush(name)
 
     def build_index(self, name: str, params: IndexParams) -> None:

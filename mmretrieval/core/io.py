@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +115,16 @@ def read_parquet(path: Path, what: str) -> pd.DataFrame:
     if not path.is_file():
         raise DatasetNotFoundError(f"{what} not found at {path}: run the stage that writes it first")
     return pd.read_parquet(path)
+
+
+def read_table(path: Path, what: str, columns: Sequence[str]) -> Any:
+    """Only ``columns`` of a parquet file, as an Arrow table (columnar: no Python object per cell); raises
+    :class:`DatasetNotFoundError` when the file is missing."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{what} not found at {path}: run the stage that writes it first")
+    return pq.read_table(path, columns=list(columns))
 
 
 def append_promotion(layout: Layout, entry: dict[str, Any]) -> dict[str, Any]:

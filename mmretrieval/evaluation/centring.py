@@ -75,10 +75,34 @@ class Centring:
 
 def fit(vectors: np.ndarray, modalities: Sequence[str], centre: Iterable[str], min_items: int) -> Centring:
     """The mean vector of each modality in ``centre`` that has at least ``min_items`` rows."""
-    kinds = np.asarray(modalities)
-    means = {}
-    for modality in centre:
-        rows = kinds == modality
-        if int(rows.sum()) >= max(1, min_items):
-            means[modality] = vectors[rows].mean(axis=0).astype(np.float32)
-    return Centring(means)
+    running = RunningMeans(tuple(centre), min_items)
+    running.add(vectors, modalities)
+    return running.centring()
+
+
+@dataclass
+class RunningMeans:
+    """:func:`fit` a block of rows at a time: per-modality sums (float64) and counts of the modalities in ``centre``,
+    so a corpus is centred without holding all its vectors; :meth:`centring` gives what :func:`fit` on all the rows
+    at once gives (to float32 rounding)."""
+
+    centre: tuple[str, ...]
+    min_items: int
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, vectors: np.ndarray, modalities: Sequence[str]) -> None:
+        """Count a block: ``vectors`` (rows, dim), ``modalities[i]`` row i's modality."""
+        kinds = np.asarray(modalities)
+        for modality in self.centre:
+            rows = kinds == modality
+            n = int(rows.sum())
+            if n:
+                total = np.add.reduce(vectors[rows], axis=0, dtype=np.float64)
+                self.sums[modality] = self.sums[modality] + total if modality in self.sums else total
+                self.counts[modality] = self.counts.get(modality, 0) + n
+
+    def centring(self) -> Centring:
+        """The means of the modalities with at least ``min_items`` rows counted."""
+        return Centring({m: (self.sums[m] / n).astype(np.float32) for m, n in self.counts.items()
+                         if n >= max(1, self.min_items)})

@@ -4,8 +4,9 @@ The clean manifest is cut into shards of ``embed.shard_rows`` rows. Each shard i
 (``part-<k>.parquet``: id, modality, vector, model_version, data_version) into a work folder
 ``data/embeddings/<dataset>/v<model_version>.partial/``, so a killed run resumes where it stopped and shards can be
 embedded by parallel workers (the Airflow DAG maps one task per shard). :func:`finish` checks completeness (every
-clean item embedded once, counts per modality, unit vectors, one dimension) and swaps the folder in as
-``v<model_version>/`` with ``embed.json``. A rerun with the same model and data version does nothing.
+clean item embedded once, counts per modality, unit vectors, one dimension; the shards read a block of rows at
+a time, never all at once) and swaps the folder in as ``v<model_version>/`` with ``embed.json``. A rerun with the
+same model and data version does nothing.
 
 A shard goes through three pieces, as in clip-retrieval, each timed: the *reader* (:class:`_Reader`: rows of the
 manifest -> batches of one modality, files decoded and preprocessed in data-loader worker processes,
@@ -570,20 +571,16 @@ def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[s
     ``started`` (a ``time.monotonic()`` value) adds the run's wall time to the summary as ``seconds``; ``timings``
     sums the shards' :class:`Timings` (of the processes that wrote them).
     """
-    import pandas as pd
-
     previous = p.finished()
     if previous is not None:
         return previous | {"skipped": True}
     missing = p.pending()
     if missing:
         raise ModelError(f"embeddings of {p.dataset!r} are incomplete: shard(s) {missing} of {p.shards} missing")
-    frame = pd.concat([pd.read_parquet(p.work / shard_name(k)) for k in range(p.shards)], ignore_index=True)
-    vectors = _checked_vectors(p, frame)
-    counts = {k: int(v) for k, v in frame["modality"].value_counts().items()}
+    dim, counts = _checked_shards(p)
     summary = {
         "dataset": p.dataset, "model": p.ref.name, "model_version": p.ref.version, "model_uri": p.ref.uri,
-        "data_version": p.data_version, "dim": int(vectors.shape[1]), "rows": p.rows, "modalities": counts,
+        "data_version": p.data_version, "dim": dim, "rows": p.rows, "modalities": counts,
         "shards": [shard_name(k) for k in range(p.shards)], "shard_rows": p.shard_rows, "device": device,
         "path": str(p.final),
     }
@@ -612,23 +609,36 @@ def finish(p: Plan, device: str = "cpu", started: float | None = None) -> dict[s
     return summary
 
 
-def _checked_vectors(p: Plan, frame: pd.DataFrame) -> np.ndarray:
-    """The (rows, dim) vectors of the plan's shards (``frame``), once they are one row per clean item in order, unit
-    length and as many per modality as the clean manifest has. Raises :class:`ModelError`."""
-    clean = p.clean
-    if list(frame["id"]) != list(clean["id"]):
-        raise ModelError(f"embeddings of {p.dataset!r} hold {len(frame)} rows that do not match the "
-                         f"{len(clean)} clean items: embed again")
-    vectors = np.stack(frame["vector"].to_numpy()) if len(frame) else np.zeros((0, 0), dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1)
-    if not np.allclose(norms, 1.0, atol=1e-3):
-        raise ModelError(f"{int((np.abs(norms - 1) > 1e-3).sum())} embeddings of {p.dataset!r} are not unit "
-                         f"vectors (NaN input?)")
-    counts = {k: int(v) for k, v in frame["modality"].value_counts().items()}
-    expected = {k: int(v) for k, v in clean["modality"].value_counts().items()}
+def _checked_shards(p: Plan) -> tuple[int, dict[str, int]]:
+    """The dimension and the rows per modality of the plan's shards, read a block at a time
+    (:func:`~mmretrieval.core.shards.read_blocks`), once they are one row per clean item in order, unit length, of one
+    dimension and as many per modality as the clean manifest has. Raises :class:`ModelError`."""
+    from mmretrieval.core.shards import read_blocks
+
+    clean_ids = p.clean["id"].to_numpy()
+    rows, in_order, off_unit, dims = 0, True, 0, set()
+    counts: dict[str, int] = {}
+    try:
+        for block in read_blocks(p.work, [shard_name(k) for k in range(p.shards)]):
+            in_order = in_order and list(clean_ids[rows:rows + block.rows]) == block.ids
+            rows += block.rows
+            dims.add(int(block.vectors.shape[1]))
+            off_unit += int((~(np.abs(np.linalg.norm(block.vectors, axis=1) - 1) <= 1e-3)).sum())  # NaN too
+            for modality, n in zip(*np.unique(block.modalities.astype(str), return_counts=True), strict=True):
+                counts[str(modality)] = counts.get(str(modality), 0) + int(n)
+    except ValueError as e:  # ragged vectors
+        raise ModelError(f"embeddings of {p.dataset!r} hold vectors of different lengths ({e}): embed again") from e
+    if not in_order or rows != len(clean_ids):
+        raise ModelError(f"embeddings of {p.dataset!r} hold {rows} rows that do not match the "
+                         f"{len(clean_ids)} clean items: embed again")
+    if off_unit:
+        raise ModelError(f"{off_unit} embeddings of {p.dataset!r} are not unit vectors (NaN input?)")
+    if len(dims) > 1:
+        raise ModelError(f"embeddings of {p.dataset!r} have vectors of {sorted(dims)} dimensions: embed again")
+    expected = {k: int(v) for k, v in p.clean["modality"].value_counts().items()}
     if counts != expected:
         raise ModelError(f"embedded counts per modality {counts} differ from the clean counts {expected}")
-    return vectors
+    return (dims.pop() if dims else 0), dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def run(dataset: str, settings: Settings | None = None, alias: str = tracking.CHAMPION,

@@ -132,3 +132,51 @@ def test_queries_keep_answering_while_a_new_collection_is_published_and_swapped(
     assert errors == []
     assert seen[0] == first["collection"] and seen[-1] == second["collection"]
     assert set(seen) == {first["collection"], second["collection"]}
+
+
+def test_publish_streams_the_shards_in_chunks_and_centres_as_if_it_held_them_all(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: at no point does publish hold more rows than one chunk (here 3 of 16 rows in 4 shards of 5); the
+    centring fitted a block at a time is the one fitted on every vector at once."""
+    import gc
+
+    import numpy as np
+    import pandas as pd
+    from pymilvus import MilvusClient
+
+    from mmretrieval.backends.index import MilvusIndex
+    from mmretrieval.evaluation import centring
+
+    (workspace / "params.yaml").write_text(FAST_PARAMS + "embed: {shard_rows: 5, num_workers: 0}\n"
+                                           "index: {centre: [image], centre_min_items: 2}\n", encoding="utf-8")
+    ingest(tiny_dataset(workspace.parent / "src"), "tiny")
+    for verb in ("validate", "clean", "augment", "train", "evaluate", "promote", "embed"):
+        run_stage(verb, "tiny")
+    monkeypatch.setattr(publish, "INSERT_ROWS", 3)
+    sent: list[tuple[int, int]] = []  # (rows in an insert request, row dicts alive when it was sent)
+    real = MilvusClient.insert
+
+    def counted(self: Any, name: str, data: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        alive = sum(1 for o in gc.get_objects() if type(o) is dict and "data_version" in o and "vector" in o)
+        sent.append((len(data), alive))
+        return real(self, name, data, *args, **kwargs)
+
+    monkeypatch.setattr(MilvusClient, "insert", counted)
+    built = publish.build("tiny")
+    assert built["rows"] == 16 and [n for n, _ in sent] == [3, 3, 3, 3, 3, 1]
+    assert max(alive for _, alive in sent) <= 3
+
+    s = get_settings()
+    summary = read_json(s.layout("tiny").embedding_summary("1"), "summary")
+    frame = pd.concat([pd.read_parquet(Path(summary["path"]) / shard) for shard in summary["shards"]])
+    vectors = np.stack(frame["vector"].to_numpy()).astype(np.float32)
+    at_once = centring.fit(vectors, list(frame["modality"]), ["image"], 2)
+    expected = dict(zip(frame["id"], at_once.apply_rows(vectors, list(frame["modality"])), strict=True))
+    with MilvusIndex(s.milvus_uri) as ix:
+        ix.load(built["collection"])
+        stored = ix.client.query(built["collection"], filter="", output_fields=["id", "vector"], limit=100)
+        means = centring.Centring.from_property(ix.properties(built["collection"])[centring.PROPERTY])
+    assert len(stored) == 16 and np.allclose(means.means["image"], at_once.means["image"], atol=1e-6)
+    assert all(np.allclose(row["vector"], expected[row["id"]], atol=1e-6) for row in stored)
+    assert not np.allclose(at_once.apply_rows(vectors, list(frame["modality"])), vectors, atol=1e-3)  # centred
+    assert publish.check("tiny")["checks"]["ann_recall@10"] == 1.0

@@ -27,7 +27,7 @@ from mmretrieval.backends.index import KEYWORDS, MilvusIndex, keyword_text
 from mmretrieval.core.errors import QueryError, SearchModeUnavailable
 from mmretrieval.core.params import HybridParams, IndexParams
 from mmretrieval.serving.hybrid import search_ids, search_rows
-from mmretrieval.stages.publish import add_keywords
+from mmretrieval.stages.publish import with_keywords
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +52,7 @@ def toy(tmp_path: Path) -> Iterator[MilvusIndex]:
     with MilvusIndex(str(tmp_path / "milvus.db")) as ix:
         ix.create("toy", 2, {})
         assert ix.has_keywords("toy")
-        table = rows()
-        add_keywords(table, ("text", "label"))
-        list(ix.insert("toy", table))
+        list(ix.insert("toy", with_keywords(rows(), ("text", "label"))))
         ix.build_index("toy", FLAT)
         ix.load("toy")
         yield ix
@@ -117,9 +115,7 @@ def test_a_filter_restricts_both_lists_and_items_without_text_are_still_found(to
 def test_a_collection_of_items_without_text_searches_by_vector_in_hybrid_mode(tmp_path: Path) -> None:
     with MilvusIndex(str(tmp_path / "milvus.db")) as ix:
         ix.create("photos", 2, {})
-        table = [dict(r, text="") for r in rows()]
-        add_keywords(table, ("text", "label"))
-        list(ix.insert("photos", table))
+        list(ix.insert("photos", with_keywords([dict(r, text="") for r in rows()], ("text", "label"))))
         ix.build_index("photos", FLAT)
         ix.load("photos")
         assert search_ids(ix, "photos", FLAT, "keyword", None, ["zebra"], 5) == [[]]
@@ -156,6 +152,5 @@ def test_keyword_text_takes_the_fields_asked_for() -> None:
         == "a boat\nthe sea\nships\nHarbour at dusk\nboat\nsea"
     assert keyword_text("a boat", "ships", meta, ("label", "metadata.year", "metadata.nested", "metadata.gone")) \
         == "ships\n1999"
-    table = rows()
-    add_keywords(table, ("text",))
+    table = list(with_keywords(rows(), ("text",)))
     assert [r[KEYWORDS] for r in table][:2] == ["okapi\none two three four", ""]
