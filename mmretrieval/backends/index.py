@@ -427,6 +427,13 @@ def keyword_text(text: str, label: str, metadata: Mapping[str, Any], fields: Seq
     return clip_utf8("\n".join(p.strip() for p in parts if p and p.strip()), MAX_VARCHAR)
 
 
+def add_keywords(rows: list[dict[str, Any]], fields: Sequence[str]) -> None:
+    """Give each collection row its keyword text (:func:`keyword_text` of ``index.keyword_fields``), in place: what
+    publish inserts, and evaluation's temporary collections (:mod:`mmretrieval.serving.keyword_modes`)."""
+    for row in rows:
+        row[KEYWORDS] = keyword_text(row.get("text") or "", row.get("label") or "", row.get("metadata") or {}, fields)
+
+
 class _ThisThread(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
