@@ -64,6 +64,8 @@ def test_hybrid_mode_is_evaluated_and_ranks_as_a_hybrid_search_returns(published
     with RetrievalClient("tiny", settings=settings) as client:
         served = [[h.id for h in client.search(text=q, k=k, mode="hybrid")] for q in QUERIES]
     assert [r[:k] for r in ranked] == served
+    vector = rankers(ctx)["vector"](QUERIES)
+    assert [r[:k] for r in ranked] != [r[:k] for r in vector]  # the words change the order: not vector search
     assert all(sorted(r) == sorted(ctx.gallery.ids) for r in ranked)  # the rest follow: a full ranking
 
 
@@ -101,3 +103,18 @@ def test_with_the_default_vector_mode_no_hybrid_metrics_appear(published_tiny: S
     assert published_tiny.params_for("tiny").index.search_mode == "vector"
     assert scored["modes"] == ["vector"]
     assert not any(k.startswith(("hybrid/", "keyword/")) for k in scored)
+
+
+def test_the_keyword_mode_puts_the_word_matches_first_then_the_rest_by_vector(published_tiny: Settings,
+                                                                             tmp_path: Path) -> None:
+    settings = with_search_mode(published_tiny, "keyword")
+    manifest, frame = items_manifest(published_tiny, tmp_path / "clean")
+    ref = tracking.require_alias(settings, "tiny", tracking.CHAMPION)
+    model = loading.load_model(settings, ref)
+    evaluator = RetrievalEvaluator(frame, manifest.parent, media_column="path", primary_metric="t2i_recall@10")
+    ctx = mode_context(settings, "tiny", ref, model, gallery_of(evaluator.decode(model, "image"), frame))
+    modes = rankers(ctx)
+    assert list(modes) == ["vector", "keyword"]
+    ranked, vector = modes["keyword"](["red"])[0], modes["vector"](["red"])[0]
+    assert set(ranked[:4]) == {f"red{i}" for i in range(4)}  # only the red items say "red"
+    assert ranked[4:] == [i for i in vector if not i.startswith("red")]
