@@ -18,7 +18,7 @@ from mmretrieval.core.settings import Settings
 from mmretrieval.evaluation.evaluator import RetrievalEvaluator
 from mmretrieval.serving import loading
 from mmretrieval.serving.client import RetrievalClient
-from mmretrieval.serving.modes import rankers
+from mmretrieval.serving.modes import ModeContext, rankers
 from mmretrieval.stages.evaluate import evaluate_manifest, gallery_of, mode_context
 
 pytestmark = pytest.mark.integration
@@ -45,6 +45,14 @@ def items_manifest(settings: Settings, folder: Path, textless: tuple[str, ...] =
     return manifest, frame
 
 
+def champion_context(settings: Settings, manifest: Path, frame: pd.DataFrame) -> ModeContext:
+    """The search modes' context of the champion over the manifest's images, as ``mmr evaluate`` builds it."""
+    ref = tracking.require_alias(settings, "tiny", tracking.CHAMPION)
+    model = loading.load_model(settings, ref)
+    evaluator = RetrievalEvaluator(frame, manifest.parent, media_column="path", primary_metric="t2i_recall@10")
+    return mode_context(settings, "tiny", ref, model, gallery_of(evaluator.decode(model, "image"), frame))
+
+
 def test_hybrid_mode_is_evaluated_and_ranks_as_a_hybrid_search_returns(published_tiny: Settings,
                                                                         tmp_path: Path) -> None:
     settings = with_search_mode(published_tiny, "hybrid")
@@ -55,10 +63,7 @@ def test_hybrid_mode_is_evaluated_and_ranks_as_a_hybrid_search_returns(published
     assert scored["hybrid/t2i_recall@10_chance"] == scored["vector/t2i_recall@10_chance"]
     assert not any(k.startswith(("hybrid/i2t_", "keyword/")) for k in scored)  # text queries only; one mode serves
 
-    ref = tracking.require_alias(settings, "tiny", tracking.CHAMPION)
-    model = loading.load_model(settings, ref)
-    evaluator = RetrievalEvaluator(frame, manifest.parent, media_column="path", primary_metric="t2i_recall@10")
-    ctx = mode_context(settings, "tiny", ref, model, gallery_of(evaluator.decode(model, "image"), frame))
+    ctx = champion_context(settings, manifest, frame)
     ranked = rankers(ctx)["hybrid"](QUERIES)
     k = max(ctx.ks)
     with RetrievalClient("tiny", settings=settings) as client:
@@ -80,10 +85,7 @@ def test_items_without_text_are_ranked_and_the_cli_scores_a_query_file(published
     monkeypatch.setenv("MMR_HOME", str(published_tiny.home))
     monkeypatch.setenv("MMR_PARAMS", str(params))
     settings = with_search_mode(published_tiny, "hybrid")
-    ref = tracking.require_alias(settings, "tiny", tracking.CHAMPION)
-    model = loading.load_model(settings, ref)
-    evaluator = RetrievalEvaluator(frame, manifest.parent, media_column="path", primary_metric="t2i_recall@10")
-    ctx = mode_context(settings, "tiny", ref, model, gallery_of(evaluator.decode(model, "image"), frame))
+    ctx = champion_context(settings, manifest, frame)
     ranked = rankers(ctx)["hybrid"](["a blue square"])[0]
     assert sorted(ranked) == sorted(ctx.gallery.ids)  # the captionless blue squares are ranked too
 
@@ -109,10 +111,7 @@ def test_the_keyword_mode_puts_the_word_matches_first_then_the_rest_by_vector(pu
                                                                              tmp_path: Path) -> None:
     settings = with_search_mode(published_tiny, "keyword")
     manifest, frame = items_manifest(published_tiny, tmp_path / "clean")
-    ref = tracking.require_alias(settings, "tiny", tracking.CHAMPION)
-    model = loading.load_model(settings, ref)
-    evaluator = RetrievalEvaluator(frame, manifest.parent, media_column="path", primary_metric="t2i_recall@10")
-    ctx = mode_context(settings, "tiny", ref, model, gallery_of(evaluator.decode(model, "image"), frame))
+    ctx = champion_context(settings, manifest, frame)
     modes = rankers(ctx)
     assert list(modes) == ["vector", "keyword"]
     ranked, vector = modes["keyword"](["red"])[0], modes["vector"](["red"])[0]
