@@ -447,6 +447,21 @@ def keyword_text(text: str, label: str, metadata: Mapping[str, Any], fields: Seq
     return clip_utf8("\n".join(p.strip() for p in parts if p and p.strip()), MAX_VARCHAR)
 
 
+def with_keywords(rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Each collection row with its keyword text (:func:`keyword_text` of ``index.keyword_fields``), set as the row
+    is drawn (publish's rows stay a stream)."""
+    for row in rows:
+        row[KEYWORDS] = keyword_text(row.get("text") or "", row.get("label") or "", row.get("metadata") or {}, fields)
+        yield row
+
+
+def add_keywords(rows: list[dict[str, Any]], fields: Sequence[str]) -> None:
+    """:func:`with_keywords` in place over a list: evaluation's temporary collections
+    (:mod:`mmretrieval.serving.keyword_modes`)."""
+    for _ in with_keywords(rows, fields):
+        pass
+
+
 class _ThisThread(logging.Filter):
     def __init__(self) -> None:
         super().__init__()

@@ -17,6 +17,8 @@ from mmretrieval.evaluation.metrics import chance_levels, retrieval_metrics, wit
 
 VECTOR = "vector"  # the dual encoder alone (cosine of the query's and the items' vectors)
 RERANKED = "reranked"  # the dual encoder's top candidates re-scored by the version's gated re-ranker
+KEYWORD = "keyword"  # BM25 over the items' keyword text, where index.search_mode is "keyword"
+HYBRID = "hybrid"  # the vector and keyword lists fused, where index.search_mode is "hybrid"
 SEPARATOR = "/"  # f"{mode}{SEPARATOR}{metric}"
 
 RankFn = Callable[[list[str]], list[list[str]]]  # (Q,) query texts -> per query gallery ids, best first

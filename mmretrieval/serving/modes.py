@@ -11,9 +11,14 @@ mode for those items. Built in:
   passed its gate and re-ranks this modality, as :meth:`RetrievalClient.search` does by default (regions projected
   from the items' tower maps as the embed stage stores them; the rest below, in dual order).
 
-A new mode (e.g. ``hybrid``) is one more entry: ``MODES["hybrid"] = build_hybrid`` with ``build_hybrid(ctx)``
-returning None when the dataset does not search that way, else a function of the query texts that returns each
-query's item ids best first (``ctx.gallery.rows`` carries the items' manifest rows: text, label, metadata).
+- ``keyword`` and ``hybrid`` (:mod:`mmretrieval.serving.keyword_modes`): where ``index.search_mode`` names the
+  mode (what serving answers a text query with), BM25 or the fused lists as
+  :func:`~mmretrieval.serving.hybrid.search_ids` returns them on a temporary Milvus Lite collection of the gallery,
+  the rest below in vector order.
+
+A new mode is one more entry: ``MODES[name] = build`` with ``build(ctx)`` returning None when the dataset does not
+search that way, else a function of the query texts that returns each query's item ids best first
+(``ctx.gallery.rows`` carries the items' manifest rows: text, label, metadata).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmretrieval.evaluation.modes import RERANKED, VECTOR, RankFn, scored_rankings
+from mmretrieval.evaluation.modes import HYBRID, KEYWORD, RERANKED, VECTOR, RankFn, scored_rankings
+from mmretrieval.serving.keyword_modes import hybrid_mode, keyword_mode
 
 if TYPE_CHECKING:
     import torch
@@ -142,7 +148,8 @@ def rerank_rankings(net: Any, model: RetrievalModel, texts: list[str], dual: np.
 
 
 ModeBuilder = Callable[[ModeContext], "RankFn | None"]
-MODES: dict[str, ModeBuilder] = {VECTOR: vector_mode, RERANKED: reranked_mode}  # in report order
+MODES: dict[str, ModeBuilder] = {VECTOR: vector_mode, RERANKED: reranked_mode, KEYWORD: keyword_mode,
+                                 HYBRID: hybrid_mode}  # in report order
 
 
 def rankers(ctx: ModeContext, modes: list[str] | None = None) -> dict[str, RankFn]:

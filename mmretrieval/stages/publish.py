@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from mmretrieval.backends import tracking
-from mmretrieval.backends.index import KEYWORDS, MilvusIndex, keyword_text
+from mmretrieval.backends.index import MilvusIndex, with_keywords
 from mmretrieval.backends.regions import REGIONS
 from mmretrieval.core.contracts import Pinned, PublishResult
 from mmretrieval.core.errors import (
@@ -466,14 +466,6 @@ def check_regions(folder: Path, ids: list[str]) -> dict[str, Any]:
     if lacking:
         raise PublishError(f"{len(lacking)} row(s) have no regions in {folder}, e.g. {lacking[:3]}: embed again")
     return {"items": len(ids), "bytes_per_item": store.meta["bytes_per_item"]}
-
-
-def with_keywords(rows: Iterable[dict[str, Any]], fields: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    """Each collection row with its keyword text (:func:`~mmretrieval.backends.index.keyword_text` of
-    ``index.keyword_fields``), as it is drawn (rows stay a stream)."""
-    for row in rows:
-        row[KEYWORDS] = keyword_text(row.get("text") or "", row.get("label") or "", row.get("metadata") or {}, fields)
-        yield row
 
 
 def _metadata(raw: str, media: str) -> dict[str, Any]:

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from mmretrieval.backends.index import KEYWORDS, MilvusIndex, keyword_text
+from mmretrieval.backends.index import KEYWORDS, MilvusIndex, keyword_text, with_keywords
 from mmretrieval.core.errors import QueryError, SearchModeUnavailable
 from mmretrieval.core.params import HybridParams, IndexParams
 from mmretrieval.serving.hybrid import search_ids, search_rows
-from mmretrieval.stages.publish import with_keywords
 
 pytestmark = pytest.mark.integration
 
