@@ -405,7 +405,9 @@ class MilvusIndex:
                 f"later); the Milvus at {safe_uri(self.uri)} is version {version}: use mode 'vector' or a newer "
                 "server")
         raise SearchModeUnavailable(f"collection {name!r} on Milvus {version} has no keyword field (published "
-                                    "before keyword search, or without it): publish again, or use mode 'vector'")
+                                    "before keyword search, or without it): a collection is rebuilt only for a new "
+                                    "model or data version, so train or ingest one and publish it, or use mode "
+                                    "'vector'")
 
 
 def add_keyword_fields(schema: Any) -> None:

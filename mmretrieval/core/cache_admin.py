@@ -43,7 +43,10 @@ def parse_size(text: str, what: str = "size") -> int:
     unit = found.group(2).lower() if found else ""
     if not found or unit not in _UNITS:
         raise CacheError(f"{what} {text!r} is not a size: use a number and a unit, e.g. 20GB, 500MB, 2GiB or 0")
-    return int(float(found.group(1)) * _UNITS[unit])
+    value = float(found.group(1)) * _UNITS[unit]
+    if not math.isfinite(value):
+        raise CacheError(f"{what} {str(text)[:40]!r}... is not a size: the number is too large")
+    return int(value)
 
 
 def parse_age(text: str, what: str = "age") -> float:

@@ -169,10 +169,12 @@ def fit(scored: Mapping[str, tuple[np.ndarray, np.ndarray]], *, top_k: int, min_
 
 
 def decide(confidences: list[float | None], min_confidence: float) -> bool:
-    """``no_good_match``: True when some hit has a confidence and the best one is below ``min_confidence``; False
-    when none has one (an uncalibrated collection never flags) or there are no hits."""
-    known = [c for c in confidences if c is not None]
-    return bool(known) and max(known) < min_confidence
+    """``no_good_match``: True when every hit has a confidence and the best one is below ``min_confidence``; False
+    when any hit has none (an uncalibrated collection, or a hit of a query modality pair without a curve, which
+    may be the good one: never judged on the others alone) or there are no hits."""
+    if not confidences or any(c is None for c in confidences):
+        return False
+    return max(c for c in confidences if c is not None) < min_confidence
 
 
 def from_evaluation(per_modality: Mapping[str, Any], *, top_k: int, min_queries: int) -> Calibration:

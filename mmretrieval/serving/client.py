@@ -452,6 +452,8 @@ class RetrievalClient:
             return query.mode
         if query.text is None or self._params.search_mode == "vector" or query.rerank:
             return "vector"
+        if query.image is not None or query.audio is not None:  # text + a file: fused as `fusion` says, by vector
+            return "vector"
         return self._params.search_mode if self._has_keywords(collection) else "vector"
 
     def _has_keywords(self, collection: str) -> bool:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mmretrieval.backends import tracking
 from mmretrieval.backends.locks import per_dataset
 from mmretrieval.core.contracts import EvaluateResult
-from mmretrieval.core.errors import TrainingError
+from mmretrieval.core.errors import ManifestError, TrainingError
 from mmretrieval.core.io import write_json
 from mmretrieval.core.layout import read_clean
 from mmretrieval.core.schema import Split, read_manifest
@@ -132,6 +132,9 @@ def evaluate_manifest(dataset: str, manifest: Path, settings: Settings | None = 
     settings = settings or get_settings()
     params = settings.params_for(dataset)
     frame = read_manifest(manifest)
+    repeated = sorted(set(frame.loc[frame["id"].astype(str).duplicated(), "id"].astype(str)))
+    if repeated:
+        raise ManifestError(f"manifest {manifest} repeats id(s) {repeated[:5]}: every item needs its own id")
     evaluator = RetrievalEvaluator(frame, manifest.parent, media_column="path", index=params.index,
                                    primary_metric=params.gate.metric)
     query_set = None if queries is None else read_queries(queries, set(frame["id"].astype(str)))

@@ -153,3 +153,12 @@ def test_keyword_text_takes_the_fields_asked_for() -> None:
         == "ships\n1999"
     table = list(with_keywords(rows(), ("text",)))
     assert [r[KEYWORDS] for r in table][:2] == ["okapi\none two three four", ""]
+
+
+def test_a_query_without_words_finds_no_keyword_hit_and_hybrid_falls_back_to_vector(toy: MilvusIndex) -> None:
+    """Punctuation or blanks give BM25 no token: keyword mode answers nothing (not an error), hybrid the vector
+    order."""
+    for text in ("???", "   "):
+        assert search_ids(toy, "toy", FLAT, "keyword", None, [text], 5) == [[]]
+        vector = search_ids(toy, "toy", FLAT, "vector", [[1.0, 0.0]], None, 5)
+        assert search_ids(toy, "toy", FLAT, "hybrid", [[1.0, 0.0]], [text], 5) == vector

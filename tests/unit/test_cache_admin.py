@@ -285,3 +285,11 @@ def test_cache_max_size_in_params_yaml_is_checked_and_prunes_after_a_run(tmp_pat
     (tmp_path / "params.yaml").write_text(f"cache: {{max_size: {cache.path(new).stat().st_size}}}\n")  # bytes
     result = prune_caches(get_settings(tmp_path))
     assert result["removed"] == 1 and not cache.path(old).exists() and cache.path(new).exists()
+
+
+def test_a_size_too_large_for_a_number_is_refused_by_name() -> None:
+    from mmretrieval.core.cache_admin import parse_size
+    from mmretrieval.core.errors import CacheError
+
+    with pytest.raises(CacheError, match="--max-size"):
+        parse_size("9" * 400, "--max-size")

@@ -100,7 +100,9 @@ def test_the_calibration_survives_the_json_round_trip_and_stays_small() -> None:
 
 
 def test_no_good_match_is_the_best_confidence_below_the_threshold() -> None:
-    assert decide([0.02, 0.04, None], 0.05) is True
+    assert decide([0.02, 0.04], 0.05) is True
+    assert decide([None, 0.02, 0.04], 0.05) is False  # an unjudged hit (no curve for its pair) may be the good one
+    assert decide([0.02, 0.04, None], 0.05) is False
     assert decide([0.02, 0.06], 0.05) is False  # any hit at or above it: a good match
     assert decide([0.05], 0.05) is False
     assert decide([None, None], 0.05) is False  # uncalibrated: never flagged

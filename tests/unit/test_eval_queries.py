@@ -137,3 +137,16 @@ def test_evaluate_report_shows_the_search_modes_side_by_side(tmp_path: Path) -> 
     assert row == "<td>0.2500</td><td>0.1250</td><td>0.6250</td><td>0.1000</td>"  # 3 columns, then chance
     mrr_row = html.split("<td>i2t_mrr</td>")[1].split("</tr>")[0]
     assert mrr_row == "<td>0.5000</td><td>0.3750</td><td></td><td></td>"  # re-ranking is text -> items only
+
+
+def test_cli_evaluate_refuses_a_manifest_that_repeats_an_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Two rows of one id would be ranked twice by every mode: one line naming the id, exit 2, no traceback."""
+    monkeypatch.setenv("MMR_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    queries = write(tmp_path / "q.csv", "query,relevant\na cat,photo_cat\n")
+    manifest = write(tmp_path / "manifest.csv", "id,modality,path,text\nphoto_cat,image,cat.png,a cat\n"
+                     "photo_cat,image,cat2.png,another cat\n")
+    assert main(["evaluate", "--dataset", "demo", "--manifest", str(manifest), "--queries", str(queries)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mmr: error: manifest") and "photo_cat" in err[-1] and "repeats" in err[-1]

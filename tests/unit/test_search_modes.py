@@ -95,3 +95,22 @@ def test_the_page_offers_the_modes_and_sends_the_chosen_one(tmp_path: Path) -> N
     assert '<select id="mode" name="mode"' in page
     assert all(f'<option value="{m}">{m}</option>' in page for m in ("vector", "keyword", "hybrid"))
     assert 'const mode = $("mode").value || null;' in script and "labels: labels(), mode }" in script
+
+
+def test_the_configured_mode_takes_text_queries_but_not_text_with_a_file() -> None:
+    """index.search_mode: hybrid applies to a text query; text fused with an image or audio query stays a vector
+    search (as `fusion` says), since the upload route has no mode to ask for another."""
+    from types import SimpleNamespace
+
+    from mmretrieval.serving.client import RetrievalClient
+
+    state = SimpleNamespace(_params=IndexParams(search_mode="hybrid"), _has_keywords=lambda collection: True)
+
+    def mode(**parts: object) -> str:
+        query = Query.checked(parts.get("text"), parts.get("image"), parts.get("audio"), k=5, modality=None,
+                              filter="", labels=(), where=None, weights=None, fusion="late", rerank=None)
+        return RetrievalClient._mode(state, query, "c")  # type: ignore[arg-type]
+
+    assert mode(text="a red car") == "hybrid"
+    assert mode(text="a red car", image=b"\x89PNG") == "vector"
+    assert mode(image=b"\x89PNG") == "vector"
