@@ -457,13 +457,6 @@ def with_keywords(rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> Iter
         yield row
 
 
-def add_keywords(rows: list[dict[str, Any]], fields: Sequence[str]) -> None:
-    """:func:`with_keywords` in place over a list: evaluation's temporary collections
-    (:mod:`mmretrieval.serving.keyword_modes`)."""
-    for _ in with_keywords(rows, fields):
-        pass
-
-
 class _ThisThread(logging.Filter):
     def __init__(self) -> None:
         super().__init__()

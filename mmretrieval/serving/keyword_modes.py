@@ -5,7 +5,7 @@ A mode is served, and so evaluated, only when the dataset's ``index.search_mode`
 by default). Its ranker builds, per call, a collection in a temporary folder as publish would build one of these
 items (:meth:`~mmretrieval.backends.index.MilvusIndex.create`'s schema, the items' vectors centred as evaluation
 centres them, their keyword text from ``index.keyword_fields`` by
-:func:`~mmretrieval.backends.index.add_keywords`, the ``index`` params' vector index), searches it with the
+:func:`~mmretrieval.backends.index.with_keywords`, the ``index`` params' vector index), searches it with the
 serving params for the top ``min(largest K, G, 1000)`` per query, then closes it and removes the folder. Each
 query's ranking is that top (keyword mode: only the items sharing a word with the query) followed by every other
 item in vector order (cosine, ties in gallery order), so full-ranking metrics (mAP, MRR, median rank) are defined.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmretrieval.backends.index import MilvusIndex, add_keywords
+from mmretrieval.backends.index import MilvusIndex, with_keywords
 from mmretrieval.evaluation.modes import HYBRID, KEYWORD, RankFn, scored_rankings
 from mmretrieval.serving.hybrid import MAX_DEPTH, search_ids
 
@@ -86,9 +86,8 @@ def scratch_collection(gallery: Gallery, vectors: np.ndarray, params: IndexParam
     with tempfile.TemporaryDirectory(prefix="mmr-modes-") as folder, \
             MilvusIndex(str(Path(folder) / "evaluation.db")) as ix:
         ix.create(COLLECTION, int(vectors.shape[1]), {})
-        if ix.has_keywords(COLLECTION):
-            add_keywords(rows, params.keyword_fields)
-        for _ in ix.insert(COLLECTION, rows):
+        stream = with_keywords(rows, params.keyword_fields) if ix.has_keywords(COLLECTION) else rows
+        for _ in ix.insert(COLLECTION, stream):
             pass
         ix.build_index(COLLECTION, params)
         ix.load(COLLECTION)

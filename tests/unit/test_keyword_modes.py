@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mmretrieval.backends.index import KEYWORDS, add_keywords
+from mmretrieval.backends.index import KEYWORDS, with_keywords
 from mmretrieval.core.params import IndexParams, RerankParams
 from mmretrieval.serving.keyword_modes import gallery_rows, hybrid_mode, keyword_mode
 from mmretrieval.serving.modes import MODES, Gallery, ModeContext
@@ -40,6 +40,6 @@ def test_gallery_rows_carry_what_publish_inserts_and_missing_values_are_empty() 
     assert out[0]["metadata"] == {"tags": ["shiny", "new"], "n": 3} and out[1]["metadata"] == {}
     assert (out[1]["text"], out[1]["label"], out[1]["path"]) == ("", "", "")
     assert out[0]["model_version"] == "7" and out[0]["modality"] == "image"
-    add_keywords(out, ("text", "label", "metadata.tags"))
+    out = list(with_keywords(out, ("text", "label", "metadata.tags")))
     assert out[0][KEYWORDS] == "a red square\nsomething red\nred\nshiny\nnew"
     assert out[1][KEYWORDS] == ""  # an item without text: never a keyword hit
