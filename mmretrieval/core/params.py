@@ -109,7 +109,9 @@ class ValidateParams(Section):
 
 class CleanParams(Section):
     lowercase: Flag = False
-    image_max_side: Whole = Field(256, ge=1)  # images are re-encoded as PNG no larger than this
+    image_short_side: Whole = Field(256, ge=1)  # images are re-encoded as PNG scaled down (aspect kept) until the
+    # shorter side is at most this: the image tower's own resize (Lite0: 256 before its 224 crop) then never upscales
+    image_max_side: Whole = Field(1024, ge=1)  # ...and the longer side at most this (panoramas, long strips)
     near_duplicate_distance: Whole = Field(4, ge=-1, le=64)  # images whose 64-bit difference hashes differ in <= this
     # many bits merge (-1: off)
     audio_sample_rate: Whole = Field(16_000, ge=1)  # audio is resampled to this rate, mixed to mono and saved as
@@ -186,6 +188,8 @@ class TrainParams(Section):
     num_workers: Whole = Field(0, ge=0)
     grad_clip: Number = Field(1.0, gt=0)
     balance_labels: Flag = True  # sample each label class as often as one unlabelled item
+    caption_draws: Whole = Field(1, ge=1)  # frozen backbone: draws per epoch of an item with several captions, each
+    # with a random one (1: an epoch sees every item once)
     loss: Literal["infonce", "triplet"] = "infonce"  # "infonce" (symmetric, multi-positive) or "triplet" (hardest
     # in-batch negative)
     margin: Number = Field(0.2, ge=0)  # triplet margin

@@ -187,6 +187,24 @@ def blank_message(name: str, decoded: Decoded) -> str:
             f"{BLANK_STD:g} of 255): a constant or near-constant picture carries no content to search by")
 
 
+def clean_size(size: tuple[int, int], short_side: int, max_side: int) -> tuple[int, int]:
+    """The (width, height) in pixels an image of ``size`` is scaled down to, aspect kept: the shorter side at most
+    ``short_side`` and the longer at most ``max_side``, never enlarged, no side below 1. A short side rather than a
+    long one bounds it because CNN towers resize the shorter side (Lite0: to 256, then crop 224): a 4:3 photo cut to
+    256 on its long side came back upscaled from 192 and lost 1.4 points of E4 R@10 (docs/benchmarks.md)."""
+    w, h = size
+    scale = min(1.0, short_side / min(w, h), max_side / max(w, h))
+    return (max(1, round(w * scale)), max(1, round(h * scale))) if scale < 1.0 else (w, h)
+
+
+def scaled_down(im: Image.Image, short_side: int, max_side: int) -> Image.Image:
+    """``im`` resized to :func:`clean_size` (bicubic, as ``Image.thumbnail``), or itself when it already fits."""
+    from PIL import Image
+
+    size = clean_size(im.size, short_side, max_side)
+    return im if size == im.size else im.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+
+
 def reduced(im: Image.Image, max_side: int) -> Image.Image:
     """``im`` reduced by the largest integer factor that keeps its short side at least ``max_side`` pixels (itself
     when that factor is 1). Modes ``reduce`` cannot take are converted first, as :func:`_convert` would read them:

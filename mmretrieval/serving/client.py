@@ -173,7 +173,15 @@ class RetrievalClient:
                 "dim": self.index.dim(name), "rows": self.index.count(name),
                 "published_at": props.get("mmr.published_at"),
                 "centred": Centring.from_property(props.get(CENTRE_PROPERTY), f"collection {name}").modalities,
-                "rerank": self._rerank_info(name), **self.modes(name)}
+                "rerank": self._rerank_info(name), "calibration": self._calibration_info(name), **self.modes(name)}
+
+    def _calibration_info(self, collection: str) -> dict[str, Any]:
+        """Which query -> item modality pairs get a ``confidence`` (and so a ``no_good_match``), fitted on how many
+        test queries, and why the others have none (too few queries, none evaluated)."""
+        c = self.calibration(collection)
+        return {"pairs": {k: {"queries": v.queries, "pairs": v.pairs} for k, v in sorted(c.curves.items())},
+                "uncalibrated": dict(sorted(c.uncalibrated.items())),
+                "min_confidence": float(self.settings.params_for(self.dataset).calibration.min_confidence)}
 
     def modes(self, collection: str) -> dict[str, Any]:
         """``search_modes``: the modes ``collection`` can answer (keyword and hybrid only with its BM25 keyword

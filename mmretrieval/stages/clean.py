@@ -42,7 +42,7 @@ from mmretrieval.core.schema import MESSAGE, REASON, Modality, join_captions, sp
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import clean_audio
 from mmretrieval.media.dedup import ImageHash, dhash, find_duplicates
-from mmretrieval.media.image import open_item_image
+from mmretrieval.media.image import open_item_image, scaled_down
 from mmretrieval.media.text import count_fixed_captions, normalize_captions, normalize_metadata, normalize_text
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ class CleanedMedia:
     """Cleaned media addressed by content: one :class:`~mmretrieval.core.cache.ItemCache` entry (kind
     ``clean-media``) per raw file's sha256 and exactly the settings that decide its cleaning, for each modality:
 
-    - image: ``clean.image_max_side``, ``validate.max_image_pixels``;
+    - image: ``clean.image_short_side``, ``clean.image_max_side``, ``validate.max_image_pixels``;
     - audio: ``clean.audio_sample_rate``, ``audio_trim_db``, ``audio_target_dbfs``, ``validate.max_audio_seconds``;
     - video: nothing but the code (the file is kept; probing fills its metadata);
 
@@ -217,7 +217,8 @@ class CleanedMedia:
     def __init__(self, root: Path, params: Params) -> None:
         c, v = params.clean, params.validate
         decides = {
-            Modality.IMAGE.value: {"image_max_side": c.image_max_side, "max_image_pixels": v.max_image_pixels},
+            Modality.IMAGE.value: {"image_short_side": c.image_short_side, "image_max_side": c.image_max_side,
+                                   "max_image_pixels": v.max_image_pixels},
             Modality.AUDIO.value: {"audio_sample_rate": c.audio_sample_rate, "audio_trim_db": c.audio_trim_db,
                                    "audio_target_dbfs": c.audio_target_dbfs, "max_audio_seconds": v.max_audio_seconds},
             Modality.VIDEO.value: {},
@@ -267,8 +268,9 @@ class CleanedMedia:
 
 
 def clean_media(modality: str, data: bytes, name: str, dst: Path, params: Params) -> dict:
-    """Clean one media file's bytes ``data`` (from a file named ``name``) into ``dst``: images as PNG at most
-    ``clean.image_max_side`` pixels a side (an animation's representative frame); audio mono at one sample rate,
+    """Clean one media file's bytes ``data`` (from a file named ``name``) into ``dst``: images as PNG scaled down to
+    at most ``clean.image_short_side`` pixels on the shorter side and ``clean.image_max_side`` on the longer one (an
+    animation's representative frame; :func:`~mmretrieval.media.image.scaled_down`); audio mono at one sample rate,
     silence trimmed, loudness normalised, 16-bit WAV; video kept as it is. Decoded from a private copy of the
     verified bytes, named like the raw file (messages name it). Returns the sidecar facts: ``suffix`` of the clean
     file, an image's ``dhash`` (bits, colour, min_side, blank), a video's ``video`` (duration_s, fps, width, height,
@@ -280,7 +282,7 @@ def clean_media(modality: str, data: bytes, name: str, dst: Path, params: Params
         if modality == Modality.IMAGE.value:
             im = open_item_image(src, params.validate.max_image_pixels)  # a blank picture: BlankImage
             phash = dhash(im)
-            im.thumbnail((params.clean.image_max_side, params.clean.image_max_side))
+            im = scaled_down(im, params.clean.image_short_side, params.clean.image_max_side)
             im.save(dst, format="PNG", optimize=False)
             return {"suffix": ".png", "dhash": {"bits": phash.bits, "colour": list(phash.colour),
                                                 "min_side": phash.min_side, "blank": phash.blank}}

@@ -237,13 +237,14 @@ def _build_data(job: _Job) -> None:
             mirror = bool(job.policy.get("image", {}).get("horizontal_flip"))
             feats = data.cached_image_features(net, items, members, job.clean_dir, eval_transform(net.config), mirror,
                                                device, job.layout.item_cache, job.features)
-            dataset_, workers, job.encoders[modality] = data.FeatureDataset(feats, members, items.captions), 0, \
-                net.project_image
-            members = dataset_.members  # items with several captions are drawn once per caption
+            dataset_ = data.FeatureDataset(feats, members, items.captions, p.caption_draws)
+            workers, job.encoders[modality] = 0, net.project_image
+            members = dataset_.members  # an item with several captions may be drawn several times
         elif modality == Modality.VIDEO.value and net.image_frozen:  # K frames per clip through the backbone, once
             feats, waves, audio = data.cached_video_features(net, items, members, job.clean_dir, device,
                                                              cache_root=job.layout.item_cache, counts=job.features)
-            dataset_, workers = data.VideoFeatureDataset(feats, waves, audio, members, items.captions), 0
+            dataset_, workers = data.VideoFeatureDataset(feats, waves, audio, members, items.captions,
+                                                          p.caption_draws), 0
             job.encoders[modality] = lambda b: net.project_video(b.pixels, b.wave, b.audio)  # audio tracks fused
             members = dataset_.members
         else:  # decoded while training: the bytes are checked first

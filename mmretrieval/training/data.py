@@ -175,18 +175,19 @@ class MediaDataset(Dataset):  # type: ignore[type-arg]
 class FeatureDataset(Dataset):  # type: ignore[type-arg]
     """Cached backbone features (views, items, width) of one modality's items; each draw picks a random view.
 
-    An item with several captions is drawn up to ``MAX_DRAWS`` times per epoch (once per caption, each draw with a
-    random caption): epochs cost only the heads here, and a photo with five captions then meets about all five of
-    them each epoch instead of one.
+    An item with several captions is drawn up to ``draws`` times per epoch (each draw with a random caption;
+    ``train.caption_draws``). One draw per epoch is the field's usual epoch; five made a photo with five captions
+    meet about all of them each epoch, but five times the steps overfit a frozen backbone's heads (docs/benchmarks.md,
+    "The image side").
     """
 
-    MAX_DRAWS = 5
-
-    def __init__(self, features: torch.Tensor, members: list[int], captions: list[list[str]]) -> None:
+    def __init__(self, features: torch.Tensor, members: list[int], captions: list[list[str]], draws: int = 1) -> None:
         if features.shape[1] != len(members):
             raise ValueError(f"{features.shape[1]} feature rows for {len(members)} items")
+        if draws < 1:
+            raise ValueError(f"draws must be at least 1, got {draws}")
         self.features = features
-        self.rows = [(pos, i) for pos, i in enumerate(members) for _ in range(min(len(captions[i]), self.MAX_DRAWS))]
+        self.rows = [(pos, i) for pos, i in enumerate(members) for _ in range(min(len(captions[i]), draws))]
 
     @property
     def members(self) -> list[int]:
@@ -333,8 +334,8 @@ class VideoFeatureDataset(FeatureDataset):
     holds the (K, width) frame features (``times`` left empty)."""
 
     def __init__(self, features: torch.Tensor, waves: torch.Tensor, audio: torch.Tensor, members: list[int],
-                 captions: list[list[str]]) -> None:
-        super().__init__(features, members, captions)
+                 captions: list[list[str]], draws: int = 1) -> None:
+        super().__init__(features, members, captions, draws)
         self.waves, self.audio = waves, audio
 
     def __getitem__(self, k: int) -> tuple[Any, int]:  # type: ignore[override]

@@ -68,6 +68,10 @@ def test_evaluate_records_the_calibration_and_publish_copies_it_onto_the_collect
     curve = Calibration.from_json(tag).curves["text->image"]
     report = json.loads(calibrated.layout("tiny").evaluation_latest.read_text())
     assert report["calibration"]["curves"]["text->image"]["queries"] == curve.queries == 8  # 4 test squares x 2
+    with RetrievalClient("tiny", settings=calibrated) as client:  # mmr info says what is calibrated
+        info = client.info()["calibration"]
+    assert info["pairs"] == {"text->image": {"queries": 8, "pairs": curve.pairs}}
+    assert info["uncalibrated"] == Calibration.from_json(tag).uncalibrated and info["min_confidence"] == THRESHOLD
 
 
 def test_a_far_query_is_flagged_and_a_near_one_keeps_its_hits(calibrated: Settings) -> None:
@@ -133,6 +137,7 @@ def test_a_collection_without_calibration_gives_no_confidence_and_never_flags(ca
         collection_property(calibrated, "")  # as published from a model evaluated before calibration existed
         with RetrievalClient("tiny", settings=calibrated) as client:
             hits = client.search(FAR[0], k=3)
+            assert client.info()["calibration"]["pairs"] == {}
         assert not hits.no_good_match and all(h.confidence is None for h in hits)
     finally:
         collection_property(calibrated, saved)

@@ -77,6 +77,9 @@ def test_changed_bytes_or_a_changed_setting_get_a_new_key(tmp_path: Path) -> Non
     from PIL import Image
 
     assert max(Image.open(small).size) == 64 and max(Image.open(big).size) == 128
+    short = CleanedMedia(tmp_path, params(image_short_side=32))  # the shorter side's bound is in the key too
+    narrow, _ = fetch(short, png_bytes())
+    assert short.counts()["computed"] == 1 and min(Image.open(narrow).size) == 32
     lowercase = CleanedMedia(tmp_path, params(image_max_side=64, lowercase=True))  # captions only: same entries
     fetch(lowercase, png_bytes())
     assert lowercase.counts() == {"reused": 1, "computed": 0}
