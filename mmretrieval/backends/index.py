@@ -11,7 +11,10 @@ time). Where the two differ, this module makes them behave alike:
   exist, ``create_alias`` says it does): :meth:`MilvusIndex.point_alias` falls back to ``alter_alias``;
 - dropping a collection that an alias still points at is refused here (Lite and 2.3 drop the alias silently, 2.4+
   refuse): point or drop the alias first;
-- row counts use Strong consistency, so fresh inserts count on a server;
+- row counts and publish's checks use Strong consistency, so fresh inserts count on a server; serving searches
+  (``consistency=SERVING``) use Eventually: a served collection was flushed, indexed, loaded and verified before its
+  alias pointed at it and is never written again, and a 2.3 server makes a Strong search wait for its next time
+  tick (up to ~200 ms: p50 222 ms at 1M vectors, docs/benchmarks.md);
 - the field limits (:data:`~mmretrieval.core.schema.VARCHAR_LIMITS`, :data:`~mmretrieval.core.schema.JSON_MAX_BYTES`)
   are the data contract's (:mod:`mmretrieval.core.schema`), used here to create every collection and by validation,
   so a row that would not fit is refused before training, not at publish (Lite does not enforce the JSON size; a
@@ -51,6 +54,8 @@ OUTPUT_FIELDS = ["id", "modality", "text", "path", "label", "metadata", "model_v
 HNSW_TYPES = ("HNSW", "HNSW_SQ", "HNSW_PQ", "HNSW_PRQ")
 IVF_TYPES = ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN")
 MAX_NPROBE = 65_536  # Milvus' upper bound for nprobe
+STRONG = "Strong"  # every write acknowledged so far is searched (publish, its checks, evaluation)
+SERVING = "Eventually"  # a published collection: never written again, so no need to wait for a time tick
 RPC_LOGGER = "pymilvus.decorators"  # where pymilvus logs a failed call, with its traceback
 KEYWORDS, KEYWORD_SPARSE, BM25_FUNCTION = "keywords", "keywords_bm25", "keywords_bm25_fn"
 BM25_SINCE = (2, 5)  # the first Milvus (and Milvus Lite) version with the BM25 function
@@ -302,8 +307,11 @@ class MilvusIndex:
         return rows[0] if rows else None
 
     def search(self, name: str, vectors: Sequence[Sequence[float]], k: int, params: IndexParams,
-               expr: str = "", output_fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[dict[str, Any]]]:
+               expr: str = "", output_fields: Sequence[str] = OUTPUT_FIELDS, consistency: str = STRONG
+               ) -> list[list[dict[str, Any]]]:
         """The ``k`` nearest rows to each vector (every row when the collection holds fewer), best first.
+        ``consistency``: Milvus' consistency level (:data:`STRONG`: every insert so far is seen; :data:`SERVING` for
+        a published collection, which is never written again).
 
         The index's search depth is raised to cover ``k`` (HNSW ``ef`` >= k; IVF: all lists probed when a search
         comes back short). Raises :class:`FilterError` for an expression Milvus cannot parse (no retry helps) and
@@ -318,9 +326,9 @@ class MilvusIndex:
             search["ef"] = max(int(search.get("ef", 0)), k)
         try:
             with _handled_here():
-                res = self._search(name, data, k, expr, output_fields, params.metric_type, search)
+                res = self._search(name, data, k, expr, output_fields, params.metric_type, search, consistency)
                 if kind in IVF_TYPES and any(len(h) < k for h in res):  # the probed lists held fewer than k rows
-                    res = self._probe_all(name, data, k, expr, output_fields, params, search) or res
+                    res = self._probe_all(name, data, k, expr, output_fields, params, search, consistency) or res
         except MilvusException as e:
             message = _message(e)
             if expr and any(word in message.lower() for word in FILTER_WORDS):
@@ -330,7 +338,7 @@ class MilvusIndex:
         return [[{"id": h["id"], "score": float(h["distance"]), **h.get("entity", {})} for h in hits] for hits in res]
 
     def _probe_all(self, name: str, data: list[list[float]], k: int, expr: str, output_fields: Sequence[str],
-                   params: IndexParams, search: dict[str, Any]) -> Any:
+                   params: IndexParams, search: dict[str, Any], consistency: str) -> Any:
         """Search again probing every list: Milvus' largest ``nprobe`` (a server may hold it to ``nlist``)."""
         from pymilvus.exceptions import MilvusException
 
@@ -338,15 +346,16 @@ class MilvusIndex:
             if nprobe > int(search.get("nprobe", 0)):
                 try:
                     return self._search(name, data, k, expr, output_fields, params.metric_type,
-                                        search | {"nprobe": nprobe})
+                                        search | {"nprobe": nprobe}, consistency)
                 except MilvusException as e:
                     log.debug("nprobe %d refused on %s: %s", nprobe, self.uri, _message(e))
         return None
 
     def _search(self, name: str, data: list[list[float]], k: int, expr: str, output_fields: Sequence[str],
-                metric: str, search: dict[str, Any]) -> Any:
+                metric: str, search: dict[str, Any], consistency: str) -> Any:
         return self.client.search(name, data=data, limit=k, filter=expr, output_fields=list(output_fields),
-                                  anns_field="vector", search_params={"metric_type": metric, "params": search})
+                                  anns_field="vector", search_params={"metric_type": metric, "params": search},
+                                  consistency_level=consistency)
 
     # --- keyword search (BM25) -----------------------------------------------------------------------------
     def server_version(self) -> str:
@@ -372,7 +381,8 @@ class MilvusIndex:
             self.client.create_index(name, index)
 
     def keyword_search(self, name: str, texts: Sequence[str], k: int, expr: str = "",
-                       output_fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[dict[str, Any]]]:
+                       output_fields: Sequence[str] = OUTPUT_FIELDS, consistency: str = STRONG
+                       ) -> list[list[dict[str, Any]]]:
         """The ``k`` rows whose keyword field best matches each text by BM25, best first; rows sharing no word
         with a text are not returned (a list may be shorter than ``k``, or empty). Each hit's ``score`` is its BM25
         score (>= 0). Raises :class:`SearchModeUnavailable` (naming the server version) where the collection has no
@@ -384,7 +394,7 @@ class MilvusIndex:
             with _handled_here():
                 res = self.client.search(name, data=[str(t) for t in texts], anns_field=KEYWORD_SPARSE, limit=k,
                                          filter=expr, output_fields=list(output_fields),
-                                         search_params={"metric_type": "BM25"})
+                                         search_params={"metric_type": "BM25"}, consistency_level=consistency)
         except MilvusException as e:
             message = _message(e)
             if expr and any(word in message.lower() for word in FILTER_WORDS):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmretrieval.backends import tracking
-from mmretrieval.backends.index import MilvusIndex
+from mmretrieval.backends.index import SERVING, MilvusIndex
 from mmretrieval.core.errors import CalibrationError, IndexStoreError, MediaError, MMRError, QueryError
 from mmretrieval.core.schema import MODALITIES
 from mmretrieval.core.settings import Settings, get_settings
@@ -354,7 +354,7 @@ class RetrievalClient:
             self._ensure_loaded(collection)
             unit = vec / max(float(np.linalg.norm(vec)), 1e-12)
             return hybrid.search_rows(self.index, collection, self._params, mode, [unit], [str(query.text)],
-                                      query.k, expr)[0]
+                                      query.k, expr, consistency=SERVING)[0]
         text_only = len(parts) == 1 and query.text is not None
         depth = self._rerank_depth(query.rerank, query.k, collection, query.modality, text_only=text_only)
         if depth:
@@ -479,7 +479,7 @@ class RetrievalClient:
         collection = self.index.require_alias(self.alias)
         self._ensure_loaded(collection)
         return hybrid.search_ids(self.index, collection, self._params, hybrid.check_mode(mode), query_vectors,
-                                 query_texts, k, expr)
+                                 query_texts, k, expr, SERVING)
 
     def _ensure_loaded(self, collection: str) -> None:
         """Load ``collection`` once per alias move."""
@@ -491,12 +491,12 @@ class RetrievalClient:
         """Search, making sure the collection is loaded once per alias move (and again if someone released it)."""
         self._ensure_loaded(collection)
         try:
-            return self.index.search(collection, vectors, k, self._params, expr=expr)
+            return self.index.search(collection, vectors, k, self._params, expr=expr, consistency=SERVING)
         except QueryError:  # the request is wrong (a filter Milvus cannot parse): nothing to reload or retry
             raise
         except IndexStoreError:
             self.index.load(collection)
-            return self.index.search(collection, vectors, k, self._params, expr=expr)
+            return self.index.search(collection, vectors, k, self._params, expr=expr, consistency=SERVING)
 
 
 def check_query_mode(mode: Any, text: str | None, rerank: Any) -> None:

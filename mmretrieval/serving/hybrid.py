@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mmretrieval.backends.index import KEYWORDS, OUTPUT_FIELDS, MilvusIndex
+from mmretrieval.backends.index import KEYWORDS, OUTPUT_FIELDS, STRONG, MilvusIndex
 from mmretrieval.core.errors import QueryError
 
 if TYPE_CHECKING:
@@ -95,11 +95,12 @@ def fuse(vector_hits: Sequence[dict[str, Any]], keyword_hits: Sequence[dict[str,
 
 def search_rows(index: MilvusIndex, collection: str, params: IndexParams, mode: str,
                 vectors: Sequence[Sequence[float]] | None, texts: Sequence[str] | None, k: int, expr: str = "",
-                output_fields: Sequence[str] = OUTPUT_FIELDS) -> list[list[dict[str, Any]]]:
+                output_fields: Sequence[str] = OUTPUT_FIELDS, consistency: str = STRONG) -> list[list[dict[str, Any]]]:
     """The best ``k`` rows of ``collection`` per query in ``mode``: ``vectors`` (Q, dim) unit query vectors in the
     collection's space (centred as it is) for "vector" and "hybrid", ``texts`` (Q,) for "keyword" and "hybrid".
     Rows are Milvus' dicts (``id``, ``score``, the ``output_fields``), best first; ``score`` is the cosine, BM25 or
-    fused score. Raises :class:`QueryError` for a bad mode or missing queries,
+    fused score; ``consistency``: Milvus' level (:data:`~mmretrieval.backends.index.SERVING` for a published
+    collection). Raises :class:`QueryError` for a bad mode or missing queries,
     :class:`~mmretrieval.core.errors.SearchModeUnavailable` where keyword search is not possible, and what
     :meth:`MilvusIndex.search` raises."""
     check_mode(mode)
@@ -110,13 +111,13 @@ def search_rows(index: MilvusIndex, collection: str, params: IndexParams, mode: 
     if vectors is not None and texts is not None and len(vectors) != len(texts):
         raise QueryError(f"{len(vectors)} query vectors but {len(texts)} query texts: give one of each per query")
     if mode == "vector":
-        return index.search(collection, _given(vectors), k, params, expr=expr, output_fields=output_fields)
+        return index.search(collection, _given(vectors), k, params, expr, output_fields, consistency)
     if mode == "keyword":
-        return index.keyword_search(collection, _given(texts), k, expr=expr, output_fields=output_fields)
+        return index.keyword_search(collection, _given(texts), k, expr, output_fields, consistency)
     depth = min(MAX_DEPTH, max(k, params.hybrid.depth))
-    words = index.keyword_search(collection, _given(texts), depth, expr=expr, output_fields=output_fields)
+    words = index.keyword_search(collection, _given(texts), depth, expr, output_fields, consistency)
     asked = list(dict.fromkeys([*output_fields, KEYWORDS]))
-    near = index.search(collection, _given(vectors), depth, params, expr=expr, output_fields=asked)
+    near = index.search(collection, _given(vectors), depth, params, expr, asked, consistency)
     fused = [fuse(v, w, params.hybrid, k, textless_ids(v)) for v, w in zip(near, words, strict=True)]
     drop = KEYWORDS not in output_fields
     return [[{f: x for f, x in h.items() if not (drop and f == KEYWORDS)} for h in hits] for hits in fused]
@@ -135,8 +136,8 @@ def _given(queries: Any) -> Any:
 
 def search_ids(index: MilvusIndex, collection: str, params: IndexParams, mode: str,
                query_vectors: Sequence[Sequence[float]] | None, query_texts: Sequence[str] | None, k: int,
-               expr: str = "") -> list[list[str]]:
+               expr: str = "", consistency: str = STRONG) -> list[list[str]]:
     """Ranked item ids (best first, at most ``k``) per query in ``mode`` (:func:`search_rows`): what serving
     returns for these queries, for evaluation (``mmr evaluate`` per mode)."""
-    rows = search_rows(index, collection, params, mode, query_vectors, query_texts, k, expr, output_fields=["id"])
+    rows = search_rows(index, collection, params, mode, query_vectors, query_texts, k, expr, ["id"], consistency)
     return [[str(h["id"]) for h in hits] for hits in rows]

@@ -126,7 +126,7 @@ def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, 
     hashes: list[str] = list(rows["sha256"])
     phashes: list[ImageHash | None] = [None] * len(rows)
     limit = params.validate.max_caption_chars
-    for i, row in progress(rows.iterrows(), f"clean {dataset}", total=len(rows)):
+    for i, row in progress(enumerate(rows.to_dict("records")), f"clean {dataset}", total=len(rows)):
         if reasons[i]:
             continue
         captions = normalize_captions(split_captions(row["text"]), params.clean.lowercase)

@@ -16,8 +16,9 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mmretrieval.backends import data_docs, versioning
 from mmretrieval.core.cache import ItemCache, fingerprint
@@ -69,7 +70,7 @@ def _check_ids(df: pd.DataFrame, dataset: str) -> None:
                                f"key or hold a NUL character: {shown}; shorten them in the manifest")
 
 
-def limit_problem(row: pd.Series) -> Problem | None:
+def limit_problem(row: Mapping[str, Any]) -> Problem | None:
     """A row whose fields would not fit the collection schema (the index field limits of
     :mod:`mmretrieval.core.schema`): a string field longer than its limit in UTF-8 bytes, a NUL character (not in
     ``text``: clean removes control characters from captions, :mod:`mmretrieval.media.text`), metadata JSON above
@@ -170,12 +171,13 @@ def _row_problems(df: pd.DataFrame, raw: Path, reasons: dict[int, tuple[str, str
     """``reasons`` (row -> (reason, message): the suite's verdicts) completed with the first problem of each other
     row: a field the index cannot hold (:func:`limit_problem`, every row first), then an empty text or its file
     (:func:`media_problem`)."""
-    for i, row in df.iterrows():
+    records = dict(zip(df.index, df.to_dict("records"), strict=True))  # plain dicts: a Series per row costs ~0.3 ms
+    for i, row in records.items():
         if i not in reasons and (limit := limit_problem(row)) is not None:
             reasons[int(i)] = (limit.reason, f"row {int(i) + 2} ({row['id']}): {limit.message}")
     not_copied_file = raw / NOT_COPIED
     not_copied = json.loads(not_copied_file.read_text(encoding="utf-8")) if not_copied_file.is_file() else {}
-    for i, row in progress(df.iterrows(), f"validate {dataset}", total=len(df)):
+    for i, row in progress(records.items(), f"validate {dataset}", total=len(df)):
         if i in reasons:
             continue
         if row["modality"] == Modality.TEXT.value:
@@ -188,7 +190,7 @@ def _row_problems(df: pd.DataFrame, raw: Path, reasons: dict[int, tuple[str, str
     return reasons
 
 
-def media_problem(row: pd.Series, raw: Path, not_copied: dict[str, dict[str, str]], checks: MediaChecks,
+def media_problem(row: Mapping[str, Any], raw: Path, not_copied: dict[str, dict[str, str]], checks: MediaChecks,
                   index: int) -> Problem | None:
     """The first problem of a media row's file under ``raw``: its path (for a missing file that ingest did not copy,
     why: ``not_copied``, path -> reason and message; a name in another Unicode form is reported, not taken), its
@@ -237,7 +239,7 @@ class MediaChecks:
                                    "`mmr ingest`): run `mmr ingest` again so the change gets a data version")
         return self.digests[rel]
 
-    def verdict(self, row: pd.Series, path: Path, digest: str) -> Problem | None:
+    def verdict(self, row: Mapping[str, Any], path: Path, digest: str) -> Problem | None:
         """The modality checks' verdict on ``path`` (whose bytes hash to ``digest``): reused when cached; else
         computed, the file hashed again (a file rewritten during its checks is a change, not a verdict) and kept."""
         cache = self.caches.get(row["modality"])

@@ -17,7 +17,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from mmretrieval.backends import tracking
-from mmretrieval.backends.index import MilvusIndex
+from mmretrieval.backends.index import SERVING, MilvusIndex
 from mmretrieval.core.errors import QueryError
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.evaluation.calibration import PROPERTY, TAG, Calibration
@@ -41,7 +41,8 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     from mmretrieval.runner import run_all
     from mmretrieval.stages.ingest import ingest
 
-    params = yaml.safe_load(FAST_PARAMS) | {"model": DEFAULT_TOWER, "train": {"epochs": 10, "batch_size": 32},
+    train = {"epochs": 10, "batch_size": 32, "caption_draws": 5}  # 50 draws of each square: confident enough
+    params = yaml.safe_load(FAST_PARAMS) | {"model": DEFAULT_TOWER, "train": train,
                                             "calibration": {"min_queries": 5, "min_confidence": THRESHOLD},
                                             "rerank": {"enabled": False}}
     root = make_workspace(tmp_path_factory.mktemp("calibrated") / "ws", yaml.safe_dump(params))
@@ -74,10 +75,18 @@ def test_evaluate_records_the_calibration_and_publish_copies_it_onto_the_collect
     assert info["uncalibrated"] == Calibration.from_json(tag).uncalibrated and info["min_confidence"] == THRESHOLD
 
 
-def test_a_far_query_is_flagged_and_a_near_one_keeps_its_hits(calibrated: Settings) -> None:
+def test_a_far_query_is_flagged_and_a_near_one_keeps_its_hits(calibrated: Settings,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     threshold = calibrated.params_for("tiny").calibration.min_confidence
     assert threshold == THRESHOLD
     curve = Calibration.from_json(collection_property(calibrated)).curves["text->image"]
+    levels, search = [], MilvusIndex.search
+
+    def recorded(self: MilvusIndex, *args: object, **kwargs: object) -> object:
+        levels.append(kwargs.get("consistency"))
+        return search(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MilvusIndex, "search", recorded)
     with RetrievalClient("tiny", settings=calibrated) as client:
         for text in NEAR:
             hits = client.search(text, k=4)
@@ -92,6 +101,7 @@ def test_a_far_query_is_flagged_and_a_near_one_keeps_its_hits(calibrated: Settin
         assert not client.search(FAR[0], k=4, min_confidence=0.0).no_good_match  # per-search override
         with pytest.raises(QueryError, match="min_confidence must be a number between 0 and 1, got 1.5"):
             client.search(NEAR[0], min_confidence=1.5)
+    assert levels and set(levels) == {SERVING}  # a published collection is never written again: no time-tick wait
 
 
 def test_the_cli_prints_confidence_and_no_good_match(calibrated: Settings, capsys: pytest.CaptureFixture[str]) -> None:
