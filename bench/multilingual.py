@@ -89,20 +89,30 @@ def text_features(name: str, ref: str, texts: list[str], cache: Path) -> torch.T
     return feats
 
 
-def train_head(feats: torch.Tensor, caps: list[torch.Tensor], seed: int, epochs: int = 20) -> nn.Linear:
-    """The yardstick probe: (N, 2, width) features and per photo its (5, dim) caption vectors -> a linear head."""
+def train_head(feats: torch.Tensor, caps: list[torch.Tensor], seed: int, epochs: int = 20, bs: int = 128,
+               wd: float = 0.01, lr: float = 1e-3, cosine: bool = False, clip: float | None = None,
+               drop_last: bool = False) -> nn.Linear:
+    """The yardstick probe (the defaults): (N, 2, width) features and per photo its (5, dim) caption vectors -> a
+    linear head. ``cosine``: the train stage's warm-up + cosine schedule; ``clip``: gradient norm clipping;
+    ``drop_last``: the last partial batch of an epoch skipped (``bench/image_side.py`` varies these)."""
+    from mmretrieval.training.schedule import warmup_cosine
+
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = nn.Linear(feats.shape[-1], caps[0].shape[-1])
     scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    opt = torch.optim.AdamW([*head.parameters(), scale], lr=1e-3, weight_decay=0.01)
+    params = [*head.parameters(), scale]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     n = len(feats)
+    sched = warmup_cosine(opt, epochs * (n // bs if drop_last else math.ceil(n / bs))) if cosine else None
     for _ in range(epochs):
         order = torch.randperm(n, generator=g)
         view = torch.randint(0, 2, (n,), generator=g)
         pick = [int(torch.randint(0, len(caps[i]), (1,), generator=g)) for i in range(n)]
-        for start in range(0, n, 128):
-            idx = order[start:start + 128]
+        for start in range(0, n, bs):
+            idx = order[start:start + bs]
+            if drop_last and len(idx) < bs:
+                break
             x = nn.functional.dropout(feats[idx, view[idx]], 0.2, True)
             img = nn.functional.normalize(head(x), dim=-1)
             txt = nn.functional.normalize(torch.stack([caps[i][pick[i]] for i in idx.tolist()]), dim=-1)
@@ -111,7 +121,11 @@ def train_head(feats: torch.Tensor, caps: list[torch.Tensor], seed: int, epochs:
             loss = (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
             opt.zero_grad()
             loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(params, clip)
             opt.step()
+            if sched:
+                sched.step()
     return head
 
 
