@@ -36,17 +36,13 @@ ROWS = [("yardstick", YARDSTICK), ("pipeline", PIPELINE),
 
 
 def scaled(rule: str):
-    """The resize a cleaned photo got under ``rule`` (``max<N>`` / ``short<N>``)."""
-    from PIL import Image
+    """The resize a cleaned photo got under ``rule``: ``max<N>`` (the long side at most N: clean's old rule) or
+    ``short<N>`` (the short side at most N: ``clean.image_short_side``), by clean's own resize."""
+    from mmretrieval.media.image import scaled_down
 
-    n = int(rule.removeprefix("max").removeprefix("short"))
-
-    def resize(im: Image.Image) -> Image.Image:
-        w, h = im.size
-        side = max(w, h) if rule.startswith("max") else min(w, h)
-        s = min(1.0, n / side)
-        return im if s == 1.0 else im.resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC)
-    return resize
+    n, unbounded = int(rule.removeprefix("max").removeprefix("short")), 1 << 30
+    short, longest = (unbounded, n) if rule.startswith("max") else (n, unbounded)
+    return lambda im: scaled_down(im, short, longest)
 
 
 def features(paths: list[Path], rule: str, cache: Path) -> torch.Tensor:

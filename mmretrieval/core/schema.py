@@ -25,6 +25,7 @@ import enum
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -127,6 +128,14 @@ def read_manifest(path: Path) -> pd.DataFrame:
     out["modality"] = out["modality"].str.lower()
     out["split"] = out["split"].str.lower()
     return out.reset_index(drop=True)
+
+
+def row_dicts(frame: pd.DataFrame) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """(index label, {column: value}) per row of ``frame``, one at a time: what ``iterrows`` gives without building
+    a pandas Series per row (~0.3 ms each, half a minute over 100k rows) and without holding every row's dict."""
+    columns = list(frame.columns)
+    for label, *values in frame.itertuples(index=True, name=None):
+        yield label, dict(zip(columns, values, strict=True))
 
 
 def column_key(name: str) -> str:

@@ -38,7 +38,7 @@ from mmretrieval.core.io import atomic_dir, read_parquet, sha256_file, write_jso
 from mmretrieval.core.layout import read_data_version
 from mmretrieval.core.params import Params
 from mmretrieval.core.progress import progress
-from mmretrieval.core.schema import MESSAGE, REASON, Modality, join_captions, split_captions
+from mmretrieval.core.schema import MESSAGE, REASON, Modality, join_captions, row_dicts, split_captions
 from mmretrieval.core.settings import Settings, get_settings
 from mmretrieval.media.audio import clean_audio
 from mmretrieval.media.dedup import ImageHash, dhash, find_duplicates
@@ -126,7 +126,7 @@ def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, 
     hashes: list[str] = list(rows["sha256"])
     phashes: list[ImageHash | None] = [None] * len(rows)
     limit = params.validate.max_caption_chars
-    for i, row in progress(enumerate(rows.to_dict("records")), f"clean {dataset}", total=len(rows)):
+    for i, row in progress(row_dicts(rows), f"clean {dataset}", total=len(rows)):
         if reasons[i]:
             continue
         captions = normalize_captions(split_captions(row["text"]), params.clean.lowercase)

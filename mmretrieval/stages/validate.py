@@ -38,6 +38,7 @@ from mmretrieval.core.schema import (
     Modality,
     fill_splits,
     read_manifest,
+    row_dicts,
     split_captions,
 )
 from mmretrieval.core.settings import Settings, get_settings
@@ -171,13 +172,12 @@ def _row_problems(df: pd.DataFrame, raw: Path, reasons: dict[int, tuple[str, str
     """``reasons`` (row -> (reason, message): the suite's verdicts) completed with the first problem of each other
     row: a field the index cannot hold (:func:`limit_problem`, every row first), then an empty text or its file
     (:func:`media_problem`)."""
-    records = dict(zip(df.index, df.to_dict("records"), strict=True))  # plain dicts: a Series per row costs ~0.3 ms
-    for i, row in records.items():
+    for i, row in row_dicts(df):
         if i not in reasons and (limit := limit_problem(row)) is not None:
             reasons[int(i)] = (limit.reason, f"row {int(i) + 2} ({row['id']}): {limit.message}")
     not_copied_file = raw / NOT_COPIED
     not_copied = json.loads(not_copied_file.read_text(encoding="utf-8")) if not_copied_file.is_file() else {}
-    for i, row in progress(records.items(), f"validate {dataset}", total=len(df)):
+    for i, row in progress(row_dicts(df), f"validate {dataset}", total=len(df)):
         if i in reasons:
             continue
         if row["modality"] == Modality.TEXT.value:
