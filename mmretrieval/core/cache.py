@@ -13,6 +13,13 @@ killed writer leaves no half entry under a key (at most a ``.tmp`` file, which :
 :meth:`ItemCache.sweep` removes). A hit refreshes the entry's modification time, so the time of an entry's last use
 is its mtime: :mod:`mmretrieval.core.cache_admin` reports and prunes caches by it (least recently used first), and an
 entry may vanish between :meth:`ItemCache.get` and the read: :meth:`ItemCache.read` turns that into a miss.
+
+Small JSON entries (validate's verdicts, clean's sidecars) are also kept in a *pack*: one file per cache settings and
+scope (a dataset) holding every entry the scope's last run used, ``var/cache/<kind>/packs/<name>.json``. A run reads
+its pack once (:meth:`ItemCache.open_pack`) instead of one file per item (at 100k items, tens of seconds), finds
+entries in it by key (:meth:`ItemCache.recall`, falling back to the entry file) and writes the pack of what it used
+at the end (:meth:`ItemCache.save_pack`). Keys are content addresses, so a pack can only be missing entries, never
+hold a wrong one; pruning treats a pack as one more entry.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ class ItemCache:
     suffix: str = ""
     reused: int = field(default=0, init=False)
     computed: int = field(default=0, init=False)
+    _pack: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _used: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _scope: str = field(default="", init=False, repr=False)
 
     @property
     def folder(self) -> Path:
@@ -118,6 +128,58 @@ class ItemCache:
             return found, True
         self.computed += 1
         return self.put(key, write), False
+
+    def pack_path(self, scope: str) -> Path:
+        """The pack of ``scope`` (e.g. a dataset name) under this cache's settings."""
+        return self.folder / "packs" / f"{fingerprint(scope, self.settings)[:40]}.json"
+
+    def open_pack(self, scope: str) -> int:
+        """Load the pack of ``scope`` (one read) and start recording the entries used; returns how many entries it
+        holds (0 when there is none, or it cannot be read: then entries are read one file each)."""
+        self._scope, self._used = scope, {}
+        try:
+            with open(self.pack_path(scope), encoding="utf-8") as f:
+                loaded = json.load(f)
+            self._pack = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            self._pack = {}
+        return len(self._pack)
+
+    def recall(self, key: str) -> Any | None:
+        """The JSON value of the entry ``key``: from the open pack (its entry file's use still marked), else from
+        its entry file; None when there is none. Counts nothing; records the entry as used for :meth:`save_pack`."""
+        if key in self._pack:
+            value = self._pack[key]
+            self.get(key)  # marks the entry's use (pruning reads it); one pruned meanwhile still has its value here
+        else:
+            value = self.read(key, lambda entry: json.loads(entry.read_text(encoding="utf-8")))
+        if value is not None and self._used is not None:
+            self._used[key] = value
+        return value
+
+    def remember(self, key: str, value: Any) -> Path:
+        """Make the entry ``key`` holding ``value`` as JSON (:meth:`put`) and record it for the pack."""
+        path = self.put(key, lambda tmp: tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8"))
+        if self._used is not None:
+            self._used[key] = value
+        return path
+
+    def save_pack(self) -> int:
+        """Write the pack of the open scope: the entries recalled or remembered since :meth:`open_pack` (renamed
+        into place, like an entry). Returns how many; 0 (nothing written) without an open pack."""
+        if self._used is None:
+            return 0
+        target = self.pack_path(self._scope)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem[:16]}.", suffix=".tmp.json", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._used, f, ensure_ascii=False, separators=(",", ":"))
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return len(self._used)
 
     def counts(self) -> dict[str, int]:
         """``{"reused": n, "computed": m}`` of this run, for stage results and logs."""

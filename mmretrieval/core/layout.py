@@ -19,6 +19,7 @@ Stages find each other's outputs here, never by importing another stage. The tre
     var/model-cache/<model>/           downloaded model versions
     var/cache/<kind>/<key[:2]>/<key>   per-item results addressed by content (mmretrieval.core.cache), shared by
                                        every dataset and data version on this machine
+    var/cache/file-digests.sqlite      files' digests remembered by identity and times (mmretrieval.core.digests)
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ MMR_DATA_URL               shared data store of the stage outputs (``s3://bucket
                            :mod:`mmretrieval.backends.store`); ``data/`` is then a cache
 MMR_LOCK_URL               shared coordinator of the per-dataset locks                   empty: file locks under
                            (``postgresql://user@host:port/db``; :mod:`.locks`)            ``var/locks/``
+MMR_REHASH                 ``1``: read every file's bytes; no digest is remembered by      ``0``: remembered
+                           (inode, size, mtime) (:mod:`mmretrieval.core.digests`)
 =========================  ===========================================================  ==========================
 
 How stages behave is :mod:`mmretrieval.core.params` (``params.yaml``).
@@ -35,6 +37,7 @@ from mmretrieval.core.params import Params, load_params
 from mmretrieval.core.schema import check_dataset_name
 
 if TYPE_CHECKING:
+    from mmretrieval.core.digests import FileDigests
     from mmretrieval.core.layout import Layout
 
 
@@ -61,6 +64,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias="MMR_DEVICE")
     data_url: str = Field("", validation_alias="MMR_DATA_URL")  # "" = local only; s3://bucket/prefix = shared store
     lock_url: str = Field("", validation_alias="MMR_LOCK_URL")  # "" = file locks; postgresql://… = advisory locks
+    rehash: bool = Field(False, validation_alias="MMR_REHASH")  # read every file, remember no digest (core.digests)
 
     @field_validator("home")
     @classmethod
@@ -93,6 +97,13 @@ class Settings(BaseSettings):
         from mmretrieval.core.layout import Layout
 
         return Layout(self.data_dir, self.var_dir, dataset)
+
+    def file_digests(self) -> FileDigests:
+        """The digests memo of this machine (:mod:`mmretrieval.core.digests`; ``var/cache/file-digests.sqlite``), or
+        one that remembers nothing under ``MMR_REHASH=1``. Close it (a context manager) to keep what it learned."""
+        from mmretrieval.core.digests import FileDigests
+
+        return FileDigests(None if self.rehash else self.var_dir / "cache" / "file-digests.sqlite")
 
     def alias(self, dataset: str) -> str:
         """The serving alias of a dataset's collection."""

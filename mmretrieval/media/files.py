@@ -65,18 +65,21 @@ def _forms_index(folder: str, mtime_ns: int) -> dict[str, tuple[str, ...]]:
     return {k: tuple(sorted(v)) for k, v in index.items()}
 
 
-def _component(folder: Path, name: str, rel: str, match_forms: bool) -> tuple[str, bool] | Problem:
+def _component(folder: Path, name: str, rel: str, match_forms: bool) -> tuple[str, bool, int | None] | Problem:
     """The on-disk name of ``name`` in ``folder``: itself when it exists, else the one name equal to it after
-    NFC normalisation (canonical equivalence: NFC, NFD and mixed forms of one text). (name, renamed) or a Problem."""
-    if os.path.lexists(folder / name):
-        return name, False
+    NFC normalisation (canonical equivalence: NFC, NFD and mixed forms of one text). (name, renamed, its
+    ``lstat`` mode or None when not looked up) or a Problem."""
+    try:
+        return name, False, os.lstat(folder / name).st_mode
+    except OSError:
+        pass
     try:
         index = _forms_index(str(folder), folder.stat().st_mtime_ns) if folder.is_dir() else {}
     except OSError:
         index = {}
     fits = index.get(unicodedata.normalize("NFC", name), ())
     if len(fits) == 1 and match_forms:
-        return fits[0], True
+        return fits[0], True, None
     if len(fits) > 1:
         forms = ", ".join(f"{f!r} ({_form(f)})" for f in fits)
         return Problem("ambiguous_file", f"file {rel!r}: {folder.name or folder}/ holds {len(fits)} names that are "
@@ -106,7 +109,7 @@ def locate(rel: str, root: Path, match_forms: bool = True) -> Located | Problem:
     if (problem := _syntax_problem(rel)) is not None:
         return problem
     parts = PurePosixPath(rel.replace("\\", "/")).parts
-    folder, found, renamed = root, [], False
+    folder, found, renamed, modes = root, [], False, []
     try:
         for part in parts:
             step = _component(folder, part, rel, match_forms)
@@ -114,9 +117,15 @@ def locate(rel: str, root: Path, match_forms: bool = True) -> Located | Problem:
                 return step
             found.append(step[0])
             renamed |= step[1]
+            modes.append(step[2])
             folder = folder / step[0]
         full = folder
-        is_file = full.is_file()
+        if all(m is not None and not stat.S_ISLNK(m) for m in modes):  # no link under root: inside by construction
+            if stat.S_ISREG(modes[-1]):
+                return Located("/".join(found), "/".join(found), renamed)
+            is_file = False
+        else:
+            is_file = full.is_file()
     except OSError as e:  # e.g. a name longer than the file system allows (ENAMETOOLONG)
         return Problem("missing_file", f"file {rel[:200]!r} cannot be looked up under {root}: {e.strerror}")
     if not is_file:

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING
 
 from mmretrieval.core.cache import ItemCache, fingerprint
 from mmretrieval.core.contracts import CleanResult
+from mmretrieval.core.digests import FileDigests
 from mmretrieval.core.errors import DataChangedError, MediaError, ValidationFailed
-from mmretrieval.core.io import atomic_dir, read_parquet, sha256_file, write_json
+from mmretrieval.core.io import atomic_dir, file_digests, read_parquet, write_json
 from mmretrieval.core.layout import read_data_version
 from mmretrieval.core.params import Params
 from mmretrieval.core.progress import progress
@@ -77,9 +78,14 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
 
     with atomic_dir(layout.clean) as tmp:  # files named as in the layout, the folder renamed into place
         (tmp / "media").mkdir()
-        cache = CleanedMedia(layout.item_cache, params)
-        cache.files[Modality.IMAGE.value].sweep()  # temporary files of killed writers (one folder for all kinds)
-        rows, phashes = _clean_rows(rows, layout.raw, tmp / "media", params, dataset, cache, data_version)
+        with settings.file_digests() as memo:
+            cache = CleanedMedia(layout.item_cache, params, memo)
+            cache.files[Modality.IMAGE.value].sweep()  # temporary files of killed writers (one folder for all kinds)
+            for sidecars in cache.sidecars.values():
+                sidecars.open_pack(dataset)
+            rows, phashes = _clean_rows(rows, layout.raw, tmp / "media", params, dataset, cache, data_version)
+            for sidecars in cache.sidecars.values():  # the entries this version used, for the next run
+                sidecars.save_pack()
         clean, quarantine, duplicates, leakage = _tables(rows, phashes, params.clean.near_duplicate_distance)
         if clean.empty:
             raise ValidationFailed(f"dataset {dataset!r}: no row survived cleaning; see {layout.quarantine}")
@@ -98,6 +104,7 @@ def run(dataset: str, settings: Settings | None = None) -> CleanResult:
             "split_leakage_resolved": leakage,
             "reasons": dict(Counter(quarantine[REASON])),
             **cache.counts(),
+            **memo.counts(),
             "modalities": {k: int(v) for k, v in clean["modality"].value_counts().items()},
             "splits": {k: int(v) for k, v in clean["split"].value_counts().items()},
             "seconds": round(time.monotonic() - started, 2),
@@ -141,9 +148,8 @@ def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, 
                 reasons[i], messages[i] = "empty_text", f"{row['id']}: text is empty after normalisation"
             continue
         src = raw / row["path"]
-        data = read_verified(src, hashes[i], data_version, params.validate.max_file_bytes)
         try:
-            entry, made = cache.fetch(row["modality"], hashes[i], src.name, data)
+            entry, made = cache.fetch(row["modality"], hashes[i], src, data_version)
         except MediaError as e:
             reason = getattr(e, "reason", "undecodable")  # BadVideo, BlankImage carry theirs
             reasons[i], messages[i] = reason, f"{row['id']}: {e}"
@@ -153,7 +159,7 @@ def _clean_rows(rows: pd.DataFrame, raw: Path, media_dir: Path, params: Params, 
             place(entry, media_dir / name)
         except FileNotFoundError:  # the entry was pruned since it was found: made again (a fresh entry, kept)
             cache.reused -= 1  # counted as reused by the fetch above (a fresh entry is never pruned: its grace)
-            entry, made = cache.fetch(row["modality"], hashes[i], src.name, data)
+            entry, made = cache.fetch(row["modality"], hashes[i], src, data_version)
             place(entry, media_dir / name)
         phashes[i] = ImageHash(made["dhash"]["bits"], tuple(made["dhash"]["colour"]), made["dhash"]["min_side"],
                                made["dhash"].get("blank", False)) if made.get("dhash") else None
@@ -193,6 +199,21 @@ def read_verified(path: Path, expected: str, data_version: str, limit: int) -> b
     return data
 
 
+def unchanged(path: Path, expected: str, data_version: str, memo: FileDigests) -> None:
+    """Check that the raw file ``path`` still hashes to ``expected`` (what ``validate`` found) without holding its
+    bytes: through ``memo`` (read only when its inode, size or mtime moved). Raises :class:`DataChangedError` like
+    :func:`read_verified`."""
+    try:
+        found = memo.sha256(path)
+    except FileNotFoundError:
+        raise DataChangedError.of(path, f"sha256 {expected}", None, data_version, "validation") from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise DataChangedError.of(path, f"sha256 {expected}", f"an unreadable path ({e.strerror})", data_version,
+                                  "validation") from None
+    if found != expected:
+        raise DataChangedError.of(path, f"sha256 {expected}", f"sha256 {found}", data_version, "validation")
+
+
 def place(entry: Path, target: Path) -> None:
     """Put the cache entry ``entry`` at ``target``: a hard link (no copy, no time), a copy across file systems."""
     try:
@@ -214,7 +235,7 @@ class CleanedMedia:
     the file's ``suffix``, an image's difference hash (``dhash``: bits, colour, min_side, blank), a video's ``video``
     facts. An entry whose file is missing or whose bytes differ from ``media_sha256`` is made anew."""
 
-    def __init__(self, root: Path, params: Params) -> None:
+    def __init__(self, root: Path, params: Params, memo: FileDigests | None = None) -> None:
         c, v = params.clean, params.validate
         decides = {
             Modality.IMAGE.value: {"image_short_side": c.image_short_side, "image_max_side": c.image_max_side,
@@ -228,37 +249,43 @@ class CleanedMedia:
         self.sidecars = {m: ItemCache(root, "clean-media", fingerprint(m, CLEAN_VERSION, d), ".json")
                          for m, d in decides.items()}
         self.params = params
+        self.memo = memo if memo is not None else FileDigests(None)
         self.reused = self.computed = 0
 
     def get(self, modality: str, digest: str) -> tuple[Path, dict] | None:
         """The entry of the raw bytes ``digest``: (cleaned file, sidecar), or None (no sidecar, no file, or a file
-        whose bytes are not the ones recorded)."""
+        whose bytes are not the ones recorded: checked through the digests memo, read when its identity moved)."""
         key = self.files[modality].key(digest)
-        made = self.sidecars[modality].read(key, lambda sidecar: json.loads(sidecar.read_text(encoding="utf-8")))
+        made = self.sidecars[modality].recall(key)  # the dataset's pack, else the sidecar file
         entry = self.files[modality].get(key, touch=False)  # hard-linked into data/clean: the sidecar marks use
         if made is None or entry is None:
             return None
         try:
-            return (entry, made) if sha256_file(entry) == made.get("media_sha256") else None
+            return (entry, made) if self.memo.sha256(entry) == made.get("media_sha256") else None
         except FileNotFoundError:  # removed by a prune since it was found: a miss
             return None
 
-    def fetch(self, modality: str, digest: str, name: str, data: bytes) -> tuple[Path, dict]:
-        """The entry for the raw ``data`` (sha256 ``digest``, file name ``name``), made when missing
-        (:func:`clean_media`): the file first, then the sidecar. Raises :class:`MediaError` (not cached)."""
-        if (found := self.get(modality, digest)) is not None:
+    def fetch(self, modality: str, digest: str, src: Path, data_version: str) -> tuple[Path, dict]:
+        """The entry for the raw file ``src`` whose bytes validation found to hash to ``digest``. Found: ``src`` is
+        still checked to be those bytes (:func:`unchanged`, through the memo: no read while its identity holds).
+        Missing: made from ``src``'s bytes read once and verified (:func:`read_verified`, :func:`clean_media`), the
+        file first, then the sidecar. Raises :class:`MediaError` (not cached) and :class:`DataChangedError`."""
+        if digest and (found := self.get(modality, digest)) is not None:  # no digest: read_verified says why
+            unchanged(src, digest, data_version, self.memo)
             self.reused += 1
             return found
+        data = read_verified(src, digest, data_version, self.params.validate.max_file_bytes)
         key = self.files[modality].key(digest)
         made: dict = {}
 
         def write(tmp: Path) -> None:
-            made.update(clean_media(modality, data, name, tmp, self.params))
-            made["media_sha256"] = sha256_file(tmp)
+            made.update(clean_media(modality, data, src.name, tmp, self.params))
             tmp.chmod(0o444)
+            made["media_sha256"] = file_digests(tmp)["sha256"]
 
         entry = self.files[modality].put(key, write)
-        self.sidecars[modality].put(key, lambda tmp: tmp.write_text(json.dumps(made), encoding="utf-8"))
+        self.memo.record(entry, file_digests(entry))  # written here: known without waiting out the racy window
+        self.sidecars[modality].remember(key, made)
         self.computed += 1
         return entry, made
 

@@ -24,7 +24,7 @@ from mmretrieval.backends import data_docs, versioning
 from mmretrieval.core.cache import ItemCache, fingerprint
 from mmretrieval.core.contracts import ValidateResult
 from mmretrieval.core.errors import DataChangedError, ValidationFailed
-from mmretrieval.core.io import atomic_dir, file_digests, sha256_file, write_json
+from mmretrieval.core.io import atomic_dir, sha256_file, write_json
 from mmretrieval.core.layout import NOT_COPIED
 from mmretrieval.core.params import Params
 from mmretrieval.core.progress import progress
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mmretrieval.backends.expectations import SuiteResult
+    from mmretrieval.core.digests import FileDigests
     from mmretrieval.core.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
             f"{raw} changed since it was tracked (data version {data_version[:12]}): "
             f"run `mmr ingest` again (or `dvc add {raw.relative_to(settings.home)}`) so the change gets a version"
         )
-    digests = raw_digests(settings.home, raw, data_version)
+    with settings.file_digests() as memo:
+        digests = raw_digests(settings.home, raw, data_version, memo)
     df = read_manifest(raw / "manifest.csv")
 
     from mmretrieval.backends.expectations import run_suite
@@ -126,7 +128,11 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         _fail(layout, dataset, data_version, suite, str(e))
     checks = MediaChecks(layout.item_cache, params, digests, data_version)
     checks.caches[Modality.IMAGE.value].sweep()  # temporary files of killed writers (one folder for all kinds)
+    for cache in checks.caches.values():
+        cache.open_pack(dataset)
     reasons = _row_problems(df, raw, dict(suite.row_reasons), checks, dataset)
+    for cache in checks.caches.values():  # the verdicts this version used, one file per modality for the next run
+        cache.save_pack()
     rows, reassigned = _assign_splits(df, params, dataset)
     # the sha256 of every file checked (the manifest's own value kept where no file was read: quarantined rows)
     rows["sha256"] = [checks.found.get(i, rows.at[i, "sha256"]) for i in range(len(rows))]
@@ -151,6 +157,7 @@ def run(dataset: str, settings: Settings | None = None) -> ValidateResult:
         "expectations": suite.summary,
         "first_problems": rows.loc[bad, ["id", REASON, MESSAGE]].head(20).to_dict("records"),
         **checks.counts(),
+        **memo.counts(),
         "seconds": round(time.monotonic() - started, 2),
     }
     page = data_docs.render(suite.html, data_docs.summary_html(
@@ -246,7 +253,7 @@ class MediaChecks:
         if cache is None:
             return None
         key = cache.key(f"{digest}:{path.name}")  # messages name the file
-        found = cache.read(key, lambda entry: json.loads(entry.read_text(encoding="utf-8")))  # pruned: a miss
+        found = cache.recall(key)  # the dataset's pack, else the entry's file (pruned: a miss)
         if found is not None:
             cache.reused += 1
             return Problem(found["reason"], found["message"]) if found["reason"] else None
@@ -254,7 +261,7 @@ class MediaChecks:
         if (now := sha256_file(path)) != digest:
             raise DataChangedError.of(path, f"sha256 {digest}", f"sha256 {now}", self.data_version, "ingest")
         verdict = {"reason": problem.reason if problem else "", "message": problem.message if problem else ""}
-        cache.put(key, lambda tmp: tmp.write_text(json.dumps(verdict, ensure_ascii=False), encoding="utf-8"))
+        cache.remember(key, verdict)
         cache.computed += 1
         return problem
 
@@ -275,11 +282,13 @@ def modality_problem(modality: str, path: Path, params: Params) -> Problem | Non
     return video_problem(path, params.validate, params.model.video_frames)
 
 
-def raw_digests(home: Path, raw: Path, data_version: str) -> dict[str, str]:
-    """The sha256 of every file of the raw folder (relative POSIX path -> hex), each file read once and its md5
-    compared with the one its data version recorded (:func:`~mmretrieval.backends.versioning.recorded_files`): a
-    rewrite that kept the size and the modification time (which DVC trusts) is caught here. Raises
-    :class:`DataChangedError` naming the first changed or deleted file."""
+def raw_digests(home: Path, raw: Path, data_version: str, memo: FileDigests) -> dict[str, str]:
+    """The sha256 of every file of the raw folder (relative POSIX path -> hex), its md5 compared with the one its
+    data version recorded (:func:`~mmretrieval.backends.versioning.recorded_files`). A file is read once, and again
+    only when its inode, size or mtime moved (``memo``, :mod:`mmretrieval.core.digests`; every time under
+    ``MMR_REHASH=1``). A file the memo has not seen (every file of a full ingest: new inodes) is read, so a rewrite
+    that kept the size and put the mtime back (which DVC trusts) is caught there. Raises :class:`DataChangedError`
+    naming the first changed or deleted file."""
     recorded = versioning.recorded_files(home, raw)
     if recorded is None:  # a legacy (DVC 2) version: no byte-exact md5 to compare with
         log.warning("validate: %s was versioned with DVC's legacy md5; its bytes are hashed but not compared", raw)
@@ -287,7 +296,7 @@ def raw_digests(home: Path, raw: Path, data_version: str) -> dict[str, str]:
     digests: dict[str, str] = {}
     for rel, md5 in progress(sorted(recorded.items()), f"hash {raw.name}", unit="files"):
         try:
-            found = file_digests(raw / rel)
+            found = memo.of(raw / rel)
         except FileNotFoundError:
             raise DataChangedError.of(raw / rel, f"md5 {md5}", None, data_version, "ingest") from None
         if md5 and found["md5"] != md5:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -32,7 +33,10 @@ def params(**clean: object) -> Params:
 
 
 def fetch(cache: CleanedMedia, data: bytes) -> tuple[Path, dict]:
-    return cache.fetch("image", hashlib.sha256(data).hexdigest(), "x.png", data)
+    """The entry of ``data`` as the raw file x.png (in a folder of its own, outside the cache's)."""
+    src = Path(tempfile.mkdtemp(prefix="raw-")) / "x.png"
+    src.write_bytes(data)
+    return cache.fetch("image", hashlib.sha256(data).hexdigest(), src, "0" * 32)
 
 
 def test_a_reused_entry_is_not_made_again_and_gives_the_same_bytes(tmp_path: Path) -> None:
@@ -128,7 +132,7 @@ if where == "file":  # mid-write of the cleaned file
 else:  # the cleaned file in place, killed before its sidecar (the entry's commit mark) is written
     sidecars = cache.sidecars["image"]
     sidecars.put = lambda key, write: os.kill(os.getpid(), signal.SIGKILL)
-cache.fetch("image", hashlib.sha256(data).hexdigest(), "x.png", data)
+cache.fetch("image", hashlib.sha256(data).hexdigest(), Path(sys.argv[3]), "0" * 32)
 """
 
 
@@ -179,8 +183,9 @@ def test_an_entry_pruned_between_its_check_and_its_use_is_made_again(tmp_path: P
     data = png_bytes()
     digest = hashlib.sha256(data).hexdigest()
     entry, made = fetch(CleanedMedia(tmp_path / "cache", params()), data)
-    real_hash = clean.sha256_file
     pruned: list[Path] = []
+    cache = CleanedMedia(tmp_path / "cache", params())
+    real_hash = cache.memo.sha256
 
     def prune_then_hash(path: Path) -> str:  # the prune lands after get found the files, before they are read
         if not pruned:
@@ -188,11 +193,9 @@ def test_an_entry_pruned_between_its_check_and_its_use_is_made_again(tmp_path: P
             path.unlink()
         return real_hash(path)
 
-    monkeypatch.setattr(clean, "sha256_file", prune_then_hash)
-    cache = CleanedMedia(tmp_path / "cache", params())
+    monkeypatch.setattr(cache.memo, "sha256", prune_then_hash)
     entry2, made2 = fetch(cache, data)
     assert pruned == [entry] and cache.counts() == {"reused": 0, "computed": 1} and made2 == made
-    monkeypatch.setattr(clean, "sha256_file", real_hash)
 
     real_place = clean.place
 
