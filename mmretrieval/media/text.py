@@ -191,7 +191,11 @@ def _selects(before: str, ch: str, after: str) -> bool:
 def normalize_text(text: str, lowercase: bool = False) -> str:
     """``text`` as displayed and meant (see the module): NFC, bidi resolved, controls and invisible characters
     removed, blank letters as spaces, whitespace collapsed; ``""`` when nothing visible is left. Never raises."""
-    text = unicodedata.normalize("NFC", str(text))
+    text = str(text)
+    if text.isascii() and text.isprintable():  # the common case: nothing to compose, resolve or drop
+        text = _SPACE.sub(" ", text).strip()
+        return text.lower() if lowercase else text
+    text = unicodedata.normalize("NFC", text)
     text = unicodedata.normalize("NFC", _drop_invisible(resolve_bidi(text)))  # again: a mark may meet its letter
     text = _jamo_fillers(text)
     text = _SPACE.sub(" ", text).strip()

@@ -115,3 +115,49 @@ def test_ingest_finds_names_in_another_unicode_form_and_copies_them_under_the_ma
     report = validate.run("accents")
     assert report["valid"] == 3 and report["reasons"] == {"missing_file": 1}
     assert clean.run("accents")["merged_duplicates"] == 1  # tea and dotted: one file
+
+
+def _report(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_an_append_reads_only_the_files_new_to_this_machine_and_mmr_rehash_reads_them_all(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digests memo (core.digests): validate and clean of an appended version read the batch and the rewritten
+    manifest, not the files carried over from the version before; under MMR_REHASH=1 every file is read again, so
+    a same-size rewrite whose mtime was put back (which DVC's own check trusts) is caught."""
+    monkeypatch.setattr("mmretrieval.core.digests.RACY_S", -1.0)  # files written a moment ago count as settled
+    src = workspace.parent / "src"
+    ingest(tiny_dataset(src, per_color=3), "grow")  # 12 images
+    raw = workspace / "data/raw/grow"
+    files = [p for p in raw.rglob("*") if p.is_file()]
+    validate.run("grow")
+    first = _report(workspace / "data/validated/grow/report.json")
+    assert (first["files_read"], first["digests_remembered"]) == (len(files), 0)
+    clean.run("grow")
+
+    batch = workspace.parent / "batch"
+    write_png(batch / "images/new.png", size=(50, 40), color=(120, 0, 160))
+    ingest(write_manifest(batch, [{"id": "new", "modality": "image", "path": "images/new.png",
+                                   "text": "a purple square"}]), "grow", append=True)
+    others = [p for p in raw.rglob("*") if p.is_file() and p.parent.name != "images"]  # manifest, ingest's notes
+    assert validate.run("grow")["computed"] == 1
+    grown = _report(workspace / "data/validated/grow/report.json")
+    assert (grown["files_read"], grown["digests_remembered"]) == (1 + len(others), 12)
+    cleaned = clean.run("grow")
+    assert (cleaned["reused"], cleaned["computed"]) == (12, 1)
+    report = _report(workspace / "data/clean/grow/report.json")
+    assert (report["files_read"], report["digests_remembered"]) == (0, 24)  # 12 raw files, 12 cleaned files
+
+    target = raw / "images/red0.png"
+    before = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-20] ^= 0xFF  # same size, in place, mtime put back
+    with open(target, "r+b") as f:
+        f.write(data)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    monkeypatch.setenv("MMR_REHASH", "1")
+    with pytest.raises(DataChangedError, match=r"red0\.png changed after ingest"):
+        validate.run("grow")

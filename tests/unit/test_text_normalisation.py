@@ -136,3 +136,28 @@ def test_normalising_twice_changes_nothing() -> None:
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         once = normalize_text(text)
         assert normalize_text(once) == once, repr(text)
+
+
+def test_printable_ascii_takes_the_short_path_with_the_same_result_as_the_full_one() -> None:
+    """normalize_text returns early for printable ASCII (most captions, labels and metadata values at scale); the
+    full pipeline (NFC, bidi, invisible characters, jamo fillers) must give the same text for every such input."""
+    import random
+    import string
+    import unicodedata
+
+    from mmretrieval.media import text as t
+
+    def full(s: str, lowercase: bool) -> str:
+        s = unicodedata.normalize("NFC", t._drop_invisible(t.resolve_bidi(unicodedata.normalize("NFC", s))))
+        s = t._SPACE.sub(" ", t._jamo_fillers(s)).strip()
+        if not any(t._visible(ch) for ch in s):
+            return ""
+        return s.lower() if lowercase else s
+
+    rng = random.Random(0)
+    samples = ["", " ", "   ", "A Dog  runs ", "|||", *string.printable[:95]]
+    samples += ["".join(rng.choice(string.printable[:95]) for _ in range(rng.randint(1, 40))) for _ in range(2000)]
+    for s in samples:
+        for lowercase in (False, True):
+            assert normalize_text(s, lowercase) == full(s, lowercase), repr(s)
+    assert normalize_text("tab\there") == "tab here"  # not printable: the full path, same collapse

@@ -1,0 +1,68 @@
+"""Packs of small JSON entries (core.cache.ItemCache.open_pack / recall / save_pack, issue 24): one file read per run
+instead of one per item, never a value for another key, scope or setting, and a lost pack only costs time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mmretrieval.core.cache import ItemCache, fingerprint
+
+
+def cache(root: Path, setting: int = 1) -> ItemCache:
+    return ItemCache(root, "validate-media", fingerprint({"max_file_bytes": setting}), ".json")
+
+
+def test_a_saved_pack_serves_its_entries_without_their_files(tmp_path: Path) -> None:
+    first = cache(tmp_path)
+    assert first.open_pack("photos") == 0
+    keys = [first.key(f"{i:064x}") for i in range(5)]
+    for i, key in enumerate(keys):
+        first.remember(key, {"reason": "", "message": f"item {i}"})
+    assert first.save_pack() == 5
+    for key in keys[:3]:  # pruned entry files: the pack still knows their (content-addressed) values
+        first.path(key).unlink()
+    later = cache(tmp_path)
+    assert later.open_pack("photos") == 5
+    assert [later.recall(k) for k in keys] == [{"reason": "", "message": f"item {i}"} for i in range(5)]
+    assert later.recall(later.key("f" * 64)) is None
+
+
+def test_a_pack_holds_what_the_last_run_used_and_marks_use_on_the_entries(tmp_path: Path) -> None:
+    import os
+
+    run1 = cache(tmp_path)
+    run1.open_pack("photos")
+    keep, drop = run1.key("a" * 64), run1.key("b" * 64)
+    run1.remember(keep, {"v": 1})
+    run1.remember(drop, {"v": 2})
+    run1.save_pack()
+    os.utime(run1.path(keep), (1_000_000, 1_000_000))
+    run2 = cache(tmp_path)
+    run2.open_pack("photos")
+    assert run2.recall(keep) == {"v": 1}
+    assert run2.path(keep).stat().st_mtime > 1_000_000  # a pack hit is a use: pruning sees it
+    assert run2.save_pack() == 1
+    assert json.loads(run2.pack_path("photos").read_text(encoding="utf-8")) == {keep: {"v": 1}}
+
+
+def test_packs_are_per_scope_and_per_setting_and_a_broken_pack_falls_back_to_the_files(tmp_path: Path) -> None:
+    a = cache(tmp_path)
+    a.open_pack("photos")
+    key = a.key("c" * 64)
+    a.remember(key, {"v": "photos"})
+    a.save_pack()
+    assert cache(tmp_path).open_pack("sounds") == 0  # another dataset's pack is its own
+    other = cache(tmp_path, setting=2)
+    assert other.open_pack("photos") == 0 and other.recall(other.key("c" * 64)) is None  # other settings, other keys
+    a.pack_path("photos").write_text("{not json", encoding="utf-8")
+    b = cache(tmp_path)
+    assert b.open_pack("photos") == 0 and b.recall(key) == {"v": "photos"}  # read from the entry's own file
+    b.path(key).unlink()
+    assert b.recall(key) is None
+
+
+def test_without_an_open_pack_nothing_is_recorded_or_written(tmp_path: Path) -> None:
+    c = cache(tmp_path)
+    c.remember(c.key("d" * 64), {"v": 0})
+    assert c.save_pack() == 0 and not (c.folder / "packs").exists()
