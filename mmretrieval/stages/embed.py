@@ -214,9 +214,14 @@ def embed_shard(p: Plan, k: int, settings: Settings | None = None, model: Retrie
     regions = _region_writer(settings, p)
     timings = Timings()
     cached = _Cache(settings, p, model, regions)
+    packs = [c for c in (cached.vectors, cached.region_entries) if c is not None]
+    for cache in packs:  # the entries this shard used last time, one file each (core.array_cache)
+        cache.open_pack(f"{p.dataset}.shard-{k}")
     vectors, frames = cached(part, model, settings.params_for(p.dataset).embed, f"embed {p.dataset} shard {k}",
                              timings)
     _Writer(p, regions)(k, part, vectors, frames, timings)
+    for cache in packs:
+        cache.save_pack()
     log.info("embed %s shard %d: %d item(s) reused from the item cache, %d computed", p.dataset, k, timings.reused,
              timings.computed)
     return {"shard": k, "rows": len(part), "seconds": round(time.monotonic() - started, 2),

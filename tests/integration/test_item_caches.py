@@ -113,7 +113,7 @@ def test_embed_reads_count_as_use_and_a_pruned_cache_recomputes_only_what_went(
     embed.run("tiny")
     p = embed.plan("tiny")
     before = vectors_of(p.final)
-    files = sorted((root / "vectors").glob("*/*.npz"))
+    files = sorted((root / "vectors").glob("[0-9a-f][0-9a-f]/*.npz"))  # entries (packs/ holds the shard's pack)
     assert len(files) == 16
     long_ago = time.time() - 3 * 86400
     for f in files:  # written three days ago...
@@ -124,8 +124,13 @@ def test_embed_reads_count_as_use_and_a_pruned_cache_recomputes_only_what_went(
     for f in files[:6]:
         os.utime(f, (long_ago, long_ago))
     pruned = cache_admin.prune(root, older_than=86400, kind="vectors")
-    assert (pruned["removed"], pruned["kept"]) == (6, 10) and not any(f.exists() for f in files[:6])
+    packs = len(list((root / "vectors" / "packs").glob("*.npz")))  # one per shard, used just now: kept
+    assert packs == p.shards
+    assert (pruned["removed"], pruned["kept"]) == (6, 10 + packs) and not any(f.exists() for f in files[:6])
     calls = counting(monkeypatch)
+    shutil.rmtree(p.final)
+    assert embed.run("tiny")["cache"] == {"reused": 16, "computed": 0}  # the shard's pack still holds the six
+    shutil.rmtree(root / "vectors" / "packs")  # a lost pack: the entry files, and the six computed again
     shutil.rmtree(p.final)
     assert embed.run("tiny")["cache"] == {"reused": 10, "computed": 6} and sum(calls) == 6
     after = vectors_of(p.final)

@@ -66,3 +66,30 @@ def test_without_an_open_pack_nothing_is_recorded_or_written(tmp_path: Path) -> 
     c = cache(tmp_path)
     c.remember(c.key("d" * 64), {"v": 0})
     assert c.save_pack() == 0 and not (c.folder / "packs").exists()
+
+
+def test_an_array_pack_serves_the_entries_of_the_common_layout_bit_for_bit(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mmretrieval.core.array_cache import ArrayCache
+
+    rng = np.random.default_rng(0)
+    run1 = ArrayCache(tmp_path, "vectors", fingerprint({"model": "m"}))
+    run1.open_pack("photos.shard-0")
+    keys = [run1.key(f"{i:064x}") for i in range(6)]
+    vectors = rng.standard_normal((6, 8)).astype(np.float32)
+    for key, v in zip(keys[:5], vectors, strict=False):
+        run1.save(key, vector=v)
+    run1.save(keys[5], vector=vectors[5], frame_times=np.array([0.5, 1.0]))  # another layout: files only
+    assert run1.save_pack() == 5
+    for key in keys:
+        run1.path(key).unlink()  # pruned files: the pack still serves its five
+    run2 = ArrayCache(tmp_path, "vectors", fingerprint({"model": "m"}))
+    assert run2.open_pack("photos.shard-0") == 5
+    got = [run2.load(k) for k in keys]
+    assert [g["vector"].tobytes() for g in got[:5]] == [v.tobytes() for v in vectors[:5]]
+    assert got[5] is None and run2.counts() == {"reused": 5, "computed": 0}
+    other = ArrayCache(tmp_path, "vectors", fingerprint({"model": "m2"}))  # another model: another pack
+    assert other.open_pack("photos.shard-0") == 0 and other.load(keys[0]) is None
+    run2.pack_path("photos.shard-0").write_bytes(b"not a zip")
+    assert ArrayCache(tmp_path, "vectors", fingerprint({"model": "m"})).open_pack("photos.shard-0") == 0
