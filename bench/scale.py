@@ -17,6 +17,9 @@ validate, clean, augment, embed, publish; then a batch of 1 % new photos appende
 same stages again. Printed: per stage seconds, seconds per 1,000 items and peak RSS; the append's share of the full
 run's wall time.
 
+``--append-again K`` (with ``--items N --keep DIR`` of an earlier run): only a further append, batch K, timed the
+same way; for code changed after that run (its ratio is then against the earlier full chain).
+
 ``--vectors N``: N unit vectors (``model.embed_dim`` of params.yaml, clustered) through our publish path
 (``backends.index.MilvusIndex``: create, insert in 10,000-row chunks, ``build_index`` and ``load`` with the
 configured ``index`` params), then ``--queries`` single-vector searches (vectors from the same clusters) as serving
@@ -289,6 +292,22 @@ def bench_items(n: int, work: Path, share: float, seed_items: int, reuse: Path |
     return {"stages": model + full + more, "summary": summary}
 
 
+def append_again(n: int, work: Path, share: float, number: int) -> dict:
+    """Another +``share`` append on the ``--keep`` folder ``work`` of an earlier ``--items n`` run (its full run and
+    first append done): batch ``number`` (2, 3, ...) of new photos, timed through the same stages. For code changed
+    after that run; its ratio is against the earlier run's full chain, so say so when reporting it."""
+    home = work / "home"
+    if not (home / "data" / "raw" / DATASET / "manifest.csv").is_file():
+        raise SystemExit(f"{work} holds no earlier --items run (no {home}/data/raw/{DATASET})")
+    extra = max(1, round(n * share))
+    batch = make_corpus(work / f"batch{number}", extra, seed=number, first_id=n + (number - 1) * extra)
+    more = _chain(f"append{number}", FULL, batch, home, extra, append=True)
+    summary = {"items": n, "appended": extra, "append_chain_s": round(sum(r["seconds"] for r in more), 1),
+               "max_peak_rss_mb": max(r["peak_rss_mb"] for r in more)}
+    print(json.dumps(summary), flush=True)
+    return {"stages": more, "summary": summary}
+
+
 def clustered_vectors(n: int, dim: int, seed: int) -> np.ndarray:
     """``n`` unit vectors around 1,000 fixed centres (the same for every ``seed``: queries fall among the data)."""
     centres = np.random.default_rng(0).normal(size=(1000, dim)).astype(np.float32)
@@ -406,7 +425,15 @@ def main() -> None:
     ap.add_argument("--milvus-uri", help="--vectors: also on this Milvus server (e.g. http://127.0.0.1:19530)")
     ap.add_argument("--server-only", action="store_true", help="--vectors with --milvus-uri: skip Milvus Lite")
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    ap.add_argument("--append-again", type=int, metavar="K",
+                    help="with --items N --keep DIR of an earlier run: only append batch K (2, 3, ...) and time it")
     args = ap.parse_args()
+    if args.append_again:
+        if not (args.items and args.keep) or args.append_again < 2:
+            ap.error("--append-again K (K >= 2) needs --items N and --keep DIR of an earlier run")
+        print(json.dumps({"items": append_again(args.items, args.keep, args.append_share, args.append_again)},
+                         indent=1))
+        return
     if not args.items and not args.vectors:
         ap.error("give --items N, --vectors N or both")
     with tempfile.TemporaryDirectory(prefix="mmr-scale-") as tmp:
