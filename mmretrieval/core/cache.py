@@ -145,20 +145,26 @@ class ItemCache:
             self._pack = {}
         return len(self._pack)
 
-    def recall(self, key: str) -> Any | None:
-        """The JSON value of the entry ``key``: from the open pack (its entry file's use still marked), else from
-        its entry file; None when there is none. Counts nothing; records the entry as used for :meth:`save_pack`."""
+    def recall(self, key: str) -> dict[str, Any] | None:
+        """The JSON object of the entry ``key``: from the open pack (its entry file's use still marked), else from
+        its entry file; None when there is none or it is damaged (not a JSON object). Counts nothing; records the
+        entry as used for :meth:`save_pack`."""
         if key in self._pack:
             value = self._pack[key]
             self.get(key)  # marks the entry's use (pruning reads it); one pruned meanwhile still has its value here
         else:
-            value = self.read(key, lambda entry: json.loads(entry.read_text(encoding="utf-8")))
-        if value is not None and self._used is not None:
+            try:
+                value = self.read(key, lambda entry: json.loads(entry.read_text(encoding="utf-8")))
+            except ValueError:  # a damaged entry file (not JSON, not UTF-8): a miss, made again
+                value = None
+        if not isinstance(value, dict):  # every JSON entry is an object; anything else is damage: a miss
+            return None
+        if self._used is not None:
             self._used[key] = value
         return value
 
-    def remember(self, key: str, value: Any) -> Path:
-        """Make the entry ``key`` holding ``value`` as JSON (:meth:`put`) and record it for the pack."""
+    def remember(self, key: str, value: dict[str, Any]) -> Path:
+        """Make the entry ``key`` holding the object ``value`` as JSON (:meth:`put`) and record it for the pack."""
         path = self.put(key, lambda tmp: tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8"))
         if self._used is not None:
             self._used[key] = value

@@ -253,8 +253,8 @@ class MediaChecks:
         if cache is None:
             return None
         key = cache.key(f"{digest}:{path.name}")  # messages name the file
-        found = cache.recall(key)  # the dataset's pack, else the entry's file (pruned: a miss)
-        if found is not None:
+        found = cache.recall(key)  # the dataset's pack, else the entry's file (pruned or damaged: a miss)
+        if found is not None and isinstance(found.get("reason"), str) and isinstance(found.get("message"), str):
             cache.reused += 1
             return Problem(found["reason"], found["message"]) if found["reason"] else None
         problem = modality_problem(row["modality"], path, self.params)

@@ -93,3 +93,16 @@ def test_an_array_pack_serves_the_entries_of_the_common_layout_bit_for_bit(tmp_p
     assert other.open_pack("photos.shard-0") == 0 and other.load(keys[0]) is None
     run2.pack_path("photos.shard-0").write_bytes(b"not a zip")
     assert ArrayCache(tmp_path, "vectors", fingerprint({"model": "m"})).open_pack("photos.shard-0") == 0
+
+
+def test_a_damaged_entry_or_pack_value_is_a_miss_not_a_crash(tmp_path: Path) -> None:
+    c = cache(tmp_path)
+    c.open_pack("photos")
+    broken, listed = c.key("e" * 64), c.key("f" * 64)
+    c.remember(broken, {"reason": "", "message": ""})
+    c.path(broken).write_bytes(b"\xff\xfe not json")
+    assert c.recall(broken) is None
+    c.pack_path("photos").parent.mkdir(parents=True, exist_ok=True)
+    c.pack_path("photos").write_text(json.dumps({listed: ["not", "an", "object"]}), encoding="utf-8")
+    later = cache(tmp_path)
+    assert later.open_pack("photos") == 1 and later.recall(listed) is None
