@@ -14,8 +14,6 @@ lack entries, never hold a wrong one.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mmretrieval.core.cache import ItemCache
+from mmretrieval.core.cache import ItemCache, write_pack
+
+# what reading a damaged .npz raises (truncated, not a zip, a flipped bit in its headers, a .npy in its place)
+_DAMAGED = (OSError, ValueError, TypeError, NotImplementedError, zipfile.BadZipFile, EOFError)
 
 
 @dataclass
@@ -48,7 +49,7 @@ class ArrayCache(ItemCache):
             try:
                 with np.load(path, allow_pickle=False) as entry:
                     arrays = {name: entry[name] for name in entry.files}
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+            except _DAMAGED:
                 return None
         self.reused += 1
         if self._used is not None:
@@ -68,7 +69,7 @@ class ArrayCache(ItemCache):
             keys = [k.decode("ascii") for k in stacked.pop("keys").tolist()]
             if any(len(a) != len(keys) for a in stacked.values()):
                 return 0
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        except (*_DAMAGED, KeyError, AttributeError):  # none, or damaged (a .npy, wrong types): entry files
             return 0
         self._rows, self._stacked = {k: i for i, k in enumerate(keys)}, stacked
         return len(keys)
@@ -85,17 +86,10 @@ class ArrayCache(ItemCache):
         common = Counter(layout(a) for a in self._used.values()).most_common(1)[0][0]
         keys = [k for k, a in self._used.items() if layout(a) == common]
         stacked = {name: np.stack([self._used[k][name] for k in keys]) for name, _, _ in common}
-        target = self.pack_path(self._scope)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem[:16]}.", suffix=".tmp.npz", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, keys=np.array([k.encode("ascii") for k in keys]), **stacked)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return len(keys)
+        def write(f: object) -> None:
+            np.savez(f, keys=np.array([k.encode("ascii") for k in keys]), **stacked)
+
+        return len(keys) if write_pack(self.pack_path(self._scope), write) else 0
 
     def save(self, key: str, **arrays: np.ndarray) -> Path:
         """Store ``arrays`` as entry ``key`` atomically (a killed writer leaves no entry). Counts a computed entry."""

@@ -45,6 +45,32 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def write_pack(target: Path, write: Callable[[Any], None]) -> bool:
+    """``write(binary file)`` into a temporary file renamed to ``target`` (never half a pack). A pack only saves
+    time: one that cannot be written (read-only or full file system) is logged and skipped (False)."""
+    import logging
+
+    log, skipped = logging.getLogger(__name__), "cache: pack %s not written (%s); the next run reads entry files"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem[:16]}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    except OSError as e:
+        log.warning(skipped, target, e)
+        return False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        log.warning(skipped, target, e)
+        return False
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
 @dataclass
 class ItemCache:
     """One kind of per-item result (e.g. ``clean-media``, ``vectors``) under ``root/<kind>/``.
@@ -141,7 +167,7 @@ class ItemCache:
             with open(self.pack_path(scope), encoding="utf-8") as f:
                 loaded = json.load(f)
             self._pack = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # none, or damaged: the entry files are read
             self._pack = {}
         return len(self._pack)
 
@@ -173,19 +199,14 @@ class ItemCache:
     def save_pack(self) -> int:
         """Write the pack of the open scope: the entries recalled or remembered since :meth:`open_pack` (renamed
         into place, like an entry). Returns how many; 0 (nothing written) without an open pack."""
-        if self._used is None:
+        if not self._used:
             return 0
-        target = self.pack_path(self._scope)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem[:16]}.", suffix=".tmp.json", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self._used, f, ensure_ascii=False, separators=(",", ":"))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return len(self._used)
+        used = self._used
+
+        def write(f: Any) -> None:
+            f.write(json.dumps(used, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+        return len(used) if write_pack(self.pack_path(self._scope), write) else 0
 
     def counts(self) -> dict[str, int]:
         """``{"reused": n, "computed": m}`` of this run, for stage results and logs."""

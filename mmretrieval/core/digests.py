@@ -38,7 +38,44 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, dev INTEG
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    """(device, inode, size, mtime_ns) as SQLite's signed 64-bit integers (some file systems report inode numbers
+    of 2**63 and above)."""
+    def signed(n: int) -> int:
+        return n - (1 << 64) if n >= (1 << 63) else n
+
+    return signed(st.st_dev), signed(st.st_ino), st.st_size, st.st_mtime_ns
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, timeout=60)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(_SCHEMA)
+        conn.commit()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open(db: Path) -> sqlite3.Connection | None:
+    """The memo at ``db``, made when missing and made anew when it is not a database (a memo only saves time);
+    None, with one warning, when it cannot be used (a read-only or full file system)."""
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return _connect(db)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError):  # locked, read-only, unopenable: not damage
+                raise
+            log.warning("file digests: %s is damaged (%s); starting a new memo", db, e)
+            for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+            return _connect(db)
+    except (sqlite3.Error, OSError) as e:
+        log.warning("file digests: the memo %s cannot be used (%s); every file is read (MMR_REHASH=1 says so "
+                    "without the warning)", db, e)
+        return None
 
 
 class FileDigests:
@@ -54,15 +91,7 @@ class FileDigests:
         self._pending: dict[str, tuple] = {}
         self._conn: sqlite3.Connection | None = None
         if db is not None:
-            try:
-                db.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = sqlite3.connect(db, timeout=60)
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute(_SCHEMA)
-                self._conn.commit()
-            except (sqlite3.Error, OSError) as e:
-                log.warning("file digests: the memo %s cannot be used (%s); every file is read", db, e)
-                self._conn = None
+            self._conn = _open(db)
 
     def __enter__(self) -> FileDigests:
         return self
@@ -124,7 +153,7 @@ class FileDigests:
         try:
             with self._conn:
                 self._conn.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OverflowError) as e:
             self._fail(e)
 
     def close(self) -> None:
@@ -138,7 +167,7 @@ class FileDigests:
         """``{"files_read": n, "digests_remembered": m}`` of this object's calls."""
         return {"files_read": self.hashed, "digests_remembered": self.remembered}
 
-    def _fail(self, error: sqlite3.Error) -> None:
+    def _fail(self, error: Exception) -> None:
         log.warning("file digests: the memo failed (%s); the remaining files are read", error)
         if self._conn is not None:
             self._conn.close()

@@ -31,6 +31,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ValidationError
+
 from mmretrieval.core.cache import ItemCache, fingerprint
 from mmretrieval.core.contracts import CleanResult
 from mmretrieval.core.digests import FileDigests
@@ -199,6 +201,32 @@ def read_verified(path: Path, expected: str, data_version: str, limit: int) -> b
     return data
 
 
+class _DHash(BaseModel):
+    bits: int
+    colour: tuple[float, float, float]
+    min_side: int
+    blank: bool = False
+
+
+class _Sidecar(BaseModel):
+    """What :class:`CleanedMedia` reads from a sidecar; other fields are ignored."""
+
+    suffix: str
+    media_sha256: str
+    dhash: _DHash | None = None
+    video: dict | None = None
+
+
+def sidecar_ok(made: dict) -> bool:
+    """Whether a sidecar (from its file or a pack) holds what clean reads, with the right types: a damaged one is
+    a miss (the entry is made again), never a crash."""
+    try:
+        _Sidecar.model_validate(made)
+    except ValidationError:
+        return False
+    return True
+
+
 def unchanged(path: Path, expected: str, data_version: str, memo: FileDigests) -> None:
     """Check that the raw file ``path`` still hashes to ``expected`` (what ``validate`` found) without holding its
     bytes: through ``memo`` (read only when its inode, size or mtime moved). Raises :class:`DataChangedError` like
@@ -258,7 +286,7 @@ class CleanedMedia:
         key = self.files[modality].key(digest)
         made = self.sidecars[modality].recall(key)  # the dataset's pack, else the sidecar file
         entry = self.files[modality].get(key, touch=False)  # hard-linked into data/clean: the sidecar marks use
-        if made is None or entry is None:
+        if made is None or entry is None or not sidecar_ok(made):
             return None
         try:
             return (entry, made) if self.memo.sha256(entry) == made.get("media_sha256") else None

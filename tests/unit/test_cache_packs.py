@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mmretrieval.core.cache import ItemCache, fingerprint
 
 
@@ -106,3 +108,47 @@ def test_a_damaged_entry_or_pack_value_is_a_miss_not_a_crash(tmp_path: Path) -> 
     c.pack_path("photos").write_text(json.dumps({listed: ["not", "an", "object"]}), encoding="utf-8")
     later = cache(tmp_path)
     assert later.open_pack("photos") == 1 and later.recall(listed) is None
+
+
+def test_a_pack_that_cannot_be_written_is_skipped_with_a_warning(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    c = cache(tmp_path)
+    c.open_pack("photos")
+    c.remember(c.key("a" * 64), {"v": 1})
+    (c.folder / "packs").write_text("a file where the packs' folder would be", encoding="utf-8")
+    assert c.save_pack() == 0 and "not written" in caplog.text
+
+
+def test_damaged_array_packs_are_misses_whatever_the_damage(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from mmretrieval.core.array_cache import ArrayCache
+
+    def fresh() -> ArrayCache:
+        return ArrayCache(tmp_path, "vectors", fingerprint({"model": "m"}))
+
+    first = fresh()
+    first.open_pack("s")
+    keys = [first.key(f"{i:064x}") for i in range(20)]
+    for i, key in enumerate(keys):
+        first.save(key, vector=np.full(16, i, dtype=np.float32))
+    first.save_pack()
+    pack = first.pack_path("s")
+    good = pack.read_bytes()
+    rng = random.Random(0)
+    for _ in range(300):  # flipped bits anywhere, headers included
+        damaged = bytearray(good)
+        for _ in range(rng.randint(1, 3)):
+            damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+        pack.write_bytes(bytes(damaged))
+        c = fresh()
+        c.open_pack("s")
+        got = c.load(keys[3])
+        assert got is None or got["vector"].shape == (16,)
+    with open(pack, "wb") as f:  # a .npy in the pack's place
+        np.save(f, np.zeros(3))
+    assert fresh().open_pack("s") == 0
+    np.savez(pack, keys=np.arange(3), vector=np.zeros((3, 2)))  # keys of the wrong type
+    assert fresh().open_pack("s") == 0

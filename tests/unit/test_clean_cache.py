@@ -216,3 +216,24 @@ def test_an_entry_pruned_between_its_check_and_its_use_is_made_again(tmp_path: P
     assert len(pruned) == 2 and out.at[0, REASON] == "" and out.at[0, "media_sha256"] == made["media_sha256"]
     assert cache.counts() == {"reused": 0, "computed": 1}
     assert hashlib.sha256((tmp_path / out.at[0, "media"]).read_bytes()).hexdigest() == made["media_sha256"]
+
+
+@pytest.mark.parametrize("damage", [("suffix", "suffiy"), ("bits", "bitz"), ("media_sha256", "sha")])
+def test_a_damaged_sidecar_in_a_pack_is_a_miss_made_again(tmp_path: Path, damage: tuple[str, str]) -> None:
+    data = png_bytes()
+    first = CleanedMedia(tmp_path, params())
+    first.sidecars["image"].open_pack("photos")
+    entry, made = fetch(first, data)
+    first.sidecars["image"].save_pack()
+    pack = first.sidecars["image"].pack_path("photos")
+    pack.write_text(pack.read_text(encoding="utf-8").replace(f'"{damage[0]}"', f'"{damage[1]}"', 1),
+                    encoding="utf-8")
+    again = CleanedMedia(tmp_path, params())
+    again.sidecars["image"].open_pack("photos")
+    entry2, made2 = fetch(again, data)
+    assert again.counts() == {"reused": 0, "computed": 1} and made2 == made
+    again.sidecars["image"].save_pack()
+    third = CleanedMedia(tmp_path, params())
+    third.sidecars["image"].open_pack("photos")
+    fetch(third, data)
+    assert third.counts() == {"reused": 1, "computed": 0}  # the pack was written whole again

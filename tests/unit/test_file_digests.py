@@ -81,7 +81,8 @@ def test_record_remembers_a_file_this_process_wrote_and_hashed(tmp_path: Path) -
         assert memo.of(f) == expected(b"cleaned") and memo.counts()["files_read"] == 0
 
 
-def test_no_memo_and_a_broken_memo_read_every_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_memo_reads_every_file_and_a_damaged_memo_is_started_anew(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     f = old_file(tmp_path / "a.jpg", b"bytes")
     blind = FileDigests(None)
     blind.of(f)
@@ -91,8 +92,42 @@ def test_no_memo_and_a_broken_memo_read_every_file(tmp_path: Path, caplog: pytes
     broken.write_bytes(b"this is not a database" * 100)
     with FileDigests(broken) as memo:
         assert memo.of(f) == expected(b"bytes") and memo.of(f) == expected(b"bytes")
+        assert memo.counts() == {"files_read": 1, "digests_remembered": 1}
+    assert "damaged" in caplog.text and str(broken) in caplog.text
+
+
+def test_a_memo_that_cannot_be_made_reads_every_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = old_file(tmp_path / "a.jpg", b"bytes")
+    (tmp_path / "var").write_text("a file where the memo's folder would be", encoding="utf-8")
+    with FileDigests(tmp_path / "var" / "memo.sqlite") as memo:
+        memo.of(f)
+        memo.of(f)
         assert memo.counts() == {"files_read": 2, "digests_remembered": 0}
-    assert "cannot be used" in caplog.text and str(broken) in caplog.text
+    assert "cannot be used" in caplog.text
+
+
+def test_inode_numbers_beyond_sqlites_signed_integers_are_remembered(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some network, FUSE and overlay file systems report inode (and device) numbers of 2**63 and above."""
+    import types
+
+    import mmretrieval.core.digests as digests
+
+    f = old_file(tmp_path / "a.jpg", b"bytes")
+    real = os.stat
+
+    def big(path: object, **kw: object) -> object:
+        st = real(path, **kw)
+        if kw or os.fspath(path) != str(f):  # anything else (the memo's folder, the database) as it is
+            return st
+        return types.SimpleNamespace(st_dev=2**64 - 3, st_ino=2**63 + 5, st_size=st.st_size,
+                                     st_mtime_ns=st.st_mtime_ns, st_mtime=st.st_mtime)
+
+    monkeypatch.setattr(digests.os, "stat", big)
+    with FileDigests(tmp_path / "memo.sqlite") as memo:
+        memo.of(f)
+    with FileDigests(tmp_path / "memo.sqlite") as memo:
+        assert memo.of(f) == expected(b"bytes") and memo.counts() == {"files_read": 0, "digests_remembered": 1}
 
 
 def test_a_missing_file_raises_and_mmr_rehash_turns_the_memo_off(tmp_path: Path,
