@@ -33,8 +33,8 @@ def params(**clean: object) -> Params:
 
 
 def fetch(cache: CleanedMedia, data: bytes) -> tuple[Path, dict]:
-    """The entry of ``data`` as the raw file x.png (in a folder of its own, outside the cache's)."""
-    src = Path(tempfile.mkdtemp(prefix="raw-")) / "x.png"
+    """The entry of ``data`` as the raw file x.png (in a folder of its own beside the cache's: pytest's own)."""
+    src = Path(tempfile.mkdtemp(prefix="raw-", dir=cache.files["image"].root.parent)) / "x.png"
     src.write_bytes(data)
     return cache.fetch("image", hashlib.sha256(data).hexdigest(), src, "0" * 32)
 
