@@ -93,7 +93,7 @@ def test_no_memo_reads_every_file_and_a_damaged_memo_is_started_anew(tmp_path: P
     with FileDigests(broken) as memo:
         assert memo.of(f) == expected(b"bytes") and memo.of(f) == expected(b"bytes")
         assert memo.counts() == {"files_read": 1, "digests_remembered": 1}
-    assert "damaged" in caplog.text and "broken.sqlite" in caplog.text  # logs shorten paths under MMR_HOME
+    assert "damaged" in caplog.text and "broken.sqlite" in caplog.text  # the service's log redaction shortens paths
 
 
 def test_a_memo_that_cannot_be_made_reads_every_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
