@@ -305,14 +305,16 @@ class CleanedMedia:
         data = read_verified(src, digest, data_version, self.params.validate.max_file_bytes)
         key = self.files[modality].key(digest)
         made: dict = {}
+        digests: dict[str, str] = {}
 
         def write(tmp: Path) -> None:
             made.update(clean_media(modality, data, src.name, tmp, self.params))
             tmp.chmod(0o444)
-            made["media_sha256"] = file_digests(tmp)["sha256"]
+            digests.update(file_digests(tmp))
+            made["media_sha256"] = digests["sha256"]
 
         entry = self.files[modality].put(key, write)
-        self.memo.record(entry, file_digests(entry))  # written here: known without waiting out the racy window
+        self.memo.record(entry, digests)  # written and hashed here (renamed, not rewritten): no second read
         self.sidecars[modality].remember(key, made)
         self.computed += 1
         return entry, made
